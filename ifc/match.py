@@ -1,0 +1,428 @@
+"""Path globs and endpoint patterns: the one matcher shared by policies and capability tokens.
+
+Both the policy compiler and `caps/` match paths and endpoints; keeping a single implementation means a
+token and a policy can never disagree about what `src/**` or `*.github.com` covers.
+
+Globs follow .gitignore so that users predict them without reading docs:
+  - a pattern without a `/` (other than a trailing one) matches a name at any depth (`*.pem`, `.env*`);
+  - a pattern with a `/` is anchored at the workspace root (a leading `/` is allowed and means the same);
+  - a match also covers everything beneath it (`secrets` and `secrets/` label the whole tree);
+  - `*` and `?` stay within one path segment, `**` spans segments, `[a-z]`/`[!a-z]` are classes,
+    `\\` escapes the next character; `~/` anchors at the host user's home (for host paths).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+
+SCHEMES = ("https", "http", "smtp", "dns", "tcp")
+DEFAULT_PORTS: dict[str, tuple[int, ...]] = {
+    "https": (443,),
+    "http": (80,),
+    "smtp": (25, 465, 587),
+    "dns": (53,),
+}
+PORT_SCHEMES = {443: "https", 80: "http", 25: "smtp", 465: "smtp", 587: "smtp", 53: "dns"}
+
+
+class PatternError(ValueError):
+    """A malformed glob or endpoint; `column` is 0-based within the pattern text."""
+
+    def __init__(self, message: str, column: int = 0, help: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.column = column
+        self.help = help
+
+
+# --------------------------------------------------------------------------------------------- globs
+
+
+def _class_to_regex(pattern: str, start: int) -> tuple[str, int]:
+    """Translate a `[...]` class starting at `start`; return (regex, index after `]`)."""
+    i = start + 1
+    negate = i < len(pattern) and pattern[i] in "!^"
+    if negate:
+        i += 1
+    body = []
+    first = True
+    while i < len(pattern) and (pattern[i] != "]" or first):
+        ch = pattern[i]
+        if ch == "/":
+            raise PatternError("a character class cannot contain `/`", i)
+        if ch == "\\" and i + 1 < len(pattern):
+            i += 1
+            ch = pattern[i]
+            body.append(re.escape(ch))
+        elif ch == "-" and body and i + 1 < len(pattern) and pattern[i + 1] != "]":
+            body.append("-")
+        else:
+            body.append(re.escape(ch) if ch not in "-" else r"\-")
+        first = False
+        i += 1
+    if i >= len(pattern):
+        raise PatternError("unclosed character class", start, help="close it with `]` or escape `[` as `\\[`")
+    inner = "".join(body)
+    return (f"[^/{inner}]" if negate else f"[{inner}]"), i + 1
+
+
+def _segment_to_regex(segment: str, offset: int) -> str:
+    out = []
+    i = 0
+    while i < len(segment):
+        ch = segment[i]
+        if ch == "*":
+            if i + 1 < len(segment) and segment[i + 1] == "*":
+                raise PatternError(
+                    "`**` must be a whole path segment", offset + i, help="use `*` to match within a name"
+                )
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "[":
+            regex, end = _class_to_regex(segment, i)
+            out.append(regex)
+            i = end
+            continue
+        elif ch == "\\":
+            if i + 1 >= len(segment):
+                raise PatternError("trailing `\\` escapes nothing", offset + i)
+            i += 1
+            out.append(re.escape(segment[i]))
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "".join(out)
+
+
+def _split_segments(body: str) -> list[tuple[str, int]]:
+    """Split on unescaped `/`, remembering each segment's column."""
+    segments, start, i = [], 0, 0
+    while i < len(body):
+        if body[i] == "\\":
+            i += 2
+            continue
+        if body[i] == "/":
+            segments.append((body[start:i], start))
+            start = i + 1
+        i += 1
+    segments.append((body[start:], start))
+    return segments
+
+
+def glob_to_regex(pattern: str, home: str | None = None) -> str:
+    """Translate a policy glob into an anchored regex over normalised posix paths."""
+    if not pattern:
+        raise PatternError("empty pattern", 0, help='use `"**"` to match every file')
+    if "\x00" in pattern:
+        raise PatternError("pattern contains a NUL byte", pattern.index("\x00"))
+    body, offset, prefix = pattern, 0, ""
+    if body.startswith("~/") or body == "~":
+        home = (home if home is not None else os.path.expanduser("~")).rstrip("/")
+        prefix = re.escape(home) + "/"
+        body, offset = body[2:], 2
+        anchored = True
+    elif body.startswith("/"):
+        body, offset = body.lstrip("/"), len(body) - len(body.lstrip("/"))
+        anchored = True
+    else:
+        anchored = False
+    if body.endswith("/"):
+        body = body.rstrip("/")
+    if not body:
+        return "^" + prefix + ".*$" if prefix else "^.*$"
+    segments = _split_segments(body)
+    if len(segments) > 1:
+        anchored = True
+    parts: list[str] = []
+    for index, (segment, col) in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment == "":
+            raise PatternError("empty path segment (`//`)", offset + col)
+        if segment in (".", ".."):
+            raise PatternError(f"`{segment}` is not allowed in a pattern", offset + col,
+                               help="patterns are relative to the workspace root")
+        if segment == "**":
+            parts.append(".*" if last else "(?:[^/]+/)*")
+        else:
+            parts.append(_segment_to_regex(segment, offset + col) + ("" if last else "/"))
+    regex = "".join(parts)
+    lead = prefix if prefix else ("" if anchored else "(?:[^/]+/)*")
+    # A match covers everything beneath it, like .gitignore directories.
+    return "^" + lead + regex + "(?:/.*)?$"
+
+
+@dataclass(frozen=True)
+class Glob:
+    """A compiled path glob; equality and hashing use the pattern text."""
+
+    text: str
+    regex: str = field(compare=False, repr=False)
+
+    @classmethod
+    def compile(cls, text: str, home: str | None = None) -> Glob:
+        return cls(text, glob_to_regex(text, home))
+
+    @cached_property
+    def _compiled(self) -> re.Pattern[str]:
+        return re.compile(self.regex, re.DOTALL)
+
+    def matches(self, path: str) -> bool:
+        return self._compiled.match(path) is not None
+
+    @property
+    def matches_everything(self) -> bool:
+        return self.text.strip("/") in ("**", "*") and not self.text.startswith("~")
+
+    def examples(self) -> list[str]:
+        """A few concrete paths this glob matches: witnesses for overlap and shadowing lints."""
+        home = self.text.startswith("~")
+        body = (os.path.expanduser("~") + "/" + self.text[2:]) if home else self.text.lstrip("/")
+        body = body.rstrip("/")
+        variants = []
+        for star, dstar in (("x", "d"), ("", ""), ("a.b", "d/e")):
+            out, i = [], 0
+            while i < len(body):
+                ch = body[i]
+                if body.startswith("**", i):
+                    out.append(dstar)
+                    i += 2
+                    if not dstar and i < len(body) and body[i] == "/":
+                        i += 1
+                    continue
+                if ch == "*":
+                    out.append(star)
+                elif ch == "?":
+                    out.append("q")
+                elif ch == "[":
+                    end = body.find("]", i + 2)
+                    cls_body = body[i + 1:end if end > 0 else len(body)].lstrip("!^")
+                    negated = body[i + 1:i + 2] in ("!", "^")
+                    out.append("~" if negated else (cls_body[:1] or "x"))
+                    i = (end + 1) if end > 0 else len(body)
+                    continue
+                elif ch == "\\" and i + 1 < len(body):
+                    i += 1
+                    out.append(body[i])
+                else:
+                    out.append(ch)
+                i += 1
+            path = re.sub(r"/+", "/", "".join(out))
+            path = ("/" if home else "") + (path.strip("/") or "x")
+            if path not in variants:
+                variants.append(path)
+        return [p for p in variants if self.matches(p)] or variants[:1]
+
+
+def normalise_path(path: str) -> str:
+    """Normalise a workspace path for matching; `..` that climbs above the root is rejected."""
+    if "\x00" in path:
+        raise PatternError("path contains a NUL byte", path.index("\x00"))
+    parts: list[str] = []
+    for part in path.replace("\\", "/").split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise PatternError("path climbs above the workspace root", 0)
+            parts.pop()
+            continue
+        parts.append(part)
+    return "/".join(parts)
+
+
+# ----------------------------------------------------------------------------------------- endpoints
+
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A concrete network destination a request names."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        scheme, host_text, port_text, col = _split_endpoint(text)
+        host = _parse_host(host_text, col, concrete=True)
+        if port_text is None:
+            if scheme is None:
+                raise PatternError("endpoint needs a port or a scheme", len(text),
+                                   help="write `host:443` or `https://host`")
+            if scheme == "tcp":
+                raise PatternError("a `tcp://` endpoint needs a port", len(text))
+            port = DEFAULT_PORTS[scheme][0]
+        else:
+            port = _parse_port(port_text, col + len(host_text) + 1)
+        if scheme is None:
+            scheme = PORT_SCHEMES.get(port, "tcp")
+        return cls(scheme, host, port)
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        try:
+            return ipaddress.ip_address(self.host)
+        except ValueError:
+            return None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def _split_endpoint(text: str) -> tuple[str | None, str, str | None, int]:
+    scheme: str | None = None
+    rest, col = text.strip(), 0
+    if not rest:
+        raise PatternError("empty endpoint", 0)
+    if "://" in rest:
+        scheme, rest = rest.split("://", 1)
+        scheme = scheme.lower()
+        col = len(scheme) + 3
+        if scheme not in SCHEMES:
+            raise PatternError(f"unknown scheme `{scheme}`", 0,
+                               help="schemes are " + ", ".join(f"`{s}`" for s in SCHEMES))
+    if "/" in rest and not _looks_like_cidr(rest):
+        slash = rest.index("/")
+        raise PatternError("endpoints have no path", col + slash, help="name the host and port only")
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end < 0:
+            raise PatternError("unclosed `[` in IPv6 address", col)
+        host, tail = rest[1:end], rest[end + 1:]
+        if tail and not tail.startswith(":"):
+            raise PatternError("expected `:port` after `]`", col + end + 1)
+        return scheme, host, (tail[1:] if tail else None), col + 1
+    if rest.count(":") > 1:
+        raise PatternError("IPv6 addresses go in brackets", col, help="write `[::1]:443`")
+    host, _, port = rest.partition(":")
+    return scheme, host, (port if _ else None), col
+
+
+def _looks_like_cidr(text: str) -> bool:
+    return bool(re.match(r"^(\[[0-9a-fA-F:.]+/\d+\]|[0-9.]+/\d+)(:.*)?$", text))
+
+
+def _parse_port(text: str, col: int) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise PatternError(f"bad port `{text}`", col, help="ports are 1-65535")
+    return int(text)
+
+
+def _parse_host(text: str, col: int, concrete: bool) -> str:
+    host = text.lower().rstrip(".")
+    if not host:
+        raise PatternError("missing host", col)
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    labels = host.split(".")
+    for index, label in enumerate(labels):
+        if not concrete and label in ("*", "**") and index == 0:
+            continue
+        if not _HOST_LABEL.match(label):
+            hint = "wildcards go only in the first label: `*.example.com` or `**.example.com`"
+            raise PatternError(f"bad host name `{text}`", col, help=None if concrete else hint)
+    return host
+
+
+@dataclass(frozen=True)
+class EndpointPattern:
+    """`[scheme://]host[:port|:lo-hi|:*]`: exact host, `*.` one label, `**.` any depth, `*` any host,
+    IPs and CIDRs. A missing port means the scheme's default ports, or any port without a scheme."""
+
+    text: str
+    scheme: str | None = field(compare=False)
+    host: str = field(compare=False)
+    ports: tuple[tuple[int, int], ...] | None = field(compare=False)  # None: any port
+
+    @classmethod
+    def parse(cls, text: str) -> EndpointPattern:
+        scheme, host_text, port_text, col = _split_endpoint(text)
+        host_text = host_text.lower()
+        if host_text == "*":
+            host = "*"
+        elif "/" in host_text:
+            try:
+                host = str(ipaddress.ip_network(host_text, strict=False))
+            except ValueError as exc:
+                raise PatternError(f"bad network `{host_text}`", col) from exc
+        else:
+            host = _parse_host(host_text, col, concrete=False)
+        port_col = col + len(host_text) + 1
+        ports: tuple[tuple[int, int], ...] | None
+        if port_text is None:
+            if scheme == "tcp":
+                raise PatternError("a `tcp://` pattern needs a port", len(text), help="e.g. `tcp://db.internal:5432`")
+            ports = tuple((p, p) for p in DEFAULT_PORTS[scheme]) if scheme else None
+        elif port_text == "*":
+            ports = None
+        elif "-" in port_text:
+            lo_text, _, hi_text = port_text.partition("-")
+            lo, hi = _parse_port(lo_text, port_col), _parse_port(hi_text, port_col + len(lo_text) + 1)
+            if lo > hi:
+                raise PatternError(f"empty port range `{port_text}`", port_col)
+            ports = ((lo, hi),)
+        else:
+            port = _parse_port(port_text, port_col)
+            ports = ((port, port),)
+        return cls(text, scheme, host, ports)
+
+    @cached_property
+    def _network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        try:
+            return ipaddress.ip_network(self.host)
+        except ValueError:
+            return None
+
+    @property
+    def matches_everything(self) -> bool:
+        return self.host == "*" and self.ports is None and self.scheme is None
+
+    def matches_host(self, host: str) -> bool:
+        if self.host == "*":
+            return True
+        network = self._network
+        if network is not None:
+            try:
+                return ipaddress.ip_address(host) in network
+            except ValueError:
+                return False
+        if self.host.startswith("**."):
+            return host.endswith(self.host[2:])
+        if self.host.startswith("*."):
+            suffix = self.host[1:]
+            return host.endswith(suffix) and "." not in host[: -len(suffix)] and len(host) > len(suffix)
+        return host == self.host
+
+    def matches(self, endpoint: Endpoint) -> bool:
+        if self.scheme is not None and self.scheme != endpoint.scheme:
+            return False
+        if self.ports is not None and not any(lo <= endpoint.port <= hi for lo, hi in self.ports):
+            return False
+        return self.matches_host(endpoint.host)
+
+    def example(self) -> Endpoint:
+        """One concrete endpoint this pattern matches (for lints and `ifc check` paths)."""
+        host = self.host
+        if host == "*":
+            host = "example.com"
+        elif self._network is not None:
+            host = str(self._network.network_address)
+        elif host.startswith("**."):
+            host = "a.b" + host[2:]
+        elif host.startswith("*."):
+            host = "a" + host[1:]
+        port = self.ports[0][0] if self.ports else DEFAULT_PORTS.get(self.scheme or "https", (443,))[0]
+        return Endpoint(self.scheme or PORT_SCHEMES.get(port, "tcp"), host, port)
+
+    def __str__(self) -> str:
+        return self.text

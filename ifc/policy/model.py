@@ -1,0 +1,224 @@
+"""The compiled policy: immutable, hashable, with matchers ready to answer queries.
+
+Precedence is one rule everywhere a list of patterns labels something: the last matching rule wins
+(like .gitignore), and `except` removes paths from a rule so they fall through to earlier rules. Flow
+rules have no order at all: a `deny` always beats an `allow`, so their order never changes an answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+
+from ifc.diagnostics import Span
+from ifc.match import Endpoint, EndpointPattern, Glob
+from ifc.policy.labels import Label, LabelPattern, Lattice
+
+FILE_OPS = ("read", "write", "create", "delete", "exec")
+OPS = (*FILE_OPS, "connect")
+
+
+@dataclass(frozen=True)
+class FileRule:
+    index: int
+    globs: tuple[Glob, ...]
+    excepts: tuple[Glob, ...]
+    label: Label
+    label_text: str
+    writes_require: int | None
+    span: Span = field(compare=False)
+
+    def matches(self, path: str) -> bool:
+        return any(g.matches(path) for g in self.globs) and not any(g.matches(path) for g in self.excepts)
+
+
+@dataclass(frozen=True)
+class EndpointRule:
+    index: int
+    patterns: tuple[EndpointPattern, ...]
+    excepts: tuple[EndpointPattern, ...]
+    clearance: frozenset[str]
+    requires: int
+    returns: int
+    groups: frozenset[str]
+    span: Span = field(compare=False)
+
+    def matches(self, endpoint: Endpoint) -> bool:
+        return any(p.matches(endpoint) for p in self.patterns) and not any(p.matches(endpoint) for p in self.excepts)
+
+
+@dataclass(frozen=True)
+class Sink:
+    """Where a flow rule or capability applies: endpoints (patterns or a group) or file writes (globs)."""
+
+    kind: str  # endpoint | group | file
+    endpoints: tuple[EndpointPattern, ...] = ()
+    group: str | None = None
+    globs: tuple[Glob, ...] = ()
+    text: str = ""
+
+    def matches_endpoint(self, endpoint: Endpoint, rule: EndpointRule | None) -> bool:
+        if self.kind == "endpoint":
+            return any(p.matches(endpoint) for p in self.endpoints)
+        if self.kind == "group":
+            return rule is not None and self.group in rule.groups
+        return False
+
+    def matches_file(self, path: str) -> bool:
+        return self.kind == "file" and any(g.matches(path) for g in self.globs)
+
+
+@dataclass(frozen=True)
+class FlowRule:
+    effect: str  # deny | allow
+    source: LabelPattern
+    source_text: str
+    sink: Sink
+    message: str | None
+    span: Span = field(compare=False)
+
+    def describe(self) -> str:
+        msg = f' "{self.message}"' if self.message else ""
+        return f"{self.effect} {self.source_text} -> {self.sink.text}{msg}"
+
+
+@dataclass(frozen=True)
+class Capability:
+    """A named declassification or endorsement; only a token right naming it lets a subject use it."""
+
+    kind: str  # declassify | endorse
+    name: str
+    source: LabelPattern
+    source_text: str
+    sink: Sink
+    message: str | None
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Grant:
+    op: str
+    pattern: str
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str
+    grants: tuple[Grant, ...]
+    delegable: tuple[Grant, ...]
+    holds: tuple[str, ...]
+    declassifications: tuple[tuple[str, str], ...]  # (tag, endpoint pattern) pairs for tokens
+    span: Span = field(compare=False)
+
+    def patterns(self, op: str) -> tuple[str, ...]:
+        return tuple(g.pattern for g in self.grants if g.op == op)
+
+
+@dataclass(frozen=True)
+class Secret:
+    name: str
+    source: str  # env | file | command
+    ref: str
+    endpoints: tuple[EndpointPattern, ...]
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class FileMatch:
+    label: Label
+    rule: FileRule | None
+
+
+@dataclass(frozen=True)
+class Policy:
+    lattice: Lattice
+    file_rules: tuple[FileRule, ...]
+    endpoint_rules: tuple[EndpointRule, ...]
+    flow_rules: tuple[FlowRule, ...]
+    capabilities_: tuple[Capability, ...]
+    agents_: tuple[Agent, ...]
+    secrets_: tuple[Secret, ...]
+    sources: tuple[str, ...] = field(compare=False, default=())
+
+    # --- lookups --------------------------------------------------------------------------------
+    @cached_property
+    def agents(self) -> dict[str, Agent]:
+        return {a.name: a for a in self.agents_}
+
+    @cached_property
+    def capabilities(self) -> dict[str, Capability]:
+        return {c.name: c for c in self.capabilities_}
+
+    @cached_property
+    def secrets(self) -> dict[str, Secret]:
+        return {s.name: s for s in self.secrets_}
+
+    @cached_property
+    def _file_lookup(self):
+        rules = tuple(reversed(self.file_rules))
+        bottom = self.lattice.bottom
+
+        @lru_cache(maxsize=65536)
+        def lookup(path: str) -> FileMatch:
+            for rule in rules:
+                if rule.matches(path):
+                    return FileMatch(rule.label, rule)
+            return FileMatch(bottom, None)
+
+        return lookup
+
+    def file_label(self, path: str) -> FileMatch:
+        """The label of a workspace path: the last matching file rule, or public+trusted when none."""
+        return self._file_lookup(path)
+
+    def endpoint_rule(self, endpoint: Endpoint) -> EndpointRule | None:
+        """The last endpoint rule matching; None means the policy does not know it (connects are denied)."""
+        for rule in reversed(self.endpoint_rules):
+            if rule.matches(endpoint):
+                return rule
+        return None
+
+    # --- identity -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain data for run snapshots and `--format json`; patterns as their source text."""
+        lat = self.lattice
+        return {
+            "labels": {
+                "secrecy": [list(c) for c in lat.chains],
+                "integrity": list(lat.integrity_levels),
+                "named": {n: _label_dict(lat, lbl) for n, lbl in lat.named},
+            },
+            "files": [
+                {"globs": [g.text for g in r.globs], "except": [g.text for g in r.excepts],
+                 "label": _label_dict(lat, r.label),
+                 "writes_require": None if r.writes_require is None else lat.integrity_levels[r.writes_require]}
+                for r in self.file_rules
+            ],
+            "endpoints": [
+                {"patterns": [p.text for p in r.patterns], "except": [p.text for p in r.excepts],
+                 "clearance": sorted(r.clearance), "requires": lat.integrity_levels[r.requires],
+                 "returns": lat.integrity_levels[r.returns], "groups": sorted(r.groups)}
+                for r in self.endpoint_rules
+            ],
+            "flows": [{"effect": f.effect, "source": f.source_text, "sink": f.sink.text, "message": f.message}
+                      for f in self.flow_rules],
+            "capabilities": [{"kind": c.kind, "name": c.name, "source": c.source_text, "sink": c.sink.text,
+                              "message": c.message} for c in self.capabilities_],
+            "agents": {a.name: {"grants": [[g.op, g.pattern] for g in a.grants],
+                                "delegable": [[g.op, g.pattern] for g in a.delegable], "holds": list(a.holds)}
+                       for a in self.agents_},
+            "secrets": {s.name: {"from": s.source, "ref": s.ref, "to": [p.text for p in s.endpoints]}
+                        for s in self.secrets_},
+        }
+
+    @cached_property
+    def digest(self) -> str:
+        """A content hash: two policies with the same meaning-bearing rules share it."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _label_dict(lattice: Lattice, label: Label) -> dict:
+    return {"secrecy": sorted(label.secrecy), "integrity": lattice.integrity_levels[label.integrity]}
