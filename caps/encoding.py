@@ -31,8 +31,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from caps.errors import Reason, TokenError
-from caps.errors import RightError
+from caps.errors import Reason, RightError, TokenError
 from caps.rights import DECLASSIFY, MAX_PATTERN_BYTES, MAX_TAG_BYTES, OPS, Right
 
 VERSION = 1

@@ -12,9 +12,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ifc.match import Endpoint, EndpointPattern, Glob, PatternError
-
 from caps.errors import RightError
+from ifc.match import Endpoint, EndpointPattern, Glob, PatternError
 
 PATH_OPS = ("read", "write", "create", "delete", "exec")
 CONNECT = "connect"

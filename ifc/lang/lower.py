@@ -109,7 +109,8 @@ class Lower(Transformer):
     def patterns(self, meta, items):
         return tuple(items)
 
-    file_patterns = patterns
+    def file_patterns(self, meta, items):
+        return (*items[0], items[1]) if len(items) == 2 else tuple(items)
 
     def except_opt(self, meta, children):
         return ("excepts", children[0])

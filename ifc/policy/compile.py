@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ifc.diagnostics import Diagnostic, Related, Span, error, sort_diagnostics
 from ifc.lang import ast, parse_text
+from ifc.lang.lower import encode_string as _quote
 from ifc.match import EndpointPattern, Glob, PatternError
 from ifc.policy import model
 from ifc.policy.labels import Label, LabelPattern, Lattice
@@ -356,9 +357,3 @@ def _endpoint_covers(outer: EndpointPattern, inner: EndpointPattern) -> bool:
 
 def _expr_text(expr: ast.LabelExpr) -> str:
     return " + ".join(t.text for t in expr.terms)
-
-
-def _quote(text: str) -> str:
-    from ifc.lang.lower import encode_string
-
-    return encode_string(text)

@@ -1,0 +1,242 @@
+"""Lint stages: names nobody uses, rules that never decide, patterns that match too much, grants and
+secrets that cannot work as written, and rules that contradict each other."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ifc.diagnostics import Diagnostic, Related, Severity, error, warning
+from ifc.lang import ast
+from ifc.lang.lower import encode_string as q
+from ifc.match import EndpointPattern, Glob, PatternError
+
+from . import CheckContext
+
+
+def _walk(files: tuple[ast.PolicyFile, ...]) -> Iterator[object]:
+    for file in files:
+        for item in file.items:
+            yield item
+            if isinstance(item, ast.LabelsBlock):
+                yield from item.decls
+            elif isinstance(item, ast.FilesBlock | ast.EndpointsBlock):
+                yield from item.rules
+
+
+def _label_refs(node) -> list[ast.Name]:
+    refs: list[ast.Name] = []
+    if isinstance(node, ast.FileRule):
+        refs += node.label.terms
+        refs += [node.writes_require] if node.writes_require else []
+    elif isinstance(node, ast.EndpointRule):
+        refs += node.clearance.terms if node.clearance else []
+        refs += [n for n in (node.requires, node.returns) if n]
+    elif isinstance(node, ast.FlowRule | ast.CapabilityDecl):
+        refs += node.source.terms
+    elif isinstance(node, ast.NamedLabel):
+        refs += node.expr.terms
+    return refs
+
+
+def unused_names(ctx: CheckContext) -> list[Diagnostic]:
+    used = {ref.text for node in _walk(ctx.files) for ref in _label_refs(node)}
+    held = {n.text for node in _walk(ctx.files) if isinstance(node, ast.AgentBlock)
+            for item in node.items if isinstance(item, ast.Holds) for n in item.names}
+    out = []
+    for node in _walk(ctx.files):
+        if isinstance(node, ast.SecrecyDecl) and not any(n.text in used for n in node.chain):
+            names = " < ".join(n.text for n in node.chain)
+            out.append(warning("unused-label", f"secrecy `{names}` is never used", node.chain[0].span,
+                               help="label files or endpoints with it, or remove the declaration"))
+        elif isinstance(node, ast.NamedLabel) and node.name.text not in used:
+            out.append(warning("unused-label", f"label `{node.name.text}` is never used", node.name.span,
+                               help="use it in a file rule or flow rule, or remove it"))
+        elif isinstance(node, ast.CapabilityDecl) and node.name.text not in held:
+            out.append(Diagnostic("unheld-capability", Severity.NOTE,
+                                  f"no agent holds `{node.name.text}`; only a token minted with it can use it",
+                                  node.name.span))
+    return out
+
+
+def file_rule_overlaps(ctx: CheckContext) -> list[Diagnostic]:
+    """Shadowed rules (a later rule covers every path) and later rules that lower an earlier label."""
+    policy = ctx.policy
+    lattice = policy.lattice
+    out = []
+    rules = policy.file_rules
+    for i, earlier in enumerate(rules):
+        examples = [e for g in earlier.globs for e in g.examples() if earlier.matches(e)]
+        if not examples:
+            continue
+        for later in rules[i + 1:]:
+            hits = [e for e in examples if later.matches(e)]
+            if not hits:
+                continue
+            if len(hits) == len(examples) and _covers(later, earlier):
+                out.append(warning(
+                    "shadowed-rule", f"this rule never decides: the later rule at line {later.span.line} "
+                    "matches every path it does", earlier.span,
+                    help="remove it, or move it after the broader rule (the last matching rule wins)",
+                    related=[Related(later.span, "this later rule wins")]))
+                break
+            lost = earlier.label.secrecy - later.label.secrecy
+            if lost:
+                out.append(warning(
+                    "overlapping-globs",
+                    f"the later rule at line {later.span.line} relabels some `{earlier.label_text}` files as "
+                    f"`{later.label_text}` (e.g. `{hits[0]}`)", later.span,
+                    help=f"add `except {q(hits[0])}` to the later rule, or move it before line {earlier.span.line}",
+                    related=[Related(earlier.span, f"these files are `{earlier.label_text}` here")]))
+            elif earlier.writes_require is not None and (later.writes_require or -1) < earlier.writes_require:
+                level = lattice.integrity_levels[earlier.writes_require]
+                out.append(warning(
+                    "overlapping-globs", f"the later rule at line {later.span.line} drops `writes require {level}`"
+                    f" for some files (e.g. `{hits[0]}`)", later.span,
+                    help=f"repeat `writes require {level}` on the later rule or exclude those files",
+                    related=[Related(earlier.span, "the requirement is set here")]))
+    return out
+
+
+def _covers(later, earlier) -> bool:
+    """A later rule covers an earlier one when it is a catch-all or repeats one of its globs exactly."""
+    if later.excepts:
+        return False
+    later_texts = {g.text for g in later.globs}
+    return any(g.matches_everything for g in later.globs) or all(g.text in later_texts for g in earlier.globs)
+
+
+def broad_endpoints(ctx: CheckContext) -> list[Diagnostic]:
+    out = []
+    for rule in ctx.policy.endpoint_rules:
+        for pattern in rule.patterns:
+            if pattern.host == "*" or pattern.host in ("::/0", "0.0.0.0/0") or _tld_wildcard(pattern):
+                out.append(warning("broad-endpoint", f"endpoint pattern `{pattern.text}` matches every host"
+                                   + ("" if pattern.host == "*" else " in a top-level domain"), rule.span,
+                                   help="name the hosts the agent needs; unknown endpoints are denied anyway"))
+    return out
+
+
+def _tld_wildcard(pattern: EndpointPattern) -> bool:
+    return pattern.host.startswith("*") and pattern.host.lstrip("*.").count(".") == 0
+
+
+def grants(ctx: CheckContext) -> list[Diagnostic]:
+    policy = ctx.policy
+    out = []
+    protected = [r for r in policy.file_rules if r.writes_require is not None]
+    for node in _walk(ctx.files):
+        if not isinstance(node, ast.AgentBlock):
+            continue
+        for item in node.items:
+            if not isinstance(item, ast.Grant):
+                continue
+            for pattern in item.patterns:
+                out.extend(_grant_findings(policy, node.name.text, item, pattern, protected))
+    return out
+
+
+def _grant_findings(policy, agent: str, item: ast.Grant, pattern: ast.Pattern, protected) -> list[Diagnostic]:
+    try:
+        if item.op == "connect":
+            endpoint = EndpointPattern.parse(pattern.text)
+            if endpoint.matches_everything:
+                return [warning("broad-grant", f"agent `{agent}` may connect anywhere", pattern.span,
+                                help="list the endpoints it needs")]
+            if policy.endpoint_rule(endpoint.example()) is None:
+                return [warning("unusable-grant", f"`connect {q(pattern.text)}` can never be used: no endpoint rule "
+                                "names it, so the monitor denies every connection", pattern.span,
+                                help=f"add `{q(pattern.text)}` with a clearance to `endpoints {{ }}`, or drop the grant")]
+            return []
+        glob = Glob.compile(pattern.text)
+    except PatternError:
+        return []  # reported by the compiler
+    if item.op in ("write", "create", "delete") and glob.matches_everything:
+        hit = [r for r in protected if any(glob.matches(e) for g in r.globs for e in g.examples())]
+        where = f", including `{hit[0].globs[0].text}` which requires trusted writes" if hit else ""
+        return [warning("broad-grant", f"agent `{agent}` may {item.op} every file{where}", pattern.span,
+                        help="grant the directories it works in, e.g. `src/**`, `tests/**`")]
+    if item.op == "exec" and glob.matches_everything:
+        return [warning("broad-grant", f"agent `{agent}` may execute any file", pattern.span,
+                        help='grant the tool directories it needs, e.g. `"/usr/bin/**"`')]
+    return []
+
+
+def secrets(ctx: CheckContext) -> list[Diagnostic]:
+    policy = ctx.policy
+    out = []
+    granted = [(a, EndpointPattern.parse(g.pattern)) for a in policy.agents_ for g in a.grants if g.op == "connect"]
+    for secret in policy.secrets_:
+        if not secret.endpoints:
+            out.append(warning("secret-no-endpoint", f"secret `{secret.name}` may be sent nowhere", secret.span,
+                               help=f'bind it: `secret {secret.name} from {secret.source} {q(secret.ref)} '
+                               'to "https://api.example.com"`'))
+            continue
+        for pattern in secret.endpoints:
+            example = pattern.example()
+            if policy.endpoint_rule(example) is None:
+                out.append(warning("secret-no-endpoint", f"secret `{secret.name}` is bound to `{pattern.text}`, "
+                                   "which no endpoint rule names: it can never be sent", secret.span,
+                                   help=f"add `{q(pattern.text)}` to `endpoints {{ }}`"))
+            elif policy.agents_ and not any(p.matches(example) for _, p in granted):
+                out.append(warning("secret-no-endpoint", f"secret `{secret.name}` is bound to `{pattern.text}`, "
+                                   "but no agent may connect there", secret.span,
+                                   help=f"grant `connect {q(pattern.text)}` to the agent that needs it"))
+    return out
+
+
+def contradictions(ctx: CheckContext) -> list[Diagnostic]:
+    """An explicit permission that a `deny` makes dead is an error: the author meant one of them."""
+    policy = ctx.policy
+    denies = [f for f in policy.flow_rules if f.effect == "deny"]
+    out = []
+    permissions = [(f.span, "allow", f.source, f.sink, f"`{f.describe()}`") for f in policy.flow_rules
+                   if f.effect == "allow"]
+    permissions += [(c.span, c.kind, c.source, c.sink, f"capability `{c.name}`") for c in policy.capabilities_]
+    for span, kind, source, sink, what in permissions:
+        for deny in denies:
+            if _sinks_overlap(policy, sink, deny.sink) and _sources_overlap(kind, source, deny.source):
+                out.append(error("allow-denied", f"{what} can never take effect: a deny rule forbids the same flow",
+                                 span, help="a deny always wins; narrow the deny rule or remove this permission",
+                                 related=[Related(deny.span, "denied here")]))
+                break
+    for rule in policy.endpoint_rules:
+        for deny in denies:
+            if deny.source.secrecy and deny.source.secrecy <= rule.clearance and deny.source.integrity is None and \
+                    any(_sink_matches_endpoint(policy, deny.sink, p.example()) for p in rule.patterns):
+                out.append(error("allow-denied",
+                                 f"clearance `{policy.lattice.describe_tags(rule.clearance)}` admits "
+                                 f"`{deny.source_text}` data, which a deny rule forbids here", rule.span,
+                                 help="lower the clearance so the two agree",
+                                 related=[Related(deny.span, "denied here")]))
+                break
+    return out
+
+
+def _sources_overlap(kind: str, source, deny_source) -> bool:
+    """Is every flow the permission is about also denied? (Then the permission is dead.)"""
+    if kind == "endorse" or (source.integrity is not None and not source.secrecy):
+        return not deny_source.secrecy and deny_source.integrity is not None and \
+            (source.integrity or 0) <= deny_source.integrity
+    return bool(deny_source.secrecy) and deny_source.secrecy <= source.secrecy and deny_source.integrity is None
+
+
+def _sink_matches_endpoint(policy, sink, endpoint) -> bool:
+    return sink.matches_endpoint(endpoint, policy.endpoint_rule(endpoint))
+
+
+def _sinks_overlap(policy, a, b) -> bool:
+    if (a.kind == "file") != (b.kind == "file"):
+        return False
+    if a.kind == "file":
+        return any(g2.matches(e) for g in a.globs for e in g.examples() for g2 in b.globs) or \
+            any(g.matches(e) for g2 in b.globs for e in g2.examples() for g in a.globs)
+    examples = [p.example() for p in a.endpoints] if a.kind == "endpoint" else \
+        [p.example() for r in policy.endpoint_rules if a.group in r.groups for p in r.patterns]
+    return any(_sink_matches_endpoint(policy, b, e) for e in examples)
+
+
+def messages(ctx: CheckContext) -> list[Diagnostic]:
+    return [warning("missing-message", "this deny rule has no message for the reviewer who meets its denial",
+                    f.span, help=f'end the rule with a quoted reason: `{f.describe()} "why this flow is refused"`')
+            for f in ctx.policy.flow_rules if f.effect == "deny" and not f.message]
+

@@ -1,0 +1,102 @@
+"""`ifc decide --policy P OP TARGET [OP TARGET ...]`: a dry run of a sequence of operations.
+
+Each step goes through the monitor's session logic, so the taint one step leaves is what the next step
+is judged by — the same way a real run is judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ifc.cli import ExitCode
+from ifc.monitor import Decision, Session
+from ifc.policy import PolicyError, load_policy
+from ifc.policy.model import OPS
+
+STEP_OPS = (*OPS, "send")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "decide", help="dry-run a sequence of operations against a policy",
+        description="Decide each OP TARGET in order, carrying the taint forward. OP is one of "
+        + ", ".join(STEP_OPS) + ". TARGET is a workspace path, an endpoint (`smtp.gmail.com:587`, "
+        "`https://api.github.com`), or for send `SECRET@ENDPOINT`. Exits 1 when any step is denied.",
+        epilog="example: ifc decide --policy policies/default.flow read .env connect smtp.gmail.com:587")
+    p.add_argument("--policy", required=True, metavar="P")
+    p.add_argument("--agent", metavar="NAME",
+                   help="whose grants apply (default: the policy's first agent; `none` checks flows only)")
+    p.add_argument("--holds", action="append", default=[], metavar="CAPABILITY",
+                   help="act as if holding this declassify/endorse capability (repeatable)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("steps", nargs="+", metavar="OP TARGET")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if len(args.steps) % 2:
+        return _usage(f"`{args.steps[-1]}` has no target", "give operations as pairs: OP TARGET")
+    pairs = list(zip(args.steps[::2], args.steps[1::2], strict=True))
+    for op, _ in pairs:
+        if op not in STEP_OPS:
+            return _usage(f"unknown operation `{op}`", "operations are " + ", ".join(STEP_OPS))
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        from ifc.cli.render import render_text
+
+        print(render_text(exc.diagnostics, {}), file=sys.stderr, end="")
+        return ExitCode.USAGE
+    except OSError as exc:
+        return _usage(f"cannot read `{args.policy}`: {exc.strerror or exc}")
+    agent = None
+    if args.agent and args.agent != "none":
+        agent = policy.agents.get(args.agent)
+        if agent is None:
+            return _usage(f"no agent `{args.agent}` in {args.policy}",
+                          "agents: " + (", ".join(policy.agents) or "none"))
+    elif args.agent is None and policy.agents_:
+        agent = policy.agents_[0]
+    for name in args.holds:
+        if name not in policy.capabilities:
+            return _usage(f"no capability `{name}` in {args.policy}")
+    session = Session(policy, agent, held=frozenset(args.holds) | frozenset(agent.holds if agent else ()))
+    decisions = [session.decide(op, target) for op, target in pairs]
+    if args.format == "json":
+        json.dump({"policy": args.policy, "agent": agent.name if agent else None,
+                   "steps": [d.to_dict() for d in decisions]}, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"policy {args.policy}" + (f", agent {agent.name}" if agent else ", flows only (no agent)"))
+        for d in decisions:
+            print(_render(d))
+    return ExitCode.FINDINGS if any(not d.allowed for d in decisions) else ExitCode.OK
+
+
+def _render(d: Decision) -> str:
+    verdict = "allow" if d.allowed else "DENY "
+    lines = [f"{d.step:>3}. {verdict} {d.op} {d.target}"]
+    if d.object_label:
+        lines.append(f"       label:  {d.object_label}")
+    lines.append(f"       why:    {d.reason}")
+    if d.rule:
+        lines.append(f"       rule:   {d.rule}" + (f"  ({d.rule_span})" if d.rule_span else ""))
+    if d.message and not d.allowed:
+        lines.append(f"       policy says: \"{d.message}\"")
+    if d.capabilities_used:
+        lines.append(f"       via:    {', '.join(d.capabilities_used)}")
+    if d.taint_after != d.taint_before or not d.allowed:
+        lines.append(f"       taint:  {d.taint_after}")
+    if d.tainted_by and (not d.allowed or d.taint_after != d.taint_before):
+        origin = ", ".join(f"{tag} from {obj}" for tag, obj in d.tainted_by)
+        lines.append(f"       from:   {origin}")
+    return "\n".join(lines)
+
+
+def _usage(message: str, help: str | None = None) -> int:
+    print(f"ifc decide: error: {message}", file=sys.stderr)
+    if help:
+        print(f"  help: {help}", file=sys.stderr)
+    return ExitCode.USAGE

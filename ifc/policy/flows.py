@@ -1,0 +1,121 @@
+"""May this data go there? Pure answers from a compiled policy, shared by the checker and the monitor.
+
+Order of the questions, each one final:
+  1. the sink must be known (an endpoint no rule names is denied: default deny);
+  2. a matching `deny` rule always wins — no allow rule or capability overrides it;
+  3. secrecy: every tag of the data must be within the sink's clearance, widened by matching `allow`
+     rules and by declassification capabilities the subject holds;
+  4. integrity: the data must be at least as trusted as the sink requires, lowered only by matching
+     `allow` rules and endorsement capabilities the subject holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ifc.diagnostics import Span
+from ifc.lang.lower import encode_string as _q
+from ifc.match import Endpoint
+from ifc.policy.labels import Label
+from ifc.policy.model import Capability, EndpointRule, FlowRule, Policy, Sink
+
+
+@dataclass(frozen=True)
+class FlowVerdict:
+    allowed: bool
+    reason: str
+    rule: str | None = None  # the rule that decided, as the user wrote it
+    span: Span | None = None  # where that rule is
+    message: str | None = None  # the policy author's words for the reviewer
+    blocked_tags: frozenset[str] = frozenset()
+    integrity_short: bool = False
+    capabilities_used: tuple[str, ...] = field(default=())
+
+
+def check_send(policy: Policy, data: Label, endpoint: Endpoint, held: Iterable[str] = ()) -> FlowVerdict:
+    lattice = policy.lattice
+    rule = policy.endpoint_rule(endpoint)
+    if rule is None:
+        return FlowVerdict(False, f"no endpoint rule names {endpoint}: unknown endpoints are denied",
+                           rule="endpoints (no match)", blocked_tags=data.secrecy)
+    where = f"{endpoint}" + (f" [{', '.join(sorted(rule.groups))}]" if rule.groups else "")
+
+    def on_sink(sink: Sink) -> bool:
+        return sink.matches_endpoint(endpoint, rule)
+
+    return _decide(policy, data, held, on_sink, where, rule.clearance, rule.requires,
+                   endpoint_rule_text(policy, rule), rule.span, check_secrecy=True)
+
+
+def check_write(policy: Policy, data: Label, path: str, held: Iterable[str] = ()) -> FlowVerdict:
+    """Writes never lower a file's secrecy (its label floats up), so only deny rules and the file's
+    integrity requirement can refuse them."""
+    match = policy.file_label(path)
+    required = match.rule.writes_require if match.rule and match.rule.writes_require is not None else 0
+    rule_text = f"files: {', '.join(_q(g.text) for g in match.rule.globs)} {match.rule.label_text}" if match.rule else None
+    verdict = _decide(policy, data, held, lambda sink: sink.matches_file(path), path, frozenset(), required,
+                      rule_text, match.rule.span if match.rule else None, check_secrecy=False)
+    if verdict.allowed and match.rule and match.rule.writes_require is not None:
+        level = policy.lattice.integrity_levels[match.rule.writes_require]
+        return FlowVerdict(True, f"writes to {path} require {level}; the data is "
+                           f"{policy.lattice.integrity_levels[data.integrity]}", rule_text, match.rule.span,
+                           capabilities_used=verdict.capabilities_used)
+    return verdict
+
+
+def _decide(policy: Policy, data: Label, held: Iterable[str], on_sink, where: str, clearance: frozenset[str],
+            required: int, rule_text: str | None, rule_span: Span | None, check_secrecy: bool) -> FlowVerdict:
+    lattice = policy.lattice
+    for flow in _sorted_flows(policy.flow_rules):
+        if flow.effect == "deny" and on_sink(flow.sink) and flow.source.matches(data):
+            return FlowVerdict(False, f"`{flow.source_text}` data may not go to {where}", flow.describe(),
+                               flow.span, flow.message, blocked_tags=flow.source.secrecy & data.secrecy,
+                               integrity_short=flow.source.integrity is not None)
+    allowed_tags = set(clearance)
+    floor = required
+    allows = [f for f in policy.flow_rules if f.effect == "allow" and on_sink(f.sink)]
+    for flow in allows:
+        allowed_tags |= flow.source.secrecy
+        if flow.source.integrity is not None:
+            floor = min(floor, flow.source.integrity)
+    used: list[str] = []
+    caps: list[Capability] = [policy.capabilities[n] for n in sorted(set(held)) if n in policy.capabilities]
+    if check_secrecy:
+        excess = data.secrecy - allowed_tags
+        for cap in caps:
+            if cap.kind == "declassify" and excess & cap.source.secrecy and on_sink(cap.sink):
+                excess -= cap.source.secrecy
+                used.append(cap.name)
+        if excess:
+            return FlowVerdict(False, f"`{lattice.describe_tags(frozenset(excess))}` exceeds the clearance of "
+                               f"{where} (`{lattice.describe_tags(clearance)}`)", rule_text, rule_span,
+                               blocked_tags=frozenset(excess))
+    if data.integrity < floor:
+        for cap in caps:
+            if cap.kind == "endorse" and on_sink(cap.sink) and cap.source.integrity is not None \
+                    and data.integrity >= cap.source.integrity:
+                used.append(cap.name)
+                break
+        else:
+            return FlowVerdict(False, f"{where} requires `{lattice.integrity_levels[floor]}` data; this is "
+                               f"`{lattice.integrity_levels[data.integrity]}`", rule_text, rule_span,
+                               integrity_short=True)
+    via = f" (declassified by `{'`, `'.join(used)}`)" if used else ""
+    return FlowVerdict(True, f"`{lattice.describe(data)}` may go to {where}{via}", rule_text, rule_span,
+                       capabilities_used=tuple(used))
+
+
+def _sorted_flows(flows: tuple[FlowRule, ...]) -> list[FlowRule]:
+    # Deny wins whatever the order; among several denies, name the first in the source.
+    return sorted(flows, key=lambda f: (f.span.file, f.span.line, f.span.column))
+
+
+def endpoint_rule_text(policy: Policy, rule: EndpointRule) -> str:
+    lattice = policy.lattice
+    parts = [", ".join(_q(p.text) for p in rule.patterns),
+             f"clearance {lattice.describe_tags(rule.clearance)}"]
+    if rule.requires:
+        parts.append(f"requires {lattice.integrity_levels[rule.requires]}")
+    parts.append(f"returns {lattice.integrity_levels[rule.returns]}")
+    return "endpoints: " + " ".join(parts)
