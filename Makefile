@@ -19,10 +19,15 @@ $(STAMP): pyproject.toml scripts/sysdeps.sh
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
+# The main job on the embedded default policy: audit the sample workspace, then replay what an agent
+# does when an injected issue tells it to mail `.env` out. The replay must end in a denial (exit 1).
 demo: $(STAMP)
 	@$(BIN)/ifc check policies/default.flow --workspace examples/webapp
 	@echo
-	@$(BIN)/ifc decide --policy policies/default.flow read src/app.py connect https://api.anthropic.com read .env connect smtp://smtp.gmail.com:587
+	@$(BIN)/ifc decide --policy policies/default.flow \
+	    read src/app.py  connect https://api.anthropic.com  write src/app.py \
+	    read inbox/issue-42.md  read .env  connect smtp.gmail.com:587  connect https://api.anthropic.com; \
+	  status=$$?; if [ $$status -ne 1 ]; then echo "demo: expected the exfiltration to be denied" >&2; exit 1; fi
 
 test: $(STAMP)
 	@$(BIN)/ruff check -q ifc caps vmm tests bench

@@ -42,36 +42,52 @@ class PatternError(ValueError):
 # --------------------------------------------------------------------------------------------- globs
 
 
-def _class_to_regex(pattern: str, start: int) -> tuple[str, int]:
-    """Translate a `[...]` class starting at `start`; return (regex, index after `]`)."""
+# A glob compiles to a list of tokens; the regex (for matching) and the automaton (for exact set
+# questions in `ifc.glob_sets`) are both rendered from the same tokens, so they cannot disagree.
+#   ("lit", c)            one literal character
+#   ("set", chars, neg)   one character of a class (`?` is the empty negated class); never `/`
+#   ("star",)             `[^/]*`        within a segment
+#   ("dirs",)             `(?:[^/]+/)*`  zero or more whole directories
+#   ("all",)              `.*`           anything, across segments
+#   ("desc",)             `(?:/.*)?`     optionally, anything beneath the match
+MAX_CLASS_RANGE = 4096
+
+
+def _class_tokens(pattern: str, start: int, offset: int) -> tuple[tuple, int]:
+    """Parse a `[...]` class starting at `start`; return (token, index after `]`)."""
     i = start + 1
     negate = i < len(pattern) and pattern[i] in "!^"
     if negate:
         i += 1
-    body = []
+    chars: set[str] = set()
     first = True
     while i < len(pattern) and (pattern[i] != "]" or first):
         ch = pattern[i]
-        if ch == "/":
-            raise PatternError("a character class cannot contain `/`", i)
         if ch == "\\" and i + 1 < len(pattern):
             i += 1
             ch = pattern[i]
-            body.append(re.escape(ch))
-        elif ch == "-" and body and i + 1 < len(pattern) and pattern[i + 1] != "]":
-            body.append("-")
+        if i + 2 < len(pattern) and pattern[i + 1] == "-" and pattern[i + 2] != "]":
+            lo, hi = ch, pattern[i + 2]
+            if ord(hi) < ord(lo):
+                raise PatternError(f"empty character range `{lo}-{hi}`", offset + i)
+            if ord(hi) - ord(lo) > MAX_CLASS_RANGE:
+                raise PatternError(f"character range `{lo}-{hi}` is too large", offset + i)
+            chars.update(chr(c) for c in range(ord(lo), ord(hi) + 1))
+            i += 3
         else:
-            body.append(re.escape(ch) if ch not in "-" else r"\-")
+            chars.add(ch)
+            i += 1
         first = False
-        i += 1
     if i >= len(pattern):
-        raise PatternError("unclosed character class", start, help="close it with `]` or escape `[` as `\\[`")
-    inner = "".join(body)
-    return (f"[^/{inner}]" if negate else f"[{inner}]"), i + 1
+        raise PatternError("unclosed character class", offset + start,
+                           help="close it with `]` or escape `[` as `\\[`")
+    if "/" in chars:
+        raise PatternError("a character class cannot contain `/`", offset + start)
+    return ("set", frozenset(chars), negate), i + 1
 
 
-def _segment_to_regex(segment: str, offset: int) -> str:
-    out = []
+def _segment_tokens(segment: str, offset: int) -> list[tuple]:
+    out: list[tuple] = []
     i = 0
     while i < len(segment):
         ch = segment[i]
@@ -80,23 +96,22 @@ def _segment_to_regex(segment: str, offset: int) -> str:
                 raise PatternError(
                     "`**` must be a whole path segment", offset + i, help="use `*` to match within a name"
                 )
-            out.append("[^/]*")
+            out.append(("star",))
         elif ch == "?":
-            out.append("[^/]")
+            out.append(("set", frozenset(), True))
         elif ch == "[":
-            regex, end = _class_to_regex(segment, i)
-            out.append(regex)
-            i = end
+            token, i = _class_tokens(segment, i, offset)
+            out.append(token)
             continue
         elif ch == "\\":
             if i + 1 >= len(segment):
                 raise PatternError("trailing `\\` escapes nothing", offset + i)
             i += 1
-            out.append(re.escape(segment[i]))
+            out.append(("lit", segment[i]))
         else:
-            out.append(re.escape(ch))
+            out.append(("lit", ch))
         i += 1
-    return "".join(out)
+    return out
 
 
 def _split_segments(body: str) -> list[tuple[str, int]]:
@@ -114,16 +129,17 @@ def _split_segments(body: str) -> list[tuple[str, int]]:
     return segments
 
 
-def glob_to_regex(pattern: str, home: str | None = None) -> str:
-    """Translate a policy glob into an anchored regex over normalised posix paths."""
+def glob_tokens(pattern: str, home: str | None = None) -> tuple[tuple, ...]:
+    """Translate a policy glob into tokens over normalised posix paths (see the table above)."""
     if not pattern:
         raise PatternError("empty pattern", 0, help='use `"**"` to match every file')
     if "\x00" in pattern:
         raise PatternError("pattern contains a NUL byte", pattern.index("\x00"))
-    body, offset, prefix = pattern, 0, ""
+    body, offset = pattern, 0
+    lead: list[tuple] = []
     if body.startswith("~/") or body == "~":
         home = (home if home is not None else os.path.expanduser("~")).rstrip("/")
-        prefix = re.escape(home) + "/"
+        lead = [("lit", c) for c in home + "/"]
         body, offset = body[2:], 2
         anchored = True
     elif body.startswith("/"):
@@ -131,14 +147,12 @@ def glob_to_regex(pattern: str, home: str | None = None) -> str:
         anchored = True
     else:
         anchored = False
-    if body.endswith("/"):
-        body = body.rstrip("/")
+    body = body.rstrip("/")
     if not body:
-        return "^" + prefix + ".*$" if prefix else "^.*$"
+        return (*lead, ("all",))
     segments = _split_segments(body)
-    if len(segments) > 1:
-        anchored = True
-    parts: list[str] = []
+    anchored = anchored or len(segments) > 1
+    tokens: list[tuple] = lead if anchored else [("dirs",)]
     for index, (segment, col) in enumerate(segments):
         last = index == len(segments) - 1
         if segment == "":
@@ -147,13 +161,34 @@ def glob_to_regex(pattern: str, home: str | None = None) -> str:
             raise PatternError(f"`{segment}` is not allowed in a pattern", offset + col,
                                help="patterns are relative to the workspace root")
         if segment == "**":
-            parts.append(".*" if last else "(?:[^/]+/)*")
+            # a trailing `**` means "something inside": one character at least, then anything
+            tokens.extend((("set", frozenset(), True), ("all",)) if last else (("dirs",),))
         else:
-            parts.append(_segment_to_regex(segment, offset + col) + ("" if last else "/"))
-    regex = "".join(parts)
-    lead = prefix if prefix else ("" if anchored else "(?:[^/]+/)*")
-    # A match covers everything beneath it, like .gitignore directories.
-    return "^" + lead + regex + "(?:/.*)?$"
+            tokens.extend(_segment_tokens(segment, offset + col))
+            if not last:
+                tokens.append(("lit", "/"))
+    tokens.append(("desc",))  # a match covers everything beneath it, like .gitignore directories
+    return tuple(tokens)
+
+
+_TOKEN_REGEX = {"star": "[^/]*", "dirs": "(?:[^/]+/)*", "all": ".*", "desc": "(?:/.*)?"}
+
+
+def tokens_to_regex(tokens: tuple[tuple, ...]) -> str:
+    parts = []
+    for token in tokens:
+        if token[0] == "lit":
+            parts.append(re.escape(token[1]))
+        elif token[0] == "set":
+            inner = "".join(re.escape(c) for c in sorted(token[1]))
+            parts.append(f"[^/{inner}]" if token[2] else f"[{inner}]")
+        else:
+            parts.append(_TOKEN_REGEX[token[0]])
+    return "^" + "".join(parts) + "$"
+
+
+def glob_to_regex(pattern: str, home: str | None = None) -> str:
+    return tokens_to_regex(glob_tokens(pattern, home))
 
 
 @dataclass(frozen=True)
@@ -161,11 +196,15 @@ class Glob:
     """A compiled path glob; equality and hashing use the pattern text."""
 
     text: str
-    regex: str = field(compare=False, repr=False)
+    tokens: tuple[tuple, ...] = field(compare=False, repr=False)
 
     @classmethod
     def compile(cls, text: str, home: str | None = None) -> Glob:
-        return cls(text, glob_to_regex(text, home))
+        return cls(text, glob_tokens(text, home))
+
+    @cached_property
+    def regex(self) -> str:
+        return tokens_to_regex(self.tokens)
 
     @cached_property
     def _compiled(self) -> re.Pattern[str]:
@@ -177,6 +216,18 @@ class Glob:
     @property
     def matches_everything(self) -> bool:
         return self.text.strip("/") in ("**", "*") and not self.text.startswith("~")
+
+    def overlap(self, other: Glob) -> str | None:
+        """A path both globs match, or None when none exists (exact: automaton intersection)."""
+        from ifc.glob_sets import witness
+
+        return witness(self.tokens, require=(other.tokens,))
+
+    def within(self, others: tuple[Glob, ...], minus: tuple[Glob, ...] = ()) -> bool:
+        """Does every path this glob matches also match one of `others` and none of `minus`? (Exact.)"""
+        from ifc.glob_sets import escapes
+
+        return escapes(self.tokens, cover=tuple(o.tokens for o in others), minus=tuple(m.tokens for m in minus)) is None
 
     def examples(self) -> list[str]:
         """A few concrete paths this glob matches: witnesses for overlap and shadowing lints."""

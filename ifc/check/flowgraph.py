@@ -158,13 +158,13 @@ def _endpoints(patterns) -> list[EndpointPattern]:
 
 
 def _globs_meet(a: list[Glob], b) -> bool:
-    return any(x.matches(e) for x in a for y in b for e in y.examples()) or \
-        any(y.matches(e) for x in a for y in b for e in x.examples())
+    return any(x.overlap(y) is not None for x in a for y in b)
 
 
 def _first_example(globs, grants: list[Glob]) -> str:
     for g in globs:
-        for e in g.examples():
-            if any(x.matches(e) for x in grants):
-                return e
+        for x in grants:
+            witness = g.overlap(x)
+            if witness is not None:
+                return witness
     return globs[0].examples()[0]

@@ -59,50 +59,50 @@ def unused_names(ctx: CheckContext) -> list[Diagnostic]:
 
 
 def file_rule_overlaps(ctx: CheckContext) -> list[Diagnostic]:
-    """Shadowed rules (a later rule covers every path) and later rules that lower an earlier label."""
+    """Shadowed rules (a later rule covers every path) and later rules that lower an earlier label.
+
+    Exact: globs compile to automata, so "covers" and "overlaps" are set questions, not guesses.
+    """
     policy = ctx.policy
-    lattice = policy.lattice
     out = []
     rules = policy.file_rules
     for i, earlier in enumerate(rules):
-        examples = [e for g in earlier.globs for e in g.examples() if earlier.matches(e)]
-        if not examples:
-            continue
         for later in rules[i + 1:]:
-            hits = [e for e in examples if later.matches(e)]
-            if not hits:
-                continue
-            if len(hits) == len(examples) and _covers(later, earlier):
+            if all(g.within(later.globs, later.excepts) for g in earlier.globs):
                 out.append(warning(
                     "shadowed-rule", f"this rule never decides: the later rule at line {later.span.line} "
                     "matches every path it does", earlier.span,
                     help="remove it, or move it after the broader rule (the last matching rule wins)",
                     related=[Related(later.span, "this later rule wins")]))
                 break
-            lost = earlier.label.secrecy - later.label.secrecy
-            if lost:
+            # Lowering the catch-all default (`"**" internal`, then `"docs/**" public`) is the point of
+            # ordering, and a later label that adds a tag is a deliberate refinement; a later rule that
+            # only takes tags away from a specific earlier one is how secrets end up public.
+            if catch_all(earlier) or not later.label.secrecy < earlier.label.secrecy:
+                continue
+            witness = _shared_path(earlier, later)
+            if witness is not None:
                 out.append(warning(
                     "overlapping-globs",
                     f"the later rule at line {later.span.line} relabels some `{earlier.label_text}` files as "
-                    f"`{later.label_text}` (e.g. `{hits[0]}`)", later.span,
-                    help=f"add `except {q(hits[0])}` to the later rule, or move it before line {earlier.span.line}",
+                    f"`{later.label_text}` (e.g. `{witness}`)", later.span,
+                    help=f"add `except {q(witness)}` to the later rule, or move the `{earlier.label_text}` rule "
+                    "after it (put the most secret rules last)",
                     related=[Related(earlier.span, f"these files are `{earlier.label_text}` here")]))
-            elif earlier.writes_require is not None and (later.writes_require or -1) < earlier.writes_require:
-                level = lattice.integrity_levels[earlier.writes_require]
-                out.append(warning(
-                    "overlapping-globs", f"the later rule at line {later.span.line} drops `writes require {level}`"
-                    f" for some files (e.g. `{hits[0]}`)", later.span,
-                    help=f"repeat `writes require {level}` on the later rule or exclude those files",
-                    related=[Related(earlier.span, "the requirement is set here")]))
     return out
 
 
-def _covers(later, earlier) -> bool:
-    """A later rule covers an earlier one when it is a catch-all or repeats one of its globs exactly."""
-    if later.excepts:
-        return False
-    later_texts = {g.text for g in later.globs}
-    return any(g.matches_everything for g in later.globs) or all(g.text in later_texts for g in earlier.globs)
+def catch_all(rule) -> bool:
+    return any(g.matches_everything for g in rule.globs)
+
+
+def _shared_path(earlier, later) -> str | None:
+    for g in earlier.globs:
+        for h in later.globs:
+            witness = g.overlap(h)
+            if witness is not None and earlier.matches(witness) and later.matches(witness):
+                return witness
+    return None
 
 
 def broad_endpoints(ctx: CheckContext) -> list[Diagnostic]:
@@ -151,7 +151,7 @@ def _grant_findings(policy, agent: str, item: ast.Grant, pattern: ast.Pattern, p
     except PatternError:
         return []  # reported by the compiler
     if item.op in ("write", "create", "delete") and glob.matches_everything:
-        hit = [r for r in protected if any(glob.matches(e) for g in r.globs for e in g.examples())]
+        hit = [r for r in protected if any(glob.overlap(g) is not None for g in r.globs)]
         where = f", including `{hit[0].globs[0].text}` which requires trusted writes" if hit else ""
         return [warning("broad-grant", f"agent `{agent}` may {item.op} every file{where}", pattern.span,
                         help="grant the directories it works in, e.g. `src/**`, `tests/**`")]
@@ -228,8 +228,7 @@ def _sinks_overlap(policy, a, b) -> bool:
     if (a.kind == "file") != (b.kind == "file"):
         return False
     if a.kind == "file":
-        return any(g2.matches(e) for g in a.globs for e in g.examples() for g2 in b.globs) or \
-            any(g.matches(e) for g2 in b.globs for e in g2.examples() for g in a.globs)
+        return any(g.overlap(h) is not None for g in a.globs for h in b.globs)
     examples = [p.example() for p in a.endpoints] if a.kind == "endpoint" else \
         [p.example() for r in policy.endpoint_rules if a.group in r.groups for p in r.patterns]
     return any(_sink_matches_endpoint(policy, b, e) for e in examples)

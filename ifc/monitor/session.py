@@ -197,7 +197,8 @@ class Session:
             object_label = f"clearance {lattice.describe_tags(clearance)}"
         else:
             object_label = None
-        culprits = set(verdict.blocked_tags) | (
+        blocked = verdict.blocked_tags  # keep each chain's top: `secret`, not the `internal` it implies
+        culprits = {t for t in blocked if not any(u != t and t in lattice.tag_closure.get(u, ()) for u in blocked)} | (
             {lattice.integrity_levels[self.taint.integrity]} if verdict.integrity_short else set())
         guilty = {obj for part, obj in self.sources.items() if part in culprits}
         tainted_by = tuple(p for p in self._provenance() if verdict.allowed or p[1] in guilty) or self._provenance()

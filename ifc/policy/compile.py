@@ -76,8 +76,8 @@ class _Compiler:
                           at or Span(name, 1, 1), help="include paths are relative to the including file")
                 return []
             except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not valid UTF-8"
-                self._err("unreadable", f"cannot read `{name}`: {reason.lower()}", at or Span(name, 1, 1))
+                reason = exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else "not valid UTF-8"
+                self._err("unreadable", f"cannot read `{name}`: {reason}", at or Span(name, 1, 1))
                 return []
         result = parse_text(text, name)
         self.files.append(result.file)
@@ -327,7 +327,7 @@ class _Compiler:
 
 
 def _covered(grant: model.Grant, grants: list[model.Grant]) -> bool:
-    """Does some held grant cover every example of `grant`? (A sound check for the common shapes.)"""
+    """Do the held grants cover everything `grant` would allow? (Exact for globs.)"""
     same = [g for g in grants if g.op == grant.op]
     if any(g.pattern == grant.pattern for g in same):
         return True
@@ -335,8 +335,7 @@ def _covered(grant: model.Grant, grants: list[model.Grant]) -> bool:
         if grant.op == "connect":
             wanted = EndpointPattern.parse(grant.pattern)
             return any(_endpoint_covers(EndpointPattern.parse(g.pattern), wanted) for g in same)
-        examples = Glob.compile(grant.pattern).examples()
-        return any(all(Glob.compile(g.pattern).matches(e) for e in examples) for g in same)
+        return Glob.compile(grant.pattern).within(tuple(Glob.compile(g.pattern) for g in same))
     except PatternError:
         return True  # already reported as a bad pattern
 

@@ -51,15 +51,17 @@ def check_send(policy: Policy, data: Label, endpoint: Endpoint, held: Iterable[s
 def check_write(policy: Policy, data: Label, path: str, held: Iterable[str] = ()) -> FlowVerdict:
     """Writes never lower a file's secrecy (its label floats up), so only deny rules and the file's
     integrity requirement can refuse them."""
-    match = policy.file_label(path)
-    required = match.rule.writes_require if match.rule and match.rule.writes_require is not None else 0
-    rule_text = f"files: {', '.join(_q(g.text) for g in match.rule.globs)} {match.rule.label_text}" if match.rule else None
+    required, guard = policy.write_requirement(path)
+    rule = guard or policy.file_label(path).rule
+    rule_text = f"files: {', '.join(_q(g.text) for g in rule.globs)} {rule.label_text}" if rule else None
+    if guard is not None:
+        rule_text += f" writes require {policy.lattice.integrity_levels[required]}"
     verdict = _decide(policy, data, held, lambda sink: sink.matches_file(path), path, frozenset(), required,
-                      rule_text, match.rule.span if match.rule else None, check_secrecy=False)
-    if verdict.allowed and match.rule and match.rule.writes_require is not None:
-        level = policy.lattice.integrity_levels[match.rule.writes_require]
+                      rule_text, rule.span if rule else None, check_secrecy=False)
+    if verdict.allowed and guard is not None:
+        level = policy.lattice.integrity_levels[required]
         return FlowVerdict(True, f"writes to {path} require {level}; the data is "
-                           f"{policy.lattice.integrity_levels[data.integrity]}", rule_text, match.rule.span,
+                           f"{policy.lattice.integrity_levels[data.integrity]}", rule_text, guard.span,
                            capabilities_used=verdict.capabilities_used)
     return verdict
 

@@ -173,6 +173,22 @@ class Policy:
         """The label of a workspace path: the last matching file rule, or public+trusted when none."""
         return self._file_lookup(path)
 
+    @cached_property
+    def _guarded(self) -> tuple[FileRule, ...]:
+        return tuple(r for r in self.file_rules if r.writes_require is not None)
+
+    def write_requirement(self, path: str) -> tuple[int, FileRule | None]:
+        """The integrity a write to `path` needs: the highest `writes require` of *every* matching rule.
+
+        Labels follow "last match wins"; requirements are restrictions, so they add up instead and
+        no later rule can silently drop one.
+        """
+        best: tuple[int, FileRule | None] = (0, None)
+        for rule in self._guarded:
+            if rule.writes_require > best[0] and rule.matches(path):
+                best = (rule.writes_require, rule)
+        return best
+
     def endpoint_rule(self, endpoint: Endpoint) -> EndpointRule | None:
         """The last endpoint rule matching; None means the policy does not know it (connects are denied)."""
         for rule in reversed(self.endpoint_rules):

@@ -1,0 +1,5 @@
+"""A tiny greeting service."""
+
+
+def greet(name: str) -> str:
+    return f"Hello, {name}!"

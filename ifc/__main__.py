@@ -1,0 +1,5 @@
+import sys
+
+from ifc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""Checker stages: each lint fires on the mistake it names and stays quiet on the shipped default."""
+
+from __future__ import annotations
+
+from ifc.check import check
+from ifc.policy import compile_file, compile_text
+
+BASE = """labels { secrecy public < internal < secret  integrity untrusted < trusted }
+files { "**" internal  ".env*" secret }
+"""
+
+
+def codes(text: str) -> list[str]:
+    return [d.code for d in check(compile_text(BASE + text, "p.flow")).diagnostics]
+
+
+def findings(text: str, code: str):
+    return [d for d in check(compile_text(BASE + text, "p.flow")).diagnostics if d.code == code]
+
+
+def test_default_policy_is_clean():
+    result = check(compile_file("policies/default.flow"))
+    assert not result.errors and not result.warnings, [(d.span.line, d.message) for d in result.diagnostics]
+
+
+def test_unused_tag_and_label():
+    got = findings("labels { secrecy spare  label combo = internal + spare }", "unused-label")
+    assert [d.message for d in got] == ["label `combo` is never used"]
+    assert findings("labels { secrecy lonely }", "unused-label")[0].message == "secrecy `lonely` is never used"
+
+
+def test_shadowed_rule_names_the_winner():
+    got = findings('files { "**" public }', "shadowed-rule")
+    assert len(got) == 2  # both `"**" internal` and `".env*" secret` on line 2 are dead now
+    assert all(d.span.line == 2 and d.related[0].span.line == 3 for d in got)
+
+
+def test_later_rule_lowering_an_earlier_label_is_flagged_with_an_example():
+    [d] = findings('files { "*.txt" public }', "overlapping-globs")
+    assert "relabels some `secret` files as `public`" in d.message and ".env" in d.message
+    assert d.help.startswith("add `except")
+
+
+def test_write_requirements_add_up_so_a_later_rule_cannot_drop_one():
+    from ifc.policy.flows import check_write
+    from ifc.policy.labels import Label
+
+    policy = compile_text(BASE + 'files { ".github/**" internal writes require trusted  "**/*.yml" internal }',
+                          "p.flow").policy
+    verdict = check_write(policy, Label(frozenset({"internal"}), 0), ".github/ci.yml")
+    assert not verdict.allowed and "writes require trusted" in verdict.rule
+
+
+def test_endpoint_matching_everything():
+    assert findings('endpoints { "*" clearance public }', "broad-endpoint")
+    assert findings('endpoints { "https://*.com" clearance public }', "broad-endpoint")
+    assert not findings('endpoints { "https://*.github.com" clearance public }', "broad-endpoint")
+
+
+def test_grants_broad_and_unusable():
+    got = findings('agent a { write "**" connect "https://nowhere.example" }', "broad-grant")
+    assert got and "may write every file" in got[0].message
+    [u] = findings('agent a { connect "https://nowhere.example" }', "unusable-grant")
+    assert u.span.column == 19
+
+
+def test_secret_problems():
+    assert findings('secret K from env "K"', "secret-no-endpoint")
+    assert "no endpoint rule" in findings('secret K from env "K" to "https://x.com"', "secret-no-endpoint")[0].message
+    text = 'endpoints { "https://x.com" clearance public } secret K from env "K" to "https://x.com" agent a { read "a" }'
+    assert "no agent may connect" in findings(text, "secret-no-endpoint")[0].message
+
+
+def test_allow_that_a_deny_kills_is_an_error_pointing_at_both():
+    text = 'endpoints { "https://x.com" clearance public as ext } allow secret -> ext "a" deny secret -> ext "b"'
+    [d] = findings(text, "allow-denied")
+    assert d.severity.name == "ERROR" and d.related[0].message == "denied here"
+
+
+def test_clearance_contradicting_a_deny_is_an_error():
+    text = 'endpoints { "https://x.com" clearance secret as ext } deny secret -> ext "no"'
+    assert findings(text, "allow-denied")
+
+
+def test_capability_that_a_deny_kills_is_an_error():
+    text = ('endpoints { "https://x.com" clearance public as ext } deny secret -> ext "no" '
+            'declassify leak: secret -> ext')
+    assert findings(text, "allow-denied")
+
+
+def test_deny_without_message():
+    assert findings('endpoints { "https://x.com" as ext } deny secret -> ext', "missing-message")
+
+
+def test_static_flow_path_blocked_only_by_clearance_is_reported_with_the_path():
+    text = ('endpoints { "https://web.example" clearance public returns untrusted }'
+            ' agent a { read "**" connect "https://web.example" }')
+    got = findings(text, "unexplained-flow")
+    messages = " | ".join(d.message for d in got)
+    assert '".env*" (secret) --read--> agent a --connect--> "https://web.example"' in messages
+    assert all(d.help.startswith("say why with `deny") for d in got)
+
+
+def test_explicit_deny_silences_the_flow_finding():
+    text = ('endpoints { "https://web.example" clearance public returns untrusted as ext }'
+            ' agent a { read "**" connect "https://web.example" } deny internal -> ext "code stays"')
+    assert not findings(text, "unexplained-flow")
+
+
+def test_multi_hop_flow_through_a_shared_file_to_another_agent():
+    text = ('endpoints { "https://web.example" clearance public }'
+            ' agent writer { read "**" write "shared/notes" }'
+            ' agent sender { read "shared/notes" connect "https://web.example" }')
+    paths = [d.message for d in findings(text, "unexplained-flow")]
+    assert any("agent writer --write--> files writer writes --read--> agent sender --connect-->" in m
+               for m in paths), paths
+
+
+def test_untrusted_reply_to_protected_file():
+    text = ('files { ".github/workflows/**" internal writes require trusted }'
+            ' endpoints { "https://web.example" clearance internal returns untrusted }'
+            ' agent a { read "src/**" write ".github/**" connect "https://web.example" }')
+    [d] = [d for d in findings(text, "unexplained-flow") if "--reply-->" in d.message]
+    assert "--reply--> agent a --write--> \".github/workflows/**\"" in d.message
