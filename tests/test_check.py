@@ -108,12 +108,15 @@ def test_explicit_deny_silences_the_flow_finding():
 
 
 def test_multi_hop_flow_through_a_shared_file_to_another_agent():
-    text = ('endpoints { "https://web.example" clearance public }'
-            ' agent writer { read "**" write "shared/notes" }'
-            ' agent sender { read "shared/notes" connect "https://web.example" }')
-    paths = [d.message for d in findings(text, "unexplained-flow")]
-    assert any("agent writer --write--> files writer writes --read--> agent sender --connect-->" in m
-               for m in paths), paths
+    text = ('labels { secrecy low < high } files { "**" low  "vault/**" high }'
+            ' endpoints { "https://web.example" clearance low }'
+            ' agent writer { read "**" write "shared/**" }'
+            ' agent sender { read "shared/**" connect "https://web.example" }')
+    result = check(compile_text(text, "p.flow"))
+    paths = [d.message for d in result.diagnostics if d.code == "unexplained-flow"]
+    assert paths == ['`high` data can reach "https://web.example"; only the monitor\'s clearance check stops it, '
+                     'with no message for the reviewer: "vault/**" (high) --read--> agent writer --write--> '
+                     'files writer writes --read--> agent sender --connect--> "https://web.example"']
 
 
 def test_untrusted_reply_to_protected_file():
