@@ -461,6 +461,28 @@ class EndpointPattern:
             return False
         return self.matches_host(endpoint.host)
 
+    def covers(self, inner: EndpointPattern) -> bool:
+        """Does every endpoint `inner` matches also match this pattern?"""
+        if self.scheme is not None and self.scheme != inner.scheme:
+            return False
+        if self.ports is not None and (inner.ports is None or not all(
+                any(olo <= lo and hi <= ohi for olo, ohi in self.ports) for lo, hi in inner.ports)):
+            return False
+        if self.host == "*":
+            return True
+        if inner.host == "*":
+            return False
+        if self._network is not None:
+            inner_net = inner._network
+            return inner_net is not None and inner_net.version == self._network.version and \
+                inner_net.subnet_of(self._network)
+        if inner.host.startswith("**."):
+            return self.host.startswith("**.") and inner.host.endswith(self.host[2:])
+        if inner.host.startswith("*."):
+            return (self.host.startswith("**.") and inner.host[1:].endswith(self.host[2:])) or \
+                self.host == inner.host
+        return self.matches_host(inner.host)
+
     def example(self) -> Endpoint:
         """One concrete endpoint this pattern matches (for lints and `ifc check` paths)."""
         host = self.host

@@ -67,7 +67,8 @@ def test_grants_broad_and_unusable():
 def test_secret_problems():
     assert findings('secret K from env "K"', "secret-no-endpoint")
     assert "no endpoint rule" in findings('secret K from env "K" to "https://x.com"', "secret-no-endpoint")[0].message
-    text = 'endpoints { "https://x.com" clearance public } secret K from env "K" to "https://x.com" agent a { read "a" }'
+    text = ('endpoints { "https://x.com" clearance public } secret K from env "K" to "https://x.com"'
+            ' agent a { read "a" }')
     assert "no agent may connect" in findings(text, "secret-no-endpoint")[0].message
 
 

@@ -19,8 +19,10 @@ def test_every_statement_kind_parses():
         include "other.flow"
         labels { secrecy public < internal < secret  secrecy customer  integrity untrusted < trusted
                  label pii = internal + customer }
-        files { "**" internal  ".env*", "*.pem" secret except ".env.example"  ".github/**" internal writes require trusted }
-        endpoints { "https://api.x.com" clearance internal returns trusted as model, external  "smtp://*" requires trusted }
+        files { "**" internal  ".env*", "*.pem" secret except ".env.example"
+                ".github/**" internal writes require trusted }
+        endpoints { "https://api.x.com" clearance internal returns trusted as model, external
+                    "smtp://*" requires trusted }
         secret KEY from env "KEY" to "https://api.x.com"
         agent coder { read "**" write "src/**", "tests/**" delegate read "src/**" holds push }
         deny secret -> external "no"

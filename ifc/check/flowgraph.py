@@ -12,6 +12,8 @@ of the same `ifc.policy.flows` code the runtime monitor uses:
 
 from __future__ import annotations
 
+import itertools
+
 import networkx as nx
 
 from ifc.diagnostics import Diagnostic, Related, warning
@@ -103,7 +105,7 @@ def flow_paths(ctx: CheckContext) -> list[Diagnostic]:
                 verdict = check_send(policy, Label(data.secrecy, data.integrity), sink_data["endpoint"], held)
             else:
                 verdict = check_write(policy, Label(frozenset(), data.integrity), sink_data["path"], held)
-            if verdict.allowed or verdict.message is not None or verdict.rule and verdict.rule.startswith("deny"):
+            if verdict.allowed or verdict.message is not None or (verdict.rule and verdict.rule.startswith("deny")):
                 continue
             what = (f"`{lattice.describe_tags(verdict.blocked_tags)}` data" if verdict.blocked_tags
                     else f"`{lattice.integrity_levels[data.integrity]}` data")
@@ -115,10 +117,11 @@ def flow_paths(ctx: CheckContext) -> list[Diagnostic]:
             suggestion = (f"deny {lattice.describe_tags(verdict.blocked_tags)}" if verdict.blocked_tags
                           else f"deny {lattice.integrity_levels[data.integrity]}")
             target = sink_name if sink_data["kind"] == "sink" else f"file {sink_name}"
+            check_kind = "clearance" if verdict.blocked_tags else "integrity"
             diag = warning(
                 "unexplained-flow",
-                f"{what} can reach {sink_name}; only the monitor's {('clearance' if verdict.blocked_tags else 'integrity')}"
-                f" check stops it, with no message for the reviewer: {drawn}",
+                f"{what} can reach {sink_name}; only the monitor's {check_kind} check stops it, with no message "
+                f"for the reviewer: {drawn}",
                 sink_data["span"],
                 help=f'say why with `{suggestion} -> {target} "..."`, or narrow the grant that opens the path',
                 related=[Related(graph.nodes[source]["span"], f"the data comes from {graph.nodes[source]['text']}")])
@@ -128,7 +131,7 @@ def flow_paths(ctx: CheckContext) -> list[Diagnostic]:
 
 def _draw(graph: nx.DiGraph, path: list) -> str:
     parts = [_node_text(graph, path[0])]
-    for a, b in zip(path, path[1:], strict=False):
+    for a, b in itertools.pairwise(path):
         parts.append(f"--{graph.edges[a, b]['op']}--> {_node_text(graph, b)}")
     return " ".join(parts)
 

@@ -106,7 +106,18 @@ def _shared_path(earlier, later) -> str | None:
 
 
 def broad_endpoints(ctx: CheckContext) -> list[Diagnostic]:
+    """Patterns that match everything, and endpoint rules a later rule makes dead (last match wins)."""
     out = []
+    rules = ctx.policy.endpoint_rules
+    for i, earlier in enumerate(rules):
+        for later in rules[i + 1:]:
+            if not later.excepts and all(any(lp.covers(p) for lp in later.patterns) for p in earlier.patterns):
+                out.append(warning(
+                    "shadowed-rule", f"this endpoint rule never decides: the later rule at line {later.span.line} "
+                    "matches every endpoint it does", earlier.span,
+                    help="remove it, or move it after the broader rule (the last matching rule wins)",
+                    related=[Related(later.span, "this later rule wins")]))
+                break
     for rule in ctx.policy.endpoint_rules:
         for pattern in rule.patterns:
             if pattern.host == "*" or pattern.host in ("::/0", "0.0.0.0/0") or _tld_wildcard(pattern):
@@ -145,7 +156,8 @@ def _grant_findings(policy, agent: str, item: ast.Grant, pattern: ast.Pattern, p
             if policy.endpoint_rule(endpoint.example()) is None:
                 return [warning("unusable-grant", f"`connect {q(pattern.text)}` can never be used: no endpoint rule "
                                 "names it, so the monitor denies every connection", pattern.span,
-                                help=f"add `{q(pattern.text)}` with a clearance to `endpoints {{ }}`, or drop the grant")]
+                                help=f"add `{q(pattern.text)}` with a clearance to `endpoints {{ }}`, "
+                                "or drop the grant")]
             return []
         glob = Glob.compile(pattern.text)
     except PatternError:
@@ -229,6 +241,8 @@ def _sinks_overlap(policy, a, b) -> bool:
         return False
     if a.kind == "file":
         return any(g.overlap(h) is not None for g in a.globs for h in b.globs)
+    if a.kind == "group" and b.kind == "group":
+        return a.group == b.group or any({a.group, b.group} <= r.groups for r in policy.endpoint_rules)
     examples = [p.example() for p in a.endpoints] if a.kind == "endpoint" else \
         [p.example() for r in policy.endpoint_rules if a.group in r.groups for p in r.patterns]
     return any(_sink_matches_endpoint(policy, b, e) for e in examples)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,6 @@ from ifc.check import check
 from ifc.cli import ExitCode
 from ifc.diagnostics import Diagnostic, Severity
 from ifc.policy import compile_file
-
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,10 +41,8 @@ def run(args: argparse.Namespace) -> int:
     for file in args.files:
         result = compile_file(file)
         for parsed in result.files:
-            try:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
                 sources[parsed.path] = Path(parsed.path).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                pass
         checked = check(result)
         diags = list(checked.diagnostics)
         if result.policy is None:

@@ -57,7 +57,8 @@ EXAMPLES: list[tuple[str, str, list[str]]] = [
     (
         "a file rule option is `except \"glob\"` or `writes require LEVEL`",
         'e.g. `".env*" secret except ".env.example"`',
-        ['files { "a" x y }', 'files { "b" z "a" x y }', 'files { "a" x writes }', 'files { "a" x except }', 'files { "a" x writes require }', 'files { "a" x y }'],
+        ['files { "a" x y }', 'files { "b" z "a" x y }', 'files { "a" x writes }', 'files { "a" x except }',
+         'files { "a" x writes require }'],
     ),
     (
         "expected a top-level statement",

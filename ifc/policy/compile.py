@@ -114,8 +114,11 @@ class _Compiler:
 
     def _unknown(self, name: ast.Name, what: str, candidates) -> None:
         guess = difflib.get_close_matches(name.text, list(candidates), n=1, cutoff=0.6)
-        help = f"did you mean `{guess[0]}`?" if guess else f"declare it first (known: {', '.join(sorted(candidates)) or 'none'})"
-        related = [Related(self.defs[guess[0]], f"`{guess[0]}` is defined here")] if guess and guess[0] in self.defs else []
+        known = ", ".join(sorted(candidates)) or "none"
+        help = f"did you mean `{guess[0]}`?" if guess else f"declare it first (known: {known})"
+        related = []
+        if guess and guess[0] in self.defs:
+            related = [Related(self.defs[guess[0]], f"`{guess[0]}` is defined here")]
         self._err("unknown-name", f"unknown {what} `{name.text}`", name.span, help=help, related=related)
 
     def _globs(self, patterns) -> tuple[Glob, ...]:
@@ -334,24 +337,10 @@ def _covered(grant: model.Grant, grants: list[model.Grant]) -> bool:
     try:
         if grant.op == "connect":
             wanted = EndpointPattern.parse(grant.pattern)
-            return any(_endpoint_covers(EndpointPattern.parse(g.pattern), wanted) for g in same)
+            return any(EndpointPattern.parse(g.pattern).covers(wanted) for g in same)
         return Glob.compile(grant.pattern).within(tuple(Glob.compile(g.pattern) for g in same))
     except PatternError:
         return True  # already reported as a bad pattern
-
-
-def _endpoint_covers(outer: EndpointPattern, inner: EndpointPattern) -> bool:
-    if outer.scheme is not None and outer.scheme != inner.scheme:
-        return False
-    if outer.ports is not None and (inner.ports is None or not all(
-            any(olo <= lo and hi <= ohi for olo, ohi in outer.ports) for lo, hi in inner.ports)):
-        return False
-    if outer.host == "*":
-        return True
-    if inner.host == "*":
-        return False
-    return outer.matches_host(inner.example().host) and (
-        not inner.host.startswith("*") or outer.host.startswith("**.") or outer.host == inner.host)
 
 
 def _expr_text(expr: ast.LabelExpr) -> str:

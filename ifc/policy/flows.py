@@ -34,7 +34,6 @@ class FlowVerdict:
 
 
 def check_send(policy: Policy, data: Label, endpoint: Endpoint, held: Iterable[str] = ()) -> FlowVerdict:
-    lattice = policy.lattice
     rule = policy.endpoint_rule(endpoint)
     if rule is None:
         return FlowVerdict(False, f"no endpoint rule names {endpoint}: unknown endpoints are denied",
