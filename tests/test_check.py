@@ -126,3 +126,11 @@ def test_untrusted_reply_to_protected_file():
             ' agent a { read "src/**" write ".github/**" connect "https://web.example" }')
     [d] = [d for d in findings(text, "unexplained-flow") if "--reply-->" in d.message]
     assert "--reply--> agent a --write--> \".github/workflows/**\"" in d.message
+
+
+def test_a_declared_capability_explains_a_flow_it_would_permit():
+    text = ('files { "ci/**" internal writes require trusted  "inbox/**" internal + untrusted }'
+            ' endpoints { "https://chat.example" clearance internal returns trusted }'
+            ' agent a { read "inbox/**" write "ci/**" connect "https://chat.example" }'
+            ' endorse ci-edit: untrusted -> file "ci/**" "a maintainer approved this CI change"')
+    assert not [d for d in findings(text, "unexplained-flow") if "ci/**" in d.message]

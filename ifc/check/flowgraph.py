@@ -6,6 +6,7 @@ reads) and sinks (endpoints, protected files). For every source that can reach a
 of the same `ifc.policy.flows` code the runtime monitor uses:
 
   - refused by an explicit `deny` rule: the author's intent, nothing to report;
+  - permitted by a declared declassify/endorse capability: the author named who may approve it;
   - refused only by a clearance or integrity requirement: a warning, because the reviewer who meets
     that denial at run time gets no message — the fix is a `deny` rule that says why, or a narrower grant.
 """
@@ -107,6 +108,8 @@ def flow_paths(ctx: CheckContext) -> list[Diagnostic]:
                 verdict = check_write(policy, Label(frozenset(), data.integrity), sink_data["path"], held)
             if verdict.allowed or verdict.message is not None or (verdict.rule and verdict.rule.startswith("deny")):
                 continue
+            if _capability_explains(policy, data, sink_data):
+                continue  # the author declared who may approve this flow; the capability carries the message
             what = (f"`{lattice.describe_tags(verdict.blocked_tags)}` data" if verdict.blocked_tags
                     else f"`{lattice.integrity_levels[data.integrity]}` data")
             key = (sink, what)
@@ -127,6 +130,16 @@ def flow_paths(ctx: CheckContext) -> list[Diagnostic]:
                 related=[Related(graph.nodes[source]["span"], f"the data comes from {graph.nodes[source]['text']}")])
             findings[key] = (diag, path)
     return [d for d, _ in findings.values()]
+
+
+def _capability_explains(policy: Policy, data: Label, sink_data: dict) -> bool:
+    """Would some declared capability (held by an agent or only mintable into a token) permit the flow?"""
+    every = tuple(policy.capabilities)
+    if not every:
+        return False
+    if sink_data["kind"] == "sink":
+        return check_send(policy, data, sink_data["endpoint"], every).allowed
+    return check_write(policy, Label(frozenset(), data.integrity), sink_data["path"], every).allowed
 
 
 def _draw(graph: nx.DiGraph, path: list) -> str:
