@@ -1,7 +1,9 @@
 """`ifc decide --policy P OP TARGET [OP TARGET ...]`: a dry run of a sequence of operations.
 
-Each step goes through the monitor's session logic, so the taint one step leaves is what the next step
-is judged by — the same way a real run is judged.
+Each step goes through the reference monitor, so the taint one step leaves is what the next step is
+judged by — the same way a real run is judged. `session NAME` switches to another subject (a new
+session starts untainted, but sees the labels earlier writes floated); with `--run-dir` the run's event
+log and label store are written there for `ifc report`.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import argparse
 import json
 import sys
 
-from ifc.cli import ExitCode
-from ifc.monitor import Decision, Session
-from ifc.policy import PolicyError, load_policy
-from ifc.policy.model import OPS
+from pathlib import Path
 
-STEP_OPS = (*OPS, "send")
+from ifc.cli import ExitCode
+from ifc.monitor import Decision, EventLog, LabelStore, Monitor, Request
+from ifc.monitor.monitor import ALL_OPS, TWO_PATH_OPS
+from ifc.policy import PolicyError, load_policy
+
+STEP_OPS = (*ALL_OPS, "session")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "decide", help="dry-run a sequence of operations against a policy",
         description="Decide each OP TARGET in order, carrying the taint forward. OP is one of "
         + ", ".join(STEP_OPS) + ". TARGET is a workspace path, an endpoint (`smtp.gmail.com:587`, "
-        "`https://api.github.com`), or for send `SECRET@ENDPOINT`. Exits 1 when any step is denied.",
+        "`https://api.github.com`), `OLD=>NEW` for rename and link, `SECRET@ENDPOINT` for send, a host "
+        "name for dns, and a subject name for session. Exits 1 when any step is denied.",
         epilog="example: ifc decide --policy policies/default.flow read .env connect smtp.gmail.com:587")
     p.add_argument("--policy", required=True, metavar="P")
     p.add_argument("--agent", metavar="NAME",
@@ -31,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holds", action="append", default=[], metavar="CAPABILITY",
                    help="act as if holding this declassify/endorse capability (repeatable)")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--run-dir", metavar="DIR", help="write the event log and label store here (for ifc report)")
     p.add_argument("steps", nargs="+", metavar="OP TARGET")
     p.set_defaults(func=run)
 
@@ -62,8 +68,21 @@ def run(args: argparse.Namespace) -> int:
     for name in args.holds:
         if name not in policy.capabilities:
             return _usage(f"no capability `{name}` in {args.policy}")
-    session = Session(policy, agent, held=frozenset(args.holds) | frozenset(agent.holds if agent else ()))
-    decisions = [session.decide(op, target) for op, target in pairs]
+    monitor = _monitor(policy, agent, args)
+    decisions = []
+    subject = "session"
+    try:
+        for op, target in pairs:
+            if op == "session":
+                subject = target
+                continue
+            dest = None
+            if op in TWO_PATH_OPS:
+                target, _, dest = target.partition("=>")
+            decisions.append(monitor.decide(Request(op, target, subject=subject, dest=dest or None,
+                                                    cmdline="ifc decide")))
+    finally:
+        monitor.close()
     if args.format == "json":
         json.dump({"policy": args.policy, "agent": agent.name if agent else None,
                    "steps": [d.to_dict() for d in decisions]}, sys.stdout, indent=2)
@@ -75,9 +94,24 @@ def run(args: argparse.Namespace) -> int:
     return ExitCode.FINDINGS if any(not d.allowed for d in decisions) else ExitCode.OK
 
 
+def _monitor(policy, agent, args) -> Monitor:
+    held = frozenset(args.holds)
+    if not args.run_dir:
+        return Monitor(policy, agent=agent, held=held, policy_path=args.policy)
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = EventLog(run_dir / "events.db")
+    log.set_meta(policy=args.policy, policy_digest=policy.digest, agent=agent.name if agent else "",
+                 source="ifc decide")
+    (run_dir / "policy.flow").write_text(Path(args.policy).read_text(encoding="utf-8"), encoding="utf-8")
+    return Monitor(policy, agent=agent, held=held, labels=LabelStore(run_dir / "labels.db"), log=log,
+                   policy_path=args.policy, audience=run_dir.name)
+
+
 def _render(d: Decision) -> str:
     verdict = "allow" if d.allowed else "DENY "
-    lines = [f"{d.step:>3}. {verdict} {d.op} {d.target}"]
+    who = "" if d.subject == "session" else f"[{d.subject}] "
+    lines = [f"{d.step:>3}. {verdict} {who}{d.op} {d.target}"]
     if d.object_label:
         lines.append(f"       label:  {d.object_label}")
     lines.append(f"       why:    {d.reason}")
@@ -92,6 +126,11 @@ def _render(d: Decision) -> str:
     if d.tainted_by and (not d.allowed or d.taint_after != d.taint_before):
         origin = ", ".join(f"{tag} from {obj}" for tag, obj in d.tainted_by)
         lines.append(f"       from:   {origin}")
+    if d.path:
+        lines.append(f"       path:   {d.explanation}")
+    if d.fix and not d.allowed:
+        for key, value in d.fix.items():
+            lines.append(f"       fix ({key}): {value}")
     return "\n".join(lines)
 
 

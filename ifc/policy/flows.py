@@ -11,7 +11,7 @@ Order of the questions, each one final:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ifc.diagnostics import Span
@@ -33,7 +33,9 @@ class FlowVerdict:
     capabilities_used: tuple[str, ...] = field(default=())
 
 
-def check_send(policy: Policy, data: Label, endpoint: Endpoint, held: Iterable[str] = ()) -> FlowVerdict:
+def check_send(policy: Policy, data: Label, endpoint: Endpoint, held: Iterable[str] = (),
+               may_declassify: Callable[[str], bool] | None = None) -> FlowVerdict:
+    """`may_declassify(tag)` answers for a token's `declassify TAG to ENDPOINT` rights."""
     rule = policy.endpoint_rule(endpoint)
     if rule is None:
         return FlowVerdict(False, f"no endpoint rule names {endpoint}: unknown endpoints are denied",
@@ -44,7 +46,7 @@ def check_send(policy: Policy, data: Label, endpoint: Endpoint, held: Iterable[s
         return sink.matches_endpoint(endpoint, rule)
 
     return _decide(policy, data, held, on_sink, where, rule.clearance, rule.requires,
-                   endpoint_rule_text(policy, rule), rule.span, check_secrecy=True)
+                   endpoint_rule_text(policy, rule), rule.span, check_secrecy=True, may_declassify=may_declassify)
 
 
 def check_write(policy: Policy, data: Label, path: str, held: Iterable[str] = ()) -> FlowVerdict:
@@ -66,7 +68,8 @@ def check_write(policy: Policy, data: Label, path: str, held: Iterable[str] = ()
 
 
 def _decide(policy: Policy, data: Label, held: Iterable[str], on_sink, where: str, clearance: frozenset[str],
-            required: int, rule_text: str | None, rule_span: Span | None, check_secrecy: bool) -> FlowVerdict:
+            required: int, rule_text: str | None, rule_span: Span | None, check_secrecy: bool,
+            may_declassify: Callable[[str], bool] | None = None) -> FlowVerdict:
     lattice = policy.lattice
     for flow in _sorted_flows(policy.flow_rules):
         if flow.effect == "deny" and on_sink(flow.sink) and flow.source.matches(data):
@@ -83,11 +86,16 @@ def _decide(policy: Policy, data: Label, held: Iterable[str], on_sink, where: st
     used: list[str] = []
     caps: list[Capability] = [policy.capabilities[n] for n in sorted(set(held)) if n in policy.capabilities]
     if check_secrecy:
-        excess = data.secrecy - allowed_tags
+        excess = set(data.secrecy - allowed_tags)
         for cap in caps:
             if cap.kind == "declassify" and excess & cap.source.secrecy and on_sink(cap.sink):
                 excess -= cap.source.secrecy
                 used.append(cap.name)
+        if may_declassify is not None:
+            for tag in sorted(excess):
+                if may_declassify(tag):
+                    excess.discard(tag)
+                    used.append(f"token: declassify {tag}")
         if excess:
             return FlowVerdict(False, f"`{lattice.describe_tags(frozenset(excess))}` exceeds the clearance of "
                                f"{where} (`{lattice.describe_tags(clearance)}`)", rule_text, rule_span,

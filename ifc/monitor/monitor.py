@@ -1,0 +1,490 @@
+"""The reference monitor: the one place a decision is made.
+
+`Monitor.decide(request)` asks two questions and both must say yes:
+
+  authority — does the subject's capability token (or, without one, its agent's grants) allow the
+              operation on the object? The token block that refused is named.
+  flow      — given the subject's taint, may the data go there? (`ifc.policy.flows`, shared with the
+              static checker.)
+
+Then it applies the effects of an allowed operation: reads raise the subject's taint; writes float the
+object's label up to the taint (kept per object in the `LabelStore`, so renames and hard links carry
+it); replies from endpoints lower integrity. Every decision becomes an event; denials, label changes,
+declassifications and first token uses are committed to the log before `decide` returns. It never
+raises: an internal error is a denial that says why.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from ifc.match import Endpoint, EndpointPattern, Glob, PatternError, normalise_path
+from ifc.monitor.events import EventLog
+from ifc.monitor.labelstore import LabelStore
+from ifc.monitor.provenance import Hop, ProvenanceGraph, draw, node
+from ifc.policy.flows import FlowVerdict, check_send, check_write
+from ifc.policy.labels import Label
+from ifc.policy.model import Agent, Policy
+
+FILE_OPS = ("read", "write", "create", "delete", "exec", "chmod")
+TWO_PATH_OPS = ("rename", "link")
+NET_OPS = ("connect", "dns", "send")
+ALL_OPS = (*FILE_OPS, *TWO_PATH_OPS, *NET_OPS)
+_AUTHORITY_OP = {"chmod": "write", "rename": "write", "link": "create", "dns": "connect", "send": "connect"}
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    target: str
+    subject: str = "session"
+    dest: str | None = None  # rename/link destination
+    token: str | bytes | None = None
+    parent: str | None = None  # a new subject inherits this subject's taint (a sub-process)
+    pid: int | None = None
+    cmdline: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    step: int
+    op: str
+    target: str
+    allowed: bool
+    reason: str
+    rule: str | None = None
+    rule_span: str | None = None
+    message: str | None = None
+    object_label: str | None = None
+    taint_before: str = ""
+    taint_after: str = ""
+    tainted_by: tuple[tuple[str, str], ...] = ()  # (label part, object it came from)
+    capabilities_used: tuple[str, ...] = ()
+    subject: str = "session"
+    token_block: int | None = None
+    path: tuple[Hop, ...] = ()  # for a flow denial: source → ... → sink
+    event: int | None = None
+    fix: dict | None = None
+
+    @property
+    def explanation(self) -> str:
+        return draw(list(self.path))
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "path"}
+        out["tainted_by"] = [list(p) for p in self.tainted_by]
+        out["capabilities_used"] = list(self.capabilities_used)
+        out["path"] = [[h.source, h.op, h.target] for h in self.path]
+        out["explanation"] = self.explanation
+        return out
+
+
+@dataclass
+class SubjectState:
+    taint: Label
+    sources: dict[str, str] = field(default_factory=dict)  # label part -> graph node it came from
+
+
+class Monitor:
+    def __init__(self, policy: Policy, *, agent: Agent | None = None, held: frozenset[str] = frozenset(),
+                 verifier=None, labels: LabelStore | None = None, log: EventLog | None = None,
+                 clock: Callable[[], float] = time.time, policy_path: str | None = None,
+                 audience: str | None = None):
+        self.policy = policy
+        self.agent = agent
+        self.held = frozenset(held) | frozenset(agent.holds if agent else ())
+        self.verifier = verifier
+        self.labels = labels if labels is not None else LabelStore()
+        self.log = log
+        self.clock = clock
+        self.policy_path = policy_path or (policy.sources[0] if policy.sources else "policy.flow")
+        self.audience = audience
+        self.graph = ProvenanceGraph()
+        self.subjects: dict[str, SubjectState] = {}
+        self.steps = 0
+        self._tokens_seen: set[str] = set()
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------------------------ queries
+    def subject(self, name: str, parent: str | None = None) -> SubjectState:
+        state = self.subjects.get(name)
+        if state is None:
+            inherited = self.subjects.get(parent) if parent else None
+            state = SubjectState(inherited.taint if inherited else self.policy.lattice.bottom,
+                                 dict(inherited.sources) if inherited else {})
+            self.subjects[name] = state
+        return state
+
+    def label_of(self, path: str) -> Label:
+        base = self.policy.file_label(path).label
+        extra = self.labels.get(path)
+        return base.join(extra) if extra else base
+
+    # ------------------------------------------------------------------------------------ decide
+    def decide(self, request: Request) -> Decision:
+        with self._lock:
+            self.steps += 1
+            state = self.subject(request.subject, request.parent)
+            before = self.policy.lattice.describe(state.taint)
+            try:
+                decision = self._decide(request, state, before)
+            except Exception as exc:  # fail closed, and say why
+                decision = Decision(self.steps, request.op, request.target, False,
+                                    f"internal error, denied: {type(exc).__name__}: {exc}",
+                                    taint_before=before, taint_after=before, subject=request.subject)
+            return self._log(request, decision)
+
+    def _decide(self, req: Request, state: SubjectState, before: str) -> Decision:
+        lattice = self.policy.lattice
+        op, target = req.op, req.target
+        base = dict(step=self.steps, op=op, target=target, subject=req.subject, taint_before=before,
+                    taint_after=before)
+        if op not in ALL_OPS:
+            return Decision(allowed=False, reason=f"unknown operation `{op}`", **base)
+        dest = None
+        if op in FILE_OPS or op in TWO_PATH_OPS:
+            try:
+                target = normalise_path(target)
+                dest = normalise_path(req.dest) if op in TWO_PATH_OPS else None
+            except (PatternError, TypeError) as exc:
+                return Decision(allowed=False, reason=f"bad path: {getattr(exc, 'message', exc)}", **base)
+            if op in TWO_PATH_OPS and not dest:
+                return Decision(allowed=False, reason=f"{op} needs a destination", **base)
+            base["target"] = target if dest is None else f"{target} -> {dest}"
+        endpoint = None
+        secret_name = None
+        if op in NET_OPS:
+            text = target
+            if op == "send":
+                secret_name, _, text = target.partition("@")
+            try:
+                endpoint = Endpoint.parse(text) if op != "dns" else None
+            except PatternError as exc:
+                return Decision(allowed=False, reason=f"bad endpoint: {exc.message}", **base)
+            if endpoint is not None and op == "connect":
+                base["target"] = str(endpoint)
+
+        # authority ------------------------------------------------------------------------------
+        verified, denied = self._authority(req, op, target, dest, endpoint)
+        if denied is not None:
+            reason, rule, rule_span, block = denied
+            return Decision(allowed=False, reason=reason, rule=rule, rule_span=rule_span, token_block=block,
+                            tainted_by=self._provenance(state), fix=self._authority_fix(req, op, target, dest),
+                            **base)
+
+        # flow and effects --------------------------------------------------------------------------
+        subject_node = node("subject", req.subject)
+        now = self.clock()
+        if op in ("read", "exec"):
+            label = self.label_of(target)
+            self._absorb(state, label, node("file", target), subject_node, op, now)
+            rule = self.policy.file_label(target).rule
+            return Decision(allowed=True, reason=f"reading joins `{lattice.describe(label)}` into the taint",
+                            rule=f"files: {rule.label_text}" if rule else None,
+                            rule_span=str(rule.span) if rule else None, object_label=lattice.describe(label),
+                            **{**base, "taint_after": lattice.describe(state.taint)},
+                            tainted_by=self._provenance(state))
+        if op in ("write", "create", "delete", "chmod", "rename", "link"):
+            return self._write_like(req, state, base, target, dest, subject_node, now, verified)
+        if op == "dns":
+            return self._dns(state, base, target)
+        if op == "send":
+            return self._send(state, base, secret_name, endpoint)
+        return self._connect(req, state, base, endpoint, subject_node, now, verified)
+
+    # ------------------------------------------------------------------------------------ authority
+    def _authority(self, req: Request, op: str, target: str, dest: str | None, endpoint):
+        """(verified token or None, None when allowed else (reason, rule, rule span, token block))."""
+        needed = _AUTHORITY_OP.get(op, op)
+        objects: list[str | Endpoint] = [target] if op not in NET_OPS else [endpoint] if endpoint else []
+        if op in TWO_PATH_OPS:
+            objects = [target, dest]
+        if req.token is not None and self.verifier is not None:
+            from caps import TokenError
+
+            try:
+                verified = self.verifier.verify(req.token, now=self.clock())
+            except TokenError as exc:
+                return None, (f"token rejected ({exc.reason.value}): {exc}", "token", None, None)
+            self._note_token(verified, req)
+            if op == "dns":
+                return verified, None  # resolving a name is judged by the policy's endpoints below
+            checks = [(needed, o) for o in objects]
+            if op == "rename":
+                checks = [("write", target), ("create", dest)]
+            for check_op, obj in checks:
+                answer = verified.check(check_op, obj)
+                if not answer.allowed:
+                    return verified, (f"token: {answer.message}", f"token {verified.token_id}", None, answer.block)
+            return verified, None
+        if req.token is not None:
+            return None, ("a token was presented but no verifier is configured", "token", None, None)
+        if self.agent is None:
+            return None, None
+        if op == "dns":
+            return None, None
+        patterns = self.agent.patterns(needed)
+        for obj in objects:
+            if isinstance(obj, Endpoint):
+                ok = any(EndpointPattern.parse(p).matches(obj) for p in patterns)
+            else:
+                ok = any(Glob.compile(p).matches(obj) for p in patterns)
+            if not ok:
+                return None, (f"agent `{self.agent.name}` has no `{needed}` grant covering {obj}",
+                              f"agent {self.agent.name}", str(self.agent.span), None)
+        return None, None
+
+    def _note_token(self, verified, req: Request) -> None:
+        token_id = getattr(verified, "token_id", None)
+        if token_id and token_id not in self._tokens_seen and self.log is not None:
+            self._tokens_seen.add(token_id)
+            self.log.record(kind="token", subject=req.subject, op="use", target=token_id, allowed=True,
+                            reason="first use of this token in the run", token_id=token_id, pid=req.pid,
+                            cmdline=req.cmdline)
+
+    # ------------------------------------------------------------------------------------ effects
+    def _write_like(self, req, state, base, target, dest, subject_node, now, verified) -> Decision:
+        lattice = self.policy.lattice
+        op = req.op
+        written = dest if op in ("rename", "link") else target
+        held = self._held(verified)
+        # a rename/link moves the content's label to the new name; the new name's rules must accept it
+        data = state.taint
+        if op in ("rename", "link"):
+            data = data.join(self.label_of(target))
+        verdict = check_write(self.policy, data, written, held)
+        if verdict.allowed and op == "rename":
+            verdict_src = check_write(self.policy, state.taint, target, held)
+            verdict = verdict_src if not verdict_src.allowed else verdict
+        if not verdict.allowed:
+            return self._from_verdict(state, base, verdict, lattice.describe(self.label_of(written)),
+                                      sink=node("file", written), part_hint=None)
+        reason = verdict.reason
+        if op == "delete":
+            self.labels.delete(target)
+            self.graph.forget(node("file", target))
+            self.graph.record(subject_node, "delete", node("file", target), now, None)
+        elif op == "chmod":
+            self.graph.record(subject_node, "chmod", node("file", target), now, None)
+        elif op in ("rename", "link"):
+            content = self.label_of(target)
+            if op == "link":
+                self.labels.ensure_object(target, content)
+                self.labels.link(target, dest)
+            else:
+                self.labels.ensure_object(target, content)
+                self.labels.rename(target, dest)
+                self.graph.rename(node("file", target), node("file", dest))
+            self.graph.record(node("file", target), op, node("file", dest), now, None,
+                              parts=self._parts(content))
+            moved = self.label_of(dest)
+            if moved != self.policy.file_label(dest).label:
+                self._label_event(req, dest, moved, f"{op} from {target}")
+            reason = f"{dest} carries `{lattice.describe(moved)}` from {target}"
+        else:
+            old = self.label_of(target)
+            new = old.join(state.taint)
+            self.graph.record(subject_node, op, node("file", target), now, None, parts=self._news(old, new))
+            if new != old:
+                self.labels.raise_to(target, new)
+                self._label_event(req, target, new, f"written by {req.subject}")
+                reason = f"{target} floats up to `{lattice.describe(new)}`"
+        for cap in verdict.capabilities_used:
+            self._capability_event(req, cap, written)
+        return Decision(allowed=True, reason=reason, rule=verdict.rule,
+                        rule_span=None if verdict.span is None else str(verdict.span),
+                        object_label=lattice.describe(self.label_of(written)),
+                        capabilities_used=verdict.capabilities_used, tainted_by=self._provenance(state),
+                        **{**base, "taint_after": lattice.describe(state.taint)})
+
+    def _connect(self, req, state, base, endpoint: Endpoint, subject_node, now, verified) -> Decision:
+        lattice = self.policy.lattice
+        verdict = check_send(self.policy, state.taint, endpoint, self._held(verified),
+                             may_declassify=self._token_declassifier(verified, endpoint))
+        rule = self.policy.endpoint_rule(endpoint)
+        label_text = f"clearance {lattice.describe_tags(rule.clearance)}" if rule else None
+        sink = node("endpoint", str(endpoint))
+        if not verdict.allowed:
+            return self._from_verdict(state, base, verdict, label_text, sink=sink, part_hint=None)
+        self.graph.record(subject_node, "connect", sink, now, None, parts=self._parts(state.taint))
+        for cap in verdict.capabilities_used:
+            self._capability_event(req, cap, str(endpoint))
+        reason = verdict.reason
+        if rule is not None and rule.returns < state.taint.integrity:
+            # what comes back is read: an untrusted reply lowers the subject's integrity
+            self._absorb(state, Label(frozenset(), rule.returns), sink, subject_node, "reply", now)
+            reason += f"; the reply is `{lattice.integrity_levels[rule.returns]}`"
+        return Decision(allowed=True, reason=reason, rule=verdict.rule,
+                        rule_span=None if verdict.span is None else str(verdict.span), object_label=label_text,
+                        capabilities_used=verdict.capabilities_used, tainted_by=self._provenance(state),
+                        **{**base, "taint_after": lattice.describe(state.taint)})
+
+    def _dns(self, state, base, name: str) -> Decision:
+        host = name.lower().rstrip(".")
+        for rule in reversed(self.policy.endpoint_rules):
+            if any(p.matches_host(host) for p in rule.patterns):
+                return Decision(allowed=True, reason=f"`{host}` is named by an endpoint rule",
+                                rule="endpoints", rule_span=str(rule.span), tainted_by=self._provenance(state),
+                                **base)
+        return Decision(allowed=False, reason=f"no endpoint rule names `{host}`: lookups of unknown names are "
+                        "refused (a query can carry data out)", rule="endpoints (no match)",
+                        tainted_by=self._provenance(state), **base)
+
+    def _send(self, state, base, name: str, endpoint: Endpoint) -> Decision:
+        secret = self.policy.secrets.get(name)
+        if secret is None:
+            return Decision(allowed=False, reason=f"no secret named `{name}` in the policy", **base)
+        if not any(p.matches(endpoint) for p in secret.endpoints):
+            bound = ", ".join(p.text for p in secret.endpoints) or "no endpoint"
+            return Decision(allowed=False, reason=f"secret `{name}` is bound to {bound}, not {endpoint}",
+                            rule=f"secret {name}", rule_span=str(secret.span), tainted_by=self._provenance(state),
+                            **base)
+        return Decision(allowed=True, reason=f"secret `{name}` may be sent to {endpoint}",
+                        rule=f"secret {name}", rule_span=str(secret.span), **base)
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _held(self, verified) -> frozenset[str]:
+        return self.held if verified is None else frozenset()
+
+    def _token_declassifier(self, verified, endpoint: Endpoint):
+        if verified is None:
+            return None
+
+        def may(tag: str) -> bool:
+            return verified.check("declassify", endpoint, tag=tag).allowed
+
+        return may
+
+    def _absorb(self, state: SubjectState, label: Label, source: str, subject_node: str, op: str,
+                now: float) -> None:
+        parts = []
+        for tag in label.secrecy - state.taint.secrecy:
+            state.sources[tag] = source
+            parts.append(tag)
+        if label.integrity < state.taint.integrity:
+            level = self.policy.lattice.integrity_levels[label.integrity]
+            state.sources[level] = source
+            parts.append(level)
+        self.graph.record(source, op, subject_node, now, None, parts=parts)
+        state.taint = state.taint.join(label)
+
+    def _news(self, old: Label, new: Label) -> list[str]:
+        """Label parts `new` has that `old` lacks: the tags added and, if it dropped, the integrity level."""
+        parts = sorted(new.secrecy - old.secrecy)
+        if new.integrity < old.integrity:
+            parts.append(self.policy.lattice.integrity_levels[new.integrity])
+        return parts
+
+    def _parts(self, label: Label) -> list[str]:
+        parts = sorted(label.secrecy)
+        if label.integrity < self.policy.lattice.top_integrity:
+            parts.append(self.policy.lattice.integrity_levels[label.integrity])
+        return parts
+
+    def _provenance(self, state: SubjectState) -> tuple[tuple[str, str], ...]:
+        """(label part, object) pairs grouped per object: `secret` from `.env`, `untrusted` from a reply."""
+        lattice = self.policy.lattice
+        by_object: dict[str, set[str]] = {}
+        for part, obj in state.sources.items():
+            by_object.setdefault(obj, set()).add(part)
+        out = []
+        for obj, parts in by_object.items():
+            tags = frozenset(p for p in parts if p in state.taint.secrecy)
+            levels = sorted(p for p in parts if p not in tags)
+            out.append((" + ".join(([lattice.describe_tags(tags)] if tags else []) + levels), obj.split(":", 1)[1]))
+        return tuple(sorted(out, key=lambda pair: pair[1]))
+
+    def _culprits(self, state: SubjectState, verdict: FlowVerdict) -> list[str]:
+        lattice = self.policy.lattice
+        blocked = verdict.blocked_tags  # each chain's top: `secret`, not the `internal` it implies
+        parts = [t for t in sorted(blocked)
+                 if not any(u != t and t in lattice.tag_closure.get(u, ()) for u in blocked)]
+        if verdict.integrity_short:
+            parts.append(lattice.integrity_levels[state.taint.integrity])
+        return parts
+
+    def _from_verdict(self, state, base, verdict: FlowVerdict, object_label, sink: str, part_hint) -> Decision:
+        culprits = self._culprits(state, verdict)
+        guilty = {state.sources[p].split(":", 1)[1] for p in culprits if p in state.sources}
+        tainted_by = tuple(p for p in self._provenance(state) if p[1] in guilty) or self._provenance(state)
+        path: tuple[Hop, ...] = ()
+        subject_node = node("subject", base["subject"])
+        for part in culprits:
+            hops = self.graph.explain(Hop(subject_node, base["op"], sink), part)
+            if len(hops) > len(path):
+                path = tuple(hops)
+        return Decision(allowed=False, reason=verdict.reason, rule=verdict.rule,
+                        rule_span=None if verdict.span is None else str(verdict.span), message=verdict.message,
+                        object_label=object_label, tainted_by=tainted_by, path=path,
+                        fix=self._flow_fix(verdict, base, culprits), **base)
+
+    # ------------------------------------------------------------------------------------ fixes
+    def _authority_fix(self, req: Request, op: str, target: str, dest: str | None) -> dict:
+        needed = _AUTHORITY_OP.get(op, op)
+        obj = dest if op in TWO_PATH_OPS else target.partition("@")[2] if op == "send" else target
+        agent = self.agent.name if self.agent else "AGENT"
+        flag = {"read": "--read", "write": "--write", "create": "--create", "delete": "--delete",
+                "exec": "--exec", "connect": "--connect"}.get(needed, f"--{needed}")
+        return {
+            "policy": f'{needed} "{obj}"   # in `agent {agent} {{ }}`',
+            "mint": f"ifc caps mint --policy {shlex.quote(self.policy_path)} --grant {agent} "
+                    f"{flag} {shlex.quote(obj)} --audience {shlex.quote(self.audience or 'RUN')} --ttl 1h",
+        }
+
+    def _flow_fix(self, verdict: FlowVerdict, base: dict, culprits: list[str]) -> dict | None:
+        target = base["target"]
+        if verdict.rule and verdict.rule.startswith("deny "):
+            return {"policy": f"the deny rule at {verdict.span} forbids this flow on purpose; narrow that rule "
+                              "only if the flow is truly intended"}
+        tags = [c for c in culprits if c in self.policy.lattice.tag_closure]
+        if base["op"] == "connect" and tags:
+            agent = self.agent.name if self.agent else "AGENT"
+            declass = " ".join(f"--declassify {shlex.quote(f'{t} to {target}')}" for t in tags)
+            return {
+                "policy": f'allow {" + ".join(tags)} -> "{target}" "why this data may go there"',
+                "mint": f"ifc caps mint --policy {shlex.quote(self.policy_path)} --grant {agent} {declass} "
+                        f"--audience {shlex.quote(self.audience or 'RUN')} --ttl 10m",
+            }
+        levels = [c for c in culprits if c not in self.policy.lattice.tag_closure]
+        if levels:
+            return {"policy": f"endorse NAME: {levels[0]} -> file \"{target}\" \"who approved this\"   "
+                              "# then mint a token holding it for the approved action"}
+        return None
+
+    # ------------------------------------------------------------------------------------ logging
+    def _label_event(self, req: Request, path: str, label: Label, why: str) -> None:
+        if self.log is not None:
+            self.log.record(kind="label", subject=req.subject, op=req.op, target=path, allowed=True,
+                            reason=f"label of {path} is now `{self.policy.lattice.describe(label)}` ({why})",
+                            object_label=self.policy.lattice.describe(label), pid=req.pid, cmdline=req.cmdline)
+
+    def _capability_event(self, req: Request, capability: str, target: str) -> None:
+        if self.log is not None:
+            cap = self.policy.capabilities.get(capability)
+            kind = cap.kind if cap else "declassify"
+            self.log.record(kind=kind, subject=req.subject, op=req.op, target=target, allowed=True,
+                            reason=f"{kind} via `{capability}`", message=cap.message if cap else None,
+                            pid=req.pid, cmdline=req.cmdline)
+
+    def _log(self, req: Request, decision: Decision) -> Decision:
+        if self.log is None:
+            return decision
+        if decision.allowed:
+            self.log.count_allow(req.subject, req.op, decision.target)
+            return decision
+        event = self.log.record(
+            kind="deny", subject=req.subject, op=req.op, target=decision.target, allowed=False,
+            reason=decision.reason, rule=decision.rule, rule_span=decision.rule_span, message=decision.message,
+            object_label=decision.object_label, taint_before=decision.taint_before,
+            taint_after=decision.taint_after, token_block=decision.token_block, pid=req.pid,
+            cmdline=req.cmdline, path=[[h.source, h.op, h.target] for h in decision.path], fix=decision.fix)
+        return replace(decision, event=event)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+        self.labels.close()

@@ -1,0 +1,94 @@
+"""The provenance graph: who read what, wrote where, connected to whom — and why a subject is tainted.
+
+Nodes are subjects (`subject:session`), files (`file:notes.txt`) and endpoints
+(`endpoint:smtp://smtp.gmail.com:587`). An edge is one kind of flow between two nodes, merged across
+repeats: it keeps a count, the first and last time, and the first and last event id. So memory is
+bounded by the number of distinct (source, target, operation) triples, not by the number of events —
+a million reads of one file by one session is one edge.
+
+For explanations, the graph also keeps, for every (node, label part) — a secrecy tag or an integrity
+level — the edge that first brought it there. `explain` follows those back from the sink to the object
+whose policy label holds the part: `.env --read--> session --write--> notes.txt --read--> s2 --connect--> smtp`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+
+@dataclass(frozen=True)
+class Hop:
+    source: str
+    op: str
+    target: str
+    event: int | None = None
+
+    def __str__(self) -> str:
+        return f"{display(self.source)} --{self.op}--> {display(self.target)}"
+
+
+def node(kind: str, name: str) -> str:
+    return f"{kind}:{name}"
+
+
+def display(node_id: str) -> str:
+    return node_id.split(":", 1)[1]
+
+
+class ProvenanceGraph:
+    def __init__(self) -> None:
+        self.graph = nx.MultiDiGraph()
+        self.origin: dict[tuple[str, str], Hop] = {}  # (node, part) -> hop that first brought it
+
+    def record(self, source: str, op: str, target: str, ts: float, event: int | None, parts=()) -> None:
+        """Add (or merge) an edge; `parts` are the label parts that flowed along it."""
+        data = self.graph.get_edge_data(source, target, key=op)
+        if data is None:
+            self.graph.add_edge(source, target, key=op, count=1, first=ts, last=ts, first_event=event,
+                                last_event=event)
+        else:
+            data["count"] += 1
+            data["last"] = ts
+            data["last_event"] = event
+        for part in parts:
+            self.origin.setdefault((target, part), Hop(source, op, target, event))
+
+    def forget(self, node_id: str, parts=None) -> None:
+        """A node lost label parts (a deleted file, a name reused): its origins go with them."""
+        for key in [k for k in self.origin if k[0] == node_id and (parts is None or k[1] in parts)]:
+            del self.origin[key]
+
+    def rename(self, old: str, new: str) -> None:
+        """Move a file node's origins to its new name, and record the rename as an edge."""
+        for (n, part), hop in list(self.origin.items()):
+            if n == old:
+                del self.origin[(n, part)]
+                self.origin.setdefault((new, part), Hop(hop.source, hop.op, new, hop.event))
+
+    def explain(self, sink_hop: Hop, part: str, limit: int = 64) -> list[Hop]:
+        """The chain of hops that carried `part` to the subject of `sink_hop`, ending with that hop."""
+        hops = [sink_hop]
+        current = sink_hop.source
+        seen = {current}
+        while len(hops) < limit:
+            hop = self.origin.get((current, part))
+            if hop is None or hop.source in seen:
+                break
+            hops.append(hop)
+            seen.add(hop.source)
+            current = hop.source
+        return list(reversed(hops))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.graph.number_of_nodes(), self.graph.number_of_edges()
+
+
+def draw(hops: list[Hop]) -> str:
+    if not hops:
+        return ""
+    parts = [display(hops[0].source)]
+    parts += [f"--{h.op}--> {display(h.target)}" for h in hops]
+    return " ".join(parts)
