@@ -117,3 +117,8 @@ def test_console_script_entry_point():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("1 agent)")
+
+
+def test_shipped_policies_are_canonically_formatted(capsys):
+    code, out, _ = run(capsys, "fmt", "--check", *sorted(str(p) for p in Path("policies").glob("*.flow")))
+    assert code == 0, out
