@@ -134,3 +134,15 @@ def test_a_declared_capability_explains_a_flow_it_would_permit():
             ' agent a { read "inbox/**" write "ci/**" connect "https://chat.example" }'
             ' endorse ci-edit: untrusted -> file "ci/**" "a maintainer approved this CI change"')
     assert not [d for d in findings(text, "unexplained-flow") if "ci/**" in d.message]
+
+
+def test_every_code_the_engine_emits_is_documented():
+    import re
+    from pathlib import Path
+
+    from ifc.check import CODES
+
+    source = "\n".join(p.read_text() for p in Path("ifc").rglob("*.py"))
+    emitted = set(re.findall(r'(?:error|warning|_err)\(\s*"([a-z-]+)"', source))
+    emitted |= set(re.findall(r'Diagnostic\(\s*"([a-z-]+)"', source))
+    assert emitted and emitted <= set(CODES), emitted - set(CODES)

@@ -12,6 +12,36 @@ from ifc.diagnostics import Diagnostic, Severity, sort_diagnostics
 from ifc.lang import ast
 from ifc.policy import CompileResult, Policy
 
+# Every diagnostic code, with the one-line description SARIF consumers and docs show.
+CODES: dict[str, str] = {
+    "syntax": "The policy text does not parse.",
+    "policy-too-large": "The policy file is larger than the parser accepts.",
+    "unreadable": "A policy file cannot be read.",
+    "include-missing": "An included file does not exist.",
+    "include-cycle": "Files include each other in a cycle.",
+    "include-depth": "Includes nest too deeply.",
+    "duplicate-definition": "A name is defined twice.",
+    "unknown-name": "A label, level, group or capability is used but never declared.",
+    "wrong-kind": "A name of one kind (secrecy tag, integrity level) is used where another is required.",
+    "bad-pattern": "A glob or endpoint pattern is malformed.",
+    "bad-name": "A secret's name cannot be an environment variable name.",
+    "bad-secret": "A secret's source reference is empty.",
+    "empty-capability": "A declassify or endorse capability releases nothing.",
+    "delegate-widens": "An agent delegates more than it holds.",
+    "unused-label": "A declared label is never used.",
+    "unheld-capability": "No agent holds a capability; only a minted token can use it.",
+    "shadowed-rule": "A rule never decides because a later rule matches everything it does.",
+    "overlapping-globs": "A later file rule lowers the label of part of an earlier, more secret rule.",
+    "broad-endpoint": "An endpoint pattern matches every host.",
+    "broad-grant": "A grant covers every file or endpoint.",
+    "unusable-grant": "A connect grant names an endpoint no rule knows, so it can never be used.",
+    "secret-no-endpoint": "A secret can never be sent anywhere.",
+    "allow-denied": "An allow, clearance or capability is contradicted by a deny rule.",
+    "missing-message": "A deny rule has no message for the reviewer.",
+    "unexplained-flow": "Labelled data can reach a sink that only a clearance or integrity check protects.",
+    "unlabelled-secret": "A workspace file looks like a secret but is not labelled secret.",
+}
+
 
 @dataclass(frozen=True)
 class CheckContext:

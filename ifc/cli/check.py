@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ifc import __version__
-from ifc.check import check
+from ifc.check import CODES, check
 from ifc.cli import ExitCode
 from ifc.diagnostics import Diagnostic, Severity
 from ifc.policy import compile_file
@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "sarif":
         from ifc.check.sarif import to_sarif
 
-        json.dump(to_sarif(all_diags, tool_version=__version__, base_dir=Path.cwd()), sys.stdout, indent=2)
+        json.dump(to_sarif(all_diags, tool_version=__version__, rules=CODES, base_dir=Path.cwd()), sys.stdout,
+                  indent=2)
         print()
     else:
         text = render_text(all_diags, sources)
