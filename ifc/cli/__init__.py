@@ -22,9 +22,9 @@ class ExitCode(enum.IntEnum):
 
 def _subcommands():
     # Imported lazily so `ifc --help` stays fast and one broken subcommand cannot break the others.
-    from ifc.cli import caps, check, decide, fmt
+    from ifc.cli import caps, check, decide, fmt, report
 
-    return (check, fmt, decide, caps)
+    return (check, fmt, decide, report, caps)
 
 
 def build_parser() -> argparse.ArgumentParser:

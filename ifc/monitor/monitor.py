@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from ifc.lang.lower import encode_string
 from ifc.match import Endpoint, EndpointPattern, Glob, PatternError, normalise_path
 from ifc.monitor.events import EventLog
 from ifc.monitor.labelstore import LabelStore
@@ -430,7 +431,7 @@ class Monitor:
         flag = {"read": "--read", "write": "--write", "create": "--create", "delete": "--delete",
                 "exec": "--exec", "connect": "--connect"}.get(needed, f"--{needed}")
         return {
-            "policy": f'{needed} "{obj}"   # in `agent {agent} {{ }}`',
+            "policy": f"{needed} {encode_string(obj)}   # in `agent {agent} {{ }}`",
             "mint": f"ifc caps mint --policy {shlex.quote(self.policy_path)} --grant {agent} "
                     f"{flag} {shlex.quote(obj)} --audience {shlex.quote(self.audience or 'RUN')} --ttl 1h",
         }
@@ -445,22 +446,24 @@ class Monitor:
             agent = self.agent.name if self.agent else "AGENT"
             declass = " ".join(f"--declassify {shlex.quote(f'{t} to {target}')}" for t in tags)
             return {
-                "policy": f'allow {" + ".join(tags)} -> "{target}" "why this data may go there"',
+                "policy": f'allow {" + ".join(tags)} -> {encode_string(target)} "why this data may go there"',
                 "mint": f"ifc caps mint --policy {shlex.quote(self.policy_path)} --grant {agent} {declass} "
                         f"--audience {shlex.quote(self.audience or 'RUN')} --ttl 10m",
             }
         levels = [c for c in culprits if c not in self.policy.lattice.tag_closure]
         if levels:
-            return {"policy": f"endorse NAME: {levels[0]} -> file \"{target}\" \"who approved this\"   "
+            return {"policy": f"endorse NAME: {levels[0]} -> file {encode_string(target)} \"who approved this\"   "
                               "# then mint a token holding it for the approved action"}
         return None
 
     # ------------------------------------------------------------------------------------ logging
     def _label_event(self, req: Request, path: str, label: Label, why: str) -> None:
         if self.log is not None:
+            taint = self.policy.lattice.describe(self.subject(req.subject).taint)
             self.log.record(kind="label", subject=req.subject, op=req.op, target=path, allowed=True,
                             reason=f"label of {path} is now `{self.policy.lattice.describe(label)}` ({why})",
-                            object_label=self.policy.lattice.describe(label), pid=req.pid, cmdline=req.cmdline)
+                            object_label=self.policy.lattice.describe(label), taint_before=taint,
+                            taint_after=taint, pid=req.pid, cmdline=req.cmdline)
 
     def _capability_event(self, req: Request, capability: str, target: str) -> None:
         if self.log is not None:
