@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from caps.chain import append_block, proof_ok, revocation_id, seal_chain, start_chain
 from caps.clock import format_time, parse_duration
 from caps.encoding import (
+    MAX_BLOCKS,
     Block,
     RawToken,
     audience_problem,
@@ -185,6 +186,8 @@ def attenuate(
     earliest expiry and the latest start, and intersects the audiences.
     """
     raw, blocks = _attenuable(token)
+    if len(blocks) >= MAX_BLOCKS:
+        raise CapsError(f"token already has {MAX_BLOCKS} blocks, the most a token may have")
     if rights is None and ttl is None and expires is None and not_before is None and audience is None:
         if not seal:
             raise CapsError("nothing to attenuate: give rights, a ttl or expiry, a start time or an audience")

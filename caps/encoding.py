@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import struct
 from collections.abc import Iterable
@@ -262,35 +263,63 @@ class _Reader:
             raise _malformed(f"{what} is not valid utf-8") from None
 
 
+@functools.lru_cache(maxsize=8192)
+def _right(op: str, pattern: str, tag: str | None) -> Right:
+    """A validated Right, shared across tokens (tokens minted from one policy repeat the same rights)."""
+    return Right(op, pattern, tag)
+
+
+def clear_right_cache() -> None:
+    _right.cache_clear()
+
+
 def _read_rights(reader: _Reader) -> tuple[Right, ...]:
-    count = reader.u16()
+    # Hot path of a cold verify (a policy-sized block 0 has ~20 rights): index arithmetic, no helper calls.
+    data, pos, size = reader.data, reader.pos, len(reader.data)
+    if pos + 2 > size:
+        raise _malformed("block is truncated")
+    count = (data[pos] << 8) | data[pos + 1]
+    pos += 2
     if count > MAX_RIGHTS:
         raise _malformed(f"block has more than {MAX_RIGHTS} rights")
     rights = []
     previous = b""
-    for _ in range(count):
-        start = reader.pos
-        op = _OP_NAMES.get(reader.u8())
-        if op is None:
-            raise _malformed("block has a right with an unknown operation")
-        tag = None
-        if op == DECLASSIFY:
-            n = reader.u8()
-            if n > MAX_TAG_BYTES:
-                raise _malformed("tag is too long")
-            tag = reader.text(n, "tag")
-        n = reader.u16()
-        if n > MAX_PATTERN_BYTES:
-            raise _malformed("pattern is too long")
-        pattern = reader.text(n, "pattern")
-        encoded = reader.data[start : reader.pos]
-        if encoded <= previous:
-            raise _malformed("block rights are not in canonical order")
-        previous = encoded
-        try:
-            rights.append(Right(op, pattern, tag))
-        except RightError as exc:
-            raise _malformed(f"block has a bad right: {exc}") from None
+    try:
+        for _ in range(count):
+            start = pos
+            if pos >= size:
+                raise _malformed("block is truncated")
+            op = _OP_NAMES.get(data[pos])
+            pos += 1
+            if op is None:
+                raise _malformed("block has a right with an unknown operation")
+            tag = None
+            if op == DECLASSIFY:
+                if pos >= size:
+                    raise _malformed("block is truncated")
+                n = data[pos]
+                if n > MAX_TAG_BYTES or pos + 1 + n > size:
+                    raise _malformed("block has a bad tag")
+                tag = data[pos + 1 : pos + 1 + n].decode("utf-8")
+                pos += 1 + n
+            if pos + 2 > size:
+                raise _malformed("block is truncated")
+            n = (data[pos] << 8) | data[pos + 1]
+            pos += 2
+            if n > MAX_PATTERN_BYTES or pos + n > size:
+                raise _malformed("block has a bad pattern")
+            pattern = data[pos : pos + n].decode("utf-8")
+            pos += n
+            encoded = data[start:pos]
+            if encoded <= previous:
+                raise _malformed("block rights are not in canonical order")
+            previous = encoded
+            rights.append(_right(op, pattern, tag))
+    except UnicodeDecodeError:
+        raise _malformed("block has a right that is not valid utf-8") from None
+    except RightError as exc:
+        raise _malformed(f"block has a bad right: {exc}") from None
+    reader.pos = pos
     return tuple(rights)
 
 

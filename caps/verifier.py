@@ -3,8 +3,8 @@
 Two caches, both bounded LRU maps, both holding only facts that do not depend on time, audience or
 revocation (those are checked on every call, so the cache can never hand out a stale allow):
 
-* token cache, keyed by the hash of the token exactly as presented: the verified, compiled token (or, for
-  a token that failed for a reason that cannot change, that reason);
+* token cache, keyed by the token exactly as presented (or its hash, for long or binary tokens): the
+  verified token (or, for a token that failed for a reason that cannot change, that reason);
 * prefix memo, keyed by a running hash over blocks 0..i: the verified, compiled state after block i. A
   derived token shares its parent's blocks byte for byte, so it pays only for its new blocks and its proof.
 
@@ -14,6 +14,7 @@ The set of host keys is fixed for a verifier's life; to retire a key, build a ne
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -85,19 +86,22 @@ class VerifiedToken:
 
     def check(self, op: str, target: str | Endpoint, *, tag: str | None = None) -> Decision:
         """Is `op` on `target` allowed by every block? Never raises; unknown requests are denied."""
-        if op not in OPS:
+        if not isinstance(op, str) or op not in OPS:
             return Decision(False, Reason.NOT_ALLOWED, f"unknown operation `{op}`")
-        if (op == DECLASSIFY) != (tag is not None):
+        if (op == DECLASSIFY) != isinstance(tag, str) or (tag is not None and op != DECLASSIFY):
             return Decision(False, Reason.NOT_ALLOWED, "a tag is needed for `declassify` and only there")
         if op in PATH_OPS:
-            if not isinstance(target, str) or (problem := path_problem(target)) is not None:
-                return Decision(False, Reason.NOT_ALLOWED, problem or "target is not a path")
+            if not isinstance(target, str):
+                return Decision(False, Reason.NOT_ALLOWED, "target is not a path")
+            problem = path_problem(target)
+            if problem is not None:
+                return Decision(False, Reason.NOT_ALLOWED, problem)
             return self._decide(lambda r: r.allows_path(op, target), f"{op} `{target}`")
         endpoint = target
         if not isinstance(endpoint, Endpoint):
             try:
-                endpoint = Endpoint.parse(str(target))
-            except PatternError:
+                endpoint = Endpoint.parse(target)  # type: ignore[arg-type]
+            except (PatternError, TypeError, AttributeError, ValueError):
                 return Decision(False, Reason.NOT_ALLOWED, f"target `{target}` is not an endpoint")
         if op == CONNECT:
             return self._decide(lambda r: r.allows_connect(endpoint), f"connect to `{target}`")
@@ -107,6 +111,12 @@ class VerifiedToken:
         return self.check(op, target, tag=tag).allowed
 
     def _decide(self, test, what: str) -> Decision:
+        try:
+            return self._decide_unsafe(test, what)
+        except Exception as exc:  # a pattern that does not compile (or a matcher bug): deny, never raise
+            return Decision(False, Reason.MALFORMED, f"token has a pattern that cannot be matched: {exc}")
+
+    def _decide_unsafe(self, test, what: str) -> Decision:
         for index, rights in self._rights:
             if not test(rights):
                 where = "the token" if index == 0 else f"block {index}"
@@ -138,18 +148,18 @@ class _LRU:
     __slots__ = ("_data", "_lock", "maxsize")
 
     def __init__(self, maxsize: int) -> None:
-        self._data: OrderedDict[bytes, object] = OrderedDict()
+        self._data: OrderedDict[str | bytes, object] = OrderedDict()
         self._lock = threading.Lock()
         self.maxsize = maxsize
 
-    def get(self, key: bytes):
+    def get(self, key: str | bytes):
         with self._lock:
             value = self._data.get(key)
             if value is not None:
                 self._data.move_to_end(key)
             return value
 
-    def put(self, key: bytes, value: object) -> None:
+    def put(self, key: str | bytes, value: object) -> None:
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)
@@ -174,11 +184,24 @@ def _as_public_key(key: HostKey | PublicKey | bytes) -> bytes:
     raise TypeError("keys must be HostKey, PublicKey or 32-byte Ed25519 public keys")
 
 
-def _token_hash(token: str | bytes) -> bytes:
+_SHORT_TOKEN = 4096
+
+
+def _finite(now: object) -> bool:
+    try:
+        return math.isfinite(now)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+
+
+def _cache_key(token: str | bytes) -> str | bytes:
+    """The token cache key. Short text tokens key the dict themselves (Python hashes a string once and
+    compares in full on a hit, so there is no collision to worry about); long ones and binary tokens are
+    keyed by a BLAKE2b-256 digest, in separate domains, so memory stays bounded under hostile input."""
     if isinstance(token, str):
-        return hashlib.blake2b(
-            token.encode("utf-8", "surrogatepass"), digest_size=32, person=b"ifc-t"
-        ).digest()
+        if len(token) <= _SHORT_TOKEN:
+            return token
+        return hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=32, person=b"ifc-t").digest()
     if isinstance(token, bytes):
         return hashlib.blake2b(token, digest_size=32, person=b"ifc-b").digest()
     raise TokenError(Reason.MALFORMED, "a token must be text or bytes")
@@ -221,8 +244,7 @@ class Verifier:
         """Install a newer revocation list. Takes effect on the next call; refuses an older epoch."""
         if revocations.epoch < self._revocations.epoch:
             raise RevocationListError(
-                f"revocation list epoch {revocations.epoch} is older than the loaded epoch "
-                f"{self._revocations.epoch}"
+                f"revocation list epoch {revocations.epoch} is older than the loaded epoch {self._revocations.epoch}"
             )
         self._revocations = revocations
         self._revoked = revocations.revoked
@@ -230,7 +252,7 @@ class Verifier:
     # --------------------------------------------------------------------------------- verification
 
     def verify(self, token: str | bytes, *, now: float) -> VerifiedToken:
-        key = _token_hash(token)
+        key = _cache_key(token)
         entry = self._tokens.get(key)
         if entry is None:
             self.stats.cache_misses += 1
@@ -246,12 +268,12 @@ class Verifier:
             if type(entry) is tuple:
                 raise TokenError(*entry)
         # Checked on every call, cached or not: the cache holds nothing that time or revocation changes.
+        if not _finite(now):  # NaN compares false with everything: it would pass both time checks
+            raise TokenError(Reason.EXPIRED, "the current time given to the verifier is not a number")
         if not self._revoked.isdisjoint(entry.revocation_ids):
             raise TokenError(Reason.REVOKED, "token has been revoked")
         if now < entry.not_before:
-            raise TokenError(
-                Reason.NOT_YET_VALID, f"token is not valid before {format_time(entry.not_before)}"
-            )
+            raise TokenError(Reason.NOT_YET_VALID, f"token is not valid before {format_time(entry.not_before)}")
         if now >= entry.expires:
             raise TokenError(Reason.EXPIRED, f"token expired at {format_time(entry.expires)}")
         if self.audience not in entry.audiences:
@@ -337,9 +359,7 @@ def _compile(rights, index: int) -> CompiledRights:
     try:
         return CompiledRights(rights)
     except Exception as exc:  # hostile patterns must fail closed, whatever the matcher raises
-        raise TokenError(
-            Reason.MALFORMED, f"block {index} has a pattern that does not compile: {exc}"
-        ) from None
+        raise TokenError(Reason.MALFORMED, f"block {index} has a pattern that does not compile: {exc}") from None
 
 
 def _extend(state: _Prefix | None, block: Block, index: int, signature: bytes) -> _Prefix:

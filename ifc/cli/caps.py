@@ -85,8 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "caps",
         help="capability tokens: keygen, mint, attenuate, inspect, verify, revoke",
-        description="Mint, attenuate, inspect, verify and revoke capability tokens.\n\n"
-        + __doc__.split("\n\n")[1],
+        description="Mint, attenuate, inspect, verify and revoke capability tokens.\n\n" + __doc__.split("\n\n")[1],
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -127,8 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="'OP PATTERN'",
-        help="bound what tokens derived from this one may do (default with --policy: the "
-        "agent's `delegate` rights)",
+        help="bound what tokens derived from this one may do (default with --policy: the agent's `delegate` rights)",
     )
     p.add_argument("--seal", action="store_true", help="mint a token its holder cannot attenuate")
     _add_rights(p)
@@ -144,9 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("token", metavar="TOKEN", help="the token, `-` for stdin or `@FILE`")
     p.add_argument("--ttl", metavar="DURATION", help="expire sooner, e.g. `10m`")
-    p.add_argument(
-        "--expires", metavar="TIME", help="expire at TIME (never later than the token already does)"
-    )
+    p.add_argument("--expires", metavar="TIME", help="expire at TIME (never later than the token already does)")
     p.add_argument("--not-before", metavar="TIME", help="not valid before TIME")
     p.add_argument(
         "--audience",
@@ -328,9 +324,7 @@ def _policy_rights(args: argparse.Namespace):
     try:
         policy = load_policy(args.policy)
     except PolicyError as exc:
-        raise _Usage(
-            f"policy `{args.policy}` does not compile: {exc}", help=f"run `ifc check {args.policy}`"
-        ) from None
+        raise _Usage(f"policy `{args.policy}` does not compile: {exc}", help=f"run `ifc check {args.policy}`") from None
     except OSError as exc:
         raise _Usage(f"cannot read policy `{args.policy}`: {(exc.strerror or 'error').lower()}") from None
     agent = policy.agents.get(args.grant)
@@ -340,11 +334,7 @@ def _policy_rights(args: argparse.Namespace):
         help = (
             f"did you mean `{close[0]}`?"
             if close
-            else (
-                "agents in this policy: " + ", ".join(f"`{n}`" for n in names)
-                if names
-                else "it declares no agent"
-            )
+            else ("agents in this policy: " + ", ".join(f"`{n}`" for n in names) if names else "it declares no agent")
         )
         raise _Usage(f"policy `{args.policy}` has no agent `{args.grant}`", help=help)
     return caps.rights_for_agent(agent)
@@ -364,9 +354,7 @@ def run_mint(args: argparse.Namespace) -> int:
         raise _Usage("`--grant` needs `--policy FILE`")
     else:
         if not explicit:
-            raise _Usage(
-                "a token needs rights", help="pass `--policy FILE --grant AGENT` or e.g. `--read 'src/**'`"
-            )
+            raise _Usage("a token needs rights", help="pass `--policy FILE --grant AGENT` or e.g. `--read 'src/**'`")
         rights, delegable = tuple(explicit), None
     if args.delegate is not None:
         delegable = tuple(caps.Right.parse(t) for t in args.delegate)
