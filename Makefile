@@ -24,10 +24,15 @@ $(STAMP): pyproject.toml scripts/sysdeps.sh
 demo: $(STAMP)
 	@$(BIN)/ifc check policies/default.flow --workspace examples/webapp
 	@echo
-	@$(BIN)/ifc decide --policy policies/default.flow \
+	@rm -rf runs/demo
+	@$(BIN)/ifc decide --policy policies/default.flow --run-dir runs/demo \
 	    read src/app.py  connect https://api.anthropic.com  write src/app.py \
-	    read inbox/issue-42.md  read .env  connect smtp.gmail.com:587  connect https://api.anthropic.com; \
+	    read inbox/issue-42.md  read .env  write src/notes.txt \
+	    session helper  read src/notes.txt  connect smtp.gmail.com:587  connect https://api.anthropic.com; \
 	  status=$$?; if [ $$status -ne 1 ]; then echo "demo: expected the exfiltration to be denied" >&2; exit 1; fi
+	@$(BIN)/ifc report runs/demo --format html -o runs/demo/report.html
+	@echo
+	@echo "The reviewer's report: runs/demo/report.html  (or: $(BIN)/ifc report runs/demo)"
 
 test: $(STAMP)
 	@$(BIN)/ruff check -q ifc caps vmm tests bench
