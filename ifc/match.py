@@ -217,20 +217,58 @@ class Glob:
     def matches_everything(self) -> bool:
         return self.text.strip("/") in ("**", "*") and not self.text.startswith("~")
 
+    @cached_property
+    def literal_prefix(self) -> str | None:
+        """The fixed text every match starts with, for anchored globs (None: it may start anywhere)."""
+        if self.tokens and self.tokens[0][0] == "dirs":
+            return None
+        prefix = []
+        for token in self.tokens:
+            if token[0] != "lit":
+                break
+            prefix.append(token[1])
+        return "".join(prefix)
+
     def overlap(self, other: Glob) -> str | None:
-        """A path both globs match, or None when none exists (exact: automaton intersection)."""
+        """A path both globs match, or None when none exists (exact: automaton intersection).
+
+        Cheap answers first — a concrete example of one that the other matches, or literal prefixes
+        that cannot both begin one path — so the checker's pairwise questions stay fast."""
+        for example in (*self.examples(), *other.examples()):
+            if self.matches(example) and other.matches(example):
+                return example
+        a, b = self.literal_prefix, other.literal_prefix
+        if a is not None and b is not None and not (a.startswith(b) or b.startswith(a)):
+            return None
         from ifc.glob_sets import witness
 
         return witness(self.tokens, require=(other.tokens,))
 
     def within(self, others: tuple[Glob, ...], minus: tuple[Glob, ...] = ()) -> bool:
         """Does every path this glob matches also match one of `others` and none of `minus`? (Exact.)"""
+        for example in self.examples():  # one uncovered example settles it without a search
+            if not any(o.matches(example) for o in others) or any(m.matches(example) for m in minus):
+                return False
         from ifc.glob_sets import escapes
 
         return escapes(self.tokens, cover=tuple(o.tokens for o in others), minus=tuple(m.tokens for m in minus)) is None
 
+    @cached_property
+    def _examples(self) -> tuple[str, ...]:
+        from ifc.glob_sets import witness
+
+        guesses = [p for p in self._guesses() if self.matches(p)]
+        shortest = witness(self.tokens, require=())
+        if shortest is not None and shortest not in guesses:
+            guesses.append(shortest)
+        return tuple(guesses)
+
     def examples(self) -> list[str]:
-        """A few concrete paths this glob matches: witnesses for overlap and shadowing lints."""
+        """Concrete paths this glob matches (each verified): witnesses for lints and messages."""
+        return list(self._examples)
+
+    def _guesses(self) -> list[str]:
+        """Readable candidate paths built from the pattern text (checked by `_examples`)."""
         home = self.text.startswith("~")
         body = (os.path.expanduser("~") + "/" + self.text[2:]) if home else self.text.lstrip("/")
         body = body.rstrip("/")
@@ -266,7 +304,7 @@ class Glob:
             path = ("/" if home else "") + (path.strip("/") or "x")
             if path not in variants:
                 variants.append(path)
-        return [p for p in variants if self.matches(p)] or variants[:1]
+        return variants
 
 
 def normalise_path(path: str) -> str:

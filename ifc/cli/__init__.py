@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -20,14 +21,16 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
 
 
-def _subcommands():
-    # Imported lazily so `ifc --help` stays fast and one broken subcommand cannot break the others.
-    from ifc.cli import caps, check, decide, fmt, report
-
-    return (check, fmt, decide, report, caps)
+SUBCOMMANDS = ("check", "fmt", "decide", "report", "caps")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _subcommands(only: str | None = None):
+    """The subcommand modules, imported on demand: `ifc check` need not load the token code."""
+    names = (only,) if only in SUBCOMMANDS else SUBCOMMANDS
+    return tuple(importlib.import_module(f"ifc.cli.{name}") for name in names)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ifc",
         description="Information-flow control for AI agents: policies, tokens, enforcement.",
@@ -35,13 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in _subcommands():
+    for module in _subcommands(only):
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

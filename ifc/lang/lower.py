@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lark import Token, Transformer, v_args
+from lark import Token, v_args
+from lark.visitors import Transformer_NonRecursive
 
 from ifc.diagnostics import Span
 from ifc.lang import ast
@@ -63,8 +64,11 @@ def encode_string(text: str) -> str:
 
 
 @v_args(meta=True)
-class Lower(Transformer):
-    """Turns lark's tree into `ast` nodes; string escapes become `EscapeError`s the parser reports."""
+class Lower(Transformer_NonRecursive):
+    """Turns lark's tree into `ast` nodes; string escapes become `EscapeError`s the parser reports.
+
+    Non-recursive: a rule with thousands of comma-separated patterns nests that deep in the tree.
+    """
 
     def __init__(self, filename: str):
         super().__init__(visit_tokens=True)

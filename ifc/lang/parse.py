@@ -8,11 +8,13 @@ statements still reach the compiler (which can then report meaning errors in the
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 from lark import Lark, Token
+from lark import __version__ as lark_version
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from ifc.diagnostics import Diagnostic, Span, error
@@ -25,10 +27,22 @@ MAX_SYNTAX_ERRORS = 50
 MAX_POLICY_BYTES = 4 * 1024 * 1024
 
 
+def _cache_path() -> str | bool:
+    """Building the LALR tables (with strict collision checks) costs ~1 s; lark caches them by grammar
+    hash. Per-user cache directory; any problem with it falls back to lark's own temp-dir cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    directory = os.path.join(base, "ifc-sandbox")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError:
+        return True
+    return os.path.join(directory, f"flow-grammar-lark{lark_version}.cache")
+
+
 @lru_cache(maxsize=1)
 def parser() -> Lark:
     return Lark.open_from_package("ifc.lang", "flow.lark", parser="lalr", strict=True,
-                                  propagate_positions=True, maybe_placeholders=True)
+                                  propagate_positions=True, maybe_placeholders=True, cache=_cache_path())
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,8 @@ class Monitor:
                 return Decision(allowed=False, reason=f"bad path: {getattr(exc, 'message', exc)}", **base)
             if op in TWO_PATH_OPS and not dest:
                 return Decision(allowed=False, reason=f"{op} needs a destination", **base)
+            if not target:
+                return Decision(allowed=False, reason="the workspace root is a directory, not a file", **base)
             base["target"] = target if dest is None else f"{target} -> {dest}"
         endpoint = None
         secret_name = None

@@ -1,0 +1,227 @@
+"""`ifc mount --policy P [--token T|@FILE] [--agent NAME] [--run-dir DIR] SRC MNT`: serve SRC at MNT
+through the enforcement filesystem, every operation decided by the reference monitor.
+
+Foreground by default: Ctrl-C (SIGINT) or SIGTERM unmounts cleanly and exits 0. `--background` returns
+once the mount is up, the daemon logging to RUN_DIR/mount.log. The run directory receives the event
+log (`events.db`, for `ifc report`), the label store (`labels.db`) and a copy of the policy.
+
+A process started with `IFC_TOKEN=<token>` in its environment is a subject of its own that presents
+that token; everything else is the session, which presents `--token` (or, without one, acts under the
+agent's grants). Tokens are verified with the host public key (`--key`, default as for `ifc caps`)
+for the audience `--audience` (default: the run directory's name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ifc.cli import ExitCode
+
+EPILOG = """exit codes:
+  0  unmounted cleanly (or, with --background, mounted)
+  2  usage error, unreadable policy, token or key, or the mount could not be made
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "mount", help="serve a workspace through the enforcing FUSE filesystem",
+        description=__doc__.split("\n\n", 1)[1], epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _arguments(p)
+    p.set_defaults(func=run)
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", required=True, metavar="P")
+    p.add_argument("--token", metavar="T", help="the session's capability token: the token, `-` (stdin) or @FILE")
+    p.add_argument("--key", metavar="FILE", help="host public key that verifies tokens (default: as `ifc caps`)")
+    p.add_argument("--audience", metavar="A", help="the audience tokens must name (default: the run dir's name)")
+    p.add_argument("--agent", metavar="NAME",
+                   help="whose grants apply without a token (default: the policy's first agent; `none`: flows only)")
+    p.add_argument("--run-dir", metavar="DIR", help="event log and label store (default: a new temporary directory)")
+    p.add_argument("--fuse", default=None, metavar="BINDING",
+                   help="mfusepy3 (default), mfusepy2 or fusepy")
+    p.add_argument("--no-cache", action="store_true", help="ask the monitor on every open (no decision cache)")
+    p.add_argument("--background", action="store_true", help="return once mounted; the daemon keeps serving")
+    p.add_argument("--verbose", "-v", action="store_true", help="log every denial to stderr as it happens")
+    p.add_argument("source", metavar="SRC", help="the backing directory (the real workspace)")
+    p.add_argument("mountpoint", metavar="MNT", help="where the agent sees it")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ifc.enforce.mount import DEFAULT_BINDING, MountError, check_fuse_available
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="ifc mount: %(message)s", stream=sys.stderr)
+    source, mountpoint = os.path.realpath(args.source), os.path.realpath(args.mountpoint)
+    if not os.path.isdir(source):
+        return _usage(f"`{args.source}` is not a directory")
+    if not os.path.isdir(mountpoint):
+        return _usage(f"mount point `{args.mountpoint}` is not a directory")
+    if source == mountpoint or mountpoint.startswith(source + "/") or source.startswith(mountpoint + "/"):
+        return _usage("the mount point and the backing directory must not contain each other")
+    problem = check_fuse_available()
+    if problem:
+        return _usage(f"FUSE is not usable here: {problem}", "install fuse3 (scripts/sysdeps.sh) and run as root")
+    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="ifc-mount-"))
+    if args.background:
+        return _background(args, run_dir, mountpoint)
+    try:
+        monitor, token = _monitor(args, run_dir, source, mountpoint)
+    except _Usage as exc:
+        return _usage(exc.message, exc.help)
+    from ifc.enforce.fs import EnforcingFS
+    from ifc.enforce.identity import Identities
+    from ifc.enforce.mount import load_binding, serve
+
+    try:
+        binding = load_binding(args.fuse or DEFAULT_BINDING)
+        ops = EnforcingFS(source, monitor, identities=Identities(default_token=token),
+                          context=binding.context, mountpoint=mountpoint, cache=not args.no_cache)
+        print(f"ifc mount: {source} on {mountpoint} ({binding.name}), run dir {run_dir}", file=sys.stderr)
+        serve(ops, mountpoint, binding, source)
+    except MountError as exc:
+        monitor.close()
+        return _usage(exc.message, exc.help)
+    denials = ops.stats.denials
+    monitor.close()
+    if denials:
+        print(f"ifc mount: {denials} denial(s) logged in {run_dir / 'events.db'}", file=sys.stderr)
+    return ExitCode.OK
+
+
+class _Usage(Exception):
+    def __init__(self, message: str, help: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.help = help
+
+
+def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: str):
+    from ifc.enforce.fs import VersionedLabelStore
+    from ifc.monitor import EventLog, Monitor
+    from ifc.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        raise _Usage(f"`{args.policy}` does not compile: {exc.diagnostics[0].message}",
+                     f"run `ifc check {args.policy}`") from None
+    except OSError as exc:
+        raise _Usage(f"cannot read `{args.policy}`: {(exc.strerror or str(exc)).lower()}") from None
+    agent = None
+    if args.agent and args.agent != "none":
+        agent = policy.agents.get(args.agent)
+        if agent is None:
+            raise _Usage(f"no agent `{args.agent}` in {args.policy}", "agents: " + (", ".join(policy.agents) or "none"))
+    elif args.agent is None and policy.agents_:
+        agent = policy.agents_[0]
+    token = _read_token(args.token) if args.token else None
+    audience = args.audience or run_dir.name
+    verifier = _verifier(args, audience, required=token is not None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = EventLog(run_dir / "events.db")
+    log.set_meta(policy=args.policy, policy_digest=policy.digest, agent=agent.name if agent else "",
+                 source="ifc mount", workspace=source, mountpoint=mountpoint, audience=audience,
+                 started=str(time.time()))
+    (run_dir / "policy.flow").write_text(Path(args.policy).read_text(encoding="utf-8"), encoding="utf-8")
+    monitor = Monitor(policy, agent=agent, verifier=verifier, labels=VersionedLabelStore(run_dir / "labels.db"),
+                      log=log, policy_path=args.policy, audience=audience)
+    return monitor, token
+
+
+def _read_token(arg: str) -> str:
+    if arg == "-":
+        text = sys.stdin.read(1 << 20)
+    elif arg.startswith("@"):
+        try:
+            text = Path(arg[1:]).read_text(encoding="ascii", errors="replace")
+        except OSError as exc:
+            raise _Usage(f"cannot read token file `{arg[1:]}`: {(exc.strerror or 'error').lower()}") from None
+    else:
+        text = arg
+    text = text.strip()
+    if not text:
+        raise _Usage("the token is empty")
+    return text
+
+
+def _verifier(args: argparse.Namespace, audience: str, required: bool):
+    import caps
+    from caps.keys import public_key_path
+    from ifc.cli.caps import default_key_path
+
+    if args.key:
+        path = Path(args.key)
+    else:
+        default = default_key_path()
+        pub = public_key_path(default)
+        path = pub if pub.exists() else default
+        if not path.exists():
+            if required:
+                raise _Usage("a token was given but there is no host key to verify it",
+                             "pass --key HOST.pub (made by `ifc caps keygen`)")
+            return None
+    try:
+        key = caps.load_public_key(path)
+    except caps.CapsError as exc:
+        raise _Usage(f"cannot load the host key `{path}`: {exc}") from None
+    return caps.Verifier([key], audience=audience)
+
+
+def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int:
+    from ifc.enforce.mount import _mount_entry
+
+    argv = [sys.executable, "-m", "ifc.cli.mount", "--run-dir", str(run_dir)]
+    for flag in ("policy", "token", "key", "audience", "agent", "fuse"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += [f"--{flag}", value]
+    if args.token == "-":
+        return _usage("--background cannot read the token from stdin", "pass it as @FILE")
+    argv += ["--no-cache"] * args.no_cache + ["--verbose"] * args.verbose + [args.source, args.mountpoint]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    before = _mount_entry(mountpoint)
+    with open(run_dir / "mount.log", "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        entry = _mount_entry(mountpoint)
+        if entry and entry != before and entry[1].startswith("fuse"):
+            (run_dir / "mount.pid").write_text(f"{proc.pid}\n")
+            print(f"ifc mount: daemon {proc.pid} serving {mountpoint}, run dir {run_dir}", file=sys.stderr)
+            return ExitCode.OK
+        if proc.poll() is not None:
+            return _usage(f"the mount daemon exited ({proc.returncode}); see {run_dir / 'mount.log'}")
+        time.sleep(0.05)
+    proc.terminate()
+    return _usage(f"`{mountpoint}` was not mounted within 30 s; see {run_dir / 'mount.log'}")
+
+
+def _usage(message: str, help: str | None = None) -> int:
+    print(f"ifc mount: error: {message}", file=sys.stderr)
+    if help:
+        print(f"  help: {help}", file=sys.stderr)
+    return ExitCode.USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ifc mount", description=__doc__.split("\n\n", 1)[1], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _arguments(parser)
+    try:
+        return int(run(parser.parse_args(argv)))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

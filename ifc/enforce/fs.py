@@ -1,0 +1,890 @@
+"""The FUSE enforcement filesystem: a passthrough over a backing directory where every operation that
+moves data or changes a name is a request to the reference monitor, and its decision is the errno.
+
+A thin adapter (docs/architecture.md): `OPS` is the one table from a FUSE operation to the monitor
+operations it needs; the monitor decides; `Denied` carries the errno back to the kernel (EACCES, EPERM
+for metadata changes where POSIX says so). Anything unexpected while deciding is logged and denied.
+
+    open      O_RDONLY → read, O_WRONLY → write, O_RDWR → read + write, O_TRUNC → write, exec → exec
+    create    create            mkdir, mknod, symlink → create       unlink, rmdir → delete
+    rename    rename (dest)     link → link (dest)                   chmod, chown, utimens → chmod
+    truncate  write             setxattr, removexattr → write        getxattr (user.*) → read
+    write     re-decided when the subject's taint rose since the last decision on that descriptor,
+              so the file's label still floats (also for mmap writes, which reach FUSE as writes)
+    getattr, readdir, statfs, readlink, flush, fsync, release: no decision, containment only
+
+Containment: every path is resolved beneath the backing root with `openat2(RESOLVE_BENEATH |
+RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` on the parent directory and
+`*at(..., AT_SYMLINK_NOFOLLOW)` on the last component, so the daemon (which runs as root) never follows
+a symlink and never leaves the backing directory, whatever is swapped in underneath it. Symlinks whose
+target leaves the workspace are refused at `symlink` and at `readlink` (except read-only system trees
+such as `/usr`, see `SYSTEM_PREFIXES`); a file whose hard links are not all inside the workspace cannot be
+opened.
+
+Speed: decisions for read, exec and write are cached per (subject, token, op, path) and stay valid
+exactly as long as the monitor would answer the same with no effect: until any label changes
+(`VersionedLabelStore.version`), for writes also until the subject's taint changes, and never past the
+token's expiry. Denials are never cached: each one reaches the monitor and its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import stat as stat_mod
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ifc.enforce.identity import Caller, Identities
+from ifc.monitor import LabelStore, Monitor, Request
+
+log = logging.getLogger("ifc.enforce.fs")
+
+# ------------------------------------------------------------------------------------------ the op table
+
+# FUSE operation → monitor operations it is decided by (open and xattrs are decided by their arguments).
+OPS: dict[str, tuple[str, ...]] = {
+    "create": ("create",), "mkdir": ("create",), "mknod": ("create",), "symlink": ("create",),
+    "unlink": ("delete",), "rmdir": ("delete",), "rename": ("rename",), "link": ("link",),
+    "chmod": ("chmod",), "chown": ("chmod",), "utimens": ("chmod",), "truncate": ("write",),
+    "setxattr": ("write",), "removexattr": ("write",), "fallocate": ("write",), "write": ("write",),
+}
+# POSIX answers EPERM, not EACCES, when a metadata change is not permitted (chmod(2), chown(2), utimensat(2)).
+EPERM_OPS = frozenset({"chmod"})
+CACHEABLE = frozenset({"read", "exec", "write"})
+
+FMODE_EXEC = 0x20  # the kernel's __FMODE_EXEC, passed to FUSE in the open flags of an execve
+_OPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | FMODE_EXEC)
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+# Read-only system trees a symlink in the workspace may point into (a venv's `bin/python`).
+SYSTEM_PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(
+    ("/usr", "/bin", "/lib", "/lib64", "/sbin", "/opt", "/etc/alternatives", sys.base_prefix)))
+
+
+class Denied(OSError):
+    """A refusal, as the errno the kernel returns."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(code, message)
+
+
+# ------------------------------------------------------------------------------------------ containment
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_SYS_OPENAT2 = 437  # same number on every architecture (new syscalls share the table)
+RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH = 0x01, 0x02, 0x04, 0x08
+_RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
+_renameat2 = getattr(_libc, "renameat2", None)
+
+
+_VALID_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND | os.O_NONBLOCK
+                | os.O_DSYNC | os.O_SYNC | os.O_DIRECT | os.O_LARGEFILE | os.O_DIRECTORY | os.O_NOFOLLOW
+                | os.O_NOATIME | os.O_CLOEXEC | os.O_PATH | os.O_TMPFILE | os.O_ASYNC)
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = _RESOLVE) -> int:
+    """openat2(2): like openat, but the kernel refuses to resolve outside `dirfd` or through any symlink.
+    Flags it does not know (kernel-internal bits FUSE passes on) are dropped; openat2 would refuse them."""
+    flags &= _VALID_FLAGS
+    how = _OpenHow(flags | os.O_CLOEXEC, mode & 0o7777 if flags & (os.O_CREAT | os.O_TMPFILE) else 0, resolve)
+    fd = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how))
+    if fd < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), path)
+    return fd
+
+
+def renameat2(olddirfd: int, old: str, newdirfd: int, new: str, flags: int) -> None:
+    if _renameat2 is None:
+        raise OSError(errno.EINVAL, "renameat2 is not available")
+    if _renameat2(olddirfd, os.fsencode(old), newdirfd, os.fsencode(new), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), old)
+
+
+class Backing:
+    """The backing directory, reached only through descriptors resolved beneath its root."""
+
+    def __init__(self, root: str):
+        self.root = os.path.realpath(root)
+        self.fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(self.fd)
+        self.dev = st.st_dev
+
+    @staticmethod
+    def relative(path: str) -> str:
+        """A FUSE path (`/a/b`) as a path relative to the root (`a/b`); refuses `..` and NULs outright."""
+        rel = path.lstrip("/")
+        if "\0" in rel or any(part == ".." for part in rel.split("/")):
+            raise Denied(errno.EACCES, f"path `{path}` climbs out of the workspace")
+        return rel
+
+    def parent(self, rel: str) -> tuple[int, str, bool]:
+        """(directory fd, last component, whether the fd must be closed) for a relative path."""
+        head, _, name = rel.rpartition("/")
+        if not name:
+            raise Denied(errno.EINVAL, "the workspace root has no parent")
+        if not head:
+            return self.fd, name, False
+        return openat2(self.fd, head, os.O_PATH | os.O_DIRECTORY), name, True
+
+    def open(self, rel: str, flags: int, mode: int = 0) -> int:
+        return openat2(self.fd, rel or ".", flags, mode)
+
+    def lstat(self, rel: str) -> os.stat_result:
+        if not rel:
+            return os.fstat(self.fd)
+        dfd, name, owned = self.parent(rel)
+        try:
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        finally:
+            if owned:
+                os.close(dfd)
+
+    def at(self, rel: str, fn: Callable[[int, str], object]):
+        """Run `fn(dirfd, name)` on the last component of `rel`, its parent resolved beneath the root."""
+        dfd, name, owned = self.parent(rel)
+        try:
+            return fn(dfd, name)
+        finally:
+            if owned:
+                os.close(dfd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _dtype_mode(entry: os.DirEntry) -> int:
+    if entry.is_symlink():
+        return stat_mod.S_IFLNK
+    if entry.is_dir(follow_symlinks=False):
+        return stat_mod.S_IFDIR
+    if entry.is_file(follow_symlinks=False):
+        return stat_mod.S_IFREG
+    return 0  # other types: the kernel asks getattr
+
+
+def _inside(path: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/") or "/"
+    return path == prefix or path.startswith(prefix + "/") or prefix == "/"
+
+
+# ------------------------------------------------------------------------------------------ the cache
+
+class VersionedLabelStore(LabelStore):
+    """A `LabelStore` that counts its changes, so decisions depending on labels can be cached exactly.
+
+    `version` goes up whenever any name's label could have changed (a raise, or a rename/link/delete of
+    a name the store knows); a decision cached at one version is reused only at that version.
+    """
+
+    def __init__(self, path=None):
+        super().__init__(path)
+        self.version = 0
+
+    def _bump(self) -> None:
+        self.version += 1
+
+    def raise_to(self, path, label):
+        super().raise_to(path, label)
+        self._bump()
+
+    def rename(self, src, dst, dst_label=None):
+        prefix = src + "/"
+        if self.get(src) is not None or self.get(dst) is not None or any(
+                p.startswith(prefix) for p in self.snapshot()):
+            self._bump()
+        super().rename(src, dst, dst_label)
+
+    def link(self, src, dst):
+        super().link(src, dst)
+        self._bump()
+
+    def delete(self, path):
+        if self.get(path) is not None:
+            super().delete(path)
+            self._bump()
+
+
+@dataclass(slots=True)
+class _Entry:
+    version: int
+    taint: object  # the subject's taint when decided (checked for writes)
+    expires: float
+
+
+@dataclass(slots=True)
+class _Handle:
+    """A descriptor opened for writing: whose it is and the taint its last write decision was made at."""
+
+    caller: Caller
+    path: str
+    taint: object
+
+
+@dataclass
+class Stats:
+    decisions: int = 0
+    cache_hits: int = 0
+    denials: int = 0
+    write_redecisions: int = 0
+    errors: int = 0
+
+
+# ------------------------------------------------------------------------------------------ the filesystem
+
+class EnforcingFS:
+    """FUSE operations (fusepy/mfusepy API) over `root`, each decided by `monitor` (None: bare passthrough).
+
+    `context` returns (uid, gid, tid) of the current request (the library's `fuse_get_context`);
+    `mountpoint` lets symlinks pointing back into the mount through.
+    """
+
+    use_ns = True  # times as integer nanoseconds
+    flag_nullpath_ok = True  # libfuse2: a file unlinked while open is still served through its fh (path None)
+    flag_utime_omit_ok = True  # libfuse2: utimens understands UTIME_OMIT and UTIME_NOW
+
+    def __init__(self, root: str, monitor: Monitor | None = None, *, identities: Identities | None = None,
+                 context: Callable[[], tuple[int, int, int]] | None = None, mountpoint: str | None = None,
+                 system_prefixes: Iterable[str] = SYSTEM_PREFIXES, cache: bool = True,
+                 clock: Callable[[], float] = time.time):
+        self.backing = Backing(root)
+        self.root = self.backing.root
+        self.monitor = monitor
+        self.identities = identities or Identities()
+        self.context = context or (lambda: (os.getuid(), os.getgid(), 0))
+        self.mountpoint = os.path.realpath(mountpoint) if mountpoint else None
+        self.system_prefixes = tuple(os.path.normpath(p) for p in system_prefixes)
+        self.clock = clock
+        labels = monitor.labels if monitor is not None else None
+        self._versioned = isinstance(labels, VersionedLabelStore)
+        if monitor is not None and cache and not self._versioned:
+            log.warning("the monitor's label store does not count changes: decisions are not cached")
+        self.cache_enabled = bool(cache and self._versioned)
+        self._cache: dict[tuple, _Entry] = {}
+        self._handles: dict[int, _Handle] = {}
+        self._token_expiry: dict[str, float] = {}
+        self._known_links: set[tuple[int, int]] = set()
+        self._outside_links: dict[tuple[int, int], tuple[int, int]] = {}
+        self._link_lock = threading.Lock()
+        self._is_root = os.geteuid() == 0
+        self.stats = Stats()
+        self.mounted = False  # set once libfuse has started serving
+
+    # ------------------------------------------------------------------------------------ deciding
+    def _caller(self) -> Caller:
+        return self.identities.caller(self.context()[2])
+
+    def _check(self, caller: Caller, op: str, target: str, dest: str | None = None) -> None:
+        """Ask the monitor (or the cache) whether `caller` may do `op`; raise `Denied` if not."""
+        monitor = self.monitor
+        if monitor is None:
+            return
+        key = None
+        if self.cache_enabled and op in CACHEABLE:
+            key = (caller.subject, caller.token, op, target)
+            entry = self._cache.get(key)
+            if entry is not None and entry.version == monitor.labels.version and self.clock() < entry.expires:
+                if op != "write":
+                    self.stats.cache_hits += 1
+                    return
+                state = monitor.subjects.get(caller.subject)
+                if state is not None and state.taint == entry.taint:
+                    self.stats.cache_hits += 1
+                    return
+        version = monitor.labels.version if self._versioned else 0
+        state = monitor.subjects.get(caller.subject)
+        taint = state.taint if state is not None else None
+        try:
+            decision = monitor.decide(Request(op, target, subject=caller.subject, dest=dest, token=caller.token,
+                                              parent=caller.parent, pid=caller.pid or None,
+                                              cmdline=self.identities.cmdline(caller.pid)))
+        except Exception as exc:  # decide never raises; if it ever does, deny
+            self._error(caller, op, target, exc)
+            raise Denied(errno.EACCES, "monitor error") from None
+        self.stats.decisions += 1
+        if not decision.allowed:
+            self.stats.denials += 1
+            raise Denied(errno.EPERM if op in EPERM_OPS else errno.EACCES, decision.reason)
+        if key is not None:
+            if op == "write" and taint is None:
+                return  # a brand-new subject: decide again next time, with its state known
+            self._cache[key] = _Entry(version, taint, self._expiry(caller.token))
+
+    def _expiry(self, token: str | None) -> float:
+        if token is None:
+            return float("inf")
+        expires = self._token_expiry.get(token)
+        if expires is None:
+            expires = 0.0
+            verifier = self.monitor.verifier if self.monitor is not None else None
+            if verifier is not None:
+                try:
+                    expires = float(verifier.verify(token, now=self.clock()).expires)
+                except Exception:  # an invalid token: never cached (the monitor denies it every time)
+                    expires = 0.0
+            self._token_expiry[token] = expires
+        return expires
+
+    def _refuse(self, caller: Caller | None, op: str, target: str, reason: str, code: int = errno.EACCES):
+        """Deny at the adapter (containment, not a flow question) and log it like a monitor denial."""
+        self.stats.denials += 1
+        caller = caller or self._caller()
+        log.info("denied %s %s for %s (pid %s): %s", op, target, caller.subject, caller.pid, reason)
+        monitor = self.monitor
+        if monitor is not None and monitor.log is not None:
+            try:
+                monitor.log.record(kind="deny", subject=caller.subject, op=op, target=target, allowed=False,
+                                   reason=reason, rule="fs: containment", pid=caller.pid or None,
+                                   cmdline=self.identities.cmdline(caller.pid))
+            except Exception as exc:
+                log.error("cannot log a denial: %s", exc)
+        raise Denied(code, reason)
+
+    def _error(self, caller: Caller | None, op: str, target: str, exc: BaseException) -> None:
+        self.stats.errors += 1
+        log.exception("internal error on %s %s, denied", op, target, exc_info=exc)
+        monitor = self.monitor
+        if monitor is not None and monitor.log is not None:
+            with contextlib.suppress(Exception):
+                monitor.log.record(kind="error", subject=caller.subject if caller else "?", op=op, target=target,
+                                   allowed=False, reason=f"internal error in the filesystem, denied: "
+                                   f"{type(exc).__name__}: {exc}", pid=caller.pid if caller else None)
+
+    def _guard(self, op: str, path: str | None, fn: Callable[[], object]):
+        """Run an operation; OSErrors pass through as errnos, anything else is logged and denied."""
+        try:
+            return fn()
+        except OSError:
+            raise
+        except Exception as exc:
+            self._error(None, op, path or "", exc)
+            raise Denied(errno.EACCES, "internal error") from None
+
+    def _chown_new(self, fn: Callable[[int, int], None]) -> None:
+        """Give a new object to the caller (the daemon is root; the kernel checked the caller may create)."""
+        if self._is_root:
+            uid, gid, _ = self.context()
+            if uid not in (0, -1, 0xFFFFFFFF):
+                fn(uid, gid)
+
+    # ------------------------------------------------------------------------------------ attributes
+    @staticmethod
+    def _attrs(st: os.stat_result) -> dict:
+        return {
+            "st_mode": st.st_mode, "st_ino": st.st_ino, "st_nlink": st.st_nlink, "st_uid": st.st_uid,
+            "st_gid": st.st_gid, "st_size": st.st_size, "st_rdev": st.st_rdev, "st_blocks": st.st_blocks,
+            "st_blksize": st.st_blksize, "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns,
+            "st_ctime": st.st_ctime_ns,
+        }
+
+    def getattr(self, path, fh=None):
+        if fh is not None:
+            return self._attrs(os.fstat(fh))
+        return self._attrs(self.backing.lstat(self.backing.relative(path)))
+
+    def statfs(self, path):
+        sv = os.statvfs(self.backing.fd)
+        return {key: getattr(sv, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                                                   "f_files", "f_ffree", "f_favail", "f_flag", "f_namemax")}
+
+    def readdir(self, path, fh=None):
+        rel = self.backing.relative(path)
+        fd = self.backing.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            # names with their inode numbers and types, straight from getdents (no stat per entry)
+            return [".", "..", *((e.name, {"st_ino": e.inode(), "st_mode": _dtype_mode(e)}, 0)
+                                 for e in os.scandir(fd))]
+        finally:
+            os.close(fd)
+
+    def readlink(self, path):
+        rel = self.backing.relative(path)
+        target = self.backing.at(rel, lambda d, n: os.readlink(n, dir_fd=d))
+        problem = self._symlink_problem(rel, target)
+        if problem:
+            self._refuse(None, "readlink", rel, problem)
+        return target
+
+    # ------------------------------------------------------------------------------------ open, read, write
+    @staticmethod
+    def open_ops(flags: int) -> tuple[str, ...]:
+        mode = flags & os.O_ACCMODE
+        ops = ["exec" if flags & FMODE_EXEC else "read"] if mode in (os.O_RDONLY, os.O_RDWR) else []
+        if mode in (os.O_WRONLY, os.O_RDWR) or flags & os.O_TRUNC:
+            ops.append("write")
+        return tuple(ops)
+
+    def open(self, path, flags):
+        rel = self.backing.relative(path)
+        caller = None
+        ops = self.open_ops(flags)
+        if self.monitor is not None:
+            caller = self._caller()
+            self._guard("open", rel, lambda: [self._check(caller, op, rel) for op in ops])
+        fd = self.backing.open(rel, flags & _OPEN_MASK)
+        try:
+            if self.monitor is not None:
+                st = os.fstat(fd)
+                if st.st_nlink > 1 and stat_mod.S_ISREG(st.st_mode):
+                    self._check_links(caller, rel, st, ops)
+                if "write" in ops:
+                    state = self.monitor.subjects.get(caller.subject)
+                    self._handles[fd] = _Handle(caller, rel, state.taint if state is not None else None)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def create(self, path, mode, flags=None):
+        rel = self.backing.relative(path)
+        caller = None
+        if self.monitor is not None:
+            caller = self._caller()
+            self._guard("create", rel, lambda: self._check(caller, "create", rel))
+        if flags is None:  # fusepy does not pass the flags: open read-write (the kernel enforces the caller's mode)
+            flags = os.O_RDWR
+        fd = self.backing.open(rel, (flags & _OPEN_MASK & ~os.O_ACCMODE) | os.O_CREAT | os.O_RDWR
+                               | (flags & os.O_EXCL), mode)
+        self._chown_new(lambda uid, gid: os.fchown(fd, uid, gid))
+        if caller is not None:
+            state = self.monitor.subjects.get(caller.subject)
+            self._handles[fd] = _Handle(caller, rel, state.taint if state is not None else None)
+        return fd
+
+    def read(self, path, size, offset, fh):
+        return os.pread(fh, size, offset)
+
+    def _write_check(self, path: str | None, fh: int) -> None:
+        handle = self._handles.get(fh)
+        if handle is None or self.monitor is None:
+            return
+        state = self.monitor.subjects.get(handle.caller.subject)
+        if state is not None and state.taint == handle.taint:
+            rel = handle.path if path is None else self.backing.relative(path)
+            if rel == handle.path:
+                return
+        rel = handle.path if path is None else self.backing.relative(path)
+        self.stats.write_redecisions += 1
+        self._guard("write", rel, lambda: self._check(handle.caller, "write", rel))
+        state = self.monitor.subjects.get(handle.caller.subject)
+        handle.path = rel
+        handle.taint = state.taint if state is not None else None
+
+    def write(self, path, data, offset, fh):
+        self._write_check(path, fh)
+        return os.pwrite(fh, data, offset)
+
+    def truncate(self, path, length, fh=None):
+        if fh is not None:
+            self._write_check(path, fh)
+            os.ftruncate(fh, length)
+            return 0
+        rel = self.backing.relative(path)
+        if self.monitor is not None:
+            caller = self._caller()
+            self._guard("truncate", rel, lambda: self._check(caller, "write", rel))
+        fd = self.backing.open(rel, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, length)
+        finally:
+            os.close(fd)
+        return 0
+
+    def fallocate(self, path, mode, offset, length, fh):
+        if mode != 0:
+            raise OSError(errno.EOPNOTSUPP, "only plain allocation is supported")
+        self._write_check(path, fh)
+        os.posix_fallocate(fh, offset, length)
+        return 0
+
+    def flush(self, path, fh):
+        return 0
+
+    def fsync(self, path, datasync, fh):
+        if datasync:
+            os.fdatasync(fh)
+        else:
+            os.fsync(fh)
+        return 0
+
+    def release(self, path, fh):
+        self._handles.pop(fh, None)
+        os.close(fh)
+        return 0
+
+    # ------------------------------------------------------------------------------------ names
+    def _decide(self, op: str, rel: str, dest: str | None = None) -> Caller | None:
+        if self.monitor is None:
+            return None
+        caller = self._caller()
+        self._guard(op, rel, lambda: self._check(caller, op, rel, dest))
+        return caller
+
+    def mkdir(self, path, mode):
+        rel = self.backing.relative(path)
+        self._decide("create", rel)
+
+        def make(d, n):
+            os.mkdir(n, mode, dir_fd=d)
+            self._chown_new(lambda uid, gid: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False))
+
+        self.backing.at(rel, make)
+        return 0
+
+    def mknod(self, path, mode, dev):
+        rel = self.backing.relative(path)
+        if not (stat_mod.S_ISREG(mode) or stat_mod.S_ISFIFO(mode) or stat_mod.S_ISSOCK(mode)):
+            self._refuse(None, "mknod", rel, "device nodes cannot be made in the workspace", errno.EPERM)
+        self._decide("create", rel)
+
+        def make(d, n):
+            os.mknod(n, mode, dev, dir_fd=d)
+            self._chown_new(lambda uid, gid: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False))
+
+        self.backing.at(rel, make)
+        return 0
+
+    def symlink(self, target, source):
+        """`ln -s source target`: make `target` (a path in the mount) a symlink holding `source`."""
+        rel = self.backing.relative(target)
+        problem = self._symlink_problem(rel, source)
+        if problem:
+            self._refuse(None, "symlink", rel, problem)
+        self._decide("create", rel)
+
+        def make(d, n):
+            os.symlink(source, n, dir_fd=d)
+            self._chown_new(lambda uid, gid: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False))
+
+        self.backing.at(rel, make)
+        return 0
+
+    def _restore(self, labels: dict[str, object]) -> None:
+        """After an operation the monitor allowed failed: put back any label it moved or dropped.
+
+        Labels only go up, so this is conservative: a name keeps at least the label it had before."""
+        if self.monitor is None:
+            return
+        store = self.monitor.labels
+        for name, label in labels.items():
+            if label is not None:
+                current = store.get(name)
+                store.raise_to(name, label if current is None else current.join(label))
+
+    def _snapshot(self, *names: str) -> dict[str, object]:
+        if self.monitor is None:
+            return {}
+        return {n: self.monitor.labels.get(n) for n in names}
+
+    def unlink(self, path):
+        rel = self.backing.relative(path)
+        st = self.backing.lstat(rel)  # fail before the monitor forgets the name's label
+        if stat_mod.S_ISDIR(st.st_mode):
+            raise OSError(errno.EISDIR, "is a directory")
+        before = self._snapshot(rel)
+        self._decide("delete", rel)
+        try:
+            self.backing.at(rel, lambda d, n: os.unlink(n, dir_fd=d))
+        except OSError:
+            self._restore(before)
+            raise
+        return 0
+
+    def rmdir(self, path):
+        rel = self.backing.relative(path)
+        fd = self.backing.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if os.listdir(fd):
+                raise OSError(errno.ENOTEMPTY, "directory not empty")
+        finally:
+            os.close(fd)
+        before = self._snapshot(rel)
+        self._decide("delete", rel)
+        try:
+            self.backing.at(rel, lambda d, n: os.rmdir(n, dir_fd=d))
+        except OSError:
+            self._restore(before)
+            raise
+        return 0
+
+    def rename(self, old, new, flags=0):
+        src, dst = self.backing.relative(old), self.backing.relative(new)
+        if flags & ~RENAME_NOREPLACE:
+            # RENAME_EXCHANGE would swap two contents under two names; the label store can only move one
+            # name at a time, so it is refused like on a filesystem without it (callers fall back)
+            raise OSError(errno.EINVAL, "only RENAME_NOREPLACE is supported")
+        self._rename_preflight(src, dst, flags)
+        before = self._snapshot(src, dst)
+        self._decide("rename", src, dst)
+        try:
+            sd, sn, sowned = self.backing.parent(src)
+            try:
+                dd, dn, downed = self.backing.parent(dst)
+                try:
+                    if flags:
+                        renameat2(sd, sn, dd, dn, flags)
+                    else:
+                        os.rename(sn, dn, src_dir_fd=sd, dst_dir_fd=dd)
+                finally:
+                    if downed:
+                        os.close(dd)
+            finally:
+                if sowned:
+                    os.close(sd)
+        except OSError:
+            self._restore(before)
+            raise
+        return 0
+
+    def _rename_preflight(self, src: str, dst: str, flags: int) -> None:
+        """The checks rename(2) would fail on, made before the monitor moves any label."""
+        st = self.backing.lstat(src)
+        if dst == src:
+            return
+        if dst.startswith(src + "/"):
+            raise OSError(errno.EINVAL, "cannot move a directory into itself")
+        try:
+            dt = self.backing.lstat(dst)
+        except FileNotFoundError:
+            return
+        if flags & RENAME_NOREPLACE:
+            raise OSError(errno.EEXIST, "destination exists")
+        if stat_mod.S_ISDIR(st.st_mode) and not stat_mod.S_ISDIR(dt.st_mode):
+            raise OSError(errno.ENOTDIR, "not a directory")
+        if not stat_mod.S_ISDIR(st.st_mode) and stat_mod.S_ISDIR(dt.st_mode):
+            raise OSError(errno.EISDIR, "is a directory")
+        if stat_mod.S_ISDIR(dt.st_mode):
+            fd = self.backing.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if os.listdir(fd):
+                    raise OSError(errno.ENOTEMPTY, "directory not empty")
+            finally:
+                os.close(fd)
+
+    def link(self, target, source):
+        """`ln source target`: a hard link named `target` to the file `source`."""
+        src, dst = self.backing.relative(source), self.backing.relative(target)
+        st = self.backing.lstat(src)
+        if stat_mod.S_ISDIR(st.st_mode):
+            raise OSError(errno.EPERM, "cannot hard-link a directory")
+        try:
+            self.backing.lstat(dst)
+        except FileNotFoundError:
+            pass
+        else:
+            raise OSError(errno.EEXIST, "file exists")
+        if st.st_nlink > 1 and self.monitor is not None:
+            self._check_links(self._caller(), src, st, ())
+        before = self._snapshot(dst)
+        self._decide("link", src, dst)
+        try:
+            sd, sn, sowned = self.backing.parent(src)
+            try:
+                self.backing.at(dst, lambda d, n: os.link(sn, n, src_dir_fd=sd, dst_dir_fd=d,
+                                                          follow_symlinks=False))
+            finally:
+                if sowned:
+                    os.close(sd)
+        except OSError:
+            self._restore(before)
+            raise
+        with self._link_lock:
+            self._known_links.add((st.st_dev, st.st_ino))
+        return 0
+
+    # ------------------------------------------------------------------------------------ metadata
+    def chmod(self, path, mode):
+        rel = self.backing.relative(path)
+        self._decide("chmod", rel)
+        fd = self.backing.open(rel, os.O_PATH)
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", stat_mod.S_IMODE(mode))
+        finally:
+            os.close(fd)
+        return 0
+
+    def chown(self, path, uid, gid):
+        rel = self.backing.relative(path)
+        self._decide("chmod", rel)
+        self.backing.at(rel, lambda d, n: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False))
+        return 0
+
+    def utimens(self, path, times=None):
+        rel = self.backing.relative(path)
+        self._decide("chmod", rel)
+        now = time.time_ns()
+        if times is None:
+            ns = (now, now)
+        else:
+            atime, mtime = times
+            if UTIME_OMIT in (atime, mtime):
+                st = self.backing.lstat(rel)
+                atime = st.st_atime_ns if atime == UTIME_OMIT else atime
+                mtime = st.st_mtime_ns if mtime == UTIME_OMIT else mtime
+            ns = (now if atime == UTIME_NOW else atime, now if mtime == UTIME_NOW else mtime)
+        self.backing.at(rel, lambda d, n: os.utime(n, ns=ns, dir_fd=d, follow_symlinks=False))
+        return 0
+
+    # ------------------------------------------------------------------------------------ xattrs
+    def _xattr_path(self, rel: str, fn: Callable[[str], object]):
+        fd = self.backing.open(rel, os.O_PATH)
+        try:
+            return fn(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _xattr_class(name: str) -> str:
+        return name.split(".", 1)[0] if "." in name else ""
+
+    def getxattr(self, path, name, position=0):
+        rel = self.backing.relative(path)
+        if self._xattr_class(name) not in ("security", "system"):  # user.* (and trusted.*) carry data
+            self._decide("read", rel)
+        try:
+            return self._xattr_path(rel, lambda p: os.getxattr(p, name))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OSError(errno.ENODATA, "no such attribute") from None
+            raise
+
+    def listxattr(self, path):
+        rel = self.backing.relative(path)
+        try:
+            return self._xattr_path(rel, os.listxattr)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return []
+            raise
+
+    def setxattr(self, path, name, value, options, position=0):
+        rel = self.backing.relative(path)
+        kind = self._xattr_class(name)
+        if kind in ("security", "trusted"):
+            self._refuse(None, "setxattr", rel, f"`{kind}.*` attributes cannot be set in the workspace",
+                         errno.EPERM)
+        self._decide("chmod" if kind == "system" else "write", rel)
+        self._xattr_path(rel, lambda p: os.setxattr(p, name, value, options))
+        return 0
+
+    def removexattr(self, path, name):
+        rel = self.backing.relative(path)
+        kind = self._xattr_class(name)
+        if kind in ("security", "trusted"):
+            self._refuse(None, "removexattr", rel, f"`{kind}.*` attributes cannot be changed in the workspace",
+                         errno.EPERM)
+        self._decide("chmod" if kind == "system" else "write", rel)
+        self._xattr_path(rel, lambda p: os.removexattr(p, name))
+        return 0
+
+    # ------------------------------------------------------------------------------------ escapes
+    def _symlink_problem(self, rel: str, target: str) -> str | None:
+        """Why a symlink at `rel` holding `target` would lead out of the workspace, or None."""
+        if not target or "\0" in target:
+            return "empty symlink target"
+        if target.startswith("/"):
+            norm = os.path.normpath(target)
+            if _inside(norm, self.root):
+                return f"symlink to `{target}` points into the backing directory, around the monitor"
+            if self.mountpoint and _inside(norm, self.mountpoint):
+                return None
+            if any(_inside(norm, p) for p in self.system_prefixes if p != "/"):
+                return None
+            return f"symlink to `{target}` points outside the workspace"
+        parts = [p for p in rel.split("/")[:-1] if p]
+        walked_link = False
+        for part in target.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not parts or walked_link:
+                    return f"symlink to `{target}` climbs out of the workspace"
+                parts.pop()
+                continue
+            parts.append(part)
+            if not walked_link:
+                with contextlib.suppress(OSError):
+                    walked_link = stat_mod.S_ISLNK(self.backing.lstat("/".join(parts)).st_mode)
+        return None
+
+    def _check_links(self, caller: Caller | None, rel: str, st: os.stat_result, ops: tuple[str, ...]) -> None:
+        """A file with several names: allow it only if every name is inside the workspace, and give the
+        monitor the join of their labels (the content is one, whichever name it is read by)."""
+        key = (st.st_dev, st.st_ino)
+        if key in self._known_links:
+            return
+        with self._link_lock:
+            if key in self._known_links:
+                return
+            seen = self._outside_links.get(key)
+            if seen is None or seen != (st.st_nlink, st.st_ctime_ns):
+                names = self._names_of(st) if st.st_dev == self.backing.dev else []
+                if len(names) >= st.st_nlink:
+                    self._share_label(names)
+                    self._known_links.add(key)
+                    ok = True
+                else:
+                    self._outside_links[key] = (st.st_nlink, st.st_ctime_ns)
+                    ok = False
+            else:
+                ok = False
+        if not ok:
+            self._refuse(caller, ops[0] if ops else "link", rel,
+                         f"`{rel}` has hard links outside the workspace: its content is not the workspace's")
+        for op in ops:  # the labels may have risen: decide again
+            self._check(caller, op, rel)
+
+    def _names_of(self, st: os.stat_result) -> list[str]:
+        """Every name of the inode inside the backing directory (a walk, only for unseen multi-link files)."""
+        names = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                try:
+                    other = os.lstat(full)
+                except OSError:
+                    continue
+                if other.st_ino == st.st_ino and other.st_dev == st.st_dev:
+                    names.append(os.path.relpath(full, self.root))
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        return names
+
+    def _share_label(self, names: list[str]) -> None:
+        monitor = self.monitor
+        if monitor is None or len(names) < 2:
+            return
+        joined = monitor.label_of(names[0])
+        for name in names[1:]:
+            joined = joined.join(monitor.label_of(name))
+        store = monitor.labels
+        store.raise_to(names[0], joined)
+        for name in names[1:]:
+            store.link(names[0], name)
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def init(self, path):
+        self.mounted = True
+
+    def destroy(self, path):
+        if self.monitor is not None and self.monitor.log is not None:
+            try:
+                self.monitor.log.flush()
+            except Exception as exc:
+                log.error("cannot flush the event log: %s", exc)
+        return 0

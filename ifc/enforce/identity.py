@@ -1,0 +1,182 @@
+"""Who is calling: FUSE's thread id → process → subject.
+
+`fuse_get_context()` gives the *thread* id of the caller. `/proc/<tid>/status` names its thread group
+(the process); the process's subject is found by walking up its ancestors:
+
+* a process whose environment (`/proc/<pid>/environ`, the environment it was exec'd with) holds
+  `IFC_TOKEN=<token>` is a subject of its own, `pid:<pid>`, that presents that token; it starts with
+  the taint of the subject it was started from (the monitor's `parent`);
+* any other process belongs to the subject of its nearest ancestor that presented a token, and
+  without one to the default subject, `session` (whose token, if any, is the one `ifc mount --token`
+  was given).
+
+Every answer is cached per (pid, start time) and a thread's cached answer is re-validated on each call
+by reading `/proc/<tid>/stat` (≈5 µs): pids are reused (`pid_max` is 32768 here), start times are not
+reused for a pid within a clock tick, so a new process can never inherit a dead one's subject.
+
+Once a process has been seen presenting a token it keeps that subject for its lifetime, even if it
+exec's without the variable, so dropping the token does not hand it its parent's authority.
+
+Per-process subjects are a *restriction for cooperating processes* (a launcher starting a sub-agent
+with an attenuated token), not a boundary against a hostile one: a process the daemon has not yet seen
+can exec itself without `IFC_TOKEN`, or double-fork so that its child is re-parented to init, and so
+run as its ancestors' subject. The boundary against a hostile agent is the session and its token (in
+the microVM every call arrives from virtiofsd, so the whole sandbox is one subject).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+ENV_VAR = "IFC_TOKEN"
+DEFAULT_SUBJECT = "session"
+MAX_ENVIRON = 1 << 20  # read at most this much of /proc/<pid>/environ
+MAX_CACHE = 16384
+MAX_DEPTH = 256  # ancestor walk bound (a pid chain cannot be longer in practice)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The subject an operation is decided for, and what to tell the monitor about it."""
+
+    pid: int
+    subject: str
+    token: str | None = None
+    parent: str | None = None  # a new subject starts with this subject's taint
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.subject, self.token)
+
+
+def _read(path: str, limit: int = 4096) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_stat(tid: int, proc: str = "/proc") -> tuple[int, int] | None:
+    """(ppid, start time in clock ticks) of a thread or process, or None if it is gone."""
+    data = _read(f"{proc}/{tid}/stat")
+    if not data:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()  # the command name may hold spaces and parentheses
+    try:
+        return int(fields[1]), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def read_tgid(tid: int, proc: str = "/proc") -> int | None:
+    data = _read(f"{proc}/{tid}/status", 8192)
+    if not data:
+        return None
+    start = data.find(b"\nTgid:")
+    if start < 0:
+        return None
+    end = data.find(b"\n", start + 1)
+    try:
+        return int(data[start + 6:end])
+    except ValueError:
+        return None
+
+
+def read_token(pid: int, env_var: str = ENV_VAR, proc: str = "/proc") -> str | None:
+    data = _read(f"{proc}/{pid}/environ", MAX_ENVIRON)
+    if not data:
+        return None
+    needle = env_var.encode() + b"="
+    for entry in data.split(b"\0"):
+        if entry.startswith(needle):
+            value = entry[len(needle):].strip()
+            return value.decode("ascii", "replace") or None
+    return None
+
+
+def read_cmdline(pid: int, proc: str = "/proc") -> str | None:
+    data = _read(f"{proc}/{pid}/cmdline", 4096)
+    if not data:
+        return None
+    return " ".join(part.decode("utf-8", "replace") for part in data.rstrip(b"\0").split(b"\0"))
+
+
+class Identities:
+    """Maps FUSE caller thread ids to `Caller`s. Thread-safe; caches per (pid, start time)."""
+
+    def __init__(self, *, default_subject: str = DEFAULT_SUBJECT, default_token: str | None = None,
+                 env_var: str | None = ENV_VAR, proc: str = "/proc", self_pid: int | None = None):
+        self.default = Caller(0, default_subject, default_token)
+        self.env_var = env_var
+        self.proc = proc
+        self.self_pid = os.getpid() if self_pid is None else self_pid
+        self._threads: dict[int, tuple[int, int]] = {}  # tid -> (start time, pid)
+        self._procs: dict[tuple[int, int], Caller] = {}  # (pid, start time) -> caller
+        self._lock = threading.Lock()
+
+    def caller(self, tid: int) -> Caller:
+        """The caller for a FUSE request's thread id (0 when the kernel itself asks: the default)."""
+        if tid <= 0 or self.env_var is None:
+            return self.default if tid <= 0 else Caller(tid, self.default.subject, self.default.token)
+        stat = read_stat(tid, self.proc)
+        if stat is None:
+            return Caller(tid, self.default.subject, self.default.token)
+        start = stat[1]
+        cached = self._threads.get(tid)
+        if cached is not None and cached[0] == start:
+            pid = cached[1]
+            caller = self._procs.get((pid, start)) if pid == tid else None
+            if caller is not None:
+                return caller
+        else:
+            pid = read_tgid(tid, self.proc) or tid
+            self._remember(self._threads, tid, (start, pid))
+        if pid != tid:
+            pstat = read_stat(pid, self.proc)
+            if pstat is None:
+                return Caller(pid, self.default.subject, self.default.token)
+            return self._process(pid, pstat[0], pstat[1], 0)
+        return self._process(pid, stat[0], start, 0)
+
+    def _process(self, pid: int, ppid: int, start: int, depth: int) -> Caller:
+        key = (pid, start)
+        cached = self._procs.get(key)
+        if cached is not None:
+            return cached
+        if pid <= 1 or pid == self.self_pid or depth > MAX_DEPTH:
+            return Caller(pid, self.default.subject, self.default.token)
+        token = read_token(pid, self.env_var, self.proc) if self.env_var else None
+        parent = self._ancestor(ppid, depth)
+        if token is not None and token != parent.token:
+            caller = Caller(pid, f"pid:{pid}", token, parent.subject)
+        else:
+            caller = Caller(pid, parent.subject, parent.token, parent.parent)
+        self._remember(self._procs, key, caller)
+        return caller
+
+    def _ancestor(self, ppid: int, depth: int) -> Caller:
+        if ppid <= 1 or ppid == self.self_pid:
+            return self.default
+        stat = read_stat(ppid, self.proc)
+        if stat is None:
+            return self.default
+        return self._process(ppid, stat[0], stat[1], depth + 1)
+
+    def _remember(self, table: dict, key, value) -> None:
+        with self._lock:
+            if len(table) >= MAX_CACHE:
+                # drop the older half; token subjects are re-derived from their environment if seen again
+                for old in list(table)[: MAX_CACHE // 2]:
+                    table.pop(old, None)
+            table[key] = value
+
+    def cmdline(self, pid: int) -> str | None:
+        return read_cmdline(pid, self.proc) if pid > 0 else None

@@ -1,0 +1,331 @@
+"""Mount lifecycle: load a FUSE binding, recover a stale mount point, serve in the foreground, unmount.
+
+Bindings (`--fuse`): `mfusepy3` — mfusepy on libfuse3, the default (measured fastest, passes rename
+flags, see docs/benchmarks-fuse.md); `mfusepy2` — mfusepy on libfuse2; `fusepy` — fusepy 3.0.1 on libfuse2.
+A binding is chosen once per process (the library is loaded when the module is imported).
+
+Signals: libfuse installs handlers for SIGINT, SIGTERM and SIGHUP that end its loop; the mount is then
+unmounted and `serve` returns, so Ctrl-C and `kill` leave nothing behind. If the daemon dies instead
+(`kill -9`, a crash), the kernel aborts the connection and every access to the mount point fails with
+ENOTCONN ("transport endpoint is not connected"): the backing directory is never exposed in its place,
+and nothing written lands beside it. `auto_unmount` is deliberately not used, because it would turn the
+dead mount back into a plain directory that a still-running agent could write to unmediated. The next
+`ifc mount` on that mount point finds the dead mount and detaches it (`fusermount -u -z`, else
+`umount -l`) before mounting.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import errno
+import importlib
+import logging
+import os
+import shutil
+import subprocess
+import warnings
+from dataclasses import dataclass, field
+
+log = logging.getLogger("ifc.enforce.mount")
+
+BINDINGS = ("mfusepy3", "mfusepy2", "fusepy")
+DEFAULT_BINDING = "mfusepy3"
+
+
+class MountError(Exception):
+    """A mount that cannot be made or served; the message says why and what to do."""
+
+    def __init__(self, message: str, help: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.help = help
+
+
+@dataclass(frozen=True)
+class Binding:
+    name: str
+    module: object
+    libfuse: int  # major version
+
+    @property
+    def FUSE(self):
+        return self.module.FUSE
+
+    def context(self) -> tuple[int, int, int]:
+        return self.module.fuse_get_context()
+
+
+_loaded: dict[str, Binding] = {}
+
+
+def load_binding(name: str = DEFAULT_BINDING) -> Binding:
+    """Import the FUSE binding `name` (see BINDINGS). One libfuse per process: mixing fails loudly."""
+    if name in _loaded:
+        return _loaded[name]
+    if name not in BINDINGS:
+        raise MountError(f"unknown FUSE binding `{name}`", "choose one of " + ", ".join(BINDINGS))
+    if name.startswith("mfusepy") and any(k.startswith("mfusepy") for k in _loaded):
+        raise MountError("mfusepy is already loaded with another libfuse in this process")
+    major = 3 if name == "mfusepy3" else 2
+    lib = _find_libfuse(major)
+    if lib is None:
+        raise MountError(f"libfuse{major} is not installed",
+                         "run scripts/sysdeps.sh (Debian: fuse3 libfuse3-3 libfuse2)")
+    os.environ["FUSE_LIBRARY_PATH"] = lib  # both bindings read it at import
+    modname = "mfusepy" if name.startswith("mfusepy") else "fuse"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = importlib.import_module(modname)
+    except (ImportError, OSError) as exc:
+        raise MountError(f"cannot load the FUSE binding `{name}`: {exc}",
+                         "pip install mfusepy (libfuse3) or fusepy (libfuse2)") from None
+    if name.startswith("mfusepy"):
+        major = int(getattr(module, "fuse_version_major", major))
+    binding = Binding(name, module, major)
+    _loaded[name] = binding
+    return binding
+
+
+def _find_libfuse(major: int) -> str | None:
+    """The library by its soname (instant), else by `find_library` (which runs ldconfig: slow)."""
+    soname = "libfuse3.so.3" if major == 3 else "libfuse.so.2"
+    try:
+        ctypes.CDLL(soname)
+        return soname
+    except OSError:
+        return ctypes.util.find_library("fuse3" if major == 3 else "fuse")
+
+
+# ------------------------------------------------------------------------------------------ options
+
+@dataclass(frozen=True)
+class MountOptions:
+    """FUSE options; the defaults are the measured ones (docs/benchmarks-fuse.md)."""
+
+    threads: bool = True
+    allow_other: bool | None = None  # None: when running as root (an agent user must reach the mount)
+    kernel_cache: bool = True  # keep file data in the page cache across opens (every open still reaches us)
+    attr_timeout: float = 10.0
+    entry_timeout: float = 10.0
+    negative_timeout: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def fuse_kwargs(self, binding: Binding, source: str) -> dict:
+        kwargs: dict = {
+            "foreground": True,
+            "nothreads": not self.threads,
+            "fsname": f"ifc:{source}",
+            "default_permissions": True,  # the kernel checks mode bits against the caller's credentials
+            "use_ino": True,  # stable inode numbers (git's index, cp -a and tar see hard links)
+            # no hard_remove: libfuse renames a file unlinked while open to .fuse_hiddenN (through our rename,
+            # so the monitor moves its label) — the kernel asks fstat(2) by node, not by handle, so a really
+            # unlinked file would answer ESTALE
+            "attr_timeout": self.attr_timeout,
+            "entry_timeout": self.entry_timeout,
+            "negative_timeout": self.negative_timeout,
+        }
+        if binding.libfuse == 2:
+            kwargs["big_writes"] = True  # libfuse3 always does; libfuse2 writes 4 KiB pieces without it
+            kwargs["subtype"] = "ifc"
+        else:
+            kwargs["subtype"] = "ifc"
+        if self.kernel_cache:
+            kwargs["kernel_cache"] = True
+        allow_other = os.geteuid() == 0 if self.allow_other is None else self.allow_other
+        if allow_other:
+            kwargs["allow_other"] = True
+        kwargs.update(self.extra)
+        return kwargs
+
+
+# ------------------------------------------------------------------------------------------ mount points
+
+def _mount_entry(path: str) -> tuple[str, str] | None:
+    """(mount id, filesystem type) of the mount on top at exactly `path` (from /proc/self/mountinfo)."""
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        parts = line.split(" ")
+        try:
+            point = parts[4].encode().decode("unicode_escape")
+            fstype = parts[parts.index("-") + 1]
+        except (IndexError, ValueError):
+            continue
+        if point == target:
+            found = (parts[0], fstype)  # the last one listed is the top of the stack
+    return found
+
+
+def mounted_at(path: str) -> str | None:
+    """The filesystem type mounted exactly at `path`, or None."""
+    entry = _mount_entry(path)
+    return entry[1] if entry else None
+
+
+def is_stale(path: str) -> bool:
+    """A FUSE mount whose daemon is gone (statfs always asks the daemon; stat may be answered from cache)."""
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    return False
+
+
+def detach(path: str) -> bool:
+    """Unmount `path` lazily (fusermount3/fusermount -u -z, else umount -l). True if nothing is left."""
+    for tool in ("fusermount3", "fusermount"):
+        exe = shutil.which(tool)
+        if exe and subprocess.run([exe, "-u", "-z", path], capture_output=True).returncode == 0:
+            return True
+    exe = shutil.which("umount")
+    if exe and subprocess.run([exe, "-l", path], capture_output=True).returncode == 0:
+        return True
+    return mounted_at(path) is None
+
+
+def prepare_mountpoint(path: str) -> None:
+    """Make `path` ready to mount on: recover a dead FUSE mount, refuse a live one."""
+    if is_stale(path):
+        log.warning("%s is a dead FUSE mount (its daemon is gone): detaching it", path)
+        if not detach(path):
+            raise MountError(f"`{path}` is a dead mount and could not be detached",
+                             f"run `fusermount -u -z {path}` or `umount -l {path}` as root")
+    fstype = mounted_at(path)
+    if fstype is not None and fstype.startswith("fuse"):
+        raise MountError(f"`{path}` is already a FUSE mount ({fstype})",
+                         "unmount it first, or choose another mount point")
+    if not os.path.isdir(path):
+        raise MountError(f"mount point `{path}` is not a directory")
+
+
+def check_fuse_available() -> str | None:
+    """Why FUSE cannot be used here, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if not (shutil.which("fusermount3") or shutil.which("fusermount")) and os.geteuid() != 0:
+        return "fusermount is missing"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ serving
+
+def _rename3(fuse_cls):
+    """mfusepy on libfuse3 drops rename's flags; pass them on, so RENAME_NOREPLACE is honoured."""
+
+    class FUSE(fuse_cls):
+        def rename_fuse_3(self, old, new, flags):
+            return self.operations.rename(old.decode(self.encoding, self.errors),
+                                          new.decode(self.encoding, self.errors), flags)
+
+    return FUSE
+
+
+class _Fusepy:
+    """fusepy calls `operations(name, *args)`; forward to the methods."""
+
+    def __init__(self, ops):
+        self._ops = ops
+        self.use_ns = True
+
+    def __call__(self, op, *args):
+        method = getattr(self._ops, op, None)
+        if method is None:
+            raise OSError(errno.ENOSYS, f"`{op}` is not implemented")
+        return method(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._ops, name)
+
+
+def serve(ops, mountpoint: str, binding: Binding, source: str, options: MountOptions | None = None) -> None:
+    """Mount `ops` at `mountpoint` and serve until unmounted or signalled (SIGINT/SIGTERM/SIGHUP)."""
+    options = options or MountOptions()
+    prepare_mountpoint(mountpoint)
+    kwargs = options.fuse_kwargs(binding, source)
+    fuse_cls = binding.FUSE
+    if binding.name.startswith("mfusepy") and binding.libfuse == 3:
+        fuse_cls = _rename3(fuse_cls)
+        operations = ops
+    elif binding.name == "fusepy":
+        operations = _Fusepy(ops)
+    else:
+        operations = ops
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            fuse_cls(operations, mountpoint, **kwargs)
+        except RuntimeError as exc:
+            if getattr(ops, "mounted", False):
+                return  # libfuse3 reports the signal that ended a served mount as a failure status
+            raise MountError(f"libfuse could not mount `{mountpoint}` (status {exc})",
+                             "is /dev/fuse usable and are you root (or in the fuse group)?") from None
+
+
+# ------------------------------------------------------------------------------------------ a daemon process
+
+class Daemon:
+    """`ifc mount` run as a child process: started, waited for until mounted, stopped with SIGTERM.
+
+        with Daemon(["--policy", P, "--run-dir", R, SRC, MNT], MNT) as daemon: ...
+    """
+
+    def __init__(self, args: list[str], mountpoint: str, *, log_path: str | None = None, timeout: float = 60.0,
+                 env: dict | None = None):
+        import sys
+        import time
+
+        self.mountpoint = os.path.realpath(mountpoint)
+        self.log_path = log_path
+        before = _mount_entry(self.mountpoint)
+        if before and before[1].startswith("fuse") and not is_stale(self.mountpoint):
+            raise MountError(f"`{mountpoint}` is already a FUSE mount")
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "ifc.cli.mount", *args], stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=out, env=env)
+        finally:
+            if log_path:
+                out.close()
+        deadline = time.monotonic() + timeout
+        while True:  # until a FUSE mount that is not the one (maybe dead) that was there before is on top
+            entry = _mount_entry(self.mountpoint)
+            if entry and entry != before and entry[1].startswith("fuse"):
+                break
+            if self.proc.poll() is not None:
+                raise MountError(f"the mount daemon exited with status {self.proc.returncode}"
+                                 + (f"; see {log_path}" if log_path else ""))
+            if time.monotonic() > deadline:
+                self.stop()
+                raise MountError(f"`{mountpoint}` was not mounted within {timeout:.0f} s")
+            time.sleep(0.02)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait, and make sure nothing is left mounted (even if the daemon is already dead)."""
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if mounted_at(self.mountpoint) is not None and (mounted_at(self.mountpoint) or "").startswith("fuse"):
+            detach(self.mountpoint)
+        return self.proc.returncode
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
