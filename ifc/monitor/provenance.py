@@ -26,15 +26,24 @@ class Hop:
     event: int | None = None
 
     def __str__(self) -> str:
-        return f"{display(self.source)} --{self.op}--> {display(self.target)}"
+        return f"{node_name(self.source)} --{self.op}--> {node_name(self.target)}"
+
+
+NODE_KINDS = ("file", "subject", "endpoint")
 
 
 def node(kind: str, name: str) -> str:
     return f"{kind}:{name}"
 
 
-def display(node_id: str) -> str:
-    return node_id.split(":", 1)[1]
+def node_kind(node_id: str) -> str:
+    kind, sep, _ = node_id.partition(":")
+    return kind if sep and kind in NODE_KINDS else "other"
+
+
+def node_name(node_id: str) -> str:
+    kind, sep, name = node_id.partition(":")
+    return name if sep and kind in NODE_KINDS else node_id
 
 
 class ProvenanceGraph:
@@ -86,9 +95,15 @@ class ProvenanceGraph:
         return self.graph.number_of_nodes(), self.graph.number_of_edges()
 
 
-def draw(hops: list[Hop]) -> str:
+def draw(hops) -> str:
+    """`.env --read--> session --write--> notes.txt`; a hop that does not continue the chain restarts it."""
     if not hops:
         return ""
-    parts = [display(hops[0].source)]
-    parts += [f"--{h.op}--> {display(h.target)}" for h in hops]
+    parts = [node_name(hops[0].source)]
+    last = hops[0].source
+    for hop in hops:
+        if hop.source != last:
+            parts.append(f"... {node_name(hop.source)}")
+        parts.append(f"--{hop.op}--> {node_name(hop.target)}")
+        last = hop.target
     return " ".join(parts)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ifc.monitor.events import open_readonly, read_events
+from ifc.monitor.provenance import Hop, draw
 
 EVENTS_DB = "events.db"
 POLICY_COPY = "policy.flow"
-NODE_KINDS = ("file", "subject", "endpoint")
 
 
 class ReportError(Exception):
@@ -29,18 +29,6 @@ class ReportError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-@dataclass(frozen=True)
-class Hop:
-    """One edge of a provenance path: `source --op--> target`, nodes as `kind:name`."""
-
-    source: str
-    op: str
-    target: str
-
-    def __str__(self) -> str:
-        return f"{node_name(self.source)} --{self.op}--> {node_name(self.target)}"
 
 
 @dataclass(frozen=True)
@@ -67,7 +55,7 @@ class Denial:
 
     @property
     def explanation(self) -> str:
-        return explain(self.path)
+        return draw(self.path)
 
 
 @dataclass(frozen=True)
@@ -151,30 +139,6 @@ class Run:
     @property
     def name(self) -> str:
         return Path(self.path).name or self.path
-
-
-def node_kind(node_id: str) -> str:
-    kind, sep, _ = node_id.partition(":")
-    return kind if sep and kind in NODE_KINDS else "other"
-
-
-def node_name(node_id: str) -> str:
-    kind, sep, name = node_id.partition(":")
-    return name if sep and kind in NODE_KINDS else node_id
-
-
-def explain(path: tuple[Hop, ...] | list[Hop]) -> str:
-    """`.env --read--> session --write--> notes.txt`; a hop that does not continue the chain restarts it."""
-    if not path:
-        return ""
-    parts = [node_name(path[0].source)]
-    last = path[0].source
-    for hop in path:
-        if hop.source != last:
-            parts.append(f"... {node_name(hop.source)}")
-        parts.append(f"--{hop.op}--> {node_name(hop.target)}")
-        last = hop.target
-    return " ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------- loading

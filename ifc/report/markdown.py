@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-from ifc.report.load import Denial, Run, node_name
+from ifc.monitor.provenance import node_name
+from ifc.report.load import Denial, Run
 from ifc.report.summary import Summary, iso, process, summarize
 from ifc.report.svg import clean
 

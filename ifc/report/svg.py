@@ -16,7 +16,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-from ifc.report.load import node_kind, node_name
+from ifc.monitor.provenance import node_kind, node_name
 
 # A box: a small caption with the node's kind over its name in a monospace font.
 NAME_PX = 13
