@@ -21,7 +21,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
 
 
-SUBCOMMANDS = ("check", "fmt", "decide", "report", "caps")
+SUBCOMMANDS = ("check", "fmt", "decide", "report", "caps", "mount")
 
 
 def _subcommands(only: str | None = None):

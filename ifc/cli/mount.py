@@ -178,7 +178,7 @@ def _verifier(args: argparse.Namespace, audience: str, required: bool):
 
 
 def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int:
-    from ifc.enforce.mount import _mount_entry
+    from ifc.enforce.mount import is_stale, mounted_at
 
     argv = [sys.executable, "-m", "ifc.cli.mount", "--run-dir", str(run_dir)]
     for flag in ("policy", "token", "key", "audience", "agent", "fuse"):
@@ -189,13 +189,11 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
         return _usage("--background cannot read the token from stdin", "pass it as @FILE")
     argv += ["--no-cache"] * args.no_cache + ["--verbose"] * args.verbose + [args.source, args.mountpoint]
     run_dir.mkdir(parents=True, exist_ok=True)
-    before = _mount_entry(mountpoint)
     with open(run_dir / "mount.log", "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        entry = _mount_entry(mountpoint)
-        if entry and entry != before and entry[1].startswith("fuse"):
+        if (mounted_at(mountpoint) or "").startswith("fuse") and not is_stale(mountpoint):
             (run_dir / "mount.pid").write_text(f"{proc.pid}\n")
             print(f"ifc mount: daemon {proc.pid} serving {mountpoint}, run dir {run_dir}", file=sys.stderr)
             return ExitCode.OK

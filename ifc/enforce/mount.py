@@ -293,9 +293,9 @@ class Daemon:
             if log_path:
                 out.close()
         deadline = time.monotonic() + timeout
-        while True:  # until a FUSE mount that is not the one (maybe dead) that was there before is on top
+        while True:  # until a live FUSE mount is on top (a dead one that was there is detached by the daemon)
             entry = _mount_entry(self.mountpoint)
-            if entry and entry != before and entry[1].startswith("fuse"):
+            if entry and entry[1].startswith("fuse") and not is_stale(self.mountpoint):
                 break
             if self.proc.poll() is not None:
                 raise MountError(f"the mount daemon exited with status {self.proc.returncode}"

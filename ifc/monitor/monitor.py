@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ifc.lang.lower import encode_string
-from ifc.match import Endpoint, EndpointPattern, Glob, PatternError, normalise_path
+from ifc.match import Endpoint, PatternError, normalise_path
 from ifc.monitor.events import EventLog
 from ifc.monitor.labelstore import LabelStore
 from ifc.monitor.provenance import Hop, ProvenanceGraph, draw, node
@@ -230,13 +230,8 @@ class Monitor:
             return None, None
         if op == "dns":
             return None, None
-        patterns = self.agent.patterns(needed)
         for obj in objects:
-            if isinstance(obj, Endpoint):
-                ok = any(EndpointPattern.parse(p).matches(obj) for p in patterns)
-            else:
-                ok = any(Glob.compile(p).matches(obj) for p in patterns)
-            if not ok:
+            if not self.agent.allows(needed, obj):
                 return None, (f"agent `{self.agent.name}` has no `{needed}` grant covering {obj}",
                               f"agent {self.agent.name}", str(self.agent.span), None)
         return None, None

@@ -131,6 +131,18 @@ class Agent:
     def patterns(self, op: str) -> tuple[str, ...]:
         return tuple(g.pattern for g in self.grants if g.op == op)
 
+    @cached_property
+    def _matchers(self) -> dict[str, tuple]:
+        out: dict[str, list] = {}
+        for g in self.grants:
+            out.setdefault(g.op, []).append(EndpointPattern.parse(g.pattern) if g.op == "connect"
+                                            else Glob.compile(g.pattern))
+        return {op: tuple(ms) for op, ms in out.items()}
+
+    def allows(self, op: str, obj: str | Endpoint) -> bool:
+        """Do this agent's grants cover `op` on `obj` (a normalised path, or an Endpoint for connect)?"""
+        return any(m.matches(obj) for m in self._matchers.get(op, ()))
+
 
 @dataclass(frozen=True)
 class Secret:

@@ -1,0 +1,341 @@
+"""No escape and no laundering through the enforcement filesystem (issue 5 §2), on real mounts of a
+workspace labelled by policies/default.flow with the agent `coder`; and failing closed."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from ifc.enforce.fs import Backing, Denied, EnforcingFS
+from ifc.enforce.mount import Daemon, check_fuse_available, mounted_at
+from ifc.monitor.events import open_readonly, read_events
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = ROOT / "policies" / "default.flow"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0 or check_fuse_available() is not None,
+                       reason=f"needs root and FUSE ({check_fuse_available() or 'not root'})"),
+]
+
+
+def make_workspace(base: str) -> tuple[str, str]:
+    """base/outside (not the workspace), base/ws (the backing directory) with escape hatches planted in it."""
+    outside, ws = os.path.join(base, "outside"), os.path.join(base, "ws")
+    os.makedirs(outside)
+    Path(outside, "secret.txt").write_text("TOP SECRET OUTSIDE\n")
+    for d in ("src", "docs", "inbox"):
+        os.makedirs(os.path.join(ws, d))
+    Path(ws, ".env").write_text("API_KEY=sk-live-123\n")
+    Path(ws, "notes.txt").write_text("notes\n")
+    Path(ws, "src", "app.py").write_text("print('hi')\n")
+    Path(ws, "docs", "guide.md").write_text("# guide\n")
+    os.symlink(os.path.join(outside, "secret.txt"), os.path.join(ws, "src", "abs_link"))
+    os.symlink("../../outside/secret.txt", os.path.join(ws, "src", "rel_link"))
+    os.symlink(outside, os.path.join(ws, "src", "dir_link"))
+    os.link(os.path.join(outside, "secret.txt"), os.path.join(ws, "src", "hard_out.txt"))
+    os.link(os.path.join(ws, ".env"), os.path.join(ws, "src", "env_alias.txt"))  # a hard link inside
+    return outside, ws
+
+
+def labels(run: str) -> dict[str, str]:
+    db = sqlite3.connect(Path(run, "labels.db").resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return {path: secrecy for path, secrecy in db.execute(
+            "SELECT names.path, objects.secrecy FROM names JOIN objects ON names.object = objects.id")}
+    finally:
+        db.close()
+
+
+def events(run: str, kind: str | None = None) -> list:
+    db = open_readonly(Path(run, "events.db"))
+    try:
+        return list(read_events(db, kind))
+    finally:
+        db.close()
+
+
+def mount(base: str, name: str, *args: str) -> tuple[Daemon, str, str]:
+    mnt, run = os.path.join(base, name, "mnt"), os.path.join(base, name, "run")
+    os.makedirs(mnt)
+    daemon = Daemon(["--policy", str(POLICY), "--run-dir", run, *args, os.path.join(base, "ws"), mnt], mnt,
+                    log_path=os.path.join(base, name, "daemon.log"))
+    return daemon, mnt, run
+
+
+@pytest.fixture(scope="module")
+def base():
+    path = tempfile.mkdtemp(prefix="ifc-escape-", dir="/dev/shm")
+    make_workspace(path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def coder(base):
+    daemon, mnt, run = mount(base, "coder")
+    try:
+        yield mnt, run
+    finally:
+        assert daemon.stop() == 0
+
+
+def _read(path: str) -> str:
+    with open(path) as handle:
+        return handle.read()
+
+
+def _denied(fn, *args) -> bool:
+    with pytest.raises(PermissionError):
+        fn(*args)
+    return True
+
+
+# ------------------------------------------------------------------------------------------ escapes
+
+def test_dotdot_never_reaches_outside(base, coder):
+    mnt, _ = coder
+    # the kernel resolves `..` at the mount root in the caller's namespace: it leaves the mount, never
+    # to the backing directory's parent
+    with pytest.raises(FileNotFoundError):
+        open(os.path.join(mnt, "src", "..", "..", "outside", "secret.txt")).close()
+    # FUSE never sends `..`; if a path with one reached the adapter it is refused, and the daemon's own
+    # resolution cannot climb out of the backing root
+    fs = EnforcingFS(os.path.join(base, "ws"))
+    with pytest.raises(Denied) as info:
+        fs.open("/../outside/secret.txt", os.O_RDONLY)
+    assert info.value.errno == errno.EACCES
+    with pytest.raises(OSError) as info:
+        Backing(os.path.join(base, "ws")).open(".env/../../outside/secret.txt", os.O_RDONLY)
+    assert info.value.errno in (errno.EXDEV, errno.ENOTDIR, errno.EACCES)
+
+
+def test_symlinks_pointing_outside(base, coder):
+    mnt, run = coder
+    src = os.path.join(mnt, "src")
+    for name in ("abs_link", "rel_link"):
+        assert _denied(_read, os.path.join(src, name))
+    assert _denied(_read, os.path.join(src, "dir_link", "secret.txt"))
+    # the daemon itself never follows a symlink, whatever path it is handed
+    fs = EnforcingFS(os.path.join(base, "ws"))
+    with pytest.raises(OSError) as info:
+        fs.getattr("/src/dir_link/secret.txt")
+    assert info.value.errno == errno.ELOOP
+    # making new ones: absolute, relative, into the backing directory, through an allowed link and `..`
+    assert _denied(os.symlink, "/etc/passwd", os.path.join(src, "new_abs"))
+    assert _denied(os.symlink, "../../outside/secret.txt", os.path.join(src, "new_rel"))
+    assert _denied(os.symlink, os.path.join(base, "ws", ".env"), os.path.join(src, "into_backing"))
+    os.symlink("/usr", os.path.join(src, "usr"))  # read-only system trees are fine (a venv's bin/python)
+    assert _denied(os.symlink, "usr/../../etc/passwd", os.path.join(src, "via_usr"))
+    os.symlink("app.py", os.path.join(src, "inside"))
+    assert Path(src, "inside").read_text() == "print('hi')\n"
+    denied = {e.target for e in events(run, "deny")}
+    assert {"src/abs_link", "src/rel_link", "src/dir_link", "src/new_abs", "src/new_rel"} <= denied
+
+
+def test_hard_links_to_outside_files(coder):
+    mnt, _ = coder
+    assert _denied(_read, os.path.join(mnt, "src", "hard_out.txt"))
+    assert _denied(os.link, os.path.join(mnt, "src", "hard_out.txt"), os.path.join(mnt, "src", "again.txt"))
+
+
+def test_proc_self_fd_reopen_is_decided_again(coder):
+    mnt, run = coder
+    fd = os.open(os.path.join(mnt, "notes.txt"), os.O_RDONLY)  # coder may read it, not write it
+    try:
+        for flags in (os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_TRUNC):
+            assert _denied(os.open, f"/proc/self/fd/{fd}", flags)
+        again = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+        assert os.read(again, 100) == b"notes\n"
+        os.close(again)
+    finally:
+        os.close(fd)
+    writes = [e for e in events(run, "deny") if e.target == "notes.txt" and e.op == "write"]
+    assert writes and all(e.pid == os.getpid() for e in writes)
+
+
+def test_denials_are_logged_with_process_and_reported(coder):
+    mnt, run = coder
+    result = subprocess.run(["cat", os.path.join(mnt, "src", "abs_link")], capture_output=True)
+    assert result.returncode != 0 and b"Permission denied" in result.stderr
+    result = subprocess.run(["sh", "-c", f"echo x > {mnt}/top-level.txt"], capture_output=True)
+    assert result.returncode != 0
+    denials = events(run, "deny")
+    cat = [e for e in denials if e.target == "src/abs_link" and e.cmdline and e.cmdline.startswith("cat ")]
+    sh = [e for e in denials if e.target == "top-level.txt" and e.op == "create"]
+    assert cat and cat[-1].pid and cat[-1].subject == "session"
+    assert sh and sh[-1].cmdline.startswith("sh -c") and "no `create` grant" in sh[-1].reason
+    try:
+        from ifc.report.load import load_run
+    except ImportError:  # the report package is optional here
+        return
+    reported = {(d.op, d.target) for d in load_run(run).denials}
+    assert ("create", "top-level.txt") in reported and ("readlink", "src/abs_link") in reported
+
+
+# ------------------------------------------------------------------------------------------ laundering
+
+def test_no_laundering(base):
+    """One session, in order: labels follow renames, taint rises on reading `.env`, descriptors opened
+    before that (write and mmap) still float the files they write, truncating does not lower a label."""
+    daemon, mnt, run = mount(base, "launder")
+    try:
+        src = os.path.join(mnt, "src")
+        # a secret (by name: *.pem) renamed to a harmless name keeps its label
+        Path(src, "key.pem").write_text("-----BEGIN KEY-----\n")
+        os.rename(os.path.join(src, "key.pem"), os.path.join(src, "harmless.txt"))
+        assert "secret" in labels(run)["src/harmless.txt"]
+        # truncate-and-rewrite does not lower it
+        Path(src, "harmless.txt").write_text("nothing to see\n")
+        assert "secret" in labels(run)["src/harmless.txt"]
+        # descriptors opened while the session is still clean
+        Path(src, "before.txt").write_text("clean\n")
+        early = os.open(os.path.join(src, "early.txt"), os.O_WRONLY | os.O_CREAT, 0o644)
+        Path(src, "mapped.bin").write_bytes(b"\0" * 4096)
+        mfd = os.open(os.path.join(src, "mapped.bin"), os.O_RDWR)
+        region = mmap.mmap(mfd, 4096)
+        assert "secret" not in labels(run).get("src/before.txt", "")
+        assert "secret" not in labels(run).get("src/early.txt", "")
+        # the session reads the secret through the mount
+        assert Path(mnt, ".env").read_text().startswith("API_KEY=")
+        Path(src, "after.txt").write_text("written after reading .env\n")
+        os.write(early, b"exfiltrated through an old descriptor\n")
+        os.close(early)
+        region[0:6] = b"mmap!!"
+        region.flush()
+        region.close()
+        os.close(mfd)
+        floated = labels(run)
+        for name in ("src/after.txt", "src/early.txt", "src/mapped.bin"):
+            assert "secret" in floated.get(name, ""), f"{name} did not float: {floated}"
+        assert "secret" not in floated.get("src/before.txt", "")
+        label_events = [e for e in events(run, "label") if e.target == "src/after.txt"]
+        assert label_events and label_events[0].subject == "session" and "secret" in label_events[0].object_label
+        # a hard link inside the workspace shares the content: reading it by its other name carries `.env`'s label
+        assert Path(src, "env_alias.txt").read_text().startswith("API_KEY=")
+        assert "secret" in labels(run).get("src/env_alias.txt", "")
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_per_process_token_is_its_own_subject(base):
+    import caps
+
+    host = caps.HostKey.generate()
+    keydir = os.path.join(base, "keys")
+    os.makedirs(keydir)
+    caps.write_key(os.path.join(keydir, "host.key"), host)
+    daemon, mnt, run = mount(base, "tokens", "--key", os.path.join(keydir, "host.key.pub"), "--audience", "run-t")
+    try:
+        token = caps.mint(host, rights=["read src/**"], audience="run-t", ttl=600)
+        env = {**os.environ, "IFC_TOKEN": token}
+        code = "import sys; open(sys.argv[1]).read()"
+        ok = subprocess.run([sys.executable, "-c", code, f"{mnt}/src/app.py"], env=env, capture_output=True)
+        assert ok.returncode == 0, ok.stderr
+        refused = subprocess.run([sys.executable, "-c", code, f"{mnt}/docs/guide.md"], env=env, capture_output=True)
+        assert b"PermissionError" in refused.stderr
+        # its children without a token of their own are the same subject
+        child = subprocess.run(["sh", "-c", f"cat {mnt}/docs/guide.md"], env=env, capture_output=True)
+        assert child.returncode != 0
+        assert Path(mnt, "docs", "guide.md").read_text() == "# guide\n"  # the session (agent grants) may
+        denied = [e for e in events(run, "deny") if e.target == "docs/guide.md"]
+        assert denied and all(e.subject.startswith("pid:") for e in denied)
+        assert any(e.reason.startswith("token:") for e in denied)
+    finally:
+        assert daemon.stop() == 0
+
+
+# ------------------------------------------------------------------------------------------ failing closed
+
+def test_a_dead_daemon_fails_closed_and_is_recovered(base):
+    daemon, mnt, run = mount(base, "dies", "--agent", "none")
+    assert os.path.exists(os.path.join(mnt, ".env"))
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.proc.wait(10)
+    time.sleep(0.1)
+    # every request now fails (only attributes the kernel still caches can be seen): never the backing
+    # directory, never the bare mount point underneath
+    for probe in (lambda: os.listdir(mnt), lambda: os.statvfs(mnt), lambda: _read(os.path.join(mnt, "notes.txt")),
+                  lambda: os.close(os.open(os.path.join(mnt, "new"), os.O_WRONLY | os.O_CREAT))):
+        with pytest.raises(OSError) as info:
+            probe()
+        assert info.value.errno == errno.ENOTCONN
+    assert mounted_at(mnt) is not None
+    again = Daemon(["--policy", str(POLICY), "--agent", "none", "--run-dir", run, os.path.join(base, "ws"), mnt],
+                   mnt, log_path=os.path.join(base, "dies", "daemon2.log"))
+    try:
+        assert Path(mnt, "notes.txt").read_text() == "notes\n"
+    finally:
+        assert again.stop() == 0
+    assert mounted_at(mnt) is None
+
+
+class _BrokenMonitor:
+    """A monitor whose decide raises, with what the adapter reads from a real one."""
+
+    def __init__(self):
+        from ifc.enforce.fs import VersionedLabelStore
+
+        self.labels = VersionedLabelStore()
+        self.subjects = {}
+        self.log = None
+        self.verifier = None
+
+    def decide(self, request):
+        raise RuntimeError("boom")
+
+
+def test_monitor_errors_deny(base):
+    fs = EnforcingFS(os.path.join(base, "ws"), _BrokenMonitor())
+    for call in (lambda: fs.open("/src/app.py", os.O_RDONLY), lambda: fs.unlink("/notes.txt"),
+                 lambda: fs.mkdir("/src/newdir", 0o755)):
+        with pytest.raises(Denied) as info:
+            call()
+        assert info.value.errno == errno.EACCES
+    assert os.path.exists(os.path.join(base, "ws", "notes.txt"))
+    assert fs.stats.errors == 3
+
+
+def test_decision_cache_is_exact(tmp_path):
+    """In-process (no mount): a repeated open is answered from the cache; a write through a descriptor is
+    decided again once the taint rose; a label change makes cached reads ask the monitor again."""
+    from ifc.enforce.fs import VersionedLabelStore
+    from ifc.monitor import Monitor
+    from ifc.policy import load_policy
+
+    _, ws = make_workspace(str(tmp_path))
+    policy = load_policy(POLICY)
+    monitor = Monitor(policy, agent=policy.agents["coder"], labels=VersionedLabelStore())
+    fs = EnforcingFS(ws, monitor, context=lambda: (0, 0, 0))
+    fs.release(None, fs.open("/src/app.py", os.O_RDONLY))
+    asked = fs.stats.decisions
+    fs.release(None, fs.open("/src/app.py", os.O_RDONLY))
+    assert fs.stats.decisions == asked and fs.stats.cache_hits == 1
+    fd = fs.open("/src/app.py", os.O_WRONLY)
+    fs.write("/src/app.py", b"# edit\n", 0, fd)
+    assert fs.stats.write_redecisions == 0
+    fs.release(None, fs.open("/.env", os.O_RDONLY))  # the session is secret now
+    assert "secret" in policy.lattice.describe(monitor.subjects["session"].taint)
+    fs.write("/src/app.py", b"# more\n", 7, fd)
+    fs.release(None, fd)
+    assert fs.stats.write_redecisions == 1
+    assert "secret" in policy.lattice.describe(monitor.label_of("src/app.py"))
+    asked = fs.stats.decisions
+    fs.release(None, fs.open("/docs/guide.md", os.O_RDONLY))  # first time: asked
+    fs.release(None, fs.open("/docs/guide.md", os.O_RDONLY))  # cached
+    assert fs.stats.decisions == asked + 1
+    fs.release(None, fs.create("/src/new.py", 0o644, os.O_WRONLY))  # floats a label: the version moves
+    fs.release(None, fs.open("/docs/guide.md", os.O_RDONLY))
+    assert fs.stats.decisions == asked + 3

@@ -1,0 +1,298 @@
+"""POSIX behaviour of the enforcement filesystem: one suite, run on a mediated mount and on a native
+directory (both on tmpfs), results compared case by case."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from ifc.enforce.mount import Daemon, check_fuse_available
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = ROOT / "policies" / "default.flow"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0 or check_fuse_available() is not None,
+                       reason=f"needs root and FUSE ({check_fuse_available() or 'not root'})"),
+]
+
+FUSE = os.environ.get("IFC_TEST_FUSE", "mfusepy3")  # the binding under test: mfusepy3, mfusepy2 or fusepy
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _err(fn, *args):
+    """The errno name an operation fails with, or its result."""
+    try:
+        return fn(*args)
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+
+
+def _renameat2(old: str, new: str, flags: int):
+    if _libc.renameat2(-100, os.fsencode(old), -100, os.fsencode(new), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return "ok"
+
+
+def _write(path, data: bytes, flags=os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode=0o644):
+    fd = os.open(path, flags, mode)
+    try:
+        return os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _read(path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def suite(base: str) -> dict[str, object]:
+    """Each case records what a program would observe; nothing here may depend on which directory it is."""
+    r: dict[str, object] = {}
+    d = os.path.join(base, "posix")
+    os.mkdir(d)
+    p = lambda name: os.path.join(d, name)  # noqa: E731
+    old_umask = os.umask(0o022)
+    try:
+        # open flags
+        r["open missing"] = _err(os.open, p("missing"), os.O_RDONLY)
+        _write(p("a"), b"hello")
+        r["excl existing"] = _err(os.open, p("a"), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        fd = os.open(p("a"), os.O_WRONLY)
+        r["read on O_WRONLY"] = _err(os.read, fd, 10)
+        os.close(fd)
+        fd = os.open(p("a"), os.O_RDONLY)
+        r["write on O_RDONLY"] = _err(os.write, fd, b"x")
+        os.close(fd)
+        r["O_DIRECTORY on a file"] = _err(os.open, p("a"), os.O_RDONLY | os.O_DIRECTORY)
+        r["open dir for writing"] = _err(os.open, d, os.O_WRONLY)
+        fd = os.open(p("a"), os.O_RDWR)
+        os.lseek(fd, 1, os.SEEK_SET)
+        os.write(fd, b"EL")
+        os.lseek(fd, 0, os.SEEK_SET)
+        r["O_RDWR read back"] = os.read(fd, 10)
+        os.close(fd)
+        # O_APPEND
+        fd = os.open(p("a"), os.O_WRONLY | os.O_APPEND)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, b"-tail")
+        os.pwrite(fd, b"+p", 0)  # Linux: pwrite on O_APPEND appends
+        os.close(fd)
+        r["O_APPEND"] = _read(p("a"))
+        # O_TRUNC
+        _write(p("t"), b"0123456789")
+        os.close(os.open(p("t"), os.O_WRONLY | os.O_TRUNC))
+        r["O_TRUNC size"] = os.stat(p("t")).st_size
+        _write(p("t"), b"abc", os.O_WRONLY | os.O_TRUNC)
+        r["O_TRUNC rewrite"] = _read(p("t"))
+        # O_EXCL creates once
+        r["O_EXCL new"] = _err(lambda: (os.close(os.open(p("x"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)),
+                                         "ok")[1])
+        r["O_EXCL mode"] = oct(stat.S_IMODE(os.stat(p("x")).st_mode))
+        # rename over an existing file
+        _write(p("src"), b"new content")
+        _write(p("dst"), b"old")
+        ino = os.stat(p("src")).st_ino
+        os.rename(p("src"), p("dst"))
+        r["rename over: content"] = _read(p("dst"))
+        r["rename over: same inode"] = os.stat(p("dst")).st_ino == ino
+        r["rename over: source gone"] = os.path.exists(p("src"))
+        _write(p("n1"), b"1")
+        _write(p("n2"), b"2")
+        r["RENAME_NOREPLACE onto existing"] = _err(_renameat2, p("n1"), p("n2"), 1)
+        r["RENAME_NOREPLACE onto new"] = _err(_renameat2, p("n1"), p("n3"), 1)
+        if r["RENAME_NOREPLACE onto new"] != "ok":  # libfuse2 cannot pass rename flags (EINVAL): carry on alike
+            os.rename(p("n1"), p("n3"))
+        os.mkdir(p("dir1"))
+        os.mkdir(p("dir2"))
+        _write(p("dir2/f"), b"f")
+        r["rename dir over non-empty dir"] = _err(os.rename, p("dir1"), p("dir2"))
+        r["rename file over dir"] = _err(os.rename, p("n2"), p("dir1"))
+        r["rename dir over file"] = _err(os.rename, p("dir1"), p("n2"))
+        r["rename dir into itself"] = _err(os.rename, p("dir2"), p("dir2/sub"))
+        r["rmdir non-empty"] = _err(os.rmdir, p("dir2"))
+        r["unlink a dir"] = _err(os.unlink, p("dir2"))
+        r["rmdir a file"] = _err(os.rmdir, p("n2"))
+        # unlink while open
+        _write(p("u"), b"still here")
+        fd = os.open(p("u"), os.O_RDWR)
+        os.unlink(p("u"))
+        r["unlinked: exists"] = os.path.exists(p("u"))
+        r["unlinked: read"] = os.pread(fd, 100, 0)
+        os.pwrite(fd, b"STILL", 0)
+        r["unlinked: write+read"] = os.pread(fd, 100, 0)
+        r["unlinked: nlink"] = os.fstat(fd).st_nlink
+        os.close(fd)
+        # mtime and ctime
+        _write(p("m"), b"1")
+        os.utime(p("m"), ns=(1_000_000_000, 1_000_000_000))
+        before = os.stat(p("m"))
+        time.sleep(0.01)
+        _write(p("m"), b"22", os.O_WRONLY)
+        after = os.stat(p("m"))
+        r["write moves mtime"] = after.st_mtime_ns > before.st_mtime_ns
+        r["write moves ctime"] = after.st_ctime_ns > before.st_ctime_ns
+        time.sleep(0.01)
+        os.chmod(p("m"), 0o600)
+        again = os.stat(p("m"))
+        r["chmod keeps mtime"] = again.st_mtime_ns == after.st_mtime_ns
+        r["chmod moves ctime"] = again.st_ctime_ns > after.st_ctime_ns
+        os.utime(p("m"), ns=(1_234_567_891, 2_345_678_912))
+        st = os.stat(p("m"))
+        r["utime ns exact"] = (st.st_atime_ns, st.st_mtime_ns)
+        r["utime omit atime"] = (_libc_utimens_omit_atime(p("m")), os.stat(p("m")).st_atime_ns)
+        dir_before = os.stat(d).st_mtime_ns
+        time.sleep(0.01)
+        _write(p("newentry"), b"")
+        r["create moves dir mtime"] = os.stat(d).st_mtime_ns > dir_before
+        # permission bits (umask 022)
+        _write(p("perm"), b"", mode=0o666)
+        r["create mode under umask"] = oct(stat.S_IMODE(os.stat(p("perm")).st_mode))
+        os.mkdir(p("pdir"), 0o777)
+        r["mkdir mode under umask"] = oct(stat.S_IMODE(os.stat(p("pdir")).st_mode))
+        for mode in (0o640, 0o4755, 0o1777, 0o000):
+            os.chmod(p("perm"), mode)
+            r[f"chmod {oct(mode)}"] = oct(stat.S_IMODE(os.stat(p("perm")).st_mode))
+        os.chmod(p("perm"), 0o600)
+        r["other user reads 0600"] = _as_nobody(["cat", p("perm")])
+        os.chmod(p("perm"), 0o644)
+        r["other user reads 0644"] = _as_nobody(["cat", p("perm")])
+        r["other user writes 0644"] = _as_nobody(["sh", "-c", f"echo x >> {p('perm')}"])
+        os.chown(p("perm"), 65534, 65534)
+        st = os.stat(p("perm"))
+        r["chown"] = (st.st_uid, st.st_gid)
+        # sparse files
+        fd = os.open(p("sparse"), os.O_RDWR | os.O_CREAT, 0o644)
+        os.pwrite(fd, b"end", 8 << 20)
+        st = os.fstat(fd)
+        r["sparse size"] = st.st_size
+        r["sparse mostly holes"] = st.st_blocks * 512 < (1 << 20)
+        r["sparse hole reads zeros"] = os.pread(fd, 8, 4 << 20)
+        os.close(fd)
+        # offsets beyond 4 GiB
+        fd = os.open(p("large"), os.O_RDWR | os.O_CREAT, 0o644)
+        far = (5 << 30) + 12345
+        os.pwrite(fd, b"far away", far)
+        r["large size"] = os.fstat(fd).st_size
+        r["large read back"] = os.pread(fd, 8, far)
+        os.lseek(fd, far + 2, os.SEEK_SET)
+        r["large seek read"] = os.read(fd, 3)
+        os.ftruncate(fd, 6 << 30)
+        r["large ftruncate"] = os.fstat(fd).st_size
+        os.close(fd)
+        os.truncate(p("large"), 10)
+        r["truncate by path"] = os.stat(p("large")).st_size
+        # links
+        os.symlink("a", p("sym"))
+        r["readlink"] = os.readlink(p("sym"))
+        r["read through symlink"] = _read(p("sym"))
+        r["lstat symlink"] = stat.S_ISLNK(os.lstat(p("sym")).st_mode)
+        os.link(p("a"), p("hard"))
+        # the new name's attributes (the old name's cached nlink is refreshed only after attr_timeout: libfuse's
+        # high-level API gives each name its own node, see docs/benchmarks-fuse.md)
+        r["hard link nlink"] = (os.stat(p("hard")).st_nlink, os.stat(p("hard")).st_ino == os.stat(p("a")).st_ino)
+        r["link onto existing"] = _err(os.link, p("a"), p("hard"))
+        r["hard link a dir"] = _err(os.link, d, p("dirlink"))
+        # fifo, xattrs, fsync, listing
+        os.mkfifo(p("fifo"))
+        r["fifo"] = stat.S_ISFIFO(os.stat(p("fifo")).st_mode)
+        r["setxattr user"] = _err(os.setxattr, p("a"), "user.k", b"v")
+        r["getxattr user"] = _err(os.getxattr, p("a"), "user.k")
+        r["getxattr missing"] = _err(os.getxattr, p("a"), "user.nope")
+        fd = os.open(p("a"), os.O_WRONLY)
+        r["fsync"] = _err(lambda: os.fsync(fd) or "ok")
+        r["fdatasync"] = _err(lambda: os.fdatasync(fd) or "ok")
+        os.close(fd)
+        r["listing"] = sorted(os.listdir(d))
+        r["scandir types"] = sorted((e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in os.scandir(d))
+        # mmap
+        _write(p("mm"), b"\0" * 4096)
+        fd = os.open(p("mm"), os.O_RDWR)
+        with mmap.mmap(fd, 4096) as region:
+            region[0:5] = b"mmap!"
+            region.flush()
+        os.close(fd)
+        r["mmap write"] = _read(p("mm"))[:5]
+        r["statvfs namemax"] = os.statvfs(d).f_namemax
+    finally:
+        os.umask(old_umask)
+    return r
+
+
+def _libc_utimens_omit_atime(path: str):
+    class Timespec(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+    times = (Timespec * 2)(Timespec(0, (1 << 30) - 2), Timespec(99, 0))  # UTIME_OMIT for atime
+    if _libc.utimensat(-100, os.fsencode(path), times, 0) != 0:
+        return errno.errorcode[ctypes.get_errno()]
+    return os.stat(path).st_mtime_ns
+
+
+def _as_nobody(argv: list[str]) -> int:
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+                          capture_output=True).returncode
+
+
+@pytest.fixture(scope="module")
+def dirs():
+    base = tempfile.mkdtemp(prefix="ifc-posix-", dir="/dev/shm")
+    os.chmod(base, 0o755)
+    src, mnt, native, run = (os.path.join(base, n) for n in ("src", "mnt", "native", "run"))
+    for path in (src, mnt, native):
+        os.mkdir(path)
+        os.chmod(path, 0o755)
+    daemon = Daemon(["--policy", str(POLICY), "--agent", "none", "--fuse", FUSE, "--run-dir", run, src, mnt], mnt,
+                    log_path=os.path.join(base, "daemon.log"))
+    try:
+        yield src, mnt, native, run, daemon
+    finally:
+        status = daemon.stop()
+        shutil.rmtree(base, ignore_errors=True)
+        assert status == 0, "the daemon did not exit cleanly on SIGTERM"
+
+
+def test_posix_suite_matches_native(dirs):
+    src, mnt, native, _, _ = dirs
+    expected = suite(native)
+    if FUSE != "mfusepy3":  # libfuse2 has no rename flags: the kernel answers EINVAL, as on any such filesystem
+        expected["RENAME_NOREPLACE onto new"] = "EINVAL"
+    observed = suite(mnt)
+    differences = {k: (expected[k], observed.get(k)) for k in expected if expected[k] != observed.get(k)}
+    assert not differences, "mount differs from native (native, mount): " + repr(differences)
+    assert sorted(os.listdir(os.path.join(src, "posix"))) == sorted(os.listdir(os.path.join(native, "posix")))
+
+
+def test_new_files_belong_to_the_caller(dirs):
+    src, mnt, _, _, _ = dirs
+    os.mkdir(os.path.join(mnt, "shared"), 0o777)
+    os.chmod(os.path.join(mnt, "shared"), 0o777)
+    assert _as_nobody(["sh", "-c", f"echo hi > {mnt}/shared/mine && mkdir {mnt}/shared/d"]) == 0
+    for name in ("mine", "d"):
+        st = os.stat(os.path.join(src, "shared", name))
+        assert (st.st_uid, st.st_gid) == (65534, 65534)
+
+
+def test_a_live_mount_is_not_mounted_over(dirs):
+    # (the fixture's teardown checks that SIGTERM unmounts and exits 0)
+    src, mnt, _, run, daemon = dirs
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "ifc.cli.mount", "--policy", str(POLICY), "--run-dir", run + "2",
+                             src, mnt], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "already a FUSE mount" in result.stderr
+    assert daemon.proc.poll() is None and os.path.isdir(os.path.join(mnt, "posix"))

@@ -1,0 +1,197 @@
+"""Real tools on a mediated mount (policies/default.flow labels; flows only, as `--agent none`, because the
+default agent `coder` holds no grants for `.git/**` or `.venv/**`): git, a venv with pip, tar, cp -a and an
+editor's save pattern."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ifc.enforce.mount import Daemon, check_fuse_available
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = ROOT / "policies" / "default.flow"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0 or check_fuse_available() is not None,
+                       reason=f"needs root and FUSE ({check_fuse_available() or 'not root'})"),
+]
+
+FUSE = os.environ.get("IFC_TEST_FUSE", "mfusepy3")  # the binding under test: mfusepy3, mfusepy2 or fusepy
+GIT = ["git", "-c", "user.name=Agent", "-c", "user.email=agent@example.com", "-c", "init.defaultBranch=main",
+       "-c", "advice.detachedHead=false"]
+
+
+@pytest.fixture(scope="module")
+def ws():
+    base = tempfile.mkdtemp(prefix="ifc-tools-", dir="/dev/shm")
+    src, mnt, run, native = (os.path.join(base, n) for n in ("src", "mnt", "run", "native"))
+    for path in (src, mnt, native):
+        os.mkdir(path)
+    daemon = Daemon(["--policy", str(POLICY), "--agent", "none", "--fuse", FUSE, "--run-dir", run, src, mnt], mnt,
+                    log_path=os.path.join(base, "daemon.log"))
+    try:
+        yield Path(mnt), Path(src), Path(native), Path(run)
+    finally:
+        status = daemon.stop()
+        shutil.rmtree(base, ignore_errors=True)
+        assert status == 0
+
+
+def sh(*argv, cwd=None, **kwargs) -> str:
+    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300, **kwargs)
+    assert result.returncode == 0, f"{argv}: {result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_git_workflow(ws):
+    mnt, src, _, _ = ws
+    repo = mnt / "repo"
+    repo.mkdir()
+    sh(*GIT, "init", "-q", cwd=repo)
+    (repo / "app.py").write_text("print('v1')\n")
+    (repo / "lib").mkdir()
+    (repo / "lib" / "util.py").write_text("X = 1\n")
+    sh(*GIT, "add", "-A", cwd=repo)
+    sh(*GIT, "commit", "-qm", "first", cwd=repo)
+    sh(*GIT, "checkout", "-qb", "feature", cwd=repo)
+    (repo / "app.py").write_text("print('v2')\n")
+    (repo / "new.txt").write_text("new\n")
+    assert sh(*GIT, "status", "--porcelain", cwd=repo).splitlines() == [" M app.py", "?? new.txt"]
+    sh(*GIT, "add", "-A", cwd=repo)
+    sh(*GIT, "commit", "-qm", "second", cwd=repo)
+    sh(*GIT, "checkout", "-q", "main", cwd=repo)
+    assert (repo / "app.py").read_text() == "print('v1')\n" and not (repo / "new.txt").exists()
+    (repo / "app.py").write_text("scratch\n")
+    sh(*GIT, "checkout", "--", "app.py", cwd=repo)
+    assert sh(*GIT, "status", "--porcelain", cwd=repo) == ""
+    assert sh(*GIT, "log", "--oneline", "feature", cwd=repo).count("\n") == 2
+    sh(*GIT, "gc", "-q", cwd=repo)
+    sh(*GIT, "fsck", "--no-progress", cwd=repo)
+    # the backing directory holds a real repository
+    assert sh(*GIT, "status", "--porcelain", cwd=src / "repo") == ""
+
+
+def _wheel(directory: Path) -> Path:
+    """A minimal pure-Python wheel, built by hand (no build backend, no network)."""
+    files = {
+        "ifcdemo/__init__.py": b"ANSWER = 42\n",
+        "ifcdemo-0.1.dist-info/METADATA": b"Metadata-Version: 2.1\nName: ifcdemo\nVersion: 0.1\n",
+        "ifcdemo-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                       b"Tag: py3-none-any\n",
+    }
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append("ifcdemo-0.1.dist-info/RECORD,,")
+    path = directory / "ifcdemo-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        archive.writestr("ifcdemo-0.1.dist-info/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+def test_venv_and_pip_install_of_a_local_wheel(ws):
+    mnt, _, native, _ = ws
+    wheels = native / "wheels"
+    wheels.mkdir()
+    _wheel(wheels)
+    venv = mnt / "proj" / ".venv"
+    sh(sys.executable, "-m", "venv", str(venv))
+    python = venv / "bin" / "python"
+    sh(str(python), "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels), "ifcdemo",
+       env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    assert sh(str(python), "-c", "import ifcdemo, sys; print(ifcdemo.ANSWER, sys.prefix)").split() == [
+        "42", str(venv)]
+    assert "ifcdemo" in sh(str(venv / "bin" / "pip"), "list", "--format=freeze")
+
+
+def _tree(root: Path) -> dict:
+    """What cp -a and tar should preserve: types, contents, modes, mtimes, link targets and hard links."""
+    out = {}
+    inodes: dict[int, str] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = ("link", os.readlink(path))
+        elif path.is_dir():
+            out[rel] = ("dir", oct(st.st_mode & 0o7777))
+        else:
+            first = inodes.setdefault(st.st_ino, rel)
+            out[rel] = ("file", path.read_bytes(), oct(st.st_mode & 0o7777), st.st_mtime_ns, first)
+    return out
+
+
+def _sample(root: Path) -> None:
+    (root / "pkg" / "sub").mkdir(parents=True)
+    (root / "pkg" / "a.txt").write_text("alpha\n")
+    (root / "pkg" / "run.sh").write_text("#!/bin/sh\necho run\n")
+    os.chmod(root / "pkg" / "run.sh", 0o755)
+    (root / "pkg" / "sub" / "b.bin").write_bytes(os.urandom(300_000))
+    os.symlink("a.txt", root / "pkg" / "a-link")
+    os.link(root / "pkg" / "a.txt", root / "pkg" / "a-hard")
+    os.chmod(root / "pkg" / "sub", 0o750)
+    for path in (root / "pkg").rglob("*"):
+        os.utime(path, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789), follow_symlinks=False)
+
+
+def test_tar_extract(ws):
+    mnt, _, native, _ = ws
+    sample = native / "sample-tar"
+    sample.mkdir()
+    _sample(sample)
+    archive = native / "sample.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(sample / "pkg", arcname="pkg")
+    (mnt / "untar").mkdir()
+    (native / "untar").mkdir()
+    sh("tar", "xf", str(archive), "-C", str(mnt / "untar"))
+    sh("tar", "xf", str(archive), "-C", str(native / "untar"))
+    assert _tree(mnt / "untar") == _tree(native / "untar")
+
+
+def test_cp_a(ws):
+    mnt, _, native, _ = ws
+    sample = native / "sample-cp"
+    sample.mkdir()
+    _sample(sample)
+    sh("cp", "-a", str(sample / "pkg"), str(mnt / "copied"))
+    assert _tree(mnt / "copied") == _tree(sample / "pkg")
+    sh("cp", "-a", str(mnt / "copied"), str(native / "copied-back"))  # and out again
+    assert _tree(native / "copied-back") == _tree(sample / "pkg")
+
+
+def test_editor_save_pattern(ws):
+    mnt, src, _, _ = ws
+    target = mnt / "doc.md"
+    target.write_text("draft 1\n")
+    os.chmod(target, 0o640)
+    old_ino = target.stat().st_ino
+    # what vim (writebackup), VS Code and most editors do: write a temp file, fsync, rename over
+    tmp = mnt / ".doc.md.swp~"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"draft 2\n")
+    os.fsync(fd)
+    os.close(fd)
+    os.chmod(tmp, target.stat().st_mode & 0o7777)
+    os.rename(tmp, target)
+    dfd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(dfd)
+    os.close(dfd)
+    assert target.read_text() == "draft 2\n"
+    assert oct(target.stat().st_mode & 0o7777) == "0o640" and target.stat().st_ino != old_ino
+    assert not tmp.exists() and (src / "doc.md").read_text() == "draft 2\n"
