@@ -286,9 +286,9 @@ class _BrokenMonitor:
     """A monitor whose decide raises, with what the adapter reads from a real one."""
 
     def __init__(self):
-        from ifc.enforce.fs import VersionedLabelStore
+        from ifc.monitor import LabelStore
 
-        self.labels = VersionedLabelStore()
+        self.labels = LabelStore()
         self.subjects = {}
         self.log = None
         self.verifier = None
@@ -311,13 +311,12 @@ def test_monitor_errors_deny(base):
 def test_decision_cache_is_exact(tmp_path):
     """In-process (no mount): a repeated open is answered from the cache; a write through a descriptor is
     decided again once the taint rose; a label change makes cached reads ask the monitor again."""
-    from ifc.enforce.fs import VersionedLabelStore
-    from ifc.monitor import Monitor
+    from ifc.monitor import LabelStore, Monitor
     from ifc.policy import load_policy
 
     _, ws = make_workspace(str(tmp_path))
     policy = load_policy(POLICY)
-    monitor = Monitor(policy, agent=policy.agents["coder"], labels=VersionedLabelStore())
+    monitor = Monitor(policy, agent=policy.agents["coder"], labels=LabelStore())
     fs = EnforcingFS(ws, monitor, context=lambda: (0, 0, 0))
     fs.release(None, fs.open("/src/app.py", os.O_RDONLY))
     asked = fs.stats.decisions

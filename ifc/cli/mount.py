@@ -106,8 +106,7 @@ class _Usage(Exception):
 
 
 def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: str):
-    from ifc.enforce.fs import VersionedLabelStore
-    from ifc.monitor import EventLog, Monitor
+    from ifc.monitor import EventLog, LabelStore, Monitor
     from ifc.policy import PolicyError, load_policy
 
     try:
@@ -133,7 +132,7 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
                  source="ifc mount", workspace=source, mountpoint=mountpoint, audience=audience,
                  started=str(time.time()))
     (run_dir / "policy.flow").write_text(Path(args.policy).read_text(encoding="utf-8"), encoding="utf-8")
-    monitor = Monitor(policy, agent=agent, verifier=verifier, labels=VersionedLabelStore(run_dir / "labels.db"),
+    monitor = Monitor(policy, agent=agent, verifier=verifier, labels=LabelStore(run_dir / "labels.db"),
                       log=log, policy_path=args.policy, audience=audience)
     return monitor, token
 

@@ -4,7 +4,7 @@
 `mount` — FUSE bindings and the mount lifecycle (`ifc mount`).
 """
 
-from ifc.enforce.fs import Backing, Denied, EnforcingFS, VersionedLabelStore
+from ifc.enforce.fs import Backing, Denied, EnforcingFS
 from ifc.enforce.identity import Caller, Identities
 
-__all__ = ["Backing", "Caller", "Denied", "EnforcingFS", "Identities", "VersionedLabelStore"]
+__all__ = ["Backing", "Caller", "Denied", "EnforcingFS", "Identities"]

@@ -23,7 +23,7 @@ opened.
 
 Speed: decisions for read, exec and write are cached per (subject, token, op, path) and stay valid
 exactly as long as the monitor would answer the same with no effect: until any label changes
-(`VersionedLabelStore.version`), for writes also until the subject's taint changes, and never past the
+(`LabelStore.version`), for writes also until the subject's taint changes, and never past the
 token's expiry. Denials are never cached: each one reaches the monitor and its log.
 """
 
@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ifc.enforce.identity import Caller, Identities
-from ifc.monitor import LabelStore, Monitor, Request
+from ifc.monitor import Monitor, Request
 
 log = logging.getLogger("ifc.enforce.fs")
 
@@ -186,41 +186,6 @@ def _inside(path: str, prefix: str) -> bool:
 
 # ------------------------------------------------------------------------------------------ the cache
 
-class VersionedLabelStore(LabelStore):
-    """A `LabelStore` that counts its changes, so decisions depending on labels can be cached exactly.
-
-    `version` goes up whenever any name's label could have changed (a raise, or a rename/link/delete of
-    a name the store knows); a decision cached at one version is reused only at that version.
-    """
-
-    def __init__(self, path=None):
-        super().__init__(path)
-        self.version = 0
-
-    def _bump(self) -> None:
-        self.version += 1
-
-    def raise_to(self, path, label):
-        super().raise_to(path, label)
-        self._bump()
-
-    def rename(self, src, dst, dst_label=None):
-        prefix = src + "/"
-        if self.get(src) is not None or self.get(dst) is not None or any(
-                p.startswith(prefix) for p in self.snapshot()):
-            self._bump()
-        super().rename(src, dst, dst_label)
-
-    def link(self, src, dst):
-        super().link(src, dst)
-        self._bump()
-
-    def delete(self, path):
-        if self.get(path) is not None:
-            super().delete(path)
-            self._bump()
-
-
 @dataclass(slots=True)
 class _Entry:
     version: int
@@ -271,11 +236,7 @@ class EnforcingFS:
         self.mountpoint = os.path.realpath(mountpoint) if mountpoint else None
         self.system_prefixes = tuple(os.path.normpath(p) for p in system_prefixes)
         self.clock = clock
-        labels = monitor.labels if monitor is not None else None
-        self._versioned = isinstance(labels, VersionedLabelStore)
-        if monitor is not None and cache and not self._versioned:
-            log.warning("the monitor's label store does not count changes: decisions are not cached")
-        self.cache_enabled = bool(cache and self._versioned)
+        self.cache_enabled = bool(cache and monitor is not None)
         self._cache: dict[tuple, _Entry] = {}
         self._handles: dict[int, _Handle] = {}
         self._token_expiry: dict[str, float] = {}
@@ -307,7 +268,7 @@ class EnforcingFS:
                 if state is not None and state.taint == entry.taint:
                     self.stats.cache_hits += 1
                     return
-        version = monitor.labels.version if self._versioned else 0
+        version = monitor.labels.version
         state = monitor.subjects.get(caller.subject)
         taint = state.taint if state is not None else None
         try:

@@ -4,6 +4,8 @@ The policy gives every path a base label; a write by a tainted subject raises th
 label (copying `.env` into `notes.txt` makes `notes.txt` secret). That raise belongs to the content,
 not the name: renaming the file carries it, a hard link shares it, and it survives across runs when the
 store is a file (SQLite). Labels only go up here; nothing but deleting the last name forgets one.
+
+`version` counts changes, so a decision that depended on labels can be cached exactly until it moves.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class LabelStore:
         self._names: dict[str, int] = {}
         self._objects: dict[int, Label] = {}
         self._next = 1
+        self.version = 0
         self._db: sqlite3.Connection | None = None
         if path is not None:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -47,6 +50,7 @@ class LabelStore:
 
     def raise_to(self, path: str, label: Label) -> None:
         with self._lock:
+            self.version += 1
             oid = self._names.get(path)
             if oid is None:
                 oid = self._next
@@ -58,8 +62,13 @@ class LabelStore:
                         (oid, ",".join(sorted(label.secrecy)), label.integrity))
 
     def rename(self, src: str, dst: str, dst_label: Label | None = None) -> None:
-        """Move the name; the object (and its label) goes with it. Renaming over a file drops that name."""
+        """Move the name; the object (and its label) goes with it. Renaming over a file drops that name.
+
+        Renaming a name onto itself, or onto another name of the same object, changes nothing (POSIX)."""
         with self._lock:
+            if src == dst or (src in self._names and self._names.get(dst) == self._names[src]):
+                return
+            self.version += 1
             self._drop(dst)
             oid = self._names.pop(src, None)
             self._write("DELETE FROM names WHERE path = ?", (src,))
@@ -72,22 +81,21 @@ class LabelStore:
                 self._write("INSERT OR REPLACE INTO names VALUES (?, ?)", (dst, oid))
 
     def link(self, src: str, dst: str) -> None:
-        """A hard link shares the object: a later raise through either name is seen through both."""
+        """A hard link shares the object: a later raise through either name is seen through both.
+
+        link(2) never replaces an existing name (EEXIST), so an existing `dst` keeps its own object."""
         with self._lock:
             oid = self._names.get(src)
-            if oid is None:
+            if oid is None or src == dst or dst in self._names:
                 return
-            self._drop(dst)
+            self.version += 1
             self._names[dst] = oid
             self._write("INSERT OR REPLACE INTO names VALUES (?, ?)", (dst, oid))
 
-    def ensure_object(self, path: str, label: Label) -> None:
-        """Give `path` an object of its own holding `label` (before a link, so both names share it)."""
-        if path not in self._names:
-            self.raise_to(path, label)
-
     def delete(self, path: str) -> None:
         with self._lock:
+            if path in self._names:
+                self.version += 1
             self._drop(path)
 
     def _drop(self, path: str) -> None:

@@ -66,6 +66,7 @@ class Decision:
     tainted_by: tuple[tuple[str, str], ...] = ()  # (label part, object it came from)
     capabilities_used: tuple[str, ...] = ()
     subject: str = "session"
+    token_id: str | None = None
     token_block: int | None = None
     path: tuple[Hop, ...] = ()  # for a flow denial: source → ... → sink
     event: int | None = None
@@ -82,6 +83,21 @@ class Decision:
         out["path"] = [[h.source, h.op, h.target] for h in self.path]
         out["explanation"] = self.explanation
         return out
+
+
+def _malformed(request: Request) -> str | None:
+    """Why a request is not well-typed (enforcement points build them from wire data), or None."""
+    for name in ("op", "target", "subject"):
+        if not isinstance(getattr(request, name), str):
+            return f"`{name}` must be text"
+    for name in ("dest", "parent", "cmdline"):
+        if getattr(request, name) is not None and not isinstance(getattr(request, name), str):
+            return f"`{name}` must be text"
+    if request.pid is not None and (not isinstance(request.pid, int) or isinstance(request.pid, bool)):
+        return "`pid` must be a number"
+    if "\x00" in request.target or "\x00" in request.subject:
+        return "NUL byte"
+    return None
 
 
 @dataclass
@@ -118,6 +134,9 @@ class Monitor:
             state = SubjectState(inherited.taint if inherited else self.policy.lattice.bottom,
                                  dict(inherited.sources) if inherited else {})
             self.subjects[name] = state
+            if inherited is not None:  # a sub-process starts with what its parent knew
+                self.graph.record(node("subject", parent), "spawn", node("subject", name), self.clock(), None,
+                                  parts=self._parts(inherited.taint))
         return state
 
     def label_of(self, path: str) -> Label:
@@ -129,15 +148,28 @@ class Monitor:
     def decide(self, request: Request) -> Decision:
         with self._lock:
             self.steps += 1
-            state = self.subject(request.subject, request.parent)
-            before = self.policy.lattice.describe(state.taint)
+            problem = _malformed(request)
+            if problem is not None:
+                return self._log_safely(request, Decision(self.steps, str(request.op)[:64], str(request.target)[:256],
+                                                          False, f"malformed request: {problem}", subject="?"))
+            before = ""
             try:
+                state = self.subject(request.subject, request.parent)
+                before = self.policy.lattice.describe(state.taint)
                 decision = self._decide(request, state, before)
             except Exception as exc:  # fail closed, and say why
                 decision = Decision(self.steps, request.op, request.target, False,
                                     f"internal error, denied: {type(exc).__name__}: {exc}",
                                     taint_before=before, taint_after=before, subject=request.subject)
+            return self._log_safely(request, decision)
+
+    def _log_safely(self, request: Request, decision: Decision) -> Decision:
+        """Log the decision; if the log itself fails, the answer is a denial that says so."""
+        try:
             return self._log(request, decision)
+        except Exception as exc:
+            return replace(decision, allowed=False,
+                           reason=f"denied: the event log failed ({type(exc).__name__}: {exc}); {decision.reason}")
 
     def _decide(self, req: Request, state: SubjectState, before: str) -> Decision:
         lattice = self.policy.lattice
@@ -173,6 +205,8 @@ class Monitor:
 
         # authority ------------------------------------------------------------------------------
         verified, denied = self._authority(req, op, target, dest, endpoint)
+        if verified is not None:
+            base["token_id"] = getattr(verified, "token_id", None)
         if denied is not None:
             reason, rule, rule_span, block = denied
             return Decision(allowed=False, reason=reason, rule=rule, rule_span=rule_span, token_block=block,
@@ -270,11 +304,11 @@ class Monitor:
             self.graph.record(subject_node, "chmod", node("file", target), now, None)
         elif op in ("rename", "link"):
             content = self.label_of(target)
+            # the content takes its full label (its old name's policy label included) to the new name
+            self.labels.raise_to(target, content)
             if op == "link":
-                self.labels.ensure_object(target, content)
                 self.labels.link(target, dest)
             else:
-                self.labels.ensure_object(target, content)
                 self.labels.rename(target, dest)
                 self.graph.rename(node("file", target), node("file", dest))
             self.graph.record(node("file", target), op, node("file", dest), now, None,
@@ -285,12 +319,22 @@ class Monitor:
             reason = f"{dest} carries `{lattice.describe(moved)}` from {target}"
         else:
             old = self.label_of(target)
-            new = old.join(state.taint)
-            self.graph.record(subject_node, op, node("file", target), now, None, parts=self._news(old, new))
-            if new != old:
-                self.labels.raise_to(target, new)
+            # The raise belongs to the content (the stored object label travels with renames and links),
+            # so compare with what is stored, not with the name's policy label: secret data written under a
+            # `secrets/**` name must still be secret when the content is reached through another name.
+            stored = self.labels.get(target)
+            raised = (stored or lattice.bottom).join(state.taint)
+            self.graph.record(subject_node, op, node("file", target), now, None,
+                              parts=self._news(old, old.join(state.taint)))
+            # nothing to record for data within a plain file's own policy label; a file with an object
+            # (moved or linked) records every raise, since its content may be reached by other names
+            within_name = stored is None and state.taint.flows_to(self.policy.file_label(target).label)
+            if raised != (stored or lattice.bottom) and not within_name:
+                self.labels.raise_to(target, raised)
+                new = self.label_of(target)
                 self._label_event(req, target, new, f"written by {req.subject}")
-                reason = f"{target} floats up to `{lattice.describe(new)}`"
+                if new != old:
+                    reason = f"{target} floats up to `{lattice.describe(new)}`"
         for cap in verdict.capabilities_used:
             self._capability_event(req, cap, written)
         return Decision(allowed=True, reason=reason, rule=verdict.rule,
@@ -352,8 +396,13 @@ class Monitor:
         if verified is None:
             return None
 
+        closure = self.policy.lattice.tag_closure
+
         def may(tag: str) -> bool:
-            return verified.check("declassify", endpoint, tag=tag).allowed
+            # `declassify secret to X` releases what `secret` stands for, {internal, secret}, as a
+            # policy capability naming `secret` would
+            names = [name for name, tags in closure.items() if tag in tags] or [tag]
+            return any(verified.check("declassify", endpoint, tag=name).allowed for name in names)
 
         return may
 
@@ -480,7 +529,7 @@ class Monitor:
             kind="deny", subject=req.subject, op=req.op, target=decision.target, allowed=False,
             reason=decision.reason, rule=decision.rule, rule_span=decision.rule_span, message=decision.message,
             object_label=decision.object_label, taint_before=decision.taint_before,
-            taint_after=decision.taint_after, token_block=decision.token_block, pid=req.pid,
+            taint_after=decision.taint_after, token_id=decision.token_id, token_block=decision.token_block, pid=req.pid,
             cmdline=req.cmdline, path=[[h.source, h.op, h.target] for h in decision.path], fix=decision.fix)
         return replace(decision, event=event)
 

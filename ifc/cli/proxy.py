@@ -1,0 +1,226 @@
+"""`ifc proxy --policy P --listen HOST:PORT [--dns HOST:PORT] [--smtp HOST:PORT --smtp-relay smtp://H:P]`:
+run the egress hook on its own — the HTTP(S) proxy, and optionally the DNS stub and the SMTP front —
+every connection, request, lookup and message decided by the reference monitor.
+
+Point the sandbox at it with `HTTP_PROXY=HTTPS_PROXY=http://ifc:TOKEN@HOST:PORT` (a client presenting a
+token is its own subject; without one it is the session, presenting `--token` or acting under the agent's
+grants). Policy secrets are loaded here; the sandbox gets sentinels instead, written with the proxy
+settings to RUN_DIR/sandbox.env. Every decision goes to RUN_DIR/events.db (`ifc report`). Runs in the
+foreground until Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ifc.cli import ExitCode
+
+EPILOG = """exit codes:
+  0  stopped cleanly
+  2  usage error, unreadable policy, token, key or secret, or an address that cannot be bound
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("proxy", help="run the egress hook: HTTP(S) proxy, DNS stub, SMTP front",
+                       description=__doc__.split("\n\n", 1)[1], epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _arguments(p)
+    p.set_defaults(func=run)
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", required=True, metavar="P")
+    p.add_argument("--listen", default="127.0.0.1:3128", metavar="HOST:PORT",
+                   help="the HTTP proxy (default: %(default)s)")
+    p.add_argument("--dns", metavar="HOST:PORT", help="also serve the DNS stub (UDP and TCP) here")
+    p.add_argument("--smtp", metavar="HOST:PORT", help="also serve the SMTP submission front here")
+    p.add_argument("--smtp-relay", metavar="URL", help="the real mail server, `smtp://host:port` (needed with --smtp)")
+    p.add_argument("--run-dir", metavar="DIR", help="event log and sandbox.env (default: a new temporary directory)")
+    p.add_argument("--agent", metavar="NAME",
+                   help="whose grants apply without a token (default: the policy's first agent; `none`: flows only)")
+    p.add_argument("--token", metavar="T", help="the session's capability token: the token or @FILE")
+    p.add_argument("--key", metavar="FILE", help="host public key that verifies tokens (default: as `ifc caps`)")
+    p.add_argument("--audience", metavar="A", help="the audience tokens must name (default: the run dir's name)")
+    p.add_argument("--hosts", metavar="FILE", help="`NAME ADDRESS...` lines answered before the system resolver")
+    p.add_argument("--verbose", "-v", action="store_true", help="log every refusal to stderr")
+
+
+class _Usage(Exception):
+    def __init__(self, message: str, help: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.help = help
+
+
+def _usage(message: str, help: str | None = None) -> int:
+    print(f"ifc proxy: error: {message}", file=sys.stderr)
+    if help:
+        print(f"  help: {help}", file=sys.stderr)
+    return ExitCode.USAGE
+
+
+def _address(text: str, flag: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise _Usage(f"{flag} wants HOST:PORT, not `{text}`")
+    return host.strip("[]"), int(port)
+
+
+def _hosts(path: str) -> dict[str, list[str]]:
+    import ipaddress
+
+    table: dict[str, list[str]] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise _Usage(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
+    for n, line in enumerate(lines, 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        try:
+            addresses = [str(ipaddress.ip_address(w)) for w in words[1:]]
+        except ValueError:
+            raise _Usage(f"{path}:{n}: not `NAME ADDRESS...`") from None
+        if not addresses:
+            raise _Usage(f"{path}:{n}: `{words[0]}` has no address")
+        table[words[0].lower()] = addresses
+    return table
+
+
+def _build(args: argparse.Namespace, run_dir: Path):
+    from ifc.cli.mount import _read_token, _verifier
+    from ifc.cli.mount import _Usage as MountUsage
+    from ifc.enforce.egress import Egress, static_resolver, system_resolver
+    from ifc.enforce.secrets import SecretError, Vault
+    from ifc.monitor import EventLog, Monitor
+    from ifc.monitor.labelstore import LabelStore
+    from ifc.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        raise _Usage(f"`{args.policy}` does not compile: {exc.diagnostics[0].message}",
+                     f"run `ifc check {args.policy}`") from None
+    except OSError as exc:
+        raise _Usage(f"cannot read `{args.policy}`: {(exc.strerror or str(exc)).lower()}") from None
+    agent = None
+    if args.agent and args.agent != "none":
+        agent = policy.agents.get(args.agent)
+        if agent is None:
+            raise _Usage(f"no agent `{args.agent}` in {args.policy}", "agents: " + (", ".join(policy.agents) or "none"))
+    elif args.agent is None and policy.agents_:
+        agent = policy.agents_[0]
+    audience = args.audience or run_dir.name
+    try:
+        token = _read_token(args.token) if args.token else None
+        verifier = _verifier(args, audience, required=token is not None)
+    except MountUsage as exc:
+        raise _Usage(exc.message, exc.help) from None
+    try:
+        vault = Vault.from_policy(policy)
+    except SecretError as exc:
+        raise _Usage(str(exc), "the proxy holds the real values: set them in its environment") from None
+    resolver = static_resolver(_hosts(args.hosts), system_resolver) if args.hosts else system_resolver
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = EventLog(run_dir / "events.db")
+    log.set_meta(policy=args.policy, policy_digest=policy.digest, agent=agent.name if agent else "",
+                 source="ifc proxy", audience=audience, started=str(time.time()))
+    (run_dir / "policy.flow").write_text(Path(args.policy).read_text(encoding="utf-8"), encoding="utf-8")
+    monitor = Monitor(policy, agent=agent, verifier=verifier, labels=LabelStore(run_dir / "labels.db"), log=log,
+                      policy_path=args.policy, audience=audience)
+    return Egress(monitor, resolver=resolver, vault=vault, session_token=token)
+
+
+async def serve(egress, listen: tuple[str, int], dns: tuple[str, int] | None = None,
+                smtp: tuple[str, int] | None = None, smtp_relay: str | None = None,
+                ready=None, stop: asyncio.Event | None = None) -> None:
+    """Run the proxy (and the DNS stub, the SMTP front) until `stop` is set. `ready(name, host, port)` is
+    called as each one listens. One `Egress`, so one monitor: the taint is shared by every exit."""
+    from ifc.enforce.dns_stub import DnsStub
+    from ifc.enforce.http_proxy import HttpProxy
+    from ifc.enforce.smtp_front import SmtpFront
+
+    servers = [("http", HttpProxy(egress), listen)]
+    if dns:
+        servers.append(("dns", DnsStub(egress), dns))
+    if smtp:
+        servers.append(("smtp", SmtpFront(egress, smtp_relay or ""), smtp))
+    started = []
+    try:
+        for name, server, (host, port) in servers:
+            bound = await server.start(host, port)
+            started.append(server)
+            if ready is not None:
+                ready(name, *bound)
+        await (stop or asyncio.Event()).wait()
+    finally:
+        for server in started:
+            await server.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="ifc proxy: %(message)s", stream=sys.stderr)
+    try:
+        listen = _address(args.listen, "--listen")
+        dns = _address(args.dns, "--dns") if args.dns else None
+        smtp = _address(args.smtp, "--smtp") if args.smtp else None
+        if smtp and not (args.smtp_relay or "").startswith("smtp://"):
+            raise _Usage("--smtp needs --smtp-relay smtp://host:port")
+        run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="ifc-proxy-"))
+        egress = _build(args, run_dir)
+    except _Usage as exc:
+        return _usage(exc.message, exc.help)
+    bound: dict[str, tuple[str, int]] = {}
+
+    def ready(name: str, host: str, port: int) -> None:
+        bound[name] = (host, port)
+        print(f"ifc proxy: {name} on {host}:{port}", file=sys.stderr, flush=True)
+        if name == "http":
+            lines = [f"{k}={v}" for k, v in egress.vault.sandbox_env().items()]
+            url = f"http://{host}:{port}"
+            lines += [f"HTTP_PROXY={url}", f"HTTPS_PROXY={url}", f"http_proxy={url}", f"https_proxy={url}"]
+            (run_dir / "sandbox.env").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(egress, listen, dns, smtp, args.smtp_relay, ready=ready, stop=stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        egress.monitor.close()
+        return _usage(f"cannot listen: {(exc.strerror or str(exc)).lower()}")
+    refusals = egress.refusals
+    with contextlib.suppress(Exception):
+        egress.monitor.close()
+    print(f"ifc proxy: stopped; run dir {run_dir} ({refusals} refusal(s) by the hook itself)", file=sys.stderr)
+    return ExitCode.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ifc proxy", description=__doc__.split("\n\n", 1)[1], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _arguments(parser)
+    try:
+        return int(run(parser.parse_args(argv)))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

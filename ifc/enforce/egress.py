@@ -1,0 +1,252 @@
+"""The egress hook's shared core: subjects from tokens, name resolution, address checks, refusals.
+
+Every exit (the HTTP proxy, the SMTP front, the DNS stub) goes through one `Egress`:
+
+  subject   a client presenting its own token is its own subject (`token:<id>`, starting from the
+            session's taint); without one it is the session (presenting `session_token`, if any)
+  connect   `Egress.open(...)`: the monitor decides `connect scheme://host:port`; then the hook resolves the
+            name itself, once, and checks every address it got: loopback, private, link-local, CGNAT,
+            multicast, unspecified and cloud-metadata addresses are refused unless an endpoint rule names
+            them by IP or CIDR; an IP-literal host needs such a rule too. The caller connects to the
+            address that was checked, never to the name (no DNS rebinding between check and use).
+
+Refusals made here (not by the monitor) are logged like monitor denials, with rule `egress: ...`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ifc.match import Endpoint, PatternError
+from ifc.monitor.monitor import Decision, Monitor, Request
+
+log = logging.getLogger("ifc.egress")
+
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200"))
+CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+Resolver = Callable[[str], Awaitable[list[str]]]
+
+
+async def system_resolver(host: str) -> list[str]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    out: list[str] = []
+    for info in infos:
+        addr = info[4][0]
+        if addr not in out:
+            out.append(addr)
+    return out
+
+
+def static_resolver(table: dict[str, list[str]], fallback: Resolver | None = None) -> Resolver:
+    """A resolver answering from a table (tests, `--hosts`), then `fallback` (or nothing)."""
+    async def resolve(host: str) -> list[str]:
+        if host.lower() in table:
+            return list(table[host.lower()])
+        if fallback is None:
+            raise OSError(f"`{host}` is not in the hosts table")
+        return await fallback(host)
+
+    return resolve
+
+
+def special_kind(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why an address is not an ordinary public one, or None."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr in METADATA_ADDRESSES:
+        return "cloud-metadata"
+    if addr.is_loopback:
+        return "loopback"
+    if addr.is_link_local:
+        return "link-local"
+    if addr.is_unspecified:
+        return "unspecified"
+    if addr.is_multicast:
+        return "multicast"
+    if isinstance(addr, ipaddress.IPv4Address) and addr in CGNAT:
+        return "shared (CGNAT)"
+    if addr.is_private or addr.is_reserved:
+        return "private"
+    return None
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The hook's answer for one outgoing connection: allowed with the addresses to use, or why not."""
+
+    allowed: bool
+    reason: str
+    endpoint: Endpoint | None = None
+    addresses: tuple[str, ...] = ()
+    decision: Decision | None = None
+    status: int = 403  # for the HTTP proxy: 403 refused, 400 bad target, 502 resolution failed
+
+
+@dataclass(frozen=True)
+class Client:
+    subject: str
+    token: str | None
+    peer: str = ""
+
+
+class Egress:
+    def __init__(self, monitor: Monitor, *, resolver: Resolver | None = None, vault=None,
+                 session_token: str | None = None, clock: Callable[[], float] = time.time):
+        from ifc.enforce.secrets import Vault
+
+        self.monitor = monitor
+        self.resolver = resolver or system_resolver
+        self.vault = vault if vault is not None else Vault()
+        self.session_token = session_token
+        self.clock = clock
+        self._subjects: dict[str, str] = {}
+        self.refusals = 0
+
+    # ------------------------------------------------------------------------------------ subjects
+    def client(self, token: str | None, peer: str = "") -> Client:
+        if not token:
+            return Client("session", self.session_token, peer)
+        subject = self._subjects.get(token)
+        if subject is None:
+            subject = "token:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+            verifier = self.monitor.verifier
+            if verifier is not None:
+                with contextlib.suppress(Exception):
+                    subject = "token:" + verifier.verify(token, now=self.clock()).token_id
+            self._subjects[token] = subject
+        return Client(subject, token, peer)
+
+    def decide(self, client: Client, op: str, target: str) -> Decision:
+        parent = "session" if client.subject != "session" else None
+        return self.monitor.decide(Request(op, target, subject=client.subject, token=client.token, parent=parent,
+                                           cmdline=f"egress from {client.peer}" if client.peer else None))
+
+    # ------------------------------------------------------------------------------------ refusals
+    def refuse(self, client: Client, op: str, target: str, reason: str, rule: str, status: int = 403) -> Verdict:
+        """A refusal made by the hook itself (not a flow question), logged like a monitor denial."""
+        self.refusals += 1
+        log.info("refused %s %s for %s: %s", op, target, client.subject, reason)
+        mlog = self.monitor.log
+        if mlog is not None:
+            try:
+                mlog.record(kind="deny", subject=client.subject, op=op, target=target, allowed=False, reason=reason,
+                            rule=rule, cmdline=f"egress from {client.peer}" if client.peer else None)
+            except Exception as exc:  # the refusal stands even if it cannot be logged
+                log.error("cannot log a refusal: %s", exc)
+        return Verdict(False, reason, status=status)
+
+    # ------------------------------------------------------------------------------------ connect
+    def named_by_ip(self, scheme: str, ip: str, port: int) -> bool:
+        """Does an endpoint rule name this address by IP or CIDR (not by `*`)? The scheme is not compared:
+        `tcp://127.0.0.0/8:*` admits the address for any protocol the name's own rule allows."""
+        for rule in self.monitor.policy.endpoint_rules:
+            for pattern in rule.patterns:
+                if pattern.host == "*" or pattern._network is None:
+                    continue
+                if pattern.matches(Endpoint(pattern.scheme or scheme, ip, port)) and \
+                        not any(x.matches(Endpoint(x.scheme or scheme, ip, port)) for x in rule.excepts):
+                    return True
+        return False
+
+    async def open(self, client: Client, scheme: str, host: str, port: int, *, decide: bool = True) -> Verdict:
+        """Decide `connect scheme://host:port` and resolve it to addresses that passed the address checks."""
+        host = host.strip("[]").lower().rstrip(".")
+        target = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
+        try:
+            endpoint = Endpoint.parse(target)
+        except PatternError as exc:
+            return self.refuse(client, "connect", target, f"bad target: {exc.message}", "egress: target", 400)
+        literal = is_ip_literal(host)
+        if literal and not self.named_by_ip(scheme, host, port):
+            return self.refuse(client, "connect", str(endpoint),
+                               f"`{host}` is an IP literal and no endpoint rule names it by IP or CIDR",
+                               "egress: ip literal")
+        decision = None
+        if decide:
+            decision = self.decide(client, "connect", str(endpoint))
+            if not decision.allowed:
+                return Verdict(False, decision.reason, endpoint, decision=decision)
+        if literal:
+            return Verdict(True, "allowed", endpoint, (host,), decision)
+        try:
+            addresses = await asyncio.wait_for(self.resolver(host), timeout=10)
+        except (TimeoutError, OSError, UnicodeError) as exc:
+            return self.refuse(client, "connect", str(endpoint), f"cannot resolve `{host}`: {exc}",
+                               "egress: resolve", 502)
+        good = []
+        for text in addresses:
+            try:
+                addr = ipaddress.ip_address(text)
+            except ValueError:
+                continue
+            kind = special_kind(addr)
+            if kind is None or self.named_by_ip(scheme, str(addr), port):
+                good.append(str(addr))
+            else:
+                return self.refuse(client, "connect", str(endpoint),
+                                   f"`{host}` resolves to {kind} address {addr}, which no endpoint rule names by IP",
+                                   "egress: address")
+        if not good:
+            return self.refuse(client, "connect", str(endpoint), f"`{host}` has no usable address",
+                               "egress: resolve", 502)
+        return Verdict(True, "allowed", endpoint, tuple(good), decision)
+
+    def check_secrets(self, client: Client, endpoint: Endpoint, data: bytes) -> tuple[list, Verdict | None]:
+        """Sentinels in outgoing bytes: (the ones bound to `endpoint`, or a refusal naming the first that is not)."""
+        found = self.vault.found(data) if self.vault else []
+        for held in found:
+            d = self.decide(client, "send", f"{held.name}@{endpoint}")
+            if not d.allowed:
+                return [], Verdict(False, f"the sentinel of secret `{held.name}` is headed for {endpoint}: {d.reason}",
+                                   endpoint, decision=d)
+        return found, None
+
+
+async def connect_checked(addresses: tuple[str, ...], port: int, timeout: float = 10.0):
+    """Open a TCP connection to the first checked address that answers (never to a name)."""
+    last: Exception | None = None
+    for addr in addresses:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(addr, port, limit=1 << 20), timeout)
+            writer.transport.set_write_buffer_limits(high=1 << 21)
+            return reader, writer
+        except (TimeoutError, OSError) as exc:
+            last = exc
+    raise OSError(f"cannot connect: {last}")
+
+
+class BackgroundLoop:
+    """An event loop in a daemon thread, for callers that are not async (tests, the benchmark)."""
+
+    def __init__(self):
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="ifc-egress", daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float | None = 30):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)

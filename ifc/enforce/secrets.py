@@ -1,0 +1,131 @@
+"""Secrets the sandbox never holds: it sees a per-run sentinel, the egress hook holds the real value.
+
+For each policy `secret NAME from env|file|command "REF" to ENDPOINTS` the vault loads the real value
+once, makes a sentinel `ifc-sentinel-<random>` and gives the sandbox `NAME=<sentinel>`. On the way out a
+sentinel found in a request is swapped for the real value when the monitor says the secret is bound to
+that endpoint (`send NAME@ENDPOINT`), else the request is refused. On the way back the real value is
+masked (same length, so framing stays valid) before it reaches the sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _random
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+SENTINEL_PREFIX = "ifc-sentinel-"
+
+
+class SecretError(Exception):
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"secret `{name}`: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Held:
+    name: str
+    sentinel: bytes
+    value: bytes
+
+
+def load_value(source: str, ref: str, name: str) -> bytes:
+    """The real value of one secret: an environment variable, a file's content, or a command's output."""
+    if source == "env":
+        value = os.environ.get(ref)
+        if value is None:
+            raise SecretError(name, f"environment variable `{ref}` is not set")
+        return value.encode()
+    if source == "file":
+        try:
+            return Path(os.path.expanduser(ref)).read_bytes().strip()
+        except OSError as exc:
+            raise SecretError(name, f"cannot read `{ref}`: {(exc.strerror or str(exc)).lower()}") from None
+    if source == "command":
+        try:
+            out = subprocess.run(shlex.split(ref), capture_output=True, timeout=30, check=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SecretError(name, f"command `{ref}` failed: {exc}") from None
+        return out.stdout.strip()
+    raise SecretError(name, f"unknown source `{source}`")
+
+
+class Vault:
+    """Sentinels and real values for one run. `found(data)` names the sentinels in some bytes."""
+
+    def __init__(self, held: list[Held] | None = None):
+        self.held = list(held or [])
+        self._value_max = max((len(h.value) for h in self.held), default=0)
+        self._sentinel_max = max((len(h.sentinel) for h in self.held), default=0)
+
+    @classmethod
+    def from_policy(cls, policy, values: dict[str, bytes] | None = None) -> Vault:
+        """`values` overrides loading (tests, or a caller that already holds them)."""
+        held = []
+        for secret in policy.secrets_:
+            value = (values or {}).get(secret.name)
+            if value is None:
+                value = load_value(secret.source, secret.ref, secret.name)
+            if isinstance(value, str):
+                value = value.encode()
+            sentinel = (SENTINEL_PREFIX + _random.token_hex(16)).encode()
+            held.append(Held(secret.name, sentinel, value))
+        return cls(held)
+
+    def __bool__(self) -> bool:
+        return bool(self.held)
+
+    def sandbox_env(self) -> dict[str, str]:
+        """What the sandbox gets in its environment instead of the real values."""
+        return {h.name: h.sentinel.decode() for h in self.held}
+
+    @property
+    def overlap(self) -> int:
+        """Bytes a streaming scanner must carry between chunks so no sentinel or value is split unseen."""
+        return max(self._value_max, self._sentinel_max, 1) - 1
+
+    def found(self, data: bytes) -> list[Held]:
+        if SENTINEL_PREFIX.encode() not in data:
+            return []
+        return [h for h in self.held if h.sentinel in data]
+
+    def swap(self, data: bytes, which: list[Held]) -> bytes:
+        for h in which:
+            data = data.replace(h.sentinel, h.value)
+        return data
+
+    def scrub(self, data: bytes) -> bytes:
+        """Mask real values (same length, so a Content-Length stays right)."""
+        for h in self.held:
+            if h.value and h.value in data:
+                data = data.replace(h.value, b"*" * len(h.value))
+        return data
+
+
+class StreamScrubber:
+    """Masks real values in a byte stream split at arbitrary points: holds back `overlap` bytes."""
+
+    def __init__(self, vault: Vault):
+        self.vault = vault
+        self.keep = vault.overlap
+        self.tail = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self.vault:
+            return chunk
+        data = self.vault.scrub(self.tail + chunk)
+        if self.keep and len(data) > self.keep:
+            out, self.tail = data[:-self.keep], data[-self.keep:]
+        elif self.keep:
+            out, self.tail = b"", data
+        else:
+            out, self.tail = data, b""
+        return out
+
+    def flush(self) -> bytes:
+        out, self.tail = self.vault.scrub(self.tail), b""
+        return out

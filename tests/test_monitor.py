@@ -1,0 +1,785 @@
+"""The reference monitor, decision by decision: authority (agent grants and real capability tokens), taint
+(reads join, writes float, labels follow renames and hard links and persist), integrity, DNS, secret
+sentinels, fail-closed behaviour, the explanation of a denial, and what the event log keeps."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from functools import cache
+
+import pytest
+
+from caps import HostKey, Verifier, attenuate, mint
+from ifc.monitor import EventLog, LabelStore, Monitor, Request
+from ifc.monitor.events import open_readonly, read_events
+from ifc.policy import Policy, compile_text, load_policy, shipped_policy
+
+AUDIENCE = "run-monitor-tests"
+NOW = 1_800_000_000.0  # a fixed clock: token expiry is decided by the monitor's clock, not the wall clock
+
+
+@cache
+def default() -> Policy:
+    return load_policy(shipped_policy("default"))
+
+
+@cache
+def host() -> HostKey:
+    return HostKey.generate()
+
+
+def coder_monitor(**kwargs) -> Monitor:
+    pol = default()
+    return Monitor(pol, agent=pol.agents["coder"], **kwargs)
+
+
+def flow_monitor(**kwargs) -> Monitor:
+    """No agent: authority is not checked, only flow."""
+    return Monitor(default(), **kwargs)
+
+
+def describe(monitor: Monitor, path: str) -> str:
+    return monitor.policy.lattice.describe(monitor.label_of(path))
+
+
+def taint(monitor: Monitor, subject: str = "session") -> str:
+    return monitor.policy.lattice.describe(monitor.subject(subject).taint)
+
+
+def token(rights, *, ttl: float = 3600, now: float = NOW, audience: str = AUDIENCE, key: HostKey | None = None) -> str:
+    return mint(key or host(), rights=rights, audience=audience, ttl=ttl, now=now)
+
+
+@pytest.fixture
+def verifier() -> Verifier:
+    return Verifier([host().public], audience=AUDIENCE)
+
+
+@pytest.fixture
+def log(tmp_path):
+    events = EventLog(tmp_path / "events.db")
+    yield events
+    events.close()
+
+
+# ===================================================================================== authority
+def test_agent_grants_allow_what_they_cover():
+    m = coder_monitor()
+    assert m.decide(Request("read", "src/app.py")).allowed
+    assert m.decide(Request("write", "src/app.py")).allowed
+    assert m.decide(Request("create", "tests/test_new.py")).allowed
+    assert m.decide(Request("connect", "https://pypi.org")).allowed
+
+
+@pytest.mark.parametrize(("op", "target", "needed"), [
+    ("write", "ifc/core.py", "write"),
+    ("delete", "docs/index.md", "delete"),
+    ("exec", "/bin/sh", "exec"),
+    ("connect", "https://registry.npmjs.org", "connect"),
+    ("chmod", "Makefile", "write"),
+])
+def test_agent_without_a_grant_is_denied_naming_the_agent(op, target, needed):
+    d = coder_monitor().decide(Request(op, target))
+    assert not d.allowed
+    assert d.rule == "agent coder"
+    assert d.rule_span and "default.flow" in d.rule_span
+    assert f"no `{needed}` grant" in d.reason
+    assert d.token_block is None
+    assert d.fix and "policy" in d.fix and "ifc caps mint" in d.fix["mint"]
+
+
+def test_rename_needs_authority_over_both_names():
+    m = coder_monitor()
+    d = m.decide(Request("rename", "src/a.py", dest="ifc/a.py"))
+    assert not d.allowed and d.rule == "agent coder" and "ifc/a.py" in d.reason
+    assert m.decide(Request("rename", "src/a.py", dest="src/b.py")).allowed
+
+
+def test_no_agent_means_no_authority_check():
+    d = flow_monitor().decide(Request("write", "ifc/core.py"))
+    assert d.allowed
+
+
+def test_token_allows_what_its_rights_cover(verifier, log):
+    tok = token(["read src/**", "connect https://pypi.org"])
+    m = coder_monitor(verifier=verifier, log=log, clock=lambda: NOW)
+    assert m.decide(Request("read", "src/x.py", token=tok)).allowed
+    assert m.decide(Request("connect", "https://pypi.org", token=tok)).allowed
+    uses = list(log.events("token"))
+    assert len(uses) == 1, "the first use of a token is logged once"
+    assert uses[0].token_id and uses[0].target == uses[0].token_id
+
+
+def test_token_denial_names_the_token_and_block(verifier):
+    tok = token(["read src/**", "connect https://pypi.org"])
+    m = coder_monitor(verifier=verifier, clock=lambda: NOW)
+    d = m.decide(Request("read", ".env", token=tok))
+    assert not d.allowed
+    assert d.token_block == 0
+    assert d.rule.startswith("token ") and len(d.rule.split()[1]) == 32
+    assert "read `.env`" in d.reason and "read src/**" in d.reason
+
+
+def test_attenuated_token_denial_names_the_narrowing_block(verifier):
+    parent = token(["read src/**"])
+    child = attenuate(parent, rights=["read src/api/**"], now=NOW)
+    m = coder_monitor(verifier=verifier, clock=lambda: NOW)
+    assert m.decide(Request("read", "src/api/x.py", token=child)).allowed
+    d = m.decide(Request("read", "src/x.py", token=child))
+    assert not d.allowed and d.token_block == 1 and "block 1" in d.reason
+
+
+def test_token_authority_for_two_path_ops(verifier):
+    tok = token(["write src/**", "create src/new/**"])
+    m = coder_monitor(verifier=verifier, clock=lambda: NOW)
+    assert m.decide(Request("rename", "src/a.py", dest="src/new/a.py", token=tok)).allowed
+    d = m.decide(Request("rename", "src/a.py", dest="tests/a.py", token=tok))
+    assert not d.allowed and d.token_block == 0 and "create `tests/a.py`" in d.reason
+
+
+def test_token_expires_on_the_monitors_clock(verifier):
+    now = [NOW]
+    tok = token(["read src/**"], ttl=60)
+    m = coder_monitor(verifier=verifier, clock=lambda: now[0])
+    assert m.decide(Request("read", "src/x.py", token=tok)).allowed
+    now[0] = NOW + 61
+    d = m.decide(Request("read", "src/x.py", token=tok))
+    assert not d.allowed and d.rule == "token" and "token rejected (expired)" in d.reason
+
+
+def _tampered(tok: str) -> str:
+    i = len(tok) // 2
+    return tok[:i] + ("A" if tok[i] != "A" else "B") + tok[i + 1:]
+
+
+@pytest.mark.parametrize(("make", "why"), [
+    (lambda: token(["read **"], ttl=10, now=NOW - 100), "expired"),
+    (lambda: token(["read **"], key=HostKey.generate()), "unknown_key"),
+    (lambda: _tampered(token(["read **"])), "bad_signature"),
+    (lambda: token(["read **"], audience="another-run"), "wrong_audience"),
+    (lambda: "ifc1_not-a-token", "malformed"),
+    (lambda: "garbage", "malformed"),
+    (lambda: b"\x00\x01\x02", "malformed"),
+    (lambda: 12345, "malformed"),
+], ids=["expired", "forged", "tampered", "wrong-audience", "bad-base64", "not-a-token", "bytes", "int"])
+def test_bad_tokens_are_denied_with_the_reason(verifier, log, make, why):
+    m = coder_monitor(verifier=verifier, log=log, clock=lambda: NOW)
+    d = m.decide(Request("read", "src/x.py", token=make()))
+    assert not d.allowed
+    assert d.rule == "token"
+    assert f"token rejected ({why})" in d.reason
+    (event,) = log.events("deny")
+    assert event.id == d.event and event.reason == d.reason
+
+
+def test_token_without_a_verifier_is_denied():
+    d = coder_monitor().decide(Request("read", "src/x.py", token=token(["read **"])))
+    assert not d.allowed and "no verifier" in d.reason
+
+
+def test_token_denial_event_names_the_token_id(verifier, log):
+    tok = token(["read src/**"])
+    m = coder_monitor(verifier=verifier, log=log, clock=lambda: NOW)
+    d = m.decide(Request("read", ".env", token=tok))
+    (event,) = log.events("deny")
+    assert event.token_block == 0
+    assert event.token_id == d.rule.split()[1]
+
+
+# ===================================================================================== taint
+def test_reading_joins_labels_into_the_taint():
+    m = flow_monitor()
+    d = m.decide(Request("read", "docs/index.md"))
+    assert d.allowed and d.taint_after == "public, trusted"
+    m.decide(Request("read", ".env"))
+    d = m.decide(Request("read", "data/customers/accounts.csv"))
+    assert d.taint_before == "secret, trusted"
+    assert d.taint_after == "secret + customer, trusted"
+    assert m.subject("session").taint.secrecy == {"internal", "secret", "customer"}
+    assert dict((obj, part) for part, obj in d.tainted_by) == {".env": "secret",
+                                                               "data/customers/accounts.csv": "customer"}
+
+
+def test_writing_floats_the_file_label_up_to_the_taint(log):
+    m = coder_monitor(log=log)
+    m.decide(Request("read", ".env"))
+    d = m.decide(Request("write", "src/notes.txt", pid=42, cmdline="cp .env src/notes.txt"))
+    assert d.allowed and d.object_label == "secret, trusted"
+    assert "floats up" in d.reason
+    assert describe(m, "src/notes.txt") == "secret, trusted"
+    (event,) = log.events("label")
+    assert event.target == "src/notes.txt" and event.object_label == "secret, trusted"
+    assert event.pid == 42 and event.cmdline == "cp .env src/notes.txt" and event.subject == "session"
+
+
+def test_a_write_that_adds_nothing_changes_no_label(log):
+    m = coder_monitor(log=log)
+    m.decide(Request("read", "src/a.py"))
+    assert m.decide(Request("write", "src/b.py")).allowed
+    assert m.labels.get("src/b.py") is None
+    assert list(log.events("label")) == []
+
+
+def test_a_second_subject_sees_the_floated_label():
+    m = coder_monitor()
+    m.decide(Request("read", ".env"))
+    m.decide(Request("write", "src/notes.txt"))
+    assert taint(m, "s2") == "public, trusted"
+    d = m.decide(Request("read", "src/notes.txt", subject="s2"))
+    assert d.object_label == "secret, trusted" and d.taint_after == "secret, trusted"
+    d = m.decide(Request("connect", "https://api.anthropic.com", subject="s2"))
+    assert not d.allowed
+    assert d.rule.startswith("deny secret -> external")
+    assert d.tainted_by == (("secret", "src/notes.txt"),)
+
+
+def test_subjects_are_tainted_independently():
+    m = coder_monitor()
+    m.decide(Request("read", ".env"))
+    m.decide(Request("read", "src/app.py", subject="s2"))
+    assert taint(m, "s2") == "internal, trusted"
+    assert m.decide(Request("connect", "https://api.anthropic.com", subject="s2")).allowed
+    assert not m.decide(Request("connect", "https://api.anthropic.com")).allowed
+
+
+def test_a_child_subject_inherits_its_parents_taint():
+    m = coder_monitor()
+    m.decide(Request("read", ".env"))
+    d = m.decide(Request("read", "src/app.py", subject="child", parent="session"))
+    assert d.taint_before == "secret, trusted"
+    d = m.decide(Request("connect", "https://api.anthropic.com", subject="child"))
+    assert not d.allowed and d.tainted_by == (("secret", ".env"),)
+    # the child's own reads do not flow back into the parent
+    m.decide(Request("read", "data/customers/x.csv", subject="child"))
+    assert "customer" not in m.subject("session").taint.secrecy
+
+
+def test_a_child_subjects_denial_explains_the_parents_read():
+    m = coder_monitor()
+    m.decide(Request("read", ".env"))
+    m.decide(Request("read", "src/app.py", subject="child", parent="session"))
+    d = m.decide(Request("connect", "https://api.anthropic.com", subject="child"))
+    assert d.explanation.startswith(".env --read--> session --")
+    assert d.explanation.endswith("--> child --connect--> https://api.anthropic.com:443")
+
+
+# ===================================================================================== rename, link, delete
+def _float_secret(m: Monitor, path: str) -> None:
+    assert m.decide(Request("read", ".env")).allowed
+    assert m.decide(Request("write", path)).allowed
+    assert describe(m, path) == "secret, trusted"
+
+
+def test_rename_moves_the_floated_label(log):
+    m = coder_monitor(log=log)
+    _float_secret(m, "src/a.txt")
+    d = m.decide(Request("rename", "src/a.txt", dest="src/b.txt"))
+    assert d.allowed and d.target == "src/a.txt -> src/b.txt"
+    assert describe(m, "src/b.txt") == "secret, trusted"
+    assert describe(m, "src/a.txt") == "internal, trusted", "a new file under the old name starts from the policy"
+    assert [e.target for e in log.events("label")] == ["src/a.txt", "src/b.txt"]
+    assert m.decide(Request("read", "src/b.txt", subject="s2")).taint_after == "secret, trusted"
+
+
+def test_a_public_name_does_not_launder_a_floated_label():
+    m = coder_monitor()
+    _float_secret(m, "src/a.txt")
+    assert m.decide(Request("rename", "src/a.txt", dest="docs/a.md")).allowed
+    assert describe(m, "docs/a.md") == "secret, trusted"
+    d = m.decide(Request("read", "docs/a.md", subject="s2"))
+    assert d.taint_after == "secret, trusted"
+
+
+def test_renaming_a_directory_moves_the_labels_beneath_it():
+    m = coder_monitor()
+    _float_secret(m, "src/dir/a.txt")
+    assert m.decide(Request("rename", "src/dir", dest="src/moved")).allowed
+    assert describe(m, "src/moved/a.txt") == "secret, trusted"
+
+
+def test_a_hard_link_shares_the_label_both_ways():
+    m = coder_monitor()
+    assert m.decide(Request("link", "src/a.txt", dest="src/b.txt")).allowed
+    assert describe(m, "src/a.txt") == describe(m, "src/b.txt") == "internal, trusted"
+    m.decide(Request("read", ".env"))
+    m.decide(Request("write", "src/b.txt"))  # raise through one name ...
+    d = m.decide(Request("read", "src/a.txt", subject="s2"))  # ... read through the other
+    assert d.object_label == "secret, trusted" and d.taint_after == "secret, trusted"
+
+
+def test_a_link_to_a_floated_file_carries_its_label():
+    m = coder_monitor()
+    _float_secret(m, "src/a.txt")
+    d = m.decide(Request("link", "src/a.txt", dest="src/c.txt"))
+    assert d.allowed and "carries `secret, trusted`" in d.reason
+    assert describe(m, "src/c.txt") == "secret, trusted"
+
+
+def test_delete_forgets_the_floated_label():
+    m = coder_monitor()
+    _float_secret(m, "src/a.txt")
+    assert m.decide(Request("delete", "src/a.txt")).allowed
+    assert m.labels.get("src/a.txt") is None
+    assert describe(m, "src/a.txt") == "internal, trusted"
+
+
+def test_deleting_one_hard_link_keeps_the_other():
+    m = coder_monitor()
+    _float_secret(m, "src/a.txt")
+    m.decide(Request("link", "src/a.txt", dest="src/b.txt"))
+    m.decide(Request("delete", "src/a.txt"))
+    assert describe(m, "src/b.txt") == "secret, trusted"
+
+
+def test_renaming_a_file_onto_itself_keeps_its_label():
+    m = coder_monitor()
+    _float_secret(m, "src/notes.txt")
+    assert m.decide(Request("rename", "src/notes.txt", dest="src/./notes.txt")).allowed
+    assert describe(m, "src/notes.txt") == "secret, trusted"
+    m.decide(Request("read", "src/notes.txt", subject="s2"))
+    assert not m.decide(Request("connect", "https://api.anthropic.com", subject="s2")).allowed
+
+
+def test_linking_a_file_onto_itself_keeps_its_label():
+    m = coder_monitor()
+    _float_secret(m, "src/notes.txt")
+    m.decide(Request("link", "src/notes.txt", dest="src/notes.txt"))
+    assert describe(m, "src/notes.txt") == "secret, trusted"
+
+
+def test_renaming_onto_another_link_of_the_same_file_keeps_both_labels():
+    m = coder_monitor()
+    _float_secret(m, "src/notes.txt")
+    m.decide(Request("link", "src/notes.txt", dest="src/copy.txt"))
+    m.decide(Request("rename", "src/notes.txt", dest="src/copy.txt"))
+    assert describe(m, "src/notes.txt") == "secret, trusted"
+
+
+_LAUNDERING = ("Monitor._write_like raises the stored object only when `label_of(path).join(taint)` differs from "
+               "`label_of(path)` - the name's policy label included - but only the object's stored label travels "
+               "with the content through other names. So data already within the name's policy label (secret "
+               "into a `secrets/**` name) is never recorded on the content, and leaves through the other name")
+
+
+def test_a_write_through_a_hard_link_reaches_the_other_name():
+    m = flow_monitor()
+    assert m.decide(Request("link", "src/a.txt", dest="secrets/x")).allowed
+    m.decide(Request("read", ".env"))
+    assert m.decide(Request("write", "secrets/x")).allowed  # .env's content is now in src/a.txt too
+    m.decide(Request("read", "src/a.txt", subject="s2"))
+    d = m.decide(Request("connect", "https://api.anthropic.com", subject="s2"))
+    assert not d.allowed, "the contents of .env reach the model API through the other name"
+
+
+def test_a_file_moved_out_of_a_secret_name_keeps_what_was_written_there():
+    m = flow_monitor()
+    m.decide(Request("rename", "src/a.txt", dest="secrets/tmp"))
+    m.decide(Request("read", ".env"))
+    m.decide(Request("write", "secrets/tmp"))
+    m.decide(Request("rename", "secrets/tmp", dest="src/out.txt"))
+    assert describe(m, "src/out.txt") == "secret, trusted"
+
+
+def test_a_link_onto_an_existing_name_keeps_its_label():
+    m = coder_monitor()
+    _float_secret(m, "src/notes.txt")
+    m.decide(Request("link", "src/other.txt", dest="src/notes.txt"))
+    assert describe(m, "src/notes.txt") == "secret, trusted"
+
+
+def test_labels_persist_across_monitor_instances(tmp_path):
+    path = tmp_path / "labels.db"
+    first = coder_monitor(labels=LabelStore(path))
+    _float_secret(first, "src/a.txt")
+    first.decide(Request("link", "src/a.txt", dest="src/b.txt"))
+    first.decide(Request("rename", "src/a.txt", dest="src/c.txt"))
+    first.decide(Request("link", "src/plain.txt", dest="src/plain-link.txt"))
+    first.close()
+
+    second = coder_monitor(labels=LabelStore(path))
+    assert describe(second, "src/a.txt") == "internal, trusted"
+    assert describe(second, "src/b.txt") == describe(second, "src/c.txt") == "secret, trusted"
+    d = second.decide(Request("read", "src/c.txt", subject="next-run"))
+    assert d.taint_after == "secret, trusted"
+    # the hard link is still shared in the new run: a raise through one name shows through the other
+    second.decide(Request("write", "src/plain-link.txt", subject="next-run"))
+    assert describe(second, "src/plain.txt") == "secret, trusted"
+    second.close()
+
+    third = coder_monitor(labels=LabelStore(path))
+    assert describe(third, "src/plain.txt") == "secret, trusted"
+    third.close()
+
+
+# ===================================================================================== integrity
+def test_an_untrusted_reply_lowers_integrity_and_mail_refuses_it():
+    m = flow_monitor()
+    d = m.decide(Request("connect", "https://pypi.org"))
+    assert d.allowed and "the reply is `untrusted`" in d.reason
+    assert d.taint_after == "public, untrusted"
+    d = m.decide(Request("connect", "smtp.gmail.com:587"))
+    assert not d.allowed
+    assert d.rule.startswith("deny untrusted -> mail")
+    assert d.tainted_by == (("untrusted", "https://pypi.org:443"),)
+    assert d.explanation == "https://pypi.org:443 --reply--> session --connect--> smtp://smtp.gmail.com:587"
+
+
+def test_an_untrusted_file_lowers_integrity_and_guards_ci():
+    m = flow_monitor()
+    m.decide(Request("read", "inbox/issue-42.md"))
+    d = m.decide(Request("write", ".github/workflows/ci.yml"))
+    assert not d.allowed and "requires `trusted`" in d.reason
+    assert d.tainted_by == (("internal + untrusted", "inbox/issue-42.md"),)
+    assert d.explanation.startswith("inbox/issue-42.md --read--> session --write--> .github/workflows/ci.yml")
+
+
+def test_a_trusted_reply_keeps_integrity():
+    m = flow_monitor()
+    assert m.decide(Request("connect", "https://api.anthropic.com")).taint_after == "public, trusted"
+
+
+# ===================================================================================== dns, send
+@pytest.mark.parametrize("name", ["github.com", "api.github.com", "API.Anthropic.com.", "smtp.gmail.com"])
+def test_dns_resolves_names_the_policy_knows(name):
+    d = flow_monitor().decide(Request("dns", name))
+    assert d.allowed and d.rule == "endpoints"
+
+
+@pytest.mark.parametrize("name", ["evil.example", "github.com.evil.example", "a.b.github.com", "anthropic.com"])
+def test_dns_refuses_unknown_names(name):
+    d = coder_monitor().decide(Request("dns", name))
+    assert not d.allowed and "lookups of unknown names are refused" in d.reason
+
+
+def test_send_a_secret_to_its_bound_endpoint():
+    d = coder_monitor().decide(Request("send", "ANTHROPIC_API_KEY@https://api.anthropic.com"))
+    assert d.allowed and d.rule == "secret ANTHROPIC_API_KEY"
+
+
+def test_send_a_secret_elsewhere_is_denied():
+    d = flow_monitor().decide(Request("send", "ANTHROPIC_API_KEY@https://evil.example"))
+    assert not d.allowed and d.rule == "secret ANTHROPIC_API_KEY"
+    assert "bound to https://api.anthropic.com" in d.reason
+
+
+def test_send_an_unknown_secret_is_denied():
+    d = flow_monitor().decide(Request("send", "AWS_KEY@https://api.anthropic.com"))
+    assert not d.allowed and "no secret named `AWS_KEY`" in d.reason
+
+
+# ===================================================================================== never raises
+GARBAGE = [
+    Request("frobnicate", "src/a.py"),
+    Request("", "src/a.py"),
+    Request("read", "../outside"),
+    Request("read", "src/\x00nul"),
+    Request("read", 42),
+    Request("write", b"bytes/path"),
+    Request("rename", "src/a.py"),
+    Request("link", "src/a.py", dest="../../etc/passwd"),
+    Request("rename", "src/a.py", dest=7),
+    Request("connect", "bad host:99"),
+    Request("connect", "https://x.example/path"),
+    Request("connect", "ftp://x.example"),
+    Request("connect", "x.example:99999"),
+    Request("connect", ""),
+    Request("connect", 5),
+    Request("dns", 3.5),
+    Request("send", "no-at-sign"),
+    Request("send", "KEY@not an endpoint"),
+    Request("read", "src/a.py", token="garbage"),
+    Request("read", "src/a.py", token=object()),
+]
+
+
+@pytest.mark.parametrize("request_", GARBAGE, ids=lambda r: f"{r.op}:{r.target!r}:{r.dest!r}:{type(r.token).__name__}")
+def test_garbage_is_denied_with_a_reason_never_raised(verifier, log, request_):
+    m = coder_monitor(verifier=verifier, log=log, clock=lambda: NOW)
+    d = m.decide(request_)
+    assert d.allowed is False
+    assert d.reason
+    assert d.event is not None, "every denial is logged"
+
+
+GARBAGE_RAISING = [
+    pytest.param(Request(None, "src/a.py"), id="op-None"),
+    pytest.param(Request(["read"], "src/a.py"), id="op-list"),
+    pytest.param(Request("read", ["src/a.py"]), id="target-list"),
+    pytest.param(Request("read", None), id="read-None"),
+    pytest.param(Request("connect", None), id="connect-None"),
+    pytest.param(Request("dns", None), id="dns-None"),
+    pytest.param(Request("send", None), id="send-None"),
+    pytest.param(Request("read", "src/a.py", subject=["s"]), id="subject-list"),
+    pytest.param(Request("read", "src/a.py", parent={"p": 1}), id="parent-dict"),
+    pytest.param(Request("frob", "src/a.py", pid=["not", "an", "int"]), id="pid-list"),
+]
+
+
+@pytest.mark.parametrize("request_", GARBAGE_RAISING)
+def test_garbage_with_a_log_is_denied_never_raised(verifier, log, request_):
+    m = coder_monitor(verifier=verifier, log=log, clock=lambda: NOW)
+    d = m.decide(request_)
+    assert d.allowed is False and d.reason
+
+
+def test_garbage_targets_are_denied_without_a_log():
+    m = coder_monitor()
+    for req in (Request(None, "x"), Request("read", None), Request("connect", None), Request("dns", None),
+                Request("send", None), Request(["read"], "x")):
+        d = m.decide(req)
+        assert not d.allowed and d.reason
+
+
+def test_an_internal_error_is_a_logged_denial(monkeypatch, log):
+    m = coder_monitor(log=log)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("label store on fire")
+
+    monkeypatch.setattr(m, "_absorb", boom)
+    d = m.decide(Request("read", "src/a.py", pid=7, cmdline="cat src/a.py"))
+    assert not d.allowed
+    assert d.reason == "internal error, denied: RuntimeError: label store on fire"
+    (event,) = log.events("deny")
+    assert event.id == d.event and event.reason == d.reason and event.pid == 7
+
+
+def test_an_internal_error_in_the_flow_check_is_a_denial(monkeypatch):
+    m = coder_monitor()
+    monkeypatch.setattr("ifc.monitor.monitor.check_send", lambda *a, **k: 1 / 0)
+    d = m.decide(Request("connect", "https://pypi.org"))
+    assert not d.allowed and d.reason.startswith("internal error, denied: ZeroDivisionError")
+    assert m.decide(Request("read", "src/a.py")).allowed, "the monitor keeps working after an internal error"
+
+
+def test_a_failed_allow_flush_does_not_swallow_later_denials(tmp_path):
+    log = EventLog(tmp_path / "events.db", flush_every=2)
+    m = flow_monitor(log=log)
+    for req in (Request("read", "src/a.py", subject=None), Request("read", "src/b.py")):
+        with contextlib.suppress(Exception):  # decide raising is the bug tested above; here: what it leaves
+            m.decide(req)
+    d = m.decide(Request("connect", "https://evil.example"))
+    assert not d.allowed and d.event is not None
+    other = sqlite3.connect(tmp_path / "events.db")
+    assert other.execute("SELECT kind FROM events WHERE id = ?", (d.event,)).fetchall() == [("deny",)]
+
+
+# ===================================================================================== explain
+def test_explain_follows_the_whole_path_across_subjects():
+    m = coder_monitor()
+    steps = [Request("read", ".env"), Request("write", "src/notes.txt"),
+             Request("read", "src/notes.txt", subject="s2"), Request("connect", "smtp.gmail.com:587", subject="s2")]
+    decisions = [m.decide(r) for r in steps]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    d = decisions[-1]
+    assert d.explanation == (".env --read--> session --write--> src/notes.txt --read--> s2 "
+                             "--connect--> smtp://smtp.gmail.com:587")
+    assert [(h.source, h.op, h.target) for h in d.path] == [
+        ("file:.env", "read", "subject:session"),
+        ("subject:session", "write", "file:src/notes.txt"),
+        ("file:src/notes.txt", "read", "subject:s2"),
+        ("subject:s2", "connect", "endpoint:smtp://smtp.gmail.com:587"),
+    ]
+    as_dict = d.to_dict()
+    assert as_dict["explanation"] == d.explanation and len(as_dict["path"]) == 4
+
+
+def test_explain_without_an_agent_on_the_top_level_name():
+    m = flow_monitor()
+    for r in (Request("read", ".env"), Request("write", "notes.txt"), Request("read", "notes.txt", subject="s2")):
+        assert m.decide(r).allowed
+    d = m.decide(Request("connect", "smtp.gmail.com:587", subject="s2"))
+    assert d.explanation == ".env --read--> session --write--> notes.txt --read--> s2 --connect--> " \
+                            "smtp://smtp.gmail.com:587"
+
+
+def test_explain_follows_a_rename():
+    m = coder_monitor()
+    _float_secret(m, "src/a.txt")
+    m.decide(Request("rename", "src/a.txt", dest="src/b.txt"))
+    m.decide(Request("read", "src/b.txt", subject="s2"))
+    d = m.decide(Request("connect", "https://api.anthropic.com", subject="s2"))
+    assert not d.allowed
+    assert d.explanation.startswith(".env --read--> session --write--> ")
+    assert d.explanation.endswith("--read--> s2 --connect--> https://api.anthropic.com:443")
+    assert "src/b.txt" in d.explanation
+
+
+def test_flow_denial_offers_a_fix():
+    pol = compile_text(DECLASSIFY_POLICY).policy
+    m = Monitor(pol)
+    m.decide(Request("read", "internal.txt"))
+    d = m.decide(Request("connect", "https://pub.example"))
+    assert not d.allowed
+    assert d.fix["policy"] == 'allow internal -> "https://pub.example:443" "why this data may go there"'
+    assert "--declassify 'internal to https://pub.example:443'" in d.fix["mint"]
+
+
+# ===================================================================================== declassification
+DECLASSIFY_POLICY = """
+labels {
+  secrecy public < internal < secret
+  secrecy customer
+  integrity untrusted < trusted
+}
+files {
+  "**"            public
+  "internal.txt"  internal
+  "secret.txt"    secret
+  "crm.csv"       customer
+}
+endpoints {
+  "https://pub.example"  clearance public returns trusted as ext
+  "https://int.example"  clearance internal returns trusted as ext
+}
+declassify release: secret -> "https://pub.example"  "a reviewer approved the release"
+"""
+
+
+@cache
+def declassify_policy() -> Policy:
+    result = compile_text(DECLASSIFY_POLICY)
+    assert result.policy is not None, [d.message for d in result.diagnostics]
+    return result.policy
+
+
+def test_a_held_declassification_is_used_and_logged(log):
+    m = Monitor(declassify_policy(), held=frozenset({"release"}), log=log)
+    m.decide(Request("read", "secret.txt"))
+    d = m.decide(Request("connect", "https://pub.example", pid=9))
+    assert d.allowed and d.capabilities_used == ("release",)
+    (event,) = log.events("declassify")
+    assert event.target == "https://pub.example:443" and "release" in event.reason
+    assert event.message == "a reviewer approved the release" and event.pid == 9
+
+
+def test_a_declassification_covers_only_its_tags():
+    m = Monitor(declassify_policy(), held=frozenset({"release"}))
+    m.decide(Request("read", "secret.txt"))
+    m.decide(Request("read", "crm.csv"))
+    d = m.decide(Request("connect", "https://pub.example"))
+    assert not d.allowed and "`customer` exceeds" in d.reason
+
+
+def test_without_the_capability_the_connect_is_denied():
+    m = Monitor(declassify_policy())
+    m.decide(Request("read", "secret.txt"))
+    assert not m.decide(Request("connect", "https://pub.example")).allowed
+
+
+def test_a_token_declassify_right_is_used_and_logged(verifier, log):
+    tok = token(["connect https://int.example", "declassify secret to https://int.example"])
+    m = Monitor(declassify_policy(), verifier=verifier, log=log, clock=lambda: NOW)
+    m.decide(Request("read", "secret.txt"))
+    d = m.decide(Request("connect", "https://int.example", token=tok))
+    assert d.allowed and d.capabilities_used == ("token: declassify secret",)
+    (event,) = log.events("declassify")
+    assert event.target == "https://int.example:443"
+    other = m.decide(Request("connect", "https://int.example", subject="s2",
+                             token=token(["connect https://int.example"])))
+    assert other.allowed, "s2 holds nothing secret"
+    m.decide(Request("read", "secret.txt", subject="s2"))
+    assert not m.decide(Request("connect", "https://int.example", subject="s2",
+                                token=token(["connect https://int.example"]))).allowed
+
+
+def test_the_suggested_mint_fix_really_fixes_the_denial(verifier):
+    m = Monitor(declassify_policy(), verifier=verifier, clock=lambda: NOW)
+    m.decide(Request("read", "secret.txt"))
+    denied = m.decide(Request("connect", "https://pub.example"))
+    assert "--declassify 'secret to https://pub.example:443'" in denied.fix["mint"]
+    tok = token(["connect https://pub.example", "declassify secret to https://pub.example:443"])
+    d = m.decide(Request("connect", "https://pub.example", token=tok))
+    assert d.allowed, d.reason
+
+
+def test_a_deny_rule_beats_a_token_declassification(verifier):
+    tok = token(["read **", "connect https://pypi.org", "declassify secret to https://pypi.org",
+                 "declassify internal to https://pypi.org"])
+    m = Monitor(default(), verifier=verifier, clock=lambda: NOW)
+    m.decide(Request("read", ".env", token=tok))
+    d = m.decide(Request("connect", "https://pypi.org", token=tok))
+    assert not d.allowed and d.rule.startswith("deny secret -> external")
+
+
+# ===================================================================================== the event log
+def test_every_denial_and_label_change_is_logged_with_its_fields(verifier, tmp_path):
+    log = EventLog(tmp_path / "events.db")
+    m = coder_monitor(log=log, verifier=verifier, clock=lambda: NOW)
+    requests = [
+        Request("read", ".env", pid=10, cmdline="cat .env"),
+        Request("write", "src/notes.txt", pid=11, cmdline="tee src/notes.txt"),
+        Request("connect", "smtp.gmail.com:587", pid=12, cmdline="sendmail"),  # flow denial
+        Request("write", "ifc/x.py", pid=13, cmdline="vim ifc/x.py"),  # authority denial
+        Request("dns", "exfil.example", pid=14, cmdline="dig exfil.example"),  # dns denial
+        Request("read", "src/a.py", token="garbage", pid=15, cmdline="cat src/a.py"),  # token denial
+        Request("rename", "src/notes.txt", dest="tests/notes.txt", pid=16, cmdline="mv"),  # label change
+    ]
+    decisions = [m.decide(r) for r in requests]
+    denials = [d for d in decisions if not d.allowed]
+    assert len(denials) == 4
+    # committed before decide returned: a second connection sees them without any flush or close
+    other = open_readonly(tmp_path / "events.db")
+    events = {e.id: e for e in read_events(other, "deny")}
+    assert sorted(events) == sorted(d.event for d in denials)
+    for d, req in ((d, r) for d, r in zip(decisions, requests, strict=True) if not d.allowed):
+        e = events[d.event]
+        assert (e.kind, e.allowed, e.subject, e.op, e.target) == ("deny", False, "session", req.op, d.target)
+        assert e.reason == d.reason and e.rule == d.rule
+        assert (e.pid, e.cmdline) == (req.pid, req.cmdline)
+        assert e.taint_before == e.taint_after == "secret, trusted"
+        assert e.ts > 0
+    flow = events[decisions[2].event]
+    assert flow.rule_span and flow.message == "secrets never leave the sandbox"
+    assert flow.object_label.startswith("clearance public")
+    assert flow.path == [["file:.env", "read", "subject:session"],
+                         ["subject:session", "connect", "endpoint:smtp://smtp.gmail.com:587"]]
+    assert flow.fix and "policy" in flow.fix
+    authority = events[decisions[3].event]
+    assert authority.rule == "agent coder" and authority.rule_span and authority.fix["mint"].startswith("ifc caps")
+    labels = list(read_events(other, "label"))
+    assert [(e.target, e.object_label, e.op) for e in labels] == [
+        ("src/notes.txt", "secret, trusted", "write"), ("tests/notes.txt", "secret, trusted", "rename")]
+    for e in labels:
+        assert e.reason and e.pid and e.cmdline and e.subject == "session" and e.allowed
+    log.close()
+
+
+def test_allows_are_aggregated_with_counts(tmp_path):
+    log = EventLog(tmp_path / "events.db")
+    m = coder_monitor(log=log)
+    for _ in range(5):
+        assert m.decide(Request("read", "src/a.py")).allowed
+    for _ in range(3):
+        assert m.decide(Request("read", "src/b.py", subject="s2")).allowed
+    m.decide(Request("connect", "https://pypi.org"))
+    assert m.decide(Request("write", "nope/x")).allowed is False
+    m.close()
+    db = sqlite3.connect(tmp_path / "events.db")
+    rows = sorted(db.execute("SELECT subject, op, object, count FROM allows"))
+    assert rows == [("s2", "read", "src/b.py", 3), ("session", "connect", "https://pypi.org:443", 1),
+                    ("session", "read", "src/a.py", 5)]
+    assert db.execute("SELECT count(*) FROM events WHERE allowed = 1 AND kind = 'allow'").fetchone() == (0,)
+    first, last = db.execute("SELECT first_ts, last_ts FROM allows WHERE object = 'src/a.py'").fetchone()
+    assert first <= last
+
+
+def test_allows_flush_every_n(tmp_path):
+    log = EventLog(tmp_path / "events.db", flush_every=4)
+    m = coder_monitor(log=log)
+    for _ in range(4):
+        m.decide(Request("read", "src/a.py"))
+    db = sqlite3.connect(tmp_path / "events.db")
+    assert db.execute("SELECT count FROM allows").fetchall() == [(4,)]
+    for _ in range(4):
+        m.decide(Request("read", "src/a.py"))
+    assert db.execute("SELECT count FROM allows").fetchall() == [(8,)]
+    log.close()
+
+
+def test_decisions_are_numbered_in_order():
+    m = coder_monitor()
+    steps = [m.decide(Request("read", "src/a.py")).step for _ in range(3)]
+    assert steps == [1, 2, 3]
+
