@@ -16,6 +16,7 @@ raises: an internal error is a denial that says why.
 
 from __future__ import annotations
 
+import copy
 import shlex
 import threading
 import time
@@ -104,6 +105,7 @@ def _malformed(request: Request) -> str | None:
 class SubjectState:
     taint: Label
     sources: dict[str, str] = field(default_factory=dict)  # label part -> graph node it came from
+    provenance: tuple | None = None  # `_provenance` of the current sources; None when they changed
 
 
 class Monitor:
@@ -124,6 +126,12 @@ class Monitor:
         self.subjects: dict[str, SubjectState] = {}
         self.steps = 0
         self._tokens_seen: set[str] = set()
+        # Repeated decisions: an allowed decision whose effects are idempotent (same subject taint, same label
+        # store version, nothing declassified) is answered from here; its graph edges and allow count are
+        # still recorded. Bounded; cleared when full.
+        self._fast: dict[tuple, tuple] = {}
+        self._trace: list | None = None
+        self._verified = None
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------------------------ queries
@@ -155,13 +163,61 @@ class Monitor:
             before = ""
             try:
                 state = self.subject(request.subject, request.parent)
+                key = (request.subject, state.taint, request.op, request.target, request.dest, request.token,
+                       self.labels.version)
+                hit = self._fast.get(key)
+                if hit is not None:
+                    replayed = self._replay(request, *hit)
+                    if replayed is not None:
+                        return replayed
+                    del self._fast[key]
                 before = self.policy.lattice.describe(state.taint)
+                self._trace = []
                 decision = self._decide(request, state, before)
+                self._remember(key, decision, state, request)
             except Exception as exc:  # fail closed, and say why
                 decision = Decision(self.steps, request.op, request.target, False,
                                     f"internal error, denied: {type(exc).__name__}: {exc}",
                                     taint_before=before, taint_after=before, subject=request.subject)
             return self._log_safely(request, decision)
+
+    FAST_LIMIT = 65536
+
+    def _remember(self, key: tuple, decision: Decision, state: SubjectState, request: Request) -> None:
+        """Keep an allowed decision whose repetition would change nothing but counters.
+
+        A token's answer also depends on time and revocation: it is kept with the token's validity window
+        and the revocation list's epoch, and used only while both still hold."""
+        trace, self._trace = self._trace, None
+        verified, self._verified = self._verified, None
+        if not decision.allowed or decision.capabilities_used or key[1] != state.taint \
+                or key[6] != self.labels.version:
+            return
+        validity = None
+        if request.token is not None:
+            if verified is None or self.verifier is None:
+                return
+            validity = (verified.not_before, verified.expires, self.verifier.revocations.epoch)
+        if len(self._fast) >= self.FAST_LIMIT:
+            self._fast.clear()
+        self._fast[key] = (decision, tuple(trace or ()), validity)
+
+    def _replay(self, request: Request, decision: Decision, edges: tuple, validity) -> Decision | None:
+        now = self.clock()
+        if validity is not None:
+            not_before, expires, epoch = validity
+            if not not_before <= now < expires or self.verifier.revocations.epoch != epoch:
+                return None
+        for source, op, target in edges:
+            self.graph.record(source, op, target, now, None)
+        decision = copy.copy(decision)
+        object.__setattr__(decision, "step", self.steps)
+        return self._log_safely(request, decision)
+
+    def _edge(self, source: str, op: str, target: str, now: float, event, parts=()) -> None:
+        self.graph.record(source, op, target, now, event, parts=parts)
+        if self._trace is not None:
+            self._trace.append((source, op, target))
 
     def _log_safely(self, request: Request, decision: Decision) -> Decision:
         """Log the decision; if the log itself fails, the answer is a denial that says so."""
@@ -205,6 +261,7 @@ class Monitor:
 
         # authority ------------------------------------------------------------------------------
         verified, denied = self._authority(req, op, target, dest, endpoint)
+        self._verified = verified
         if verified is not None:
             base["token_id"] = getattr(verified, "token_id", None)
         if denied is not None:
@@ -299,9 +356,9 @@ class Monitor:
         if op == "delete":
             self.labels.delete(target)
             self.graph.forget(node("file", target))
-            self.graph.record(subject_node, "delete", node("file", target), now, None)
+            self._edge(subject_node, "delete", node("file", target), now, None)
         elif op == "chmod":
-            self.graph.record(subject_node, "chmod", node("file", target), now, None)
+            self._edge(subject_node, "chmod", node("file", target), now, None)
         elif op in ("rename", "link"):
             content = self.label_of(target)
             # the content takes its full label (its old name's policy label included) to the new name
@@ -311,7 +368,7 @@ class Monitor:
             else:
                 self.labels.rename(target, dest)
                 self.graph.rename(node("file", target), node("file", dest))
-            self.graph.record(node("file", target), op, node("file", dest), now, None,
+            self._edge(node("file", target), op, node("file", dest), now, None,
                               parts=self._parts(content))
             moved = self.label_of(dest)
             if moved != self.policy.file_label(dest).label:
@@ -324,7 +381,7 @@ class Monitor:
             # `secrets/**` name must still be secret when the content is reached through another name.
             stored = self.labels.get(target)
             raised = (stored or lattice.bottom).join(state.taint)
-            self.graph.record(subject_node, op, node("file", target), now, None,
+            self._edge(subject_node, op, node("file", target), now, None,
                               parts=self._news(old, old.join(state.taint)))
             # nothing to record for data within a plain file's own policy label; a file with an object
             # (moved or linked) records every raise, since its content may be reached by other names
@@ -352,7 +409,7 @@ class Monitor:
         sink = node("endpoint", str(endpoint))
         if not verdict.allowed:
             return self._from_verdict(state, base, verdict, label_text, sink=sink, part_hint=None)
-        self.graph.record(subject_node, "connect", sink, now, None, parts=self._parts(state.taint))
+        self._edge(subject_node, "connect", sink, now, None, parts=self._parts(state.taint))
         for cap in verdict.capabilities_used:
             self._capability_event(req, cap, str(endpoint))
         reason = verdict.reason
@@ -411,12 +468,14 @@ class Monitor:
         parts = []
         for tag in label.secrecy - state.taint.secrecy:
             state.sources[tag] = source
+            state.provenance = None
             parts.append(tag)
         if label.integrity < state.taint.integrity:
             level = self.policy.lattice.integrity_levels[label.integrity]
             state.sources[level] = source
+            state.provenance = None
             parts.append(level)
-        self.graph.record(source, op, subject_node, now, None, parts=parts)
+        self._edge(source, op, subject_node, now, None, parts=parts)
         state.taint = state.taint.join(label)
 
     def _news(self, old: Label, new: Label) -> list[str]:
@@ -434,6 +493,11 @@ class Monitor:
 
     def _provenance(self, state: SubjectState) -> tuple[tuple[str, str], ...]:
         """(label part, object) pairs grouped per object: `secret` from `.env`, `untrusted` from a reply."""
+        if state.provenance is None:
+            state.provenance = self._group_sources(state)
+        return state.provenance
+
+    def _group_sources(self, state: SubjectState) -> tuple[tuple[str, str], ...]:
         lattice = self.policy.lattice
         by_object: dict[str, set[str]] = {}
         for part, obj in state.sources.items():

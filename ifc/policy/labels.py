@@ -88,8 +88,21 @@ class Lattice:
     def all_names(self) -> list[str]:
         return [*self.tag_closure, *self.integrity_rank, *self.named_labels]
 
+    @cached_property
+    def _described(self) -> dict[tuple[Label, bool], str]:
+        return {}
+
     def describe(self, label: Label, with_integrity: bool = True) -> str:
         """Render a label as the shortest expression a user would write: `secret + customer, untrusted`."""
+        key = (label, with_integrity)
+        text = self._described.get(key)
+        if text is None:
+            if len(self._described) > 4096:
+                self._described.clear()
+            text = self._described[key] = self._describe(label, with_integrity)
+        return text
+
+    def _describe(self, label: Label, with_integrity: bool) -> str:
         names: list[str] = []
         remaining = set(label.secrecy)
         for chain in self.chains:
