@@ -42,6 +42,7 @@ lint: $(STAMP)
 	@$(BIN)/ruff check ifc caps vmm tests bench
 
 bench: $(STAMP)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
