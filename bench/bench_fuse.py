@@ -114,14 +114,14 @@ def serve(mode: str, binding_name: str, src: str, mnt: str, run_dir: str) -> Non
     if mode == "naive":
         ops = Naive(src)
     else:
-        from ifc.enforce.fs import EnforcingFS, VersionedLabelStore
-        from ifc.monitor import EventLog, Monitor
+        from ifc.enforce.fs import EnforcingFS
+        from ifc.monitor import EventLog, LabelStore, Monitor
         from ifc.policy import load_policy
 
         monitor = None
         if mode != "bare":
             policy = load_policy(ROOT / "policies" / "default.flow")
-            monitor = Monitor(policy, agent=policy.agents["coder"], labels=VersionedLabelStore(f"{run_dir}/labels.db"),
+            monitor = Monitor(policy, agent=policy.agents["coder"], labels=LabelStore(f"{run_dir}/labels.db"),
                               log=EventLog(f"{run_dir}/events.db"))
         ops = EnforcingFS(src, monitor, context=binding.context, mountpoint=mnt, cache=mode != "nocache")
         if mode == "nokcache":
