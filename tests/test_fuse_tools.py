@@ -1,6 +1,6 @@
-"""Real tools on a mediated mount (policies/default.flow labels; flows only, as `--agent none`, because the
-default agent `coder` holds no grants for `.git/**` or `.venv/**`): git, a venv with pip, tar, cp -a and an
-editor's save pattern."""
+"""Real tools on a mediated mount of policies/default.flow: git and a venv with pip at the workspace root
+under the policy's own agent `coder` (authority and flow), and — in sub-directories that `coder`'s
+grants do not cover, so flows only (`--agent none`) — git, a venv, tar, cp -a and an editor's save pattern."""
 
 from __future__ import annotations
 
@@ -117,6 +117,41 @@ def test_venv_and_pip_install_of_a_local_wheel(ws):
     assert sh(str(python), "-c", "import ifcdemo, sys; print(ifcdemo.ANSWER, sys.prefix)").split() == [
         "42", str(venv)]
     assert "ifcdemo" in sh(str(venv / "bin" / "pip"), "list", "--format=freeze")
+
+
+def test_git_and_venv_at_the_root_under_the_default_agent():
+    """What a coding agent does in a real repository, with `coder`'s grants enforced on every operation."""
+    base = tempfile.mkdtemp(prefix="ifc-coder-", dir="/dev/shm")
+    src, mnt, run, wheels = (os.path.join(base, n) for n in ("src", "mnt", "run", "wheels"))
+    for path in (src, mnt, wheels):
+        os.mkdir(path)
+    _wheel(Path(wheels))
+    daemon = Daemon(["--policy", str(POLICY), "--agent", "coder", "--fuse", FUSE, "--run-dir", run, src, mnt], mnt,
+                    log_path=os.path.join(base, "daemon.log"))
+    try:
+        root = Path(mnt)
+        sh(*GIT, "init", "-q", cwd=root)
+        (root / "src").mkdir()
+        (root / "src" / "app.py").write_text("print('hello')\n")
+        sh(*GIT, "add", "-A", cwd=root)
+        sh(*GIT, "commit", "-q", "-m", "first", cwd=root)
+        (root / "src" / "app.py").write_text("print('hello, world')\n")
+        assert sh(*GIT, "status", "--porcelain", cwd=root).split() == ["M", "src/app.py"]
+        sh(*GIT, "commit", "-q", "-am", "second", cwd=root)
+        sh(*GIT, "checkout", "-q", "-b", "feature", cwd=root)
+        assert len(sh(*GIT, "log", "--oneline", cwd=root).splitlines()) == 2
+        sh(sys.executable, "-m", "venv", str(root / ".venv"))
+        python = root / ".venv" / "bin" / "python"
+        sh(str(python), "-m", "pip", "install", "-q", "--no-index", "--find-links", wheels, "ifcdemo",
+           env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+        assert sh(str(python), "-c", "import ifcdemo; print(ifcdemo.ANSWER)").strip() == "42"
+        # and what `coder` may not do is refused: writing outside its grants
+        with pytest.raises(PermissionError):
+            (root / "Makefile").write_text("all:\n")
+    finally:
+        status = daemon.stop()
+        shutil.rmtree(base, ignore_errors=True)
+        assert status == 0
 
 
 def _tree(root: Path) -> dict:
