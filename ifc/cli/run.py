@@ -1,0 +1,156 @@
+"""`ifc run --policy P [--workspace DIR] [--run-dir DIR] -- CMD...`: run CMD in a microVM whose only
+workspace is DIR served through the enforcing FUSE filesystem, and whose only network exit is the egress
+proxy given with `--proxy` (none by default).
+
+The guest sees the host's /usr read-only, a fresh /etc and home, tmpfs elsewhere, and DIR at /workspace;
+CMD runs there as an unprivileged user (the workspace's owner, or uid 1000). Its output comes back on this
+terminal and its exit status is `ifc run`'s. The run directory receives the policy copy, the event log
+(`events.db`), the label store, the VM's console log and the helpers' logs; `ifc report RUN_DIR` reads it.
+Needs root (a mount namespace, FUSE, virtiofsd) and a guest image (`ifc vm build`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+EPILOG = """exit codes:
+  N    the command's exit status
+  2    usage error
+  125  the sandbox could not start or the guest failed (the message says why)
+
+example: ifc run --policy policies/default.flow --workspace ~/repo -- sh -c 'git status && python3 -c "print(1)"'
+"""
+
+FAILED = 125
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a command in a microVM, workspace and network mediated",
+                       description=__doc__.split("\n\n", 1)[0].split(": ", 1)[1] + "\n\n" + __doc__.split("\n\n", 1)[1],
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _arguments(p)
+    p.set_defaults(func=run)
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", required=True, metavar="P", help="the .flow policy")
+    p.add_argument("--workspace", default=".", metavar="DIR", help="the directory the agent works on (default: .)")
+    p.add_argument("--run-dir", metavar="DIR", help="where the run's logs go (default: a new temporary directory)")
+    p.add_argument("--agent", metavar="NAME",
+                   help="whose grants apply (default: the policy's first agent; `none`: flows only)")
+    p.add_argument("--proxy", metavar="HOST:PORT",
+                   help="the egress proxy on the host; the guest reaches it (and nothing else) as 10.0.2.100:3128")
+    p.add_argument("--memory", type=int, default=1024, metavar="MiB", help="guest memory (default: 1024)")
+    p.add_argument("--accel", choices=("kvm", "tcg"), help="skip the KVM probe and use this accelerator")
+    p.add_argument("--boot-timeout", type=float, metavar="S",
+                   help="boot watchdog in seconds (default: 60 under TCG, 20 under KVM)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command to run in the guest")
+
+
+def _error(message: str, help: str | None = None, code: int = FAILED) -> int:
+    print(f"ifc run: error: {message}", file=sys.stderr)
+    if help:
+        print(f"  help: {help}", file=sys.stderr)
+    return code
+
+
+def _proxy(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"`{value}` is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ifc.policy import PolicyError, load_policy
+    from vmm.launch import LaunchError, RunSpec
+    from vmm.launch import run as launch
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        return _error("no command given", "ifc run --policy P -- CMD...", code=2)
+    workspace = Path(os.path.realpath(args.workspace))
+    if not workspace.is_dir():
+        return _error(f"workspace `{args.workspace}` is not a directory", code=2)
+    try:
+        proxy = _proxy(args.proxy)
+    except ValueError as exc:
+        return _error(str(exc), code=2)
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        return _error(f"`{args.policy}` does not compile: {exc.diagnostics[0].message}",
+                      f"run `ifc check {args.policy}`", code=2)
+    except OSError as exc:
+        return _error(f"cannot read `{args.policy}`: {(exc.strerror or str(exc)).lower()}", code=2)
+    if args.agent and args.agent != "none" and args.agent not in policy.agents:
+        return _error(f"no agent `{args.agent}` in {args.policy}", "agents: " + (", ".join(policy.agents) or "none"),
+                      code=2)
+    run_dir = Path(os.path.realpath(args.run_dir)) if args.run_dir else Path(tempfile.mkdtemp(prefix="ifc-run-"))
+    if run_dir == workspace or workspace in run_dir.parents:
+        return _error("the run directory must not be inside the workspace (the agent could rewrite its log)", code=2)
+    if os.geteuid() != 0:
+        return _error("`ifc run` needs root: it makes a mount namespace, a FUSE mount and runs virtiofsd",
+                      "run it with sudo")
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    spec = RunSpec(argv=command, workspace=workspace, run_dir=run_dir, policy=Path(args.policy).resolve(),
+                   agent=args.agent, proxy=proxy, memory_mb=args.memory, accel=args.accel,
+                   boot_timeout=args.boot_timeout)
+    try:
+        result = launch(spec)
+    except LaunchError as exc:
+        return _error(exc.message, exc.help)
+    except KeyboardInterrupt:
+        _summary(run_dir)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _summary(run_dir)
+    return result.status
+
+
+def _summary(run_dir: Path) -> None:
+    """One line per denial (at most ten) and the report command, on stderr."""
+    from ifc.monitor.events import open_readonly, read_events
+
+    db_path = run_dir / "events.db"
+    denials = []
+    if db_path.exists():
+        try:
+            db = open_readonly(db_path)
+            denials = [e for e in read_events(db) if not e.allowed]
+            db.close()
+        except Exception as exc:  # a log we cannot read must not hide the command's status
+            print(f"ifc run: cannot read {db_path}: {exc}", file=sys.stderr)
+    if denials:
+        print(f"ifc run: {len(denials)} denial(s):", file=sys.stderr)
+        for event in denials[:10]:
+            why = event.message or event.reason
+            print(f"  {event.op} `{event.target}` by {event.subject}: {why}", file=sys.stderr)
+        if len(denials) > 10:
+            print(f"  ... and {len(denials) - 10} more", file=sys.stderr)
+    else:
+        print("ifc run: no denials", file=sys.stderr)
+    print(f"ifc run: report: ifc report {run_dir}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ifc run", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _arguments(parser)
+    return int(run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""`ifc run` in a real microVM (TCG here): status and output come back, only the workspace is visible,
+writes land through FUSE, a denied read is EACCES in the guest and logged, no network, nothing survives
+`kill -9` of `ifc run`. One boot per test (~3-6 s under TCG)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = """\
+labels {
+  secrecy public < secret
+}
+files {
+  "**"    public
+  ".env*" secret
+}
+agent tester {
+  read "/src/", "/README.md"
+  write "/src/"
+  create "/src/"
+}
+"""
+
+pytestmark = pytest.mark.integration
+
+
+def _skip_reason() -> str | None:
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 is not installed"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if os.geteuid() != 0:
+        return "ifc run needs root"
+    return None
+
+
+if _skip_reason():
+    pytest.skip(_skip_reason(), allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def image_env(tmp_path_factory):
+    """A built guest image: the user's cache if it is current, else one built into a temporary cache."""
+    from vmm import image
+
+    env = dict(os.environ)
+    try:
+        image.current()
+    except image.ImageError:
+        cache = tmp_path_factory.mktemp("cache")
+        env["XDG_CACHE_HOME"] = str(cache)
+        proc = subprocess.run([sys.executable, "-m", "ifc.cli.vm", "build"], env=env, capture_output=True,
+                              text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot build the guest image: {proc.stderr.strip()[-200:]}")
+    return env
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "src" / "main.py").write_text("print('hello')\n")
+    (ws / "README.md").write_text("# demo\n")
+    (ws / ".env").write_text("API_KEY=sk-secret\n")
+    for path in [ws, *ws.rglob("*")]:
+        os.chown(path, 1000, 1000)
+    policy = tmp_path / "policy.flow"
+    policy.write_text(POLICY)
+    return ws, policy, tmp_path / "run"
+
+
+def ifc_run(env, ws, policy, run_dir, *cmd, **kwargs):
+    argv = [sys.executable, "-m", "ifc.cli.run", "--policy", str(policy), "--workspace", str(ws),
+            "--run-dir", str(run_dir), "--", *cmd]
+    return subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=120, **kwargs)
+
+
+def test_status_and_output_come_back(image_env, workspace):
+    ws, policy, run_dir = workspace
+    proc = ifc_run(image_env, ws, policy, run_dir, "sh", "-c", "echo hi; exit 3")
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "hi\n"
+    assert f"ifc report {run_dir}" in proc.stderr
+    for name in ("events.db", "policy.flow", "console.log", "control.log"):
+        assert (run_dir / name).exists(), name
+
+
+def test_only_the_workspace_is_visible_and_writes_land(image_env, workspace):
+    ws, policy, run_dir = workspace
+    script = ("id -u; test ! -e /root && echo no-root; test ! -e /etc/shadow && echo no-shadow; "
+              "ls /home; cat src/main.py; echo made > src/new.txt; pwd")
+    proc = ifc_run(image_env, ws, policy, run_dir, "sh", "-c", script)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert proc.stdout.split("\n") == ["1000", "no-root", "no-shadow", "agent", "print('hello')", "/workspace", ""]
+    assert (ws / "src" / "new.txt").read_text() == "made\n"
+    assert (ws / "src" / "new.txt").stat().st_uid == 1000
+
+
+def test_denied_read_is_eacces_and_logged(image_env, workspace):
+    ws, policy, run_dir = workspace
+    proc = ifc_run(image_env, ws, policy, run_dir, "sh", "-c", "cat .env; echo status=$?")
+    assert "Permission denied" in proc.stdout
+    assert "sk-secret" not in proc.stdout
+    assert "status=1" in proc.stdout
+    db = sqlite3.connect(run_dir / "events.db")
+    denied = db.execute("SELECT op, target FROM events WHERE allowed = 0").fetchall()
+    assert ("read", ".env") in denied, denied
+    assert "denial" in proc.stderr
+
+
+def test_no_network(image_env, workspace):
+    ws, policy, run_dir = workspace
+    nc = "/.ifc/busybox nc -w 3"
+    script = (f"{nc} 10.0.2.2 22 </dev/null; echo host=$?; {nc} 1.1.1.1 80 </dev/null; echo internet=$?; "
+              "wc -c </etc/resolv.conf")
+    proc = ifc_run(image_env, ws, policy, run_dir, "/.ifc/busybox", "sh", "-c", script)
+    assert "host=1" in proc.stdout and "internet=1" in proc.stdout, proc.stdout
+    assert proc.stdout.strip().endswith("0")  # no resolver configured
+
+
+def _leftovers(run_dir: Path) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(run_dir) in cmdline or ("ifc-vm-" in cmdline and "virtiofsd" in cmdline):
+            found.append(f"{pid}: {cmdline}")
+    found += [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(run_dir) in line]
+    return found
+
+
+def test_kill_9_leaves_nothing(image_env, workspace):
+    ws, policy, run_dir = workspace
+    argv = [sys.executable, "-m", "ifc.cli.run", "--policy", str(policy), "--workspace", str(ws),
+            "--run-dir", str(run_dir), "--", "sleep", "60"]
+    proc = subprocess.Popen(argv, env=image_env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while "ready" not in (run_dir / "control.log").read_text() if (run_dir / "control.log").exists() else True:
+        assert proc.poll() is None, "ifc run exited early"
+        assert time.monotonic() < deadline, "the guest did not become ready"
+        time.sleep(0.1)
+    assert _leftovers(run_dir), "the run's processes should be visible while it runs"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _leftovers(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _leftovers(run_dir) == []
+    assert (ws / "src" / "main.py").read_text() == "print('hello')\n"  # the backing directory is intact
+    assert not (run_dir / "vm" / "usr").is_mount()  # the /usr bind lived only in the run's mount namespace

@@ -1,0 +1,426 @@
+"""Launch one command in a microVM whose workspace is the host's mediated FUSE mount.
+
+What `run()` does, in order (each helper is a child that dies with this process, see `_die_with_parent`):
+
+1. **A private mount namespace** for this process (`unshare(CLONE_NEWNS)`, mounts made private): the FUSE
+   mount and the read-only bind of `/usr` exist only inside it, so when every process of the run is gone —
+   even after `kill -9` of `ifc run` — the kernel drops them; the host never sees a stale mount.
+2. **The FUSE daemon** (`python -m ifc.cli.mount`, the same Monitor / EventLog / LabelStore in the run dir)
+   serves the workspace at `RUN_DIR/mnt`.
+3. **Two virtiofsd**: one exports a read-only bind of the host's `/usr` (cache=always), one exports the FUSE
+   mount (cache=none: every open and attribute reaches the monitor's mount).
+4. **QEMU `microvm`**: KVM when a probe boot passed (cached per kernel, QEMU and host kernel), else TCG with
+   `tsc_early_khz`; the serial console goes to `RUN_DIR/console.log`, the command's stdio is a virtio
+   console on this process's stdin/stdout, a virtio-serial port `ifc.ctl` reports `booted`, `ready` and
+   `exit N` into `RUN_DIR/control.log`; the network is slirp with `restrict=on` and at most one forward
+   (`10.0.2.100:3128` → the egress proxy).
+5. **Watchdogs**: the guest must say `ready` within the boot timeout, and QEMU must exit within the shutdown
+   timeout after `exit N`; otherwise it is killed and `LaunchError` says where to look.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmm import image as vmimage
+
+QEMU = "qemu-system-x86_64"
+VIRTIOFSD_CANDIDATES = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
+PROXY_GUEST = ("10.0.2.100", 3128)
+PR_SET_PDEATHSIG = 1
+CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class LaunchError(Exception):
+    """The VM could not be started or did not finish; the message says why, `help` what to do."""
+
+    def __init__(self, message: str, help: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.help = help
+
+
+@dataclass
+class RunSpec:
+    argv: list[str]
+    workspace: Path
+    run_dir: Path
+    policy: Path
+    agent: str | None = None
+    proxy: tuple[str, int] | None = None
+    memory_mb: int = 1024
+    uid: int | None = None  # default: the workspace's owner, or 1000 when that is root
+    gid: int | None = None
+    boot_timeout: float | None = None  # default: 60 s under TCG, 20 s under KVM
+    shutdown_timeout: float = 15.0
+    accel: str | None = None  # kvm | tcg; default: probe (or $IFC_VM_ACCEL)
+    env: dict[str, str] = field(default_factory=dict)
+    notice: object = None  # callable(str) for one-line notices (default: stderr)
+
+
+@dataclass
+class RunResult:
+    status: int
+    accel: str
+    boot_seconds: float  # QEMU start to the guest's `ready`
+    total_seconds: float
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def _die_with_parent(parent: int):
+    """preexec_fn: SIGKILL this child when the process that started it dies (even by SIGKILL)."""
+
+    def setup() -> None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return setup
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise LaunchError(f"{what}: {os.strerror(err).lower()}",
+                          "`ifc run` needs root (a mount namespace, FUSE and virtiofsd)" if err == errno.EPERM
+                          else None)
+
+
+def private_mount_namespace() -> None:
+    """Move this process into its own mount namespace, with every mount private (no propagation out)."""
+    _check(_libc.unshare(CLONE_NEWNS), "cannot create a mount namespace")
+    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "cannot make mounts private")
+
+
+def bind_readonly(source: str, target: str) -> None:
+    _check(_libc.mount(source.encode(), target.encode(), None, MS_BIND | MS_REC, None), f"cannot bind {source}")
+    _check(_libc.mount(b"none", target.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None),
+           f"cannot make {target} read-only")
+
+
+def _umount(target: str) -> None:
+    _libc.umount2(target.encode(), MNT_DETACH)
+
+
+def host_mhz() -> int:
+    """The host's TSC frequency in MHz as /proc/cpuinfo states it (TCG's guest TSC runs at host speed)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 2000
+    match = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)
+    return int(float(match.group(1))) if match else 2000
+
+
+def find_virtiofsd() -> str:
+    for candidate in VIRTIOFSD_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("virtiofsd")
+    if found:
+        return found
+    raise LaunchError("virtiofsd is not installed", "install qemu-system-x86 (scripts/sysdeps.sh)")
+
+
+def qemu_missing() -> str | None:
+    """Why QEMU cannot be used here, or None."""
+    if shutil.which(QEMU) is None:
+        return f"`{QEMU}` is not installed"
+    try:
+        find_virtiofsd()
+    except LaunchError as exc:
+        return exc.message
+    return None
+
+
+def _qemu_version() -> str:
+    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout
+    return out.splitlines()[0] if out else "unknown"
+
+
+def _append(kernel_args: list[str], accel: str) -> str:
+    args = ["console=ttyS0", "quiet", "panic=-1", "reboot=t", "8250.nr_uarts=1", *kernel_args]
+    if accel == "tcg":
+        args.append(f"tsc_early_khz={host_mhz() * 1000}")
+    return " ".join(args)
+
+
+def _machine(accel: str, memory_mb: int) -> list[str]:
+    return [QEMU, "-M", "microvm,memory-backend=mem", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
+            "-m", f"{memory_mb}M", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-object", f"memory-backend-memfd,id=mem,size={memory_mb}M,share=on",
+            "-global", "virtio-mmio.force-legacy=false"]
+
+
+# ------------------------------------------------------------------------------------------ accelerator
+
+def choose_accel(img: vmimage.Image, requested: str | None = None, timeout: float = 8.0) -> tuple[str, str]:
+    """(accelerator, why). KVM only when a probe boot of this kernel reached the init under it."""
+    requested = requested or os.environ.get("IFC_VM_ACCEL") or None
+    if requested in ("kvm", "tcg"):
+        return requested, "requested"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "no usable /dev/kvm"
+    key = f"{img.kver}|{_qemu_version()}|{platform.release()}"
+    cache = vmimage.cache_root() / "accel.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = "kvm" if probe_kvm(img, timeout) else "tcg"
+        with contextlib.suppress(OSError):
+            cache.write_text(json.dumps(known, indent=2) + "\n")
+    if known[key] == "kvm":
+        return "kvm", "the probe boot passed"
+    return "tcg", "KVM did not pass the probe boot"
+
+
+def probe_kvm(img: vmimage.Image, timeout: float) -> bool:
+    """Boot the kernel under KVM to the init's first line; False on a hang, an abort or no marker."""
+    argv = [QEMU, "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "256M", "-nodefaults", "-no-user-config",
+            "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(img.kernel), "-initrd",
+            str(img.initrd), "-append", _append(["ifc.probe=1"], "kvm")]
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              preexec_fn=_die_with_parent(os.getpid()))
+    except subprocess.TimeoutExpired:
+        return False
+    return b"IFC-PROBE-OK" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------ the per-run initrd
+
+def _shell_assignments(values: dict[str, str]) -> str:
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
+
+
+def run_initrd(img: vmimage.Image, target: Path, settings: dict[str, str], env: dict[str, str],
+               argv: list[str]) -> None:
+    """The cached initrd with a second (uncompressed) cpio appended: /ifc/run, /ifc/env and /ifc/cmd."""
+    command = "cd /workspace || exit 125\nexec " + " ".join(shlex.quote(a) for a in argv) + "\n"
+    extra = vmimage.write_cpio([
+        ("ifc", stat.S_IFDIR | 0o755, None),
+        ("ifc/run", stat.S_IFREG | 0o644, "".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items())),
+        ("ifc/env", stat.S_IFREG | 0o644, _shell_assignments(env)),
+        ("ifc/cmd", stat.S_IFREG | 0o644, command),
+    ])
+    with open(target, "wb") as out, open(img.initrd, "rb") as base:
+        shutil.copyfileobj(base, out, 1 << 20)
+        out.write(b"\0" * (-out.tell() % 4))
+        out.write(extra)
+
+
+# ------------------------------------------------------------------------------------------ running
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None, what: str, log: Path | None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise LaunchError(f"{what}: the helper exited with status {proc.returncode}"
+                              + (f"; see {log}" if log else ""))
+        if time.monotonic() > deadline:
+            raise LaunchError(f"{what}: timed out after {timeout:.0f} s" + (f"; see {log}" if log else ""))
+        time.sleep(0.01)
+
+
+def _is_fuse_mount(path: str) -> bool:
+    from ifc.enforce.mount import is_stale, mounted_at
+
+    return (mounted_at(path) or "").startswith("fuse") and not is_stale(path)
+
+
+def _owner(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return (st.st_uid, st.st_gid) if st.st_uid != 0 else (1000, 1000)
+
+
+def guest_env(spec: RunSpec, tty: bool) -> dict[str, str]:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TERM": os.environ.get("TERM", "xterm")
+           if tty else "dumb", "PWD": "/workspace"}
+    if spec.proxy:
+        url = f"http://{PROXY_GUEST[0]}:{PROXY_GUEST[1]}"
+        env.update(HTTP_PROXY=url, HTTPS_PROXY=url, http_proxy=url, https_proxy=url, NO_PROXY="localhost,127.0.0.1",
+                   no_proxy="localhost,127.0.0.1")
+    env.update(spec.env)
+    return env
+
+
+def run(spec: RunSpec) -> RunResult:
+    """Boot, run `spec.argv` in the guest, shut down; the command's exit status. Cleans up on any exit."""
+    notice = spec.notice or (lambda line: print(line, file=sys.stderr, flush=True))
+    started = time.monotonic()
+    missing = qemu_missing()
+    if missing:
+        raise LaunchError(f"the microVM cannot start: {missing}", "install qemu-system-x86 (scripts/sysdeps.sh)")
+    try:
+        img = vmimage.current()
+    except vmimage.ImageError as exc:
+        raise LaunchError(exc.message, exc.help) from None
+    accel, why = choose_accel(img, spec.accel)
+    if accel == "kvm":
+        notice(f"ifc run: microVM on KVM ({why})")
+    else:
+        notice(f"ifc run: microVM on TCG, software emulation ({why}): boot ~3 s, CPU-bound work ~10x slower "
+               "than under KVM")
+    run_dir = spec.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    uid, gid = _owner(spec.workspace)
+    uid = spec.uid if spec.uid is not None else uid
+    gid = spec.gid if spec.gid is not None else gid
+    private_mount_namespace()
+
+    me = os.getpid()
+    helpers: list[subprocess.Popen] = []
+    mounts: list[str] = []
+    # sockets, the /usr bind and the per-run initrd: in the run dir unless its path is too long for a socket
+    sockdir = run_dir / "vm"
+    if len(str(sockdir / "usr.sock")) > 100:
+        sockdir = Path(tempfile.mkdtemp(prefix="ifc-vm-"))
+    else:
+        if os.path.ismount(sockdir / "usr"):
+            raise LaunchError(f"`{sockdir / 'usr'}` is still mounted", "use another run directory")
+        shutil.rmtree(sockdir, ignore_errors=True)
+        sockdir.mkdir()
+    qemu: subprocess.Popen | None = None
+    mnt = run_dir / "mnt"
+    try:
+        # 2. the FUSE daemon, in its own session (terminal signals go to `ifc run`, which stops it in order)
+        mnt.mkdir(exist_ok=True)
+        daemon_args = [sys.executable, "-m", "ifc.cli.mount", "--policy", str(spec.policy), "--run-dir", str(run_dir)]
+        if spec.agent:
+            daemon_args += ["--agent", spec.agent]
+        daemon_args += [str(spec.workspace), str(mnt)]
+        with open(run_dir / "mount.log", "ab") as log:
+            daemon = subprocess.Popen(daemon_args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                      start_new_session=True, preexec_fn=_die_with_parent(me))
+        helpers.append(daemon)
+        _wait_for(lambda: _is_fuse_mount(str(mnt)), 60, daemon, "the workspace mount", run_dir / "mount.log")
+        mounts.append(str(mnt))
+
+        # 3. /usr read-only, and a virtiofsd per share
+        usr = sockdir / "usr"
+        usr.mkdir()
+        mounts.append(str(usr))  # before binding: a half-made bind is unmounted too
+        bind_readonly("/usr", str(usr))
+        virtiofsd = find_virtiofsd()
+        shares = {"usr": (str(usr), "always"), "ws": (str(mnt), "none")}
+        with open(run_dir / "virtiofsd.log", "ab") as log:
+            for tag, (source, cache) in shares.items():
+                sock = sockdir / f"{tag}.sock"
+                proc = subprocess.Popen([virtiofsd, f"--socket-path={sock}", "-o", f"source={source}",
+                                         "-o", f"cache={cache}", "-o", "log_level=warn"],
+                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                        preexec_fn=_die_with_parent(me))
+                helpers.append(proc)
+                _wait_for(sock.exists, 10, proc, f"virtiofsd for `{tag}`", run_dir / "virtiofsd.log")
+
+        # 4. QEMU
+        tty = os.isatty(0) and os.isatty(1)
+        settings = {"IFC_UID": str(uid), "IFC_GID": str(gid), "IFC_TTY": "1" if tty else "0"}
+        initrd = sockdir / "initrd.img"
+        run_initrd(img, initrd, settings, guest_env(spec, tty), spec.argv)
+        control = run_dir / "control.log"
+        control.write_bytes(b"")
+        netdev = "user,id=net,restrict=on"
+        if spec.proxy:
+            netdev += f",guestfwd=tcp:{PROXY_GUEST[0]}:{PROXY_GUEST[1]}-tcp:{spec.proxy[0]}:{spec.proxy[1]}"
+        argv = [*_machine(accel, spec.memory_mb),
+                "-kernel", str(img.kernel), "-initrd", str(initrd), "-append", _append([], accel),
+                "-chardev", f"file,id=con,path={run_dir / 'console.log'}", "-serial", "chardev:con"]
+        for tag in shares:
+            argv += ["-chardev", f"socket,id={tag},path={sockdir / (tag + '.sock')}",
+                     "-device", f"vhost-user-fs-device,chardev={tag},tag={tag}"]
+        argv += ["-device", "virtio-serial-device",
+                 "-chardev", "stdio,id=io,signal=off", "-device", "virtconsole,chardev=io",
+                 "-chardev", f"file,id=ctl,path={control}", "-device", "virtserialport,chardev=ctl,name=ifc.ctl",
+                 "-netdev", netdev, "-device", "virtio-net-device,netdev=net"]
+        (run_dir / "qemu.argv").write_text(shlex.join(argv) + "\n")
+        with open(run_dir / "qemu.log", "ab") as log:
+            boot_start = time.monotonic()
+            qemu = subprocess.Popen(argv, stderr=log, preexec_fn=_die_with_parent(me))
+
+        # 5. watchdogs
+        boot_timeout = spec.boot_timeout or (20.0 if accel == "kvm" else 60.0)
+        status, boot_seconds = _supervise(qemu, control, boot_start, boot_timeout, spec.shutdown_timeout, run_dir)
+        return RunResult(status, accel, boot_seconds, time.monotonic() - started)
+    finally:
+        if qemu is not None and qemu.poll() is None:
+            qemu.kill()
+            qemu.wait()
+        for proc in reversed(helpers):  # virtiofsd exit with the VM; the FUSE daemon unmounts on SIGTERM
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in reversed(helpers):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for target in reversed(mounts):
+            _umount(target)
+        if not any(os.path.ismount(target) for target in mounts):  # never delete through a bind of /usr
+            shutil.rmtree(sockdir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            mnt.rmdir()
+
+
+def _control_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _supervise(qemu: subprocess.Popen, control: Path, boot_start: float, boot_timeout: float,
+               shutdown_timeout: float, run_dir: Path) -> tuple[int, float]:
+    ready_at: float | None = None
+    exit_at: float | None = None
+    status: int | None = None
+    where = f"see {run_dir / 'console.log'} and {run_dir / 'qemu.log'}"
+    while True:
+        returncode = qemu.poll()
+        lines = _control_lines(control)
+        for line in lines:
+            if line == "ready" and ready_at is None:
+                ready_at = time.monotonic()
+            elif line.startswith("exit ") and status is None:
+                status = int(line.split()[1])
+                exit_at = time.monotonic()
+            elif line.startswith("error "):
+                qemu.kill()
+                raise LaunchError(f"the guest failed to start: {line[6:]}", where)
+        if returncode is not None:
+            if status is None:
+                raise LaunchError(f"QEMU exited ({returncode}) before the command finished", where)
+            return status, (ready_at or exit_at or boot_start) - boot_start
+        now = time.monotonic()
+        if ready_at is None and now - boot_start > boot_timeout:
+            qemu.kill()
+            raise LaunchError(f"the guest did not boot within {boot_timeout:.0f} s (boot watchdog)", where)
+        if exit_at is not None and now - exit_at > shutdown_timeout:
+            qemu.kill()
+            qemu.wait()
+            return status, (ready_at or exit_at) - boot_start
+        time.sleep(0.01)
