@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ifc.errors import UserError
+
 FORMAT = 1  # bump when the initramfs layout changes: every cached image is rebuilt
 META_PACKAGE = "linux-image-cloud-amd64"
 MODULES = ("virtio_ring", "virtio", "virtio_mmio", "fuse", "virtiofs", "virtio_net", "virtio_console")
@@ -40,13 +42,8 @@ BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 Progress = Callable[[str], None]
 
 
-class ImageError(Exception):
+class ImageError(UserError):
     """The image cannot be built or found; the message says why, `help` what to do."""
-
-    def __init__(self, message: str, help: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.help = help
 
 
 @dataclass(frozen=True)

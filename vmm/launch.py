@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ifc.errors import UserError
 from vmm import image as vmimage
 
 QEMU = "qemu-system-x86_64"
@@ -51,13 +52,8 @@ MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class LaunchError(Exception):
+class LaunchError(UserError):
     """The VM could not be started or did not finish; the message says why, `help` what to do."""
-
-    def __init__(self, message: str, help: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.help = help
 
 
 @dataclass

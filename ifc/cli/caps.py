@@ -18,6 +18,7 @@ import caps
 from caps.clock import format_duration, format_time, parse_duration, parse_time
 from caps.keys import public_key_path
 from ifc.cli import ExitCode
+from ifc.cli.common import Usage, error
 
 EPILOG = """exit codes:
   0  success (token valid, request allowed)
@@ -27,18 +28,8 @@ EPILOG = """exit codes:
 MAX_TOKEN_INPUT = 1024 * 1024
 
 
-class _Usage(Exception):
-    def __init__(self, message: str, help: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.help = help
-
-
 def _error(message: str, help: str | None = None, code: int = ExitCode.USAGE) -> int:
-    print(f"ifc caps: error: {message}", file=sys.stderr)
-    if help:
-        print(f"  help: {help}", file=sys.stderr)
-    return code
+    return error("caps", message, help, code)
 
 
 def default_key_path() -> Path:
@@ -221,12 +212,12 @@ def _read_token(arg: str) -> str:
             with open(arg[1:], encoding="ascii", errors="replace") as handle:
                 text = handle.read(MAX_TOKEN_INPUT)
         except OSError as exc:
-            raise _Usage(f"cannot read token file `{arg[1:]}`: {(exc.strerror or 'error').lower()}") from None
+            raise Usage(f"cannot read token file `{arg[1:]}`: {(exc.strerror or 'error').lower()}") from None
     else:
         return arg.strip()
     text = text.strip()
     if not text:
-        raise _Usage(f"no token in {source}")
+        raise Usage(f"no token in {source}")
     return text
 
 
@@ -236,7 +227,7 @@ def _now(args: argparse.Namespace) -> float:
     try:
         return parse_time(args.now)
     except ValueError as exc:
-        raise _Usage(str(exc)) from None
+        raise Usage(str(exc)) from None
 
 
 def _seconds(text: str | None, flag: str) -> int | None:
@@ -245,9 +236,9 @@ def _seconds(text: str | None, flag: str) -> int | None:
     try:
         value = parse_duration(text)
     except ValueError as exc:
-        raise _Usage(f"{flag}: {exc}") from None
+        raise Usage(f"{flag}: {exc}") from None
     if value <= 0:
-        raise _Usage(f"{flag} must be longer than zero")
+        raise Usage(f"{flag} must be longer than zero")
     return value
 
 
@@ -257,7 +248,7 @@ def _time(text: str | None, flag: str) -> int | None:
     try:
         return int(parse_time(text))
     except ValueError as exc:
-        raise _Usage(f"{flag}: {exc}") from None
+        raise Usage(f"{flag}: {exc}") from None
 
 
 def _explicit_rights(args: argparse.Namespace) -> list[caps.Right]:
@@ -278,7 +269,7 @@ def _emit_token(token: str, out: str | None) -> None:
             os.fchmod(handle.fileno(), 0o600)
             handle.write(token + "\n")
     except OSError as exc:
-        raise _Usage(f"cannot write `{out}`: {(exc.strerror or 'error').lower()}") from None
+        raise Usage(f"cannot write `{out}`: {(exc.strerror or 'error').lower()}") from None
 
 
 def _guarded(run):
@@ -287,7 +278,7 @@ def _guarded(run):
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except _Usage as exc:
+        except Usage as exc:
             return _error(exc.message, exc.help)
         except caps.TokenError as exc:  # outside `verify`, a token that does not decode is bad input
             return _error(f"{exc.reason.value}: {exc.message}", exc.help)
@@ -309,24 +300,24 @@ def run_keygen(args: argparse.Namespace) -> int:
     try:
         secret, public = caps.write_key(path, key, force=args.force)
     except OSError as exc:
-        raise _Usage(f"cannot write key `{path}`: {(exc.strerror or 'error').lower()}") from None
+        raise Usage(f"cannot write key `{path}`: {(exc.strerror or 'error').lower()}") from None
     print(f"wrote host key {key.key_id.hex()} to {secret} (mode 0600) and {public}")
     return ExitCode.OK
 
 
 def _policy_rights(args: argparse.Namespace):
     if not args.grant:
-        raise _Usage("`--policy` needs `--grant AGENT`")
+        raise Usage("`--policy` needs `--grant AGENT`")
     try:
         from ifc.policy import PolicyError, load_policy
     except ImportError:
-        raise _Usage("policy support is not available in this installation") from None
+        raise Usage("policy support is not available in this installation") from None
     try:
         policy = load_policy(args.policy)
     except PolicyError as exc:
-        raise _Usage(f"policy `{args.policy}` does not compile: {exc}", help=f"run `ifc check {args.policy}`") from None
+        raise Usage(f"policy `{args.policy}` does not compile: {exc}", help=f"run `ifc check {args.policy}`") from None
     except OSError as exc:
-        raise _Usage(f"cannot read policy `{args.policy}`: {(exc.strerror or 'error').lower()}") from None
+        raise Usage(f"cannot read policy `{args.policy}`: {(exc.strerror or 'error').lower()}") from None
     agent = policy.agents.get(args.grant)
     if agent is None:
         names = sorted(policy.agents)
@@ -336,7 +327,7 @@ def _policy_rights(args: argparse.Namespace):
             if close
             else ("agents in this policy: " + ", ".join(f"`{n}`" for n in names) if names else "it declares no agent")
         )
-        raise _Usage(f"policy `{args.policy}` has no agent `{args.grant}`", help=help)
+        raise Usage(f"policy `{args.policy}` has no agent `{args.grant}`", help=help)
     return caps.rights_for_agent(agent)
 
 
@@ -345,25 +336,25 @@ def run_mint(args: argparse.Namespace) -> int:
     explicit = _explicit_rights(args)
     if args.policy:
         if explicit:
-            raise _Usage(
+            raise Usage(
                 "give `--policy/--grant` or explicit rights, not both",
                 help="attenuate the minted token to narrow it",
             )
         rights, delegable = _policy_rights(args)
     elif args.grant:
-        raise _Usage("`--grant` needs `--policy FILE`")
+        raise Usage("`--grant` needs `--policy FILE`")
     else:
         if not explicit:
-            raise _Usage("a token needs rights", help="pass `--policy FILE --grant AGENT` or e.g. `--read 'src/**'`")
+            raise Usage("a token needs rights", help="pass `--policy FILE --grant AGENT` or e.g. `--read 'src/**'`")
         rights, delegable = tuple(explicit), None
     if args.delegate is not None:
         delegable = tuple(caps.Right.parse(t) for t in args.delegate)
     if not args.audience:
-        raise _Usage("a token needs an audience", help="pass `--audience RUN` (the sandbox run id)")
+        raise Usage("a token needs an audience", help="pass `--audience RUN` (the sandbox run id)")
     ttl = _seconds(args.ttl, "--ttl")
     expires = _time(args.expires, "--expires")
     if ttl is None and expires is None:
-        raise _Usage("a token needs an expiry", help="pass `--ttl 1h` or `--expires TIME`")
+        raise Usage("a token needs an expiry", help="pass `--ttl 1h` or `--expires TIME`")
     host = caps.load_host_key(args.key or default_key_path())
     token = caps.mint(
         host,
@@ -505,11 +496,11 @@ def _verify_keys(args: argparse.Namespace) -> list[caps.PublicKey]:
 @_guarded
 def run_verify(args: argparse.Namespace) -> int:
     if (args.op is None) != (args.target is None):
-        raise _Usage("`--op` and `--target` go together")
+        raise Usage("`--op` and `--target` go together")
     if args.tag is not None and args.op != "declassify":
-        raise _Usage("`--tag` is only for `--op declassify`")
+        raise Usage("`--tag` is only for `--op declassify`")
     if args.op == "declassify" and args.tag is None:
-        raise _Usage("`--op declassify` needs `--tag TAG`")
+        raise Usage("`--op declassify` needs `--tag TAG`")
     token = _read_token(args.token)
     keys = _verify_keys(args)
     revocations = caps.RevocationList.load(args.revocations) if args.revocations else None
@@ -551,9 +542,9 @@ def run_revoke(args: argparse.Namespace) -> int:
         all_ids = caps.revocation_ids(_read_token(args.token))
         ids.append(all_ids[0] if args.family else all_ids[-1])
     elif args.family:
-        raise _Usage("`--family` needs a TOKEN")
+        raise Usage("`--family` needs a TOKEN")
     if not ids:
-        raise _Usage("nothing to revoke", help="pass a TOKEN or `--id ID`")
+        raise Usage("nothing to revoke", help="pass a TOKEN or `--id ID`")
     updated = caps.revoke_in_file(args.list, ids)
     if args.token is not None:
         scope = "every token minted with it" if args.family else "the token and everything derived from it"

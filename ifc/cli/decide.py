@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from ifc.cli import ExitCode
+from ifc.cli.common import Usage, error, load_policy_and_agent
 from ifc.monitor import Decision, EventLog, LabelStore, Monitor, Request
 from ifc.monitor.monitor import ALL_OPS, TWO_PATH_OPS
-from ifc.policy import PolicyError, load_policy
 
 STEP_OPS = (*ALL_OPS, "session")
 
@@ -48,22 +48,9 @@ def run(args: argparse.Namespace) -> int:
         if op not in STEP_OPS:
             return _usage(f"unknown operation `{op}`", "operations are " + ", ".join(STEP_OPS))
     try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        from ifc.cli.render import render_text
-
-        print(render_text(exc.diagnostics, {}), file=sys.stderr, end="")
-        return ExitCode.USAGE
-    except OSError as exc:
-        return _usage(f"cannot read `{args.policy}`: {exc.strerror or exc}")
-    agent = None
-    if args.agent and args.agent != "none":
-        agent = policy.agents.get(args.agent)
-        if agent is None:
-            return _usage(f"no agent `{args.agent}` in {args.policy}",
-                          "agents: " + (", ".join(policy.agents) or "none"))
-    elif args.agent is None and policy.agents_:
-        agent = policy.agents_[0]
+        policy, agent = load_policy_and_agent(args.policy, args.agent)
+    except Usage as exc:
+        return _usage(exc.message, exc.help)
     for name in args.holds:
         if name not in policy.capabilities:
             return _usage(f"no capability `{name}` in {args.policy}")
@@ -134,7 +121,4 @@ def _render(d: Decision) -> str:
 
 
 def _usage(message: str, help: str | None = None) -> int:
-    print(f"ifc decide: error: {message}", file=sys.stderr)
-    if help:
-        print(f"  help: {help}", file=sys.stderr)
-    return ExitCode.USAGE
+    return error("decide", message, help)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ifc.cli import ExitCode
+from ifc.cli.common import Usage, error, load_policy_and_agent
 
 EPILOG = """exit codes:
   0  unmounted cleanly (or, with --background, mounted)
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return _background(args, run_dir, mountpoint)
     try:
         monitor, token = _monitor(args, run_dir, source, mountpoint)
-    except _Usage as exc:
+    except Usage as exc:
         return _usage(exc.message, exc.help)
     from ifc.enforce.fs import EnforcingFS
     from ifc.enforce.identity import Identities
@@ -98,31 +99,10 @@ def run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-class _Usage(Exception):
-    def __init__(self, message: str, help: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.help = help
-
-
 def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: str):
     from ifc.monitor import EventLog, LabelStore, Monitor
-    from ifc.policy import PolicyError, load_policy
 
-    try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        raise _Usage(f"`{args.policy}` does not compile: {exc.diagnostics[0].message}",
-                     f"run `ifc check {args.policy}`") from None
-    except OSError as exc:
-        raise _Usage(f"cannot read `{args.policy}`: {(exc.strerror or str(exc)).lower()}") from None
-    agent = None
-    if args.agent and args.agent != "none":
-        agent = policy.agents.get(args.agent)
-        if agent is None:
-            raise _Usage(f"no agent `{args.agent}` in {args.policy}", "agents: " + (", ".join(policy.agents) or "none"))
-    elif args.agent is None and policy.agents_:
-        agent = policy.agents_[0]
+    policy, agent = load_policy_and_agent(args.policy, args.agent)
     token = _read_token(args.token) if args.token else None
     audience = args.audience or run_dir.name
     verifier = _verifier(args, audience, required=token is not None)
@@ -144,12 +124,12 @@ def _read_token(arg: str) -> str:
         try:
             text = Path(arg[1:]).read_text(encoding="ascii", errors="replace")
         except OSError as exc:
-            raise _Usage(f"cannot read token file `{arg[1:]}`: {(exc.strerror or 'error').lower()}") from None
+            raise Usage(f"cannot read token file `{arg[1:]}`: {(exc.strerror or 'error').lower()}") from None
     else:
         text = arg
     text = text.strip()
     if not text:
-        raise _Usage("the token is empty")
+        raise Usage("the token is empty")
     return text
 
 
@@ -166,13 +146,13 @@ def _verifier(args: argparse.Namespace, audience: str, required: bool):
         path = pub if pub.exists() else default
         if not path.exists():
             if required:
-                raise _Usage("a token was given but there is no host key to verify it",
+                raise Usage("a token was given but there is no host key to verify it",
                              "pass --key HOST.pub (made by `ifc caps keygen`)")
             return None
     try:
         key = caps.load_public_key(path)
     except caps.CapsError as exc:
-        raise _Usage(f"cannot load the host key `{path}`: {exc}") from None
+        raise Usage(f"cannot load the host key `{path}`: {exc}") from None
     return caps.Verifier([key], audience=audience)
 
 
@@ -204,10 +184,7 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
 
 
 def _usage(message: str, help: str | None = None) -> int:
-    print(f"ifc mount: error: {message}", file=sys.stderr)
-    if help:
-        print(f"  help: {help}", file=sys.stderr)
-    return ExitCode.USAGE
+    return error("mount", message, help)
 
 
 def main(argv: list[str] | None = None) -> int:

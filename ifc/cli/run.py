@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ifc.cli.common import Usage, error, load_policy_and_agent
+
 EPILOG = """exit codes:
   N    the command's exit status
   2    usage error
@@ -53,10 +55,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _error(message: str, help: str | None = None, code: int = FAILED) -> int:
-    print(f"ifc run: error: {message}", file=sys.stderr)
-    if help:
-        print(f"  help: {help}", file=sys.stderr)
-    return code
+    return error("run", message, help, code)
 
 
 def _proxy(value: str | None) -> tuple[str, int] | None:
@@ -69,7 +68,6 @@ def _proxy(value: str | None) -> tuple[str, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ifc.policy import PolicyError, load_policy
     from vmm.launch import LaunchError, RunSpec
     from vmm.launch import run as launch
 
@@ -84,15 +82,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _error(str(exc), code=2)
     try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        return _error(f"`{args.policy}` does not compile: {exc.diagnostics[0].message}",
-                      f"run `ifc check {args.policy}`", code=2)
-    except OSError as exc:
-        return _error(f"cannot read `{args.policy}`: {(exc.strerror or str(exc)).lower()}", code=2)
-    if args.agent and args.agent != "none" and args.agent not in policy.agents:
-        return _error(f"no agent `{args.agent}` in {args.policy}", "agents: " + (", ".join(policy.agents) or "none"),
-                      code=2)
+        load_policy_and_agent(args.policy, args.agent)  # fail before booting anything
+    except Usage as exc:
+        return _error(exc.message, exc.help, code=2)
     run_dir = Path(os.path.realpath(args.run_dir)) if args.run_dir else Path(tempfile.mkdtemp(prefix="ifc-run-"))
     if run_dir == workspace or workspace in run_dir.parents:
         return _error("the run directory must not be inside the workspace (the agent could rewrite its log)", code=2)

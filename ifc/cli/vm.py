@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ifc.cli import ExitCode
+    from ifc.cli.common import error
     from vmm import image
 
     if args.check:
@@ -49,10 +50,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         img = image.build(lambda line: print(f"ifc vm: {line}", flush=True), force=args.force)
     except image.ImageError as exc:
-        print(f"ifc vm: error: {exc.message}", file=sys.stderr)
-        if exc.help:
-            print(f"  help: {exc.help}", file=sys.stderr)
-        return ExitCode.USAGE
+        return error("vm", exc.message, exc.help)
     print(f"ifc vm: image {img.kver} ready in {img.directory}")
     return ExitCode.OK
 

@@ -26,19 +26,16 @@ import subprocess
 import warnings
 from dataclasses import dataclass, field
 
+from ifc.errors import UserError
+
 log = logging.getLogger("ifc.enforce.mount")
 
 BINDINGS = ("mfusepy3", "mfusepy2", "fusepy")
 DEFAULT_BINDING = "mfusepy3"
 
 
-class MountError(Exception):
+class MountError(UserError):
     """A mount that cannot be made or served; the message says why and what to do."""
-
-    def __init__(self, message: str, help: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.help = help
 
 
 @dataclass(frozen=True)

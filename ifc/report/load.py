@@ -16,6 +16,7 @@ import sqlite3
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ifc.errors import UserError
 from ifc.monitor.events import open_readonly, read_events
 from ifc.monitor.provenance import Hop, draw
 
@@ -23,12 +24,8 @@ EVENTS_DB = "events.db"
 POLICY_COPY = "policy.flow"
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """The run directory cannot be read; `message` is one line for `ifc report: error: ...`."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True)
