@@ -16,19 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+from fuse_support import POLICY, REAL_MOUNTS
 
 from ifc.enforce.fs import Backing, Denied, EnforcingFS
-from ifc.enforce.mount import Daemon, check_fuse_available, mounted_at
+from ifc.enforce.mount import Daemon, mounted_at
 from ifc.monitor.events import open_readonly, read_events
 
-ROOT = Path(__file__).resolve().parent.parent
-POLICY = ROOT / "policies" / "default.flow"
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0 or check_fuse_available() is not None,
-                       reason=f"needs root and FUSE ({check_fuse_available() or 'not root'})"),
-]
+pytestmark = REAL_MOUNTS
 
 
 def make_workspace(base: str) -> tuple[str, str]:

@@ -16,19 +16,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from fuse_support import FUSE, POLICY, REAL_MOUNTS
 
-from ifc.enforce.mount import Daemon, check_fuse_available
+from ifc.enforce.mount import Daemon
 
-ROOT = Path(__file__).resolve().parent.parent
-POLICY = ROOT / "policies" / "default.flow"
+pytestmark = REAL_MOUNTS
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0 or check_fuse_available() is not None,
-                       reason=f"needs root and FUSE ({check_fuse_available() or 'not root'})"),
-]
-
-FUSE = os.environ.get("IFC_TEST_FUSE", "mfusepy3")  # the binding under test: mfusepy3, mfusepy2 or fusepy
 GIT = ["git", "-c", "user.name=Agent", "-c", "user.email=agent@example.com", "-c", "init.defaultBranch=main",
        "-c", "advice.detachedHead=false"]
 
