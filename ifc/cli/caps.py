@@ -18,14 +18,13 @@ import caps
 from caps.clock import format_duration, format_time, parse_duration, parse_time
 from caps.keys import public_key_path
 from ifc.cli import ExitCode
-from ifc.cli.common import Usage, error
+from ifc.cli.common import Usage, error, read_token
 
 EPILOG = """exit codes:
   0  success (token valid, request allowed)
   1  token rejected or request denied (the reason code is printed, e.g. `expired`)
   2  usage error, unreadable key, token or policy file
 """
-MAX_TOKEN_INPUT = 1024 * 1024
 
 
 def _error(message: str, help: str | None = None, code: int = ExitCode.USAGE) -> int:
@@ -202,25 +201,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def _read_token(arg: str) -> str:
-    if arg == "-":
-        text = sys.stdin.read(MAX_TOKEN_INPUT)
-        source = "stdin"
-    elif arg.startswith("@"):
-        source = f"`{arg[1:]}`"
-        try:
-            with open(arg[1:], encoding="ascii", errors="replace") as handle:
-                text = handle.read(MAX_TOKEN_INPUT)
-        except OSError as exc:
-            raise Usage(f"cannot read token file `{arg[1:]}`: {(exc.strerror or 'error').lower()}") from None
-    else:
-        return arg.strip()
-    text = text.strip()
-    if not text:
-        raise Usage(f"no token in {source}")
-    return text
-
-
 def _now(args: argparse.Namespace) -> float:
     if getattr(args, "now", None) is None:
         return time.time()
@@ -372,7 +352,7 @@ def run_mint(args: argparse.Namespace) -> int:
 
 @_guarded
 def run_attenuate(args: argparse.Namespace) -> int:
-    token = _read_token(args.token)
+    token = read_token(args.token)
     explicit = _explicit_rights(args)
     token = caps.attenuate(
         token,
@@ -434,7 +414,7 @@ def _right_json(right: caps.Right) -> dict:
 
 @_guarded
 def run_inspect(args: argparse.Namespace) -> int:
-    info = caps.inspect(_read_token(args.token))
+    info = caps.inspect(read_token(args.token))
     now = _now(args)
     if args.format == "json":
         blocks = []
@@ -501,7 +481,7 @@ def run_verify(args: argparse.Namespace) -> int:
         raise Usage("`--tag` is only for `--op declassify`")
     if args.op == "declassify" and args.tag is None:
         raise Usage("`--op declassify` needs `--tag TAG`")
-    token = _read_token(args.token)
+    token = read_token(args.token)
     keys = _verify_keys(args)
     revocations = caps.RevocationList.load(args.revocations) if args.revocations else None
     verifier = caps.Verifier(keys, audience=args.audience, revocations=revocations, cache_size=1, memo_size=1)
@@ -539,7 +519,7 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_revoke(args: argparse.Namespace) -> int:
     ids = list(args.id)
     if args.token is not None:
-        all_ids = caps.revocation_ids(_read_token(args.token))
+        all_ids = caps.revocation_ids(read_token(args.token))
         ids.append(all_ids[0] if args.family else all_ids[-1])
     elif args.family:
         raise Usage("`--family` needs a TOKEN")

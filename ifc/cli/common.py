@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ifc.errors import UserError
 
@@ -37,3 +38,51 @@ def load_policy_and_agent(path: str, agent_name: str | None):
     if agent is None:
         raise Usage(f"no agent `{agent_name}` in {path}", "agents: " + (", ".join(policy.agents) or "none"))
     return policy, agent
+
+
+MAX_TOKEN_INPUT = 1 << 20  # a token read from stdin or a file; far above any real token
+
+
+def read_token(arg: str) -> str:
+    """A token from argv, `-` (stdin) or `@FILE`, so it need not sit in shell history."""
+    if arg == "-":
+        text = sys.stdin.read(MAX_TOKEN_INPUT)
+        source = "stdin"
+    elif arg.startswith("@"):
+        source = f"`{arg[1:]}`"
+        try:
+            with open(arg[1:], encoding="ascii", errors="replace") as handle:
+                text = handle.read(MAX_TOKEN_INPUT)
+        except OSError as exc:
+            raise Usage(f"cannot read token file `{arg[1:]}`: {(exc.strerror or 'error').lower()}") from None
+    else:
+        text, source = arg, "the argument"
+    text = text.strip()
+    if not text:
+        raise Usage(f"no token in {source}")
+    return text
+
+
+def token_verifier(key: str | None, audience: str, required: bool):
+    """A verifier for `audience` with the host public key `key` (default: `ifc caps`'s key), or None when
+    there is no key and no token needs one."""
+    import caps
+    from caps.keys import public_key_path
+    from ifc.cli.caps import default_key_path
+
+    if key:
+        path = Path(key)
+    else:
+        default = default_key_path()
+        pub = public_key_path(default)
+        path = pub if pub.exists() else default
+        if not path.exists():
+            if required:
+                raise Usage("a token was given but there is no host key to verify it",
+                             "pass --key HOST.pub (made by `ifc caps keygen`)")
+            return None
+    try:
+        public = caps.load_public_key(path)
+    except caps.CapsError as exc:
+        raise Usage(f"cannot load the host key `{path}`: {exc}") from None
+    return caps.Verifier([public], audience=audience)

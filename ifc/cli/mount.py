@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from ifc.cli import ExitCode
-from ifc.cli.common import Usage, error, load_policy_and_agent
+from ifc.cli.common import Usage, error, load_policy_and_agent, read_token, token_verifier
 
 EPILOG = """exit codes:
   0  unmounted cleanly (or, with --background, mounted)
@@ -103,9 +103,9 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
     from ifc.monitor import EventLog, LabelStore, Monitor
 
     policy, agent = load_policy_and_agent(args.policy, args.agent)
-    token = _read_token(args.token) if args.token else None
+    token = read_token(args.token) if args.token else None
     audience = args.audience or run_dir.name
-    verifier = _verifier(args, audience, required=token is not None)
+    verifier = token_verifier(args.key, audience, required=token is not None)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = EventLog(run_dir / "events.db")
     log.set_meta(policy=args.policy, policy_digest=policy.digest, agent=agent.name if agent else "",
@@ -115,45 +115,6 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
     monitor = Monitor(policy, agent=agent, verifier=verifier, labels=LabelStore(run_dir / "labels.db"),
                       log=log, policy_path=args.policy, audience=audience)
     return monitor, token
-
-
-def _read_token(arg: str) -> str:
-    if arg == "-":
-        text = sys.stdin.read(1 << 20)
-    elif arg.startswith("@"):
-        try:
-            text = Path(arg[1:]).read_text(encoding="ascii", errors="replace")
-        except OSError as exc:
-            raise Usage(f"cannot read token file `{arg[1:]}`: {(exc.strerror or 'error').lower()}") from None
-    else:
-        text = arg
-    text = text.strip()
-    if not text:
-        raise Usage("the token is empty")
-    return text
-
-
-def _verifier(args: argparse.Namespace, audience: str, required: bool):
-    import caps
-    from caps.keys import public_key_path
-    from ifc.cli.caps import default_key_path
-
-    if args.key:
-        path = Path(args.key)
-    else:
-        default = default_key_path()
-        pub = public_key_path(default)
-        path = pub if pub.exists() else default
-        if not path.exists():
-            if required:
-                raise Usage("a token was given but there is no host key to verify it",
-                             "pass --key HOST.pub (made by `ifc caps keygen`)")
-            return None
-    try:
-        key = caps.load_public_key(path)
-    except caps.CapsError as exc:
-        raise Usage(f"cannot load the host key `{path}`: {exc}") from None
-    return caps.Verifier([key], audience=audience)
 
 
 def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int:

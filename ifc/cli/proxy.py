@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from ifc.cli import ExitCode
+from ifc.cli.common import Usage, error, load_policy_and_agent, read_token, token_verifier
 
 EPILOG = """exit codes:
   0  stopped cleanly
@@ -53,24 +54,14 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", "-v", action="store_true", help="log every refusal to stderr")
 
 
-class _Usage(Exception):
-    def __init__(self, message: str, help: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.help = help
-
-
 def _usage(message: str, help: str | None = None) -> int:
-    print(f"ifc proxy: error: {message}", file=sys.stderr)
-    if help:
-        print(f"  help: {help}", file=sys.stderr)
-    return ExitCode.USAGE
+    return error("proxy", message, help)
 
 
 def _address(text: str, flag: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise _Usage(f"{flag} wants HOST:PORT, not `{text}`")
+        raise Usage(f"{flag} wants HOST:PORT, not `{text}`")
     return host.strip("[]"), int(port)
 
 
@@ -81,7 +72,7 @@ def _hosts(path: str) -> dict[str, list[str]]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise _Usage(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
+        raise Usage(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
     for n, line in enumerate(lines, 1):
         words = line.split("#", 1)[0].split()
         if not words:
@@ -89,46 +80,27 @@ def _hosts(path: str) -> dict[str, list[str]]:
         try:
             addresses = [str(ipaddress.ip_address(w)) for w in words[1:]]
         except ValueError:
-            raise _Usage(f"{path}:{n}: not `NAME ADDRESS...`") from None
+            raise Usage(f"{path}:{n}: not `NAME ADDRESS...`") from None
         if not addresses:
-            raise _Usage(f"{path}:{n}: `{words[0]}` has no address")
+            raise Usage(f"{path}:{n}: `{words[0]}` has no address")
         table[words[0].lower()] = addresses
     return table
 
 
 def _build(args: argparse.Namespace, run_dir: Path):
-    from ifc.cli.mount import _read_token, _verifier
-    from ifc.cli.mount import _Usage as MountUsage
     from ifc.enforce.egress import Egress, static_resolver, system_resolver
     from ifc.enforce.secrets import SecretError, Vault
     from ifc.monitor import EventLog, Monitor
     from ifc.monitor.labelstore import LabelStore
-    from ifc.policy import PolicyError, load_policy
 
-    try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        raise _Usage(f"`{args.policy}` does not compile: {exc.diagnostics[0].message}",
-                     f"run `ifc check {args.policy}`") from None
-    except OSError as exc:
-        raise _Usage(f"cannot read `{args.policy}`: {(exc.strerror or str(exc)).lower()}") from None
-    agent = None
-    if args.agent and args.agent != "none":
-        agent = policy.agents.get(args.agent)
-        if agent is None:
-            raise _Usage(f"no agent `{args.agent}` in {args.policy}", "agents: " + (", ".join(policy.agents) or "none"))
-    elif args.agent is None and policy.agents_:
-        agent = policy.agents_[0]
+    policy, agent = load_policy_and_agent(args.policy, args.agent)
     audience = args.audience or run_dir.name
-    try:
-        token = _read_token(args.token) if args.token else None
-        verifier = _verifier(args, audience, required=token is not None)
-    except MountUsage as exc:
-        raise _Usage(exc.message, exc.help) from None
+    token = read_token(args.token) if args.token else None
+    verifier = token_verifier(args.key, audience, required=token is not None)
     try:
         vault = Vault.from_policy(policy)
     except SecretError as exc:
-        raise _Usage(str(exc), "the proxy holds the real values: set them in its environment") from None
+        raise Usage(str(exc), "the proxy holds the real values: set them in its environment") from None
     resolver = static_resolver(_hosts(args.hosts), system_resolver) if args.hosts else system_resolver
     run_dir.mkdir(parents=True, exist_ok=True)
     log = EventLog(run_dir / "events.db")
@@ -177,10 +149,10 @@ def run(args: argparse.Namespace) -> int:
         dns = _address(args.dns, "--dns") if args.dns else None
         smtp = _address(args.smtp, "--smtp") if args.smtp else None
         if smtp and not (args.smtp_relay or "").startswith("smtp://"):
-            raise _Usage("--smtp needs --smtp-relay smtp://host:port")
+            raise Usage("--smtp needs --smtp-relay smtp://host:port")
         run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="ifc-proxy-"))
         egress = _build(args, run_dir)
-    except _Usage as exc:
+    except Usage as exc:
         return _usage(exc.message, exc.help)
     bound: dict[str, tuple[str, int]] = {}
 

@@ -190,11 +190,11 @@ class DnsStub:
                     break
                 writer.write(struct.pack("!H", len(out)) + out)
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
     async def close(self) -> None:

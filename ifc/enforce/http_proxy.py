@@ -21,7 +21,11 @@ import base64
 import binascii
 import contextlib
 import logging
+import os
 import re
+import select
+import socket
+import threading
 from dataclasses import dataclass, field
 
 from ifc.enforce.egress import Client, Egress, Verdict, connect_checked
@@ -248,9 +252,10 @@ def sni_from_client_hello(data: bytes) -> tuple[str | None, int]:
 # ------------------------------------------------------------------------------------------ the server
 
 class HttpProxy:
-    def __init__(self, egress: Egress, limits: Limits = Limits()):
+    def __init__(self, egress: Egress, limits: Limits = Limits(), splice: bool = True):
         self.egress = egress
         self.limits = limits
+        self.splice = splice  # tunnels nobody inspects are pumped by the kernel (splice(2)) in a thread each
         self._slots = asyncio.Semaphore(limits.max_connections)
         self.server: asyncio.AbstractServer | None = None
 
@@ -280,7 +285,7 @@ class HttpProxy:
                     first = False
                     if not keep:
                         break
-            except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
                 pass
             except Exception:
                 log.exception("internal error in the proxy")
@@ -288,7 +293,7 @@ class HttpProxy:
                 for _r, up_writer in upstreams.values():
                     up_writer.close()
                 writer.close()
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await writer.wait_closed()
 
     async def _read_head(self, reader: asyncio.StreamReader, first: bool) -> bytes | None:
@@ -449,7 +454,7 @@ class HttpProxy:
                     if problem is not None:
                         await self._deny(writer, problem, close=True, version=req.version)
                         return False
-                keep, keep_up = await self._relay_response(req, up_reader, writer, keep_client)
+                keep, keep_up = await self._relay_response(req, up_reader, writer, keep_client, up_writer)
                 return keep
             except _Stale:
                 if reused and body is not None:
@@ -493,7 +498,8 @@ class HttpProxy:
             await asyncio.wait_for(up_writer.drain(), self.limits.io_timeout)
         return None
 
-    async def _relay_response(self, req: ProxyRequest, up_reader, writer, keep_client: bool) -> tuple[bool, bool]:
+    async def _relay_response(self, req: ProxyRequest, up_reader, writer, keep_client: bool,
+                              up_writer=None) -> tuple[bool, bool]:
         """Forward one response; (keep the client connection, keep the upstream connection)."""
         limits = self.limits
         vault = self.egress.vault
@@ -543,6 +549,20 @@ class HttpProxy:
             await self._relay_chunked(up_reader, writer, scrub)
         elif "content-length" in low:
             left = int(low["content-length"]) if low["content-length"].isdigit() else 0
+            if not vault and self.splice and up_writer is not None and left > 1 << 20 and hasattr(os, "splice"):
+                # nothing to scrub: the kernel moves the body (the upstream connection is not reused after)
+                up_writer.transport.pause_reading()  # first: nothing more may land in the reader's buffer
+                buffered = bytes(up_reader._buffer[:left])  # type: ignore[attr-defined]
+                del up_reader._buffer[:len(buffered)]  # type: ignore[attr-defined]
+                writer.write(buffered)
+                await asyncio.wait_for(writer.drain(), limits.io_timeout)
+                left -= len(buffered)
+                src, dst = up_writer.get_extra_info("socket").fileno(), writer.get_extra_info("socket").fileno()
+                moved = await asyncio.to_thread(_pump_count, src, dst, left)
+                keep_up = False
+                if moved < left:
+                    raise ConnectionError("the body was cut short")
+                left = 0
             while left > 0:
                 chunk = await asyncio.wait_for(up_reader.read(min(left, 1 << 20)), limits.io_timeout)
                 if not chunk:
@@ -633,6 +653,8 @@ class HttpProxy:
             if raw and self.egress.vault:
                 await asyncio.gather(self._pipe(reader, up_writer, client, verdict.endpoint),
                                      self._pipe(up_reader, writer))
+            elif self.splice and hasattr(os, "splice"):
+                await _splice_tunnel(reader, writer, up_reader, up_writer)
             else:
                 await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
         finally:
@@ -692,3 +714,115 @@ def _is_ip(host: str) -> bool:
     from ifc.enforce.egress import is_ip_literal
 
     return is_ip_literal(host)
+
+
+TUNNEL_IDLE = 300.0  # seconds a tunnel may sit silent in both directions
+
+
+async def _splice_tunnel(reader, writer, up_reader, up_writer) -> None:
+    """Hand a checked tunnel to the kernel: asyncio stops reading both sockets, the bytes it already holds go
+    first, then one thread per direction moves data with splice(2) through a pipe, never into Python."""
+    await writer.drain()
+    await up_writer.drain()
+    writer.transport.pause_reading()
+    up_writer.transport.pause_reading()
+    pending = [bytes(reader._buffer), bytes(up_reader._buffer)]  # type: ignore[attr-defined]
+    reader._buffer.clear()  # type: ignore[attr-defined]
+    up_reader._buffer.clear()  # type: ignore[attr-defined]
+    a = os.dup(writer.get_extra_info("socket").fileno())
+    b = os.dup(up_writer.get_extra_info("socket").fileno())
+    loop = asyncio.get_running_loop()
+    done = [loop.create_future(), loop.create_future()]
+
+    def run(src: int, dst: int, first: bytes, future) -> None:
+        try:
+            _pump(src, dst, first)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
+
+    try:
+        for args in ((a, b, pending[0], done[0]), (b, a, pending[1], done[1])):
+            threading.Thread(target=run, args=args, name="ifc-tunnel", daemon=True).start()
+        await asyncio.gather(*done)
+    finally:
+        os.close(a)
+        os.close(b)
+
+
+def _pump(src: int, dst: int, first: bytes) -> None:
+    os.set_blocking(dst, True)
+    if first:
+        with socket.socket(fileno=os.dup(dst)) as out:
+            out.sendall(first)
+    r, w = os.pipe()
+    try:
+        with contextlib.suppress(OSError):
+            import fcntl
+
+            fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
+        while True:
+            ready, _, _ = select.select([src], [], [], TUNNEL_IDLE)
+            if not ready:
+                break
+            try:
+                n = os.splice(src, w, 1 << 20, flags=getattr(os, "SPLICE_F_NONBLOCK", 2))
+            except BlockingIOError:
+                continue
+            if n == 0:
+                break
+            while n:
+                n -= os.splice(r, dst, n)
+    finally:
+        os.close(r)
+        os.close(w)
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(dst)) as out:
+            out.shutdown(socket.SHUT_WR)
+
+
+def _pump_count(src: int, dst: int, count: int) -> int:
+    """Move exactly `count` bytes src → dst with splice(2), leaving both (non-blocking) sockets as they were."""
+    import fcntl
+
+    r, w = os.pipe()
+    moved = inpipe = 0
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
+        capacity = fcntl.fcntl(w, 1032)  # F_GETPIPE_SZ
+        nonblock = getattr(os, "SPLICE_F_NONBLOCK", 2)
+        poller = select.poll()
+        while count > 0 or inpipe:
+            want_read = count > 0 and inpipe < capacity
+            poller.register(src, select.POLLIN if want_read else 0)
+            poller.register(dst, select.POLLOUT if inpipe else 0)
+            events = dict(poller.poll(TUNNEL_IDLE * 1000))
+            poller.unregister(src)
+            poller.unregister(dst)
+            if not events:
+                break
+            if events.get(dst, 0) & (select.POLLHUP | select.POLLERR):
+                raise ConnectionError("the client went away")
+            if want_read and events.get(src):
+                try:
+                    n = os.splice(src, w, min(count, capacity - inpipe), flags=nonblock)
+                except BlockingIOError:
+                    n = -1
+                if n == 0:
+                    count = 0  # the upstream closed early: deliver what is in the pipe, then stop
+                elif n > 0:
+                    count -= n
+                    inpipe += n
+            if inpipe and events.get(dst):
+                try:
+                    m = os.splice(r, dst, inpipe, flags=nonblock)
+                except BlockingIOError:
+                    m = 0
+                inpipe -= m
+                moved += m
+    finally:
+        os.close(r)
+        os.close(w)
+    return moved

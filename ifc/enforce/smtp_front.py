@@ -145,13 +145,13 @@ class SmtpFront:
                 else:
                     await reply("500 5.5.2 command not recognised")
             await reply("421 4.7.0 too many commands")
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, asyncio.CancelledError):
             pass
         except Exception:
             log.exception("internal error in the SMTP front")
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
     async def _auth(self, arg: str, client: Client, reader, reply) -> Client:

@@ -1,0 +1,164 @@
+"""Secrets: the sandbox holds a sentinel; the proxy swaps in the real value for bound endpoints only, refuses a
+sentinel headed elsewhere, and masks the real value in responses."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from ifc.enforce.egress import BackgroundLoop, Egress, static_resolver
+from ifc.enforce.http_proxy import HttpProxy
+from ifc.enforce.secrets import SENTINEL_PREFIX, SecretError, StreamScrubber, Vault, load_value
+from ifc.monitor import EventLog, Monitor
+from ifc.policy import compile_text
+
+pytestmark = pytest.mark.integration
+
+REAL = "sk-real-0123456789abcdef"
+
+POLICY = """
+labels {
+  secrecy public < internal < secret
+}
+files { "**" internal }
+endpoints {
+  "http://api.test:{A}", "http://other.test:{A}"  clearance internal as web, external
+  "http://127.0.0.1:{A}"  clearance internal
+}
+secret API_KEY from env "IFC_TEST_API_KEY" to "http://api.test:{A}"
+"""
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def handle(self):
+        with contextlib.suppress(ConnectionError):  # the proxy cut a refused upload short
+            super().handle()
+
+    def _reply(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode() if length else ""
+        Echo.seen.append({"path": self.path, "headers": dict(self.headers.items()), "body": body})
+        out = json.dumps(Echo.seen[-1]).encode()
+        self.send_response(200)
+        if self.path.startswith("/chunked"):
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("X-Echo", self.headers.get("Authorization", ""))
+            self.end_headers()
+            for i in range(0, len(out), 7):  # small chunks: the value straddles chunk boundaries
+                self.wfile.write(f"{len(out[i:i + 7]):x}\r\n".encode() + out[i:i + 7] + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        self.send_header("Content-Length", str(len(out)))
+        self.send_header("X-Echo", self.headers.get("Authorization", ""))
+        self.end_headers()
+        self.wfile.write(out)
+
+    do_GET = do_POST = _reply
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    a = server.server_address[1]
+    policy = compile_text(POLICY.replace("{A}", str(a))).policy
+    log = EventLog(tmp_path_factory.mktemp("secrets") / "events.db")
+    monitor = Monitor(policy, log=log)
+    vault = Vault.from_policy(policy, values={"API_KEY": REAL})
+    egress = Egress(monitor, resolver=static_resolver({"api.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}),
+                    vault=vault)
+    bg = BackgroundLoop()
+    proxy = HttpProxy(egress)
+    _, port = bg.run(proxy.start())
+    yield dict(a=a, proxy=f"http://127.0.0.1:{port}", sentinel=vault.sandbox_env()["API_KEY"], log=log)
+    bg.run(proxy.close())
+    bg.stop()
+    server.shutdown()
+
+
+def curl(world, *args):
+    return subprocess.run(["curl", "-sS", "-i", "--max-time", "10", "-x", world["proxy"], *args],
+                          capture_output=True, text=True, timeout=20)
+
+
+def test_the_sandbox_sees_a_sentinel(world):
+    assert world["sentinel"].startswith(SENTINEL_PREFIX) and REAL not in world["sentinel"]
+
+
+def test_swapped_in_headers_for_the_bound_host_and_scrubbed_on_the_way_back(world):
+    Echo.seen.clear()
+    out = curl(world, "-H", f"Authorization: Bearer {world['sentinel']}", f"http://api.test:{world['a']}/v1")
+    assert " 200 " in out.stdout.splitlines()[0]
+    assert Echo.seen[-1]["headers"]["Authorization"] == f"Bearer {REAL}", "the real server got the real value"
+    assert REAL not in out.stdout and "*" * len(REAL) in out.stdout, "the echoed value is masked"
+
+
+def test_swapped_in_bodies_with_content_length_fixed(world):
+    Echo.seen.clear()
+    body = json.dumps({"key": world["sentinel"], "q": "x"})
+    out = curl(world, "-H", "Content-Type: application/json", "-d", body, f"http://api.test:{world['a']}/v1")
+    assert " 200 " in out.stdout.splitlines()[0]
+    assert json.loads(Echo.seen[-1]["body"]) == {"key": REAL, "q": "x"}
+
+
+def test_scrubbed_across_chunk_boundaries(world):
+    out = curl(world, "-H", f"Authorization: Bearer {world['sentinel']}", f"http://api.test:{world['a']}/chunked")
+    assert REAL not in out.stdout and "*" * len(REAL) in out.stdout
+
+
+@pytest.mark.parametrize("how", ["header", "body", "query"])
+def test_a_sentinel_headed_elsewhere_is_blocked_and_reported(world, how):
+    Echo.seen.clear()
+    url = f"http://other.test:{world['a']}/collect"
+    args = {"header": ["-H", f"X-Key: {world['sentinel']}", url], "body": ["-d", f"k={world['sentinel']}", url],
+            "query": [f"{url}?k={world['sentinel']}"]}[how]
+    out = curl(world, *args)
+    assert " 403 " in out.stdout.splitlines()[0]
+    assert "secret `API_KEY` is headed for http://other.test" in out.stdout
+    assert Echo.seen == [], "nothing reached the other host"
+    world["log"].flush()
+    assert any(e.op == "send" and e.target.startswith("API_KEY@http://other.test") for e in world["log"].events("deny"))
+
+
+def test_a_sentinel_in_a_large_body_is_blocked(world, tmp_path):
+    Echo.seen.clear()
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (2 << 20) + world["sentinel"].encode() + b"y" * 100)
+    out = curl(world, "--data-binary", f"@{big}", f"http://other.test:{world['a']}/collect")
+    assert "HTTP/1.1 403 " in out.stdout and "too large to check in memory" in out.stdout
+    assert all(world["sentinel"] not in seen["body"] for seen in Echo.seen)
+
+
+def test_loading_values(monkeypatch, tmp_path):
+    monkeypatch.setenv("IFC_TEST_SECRET", "from-env")
+    assert load_value("env", "IFC_TEST_SECRET", "K") == b"from-env"
+    (tmp_path / "k").write_text("from-file\n")
+    assert load_value("file", str(tmp_path / "k"), "K") == b"from-file"
+    assert load_value("command", f"{sys.executable} -c 'print(123)'", "K") == b"123"
+    monkeypatch.delenv("IFC_TEST_SECRET")
+    with pytest.raises(SecretError, match="not set"):
+        load_value("env", "IFC_TEST_SECRET", "K")
+    assert os.environ.get("IFC_TEST_SECRET") is None
+
+
+def test_stream_scrubber_splits_anywhere():
+    vault = Vault.from_policy(compile_text(POLICY.replace("{A}", "1")).policy, values={"API_KEY": REAL})
+    data = (b"abc" + REAL.encode() + b"def") * 3
+    for step in (1, 2, 5, 7, 100):
+        s = StreamScrubber(vault)
+        out = b"".join(s.feed(data[i:i + step]) for i in range(0, len(data), step)) + s.flush()
+        assert out == data.replace(REAL.encode(), b"*" * len(REAL))
