@@ -165,3 +165,44 @@ def test_kill_9_leaves_nothing(image_env, workspace):
     assert _leftovers(run_dir) == []
     assert (ws / "src" / "main.py").read_text() == "print('hello')\n"  # the backing directory is intact
     assert not (run_dir / "vm" / "usr").is_mount()  # the /usr bind lived only in the run's mount namespace
+
+
+def test_a_file_read_in_the_guest_taints_what_may_leave_through_the_egress_hook(image_env, tmp_path):
+    """The whole story in a real VM: the guest reaches an allowed web server through the hook; after it reads
+    `.env` (through the FUSE mount) the same request is refused, because one monitor sees both exits."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "notes.md").write_text("hello\n")
+    (ws / ".env").write_text("API_KEY=sk-secret\n")
+    for path in [ws, *ws.rglob("*")]:
+        os.chown(path, 1000, 1000)
+    policy = tmp_path / "policy.flow"
+    policy.write_text(f"""\
+labels {{ secrecy public < internal < secret }}
+files {{
+  "**"    internal
+  ".env*" secret
+}}
+endpoints {{ "http://127.0.0.1:{port}" clearance internal returns trusted as web }}
+deny secret -> web "secrets never leave the sandbox"
+""")
+    run_dir = tmp_path / "run"
+    fetch = f"curl -s --noproxy '' -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/"
+    script = f"before=$({fetch}); cat .env >/dev/null; after=$({fetch}); echo $before $after"
+    argv = [sys.executable, "-m", "ifc.cli.run", "--policy", str(policy), "--workspace", str(ws), "--agent", "none",
+            "--run-dir", str(run_dir), "--egress", "--", "sh", "-c", script]
+    try:
+        proc = subprocess.run(argv, env=image_env, cwd=ROOT, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=120)
+    finally:
+        server.shutdown()
+    assert proc.stdout.split() == ["200", "403"], proc.stdout + proc.stderr
+    db = sqlite3.connect(run_dir / "events.db")
+    denied = db.execute("SELECT op, target, rule, path FROM events WHERE kind = 'deny'").fetchall()
+    assert any(op == "connect" and "deny secret -> web" in rule and ".env" in path for op, _, rule, path in denied)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import json
 import os
@@ -64,6 +65,7 @@ class RunSpec:
     policy: Path
     agent: str | None = None
     proxy: tuple[str, int] | None = None
+    egress: bool = False  # serve the egress hook from the FUSE daemon: one monitor for files and network
     memory_mb: int = 1024
     uid: int | None = None  # default: the workspace's owner, or 1000 when that is root
     gid: int | None = None
@@ -247,6 +249,14 @@ def _is_fuse_mount(path: str) -> bool:
     return (mounted_at(path) or "").startswith("fuse") and not is_stale(path)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _owner(path: Path) -> tuple[int, int]:
     st = path.stat()
     return (st.st_uid, st.st_gid) if st.st_uid != 0 else (1000, 1000)
@@ -267,6 +277,8 @@ def run(spec: RunSpec) -> RunResult:
     """Boot, run `spec.argv` in the guest, shut down; the command's exit status. Cleans up on any exit."""
     notice = spec.notice or (lambda line: print(line, file=sys.stderr, flush=True))
     started = time.monotonic()
+    if spec.egress:  # the FUSE daemon serves the hook; the guest's one forward points at it
+        spec = dataclasses.replace(spec, proxy=("127.0.0.1", _free_port()))
     missing = qemu_missing()
     if missing:
         raise LaunchError(f"the microVM cannot start: {missing}", "install qemu-system-x86 (scripts/sysdeps.sh)")
@@ -307,6 +319,8 @@ def run(spec: RunSpec) -> RunResult:
         daemon_args = [sys.executable, "-m", "ifc.cli.mount", "--policy", str(spec.policy), "--run-dir", str(run_dir)]
         if spec.agent:
             daemon_args += ["--agent", spec.agent]
+        if spec.egress:
+            daemon_args += ["--egress", f"{spec.proxy[0]}:{spec.proxy[1]}"]
         daemon_args += [str(spec.workspace), str(mnt)]
         with open(run_dir / "mount.log", "ab") as log:
             daemon = subprocess.Popen(daemon_args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -19,6 +19,14 @@ def error(prog: str, message: str, help: str | None = None, code: int = 2) -> in
     return code
 
 
+def parse_address(text: str, flag: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 in brackets) from a command-line flag."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Usage(f"{flag} wants HOST:PORT, not `{text}`")
+    return host.strip("[]"), int(port)
+
+
 def load_policy_and_agent(path: str, agent_name: str | None):
     """The compiled policy and the agent whose grants apply: `agent_name`, or the policy's first agent when
     None, or no agent (flows only) for `none`. Raises `Usage` with a one-line reason."""

@@ -14,6 +14,7 @@ for the audience `--audience` (default: the run directory's name).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import subprocess
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 from ifc.cli import ExitCode
-from ifc.cli.common import Usage, error, load_policy_and_agent, read_token, token_verifier
+from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address, read_token, token_verifier
 
 EPILOG = """exit codes:
   0  unmounted cleanly (or, with --background, mounted)
@@ -52,6 +53,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="mfusepy3 (default), mfusepy2 or fusepy")
     p.add_argument("--no-cache", action="store_true", help="ask the monitor on every open (no decision cache)")
     p.add_argument("--background", action="store_true", help="return once mounted; the daemon keeps serving")
+    p.add_argument("--egress", metavar="HOST:PORT",
+                   help="also serve the egress proxy here, with the same monitor: a file read through the mount "
+                   "taints what the proxy lets out (one session across both exits)")
     p.add_argument("--verbose", "-v", action="store_true", help="log every denial to stderr as it happens")
     p.add_argument("source", metavar="SRC", help="the backing directory (the real workspace)")
     p.add_argument("mountpoint", metavar="MNT", help="where the agent sees it")
@@ -83,15 +87,21 @@ def run(args: argparse.Namespace) -> int:
     from ifc.enforce.identity import Identities
     from ifc.enforce.mount import load_binding, serve
 
+    egress = None
     try:
+        if args.egress:
+            egress = _start_egress(monitor, args.egress, token)
         binding = load_binding(args.fuse or DEFAULT_BINDING)
         ops = EnforcingFS(source, monitor, identities=Identities(default_token=token),
                           context=binding.context, mountpoint=mountpoint, cache=not args.no_cache)
         print(f"ifc mount: {source} on {mountpoint} ({binding.name}), run dir {run_dir}", file=sys.stderr)
         serve(ops, mountpoint, binding, source)
-    except MountError as exc:
+    except (MountError, Usage) as exc:
         monitor.close()
         return _usage(exc.message, exc.help)
+    finally:
+        if egress is not None:
+            egress.stop()
     denials = ops.stats.denials
     monitor.close()
     if denials:
@@ -115,6 +125,44 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
     monitor = Monitor(policy, agent=agent, verifier=verifier, labels=LabelStore(run_dir / "labels.db"),
                       log=log, policy_path=args.policy, audience=audience)
     return monitor, token
+
+
+def _start_egress(monitor, listen: str, token: str | None):
+    """The egress proxy on an event loop in this process, deciding through the mount's own monitor."""
+    import asyncio
+
+    from ifc.cli.proxy import serve
+    from ifc.enforce.egress import BackgroundLoop, Egress
+    from ifc.enforce.secrets import SecretError, Vault
+
+    address = parse_address(listen, "--egress")
+    try:
+        vault = Vault.from_policy(monitor.policy)
+    except SecretError as exc:
+        raise Usage(str(exc), "the egress hook holds the real values: set them in its environment") from None
+    loop = BackgroundLoop()
+    stop = asyncio.Event()
+    egress = Egress(monitor, vault=vault, session_token=token)
+    listening = []
+    future = asyncio.run_coroutine_threadsafe(
+        serve(egress, address, ready=lambda name, host, port: listening.append((host, port)), stop=stop), loop.loop)
+    deadline = time.monotonic() + 10
+    while not listening and not future.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not listening:
+        loop.stop()
+        problem = future.exception() if future.done() else "it did not start within 10 s"
+        raise Usage(f"the egress proxy cannot listen on {listen}: {problem}")
+    print(f"ifc mount: egress proxy on {listening[0][0]}:{listening[0][1]}", file=sys.stderr)
+
+    class Handle:
+        def stop(self) -> None:
+            loop.loop.call_soon_threadsafe(stop.set)
+            with contextlib.suppress(Exception):
+                future.result(5)
+            loop.stop()
+
+    return Handle()
 
 
 def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ifc.cli import ExitCode
-from ifc.cli.common import Usage, error, load_policy_and_agent, read_token, token_verifier
+from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address, read_token, token_verifier
 
 EPILOG = """exit codes:
   0  stopped cleanly
@@ -58,13 +58,6 @@ def _usage(message: str, help: str | None = None) -> int:
     return error("proxy", message, help)
 
 
-def _address(text: str, flag: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise Usage(f"{flag} wants HOST:PORT, not `{text}`")
-    return host.strip("[]"), int(port)
-
-
 def _hosts(path: str) -> dict[str, list[str]]:
     import ipaddress
 
@@ -78,7 +71,7 @@ def _hosts(path: str) -> dict[str, list[str]]:
         if not words:
             continue
         try:
-            addresses = [str(ipaddress.ip_address(w)) for w in words[1:]]
+            addresses = [str(ipaddress.ipparse_address(w)) for w in words[1:]]
         except ValueError:
             raise Usage(f"{path}:{n}: not `NAME ADDRESS...`") from None
         if not addresses:
@@ -145,9 +138,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="ifc proxy: %(message)s", stream=sys.stderr)
     try:
-        listen = _address(args.listen, "--listen")
-        dns = _address(args.dns, "--dns") if args.dns else None
-        smtp = _address(args.smtp, "--smtp") if args.smtp else None
+        listen = parse_address(args.listen, "--listen")
+        dns = parse_address(args.dns, "--dns") if args.dns else None
+        smtp = parse_address(args.smtp, "--smtp") if args.smtp else None
         if smtp and not (args.smtp_relay or "").startswith("smtp://"):
             raise Usage("--smtp needs --smtp-relay smtp://host:port")
         run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="ifc-proxy-"))

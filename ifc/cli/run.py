@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ifc.cli.common import Usage, error, load_policy_and_agent
+from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address
 
 EPILOG = """exit codes:
   N    the command's exit status
@@ -45,8 +45,12 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", metavar="DIR", help="where the run's logs go (default: a new temporary directory)")
     p.add_argument("--agent", metavar="NAME",
                    help="whose grants apply (default: the policy's first agent; `none`: flows only)")
-    p.add_argument("--proxy", metavar="HOST:PORT",
-                   help="the egress proxy on the host; the guest reaches it (and nothing else) as 10.0.2.100:3128")
+    exits = p.add_mutually_exclusive_group()
+    exits.add_argument("--egress", action="store_true",
+                       help="the guest's only way out is the egress hook, served by the run's own monitor (so a "
+                       "file read in the guest taints what may leave); reached as 10.0.2.100:3128")
+    exits.add_argument("--proxy", metavar="HOST:PORT",
+                       help="an egress proxy already running on the host (its own monitor)")
     p.add_argument("--memory", type=int, default=1024, metavar="MiB", help="guest memory (default: 1024)")
     p.add_argument("--accel", choices=("kvm", "tcg"), help="skip the KVM probe and use this accelerator")
     p.add_argument("--boot-timeout", type=float, metavar="S",
@@ -56,15 +60,6 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 def _error(message: str, help: str | None = None, code: int = FAILED) -> int:
     return error("run", message, help, code)
-
-
-def _proxy(value: str | None) -> tuple[str, int] | None:
-    if not value:
-        return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"`{value}` is not HOST:PORT")
-    return host.strip("[]"), int(port)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
     if not workspace.is_dir():
         return _error(f"workspace `{args.workspace}` is not a directory", code=2)
     try:
-        proxy = _proxy(args.proxy)
-    except ValueError as exc:
-        return _error(str(exc), code=2)
+        proxy = parse_address(args.proxy, "--proxy") if args.proxy else None
+    except Usage as exc:
+        return _error(exc.message, code=2)
     try:
         load_policy_and_agent(args.policy, args.agent)  # fail before booting anything
     except Usage as exc:
@@ -97,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, terminate)
     spec = RunSpec(argv=command, workspace=workspace, run_dir=run_dir, policy=Path(args.policy).resolve(),
-                   agent=args.agent, proxy=proxy, memory_mb=args.memory, accel=args.accel,
+                   agent=args.agent, proxy=proxy, egress=args.egress, memory_mb=args.memory, accel=args.accel,
                    boot_timeout=args.boot_timeout)
     try:
         result = launch(spec)
