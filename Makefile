@@ -19,20 +19,11 @@ $(STAMP): pyproject.toml scripts/sysdeps.sh
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-# The main job on the embedded default policy: audit the sample workspace, then replay what an agent
-# does when an injected issue tells it to mail `.env` out. The replay must end in a denial (exit 1).
+# The main job on the embedded default policy: audit the sample workspace, then run a scripted agent in a
+# microVM behind the FUSE filesystem and the egress hook; it does real work, then follows an injected
+# instruction to send `.env` out. Every exfiltration must be denied; the reviewer's report is written.
 demo: $(STAMP)
-	@$(BIN)/ifc check policies/default.flow --workspace examples/webapp
-	@echo
-	@rm -rf runs/demo
-	@$(BIN)/ifc decide --policy policies/default.flow --run-dir runs/demo \
-	    read src/app.py  connect https://api.anthropic.com  write src/app.py \
-	    read inbox/issue-42.md  read .env  write src/notes.txt \
-	    session helper  read src/notes.txt  connect smtp.gmail.com:587  connect https://api.anthropic.com; \
-	  status=$$?; if [ $$status -ne 1 ]; then echo "demo: expected the exfiltration to be denied" >&2; exit 1; fi
-	@$(BIN)/ifc report runs/demo --format html -o runs/demo/report.html
-	@echo
-	@echo "The reviewer's report: runs/demo/report.html  (or: $(BIN)/ifc report runs/demo)"
+	@$(BIN)/python examples/demo.py
 
 test: $(STAMP)
 	@$(BIN)/ruff check -q ifc caps vmm tests bench

@@ -355,7 +355,10 @@ def run(spec: RunSpec) -> RunResult:
         control.write_bytes(b"")
         netdev = "user,id=net,restrict=on"
         if spec.proxy:
-            netdev += f",guestfwd=tcp:{PROXY_GUEST[0]}:{PROXY_GUEST[1]}-tcp:{spec.proxy[0]}:{spec.proxy[1]}"
+            # `cmd:` starts a relay per guest connection; a `tcp:` chardev is one stream for the VM's life, so a
+            # proxy that closes one connection (every denial does) would leave later connections hanging
+            relay = f"{vmimage.find_busybox()} nc {spec.proxy[0]} {spec.proxy[1]}"
+            netdev += f",guestfwd=tcp:{PROXY_GUEST[0]}:{PROXY_GUEST[1]}-cmd:{relay}"
         argv = [*_machine(accel, spec.memory_mb),
                 "-kernel", str(img.kernel), "-initrd", str(initrd), "-append", _append([], accel),
                 "-chardev", f"file,id=con,path={run_dir / 'console.log'}", "-serial", "chardev:con"]

@@ -20,9 +20,9 @@ def error(prog: str, message: str, help: str | None = None, code: int = 2) -> in
 
 
 def parse_address(text: str, flag: str) -> tuple[str, int]:
-    """`HOST:PORT` (IPv6 in brackets) from a command-line flag."""
+    """`HOST:PORT` (IPv6 in brackets) from a command-line flag; port 0 asks for any free port."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
         raise Usage(f"{flag} wants HOST:PORT, not `{text}`")
     return host.strip("[]"), int(port)
 

@@ -71,7 +71,7 @@ def _hosts(path: str) -> dict[str, list[str]]:
         if not words:
             continue
         try:
-            addresses = [str(ipaddress.ipparse_address(w)) for w in words[1:]]
+            addresses = [str(ipaddress.ip_address(w)) for w in words[1:]]
         except ValueError:
             raise Usage(f"{path}:{n}: not `NAME ADDRESS...`") from None
         if not addresses:

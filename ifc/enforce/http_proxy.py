@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from ifc.enforce.egress import Client, Egress, Verdict, connect_checked
 from ifc.enforce.secrets import StreamScrubber
-from ifc.match import Endpoint
+from ifc.match import PORT_SCHEMES, Endpoint
 
 log = logging.getLogger("ifc.egress.http")
 
@@ -615,7 +615,9 @@ class HttpProxy:
     async def _connect(self, req: ProxyRequest, client: Client, reader, writer) -> None:
         limits = self.limits
         raw = self._raw_tcp_named(req.host, req.port)
-        verdict = await self.egress.open(client, "tcp" if raw else "https", req.host, req.port)
+        # a tunnel to a mail submission port is judged as mail (`smtp://`), whatever rides inside it
+        scheme = "tcp" if raw else ("smtp" if PORT_SCHEMES.get(req.port) == "smtp" else "https")
+        verdict = await self.egress.open(client, scheme, req.host, req.port)
         if not verdict.allowed:
             await self._deny(writer, verdict, close=True, version=req.version)
             return

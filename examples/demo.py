@@ -1,0 +1,118 @@
+"""`make demo`: a scripted agent in a microVM on the sample workspace, behind the enforcement points.
+
+1. `ifc check` audits the sample workspace against the policy (examples/demo.flow = the default + a mirror).
+2. A local "package mirror" listens on 127.0.0.1:8765 and records every byte it receives.
+3. `ifc run --egress` boots the microVM: the workspace only through the host-side FUSE mount, the network
+   only through the egress hook, both deciding with one monitor. The agent (examples/agent.sh) edits code,
+   runs its tests, fetches from the mirror — then reads `.env` and tries to POST it, mail it, leak it in DNS.
+4. `ifc report` writes the reviewer's HTML report; the summary below says what succeeded and what was denied.
+
+Without root, /dev/fuse or QEMU the VM cannot start; the demo then says so and replays the same sequence
+through the reference monitor with `ifc decide` instead.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "demo"
+POLICY = ROOT / "examples" / "demo.flow"
+IFC = [sys.executable, "-m", "ifc"]
+received: list[bytes] = []
+
+
+class Mirror(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self._reply(b"<a href='greeting-1.0.tar.gz'>greeting-1.0.tar.gz</a>\n")
+
+    def do_POST(self):
+        received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        self._reply(b"stored\n")
+
+    def _reply(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def vm_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    if shutil.which("qemu-system-x86_64") is None:
+        return "QEMU is not installed"
+    return None
+
+
+def main() -> int:
+    subprocess.run([*IFC, "check", str(POLICY), "--workspace", str(ROOT / "examples" / "webapp")], cwd=ROOT)
+    shutil.rmtree(RUNS, ignore_errors=True)
+    RUNS.mkdir(parents=True)
+    problem = vm_problem()
+    if problem:
+        print(f"\nmake demo: the microVM cannot start here ({problem}); replaying the agent's sequence through the "
+              "reference monitor instead (weaker: nothing is executed)", file=sys.stderr)
+        return replay()
+    if subprocess.run([*IFC, "vm", "build"], cwd=ROOT).returncode != 0:
+        return 1
+    workspace = RUNS / "workspace"
+    shutil.copytree(ROOT / "examples" / "webapp", workspace)
+    for path in [workspace, *workspace.rglob("*")]:
+        os.chown(path, 1000, 1000, follow_symlinks=False)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 8765), Mirror)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    run_dir = RUNS / "run"
+    try:
+        status = subprocess.run([*IFC, "run", "--policy", str(POLICY), "--agent", "demo", "--workspace",
+                                 str(workspace), "--run-dir", str(run_dir), "--egress", "--", "sh", "-c",
+                                 (ROOT / "examples" / "agent.sh").read_text()], cwd=ROOT,
+                                env={**os.environ, "ANTHROPIC_API_KEY": os.environ.get(
+                                    "ANTHROPIC_API_KEY", "sk-ant-demo-not-a-real-key")}).returncode
+    finally:
+        server.shutdown()
+    subprocess.run([*IFC, "report", str(run_dir), "--format", "html", "-o", str(RUNS / "report.html")], cwd=ROOT)
+    return summarize(status, workspace, run_dir)
+
+
+def summarize(status: int, workspace: Path, run_dir: Path) -> int:
+    db = sqlite3.connect(run_dir / "events.db")
+    denials = db.execute("SELECT op, target, path FROM events WHERE kind = 'deny' ORDER BY id").fetchall()
+    edited = "Welcome" in (workspace / "src" / "app.py").read_text()
+    leaked = any(b"STRIPE" in body or b"DATABASE_URL" in body for body in received)
+    print("\n== summary")
+    print(f"  real work:    source edited: {'yes' if edited else 'NO'}; agent exit status {status}")
+    print(f"  exfiltration: {len(denials)} attempt(s) denied; the mirror received .env: {'YES' if leaked else 'no'}")
+    for op, target, path in denials:
+        hops = " ".join(f"--{op_}--> {dst.split(':', 1)[1]}" for _, op_, dst in __import__("json").loads(path or "[]"))
+        print(f"    {op} {target}" + (f"\n      {'.env' if hops else ''} {hops}" if hops else ""))
+    print(f"  report:       {RUNS / 'report.html'}  (or: ifc report {run_dir})")
+    return 0 if edited and denials and not leaked and status == 0 else 1
+
+
+def replay() -> int:
+    steps = ["read", "src/app.py", "write", "src/app.py", "connect", "http://127.0.0.1:8765",
+             "read", "inbox/issue-42.md", "read", ".env", "connect", "http://127.0.0.1:8765",
+             "connect", "smtp.gmail.com:587", "dns", "x.evil.example", "connect", "https://api.anthropic.com"]
+    proc = subprocess.run([*IFC, "decide", "--policy", str(POLICY), "--agent", "demo", "--run-dir",
+                           str(RUNS / "run"), *steps], cwd=ROOT)
+    subprocess.run([*IFC, "report", str(RUNS / "run"), "--format", "html", "-o", str(RUNS / "report.html")],
+                   cwd=ROOT)
+    print(f"\nreport: {RUNS / 'report.html'}")
+    return 0 if proc.returncode == 1 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
