@@ -73,7 +73,8 @@ class _Compiler:
                 text = self.reader(path)
             except FileNotFoundError:
                 self._err("include-missing" if at else "unreadable", f"cannot find `{name}`",
-                          at or Span(name, 1, 1), help="include paths are relative to the including file")
+                          at or Span(name, 1, 1),
+                          help="include paths are relative to the including file" if at else None)
                 return []
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else "not valid UTF-8"
