@@ -320,7 +320,8 @@ def run(spec: RunSpec) -> RunResult:
         if spec.agent:
             daemon_args += ["--agent", spec.agent]
         if spec.egress:
-            daemon_args += ["--egress", f"{spec.proxy[0]}:{spec.proxy[1]}"]
+            dns_port = _free_port()
+            daemon_args += ["--egress", f"{spec.proxy[0]}:{spec.proxy[1]}", "--egress-dns", f"127.0.0.1:{dns_port}"]
         daemon_args += [str(spec.workspace), str(mnt)]
         with open(run_dir / "mount.log", "ab") as log:
             daemon = subprocess.Popen(daemon_args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -349,6 +350,8 @@ def run(spec: RunSpec) -> RunResult:
         # 4. QEMU
         tty = os.isatty(0) and os.isatty(1)
         settings = {"IFC_UID": str(uid), "IFC_GID": str(gid), "IFC_TTY": "1" if tty else "0"}
+        if spec.egress:
+            settings["IFC_DNS"] = PROXY_GUEST[0]
         initrd = sockdir / "initrd.img"
         run_initrd(img, initrd, settings, guest_env(spec, tty), spec.argv)
         control = run_dir / "control.log"
@@ -359,6 +362,9 @@ def run(spec: RunSpec) -> RunResult:
             # proxy that closes one connection (every denial does) would leave later connections hanging
             relay = f"{vmimage.find_busybox()} nc {spec.proxy[0]} {spec.proxy[1]}"
             netdev += f",guestfwd=tcp:{PROXY_GUEST[0]}:{PROXY_GUEST[1]}-cmd:{relay}"
+        if spec.egress:  # DNS only to the hook's stub (TCP: the resolver runs with `use-vc`)
+            relay = f"{vmimage.find_busybox()} nc 127.0.0.1 {dns_port}"
+            netdev += f",guestfwd=tcp:{PROXY_GUEST[0]}:53-cmd:{relay}"
         argv = [*_machine(accel, spec.memory_mb),
                 "-kernel", str(img.kernel), "-initrd", str(initrd), "-append", _append([], accel),
                 "-chardev", f"file,id=con,path={run_dir / 'console.log'}", "-serial", "chardev:con"]

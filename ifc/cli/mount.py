@@ -56,6 +56,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--egress", metavar="HOST:PORT",
                    help="also serve the egress proxy here, with the same monitor: a file read through the mount "
                    "taints what the proxy lets out (one session across both exits)")
+    p.add_argument("--egress-dns", metavar="HOST:PORT",
+                   help="with --egress: also serve the DNS stub here (answers only names the policy's endpoints name)")
     p.add_argument("--verbose", "-v", action="store_true", help="log every denial to stderr as it happens")
     p.add_argument("source", metavar="SRC", help="the backing directory (the real workspace)")
     p.add_argument("mountpoint", metavar="MNT", help="where the agent sees it")
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     egress = None
     try:
         if args.egress:
-            egress = _start_egress(monitor, args.egress, token)
+            egress = _start_egress(monitor, args.egress, args.egress_dns, token)
         binding = load_binding(args.fuse or DEFAULT_BINDING)
         ops = EnforcingFS(source, monitor, identities=Identities(default_token=token),
                           context=binding.context, mountpoint=mountpoint, cache=not args.no_cache)
@@ -127,7 +129,7 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
     return monitor, token
 
 
-def _start_egress(monitor, listen: str, token: str | None):
+def _start_egress(monitor, listen: str, dns: str | None, token: str | None):
     """The egress proxy on an event loop in this process, deciding through the mount's own monitor."""
     import asyncio
 
@@ -136,6 +138,7 @@ def _start_egress(monitor, listen: str, token: str | None):
     from ifc.enforce.secrets import SecretError, Vault
 
     address = parse_address(listen, "--egress")
+    dns_address = parse_address(dns, "--egress-dns") if dns else None
     try:
         vault = Vault.from_policy(monitor.policy)
     except SecretError as exc:
@@ -145,15 +148,18 @@ def _start_egress(monitor, listen: str, token: str | None):
     egress = Egress(monitor, vault=vault, session_token=token)
     listening = []
     future = asyncio.run_coroutine_threadsafe(
-        serve(egress, address, ready=lambda name, host, port: listening.append((host, port)), stop=stop), loop.loop)
+        serve(egress, address, dns=dns_address, ready=lambda name, host, port: listening.append((name, host, port)),
+              stop=stop), loop.loop)
     deadline = time.monotonic() + 10
-    while not listening and not future.done() and time.monotonic() < deadline:
+    wanted = 2 if dns_address else 1
+    while len(listening) < wanted and not future.done() and time.monotonic() < deadline:
         time.sleep(0.02)
-    if not listening:
+    if len(listening) < wanted:
         loop.stop()
         problem = future.exception() if future.done() else "it did not start within 10 s"
         raise Usage(f"the egress proxy cannot listen on {listen}: {problem}")
-    print(f"ifc mount: egress proxy on {listening[0][0]}:{listening[0][1]}", file=sys.stderr)
+    for name, host, port in listening:
+        print(f"ifc mount: egress {name} on {host}:{port}", file=sys.stderr)
 
     class Handle:
         def stop(self) -> None:
