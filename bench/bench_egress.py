@@ -5,7 +5,7 @@
     python bench/bench_egress.py --quick      # smaller counts, 3 s of concurrency (a smoke run)
 
 Three processes: an upstream HTTP server (asyncio, keep-alive; `/small` answers 2 bytes, `/big` streams
-100 MB), `python -m ifc.cli.proxy` on a policy naming the upstream by IP (`--agent none`: flows only, an
+100 MB), `python -m ifc proxy` on a policy naming the upstream by IP (`--agent none`: flows only, an
 event log in a temporary run directory), and this client.
 
 * added latency per request: sequential GETs of `/small` on one kept-alive connection, direct and as
@@ -84,7 +84,7 @@ def start(tmp: Path):
     root = Path(__file__).resolve().parent.parent
     errors = tmp / "proxy.log"  # a file, not a pipe: a full pipe would stall the proxy
     with open(errors, "w") as err:
-        proxy = subprocess.Popen([sys.executable, "-m", "ifc.cli.proxy", "--policy", str(tmp / "p.flow"), "--listen",
+        proxy = subprocess.Popen([sys.executable, "-m", "ifc", "proxy", "--policy", str(tmp / "p.flow"), "--listen",
                                   "127.0.0.1:0", "--agent", "none", "--run-dir", str(tmp / "run")],
                                  stderr=err, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     deadline = time.monotonic() + 20

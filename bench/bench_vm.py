@@ -6,7 +6,7 @@ cold build   `ifc vm build` into an empty cache (apt-get download + dpkg -x + de
 warm build   `ifc vm build` again (nothing changed: every step skipped)
 boot→ready   QEMU start until the guest init reports `ready` (modules loaded, /usr and the workspace
              mounted over virtiofs, network up), in-process `vmm.launch.run`; median of --runs
-run true     `python -m ifc.cli.run --policy policies/default.flow -- true` wall time, end to end (policy
+run true     `python -m ifc run --policy policies/default.flow -- true` wall time, end to end (policy
              load, FUSE daemon, two virtiofsd, boot, command, shutdown, summary); median of --runs
 Needs root. The accelerator is whatever `ifc run` would choose (printed); IFC_VM_ACCEL=tcg|kvm forces one.
 """
@@ -44,7 +44,7 @@ def main() -> int:
     if os.geteuid() != 0:
         sys.exit("bench_vm: needs root")
     rows: list[tuple[str, str]] = []
-    build = [sys.executable, "-m", "ifc.cli.vm", "build"]
+    build = [sys.executable, "-m", "ifc", "vm", "build"]
     if not args.skip_cold:
         with tempfile.TemporaryDirectory(prefix="ifc-bench-cache-") as cache:
             env = {**os.environ, "XDG_CACHE_HOME": cache}
@@ -72,7 +72,7 @@ def main() -> int:
                     os.close(saved)
             boots.append(result.boot_seconds)
             totals.append(result.total_seconds)
-        ends = [timed([sys.executable, "-m", "ifc.cli.run", "--policy", str(POLICY), "--workspace", str(ws),
+        ends = [timed([sys.executable, "-m", "ifc", "run", "--policy", str(POLICY), "--workspace", str(ws),
                        "--run-dir", str(Path(tmp) / f"cli{i}"), "--", "true"]) for i in range(args.runs)]
     rows.append((f"boot to agent-ready ({accel}), median of {args.runs}",
                  f"{statistics.median(boots):.2f} s (min {min(boots):.2f}, max {max(boots):.2f})"))

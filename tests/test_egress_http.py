@@ -447,7 +447,7 @@ def test_ifc_proxy_command(world, tmp_path):
     policy.write_text(POLICY.replace("{A}", str(a)).replace("{B}", "1").replace("{T}", "2"))
     (tmp_path / "hosts").write_text("pypi.test 127.0.0.1\n")
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "ifc.cli.proxy", "--policy", str(policy), "--listen", "127.0.0.1:0",
+    proc = subprocess.Popen([sys.executable, "-m", "ifc", "proxy", "--policy", str(policy), "--listen", "127.0.0.1:0",
                              "--dns", "127.0.0.1:0", "--agent", "none", "--hosts", str(tmp_path / "hosts"),
                              "--run-dir", str(run_dir)], stderr=subprocess.PIPE, text=True)
     try:

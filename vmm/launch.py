@@ -5,7 +5,7 @@ What `run()` does, in order (each helper is a child that dies with this process,
 1. **A private mount namespace** for this process (`unshare(CLONE_NEWNS)`, mounts made private): the FUSE
    mount and the read-only bind of `/usr` exist only inside it, so when every process of the run is gone —
    even after `kill -9` of `ifc run` — the kernel drops them; the host never sees a stale mount.
-2. **The FUSE daemon** (`python -m ifc.cli.mount`, the same Monitor / EventLog / LabelStore in the run dir)
+2. **The FUSE daemon** (`python -m ifc mount`, the same Monitor / EventLog / LabelStore in the run dir)
    serves the workspace at `RUN_DIR/mnt`.
 3. **Two virtiofsd**: one exports a read-only bind of the host's `/usr` (cache=always), one exports the FUSE
    mount (cache=none: every open and attribute reaches the monitor's mount).
@@ -316,7 +316,7 @@ def run(spec: RunSpec) -> RunResult:
     try:
         # 2. the FUSE daemon, in its own session (terminal signals go to `ifc run`, which stops it in order)
         mnt.mkdir(exist_ok=True)
-        daemon_args = [sys.executable, "-m", "ifc.cli.mount", "--policy", str(spec.policy), "--run-dir", str(run_dir)]
+        daemon_args = [sys.executable, "-m", "ifc", "mount", "--policy", str(spec.policy), "--run-dir", str(run_dir)]
         if spec.agent:
             daemon_args += ["--agent", spec.agent]
         if spec.egress:

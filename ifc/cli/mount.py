@@ -174,7 +174,7 @@ def _start_egress(monitor, listen: str, dns: str | None, token: str | None):
 def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int:
     from ifc.enforce.mount import is_stale, mounted_at
 
-    argv = [sys.executable, "-m", "ifc.cli.mount", "--run-dir", str(run_dir)]
+    argv = [sys.executable, "-m", "ifc", "mount", "--run-dir", str(run_dir)]
     for flag in ("policy", "token", "key", "audience", "agent", "fuse"):
         value = getattr(args, flag)
         if value is not None:
@@ -200,17 +200,3 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
 
 def _usage(message: str, help: str | None = None) -> int:
     return error("mount", message, help)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ifc mount", description=__doc__.split("\n\n", 1)[1], epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _arguments(parser)
-    try:
-        return int(run(parser.parse_args(argv)))
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

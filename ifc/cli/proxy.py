@@ -175,17 +175,3 @@ def run(args: argparse.Namespace) -> int:
         egress.monitor.close()
     print(f"ifc proxy: stopped; run dir {run_dir} ({refusals} refusal(s) by the hook itself)", file=sys.stderr)
     return ExitCode.OK
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ifc proxy", description=__doc__.split("\n\n", 1)[1], epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _arguments(parser)
-    try:
-        return int(run(parser.parse_args(argv)))
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

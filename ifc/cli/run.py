@@ -130,14 +130,3 @@ def _summary(run_dir: Path) -> None:
     else:
         print("ifc run: no denials", file=sys.stderr)
     print(f"ifc run: report: ifc report {run_dir}", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ifc run", description=__doc__, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _arguments(parser)
-    return int(run(parser.parse_args(argv)))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,6 @@ and the network not at all: it says what is cached, where, and whether it is cur
 from __future__ import annotations
 
 import argparse
-import sys
 
 EPILOG = """exit codes:
   0  the image is built (or, with --check, a current image is cached)
@@ -53,13 +52,3 @@ def run(args: argparse.Namespace) -> int:
         return error("vm", exc.message, exc.help)
     print(f"ifc vm: image {img.kver} ready in {img.directory}")
     return ExitCode.OK
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ifc")
-    register(parser.add_subparsers(dest="command", required=True))
-    return int(run(parser.parse_args(["vm", *(sys.argv[1:] if argv is None else argv)])))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -234,6 +234,24 @@ async def connect_checked(addresses: tuple[str, ...], port: int, timeout: float 
     raise OSError(f"cannot connect: {last}")
 
 
+class StreamFront:
+    """The listening part every TCP front of the hook shares (the HTTP proxy, the SMTP front): subclasses
+    give `_serve(reader, writer)` and the stream buffer limit `_read_limit`."""
+
+    _read_limit: int
+    server: asyncio.AbstractServer | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        self.server = await asyncio.start_server(self._serve, host, port, limit=self._read_limit)
+        return self.server.sockets[0].getsockname()[:2]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+
 class BackgroundLoop:
     """An event loop in a daemon thread, for callers that are not async (tests, the benchmark)."""
 

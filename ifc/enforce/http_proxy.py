@@ -28,7 +28,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
-from ifc.enforce.egress import Client, Egress, Verdict, connect_checked
+from ifc.enforce.egress import Client, Egress, StreamFront, Verdict, connect_checked
 from ifc.enforce.secrets import StreamScrubber
 from ifc.match import PORT_SCHEMES, Endpoint
 
@@ -251,23 +251,16 @@ def sni_from_client_hello(data: bytes) -> tuple[str | None, int]:
 
 # ------------------------------------------------------------------------------------------ the server
 
-class HttpProxy:
+class HttpProxy(StreamFront):
     def __init__(self, egress: Egress, limits: Limits = Limits(), splice: bool = True):
         self.egress = egress
         self.limits = limits
         self.splice = splice  # tunnels nobody inspects are pumped by the kernel (splice(2)) in a thread each
         self._slots = asyncio.Semaphore(limits.max_connections)
-        self.server: asyncio.AbstractServer | None = None
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        self.server = await asyncio.start_server(self._serve, host, port, limit=self.limits.max_head)
-        return self.server.sockets[0].getsockname()[:2]
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
+    @property
+    def _read_limit(self) -> int:
+        return self.limits.max_head
 
     # ------------------------------------------------------------------------------------ per connection
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

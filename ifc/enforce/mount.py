@@ -284,7 +284,7 @@ class Daemon:
             raise MountError(f"`{mountpoint}` is already a FUSE mount")
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ifc.cli.mount", *args], stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([sys.executable, "-m", "ifc", "mount", *args], stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=out, env=env)
         finally:
             if log_path:

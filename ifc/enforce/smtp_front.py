@@ -19,7 +19,7 @@ import smtplib
 import ssl
 from dataclasses import dataclass, field
 
-from ifc.enforce.egress import Client, Egress
+from ifc.enforce.egress import Client, Egress, StreamFront
 
 log = logging.getLogger("ifc.egress.smtp")
 
@@ -52,7 +52,7 @@ def _address(arg: str, keyword: str) -> str | None:
     return addr
 
 
-class SmtpFront:
+class SmtpFront(StreamFront):
     def __init__(self, egress: Egress, relay: str, limits: SmtpLimits = SmtpLimits(), name: str = "ifc-egress"):
         scheme, _, rest = relay.partition("://")
         if scheme != "smtp" or not rest:
@@ -62,17 +62,10 @@ class SmtpFront:
         self.egress = egress
         self.limits = limits
         self.name = name
-        self.server: asyncio.AbstractServer | None = None
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        self.server = await asyncio.start_server(self._serve, host, port, limit=self.limits.max_line + 2)
-        return self.server.sockets[0].getsockname()[:2]
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
+    @property
+    def _read_limit(self) -> int:
+        return self.limits.max_line + 2
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
