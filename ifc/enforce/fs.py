@@ -497,29 +497,25 @@ class EnforcingFS:
         self._guard(op, rel, lambda: self._check(caller, op, rel, dest))
         return caller
 
-    def mkdir(self, path, mode):
-        rel = self.backing.relative(path)
+    def _create_node(self, rel: str, make) -> int:
+        """Decide `create`, make the node with `make(dir_fd, name)`, and give it to the caller."""
         self._decide("create", rel)
 
-        def make(d, n):
-            os.mkdir(n, mode, dir_fd=d)
+        def made(d, n):
+            make(d, n)
             self._chown_new(lambda uid, gid: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False))
 
-        self.backing.at(rel, make)
+        self.backing.at(rel, made)
         return 0
+
+    def mkdir(self, path, mode):
+        return self._create_node(self.backing.relative(path), lambda d, n: os.mkdir(n, mode, dir_fd=d))
 
     def mknod(self, path, mode, dev):
         rel = self.backing.relative(path)
         if not (stat_mod.S_ISREG(mode) or stat_mod.S_ISFIFO(mode) or stat_mod.S_ISSOCK(mode)):
             self._refuse(None, "mknod", rel, "device nodes cannot be made in the workspace", errno.EPERM)
-        self._decide("create", rel)
-
-        def make(d, n):
-            os.mknod(n, mode, dev, dir_fd=d)
-            self._chown_new(lambda uid, gid: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False))
-
-        self.backing.at(rel, make)
-        return 0
+        return self._create_node(rel, lambda d, n: os.mknod(n, mode, dev, dir_fd=d))
 
     def symlink(self, target, source):
         """`ln -s source target`: make `target` (a path in the mount) a symlink holding `source`."""
@@ -527,14 +523,7 @@ class EnforcingFS:
         problem = self._symlink_problem(rel, source)
         if problem:
             self._refuse(None, "symlink", rel, problem)
-        self._decide("create", rel)
-
-        def make(d, n):
-            os.symlink(source, n, dir_fd=d)
-            self._chown_new(lambda uid, gid: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False))
-
-        self.backing.at(rel, make)
-        return 0
+        return self._create_node(rel, lambda d, n: os.symlink(source, n, dir_fd=d))
 
     def _restore(self, labels: dict[str, object]) -> None:
         """After an operation the monitor allowed failed: put back any label it moved or dropped.
