@@ -126,38 +126,32 @@ def _hop_lines(d: Denial) -> str:
     return "\n".join(lines)
 
 
-def _declassifications(run: Run) -> list[str]:
-    if not run.declassifications:
+def _section(title: str, headers: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    """A titled table (nothing when there are no rows); the first column, `#`, is right-aligned."""
+    if not rows:
         return []
-    out = ["", f"## Declassifications and endorsements ({len(run.declassifications)})", "",
-           "| # | time | kind | subject | op | target | via | policy says |",
-           "| ---: | --- | --- | --- | --- | --- | --- | --- |"]
-    for e in run.declassifications:
-        out.append(f"| {e.id} | {iso(e.ts)} | {e.kind} | {cell_code(e.subject)} | {cell_code(e.op)} | "
-                   f"{cell_code(e.target)} | {cell_text(e.reason)} | {cell_text(e.message or '')} |")
-    return out
+    rule = ["---:"] + ["---"] * (len(headers) - 1)
+    return ["", f"## {title} ({len(rows)})", "", f"| {' | '.join(headers)} |", f"| {' | '.join(rule)} |",
+            *(f"| {' | '.join(row)} |" for row in rows)]
+
+
+def _declassifications(run: Run) -> list[str]:
+    return _section("Declassifications and endorsements",
+                    ("#", "time", "kind", "subject", "op", "target", "via", "policy says"),
+                    [[str(e.id), iso(e.ts), e.kind, cell_code(e.subject), cell_code(e.op), cell_code(e.target),
+                      cell_text(e.reason), cell_text(e.message or "")] for e in run.declassifications])
 
 
 def _tokens(run: Run) -> list[str]:
-    if not run.tokens:
-        return []
-    out = ["", f"## Token uses ({len(run.tokens)})", "", "| # | time | subject | token | process |",
-           "| ---: | --- | --- | --- | --- |"]
-    for t in run.tokens:
-        out.append(f"| {t.id} | {iso(t.ts)} | {cell_code(t.subject)} | {cell_code(t.token_id)} | "
-                   f"{cell_text(process(t.pid, t.cmdline))} |")
-    return out
+    return _section("Token uses", ("#", "time", "subject", "token", "process"),
+                    [[str(t.id), iso(t.ts), cell_code(t.subject), cell_code(t.token_id),
+                      cell_text(process(t.pid, t.cmdline))] for t in run.tokens])
 
 
 def _others(run: Run) -> list[str]:
-    if not run.others:
-        return []
-    out = ["", f"## Other events ({len(run.others)})", "", "| # | time | kind | subject | op | target | reason |",
-           "| ---: | --- | --- | --- | --- | --- | --- |"]
-    for e in run.others:
-        out.append(f"| {e.id} | {iso(e.ts)} | {cell_code(e.kind)} | {cell_code(e.subject)} | {cell_code(e.op)} | "
-                   f"{cell_code(e.target)} | {cell_text(e.reason)} |")
-    return out
+    return _section("Other events", ("#", "time", "kind", "subject", "op", "target", "reason"),
+                    [[str(e.id), iso(e.ts), cell_code(e.kind), cell_code(e.subject), cell_code(e.op),
+                      cell_code(e.target), cell_text(e.reason)] for e in run.others])
 
 
 def _allows(run: Run) -> list[str]:
