@@ -217,12 +217,21 @@ class Policy:
                 best = (rule.writes_require, rule)
         return best
 
+    @cached_property
+    def _endpoint_lookup(self):
+        rules = tuple(reversed(self.endpoint_rules))
+
+        @lru_cache(maxsize=16384)
+        def lookup(endpoint: Endpoint) -> EndpointRule | None:
+            return next((rule for rule in rules if rule.matches(endpoint)), None)
+
+        return lookup
+
     def endpoint_rule(self, endpoint: Endpoint) -> EndpointRule | None:
-        """The last endpoint rule matching; None means the policy does not know it (connects are denied)."""
-        for rule in reversed(self.endpoint_rules):
-            if rule.matches(endpoint):
-                return rule
-        return None
+        """The last endpoint rule matching; None means the policy does not know it (connects are denied).
+
+        Memoised like `file_label`: the flow check and the monitor both ask it on every connect."""
+        return self._endpoint_lookup(endpoint)
 
     # --- identity -------------------------------------------------------------------------------
     def to_dict(self) -> dict:
