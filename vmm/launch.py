@@ -1,6 +1,6 @@
 """Launch one command in a microVM whose workspace is the host's mediated FUSE mount.
 
-What `run()` does, in order (each helper is a child that dies with this process, see `_die_with_parent`):
+What `run()` does, in order (each helper is a child that dies with this process, see `vmm.sandbox`):
 
 1. **A private mount namespace** for this process (`unshare(CLONE_NEWNS)`, mounts made private): the FUSE
    mount and the read-only bind of `/usr` exist only inside it, so when every process of the run is gone —
@@ -21,105 +21,40 @@ What `run()` does, in order (each helper is a child that dies with this process,
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import dataclasses
-import errno
 import json
 import os
 import platform
 import re
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ifc.errors import UserError
 from vmm import image as vmimage
+from vmm.sandbox import (
+    PROXY_PORT,
+    Helpers,
+    LaunchError,
+    RunResult,
+    RunSpec,
+    agent_env,
+    bind_readonly,
+    die_with_parent,
+    private_mount_namespace,
+    remove_mountpoint,
+    start_workspace,
+    wait_for,
+)
 
 QEMU = "qemu-system-x86_64"
 VIRTIOFSD_CANDIDATES = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
-PROXY_GUEST = ("10.0.2.100", 3128)
-PR_SET_PDEATHSIG = 1
-CLONE_NEWNS = 0x00020000
-MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
-MNT_DETACH = 2
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class LaunchError(UserError):
-    """The VM could not be started or did not finish; the message says why, `help` what to do."""
-
-
-@dataclass
-class RunSpec:
-    argv: list[str]
-    workspace: Path
-    run_dir: Path
-    policy: Path
-    agent: str | None = None
-    proxy: tuple[str, int] | None = None
-    egress: bool = False  # serve the egress hook from the FUSE daemon: one monitor for files and network
-    memory_mb: int = 1024
-    uid: int | None = None  # default: the workspace's owner, or 1000 when that is root
-    gid: int | None = None
-    boot_timeout: float | None = None  # default: 60 s under TCG, 20 s under KVM
-    shutdown_timeout: float = 15.0
-    accel: str | None = None  # kvm | tcg; default: probe (or $IFC_VM_ACCEL)
-    env: dict[str, str] = field(default_factory=dict)
-    notice: object = None  # callable(str) for one-line notices (default: stderr)
-
-
-@dataclass
-class RunResult:
-    status: int
-    accel: str
-    boot_seconds: float  # QEMU start to the guest's `ready`
-    total_seconds: float
+PROXY_GUEST = ("10.0.2.100", PROXY_PORT)
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-def _die_with_parent(parent: int):
-    """preexec_fn: SIGKILL this child when the process that started it dies (even by SIGKILL)."""
-
-    def setup() -> None:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return setup
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise LaunchError(f"{what}: {os.strerror(err).lower()}",
-                          "`ifc run` needs root (a mount namespace, FUSE and virtiofsd)" if err == errno.EPERM
-                          else None)
-
-
-def private_mount_namespace() -> None:
-    """Move this process into its own mount namespace, with every mount private (no propagation out)."""
-    _check(_libc.unshare(CLONE_NEWNS), "cannot create a mount namespace")
-    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "cannot make mounts private")
-
-
-def bind_readonly(source: str, target: str) -> None:
-    _check(_libc.mount(source.encode(), target.encode(), None, MS_BIND | MS_REC, None), f"cannot bind {source}")
-    _check(_libc.mount(b"none", target.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None),
-           f"cannot make {target} read-only")
-
-
-def _umount(target: str) -> None:
-    _libc.umount2(target.encode(), MNT_DETACH)
-
 
 def host_mhz() -> int:
     """The host's TSC frequency in MHz as /proc/cpuinfo states it (TCG's guest TSC runs at host speed)."""
@@ -202,7 +137,7 @@ def probe_kvm(img: vmimage.Image, timeout: float) -> bool:
             str(img.initrd), "-append", _append(["ifc.probe=1"], "kvm")]
     try:
         proc = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                              preexec_fn=_die_with_parent(os.getpid()))
+                              preexec_fn=die_with_parent(os.getpid()))
     except subprocess.TimeoutExpired:
         return False
     return b"IFC-PROBE-OK" in proc.stdout
@@ -232,76 +167,29 @@ def run_initrd(img: vmimage.Image, target: Path, settings: dict[str, str], env: 
 
 # ------------------------------------------------------------------------------------------ running
 
-def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None, what: str, log: Path | None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            raise LaunchError(f"{what}: the helper exited with status {proc.returncode}"
-                              + (f"; see {log}" if log else ""))
-        if time.monotonic() > deadline:
-            raise LaunchError(f"{what}: timed out after {timeout:.0f} s" + (f"; see {log}" if log else ""))
-        time.sleep(0.01)
-
-
-def _is_fuse_mount(path: str) -> bool:
-    from ifc.enforce.mount import is_stale, mounted_at
-
-    return (mounted_at(path) or "").startswith("fuse") and not is_stale(path)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _owner(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return (st.st_uid, st.st_gid) if st.st_uid != 0 else (1000, 1000)
-
-
-def guest_env(spec: RunSpec, tty: bool) -> dict[str, str]:
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TERM": os.environ.get("TERM", "xterm")
-           if tty else "dumb", "PWD": "/workspace"}
-    if spec.proxy:
-        url = f"http://{PROXY_GUEST[0]}:{PROXY_GUEST[1]}"
-        env.update(HTTP_PROXY=url, HTTPS_PROXY=url, http_proxy=url, https_proxy=url, NO_PROXY="localhost,127.0.0.1",
-                   no_proxy="localhost,127.0.0.1")
-    env.update(spec.env)
-    return env
-
-
 def run(spec: RunSpec) -> RunResult:
     """Boot, run `spec.argv` in the guest, shut down; the command's exit status. Cleans up on any exit."""
-    notice = spec.notice or (lambda line: print(line, file=sys.stderr, flush=True))
     started = time.monotonic()
-    if spec.egress:  # the FUSE daemon serves the hook; the guest's one forward points at it
-        spec = dataclasses.replace(spec, proxy=("127.0.0.1", _free_port()))
     missing = qemu_missing()
     if missing:
-        raise LaunchError(f"the microVM cannot start: {missing}", "install qemu-system-x86 (scripts/sysdeps.sh)")
+        raise LaunchError(f"the microVM cannot start: {missing}",
+                          "install qemu-system-x86 (scripts/sysdeps.sh), or use `--isolation namespace` (weaker)")
     try:
         img = vmimage.current()
     except vmimage.ImageError as exc:
         raise LaunchError(exc.message, exc.help) from None
     accel, why = choose_accel(img, spec.accel)
     if accel == "kvm":
-        notice(f"ifc run: microVM on KVM ({why})")
+        spec.say(f"ifc run: microVM on KVM ({why})")
     else:
-        notice(f"ifc run: microVM on TCG, software emulation ({why}): boot ~3 s, CPU-bound work ~10x slower "
-               "than under KVM")
+        spec.say(f"ifc run: microVM on TCG, software emulation ({why}): boot ~3 s, CPU-bound work ~10x slower "
+                 "than under KVM")
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    uid, gid = _owner(spec.workspace)
-    uid = spec.uid if spec.uid is not None else uid
-    gid = spec.gid if spec.gid is not None else gid
+    uid, gid = spec.ids()
     private_mount_namespace()
 
-    me = os.getpid()
-    helpers: list[subprocess.Popen] = []
-    mounts: list[str] = []
+    helpers = Helpers(run_dir)
     # sockets, the /usr bind and the per-run initrd: in the run dir unless its path is too long for a socket
     sockdir = run_dir / "vm"
     if len(str(sockdir / "usr.sock")) > 100:
@@ -312,58 +200,42 @@ def run(spec: RunSpec) -> RunResult:
         shutil.rmtree(sockdir, ignore_errors=True)
         sockdir.mkdir()
     qemu: subprocess.Popen | None = None
-    mnt = run_dir / "mnt"
+    workspace = None
     try:
-        # 2. the FUSE daemon, in its own session (terminal signals go to `ifc run`, which stops it in order)
-        mnt.mkdir(exist_ok=True)
-        daemon_args = [sys.executable, "-m", "ifc", "mount", "--policy", str(spec.policy), "--run-dir", str(run_dir)]
-        if spec.agent:
-            daemon_args += ["--agent", spec.agent]
-        if spec.egress:
-            dns_port = _free_port()
-            daemon_args += ["--egress", f"{spec.proxy[0]}:{spec.proxy[1]}", "--egress-dns", f"127.0.0.1:{dns_port}"]
-        daemon_args += [str(spec.workspace), str(mnt)]
-        with open(run_dir / "mount.log", "ab") as log:
-            daemon = subprocess.Popen(daemon_args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                      start_new_session=True, preexec_fn=_die_with_parent(me))
-        helpers.append(daemon)
-        _wait_for(lambda: _is_fuse_mount(str(mnt)), 60, daemon, "the workspace mount", run_dir / "mount.log")
-        mounts.append(str(mnt))
+        # 2. the FUSE daemon (and the egress hook in it, with --egress)
+        workspace = start_workspace(spec, helpers)
 
         # 3. /usr read-only, and a virtiofsd per share
         usr = sockdir / "usr"
         usr.mkdir()
-        mounts.append(str(usr))  # before binding: a half-made bind is unmounted too
+        helpers.mounts.insert(0, str(usr))  # before binding: a half-made bind is unmounted too
         bind_readonly("/usr", str(usr))
         virtiofsd = find_virtiofsd()
-        shares = {"usr": (str(usr), "always"), "ws": (str(mnt), "none")}
-        with open(run_dir / "virtiofsd.log", "ab") as log:
-            for tag, (source, cache) in shares.items():
-                sock = sockdir / f"{tag}.sock"
-                proc = subprocess.Popen([virtiofsd, f"--socket-path={sock}", "-o", f"source={source}",
-                                         "-o", f"cache={cache}", "-o", "log_level=warn"],
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                        preexec_fn=_die_with_parent(me))
-                helpers.append(proc)
-                _wait_for(sock.exists, 10, proc, f"virtiofsd for `{tag}`", run_dir / "virtiofsd.log")
+        shares = {"usr": (str(usr), "always"), "ws": (str(workspace.mountpoint), "none")}
+        for tag, (source, cache) in shares.items():
+            sock = sockdir / f"{tag}.sock"
+            proc = helpers.spawn([virtiofsd, f"--socket-path={sock}", "-o", f"source={source}",
+                                  "-o", f"cache={cache}", "-o", "log_level=warn"], "virtiofsd.log")
+            wait_for(sock.exists, 10, proc, f"virtiofsd for `{tag}`", run_dir / "virtiofsd.log")
 
         # 4. QEMU
         tty = os.isatty(0) and os.isatty(1)
         settings = {"IFC_UID": str(uid), "IFC_GID": str(gid), "IFC_TTY": "1" if tty else "0"}
-        if spec.egress:
+        if workspace.dns:
             settings["IFC_DNS"] = PROXY_GUEST[0]
         initrd = sockdir / "initrd.img"
-        run_initrd(img, initrd, settings, guest_env(spec, tty), spec.argv)
+        proxy_url = f"http://{PROXY_GUEST[0]}:{PROXY_GUEST[1]}" if workspace.proxy else None
+        run_initrd(img, initrd, settings, agent_env(spec, tty, proxy_url), spec.argv)
         control = run_dir / "control.log"
         control.write_bytes(b"")
         netdev = "user,id=net,restrict=on"
-        if spec.proxy:
+        if workspace.proxy:
             # `cmd:` starts a relay per guest connection; a `tcp:` chardev is one stream for the VM's life, so a
             # proxy that closes one connection (every denial does) would leave later connections hanging
-            relay = f"{vmimage.find_busybox()} nc {spec.proxy[0]} {spec.proxy[1]}"
+            relay = f"{vmimage.find_busybox()} nc {workspace.proxy[0]} {workspace.proxy[1]}"
             netdev += f",guestfwd=tcp:{PROXY_GUEST[0]}:{PROXY_GUEST[1]}-cmd:{relay}"
-        if spec.egress:  # DNS only to the hook's stub (TCP: the resolver runs with `use-vc`)
-            relay = f"{vmimage.find_busybox()} nc 127.0.0.1 {dns_port}"
+        if workspace.dns:  # DNS only to the hook's stub (TCP: the resolver runs with `use-vc`)
+            relay = f"{vmimage.find_busybox()} nc {workspace.dns[0]} {workspace.dns[1]}"
             netdev += f",guestfwd=tcp:{PROXY_GUEST[0]}:53-cmd:{relay}"
         argv = [*_machine(accel, spec.memory_mb),
                 "-kernel", str(img.kernel), "-initrd", str(initrd), "-append", _append([], accel),
@@ -378,7 +250,7 @@ def run(spec: RunSpec) -> RunResult:
         (run_dir / "qemu.argv").write_text(shlex.join(argv) + "\n")
         with open(run_dir / "qemu.log", "ab") as log:
             boot_start = time.monotonic()
-            qemu = subprocess.Popen(argv, stderr=log, preexec_fn=_die_with_parent(me))
+            qemu = subprocess.Popen(argv, stderr=log, preexec_fn=die_with_parent(helpers.me))
 
         # 5. watchdogs
         boot_timeout = spec.boot_timeout or (20.0 if accel == "kvm" else 60.0)
@@ -388,21 +260,10 @@ def run(spec: RunSpec) -> RunResult:
         if qemu is not None and qemu.poll() is None:
             qemu.kill()
             qemu.wait()
-        for proc in reversed(helpers):  # virtiofsd exit with the VM; the FUSE daemon unmounts on SIGTERM
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in reversed(helpers):
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for target in reversed(mounts):
-            _umount(target)
-        if not any(os.path.ismount(target) for target in mounts):  # never delete through a bind of /usr
+        helpers.close()  # virtiofsd exit with the VM; the FUSE daemon unmounts on SIGTERM
+        if not any(os.path.ismount(target) for target in helpers.mounts):  # never delete through a bind of /usr
             shutil.rmtree(sockdir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            mnt.rmdir()
+        remove_mountpoint(workspace)
 
 
 def _control_lines(path: Path) -> list[str]:

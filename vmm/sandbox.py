@@ -1,0 +1,213 @@
+"""What every isolation of `ifc run` shares: the run's description, its helper processes, and the mediated
+workspace mount they all sit on.
+
+Both isolations (`microvm` in `vmm.launch`, `namespace` in `vmm.namespace`) start the same FUSE daemon
+(`python -m ifc mount`, optionally serving the egress hook from the same monitor) and run the agent with the
+same environment; only the wall between the agent and the host differs. Helpers are children that die with
+this process even when it is killed with SIGKILL (`PR_SET_PDEATHSIG`), and mounts live in a private mount
+namespace, so nothing of a run outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ifc.errors import UserError
+
+PR_SET_PDEATHSIG = 1
+CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PROXY_PORT = 3128  # where the agent reaches the egress hook, in the guest or the namespace
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class LaunchError(UserError):
+    """The sandbox could not be started or did not finish; the message says why, `help` what to do."""
+
+
+@dataclass
+class RunSpec:
+    argv: list[str]
+    workspace: Path
+    run_dir: Path
+    policy: Path
+    agent: str | None = None
+    proxy: tuple[str, int] | None = None
+    egress: bool = False  # serve the egress hook from the FUSE daemon: one monitor for files and network
+    memory_mb: int = 1024  # microVM only
+    uid: int | None = None  # default: the workspace's owner, or 1000 when that is root
+    gid: int | None = None
+    boot_timeout: float | None = None  # microVM only; default: 60 s under TCG, 20 s under KVM
+    shutdown_timeout: float = 15.0
+    accel: str | None = None  # microVM only: kvm | tcg; default: probe (or $IFC_VM_ACCEL)
+    env: dict[str, str] = field(default_factory=dict)
+    notice: object = None  # callable(str) for one-line notices (default: stderr)
+
+    def say(self, line: str) -> None:
+        (self.notice or (lambda text: print(text, file=sys.stderr, flush=True)))(line)
+
+    def ids(self) -> tuple[int, int]:
+        """The agent's uid and gid: as given, else the workspace's owner, else 1000 (never root)."""
+        st = self.workspace.stat()
+        uid, gid = (st.st_uid, st.st_gid) if st.st_uid != 0 else (1000, 1000)
+        return (self.uid if self.uid is not None else uid), (self.gid if self.gid is not None else gid)
+
+
+@dataclass
+class RunResult:
+    status: int
+    isolation: str  # kvm | tcg | namespace
+    boot_seconds: float  # start to the agent's command starting
+    total_seconds: float
+
+
+# ------------------------------------------------------------------------------------------ processes and mounts
+
+def die_with_parent(parent: int):
+    """preexec_fn: SIGKILL this child when the process that started it dies (even by SIGKILL)."""
+
+    def setup() -> None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return setup
+
+
+def check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise LaunchError(f"{what}: {os.strerror(err).lower()}",
+                          "`ifc run` needs root (namespaces, FUSE mounts)" if err == errno.EPERM else None)
+
+
+def private_mount_namespace() -> None:
+    """Move this process into its own mount namespace, with every mount private (no propagation out)."""
+    check(_libc.unshare(CLONE_NEWNS), "cannot create a mount namespace")
+    check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "cannot make mounts private")
+
+
+def mount(source: str, target: str, fstype: str | None = None, flags: int = 0, data: str | None = None) -> None:
+    check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                      data.encode() if data else None), f"cannot mount {source} on {target}")
+
+
+def bind_readonly(source: str, target: str) -> None:
+    mount(source, target, flags=MS_BIND | MS_REC)
+    mount("none", target, flags=MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+def umount(target: str) -> None:
+    _libc.umount2(target.encode(), MNT_DETACH)
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen | None, what: str, log: Path | None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise LaunchError(f"{what}: the helper exited with status {proc.returncode}"
+                              + (f"; see {log}" if log else ""))
+        if time.monotonic() > deadline:
+            raise LaunchError(f"{what}: timed out after {timeout:.0f} s" + (f"; see {log}" if log else ""))
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def is_fuse_mount(path: str) -> bool:
+    from ifc.enforce.mount import is_stale, mounted_at
+
+    return (mounted_at(path) or "").startswith("fuse") and not is_stale(path)
+
+
+class Helpers:
+    """The run's helper processes and mounts, undone in reverse order by `close()` (also after errors)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.me = os.getpid()
+        self.procs: list[subprocess.Popen] = []
+        self.mounts: list[str] = []
+
+    def spawn(self, argv: list[str], log: str, **kwargs) -> subprocess.Popen:
+        """A child in its own session (terminal signals reach `ifc run`, which stops helpers in order)."""
+        with open(self.run_dir / log, "ab") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                                    preexec_fn=die_with_parent(self.me), **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):  # the FUSE daemon unmounts on SIGTERM
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for target in reversed(self.mounts):
+            umount(target)
+
+
+# ------------------------------------------------------------------------------------------ the workspace
+
+@dataclass(frozen=True)
+class Workspace:
+    mountpoint: Path  # the mediated view of the workspace (a FUSE mount)
+    proxy: tuple[str, int] | None  # the egress proxy on the host, if any
+    dns: tuple[str, int] | None  # the hook's DNS stub on the host (TCP and UDP), with --egress
+
+
+def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
+    """The FUSE daemon over the workspace at RUN_DIR/mnt; with `egress`, it also serves the hook (HTTP proxy
+    and DNS stub on free host ports) from the same monitor, so a file read taints what may leave."""
+    mnt = spec.run_dir / "mnt"
+    mnt.mkdir(exist_ok=True)
+    argv = [sys.executable, "-m", "ifc", "mount", "--policy", str(spec.policy), "--run-dir", str(spec.run_dir)]
+    if spec.agent:
+        argv += ["--agent", spec.agent]
+    proxy, dns = spec.proxy, None
+    if spec.egress:
+        proxy, dns = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
+        argv += ["--egress", f"{proxy[0]}:{proxy[1]}", "--egress-dns", f"{dns[0]}:{dns[1]}"]
+    argv += [str(spec.workspace), str(mnt)]
+    daemon = helpers.spawn(argv, "mount.log")
+    wait_for(lambda: is_fuse_mount(str(mnt)), 60, daemon, "the workspace mount", spec.run_dir / "mount.log")
+    helpers.mounts.append(str(mnt))
+    return Workspace(mnt, proxy, dns)
+
+
+def remove_mountpoint(workspace: Workspace | None) -> None:
+    if workspace is not None:
+        with contextlib.suppress(OSError):
+            workspace.mountpoint.rmdir()
+
+
+def agent_env(spec: RunSpec, tty: bool, proxy_url: str | None) -> dict[str, str]:
+    """The agent's whole environment: nothing of the host's but TERM; the proxy (when there is one)."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+           "TERM": os.environ.get("TERM", "xterm") if tty else "dumb", "PWD": "/workspace", "HOME": "/home/agent"}
+    if proxy_url:
+        env.update(HTTP_PROXY=proxy_url, HTTPS_PROXY=proxy_url, http_proxy=proxy_url, https_proxy=proxy_url,
+                   NO_PROXY="localhost,127.0.0.1", no_proxy="localhost,127.0.0.1")
+    env.update(spec.env)
+    return env
+
