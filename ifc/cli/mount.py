@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ifc.cli import ExitCode
 from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address, read_token, token_verifier
+from ifc.cli.proxy import UPSTREAM_CA_HELP
 
 EPILOG = """exit codes:
   0  unmounted cleanly (or, with --background, mounted)
@@ -58,6 +59,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    "taints what the proxy lets out (one session across both exits)")
     p.add_argument("--egress-dns", metavar="HOST:PORT",
                    help="with --egress: also serve the DNS stub here (answers only names the policy's endpoints name)")
+    p.add_argument("--upstream-ca", metavar="FILE", help="with --egress: " + UPSTREAM_CA_HELP)
     p.add_argument("--verbose", "-v", action="store_true", help="log every denial to stderr as it happens")
     p.add_argument("source", metavar="SRC", help="the backing directory (the real workspace)")
     p.add_argument("mountpoint", metavar="MNT", help="where the agent sees it")
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     egress = None
     try:
         if args.egress:
-            egress = _start_egress(monitor, args.egress, args.egress_dns, token)
+            egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca)
         binding = load_binding(args.fuse or DEFAULT_BINDING)
         ops = EnforcingFS(source, monitor, identities=Identities(default_token=token),
                           context=binding.context, mountpoint=mountpoint, cache=not args.no_cache)
@@ -129,12 +131,15 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
     return monitor, token
 
 
-def _start_egress(monitor, listen: str, dns: str | None, token: str | None):
-    """The egress proxy on an event loop in this process, deciding through the mount's own monitor."""
+def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_dir: Path,
+                  upstream_ca: str | None):
+    """The egress proxy on an event loop in this process, deciding through the mount's own monitor. Writes
+    RUN_DIR/ca.pem and RUN_DIR/sandbox.env (the sentinels) for the launcher of the sandbox."""
     import asyncio
 
-    from ifc.cli.proxy import serve
+    from ifc.cli.proxy import serve, termination
     from ifc.enforce.egress import BackgroundLoop, Egress
+    from ifc.enforce.runfiles import write_sandbox_files
     from ifc.enforce.secrets import SecretError, Vault
 
     address = parse_address(listen, "--egress")
@@ -143,13 +148,15 @@ def _start_egress(monitor, listen: str, dns: str | None, token: str | None):
         vault = Vault.from_policy(monitor.policy)
     except SecretError as exc:
         raise Usage(str(exc), "the egress hook holds the real values: set them in its environment") from None
+    tls = termination(monitor.policy, upstream_ca)
+    write_sandbox_files(run_dir, vault, tls.ca)
     loop = BackgroundLoop()
     stop = asyncio.Event()
     egress = Egress(monitor, vault=vault, session_token=token)
     listening = []
     future = asyncio.run_coroutine_threadsafe(
         serve(egress, address, dns=dns_address, ready=lambda name, host, port: listening.append((name, host, port)),
-              stop=stop), loop.loop)
+              stop=stop, tls=tls), loop.loop)
     deadline = time.monotonic() + 10
     wanted = 2 if dns_address else 1
     while len(listening) < wanted and not future.done() and time.monotonic() < deadline:

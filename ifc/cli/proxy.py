@@ -5,8 +5,10 @@ every connection, request, lookup and message decided by the reference monitor.
 Point the sandbox at it with `HTTP_PROXY=HTTPS_PROXY=http://ifc:TOKEN@HOST:PORT` (a client presenting a
 token is its own subject; without one it is the session, presenting `--token` or acting under the agent's
 grants). Policy secrets are loaded here; the sandbox gets sentinels instead, written with the proxy
-settings to RUN_DIR/sandbox.env. Every decision goes to RUN_DIR/events.db (`ifc report`). Runs in the
-foreground until Ctrl-C or SIGTERM.
+settings to RUN_DIR/sandbox.env. A tunnel to an endpoint a secret is bound to is terminated with a per-run
+CA (its certificate in RUN_DIR/ca.pem, for the sandbox to trust) so the sentinel can be swapped there too;
+the real server is verified against the system trust store (plus --upstream-ca). Every decision goes to
+RUN_DIR/events.db (`ifc report`). Runs in the foreground until Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -44,14 +46,34 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dns", metavar="HOST:PORT", help="also serve the DNS stub (UDP and TCP) here")
     p.add_argument("--smtp", metavar="HOST:PORT", help="also serve the SMTP submission front here")
     p.add_argument("--smtp-relay", metavar="URL", help="the real mail server, `smtp://host:port` (needed with --smtp)")
-    p.add_argument("--run-dir", metavar="DIR", help="event log and sandbox.env (default: a new temporary directory)")
+    p.add_argument("--run-dir", metavar="DIR",
+                   help="event log, sandbox.env and ca.pem (default: a new temporary directory)")
     p.add_argument("--agent", metavar="NAME",
                    help="whose grants apply without a token (default: the policy's first agent; `none`: flows only)")
     p.add_argument("--token", metavar="T", help="the session's capability token: the token or @FILE")
     p.add_argument("--key", metavar="FILE", help="host public key that verifies tokens (default: as `ifc caps`)")
     p.add_argument("--audience", metavar="A", help="the audience tokens must name (default: the run dir's name)")
     p.add_argument("--hosts", metavar="FILE", help="`NAME ADDRESS...` lines answered before the system resolver")
+    p.add_argument("--upstream-ca", metavar="FILE", help=UPSTREAM_CA_HELP)
     p.add_argument("--verbose", "-v", action="store_true", help="log every refusal to stderr")
+
+
+UPSTREAM_CA_HELP = ("extra CA certificates (PEM) trusted, besides the system's, for the real servers behind "
+                    "terminated HTTPS tunnels")
+
+
+def termination(policy, upstream_ca: str | None):
+    """The per-run CA and upstream verification for the tunnels the hook terminates (a usage error if the
+    extra CA bundle cannot be read)."""
+    import ssl
+
+    from ifc.enforce.tls import Termination
+
+    try:
+        return Termination.for_policy(policy, upstream_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise Usage(f"cannot load --upstream-ca `{upstream_ca}`: {exc}", "give a PEM file of CA certificates") \
+            from None
 
 
 def _usage(message: str, help: str | None = None) -> int:
@@ -107,14 +129,15 @@ def _build(args: argparse.Namespace, run_dir: Path):
 
 async def serve(egress, listen: tuple[str, int], dns: tuple[str, int] | None = None,
                 smtp: tuple[str, int] | None = None, smtp_relay: str | None = None,
-                ready=None, stop: asyncio.Event | None = None) -> None:
+                ready=None, stop: asyncio.Event | None = None, tls=None) -> None:
     """Run the proxy (and the DNS stub, the SMTP front) until `stop` is set. `ready(name, host, port)` is
-    called as each one listens. One `Egress`, so one monitor: the taint is shared by every exit."""
+    called as each one listens. One `Egress`, so one monitor: the taint is shared by every exit. `tls`: the
+    `Termination` for tunnels to endpoints secrets are bound to (None: every tunnel is blind)."""
     from ifc.enforce.dns_stub import DnsStub
     from ifc.enforce.http_proxy import HttpProxy
     from ifc.enforce.smtp_front import SmtpFront
 
-    servers = [("http", HttpProxy(egress), listen)]
+    servers = [("http", HttpProxy(egress, tls=tls), listen)]
     if dns:
         servers.append(("dns", DnsStub(egress), dns))
     if smtp:
@@ -135,6 +158,8 @@ async def serve(egress, listen: tuple[str, int], dns: tuple[str, int] | None = N
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from ifc.enforce.runfiles import write_sandbox_files
+
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="ifc proxy: %(message)s", stream=sys.stderr)
     try:
@@ -145,25 +170,23 @@ def run(args: argparse.Namespace) -> int:
             raise Usage("--smtp needs --smtp-relay smtp://host:port")
         run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="ifc-proxy-"))
         egress = _build(args, run_dir)
+        tls = termination(egress.monitor.policy, args.upstream_ca)
     except Usage as exc:
         return _usage(exc.message, exc.help)
     bound: dict[str, tuple[str, int]] = {}
 
     def ready(name: str, host: str, port: int) -> None:
         bound[name] = (host, port)
+        if name == "http":  # before saying it listens: whoever waits for that line reads these files next
+            write_sandbox_files(run_dir, egress.vault, tls.ca, f"http://{host}:{port}")
         print(f"ifc proxy: {name} on {host}:{port}", file=sys.stderr, flush=True)
-        if name == "http":
-            lines = [f"{k}={v}" for k, v in egress.vault.sandbox_env().items()]
-            url = f"http://{host}:{port}"
-            lines += [f"HTTP_PROXY={url}", f"HTTPS_PROXY={url}", f"http_proxy={url}", f"https_proxy={url}"]
-            (run_dir / "sandbox.env").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(egress, listen, dns, smtp, args.smtp_relay, ready=ready, stop=stop)
+        await serve(egress, listen, dns, smtp, args.smtp_relay, ready=ready, stop=stop, tls=tls)
 
     try:
         asyncio.run(main())

@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -221,14 +222,19 @@ class Egress:
         return found, None
 
 
-async def connect_checked(addresses: tuple[str, ...], port: int, timeout: float = 10.0):
-    """Open a TCP connection to the first checked address that answers (never to a name)."""
+async def connect_checked(addresses: tuple[str, ...], port: int, timeout: float = 10.0,
+                          tls: ssl.SSLContext | None = None, server_hostname: str | None = None):
+    """Open a TCP connection to the first checked address that answers (never to a name); with `tls`, TLS
+    verified for `server_hostname`. A certificate that does not verify is raised, not tried elsewhere."""
     last: Exception | None = None
     for addr in addresses:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(addr, port, limit=1 << 20), timeout)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                addr, port, limit=1 << 20, ssl=tls, server_hostname=server_hostname if tls else None), timeout)
             writer.transport.set_write_buffer_limits(high=1 << 21)
             return reader, writer
+        except ssl.SSLError:
+            raise
         except (TimeoutError, OSError) as exc:
             last = exc
     raise OSError(f"cannot connect: {last}")

@@ -10,6 +10,12 @@ are swapped for bound endpoints or refused, real secret values in responses are 
 tunnel after reading the TLS ClientHello: its SNI must name the CONNECT host. Without a TLS ClientHello a
 tunnel is raw TCP, allowed only where a `tcp://` endpoint rule names the host.
 
+A tunnel to an endpoint some policy secret is bound to is terminated (`ifc.enforce.tls`): the hook answers
+the handshake with the run CA's leaf for the CONNECT host and serves the origin-form requests inside (Host
+must name the CONNECT authority) through the same path as plain HTTP — decision, taint, sentinel swap,
+scrubbing — forwarding each over TLS verified against the system trust store (plus `--upstream-ca`). Every
+other tunnel is blind: spliced as it is, so only a sentinel, never a real value, can leave through it.
+
 Statuses: 400 garbage, 403 denied (reason in the body and `X-Ifc-Denied`), 408 slow client, 413 body too
 large to check, 414/431 head too large, 502/504 upstream trouble, 503 too many connections.
 """
@@ -25,11 +31,13 @@ import os
 import re
 import select
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 
 from ifc.enforce.egress import Client, Egress, StreamFront, Verdict, connect_checked
 from ifc.enforce.secrets import StreamScrubber
+from ifc.enforce.tls import Termination, TlsFailure, TlsStream
 from ifc.match import PORT_SCHEMES, Endpoint
 
 log = logging.getLogger("ifc.egress.http")
@@ -171,12 +179,16 @@ def token_from(value: str | None) -> str | None:
     return unquote(password) or None
 
 
-def parse_request(head: bytes, limits: Limits = Limits()) -> ProxyRequest:
+def parse_request(head: bytes, limits: Limits = Limits(), tunnel: ProxyRequest | None = None) -> ProxyRequest:
+    """A proxy request (absolute URI or CONNECT), or with `tunnel` (the CONNECT of a terminated tunnel) an
+    origin-form request inside it, whose Host must name the CONNECT authority."""
     method, target, version, headers = parse_head(head, limits)
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise ProxyError(400, f"unsupported version `{version[:20]}`")
     if not _TOKEN.match(method):
         raise ProxyError(400, "bad method")
+    if tunnel is not None:
+        return _tunnelled_request(tunnel, method, target, version, headers)
     token = token_from(next((v for k, v in headers if k.lower() == "proxy-authorization"), None))
     if method == "CONNECT":
         host, port = _split_authority(target, None)
@@ -195,6 +207,19 @@ def parse_request(head: bytes, limits: Limits = Limits()) -> ProxyRequest:
         path = path.split("#", 1)[0]
     host, port = _split_authority(authority, 80)
     return ProxyRequest(method, "http", host, port, path, version, tuple(headers), token)
+
+
+def _tunnelled_request(tunnel: ProxyRequest, method: str, target: str, version: str,
+                       headers: list[tuple[str, str]]) -> ProxyRequest:
+    if method == "CONNECT" or not target.startswith("/"):
+        raise ProxyError(400, "inside a tunnel a request names only a path (`GET /x HTTP/1.1`)")
+    hosts = [v for k, v in headers if k.lower() == "host"]
+    if len(hosts) != 1:
+        raise ProxyError(400, "a request inside a tunnel needs exactly one Host header")
+    if _split_authority(hosts[0], 443) != (tunnel.host, tunnel.port):
+        raise ProxyError(400, f"Host `{hosts[0][:100]}` is not the tunnel's `{tunnel.authority}`")
+    path = target.split("#", 1)[0]
+    return ProxyRequest(method, "https", tunnel.host, tunnel.port, path, version, tuple(headers), tunnel.token)
 
 
 # ------------------------------------------------------------------------------------------ TLS ClientHello
@@ -252,10 +277,14 @@ def sni_from_client_hello(data: bytes) -> tuple[str | None, int]:
 # ------------------------------------------------------------------------------------------ the server
 
 class HttpProxy(StreamFront):
-    def __init__(self, egress: Egress, limits: Limits = Limits(), splice: bool = True):
+    """`tls`: terminate tunnels to endpoints a policy secret is bound to (None: every tunnel is blind)."""
+
+    def __init__(self, egress: Egress, limits: Limits = Limits(), splice: bool = True,
+                 tls: Termination | None = None):
         self.egress = egress
         self.limits = limits
         self.splice = splice  # tunnels nobody inspects are pumped by the kernel (splice(2)) in a thread each
+        self.tls = tls
         self._slots = asyncio.Semaphore(limits.max_connections)
 
     @property
@@ -270,24 +299,27 @@ class HttpProxy(StreamFront):
             await self._answer(writer, 503, "too many connections", close=True)
             return
         async with self._slots:
-            upstreams: dict = {}  # (addresses, port) -> a kept-alive upstream connection of this client
             try:
-                first = True
-                while True:
-                    keep = await self._one(reader, writer, peer_text, first, upstreams)
-                    first = False
-                    if not keep:
-                        break
-            except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+                await self._session(reader, writer, peer_text)
+            except (TimeoutError, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.CancelledError):
                 pass
             except Exception:
                 log.exception("internal error in the proxy")
             finally:
-                for _r, up_writer in upstreams.values():
-                    up_writer.close()
                 writer.close()
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await writer.wait_closed()
+
+    async def _session(self, reader, writer, peer: str, tunnel: tuple[ProxyRequest, Client] | None = None) -> None:
+        """The requests of one client connection, or of one terminated tunnel (its CONNECT and client)."""
+        upstreams: dict = {}  # (addresses, port) -> a kept-alive upstream connection of this client
+        try:
+            first = True
+            while await self._one(reader, writer, peer, first, upstreams, tunnel):
+                first = False
+        finally:
+            for _r, up_writer in upstreams.values():
+                up_writer.close()
 
     async def _read_head(self, reader: asyncio.StreamReader, first: bool) -> bytes | None:
         """The next request head, None at a clean end of the connection."""
@@ -310,18 +342,19 @@ class HttpProxy(StreamFront):
         except TimeoutError:
             raise ProxyError(408, f"the request head did not arrive within {limits.head_timeout:g} s") from None
 
-    async def _one(self, reader, writer, peer: str, first: bool, upstreams: dict) -> bool:
+    async def _one(self, reader, writer, peer: str, first: bool, upstreams: dict,
+                   tunnel: tuple[ProxyRequest, Client] | None = None) -> bool:
         try:
             head = await self._read_head(reader, first)
             if head is None:
                 return False
-            req = parse_request(head[:-4], self.limits)
+            req = parse_request(head[:-4], self.limits, tunnel[0] if tunnel else None)
         except ProxyError as exc:
-            self.egress.refuse(Client("session", None, peer), "connect", "(garbage)", exc.reason, "egress: http",
-                               exc.status)
+            who = tunnel[1] if tunnel else Client("session", None, peer)
+            self.egress.refuse(who, "connect", "(garbage)", exc.reason, "egress: http", exc.status)
             await self._answer(writer, exc.status, exc.reason, close=True)
             return False
-        client = self.egress.client(req.token, peer)
+        client = tunnel[1] if tunnel else self.egress.client(req.token, peer)
         if req.method == "CONNECT":
             await self._connect(req, client, reader, writer)
             return False
@@ -390,7 +423,7 @@ class HttpProxy(StreamFront):
     async def _forward(self, req: ProxyRequest, client: Client, reader, writer, upstreams: dict) -> bool:
         limits = self.limits
         keep_client = req.version == "HTTP/1.1" and (req.header("connection") or "").lower() != "close"
-        verdict = await self.egress.open(client, "http", req.host, req.port)
+        verdict = await self.egress.open(client, req.scheme, req.host, req.port)
         if not verdict.allowed:
             await self._deny(writer, verdict, close=True, version=req.version)
             return False
@@ -430,8 +463,15 @@ class HttpProxy(StreamFront):
         while True:
             reused = pooled is not None
             try:
-                up_reader, up_writer = pooled or await connect_checked(verdict.addresses, req.port,
-                                                                       limits.connect_timeout)
+                up_reader, up_writer = pooled or await connect_checked(
+                    verdict.addresses, req.port, limits.connect_timeout,
+                    tls=self.tls.upstream if self.tls and req.scheme == "https" else None, server_hostname=req.host)
+            except ssl.SSLError as exc:
+                refused = self.egress.refuse(client, "connect", str(endpoint), "the upstream's TLS did not verify "
+                                             f"({(exc.reason or str(exc)).lower().replace('_', ' ')})",
+                                             "egress: tls", 502)
+                await self._answer(writer, 502, refused.reason, close=True)
+                return False
             except OSError as exc:
                 await self._answer(writer, 502, f"cannot reach {endpoint}: {exc}", close=True)
                 return False
@@ -542,7 +582,8 @@ class HttpProxy(StreamFront):
             await self._relay_chunked(up_reader, writer, scrub)
         elif "content-length" in low:
             left = int(low["content-length"]) if low["content-length"].isdigit() else 0
-            if not vault and self.splice and up_writer is not None and left > 1 << 20 and hasattr(os, "splice"):
+            if not vault and self.splice and req.scheme == "http" and up_writer is not None and left > 1 << 20 \
+                    and hasattr(os, "splice"):
                 # nothing to scrub: the kernel moves the body (the upstream connection is not reused after)
                 up_writer.transport.pause_reading()  # first: nothing more may land in the reader's buffer
                 buffered = bytes(up_reader._buffer[:left])  # type: ignore[attr-defined]
@@ -638,6 +679,9 @@ class HttpProxy(StreamFront):
                                    f"the TLS ClientHello names `{sni}`, not the CONNECT host `{req.host}`",
                                    "egress: sni")
                 return
+            if self.tls is not None and self.tls.terminates(verdict.endpoint):
+                await self._terminate(req, client, verdict.endpoint, reader, writer, first)
+                return
         try:
             up_reader, up_writer = await connect_checked(verdict.addresses, req.port, limits.connect_timeout)
         except OSError:
@@ -654,6 +698,23 @@ class HttpProxy(StreamFront):
                 await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
         finally:
             up_writer.close()
+
+    async def _terminate(self, req: ProxyRequest, client: Client, endpoint: Endpoint, reader, writer,
+                         first: bytes) -> None:
+        """Answer the TLS handshake with the run CA's leaf for the CONNECT host, then serve the requests inside
+        like plain HTTP ones (each decided, sentinels swapped, responses scrubbed), forwarded over verified TLS."""
+        pending = bytes(reader._buffer)  # type: ignore[attr-defined]  # sent after the ClientHello, unread
+        reader._buffer.clear()  # type: ignore[attr-defined]
+        tls = TlsStream(reader, writer, self.tls.ca.server_context(req.host), first + pending, self.limits.max_head)
+        try:
+            await tls.handshake(self.limits.head_timeout)
+        except TlsFailure as exc:
+            self.egress.refuse(client, "connect", str(endpoint), exc.reason, "egress: tls")
+            return
+        try:
+            await self._session(tls.reader, tls.writer, client.peer, (req, client))
+        finally:
+            tls.close()
 
     async def _client_hello(self, reader) -> bytes:
         data = b""
