@@ -1,6 +1,7 @@
 """`ifc run` in a real microVM (TCG here): status and output come back, only the workspace is visible,
-writes land through FUSE, a denied read is EACCES in the guest and logged, no network, nothing survives
-`kill -9` of `ifc run`. One boot per test (~3-6 s under TCG)."""
+writes land through FUSE, a denied read is EACCES in the guest and logged with the guest command that made
+it, no network, nothing survives `kill -9` of `ifc run`, and a terminal passes through (window size, resize,
+Ctrl-C). One boot per test (~3-6 s under TCG)."""
 
 from __future__ import annotations
 
@@ -118,6 +119,65 @@ def test_denied_read_is_eacces_and_logged(image_env, workspace):
     denied = db.execute("SELECT op, target FROM events WHERE allowed = 0").fetchall()
     assert ("read", ".env") in denied, denied
     assert "denial" in proc.stderr
+    # the control channel named the guest command: the report matches it to the denial
+    from ifc.report.load import load_run
+
+    (denial,) = [d for d in load_run(run_dir).denials if d.target == ".env"]
+    assert denial.guest[0] == "cat .env", denial.guest
+    assert "cat .env" in proc.stderr  # and `ifc run`'s summary says it
+
+
+def test_a_terminal_passes_through(image_env, workspace):
+    """A TUI agent's needs: the window size at start and after a resize, and Ctrl-C as SIGINT in the guest."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    ws, policy, run_dir = workspace
+    script = ('stty size; trap "echo resized; stty size" WINCH; trap "echo interrupted; exit 7" INT; echo armed; '
+              "while :; do sleep 0.1; done")
+    argv = [sys.executable, "-m", "ifc", "run", "--policy", str(policy), "--workspace", str(ws),
+            "--run-dir", str(run_dir), "--", "sh", "-c", script]
+
+    def size(fd: int, rows: int, cols: int) -> None:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal of 40x100 before `ifc run` starts
+        size(0, 40, 100)
+        os.chdir(ROOT)
+        os.execve(sys.executable, argv, image_env)
+    seen = b""
+
+    def until(marker: bytes, timeout: float = 90) -> bool:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+        return marker in seen
+
+    try:
+        assert until(b"armed"), seen
+        assert b"40 100" in seen, seen
+        size(fd, 30, 90)
+        os.kill(pid, signal.SIGWINCH)
+        assert until(b"30 90", 30), seen
+        os.write(fd, b"\x03")
+        assert until(b"interrupted", 30), seen
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 7, seen
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
 
 
 def test_no_network(image_env, workspace):
@@ -208,3 +268,7 @@ deny secret -> web "secrets never leave the sandbox"
     denied = db.execute("SELECT op, target, rule, path FROM events WHERE kind = 'deny'").fetchall()
     assert any(op == "connect" and "deny secret -> web" in rule and ".env" in path for op, _, rule, path in denied)
     assert any(op == "dns" and target.endswith("evil.example") for op, target, _, _ in denied), denied
+    from ifc.report.load import load_run
+
+    (connect,) = [d for d in load_run(run_dir).denials if d.op == "connect"]
+    assert connect.guest[0].startswith("curl -s --noproxy"), connect.guest  # the command, not the whole VM

@@ -7,12 +7,13 @@ already there for the same inputs:
 2. download — `apt-get download` the package into the cache (never installed)
 3. unpack   — `dpkg -x` it, then `depmod -b` so `modules.dep` matches the unpacked tree
 4. modules  — the virtio, FUSE/virtiofs, network and console modules plus their dependencies, in load order
-5. initramfs — busybox-static, those modules, `/etc/ifc/modules` (the load order) and the init from
-   `vmm/guest/init`, as a gzip'd newc cpio written by `write_cpio` below (no external cpio needed)
+5. initramfs — busybox-static, those modules, `/etc/ifc/modules` (the load order), the init from
+   `vmm/guest/init` and the control-channel daemon `vmm/guest/ifc-guestd.c` (compiled static here, with the
+   host's C compiler), as a gzip'd newc cpio written by `write_cpio` below (no external cpio needed)
 
 Layout: `$XDG_CACHE_HOME/ifc-sandbox/vm/<kver>/` holds the .deb, `root/` (the unpacked package),
 `vmlinuz`, `initrd.gz` and `manifest.json`; the manifest records a hash over every input (package file,
-busybox, init, module list, this builder's format version), so a changed input rebuilds the initramfs.
+busybox, init, guestd source, module list, this builder's format version), so a changed input rebuilds the initramfs.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ META_PACKAGE = "linux-image-cloud-amd64"
 MODULES = ("virtio_ring", "virtio", "virtio_mmio", "fuse", "virtiofs", "virtio_net", "virtio_console")
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+GUEST_SOURCES = ("init", "ifc-guestd.c")
 
 Progress = Callable[[str], None]
 
@@ -161,7 +163,23 @@ def write_cpio(entries: Iterable[tuple[str, int, bytes | str | None]]) -> bytes:
     return out.getvalue()
 
 
-def _initramfs(busybox: Path, init: bytes, root: Path, kver: str, modules: list[str]) -> bytes:
+def compile_guestd(target: Path) -> bytes:
+    """The guest daemon as a static binary (it runs before any library is mounted in the guest)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise ImageError("no C compiler to build the guest daemon", "install gcc and libc6-dev (scripts/sysdeps.sh)")
+    tmp = target.with_suffix(".tmp")
+    proc = subprocess.run([compiler, "-static", "-Os", "-s", "-o", str(tmp), str(GUEST_DIR / "ifc-guestd.c")],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        first = (proc.stderr.strip().splitlines() or ["no output"])[0]
+        raise ImageError(f"cannot compile the guest daemon: {first}",
+                         "a static build needs libc6-dev (scripts/sysdeps.sh)")
+    os.replace(tmp, target)
+    return target.read_bytes()
+
+
+def _initramfs(busybox: Path, init: bytes, guestd: bytes, root: Path, kver: str, modules: list[str]) -> bytes:
     entries: list[tuple[str, int, bytes | str | None]] = []
     for d in ("bin", "dev", "etc", "etc/ifc", "lib", "lib/modules", "newroot", "proc", "sys", "tmp", "run"):
         entries.append((d, stat.S_IFDIR | 0o755, None))
@@ -170,6 +188,7 @@ def _initramfs(busybox: Path, init: bytes, root: Path, kver: str, modules: list[
     entries.append(("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes()))
     entries.append(("bin/sh", stat.S_IFLNK | 0o777, "busybox"))
     entries.append(("init", stat.S_IFREG | 0o755, init))
+    entries.append(("bin/ifc-guestd", stat.S_IFREG | 0o755, guestd))
     names = []
     for rel in modules:
         name = os.path.basename(rel)
@@ -182,9 +201,10 @@ def _initramfs(busybox: Path, init: bytes, root: Path, kver: str, modules: list[
 
 # ------------------------------------------------------------------------------------------ build
 
-def _inputs_hash(deb_sha: str, busybox: Path, init: bytes) -> str:
+def _inputs_hash(deb_sha: str, busybox: Path) -> str:
     digest = hashlib.sha256()
-    for part in (f"format={FORMAT}", deb_sha, _sha256(busybox), hashlib.sha256(init).hexdigest(), ",".join(MODULES)):
+    guest = [_sha256(GUEST_DIR / name) for name in GUEST_SOURCES]
+    for part in (f"format={FORMAT}", deb_sha, _sha256(busybox), *guest, ",".join(MODULES)):
         digest.update(part.encode() + b"\n")
     return digest.hexdigest()[:16]
 
@@ -228,14 +248,15 @@ def build(progress: Progress = lambda line: None, *, package: str | None = None,
 
     busybox = find_busybox()
     init = (GUEST_DIR / "init").read_bytes()
-    inputs = _inputs_hash(deb_sha, busybox, init)
+    inputs = _inputs_hash(deb_sha, busybox)
     kernel, initrd = directory / "vmlinuz", directory / "initrd.gz"
     modules = module_order(root / "lib" / "modules" / kver, MODULES)
     step(4, f"{len(modules)} modules: " + " ".join(os.path.basename(m).split(".")[0] for m in modules))
     if force or manifest.get("inputs") != inputs or not kernel.exists() or not initrd.exists():
         shutil.copyfile(root / "boot" / f"vmlinuz-{kver}", kernel)
         tmp = initrd.with_suffix(".tmp")
-        tmp.write_bytes(_initramfs(busybox, init, root, kver, modules))
+        guestd = compile_guestd(directory / "ifc-guestd")
+        tmp.write_bytes(_initramfs(busybox, init, guestd, root, kver, modules))
         os.replace(tmp, initrd)
         manifest = {"kver": kver, "package": package, "deb": deb.name, "deb_sha256": deb_sha, "inputs": inputs,
                     "busybox": str(busybox), "modules": modules, "built": time.time()}
@@ -261,7 +282,7 @@ def cached() -> list[dict]:
             manifest = json.loads(manifest_path.read_text())
             entry.update(manifest)
             try:
-                fresh = _inputs_hash(manifest["deb_sha256"], find_busybox(), (GUEST_DIR / "init").read_bytes())
+                fresh = _inputs_hash(manifest["deb_sha256"], find_busybox())
                 entry["stale"] = fresh != manifest.get("inputs")
             except ImageError:
                 entry["stale"] = True
@@ -285,7 +306,7 @@ def current() -> Image:
         manifest = json.loads((directory / "manifest.json").read_text())
     except (OSError, ValueError):
         raise ImageError(f"the cached image for {kver} is incomplete", "run `ifc vm build`") from None
-    fresh = _inputs_hash(manifest["deb_sha256"], find_busybox(), (GUEST_DIR / "init").read_bytes())
+    fresh = _inputs_hash(manifest["deb_sha256"], find_busybox())
     if fresh != manifest.get("inputs"):
         raise ImageError(f"the cached image for {kver} is out of date (its inputs changed)", "run `ifc vm build`")
     return Image(kver, directory, directory / "vmlinuz", directory / "initrd.gz", manifest["inputs"])

@@ -27,13 +27,16 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from vmm import image as vmimage
+from vmm.control import Control, saved_terminal, terminal_size
 from vmm.sandbox import (
     PROXY_PORT,
     Helpers,
@@ -201,6 +204,7 @@ def run(spec: RunSpec) -> RunResult:
         sockdir.mkdir()
     qemu: subprocess.Popen | None = None
     workspace = None
+    control: Control | None = None
     try:
         # 2. the FUSE daemon (and the egress hook in it, with --egress)
         workspace = start_workspace(spec, helpers)
@@ -221,13 +225,16 @@ def run(spec: RunSpec) -> RunResult:
         # 4. QEMU
         tty = os.isatty(0) and os.isatty(1)
         settings = {"IFC_UID": str(uid), "IFC_GID": str(gid), "IFC_TTY": "1" if tty else "0"}
+        if tty:
+            settings["IFC_ROWS"], settings["IFC_COLS"] = map(str, terminal_size(1))
         if workspace.dns:
             settings["IFC_DNS"] = PROXY_GUEST[0]
         initrd = sockdir / "initrd.img"
         proxy_url = f"http://{PROXY_GUEST[0]}:{PROXY_GUEST[1]}" if workspace.proxy else None
         run_initrd(img, initrd, settings, agent_env(spec, tty, proxy_url), spec.argv)
-        control = run_dir / "control.log"
-        control.write_bytes(b"")
+        (run_dir / "control.log").write_bytes(b"")
+        control = Control(sockdir / "ctl.sock", run_dir / "control.log", run_dir / "events.db")
+        control.start()
         netdev = "user,id=net,restrict=on"
         if workspace.proxy:
             # `cmd:` starts a relay per guest connection; a `tcp:` chardev is one stream for the VM's life, so a
@@ -245,18 +252,23 @@ def run(spec: RunSpec) -> RunResult:
                      "-device", f"vhost-user-fs-device,chardev={tag},tag={tag}"]
         argv += ["-device", "virtio-serial-device",
                  "-chardev", "stdio,id=io,signal=off", "-device", "virtconsole,chardev=io",
-                 "-chardev", f"file,id=ctl,path={control}", "-device", "virtserialport,chardev=ctl,name=ifc.ctl",
+                 "-chardev", f"socket,id=ctl,path={control.sock_path}",
+                 "-device", "virtserialport,chardev=ctl,name=ifc.ctl",
                  "-netdev", netdev, "-device", "virtio-net-device,netdev=net"]
         (run_dir / "qemu.argv").write_text(shlex.join(argv) + "\n")
         with open(run_dir / "qemu.log", "ab") as log:
             boot_start = time.monotonic()
             qemu = subprocess.Popen(argv, stderr=log, preexec_fn=die_with_parent(helpers.me))
 
-        # 5. watchdogs
+        # 5. watchdogs, and the terminal's size following the user's window
         boot_timeout = spec.boot_timeout or (20.0 if accel == "kvm" else 60.0)
-        status, boot_seconds = _supervise(qemu, control, boot_start, boot_timeout, spec.shutdown_timeout, run_dir)
+        with saved_terminal(0), _forward_resizes(control, tty):
+            status, boot_seconds = _supervise(qemu, control, boot_start, boot_timeout, spec.shutdown_timeout,
+                                              run_dir)
         return RunResult(status, accel, boot_seconds, time.monotonic() - started)
     finally:
+        if control is not None:
+            control.close()
         if qemu is not None and qemu.poll() is None:
             qemu.kill()
             qemu.wait()
@@ -266,41 +278,38 @@ def run(spec: RunSpec) -> RunResult:
         remove_mountpoint(workspace)
 
 
-def _control_lines(path: Path) -> list[str]:
+@contextlib.contextmanager
+def _forward_resizes(control: Control, tty: bool):
+    """While the guest runs, each SIGWINCH sends the new size down the control channel."""
+    if not tty or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGWINCH, lambda signum, frame: control.send_winsize(1))
     try:
-        return path.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
+        yield
+    finally:
+        signal.signal(signal.SIGWINCH, previous)
 
 
-def _supervise(qemu: subprocess.Popen, control: Path, boot_start: float, boot_timeout: float,
+def _supervise(qemu: subprocess.Popen, control: Control, boot_start: float, boot_timeout: float,
                shutdown_timeout: float, run_dir: Path) -> tuple[int, float]:
-    ready_at: float | None = None
-    exit_at: float | None = None
-    status: int | None = None
     where = f"see {run_dir / 'console.log'} and {run_dir / 'qemu.log'}"
     while True:
         returncode = qemu.poll()
-        lines = _control_lines(control)
-        for line in lines:
-            if line == "ready" and ready_at is None:
-                ready_at = time.monotonic()
-            elif line.startswith("exit ") and status is None:
-                status = int(line.split()[1])
-                exit_at = time.monotonic()
-            elif line.startswith("error "):
-                qemu.kill()
-                raise LaunchError(f"the guest failed to start: {line[6:]}", where)
+        if control.error is not None:
+            qemu.kill()
+            raise LaunchError(f"the guest failed to start: {control.error}", where)
         if returncode is not None:
-            if status is None:
+            control.drain(2.0)  # QEMU is gone, so the channel ends once its last line is read
+            if control.status is None:
                 raise LaunchError(f"QEMU exited ({returncode}) before the command finished", where)
-            return status, (ready_at or exit_at or boot_start) - boot_start
+            return control.status, (control.ready_at or control.exit_at or boot_start) - boot_start
         now = time.monotonic()
-        if ready_at is None and now - boot_start > boot_timeout:
+        if control.ready_at is None and now - boot_start > boot_timeout:
             qemu.kill()
             raise LaunchError(f"the guest did not boot within {boot_timeout:.0f} s (boot watchdog)", where)
-        if exit_at is not None and now - exit_at > shutdown_timeout:
+        if control.exit_at is not None and now - control.exit_at > shutdown_timeout:
             qemu.kill()
             qemu.wait()
-            return status, (ready_at or exit_at) - boot_start
+            return control.status, (control.ready_at or control.exit_at) - boot_start
         time.sleep(0.01)

@@ -195,6 +195,9 @@ def _denial(number: int, d: Denial) -> list[str]:
     facts = [
         ("when", f"{escape(iso(d.ts))} <span class=\"none\">(event {d.id})</span>"),
         ("process", _process(d.pid, d.cmdline)),
+        *([("guest command", _c(d.guest[0]) + ' <span class="none">(matched by time'
+            + (f"; also running: {', '.join(_c(g) for g in d.guest[1:])}" if d.guest[1:] else "") + ")</span>")]
+          if d.guest else []),
         ("what", f"subject {_c(d.subject)} asked to {_c(d.op)} {_c(d.target)}"),
         ("why", _prose(d.reason)),
     ]
@@ -245,7 +248,8 @@ def _process(pid: int | None, cmdline: str | None) -> str:
 
 
 _COLUMN_CLASS = {"#": "n", "count": "n", "time": "t", "first": "t", "last": "t", "target": "wrap", "object": "wrap",
-                 "via": "wrap", "policy says": "wrap", "reason": "wrap", "token": "wrap", "process": "wrap"}
+                 "via": "wrap", "policy says": "wrap", "reason": "wrap", "token": "wrap", "process": "wrap",
+                 "guest command": "wrap"}
 
 
 def _table(title: str, anchor: str, headers: list[str], rows: list[list[str]], note: str = "") -> list[str]:

@@ -50,6 +50,7 @@ def _denial(d) -> dict:
         "time": iso(d.ts),
         "ts": d.ts,
         "process": {"pid": d.pid, "cmdline": d.cmdline},
+        "guest_commands": list(d.guest),
         "subject": d.subject,
         "op": d.op,
         "target": d.target,

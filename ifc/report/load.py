@@ -18,10 +18,12 @@ from pathlib import Path
 
 from ifc.errors import UserError
 from ifc.monitor.events import open_readonly, read_events
+from ifc.monitor.guestprocs import attribute, read_guest_processes
 from ifc.monitor.provenance import Hop, draw
 
 EVENTS_DB = "events.db"
 POLICY_COPY = "policy.flow"
+GUEST_CANDIDATES = 4  # guest commands listed per denial
 
 
 class ReportError(UserError):
@@ -49,6 +51,8 @@ class Denial:
     path: tuple[Hop, ...] = ()
     fix_policy: str | None = None
     fix_mint: str | None = None
+    # microVM runs: the guest commands alive when it was decided, most likely first (see ifc.monitor.guestprocs)
+    guest: tuple[str, ...] = ()
 
     @property
     def explanation(self) -> str:
@@ -184,6 +188,7 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
         raise ReportError(f"`{root / EVENTS_DB}` is not an ifc event log: no `{missing[0]}` table")
     meta = {str(k): str(v) for k, v in db.execute("SELECT key, value FROM meta")}
     policy_lines = _policy_lines(root)
+    processes = read_guest_processes(db) if "guest_processes" in tables else []
     denials, labels, declass, tokens, others = [], [], [], [], []
     counts: dict[str, int] = {}
     for ev in read_events(db):
@@ -197,7 +202,8 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
                 rule=ev.rule, rule_span=ev.rule_span, rule_source=_rule_source(ev.rule_span, meta, policy_lines),
                 message=ev.message, object_label=ev.object_label, taint=ev.taint_before or ev.taint_after,
                 token_id=ev.token_id, token_block=ev.token_block, pid=ev.pid, cmdline=ev.cmdline,
-                path=_hops(ev.path, ev.id, root), fix_policy=_text(fix.get("policy")), fix_mint=_text(fix.get("mint"))))
+                path=_hops(ev.path, ev.id, root), fix_policy=_text(fix.get("policy")), fix_mint=_text(fix.get("mint")),
+                guest=tuple(p.command for p in attribute(processes, ev.ts)[:GUEST_CANDIDATES])))
         elif ev.kind == "label":
             labels.append(LabelChange(ev.id, ev.ts, ev.subject, ev.op, ev.target, ev.object_label, ev.reason,
                                       taint, ev.pid, ev.cmdline))

@@ -83,6 +83,9 @@ def _denial(number: int, d: Denial) -> list[str]:
     out = [f"### {number}. {code(d.subject)} {code(d.op)} {code(d.target)}: denied", ""]
     out.append(f"- **when:** {iso(d.ts)} (event {d.id})")
     out.append(f"- **process:** {_process(d.pid, d.cmdline)}")
+    if d.guest:
+        also = f"; also running: {', '.join(code(g) for g in d.guest[1:])}" if d.guest[1:] else ""
+        out.append(f"- **guest command:** {code(d.guest[0])} (matched by time{also})")
     out.append(f"- **what:** subject {code(d.subject)} asked to {code(d.op)} {code(d.target)}")
     out.append(f"- **why:** {text(d.reason)}")
     if d.rule:

@@ -75,6 +75,14 @@ def iso(ts: float | None) -> str:
         return f"{ts} (not a valid time)"
 
 
+def guest_command(guest: tuple[str, ...]) -> str:
+    """`cat .env` (matched by time; also running: `sh -c ...`): the guest attribution of a denial."""
+    if not guest:
+        return ""
+    also = f"; also running: {', '.join(guest[1:])}" if guest[1:] else ""
+    return f"{guest[0]} (matched by time{also})"
+
+
 def process(pid: int | None, cmdline: str | None) -> str:
     """`pid 4242: python x.py`, or `unknown` for what the log does not say."""
     who = f"pid {pid}" if pid is not None else "pid unknown"
