@@ -5,15 +5,19 @@
     python bench/bench_egress.py --quick      # smaller counts, 3 s of concurrency (a smoke run)
 
 Three processes: an upstream HTTP server (asyncio, keep-alive; `/small` answers 2 bytes, `/big` streams
-100 MB), `python -m ifc proxy` on a policy naming the upstream by IP (`--agent none`: flows only, an
-event log in a temporary run directory), and this client.
+100 MB; the same on a second port over TLS, with a certificate from a CA made here), `python -m ifc proxy`
+on a policy naming the upstream by IP (`--agent none`: flows only, an event log in a temporary run
+directory; a secret bound to `https://bound.test`, so tunnels there are terminated), and this client.
 
 * added latency per request: sequential GETs of `/small` on one kept-alive connection, direct and as
   absolute-URI requests through the proxy (which decides, then opens a fresh upstream connection per
   request); p50 and p99;
 * throughput of one 100 MB GET, direct, through the proxy (plain HTTP, scanned for secrets), and through a
   CONNECT tunnel (raw TCP, allowed by a `tcp://` rule);
-* 200 concurrent kept-alive connections through the proxy for `--duration` seconds: requests, errors.
+* 200 concurrent kept-alive connections through the proxy for `--duration` seconds: requests, errors;
+* TLS termination: time to the first response byte on a fresh HTTPS connection (connect, CONNECT, handshake,
+  one GET), direct, through a blind tunnel (`blind.test`) and through a terminated one (`bound.test`,
+  trusting RUN/ca.pem); one 100 MB GET through a terminated tunnel; the run CA's and a leaf's generation.
 
 Goals (issue #6): +<= 1 ms p50, >= 80 % of direct throughput, 200 connections with no error.
 """
@@ -26,6 +30,7 @@ import http.client
 import os
 import platform
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -34,7 +39,7 @@ import time
 from pathlib import Path
 
 UPSTREAM = textwrap.dedent('''
-    import asyncio, sys
+    import asyncio, ssl, sys
     BIG = 100 * 1024 * 1024
     CHUNK = b"x" * (1 << 20)
 
@@ -59,8 +64,11 @@ UPSTREAM = textwrap.dedent('''
 
     async def main():
         server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
-        print(server.sockets[0].getsockname()[1], flush=True)
-        await server.serve_forever()
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(sys.argv[1], sys.argv[2])
+        tls_server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024, ssl=tls)
+        print(server.sockets[0].getsockname()[1], tls_server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.gather(server.serve_forever(), tls_server.serve_forever())
 
     asyncio.run(main())
 ''')
@@ -73,29 +81,80 @@ files {{ "**" internal }}
 endpoints {{
   "http://127.0.0.1:{port}"  clearance internal as web, external
   "tcp://127.0.0.1:{port}"   clearance internal as web, external
+  "https://bound.test:{tport}", "https://blind.test:{tport}"  clearance internal as web, external
+  "https://127.0.0.1:{tport}"  clearance internal
 }}
 """
+# a second proxy for the TLS rows: with a secret, so every response it relays is scrubbed (the first has none)
+SECRET = 'secret BENCH_KEY from env "IFC_BENCH_KEY" to "https://bound.test:{tport}"\n'
+HOSTS = "bound.test 127.0.0.1\nblind.test 127.0.0.1\n"
 
 
-def start(tmp: Path):
-    up = subprocess.Popen([sys.executable, "-c", UPSTREAM], stdout=subprocess.PIPE, text=True)
-    port = int(up.stdout.readline())
-    (tmp / "p.flow").write_text(POLICY.format(port=port))
+def upstream_certificate(tmp: Path) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate, server key) for bound.test and blind.test, made for this run."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    valid = (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench upstream CA")])
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(valid[0]).not_valid_after(valid[1])
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    server = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bound.test")])
+    cert = (x509.CertificateBuilder().subject_name(server).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(valid[0]).not_valid_after(valid[1])
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("bound.test"), x509.DNSName("blind.test")]),
+                           critical=False).sign(ca_key, hashes.SHA256()))
+    paths = tmp / "upstream-ca.pem", tmp / "server.pem", tmp / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def start_upstream(tmp: Path) -> tuple[subprocess.Popen, int, int]:
+    """The upstream server: (process, plain HTTP port, HTTPS port)."""
+    _ca, cert, key = upstream_certificate(tmp)
+    up = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(cert), str(key)], stdout=subprocess.PIPE, text=True)
+    port, tport = map(int, up.stdout.readline().split())
+    (tmp / "hosts").write_text(HOSTS)
+    return up, port, tport
+
+
+def start_proxy(tmp: Path, name: str, policy: str) -> tuple[subprocess.Popen, int]:
+    """`ifc proxy` on `policy`, run dir TMP/NAME, log TMP/NAME.log: (process, port)."""
+    (tmp / f"{name}.flow").write_text(policy)
     root = Path(__file__).resolve().parent.parent
-    errors = tmp / "proxy.log"  # a file, not a pipe: a full pipe would stall the proxy
+    errors = tmp / f"{name}.log"  # a file, not a pipe: a full pipe would stall the proxy
     with open(errors, "w") as err:
-        proxy = subprocess.Popen([sys.executable, "-m", "ifc", "proxy", "--policy", str(tmp / "p.flow"), "--listen",
-                                  "127.0.0.1:0", "--agent", "none", "--run-dir", str(tmp / "run")],
-                                 stderr=err, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+        proxy = subprocess.Popen([sys.executable, "-m", "ifc", "proxy", "--policy", str(tmp / f"{name}.flow"),
+                                  "--listen", "127.0.0.1:0", "--agent", "none", "--run-dir", str(tmp / name),
+                                  "--hosts", str(tmp / "hosts"), "--upstream-ca", str(tmp / "upstream-ca.pem")],
+                                 stderr=err, cwd=root, env={**os.environ, "PYTHONPATH": str(root),
+                                                            "IFC_BENCH_KEY": "bench-real-value"})
     deadline = time.monotonic() + 20
     while " http on " not in errors.read_text() and time.monotonic() < deadline and proxy.poll() is None:
         time.sleep(0.05)
     line = next((x for x in errors.read_text().splitlines() if " http on " in x), None)
     if line is None:
         proxy.kill()
-        up.terminate()
         raise SystemExit(f"the proxy did not start: {errors.read_text()}")
-    return up, port, proxy, int(line.rsplit(":", 1)[1])
+    return proxy, int(line.rsplit(":", 1)[1])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def latency(host_port: tuple[str, int], url: str, n: int) -> list[float]:
@@ -117,10 +176,25 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p))]
 
 
-def throughput(host_port: tuple[str, int], url: str, tunnel: tuple[str, int] | None = None) -> float:
-    conn = http.client.HTTPConnection(*host_port, timeout=60)
+def connection(host_port: tuple[str, int], tunnel: tuple[str, int] | None = None, tls: ssl.SSLContext | None = None,
+               timeout: float = 60) -> http.client.HTTPConnection:
+    """Plain HTTP to `host_port`; with `tunnel`, through the proxy at `host_port` (TLS inside if `tls`); with
+    `tls` alone, HTTPS straight to `host_port` for the name the certificate carries (`bound.test`)."""
+    if tls is None:
+        conn = http.client.HTTPConnection(*host_port, timeout=timeout)
+    elif tunnel:
+        conn = http.client.HTTPSConnection(*host_port, timeout=timeout, context=tls)
+    else:
+        conn = http.client.HTTPSConnection("bound.test", host_port[1], timeout=timeout, context=tls)
+        conn.sock = tls.wrap_socket(socket.create_connection(host_port, timeout=timeout), server_hostname="bound.test")
     if tunnel:
         conn.set_tunnel(*tunnel)
+    return conn
+
+
+def throughput(host_port: tuple[str, int], url: str, tunnel: tuple[str, int] | None = None,
+               tls: ssl.SSLContext | None = None) -> float:
+    conn = connection(host_port, tunnel, tls)
     t = time.perf_counter()
     conn.request("GET", url)
     resp = conn.getresponse()
@@ -131,6 +205,38 @@ def throughput(host_port: tuple[str, int], url: str, tunnel: tuple[str, int] | N
     conn.close()
     assert total == 100 * 1024 * 1024, total
     return total / elapsed / 1e6
+
+
+def first_byte(host_port: tuple[str, int], tls: ssl.SSLContext, tunnel: tuple[str, int] | None, n: int) -> list[float]:
+    """Seconds from connect to the first byte of the response, each on a fresh connection (and handshake)."""
+    out = []
+    for i in range(n + 10):
+        t = time.perf_counter()
+        conn = connection(host_port, tunnel, tls, timeout=10)
+        conn.request("GET", "/small")
+        resp = conn.getresponse()
+        resp.read(1)
+        if i >= 10:
+            out.append(time.perf_counter() - t)
+        conn.close()
+    return out
+
+
+def generation(n: int) -> tuple[float, float]:
+    """Median seconds to make the run CA, and a leaf (key, certificate, SSLContext) for a new host."""
+    from ifc.enforce.tls import RunCA
+    from ifc.match import EndpointPattern
+
+    bound = [EndpointPattern.parse("https://*.bench.test")]
+    cas, leaves = [], []
+    for i in range(n):
+        t = time.perf_counter()
+        ca = RunCA(bound)
+        cas.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ca.server_context(f"h{i}.bench.test")
+        leaves.append(time.perf_counter() - t)
+    return pct(cas, .5), pct(leaves, .5)
 
 
 async def hammer(pport: int, uport: int, conns: int, seconds: float) -> tuple[int, int]:
@@ -172,23 +278,34 @@ def main() -> int:
     n = 500 if args.quick else 3000
     seconds = args.duration or (3 if args.quick else 30)
     with tempfile.TemporaryDirectory() as d:
-        up, uport, proxy, pport = start(Path(d))
+        tmp = Path(d)
+        up, uport, tport = start_upstream(tmp)
+        procs = [up]
         try:
+            proxy, pport = start_proxy(tmp, "plain", POLICY.format(port=uport, tport=tport))
+            procs.append(proxy)
+            secret_proxy, sport = start_proxy(tmp, "secret", POLICY.format(port=uport, tport=tport) +
+                                              SECRET.format(tport=tport))
+            procs.append(secret_proxy)
             direct = latency(("127.0.0.1", uport), "/small", n)
             via = latency(("127.0.0.1", pport), f"http://127.0.0.1:{uport}/small", n)
             tp_direct = throughput(("127.0.0.1", uport), "/big")
             tp_proxy = throughput(("127.0.0.1", pport), f"http://127.0.0.1:{uport}/big")
             tp_tunnel = throughput(("127.0.0.1", pport), "/big", tunnel=("127.0.0.1", uport))
+            upstream_tls = ssl.create_default_context(cafile=str(Path(d) / "upstream-ca.pem"))
+            run_tls = ssl.create_default_context(cafile=str(tmp / "secret" / "ca.pem"))
+            fresh = n // 10
+            ttfb_direct = first_byte(("127.0.0.1", tport), upstream_tls, None, fresh)
+            ttfb_blind = first_byte(("127.0.0.1", sport), upstream_tls, ("blind.test", tport), fresh)
+            ttfb_term = first_byte(("127.0.0.1", sport), run_tls, ("bound.test", tport), fresh)
+            tp_tls_direct = throughput(("127.0.0.1", tport), "/big", tls=upstream_tls)
+            tp_term = throughput(("127.0.0.1", sport), "/big", tunnel=("bound.test", tport), tls=run_tls)
+            ca_time, leaf_time = generation(20 if args.quick else 100)
             done, errors = asyncio.run(hammer(pport, uport, 200, seconds))
         finally:
-            proxy.terminate()
-            up.terminate()
-            up.wait(10)
-            try:
-                proxy.wait(10)
-            except subprocess.TimeoutExpired:
-                proxy.kill()
-            log_text = (Path(d) / "proxy.log").read_text()
+            for proc in reversed(procs):
+                stop(proc)
+            log_text = "".join(log.read_text() for log in tmp.glob("*.log"))
     if "Traceback" in log_text:
         print(log_text[-3000:], file=sys.stderr)
     ms = 1000
@@ -202,6 +319,17 @@ def main() -> int:
          ">= 80 %"),
         (f"200 connections x {seconds:g} s", "", f"{done} requests", f"{errors} errors, {done / seconds:.0f} req/s",
          "0 errors"),
+    ]
+    ttfb = [pct(x, .5) * ms for x in (ttfb_direct, ttfb_blind, ttfb_term)]
+    rows += [
+        ("HTTPS first byte, blind tunnel (ms, p50)", f"{ttfb[0]:.2f}", f"{ttfb[1]:.2f}", f"{ttfb[1] / ttfb[0]:.1f}x",
+         ""),
+        ("HTTPS first byte, terminated tunnel (ms, p50)", f"{ttfb[0]:.2f}", f"{ttfb[2]:.2f}",
+         f"{ttfb[2] / ttfb[0]:.1f}x ({ttfb[2] / ttfb[1]:.1f}x blind)", ""),
+        ("100 MB GET, terminated tunnel (MB/s)", f"{tp_tls_direct:.0f}", f"{tp_term:.0f}",
+         f"{tp_term / tp_tls_direct:.0%}", ""),
+        ("run CA generation (ms, median)", "", f"{ca_time * ms:.2f}", "once per run", ""),
+        ("leaf generation + SSLContext (ms, median)", "", f"{leaf_time * ms:.2f}", "once per host", ""),
     ]
     head = ("measure", "direct", "via ifc proxy", "difference", "goal")
     print(f"# egress hook: Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
