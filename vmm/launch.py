@@ -49,6 +49,7 @@ from vmm.sandbox import (
     private_mount_namespace,
     remove_mountpoint,
     start_workspace,
+    trust_bundle,
     wait_for,
 )
 
@@ -153,15 +154,19 @@ def _shell_assignments(values: dict[str, str]) -> str:
 
 
 def run_initrd(img: vmimage.Image, target: Path, settings: dict[str, str], env: dict[str, str],
-               argv: list[str]) -> None:
-    """The cached initrd with a second (uncompressed) cpio appended: /ifc/run, /ifc/env and /ifc/cmd."""
+               argv: list[str], trust: bytes | None = None) -> None:
+    """The cached initrd with a second (uncompressed) cpio appended: /ifc/run, /ifc/env, /ifc/cmd and, when
+    there is one, /ifc/trust.pem (the sandbox's trust store, see `vmm.sandbox.trust_bundle`)."""
     command = "cd /workspace || exit 125\nexec " + " ".join(shlex.quote(a) for a in argv) + "\n"
-    extra = vmimage.write_cpio([
+    entries: list[tuple[str, int, bytes | str | None]] = [
         ("ifc", stat.S_IFDIR | 0o755, None),
         ("ifc/run", stat.S_IFREG | 0o644, "".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items())),
         ("ifc/env", stat.S_IFREG | 0o644, _shell_assignments(env)),
         ("ifc/cmd", stat.S_IFREG | 0o644, command),
-    ])
+    ]
+    if trust is not None:
+        entries.append(("ifc/trust.pem", stat.S_IFREG | 0o644, trust))
+    extra = vmimage.write_cpio(entries)
     with open(target, "wb") as out, open(img.initrd, "rb") as base:
         shutil.copyfileobj(base, out, 1 << 20)
         out.write(b"\0" * (-out.tell() % 4))
@@ -231,7 +236,7 @@ def run(spec: RunSpec) -> RunResult:
             settings["IFC_DNS"] = PROXY_GUEST[0]
         initrd = sockdir / "initrd.img"
         proxy_url = f"http://{PROXY_GUEST[0]}:{PROXY_GUEST[1]}" if workspace.proxy else None
-        run_initrd(img, initrd, settings, agent_env(spec, tty, proxy_url), spec.argv)
+        run_initrd(img, initrd, settings, agent_env(spec, tty, proxy_url), spec.argv, trust_bundle(spec))
         (run_dir / "control.log").write_bytes(b"")
         control = Control(sockdir / "ctl.sock", run_dir / "control.log", run_dir / "events.db")
         control.start()

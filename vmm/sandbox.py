@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ifc.enforce.runfiles import CA_FILE, ENV_FILE
 from ifc.errors import UserError
 
 PR_SET_PDEATHSIG = 1
@@ -29,6 +30,10 @@ CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PROXY_PORT = 3128  # where the agent reaches the egress hook, in the guest or the namespace
+SANDBOX_TRUST = "/etc/ssl/certs/ca-certificates.crt"  # the sandbox's trust store (its /etc is fresh)
+HOST_TRUST = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+TRUST_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT",
+                   "NODE_EXTRA_CA_CERTS")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -46,6 +51,7 @@ class RunSpec:
     agent: str | None = None
     proxy: tuple[str, int] | None = None
     egress: bool = False  # serve the egress hook from the FUSE daemon: one monitor for files and network
+    upstream_ca: Path | None = None  # with `egress`: extra roots the hook trusts for terminated tunnels' servers
     memory_mb: int = 1024  # microVM only
     uid: int | None = None  # default: the workspace's owner, or 1000 when that is root
     gid: int | None = None
@@ -188,6 +194,8 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
     if spec.egress:
         proxy, dns = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
         argv += ["--egress", f"{proxy[0]}:{proxy[1]}", "--egress-dns", f"{dns[0]}:{dns[1]}"]
+        if spec.upstream_ca:
+            argv += ["--upstream-ca", str(spec.upstream_ca)]
     argv += [str(spec.workspace), str(mnt)]
     daemon = helpers.spawn(argv, "mount.log")
     wait_for(lambda: is_fuse_mount(str(mnt)), 60, daemon, "the workspace mount", spec.run_dir / "mount.log")
@@ -202,12 +210,40 @@ def remove_mountpoint(workspace: Workspace | None) -> None:
 
 
 def agent_env(spec: RunSpec, tty: bool, proxy_url: str | None) -> dict[str, str]:
-    """The agent's whole environment: nothing of the host's but TERM; the proxy (when there is one)."""
+    """The agent's whole environment: nothing of the host's but TERM; the proxy (when there is one); with
+    `--egress`, the secrets' sentinels and the trust store that holds the run's CA (see `trust_bundle`)."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
            "TERM": os.environ.get("TERM", "xterm") if tty else "dumb", "PWD": "/workspace", "HOME": "/home/agent"}
     if proxy_url:
         env.update(HTTP_PROXY=proxy_url, HTTPS_PROXY=proxy_url, http_proxy=proxy_url, https_proxy=proxy_url,
                    NO_PROXY="localhost,127.0.0.1", no_proxy="localhost,127.0.0.1")
+    if spec.egress:
+        env.update(_sentinels(spec.run_dir / ENV_FILE))
+        if (spec.run_dir / CA_FILE).exists():  # every common client's way to be told where the roots are
+            env.update({name: SANDBOX_TRUST for name in TRUST_VARIABLES})
     env.update(spec.env)
     return env
 
+
+def _sentinels(path: Path) -> dict[str, str]:
+    """The secrets' `NAME=sentinel` lines the hook wrote (its proxy settings are for a bare process: skip)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    pairs = (line.split("=", 1) for line in lines if "=" in line)
+    return {name: value for name, value in pairs if name.lower() not in ("http_proxy", "https_proxy")}
+
+
+def trust_bundle(spec: RunSpec) -> bytes | None:
+    """What the sandbox's SANDBOX_TRUST holds: the host's public roots (so real HTTPS endpoints verify) plus,
+    with `--egress`, the run's CA (so the hook's terminated tunnels do). None when there is neither."""
+    parts = []
+    for path in HOST_TRUST:
+        with contextlib.suppress(OSError):
+            parts.append(Path(path).read_bytes())
+            break
+    if spec.egress:
+        with contextlib.suppress(OSError):
+            parts.append(b"# ifc-sandbox run CA (RUN_DIR/ca.pem)\n" + (spec.run_dir / CA_FILE).read_bytes())
+    return b"\n".join(parts) if parts else None

@@ -76,10 +76,10 @@ def iso(ts: float | None) -> str:
 
 
 def guest_command(guest: tuple[str, ...]) -> str:
-    """`cat .env` (matched by time; also running: `sh -c ...`): the guest attribution of a denial."""
+    """`cat .env (matched by time; 2 more running)`: the guest attribution of a denial, on one line."""
     if not guest:
         return ""
-    also = f"; also running: {', '.join(guest[1:])}" if guest[1:] else ""
+    also = f"; {len(guest) - 1} more running" if guest[1:] else ""
     return f"{guest[0]} (matched by time{also})"
 
 
