@@ -182,6 +182,66 @@ deny secret -> web "secrets never leave the sandbox"
     assert any(op == "dns" and target.endswith("evil.example") for op, target, _, _ in denied), denied
 
 
+def test_https_secrets_are_sentinels_inside_and_real_only_at_the_bound_server(tmp_path):
+    """As in the microVM: the agent's environment holds the sentinel, its trust store the run's CA and the
+    host's roots; curl reaches the server through a terminated tunnel, which sees the real value."""
+    import json
+    import ssl
+
+    from tls_support import make_upstream_ca
+
+    upstream_ca, cert, key = make_upstream_ca(tmp_path, ["localhost"])
+    seen: list[str] = []
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization", ""))
+            body = json.dumps({"auth": seen[-1]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    os.chown(ws, 1000, 1000)
+    policy = tmp_path / "policy.flow"
+    policy.write_text(f"""\
+labels {{ secrecy public < internal < secret }}
+files {{ "**" internal }}
+endpoints {{
+  "https://localhost:{port}" clearance internal as api
+  "https://127.0.0.1:{port}" clearance internal  # what localhost resolves to: loopback is refused unless named
+}}
+secret API_KEY from env "IFC_TEST_NS_KEY" to "https://localhost:{port}"
+""")
+    script = ('case "$API_KEY" in ifc-sentinel-*) echo sentinel;; esac; grep -c "BEGIN CERTIFICATE" $SSL_CERT_FILE; '
+              f"curl -sS --noproxy '' -H \"Authorization: Bearer $API_KEY\" https://localhost:{port}/")
+    cmd = argv(ws, policy, tmp_path / "run", "sh", "-c", script,
+               extra=("--agent", "none", "--egress", "--upstream-ca", str(upstream_ca)))
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+                              env={**os.environ, "IFC_TEST_NS_KEY": "sk-real-value-in-the-namespace"})
+    finally:
+        server.shutdown()
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "sentinel", proc.stdout + proc.stderr
+    assert int(lines[1]) > 10  # the host's public roots and the run's CA
+    assert seen == ["Bearer sk-real-value-in-the-namespace"], proc.stdout + proc.stderr
+    assert json.loads(lines[2]) == {"auth": "Bearer " + "*" * len("sk-real-value-in-the-namespace")}
+
+
 def test_git_and_python_work_in_a_git_workspace(workspace):
     ws, policy, run_dir = workspace
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",

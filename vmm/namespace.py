@@ -46,6 +46,7 @@ from vmm.sandbox import (
     private_mount_namespace,
     remove_mountpoint,
     start_workspace,
+    trust_bundle,
 )
 
 NOTICE = ("ifc run: WEAKER ISOLATION: namespaces, not a VM: the agent shares the host's kernel, so a kernel "
@@ -71,7 +72,7 @@ def run(spec: RunSpec) -> RunResult:
         tty = os.isatty(0) and os.isatty(1)
         plan = Plan(argv=spec.argv, env=agent_env(spec, tty, PROXY_URL if workspace.proxy else None), uid=uid,
                     gid=gid, root=str(root), workspace=str(workspace.mountpoint), tty=tty,
-                    proxy=workspace.proxy is not None, dns=workspace.dns is not None)
+                    proxy=workspace.proxy is not None, dns=workspace.dns is not None, trust=trust_bundle(spec))
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with ours, theirs:
             pid = fork_init(plan, theirs, ours)

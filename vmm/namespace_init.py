@@ -40,6 +40,7 @@ from vmm.sandbox import (
     MS_REMOUNT,
     PR_SET_PDEATHSIG,
     PROXY_PORT,
+    SANDBOX_TRUST,
     LaunchError,
     bind_readonly,
     check,
@@ -72,6 +73,7 @@ class Plan:
     tty: bool  # give the agent a fresh pty (the parent relays the host terminal to its master)
     proxy: bool  # listen on 127.0.0.1:3128 inside for the egress hook
     dns: bool  # listen on 127.0.0.1:53 (TCP and UDP) inside for the hook's DNS stub
+    trust: bytes | None  # the sandbox's trust store (`vmm.sandbox.trust_bundle`)
 
 
 def init(plan: Plan, ctl: socket.socket) -> NoReturn:
@@ -124,12 +126,17 @@ def build_root(plan: Plan) -> None:
     }
     for name, text in etc.items():
         Path(f"{r}/etc/{name}").write_text(text)
+    if plan.trust is not None:
+        os.makedirs(os.path.dirname(f"{r}{SANDBOX_TRUST}"))
+        Path(f"{r}{SANDBOX_TRUST}").write_bytes(plan.trust)
     build_dev(f"{r}/dev")
     os.chdir(r)
     check(libc.syscall(SYS_PIVOT_ROOT[platform.machine()], b".", b"."), "cannot pivot into the new root")
     check(libc.umount2(b".", MNT_DETACH), "cannot drop the host's root")  # the old root, stacked under "."
     os.chdir("/")
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # this PID namespace's
+    # this PID namespace's; hidepid: the agent sees only its own processes (not the init, which holds
+    # `ifc run`'s command line)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
 
 
 def build_dev(dev: str) -> None:
