@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import signal
 import socket
 import termios
@@ -66,6 +67,7 @@ def run(spec: RunSpec) -> RunResult:
     root = run_dir / "root"
     workspace: Workspace | None = None
     pid = 0
+    relays: list[socket.socket] = []
     try:
         workspace = start_workspace(spec, helpers)
         root.mkdir(exist_ok=True)
@@ -79,7 +81,7 @@ def run(spec: RunSpec) -> RunResult:
             theirs.close()
             handed = receive(ours, run_dir)
         boot_seconds = time.monotonic() - started
-        relay_network(handed, workspace)
+        relays = relay_network(handed, workspace)
         with terminal(handed.get("pty")):
             _, status = os.waitpid(pid, 0)
         pid = 0
@@ -91,6 +93,10 @@ def run(spec: RunSpec) -> RunResult:
         if pid:
             os.kill(pid, signal.SIGKILL)  # the kernel kills the rest of its PID namespace
             os.waitpid(pid, 0)
+        for sock in relays:  # wakes the relay threads, which end; the network namespace goes with them
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
         helpers.close()
         with contextlib.suppress(OSError):
             root.rmdir()  # the tmpfs on it lived only in the init's mount namespace
@@ -123,8 +129,8 @@ def receive(ours: socket.socket, run_dir: Path, timeout: float = 30.0) -> dict[s
     except TimeoutError:
         raise LaunchError(f"the namespace init was not ready within {timeout:.0f} s") from None
     words = message.decode(errors="replace").split(" ", 1)
-    if words[0] == "ready":
-        names = words[1].split() if len(words) > 1 else []
+    names = words[1].split() if words[0] == "ready" and len(words) > 1 else []
+    if words[0] == "ready" and len(names) == len(fds):
         return dict(zip(names, fds, strict=True))
     for fd in fds:
         os.close(fd)
@@ -135,20 +141,25 @@ def receive(ours: socket.socket, run_dir: Path, timeout: float = 30.0) -> dict[s
 
 # ------------------------------------------------------------------------------------------ network relays
 
-def relay_network(handed: dict[str, int], workspace: Workspace) -> None:
+def relay_network(handed: dict[str, int], workspace: Workspace) -> list[socket.socket]:
     """Serve the listening sockets the init opened inside: each connection to the host-side address."""
     targets = {"proxy": workspace.proxy, "dns-tcp": workspace.dns, "dns-udp": workspace.dns}
+    socks = []
     for name, target in targets.items():
         if name in handed:
             kind = socket.SOCK_DGRAM if name == "dns-udp" else socket.SOCK_STREAM
-            sock = socket.socket(socket.AF_INET, kind, fileno=handed[name])
+            socks.append(socket.socket(socket.AF_INET, kind, fileno=handed[name]))
             serve = serve_datagrams if kind == socket.SOCK_DGRAM else serve_connections
-            threading.Thread(target=serve, args=(sock, target), daemon=True).start()
+            threading.Thread(target=serve, args=(socks[-1], target), daemon=True).start()
+    return socks
 
 
 def serve_connections(listener: socket.socket, target: tuple[str, int]) -> None:
     while True:
-        conn, _ = listener.accept()
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # shut down at the end of the run
+            return
         threading.Thread(target=splice, args=(conn, target), daemon=True).start()
 
 
@@ -179,7 +190,12 @@ def copy(read, dst: socket.socket) -> None:
 
 def serve_datagrams(sock: socket.socket, target: tuple[str, int]) -> None:
     while True:
-        query, client = sock.recvfrom(65535)
+        try:
+            query, client = sock.recvfrom(65535)
+        except OSError:
+            return
+        if not query:  # shut down at the end of the run (an empty datagram is no query either)
+            return
         threading.Thread(target=answer, args=(sock, query, client, target), daemon=True).start()
 
 
@@ -209,22 +225,32 @@ def terminal(master: int | None):
 
     follow_size()
     previous = signal.signal(signal.SIGWINCH, follow_size)
-    output = threading.Thread(target=pump, args=(master, 1), daemon=True)
+    done = threading.Event()
+    output = threading.Thread(target=pump, args=(master, 1, done), daemon=True)
+    typing = threading.Thread(target=pump, args=(0, master, done), daemon=True)
     output.start()
-    threading.Thread(target=pump, args=(0, master), daemon=True).start()
+    typing.start()
     ttymod.setraw(0)
     try:
         yield
         output.join(2)  # the agent's last output (EIO once every process holding the pty is gone)
     finally:
+        done.set()
+        typing.join(1)  # before the master's descriptor can be reused
         termios.tcsetattr(0, termios.TCSADRAIN, saved)
         signal.signal(signal.SIGWINCH, previous)
         os.close(master)
 
 
-def pump(src: int, dst: int) -> None:
+def pump(src: int, dst: int, done: threading.Event) -> None:
+    """Bytes from `src` to `dst` until EOF, an error (EIO: the pty's last holder is gone) or `done`."""
     try:
-        while data := os.read(src, 65536):
+        while not done.is_set():
+            if not select.select([src], [], [], 0.1)[0]:
+                continue
+            data = os.read(src, 65536)
+            if not data:
+                return
             while data:
                 data = data[os.write(dst, data):]
     except OSError:
