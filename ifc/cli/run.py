@@ -60,6 +60,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                        "microVM, 127.0.0.1:3128 in the namespaces")
     exits.add_argument("--proxy", metavar="HOST:PORT",
                        help="an egress proxy already running on the host (its own monitor)")
+    p.add_argument("--upstream-ca", metavar="FILE",
+                   help="with --egress: extra roots (PEM) the hook trusts for the servers behind the tunnels it "
+                   "terminates (those secrets are bound to); the system's are always trusted")
     p.add_argument("--isolation", choices=ISOLATIONS, default="microvm",
                    help="microvm (default) or namespace: no VM, the host's kernel shared (weaker)")
     p.add_argument("--memory", type=int, metavar="MiB", help="guest memory (default: 1024; microVM only)")
@@ -89,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         return _error(exc.message, code=2)
     vm_only = [flag for flag, value in (("--memory", args.memory), ("--accel", args.accel),
                                         ("--boot-timeout", args.boot_timeout)) if value is not None]
+    if args.upstream_ca and not args.egress:
+        return _error("--upstream-ca goes with --egress (the hook it configures)", code=2)
+    upstream_ca = Path(os.path.realpath(args.upstream_ca)) if args.upstream_ca else None
+    if upstream_ca is not None and not upstream_ca.is_file():
+        return _error(f"--upstream-ca: `{args.upstream_ca}` is not a file", code=2)
     if args.isolation == "namespace" and vm_only:
         return _error(f"{', '.join(vm_only)}: microVM only, not with --isolation namespace", code=2)
     try:
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, terminate)
     spec = RunSpec(argv=command, workspace=workspace, run_dir=run_dir, policy=Path(args.policy).resolve(),
-                   agent=args.agent, proxy=proxy, egress=args.egress, accel=args.accel,
+                   agent=args.agent, proxy=proxy, egress=args.egress, upstream_ca=upstream_ca, accel=args.accel,
                    boot_timeout=args.boot_timeout)
     if args.memory is not None:
         spec.memory_mb = args.memory
