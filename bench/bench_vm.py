@@ -8,6 +8,8 @@ boot→ready   QEMU start until the guest init reports `ready` (modules loaded, 
              mounted over virtiofs, network up), in-process `vmm.launch.run`; median of --runs
 run true     `python -m ifc run --policy policies/default.flow -- true` wall time, end to end (policy
              load, FUSE daemon, two virtiofsd, boot, command, shutdown, summary); median of --runs
+boot paths   QEMU start to the init's first line and power-off (the KVM probe's boot), for the boot path
+             before and after each step that shortened it, side by side in this run (ratio to the first)
 Needs root. The accelerator is whatever `ifc run` would choose (printed); IFC_VM_ACCEL=tcg|kvm forces one.
 """
 
@@ -79,6 +81,7 @@ def main() -> int:
     rows.append((f"vmm.launch.run(['true']) ({accel}), median", f"{statistics.median(totals):.2f} s"))
     rows.append((f"`ifc run -- true` end to end ({accel}), median",
                  f"{statistics.median(ends):.2f} s (min {min(ends):.2f}, max {max(ends):.2f})"))
+    rows += boot_paths(image.current(), accel, args.runs)
     print(f"accelerator: {accel} ({why}); host {launch.host_mhz()} MHz, {os.cpu_count()} CPUs")
     width = max(len(name) for name, _ in rows)
     print(f"{'measure':<{width}}  value")
@@ -86,6 +89,40 @@ def main() -> int:
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     return 0
+
+
+def boot_paths(img, accel: str, runs: int) -> list[tuple[str, str]]:
+    """The kernel's boot alone, for each way of packaging it: the bzImage decompresses itself and the gzip'd
+    initramfs is unpacked in the emulated CPU; the PVH ELF and a plain cpio skip both; the crypto self-tests
+    are the largest single step of the kernel's own start."""
+    import gzip
+
+    from vmm import launch
+
+    bzimage = img.directory / "root" / "boot" / f"vmlinuz-{img.kver}"
+    with tempfile.TemporaryDirectory(prefix="ifc-bench-boot-") as tmp:
+        packed = Path(tmp) / "initrd.gz"
+        packed.write_bytes(gzip.compress(img.initrd.read_bytes(), compresslevel=6))
+        plain = launch._append(["ifc.probe=1"], accel)
+        tested = plain.replace(" cryptomgr.notests", "")
+        variants = [("bzImage, gzip'd initramfs, self-tests (before)", bzimage, packed, tested),
+                    ("PVH ELF, gzip'd initramfs, self-tests", img.kernel, packed, tested),
+                    ("PVH ELF, plain cpio, self-tests", img.kernel, img.initrd, tested),
+                    ("PVH ELF, plain cpio, cryptomgr.notests (now)", img.kernel, img.initrd, plain)]
+        times: dict[str, list[float]] = {name: [] for name, *_ in variants}
+        for _ in range(runs):  # interleaved, so a noisy moment hits every variant alike
+            for name, kernel, initrd, append in variants:
+                argv = [launch.QEMU, "-M", "microvm", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
+                        "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                        "-serial", "stdio", "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
+                start = time.perf_counter()
+                out = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=120).stdout
+                if b"IFC-PROBE-OK" not in out:
+                    sys.exit(f"bench_vm: the {name} boot did not reach the init")
+                times[name].append(time.perf_counter() - start)
+    base = statistics.median(times[variants[0][0]])
+    return [(f"boot path: {name}", f"{statistics.median(t):.2f} s ({statistics.median(t) / base:.2f}x)")
+            for name, t in times.items()]
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """The host end of the guest's control channel (the virtio-serial port `ifc.ctl`).
 
 `ifc run` listens on a Unix socket before QEMU starts and QEMU connects to it, so nothing the guest says
-is lost and the channel works both ways. Up, from the guest's init: `booted`, `ready`, `exit N`,
-`error TEXT`; from its daemon (`vmm/guest/ifc-guestd.c`): `proc exec …`, `proc exit …`, `proc lost`.
-Down: `winsize ROWS COLS`, sent at start and on every SIGWINCH so a full-screen agent redraws at the
-terminal's size. Every line up is also appended to RUN_DIR/control.log; process reports go to the run's
-event log (`ifc.monitor.guestprocs`) so denials can name the guest command that caused them.
+is lost and the channel works both ways.
+
+* Up, from the guest's init: `booted`, `ready`, `exit N`, `done` (the workspace is synced and unmounted:
+  QEMU may be stopped), `error TEXT`; from its daemon (`vmm/guest/ifc-guestd.c`): `proc exec …`,
+  `proc exit …`, `proc lost`. Every line but the process reports is appended to RUN_DIR/control.log; the
+  process reports go to the run's event log (`ifc.monitor.guestprocs`), so denials can name the guest
+  command that caused them.
+* Down: `winsize ROWS COLS` on every SIGWINCH, so a full-screen agent redraws at the terminal's size.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Control:
         self.ready_at: float | None = None
         self.exit_at: float | None = None
         self.status: int | None = None
+        self.done = False
         self.error: str | None = None
         self.lost = False
         self._conn: socket.socket | None = None
@@ -112,6 +116,8 @@ class Control:
             with contextlib.suppress(ValueError):
                 self.status = int(line.split()[1])
                 self.exit_at = now
+        elif line == "done" and self.status is not None:
+            self.done = True
         elif line.startswith("error ") and self.error is None:
             self.error = line[6:]
         elif line.startswith("proc "):
