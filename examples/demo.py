@@ -7,8 +7,9 @@
    runs its tests, fetches from the mirror — then reads `.env` and tries to POST it, mail it, leak it in DNS.
 4. `ifc report` writes the reviewer's HTML report; the summary below says what succeeded and what was denied.
 
-Without root, /dev/fuse or QEMU the VM cannot start; the demo then says so and replays the same sequence
-through the reference monitor with `ifc decide` instead.
+Without QEMU the same run uses `--isolation namespace` (said loudly: weaker, the host kernel is shared).
+Without root or /dev/fuse nothing can be mounted; the demo then says so and replays the same sequence through
+the reference monitor with `ifc decide` instead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import http.server
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -47,13 +47,11 @@ class Mirror(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def vm_problem() -> str | None:
+def sandbox_problem() -> str | None:
     if os.geteuid() != 0:
         return "not root"
     if not os.path.exists("/dev/fuse"):
         return "no /dev/fuse"
-    if shutil.which("qemu-system-x86_64") is None:
-        return "QEMU is not installed"
     return None
 
 
@@ -61,12 +59,13 @@ def main() -> int:
     subprocess.run([*IFC, "check", str(POLICY), "--workspace", str(ROOT / "examples" / "webapp")], cwd=ROOT)
     shutil.rmtree(RUNS, ignore_errors=True)
     RUNS.mkdir(parents=True)
-    problem = vm_problem()
+    problem = sandbox_problem()
     if problem:
-        print(f"\nmake demo: the microVM cannot start here ({problem}); replaying the agent's sequence through the "
+        print(f"\nmake demo: no sandbox can start here ({problem}); replaying the agent's sequence through the "
               "reference monitor instead (weaker: nothing is executed)", file=sys.stderr)
         return replay()
-    if subprocess.run([*IFC, "vm", "build"], cwd=ROOT).returncode != 0:
+    isolation = "microvm" if shutil.which("qemu-system-x86_64") else "namespace"
+    if isolation == "microvm" and subprocess.run([*IFC, "vm", "build"], cwd=ROOT).returncode != 0:
         return 1
     workspace = RUNS / "workspace"
     shutil.copytree(ROOT / "examples" / "webapp", workspace)
@@ -76,7 +75,8 @@ def main() -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     run_dir = RUNS / "run"
     try:
-        status = subprocess.run([*IFC, "run", "--policy", str(POLICY), "--agent", "demo", "--workspace",
+        status = subprocess.run([*IFC, "run", "--isolation", isolation, "--policy", str(POLICY), "--agent", "demo",
+                                 "--workspace",
                                  str(workspace), "--run-dir", str(run_dir), "--egress", "--", "sh", "-c",
                                  (ROOT / "examples" / "agent.sh").read_text()], cwd=ROOT,
                                 env={**os.environ, "ANTHROPIC_API_KEY": os.environ.get(
@@ -88,16 +88,20 @@ def main() -> int:
 
 
 def summarize(status: int, workspace: Path, run_dir: Path) -> int:
-    db = sqlite3.connect(run_dir / "events.db")
-    denials = db.execute("SELECT op, target, path FROM events WHERE kind = 'deny' ORDER BY id").fetchall()
+    from ifc.report.load import load_run
+
+    denials = load_run(run_dir).denials
     edited = "Welcome" in (workspace / "src" / "app.py").read_text()
     leaked = any(b"STRIPE" in body or b"DATABASE_URL" in body for body in received)
     print("\n== summary")
     print(f"  real work:    source edited: {'yes' if edited else 'NO'}; agent exit status {status}")
     print(f"  exfiltration: {len(denials)} attempt(s) denied; the mirror received .env: {'YES' if leaked else 'no'}")
-    for op, target, path in denials:
-        hops = " ".join(f"--{op_}--> {dst.split(':', 1)[1]}" for _, op_, dst in __import__("json").loads(path or "[]"))
-        print(f"    {op} {target}" + (f"\n      {'.env' if hops else ''} {hops}" if hops else ""))
+    for d in denials:
+        print(f"    {d.op} {d.target}")
+        if d.guest:
+            print(f"      by: {d.guest[0][:100]}")
+        if d.path:
+            print(f"      path: {d.explanation}")
     print(f"  report:       {RUNS / 'report.html'}  (or: ifc report {run_dir})")
     return 0 if edited and denials and not leaked and status == 0 else 1
 
