@@ -182,6 +182,56 @@ deny secret -> web "secrets never leave the sandbox"
     assert any(op == "dns" and target.endswith("evil.example") for op, target, _, _ in denied), denied
 
 
+def test_the_runs_own_token_is_presented_and_keeps_one_subject(tmp_path):
+    """With an agent, `ifc run` mints the run's token: the sandbox presents it (IFC_TOKEN, the proxy URL), the
+    hook and the mount treat it as the session, so the taint from a read still stops the request; the run
+    directory records the token's ids and public key, never the token."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / ".env").write_text("API_KEY=sk-secret\n")
+    for path in [ws, *ws.rglob("*")]:
+        os.chown(path, 1000, 1000)
+    policy = tmp_path / "policy.flow"
+    policy.write_text(f"""\
+labels {{ secrecy public < internal < secret }}
+files {{
+  "**"    internal
+  ".env*" secret
+}}
+endpoints {{ "http://127.0.0.1:{port}" clearance internal as web }}
+deny secret -> web "secrets never leave the sandbox"
+agent coder {{
+  read "**"
+  connect "http://127.0.0.1:{port}"
+}}
+""")
+    run_dir = tmp_path / "run"
+    fetch = f"curl -s --noproxy '' -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/"
+    script = (f'case "$HTTPS_PROXY" in http://ifc:ifc1_*@*) echo presented;; esac; '
+              f"before=$({fetch}); cat .env >/dev/null; after=$({fetch}); echo $before $after; echo ${{#IFC_TOKEN}}")
+    try:
+        proc = ifc_run(ws, policy, run_dir, "sh", "-c", script, extra=("--egress",))
+    finally:
+        server.shutdown()
+    lines = proc.stdout.split()
+    assert lines[:3] == ["presented", "200", "403"], proc.stdout + proc.stderr
+    token_length = int(lines[3])
+    db = sqlite3.connect(run_dir / "events.db")
+    assert db.execute("SELECT DISTINCT subject FROM events WHERE kind = 'deny'").fetchall() == [("session",)]
+    record = (run_dir / "tokens.txt").read_text()
+    assert "minted for this run" in record and "revocation id" in record
+    from caps.keys import load_public_key
+
+    assert load_public_key(run_dir / "run-key.pub").key_id.hex() in record  # what verifies it, public only
+    for path in run_dir.rglob("*"):
+        if path.is_file() and path.suffix != ".db":
+            assert "ifc1_" not in path.read_text(errors="replace"), path  # the token itself is nowhere
+    assert token_length > 100
+
+
 def test_https_secrets_are_sentinels_inside_and_real_only_at_the_bound_server(tmp_path):
     """As in the microVM: the agent's environment holds the sentinel, its trust store the run's CA and the
     host's roots; curl reaches the server through a terminated tunnel, which sees the real value."""

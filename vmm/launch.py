@@ -240,7 +240,7 @@ def run(spec: RunSpec) -> RunResult:
             settings["IFC_DNS"] = PROXY_GUEST[0]
         initrd = sockdir / "initrd.img"
         proxy_url = f"http://{PROXY_GUEST[0]}:{PROXY_GUEST[1]}" if workspace.proxy else None
-        run_initrd(img, initrd, settings, agent_env(spec, tty, proxy_url), spec.argv, trust_bundle(spec))
+        run_initrd(img, initrd, settings, agent_env(spec, workspace, tty, proxy_url), spec.argv, trust_bundle(spec))
         (run_dir / "control.log").write_bytes(b"")
         control = Control(sockdir / "ctl.sock", run_dir / "control.log", run_dir / "events.db")
         control.start()

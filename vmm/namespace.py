@@ -72,9 +72,10 @@ def run(spec: RunSpec) -> RunResult:
         workspace = start_workspace(spec, helpers)
         root.mkdir(exist_ok=True)
         tty = os.isatty(0) and os.isatty(1)
-        plan = Plan(argv=spec.argv, env=agent_env(spec, tty, PROXY_URL if workspace.proxy else None), uid=uid,
-                    gid=gid, root=str(root), workspace=str(workspace.mountpoint), tty=tty,
-                    proxy=workspace.proxy is not None, dns=workspace.dns is not None, trust=trust_bundle(spec))
+        env = agent_env(spec, workspace, tty, PROXY_URL if workspace.proxy else None)
+        plan = Plan(argv=spec.argv, env=env, uid=uid, gid=gid, root=str(root), workspace=str(workspace.mountpoint),
+                    tty=tty, proxy=workspace.proxy is not None, dns=workspace.dns is not None,
+                    trust=trust_bundle(spec))
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with ours, theirs:
             pid = fork_init(plan, theirs, ours)

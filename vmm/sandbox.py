@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ifc.enforce.runfiles import CA_FILE, ENV_FILE
 from ifc.errors import UserError
+from vmm import runtoken
 
 PR_SET_PDEATHSIG = 1
 CLONE_NEWNS = 0x00020000
@@ -52,6 +53,8 @@ class RunSpec:
     proxy: tuple[str, int] | None = None
     egress: bool = False  # serve the egress hook from the FUSE daemon: one monitor for files and network
     upstream_ca: Path | None = None  # with `egress`: extra roots the hook trusts for terminated tunnels' servers
+    token: str | None = None  # the session's token (default: one minted for the run, see `vmm.runtoken`)
+    key: Path | None = None  # the public key that verifies `token` (default: `ifc caps`'s)
     memory_mb: int = 1024  # microVM only
     uid: int | None = None  # default: the workspace's owner, or 1000 when that is root
     gid: int | None = None
@@ -180,6 +183,7 @@ class Workspace:
     mountpoint: Path  # the mediated view of the workspace (a FUSE mount)
     proxy: tuple[str, int] | None  # the egress proxy on the host, if any
     dns: tuple[str, int] | None  # the hook's DNS stub on the host (TCP and UDP), with --egress
+    token: str | None  # the session's capability token (None: flows only, no agent)
 
 
 def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
@@ -196,11 +200,20 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
         argv += ["--egress", f"{proxy[0]}:{proxy[1]}", "--egress-dns", f"{dns[0]}:{dns[1]}"]
         if spec.upstream_ca:
             argv += ["--upstream-ca", str(spec.upstream_ca)]
+    run = runtoken.prepare(spec.run_dir, spec.policy, spec.agent, spec.token, spec.key)
+    fds: tuple[int, ...] = ()
+    if run is not None:
+        fds = (runtoken.pipe_to(run.token),)
+        argv += ["--token", f"@/dev/fd/{fds[0]}"] + (["--key", str(run.key)] if run.key else [])
     argv += [str(spec.workspace), str(mnt)]
-    daemon = helpers.spawn(argv, "mount.log")
+    try:
+        daemon = helpers.spawn(argv, "mount.log", pass_fds=fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
     wait_for(lambda: is_fuse_mount(str(mnt)), 60, daemon, "the workspace mount", spec.run_dir / "mount.log")
     helpers.mounts.append(str(mnt))
-    return Workspace(mnt, proxy, dns)
+    return Workspace(mnt, proxy, dns, run.token if run else None)
 
 
 def remove_mountpoint(workspace: Workspace | None) -> None:
@@ -209,11 +222,16 @@ def remove_mountpoint(workspace: Workspace | None) -> None:
             workspace.mountpoint.rmdir()
 
 
-def agent_env(spec: RunSpec, tty: bool, proxy_url: str | None) -> dict[str, str]:
-    """The agent's whole environment: nothing of the host's but TERM; the proxy (when there is one); with
-    `--egress`, the secrets' sentinels and the trust store that holds the run's CA (see `trust_bundle`)."""
+def agent_env(spec: RunSpec, workspace: Workspace, tty: bool, proxy_url: str | None) -> dict[str, str]:
+    """The agent's whole environment: nothing of the host's but TERM; the proxy (when there is one) with the
+    run's token in its URL, so every HTTP client presents it, and the token as IFC_TOKEN; with `--egress`,
+    the secrets' sentinels and the trust store that holds the run's CA (see `trust_bundle`)."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
            "TERM": os.environ.get("TERM", "xterm") if tty else "dumb", "PWD": "/workspace", "HOME": "/home/agent"}
+    if workspace.token:
+        env["IFC_TOKEN"] = workspace.token
+        if proxy_url and spec.proxy is None:  # our own hook verifies it; an external proxy gets no credential
+            proxy_url = proxy_url.replace("http://", f"http://ifc:{workspace.token}@", 1)
     if proxy_url:
         env.update(HTTP_PROXY=proxy_url, HTTPS_PROXY=proxy_url, http_proxy=proxy_url, https_proxy=proxy_url,
                    NO_PROXY="localhost,127.0.0.1", no_proxy="localhost,127.0.0.1")

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address
+from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address, read_token
 
 EPILOG = """exit codes:
   N    the command's exit status
@@ -60,6 +60,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                        "microVM, 127.0.0.1:3128 in the namespaces")
     exits.add_argument("--proxy", metavar="HOST:PORT",
                        help="an egress proxy already running on the host (its own monitor)")
+    p.add_argument("--token", metavar="T",
+                   help="the session's capability token (the token or @FILE); default: one minted for this run from "
+                   "the agent's grants with a key that exists only for the run")
+    p.add_argument("--key", metavar="FILE", help="with --token: the host public key that verifies it "
+                   "(default: as `ifc caps`)")
     p.add_argument("--upstream-ca", metavar="FILE",
                    help="with --egress: extra roots (PEM) the hook trusts for the servers behind the tunnels it "
                    "terminates (those secrets are bound to); the system's are always trusted")
@@ -92,6 +97,12 @@ def run(args: argparse.Namespace) -> int:
         return _error(exc.message, code=2)
     vm_only = [flag for flag, value in (("--memory", args.memory), ("--accel", args.accel),
                                         ("--boot-timeout", args.boot_timeout)) if value is not None]
+    try:
+        token = read_token(args.token) if args.token else None
+    except Usage as exc:
+        return _error(exc.message, exc.help, code=2)
+    if args.key and not token:
+        return _error("--key goes with --token (a run's own token is verified with the run's own key)", code=2)
     if args.upstream_ca and not args.egress:
         return _error("--upstream-ca goes with --egress (the hook it configures)", code=2)
     upstream_ca = Path(os.path.realpath(args.upstream_ca)) if args.upstream_ca else None
@@ -115,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, terminate)
     spec = RunSpec(argv=command, workspace=workspace, run_dir=run_dir, policy=Path(args.policy).resolve(),
                    agent=args.agent, proxy=proxy, egress=args.egress, upstream_ca=upstream_ca, accel=args.accel,
+                   token=token, key=Path(os.path.realpath(args.key)) if args.key else None,
                    boot_timeout=args.boot_timeout)
     if args.memory is not None:
         spec.memory_mb = args.memory

@@ -124,7 +124,9 @@ class Egress:
 
     # ------------------------------------------------------------------------------------ subjects
     def client(self, token: str | None, peer: str = "") -> Client:
-        if not token:
+        """The session for no token or the session's own (one subject, one taint, whichever exit it uses);
+        a subject of its own for any other token (an attenuated one, for a sub-agent)."""
+        if not token or token == self.session_token:
             return Client("session", self.session_token, peer)
         subject = self._subjects.get(token)
         if subject is None:
