@@ -12,10 +12,12 @@ import sys
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ifc.enforce.egress import BackgroundLoop, Egress, static_resolver
 from ifc.enforce.http_proxy import HttpProxy
-from ifc.enforce.secrets import SENTINEL_PREFIX, SecretError, StreamScrubber, Vault, load_value
+from ifc.enforce.secrets import SENTINEL_PREFIX, SecretError, SentinelWatch, StreamScrubber, Vault, load_value
 from ifc.monitor import EventLog, Monitor
 from ifc.policy import compile_text
 
@@ -36,6 +38,13 @@ secret API_KEY from env "IFC_TEST_API_KEY" to "http://api.test:{A}"
 """
 
 
+# the real value at the start, astride 64 KiB and 1 MiB boundaries, and at the end of a 3 MiB body
+BIG = bytearray(b"x" * (3 << 20))
+for _at in (0, (1 << 16) - 5, (1 << 20) - 7, (2 << 20) + 3, (3 << 20) - len(REAL)):
+    BIG[_at:_at + len(REAL)] = REAL.encode()
+BIG = bytes(BIG)
+
+
 class Echo(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     seen: list = []
@@ -48,6 +57,12 @@ class Echo(http.server.BaseHTTPRequestHandler):
             super().handle()
 
     def _reply(self):
+        if self.path.startswith("/big"):  # larger than the proxy checks in memory: streamed, still scrubbed
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(BIG)))
+            self.end_headers()
+            self.wfile.write(BIG)
+            return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode() if length else ""
         Echo.seen.append({"path": self.path, "headers": dict(self.headers.items()), "body": body})
@@ -134,6 +149,13 @@ def test_a_sentinel_headed_elsewhere_is_blocked_and_reported(world, how):
     assert any(e.op == "send" and e.target.startswith("API_KEY@http://other.test") for e in world["log"].events("deny"))
 
 
+def test_a_large_response_is_scrubbed_as_it_streams(world):
+    out = subprocess.run(["curl", "-sS", "--max-time", "20", "-x", world["proxy"], f"http://api.test:{world['a']}/big"],
+                         capture_output=True, timeout=30)
+    assert len(out.stdout) == len(BIG) and REAL.encode() not in out.stdout
+    assert out.stdout == BIG.replace(REAL.encode(), b"*" * len(REAL))
+
+
 def test_a_sentinel_in_a_large_body_is_blocked(world, tmp_path):
     Echo.seen.clear()
     big = tmp_path / "big"
@@ -162,3 +184,24 @@ def test_stream_scrubber_splits_anywhere():
         s = StreamScrubber(vault)
         out = b"".join(s.feed(data[i:i + step]) for i in range(0, len(data), step)) + s.flush()
         assert out == data.replace(REAL.encode(), b"*" * len(REAL))
+
+
+_pieces = st.lists(st.one_of(st.binary(max_size=40), st.sampled_from([REAL.encode(), REAL.encode()[:5], b"sk-",
+                                                                       b"ifc-sentinel-", b"*"])), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_pieces, st.lists(st.integers(1, 60), min_size=1, max_size=20), st.booleans())
+def test_streaming_scrub_and_watch_match_the_whole_stream(pieces, steps, with_sentinel):
+    vault = Vault.from_policy(compile_text(POLICY.replace("{A}", "1")).policy, values={"API_KEY": REAL})
+    sentinel = vault.held[0].sentinel
+    data = b"".join(pieces) + (sentinel + b"tail" if with_sentinel else b"")
+    chunks, i = [], 0
+    for step in steps * (len(data) // max(1, sum(steps)) + 1):
+        if i >= len(data):
+            break
+        chunks.append(data[i:i + step])
+        i += step
+    s, watch = StreamScrubber(vault), SentinelWatch(vault)
+    assert b"".join(s.feed(c) for c in chunks) + s.flush() == data.replace(REAL.encode(), b"*" * len(REAL))
+    assert any(watch.found(c) for c in chunks) == (sentinel in data)

@@ -26,6 +26,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -36,7 +37,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ifc.enforce.egress import Client, Egress, StreamFront, Verdict, connect_checked
-from ifc.enforce.secrets import StreamScrubber
+from ifc.enforce.secrets import SentinelWatch, StreamScrubber
 from ifc.enforce.tls import Termination, TlsFailure, TlsStream
 from ifc.match import PORT_SCHEMES, Endpoint
 
@@ -283,7 +284,7 @@ class HttpProxy(StreamFront):
                  tls: Termination | None = None):
         self.egress = egress
         self.limits = limits
-        self.splice = splice  # tunnels nobody inspects are pumped by the kernel (splice(2)) in a thread each
+        self.splice = splice  # tunnels and large bodies are pumped in a thread each, by splice(2) if not inspected
         self.tls = tls
         self._slots = asyncio.Semaphore(limits.max_connections)
 
@@ -512,21 +513,17 @@ class HttpProxy(StreamFront):
 
     async def _stream_body(self, client, endpoint: Endpoint, reader, up_writer, length: int) -> Verdict | None:
         """A body too large to swap in memory: streamed, and refused if a sentinel shows up in it."""
-        vault = self.egress.vault
-        keep = b""
+        watch = SentinelWatch(self.egress.vault)
         left = length
         while left > 0:
             chunk = await asyncio.wait_for(reader.read(min(left, 1 << 16)), self.limits.io_timeout)
             if not chunk:
                 raise ConnectionError("client went away")
             left -= len(chunk)
-            if vault:
-                window = keep + chunk
-                if vault.found(window):
-                    return self.egress.refuse(client, "connect", str(endpoint),
-                                              "a secret's sentinel in a request body too large to check in memory",
-                                              "egress: secrets")
-                keep = window[-vault.overlap:] if vault.overlap else b""
+            if watch.found(chunk):
+                return self.egress.refuse(client, "connect", str(endpoint),
+                                          "a secret's sentinel in a request body too large to check in memory",
+                                          "egress: secrets")
             up_writer.write(chunk)
             await asyncio.wait_for(up_writer.drain(), self.limits.io_timeout)
         return None
@@ -582,17 +579,20 @@ class HttpProxy(StreamFront):
             await self._relay_chunked(up_reader, writer, scrub)
         elif "content-length" in low:
             left = int(low["content-length"]) if low["content-length"].isdigit() else 0
-            if not vault and self.splice and req.scheme == "http" and up_writer is not None and left > 1 << 20 \
+            if self.splice and req.scheme == "http" and up_writer is not None and left > 1 << 20 \
                     and hasattr(os, "splice"):
-                # nothing to scrub: the kernel moves the body (the upstream connection is not reused after)
+                # a large body leaves the event loop: a thread moves it between the sockets — by the kernel
+                # (splice) when there is nothing to scrub, else read, scrubbed and written with one copy each
+                # way instead of the stream buffers' four. The upstream connection is not reused after.
                 up_writer.transport.pause_reading()  # first: nothing more may land in the reader's buffer
-                buffered = bytes(up_reader._buffer[:left])  # type: ignore[attr-defined]
+                with memoryview(up_reader._buffer) as view:  # type: ignore[attr-defined]
+                    buffered = bytes(view[:left])  # the body's start, already read: the thread sends it first
                 del up_reader._buffer[:len(buffered)]  # type: ignore[attr-defined]
-                writer.write(buffered)
-                await asyncio.wait_for(writer.drain(), limits.io_timeout)
+                await asyncio.wait_for(_flushed(writer), limits.io_timeout)  # the head goes before
                 left -= len(buffered)
                 src, dst = up_writer.get_extra_info("socket").fileno(), writer.get_extra_info("socket").fileno()
-                moved = await asyncio.to_thread(_pump_count, src, dst, left)
+                pump = functools.partial(_pump_scrubbed, scrub=scrub) if vault else _pump_count
+                moved = await asyncio.to_thread(pump, src, dst, left, scrub.feed(buffered))
                 keep_up = False
                 if moved < left:
                     raise ConnectionError("the body was cut short")
@@ -733,20 +733,16 @@ class HttpProxy(StreamFront):
             data += more
 
     async def _pipe(self, src, dst, client: Client | None = None, endpoint: Endpoint | None = None) -> None:
-        vault = self.egress.vault if client is not None else None
-        keep = b""
+        watch = SentinelWatch(self.egress.vault) if client is not None else None
         try:
             while True:
                 chunk = await asyncio.wait_for(src.read(1 << 20), 300)
                 if not chunk:
                     break
-                if vault:
-                    window = keep + chunk
-                    if vault.found(window):
-                        self.egress.refuse(client, "connect", str(endpoint), "a secret's sentinel in a raw TCP "
-                                           "stream (sentinels are swapped only in HTTP)", "egress: secrets")
-                        break
-                    keep = window[-vault.overlap:] if vault.overlap else b""
+                if watch is not None and watch.found(chunk):
+                    self.egress.refuse(client, "connect", str(endpoint), "a secret's sentinel in a raw TCP "
+                                       "stream (sentinels are swapped only in HTTP)", "egress: secrets")
+                    break
                 dst.write(chunk)
                 await asyncio.wait_for(dst.drain(), self.limits.io_timeout)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
@@ -775,11 +771,23 @@ def _is_ip(host: str) -> bool:
 TUNNEL_IDLE = 300.0  # seconds a tunnel may sit silent in both directions
 
 
+async def _flushed(writer) -> None:
+    """Wait until the transport has sent all it holds, not just until it is below its high-water mark: a
+    thread about to write to the socket itself must not overtake bytes still queued in the event loop."""
+    transport = writer.transport
+    low, high = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(high=0)
+    try:
+        await writer.drain()
+    finally:
+        transport.set_write_buffer_limits(high=high, low=low)
+
+
 async def _splice_tunnel(reader, writer, up_reader, up_writer) -> None:
     """Hand a checked tunnel to the kernel: asyncio stops reading both sockets, the bytes it already holds go
     first, then one thread per direction moves data with splice(2) through a pipe, never into Python."""
-    await writer.drain()
-    await up_writer.drain()
+    await _flushed(writer)
+    await _flushed(up_writer)
     writer.transport.pause_reading()
     up_writer.transport.pause_reading()
     pending = [bytes(reader._buffer), bytes(up_reader._buffer)]  # type: ignore[attr-defined]
@@ -838,10 +846,31 @@ def _pump(src: int, dst: int, first: bytes) -> None:
             out.shutdown(socket.SHUT_WR)
 
 
-def _pump_count(src: int, dst: int, count: int) -> int:
-    """Move exactly `count` bytes src → dst with splice(2), leaving both (non-blocking) sockets as they were."""
+def _send_all(dst: int, data: bytes, writable: select.poll) -> None:
+    """Write all of `data` to the non-blocking socket `dst`, waiting (at most TUNNEL_IDLE) while it is full."""
+    out = memoryview(data)
+    while out:
+        events = writable.poll(TUNNEL_IDLE * 1000)
+        if not events:
+            raise TimeoutError("the client stopped reading")
+        if events[0][1] & (select.POLLHUP | select.POLLERR):
+            raise ConnectionError("the client went away")
+        with contextlib.suppress(BlockingIOError):
+            out = out[os.write(dst, out):]
+
+
+def _writable(dst: int) -> select.poll:
+    poller = select.poll()
+    poller.register(dst, select.POLLOUT)
+    return poller
+
+
+def _pump_count(src: int, dst: int, count: int, first: bytes = b"") -> int:
+    """Send `first`, then move exactly `count` bytes src → dst with splice(2), leaving both (non-blocking)
+    sockets as they were."""
     import fcntl
 
+    _send_all(dst, first, _writable(dst))
     r, w = os.pipe()
     moved = inpipe = 0
     try:
@@ -882,3 +911,25 @@ def _pump_count(src: int, dst: int, count: int) -> int:
         os.close(r)
         os.close(w)
     return moved
+
+
+def _pump_scrubbed(src: int, dst: int, count: int, first: bytes, scrub: StreamScrubber) -> int:
+    """Send `first` (already scrubbed), then move `count` bytes src → dst through `scrub`, in this thread,
+    straight between the (non-blocking) sockets. Returns the bytes read; what `scrub` still holds back is the
+    caller's to flush."""
+    readable, writable = select.poll(), _writable(dst)
+    readable.register(src, select.POLLIN)
+    _send_all(dst, first, writable)
+    done = 0
+    while done < count:
+        if not readable.poll(TUNNEL_IDLE * 1000):
+            break
+        try:
+            chunk = os.read(src, min(count - done, 1 << 20))
+        except BlockingIOError:
+            continue
+        if not chunk:
+            break
+        done += len(chunk)
+        _send_all(dst, scrub.feed(chunk), writable)
+    return done
