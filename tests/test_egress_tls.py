@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tls_support import make_upstream_ca
 
 from ifc.enforce.egress import BackgroundLoop, Egress, static_resolver
 from ifc.enforce.http_proxy import HttpProxy, Limits
@@ -84,41 +83,10 @@ class Echo(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = _reply
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def test_ca(where: Path) -> tuple[Path, Path, Path]:
-    """A CA of the test's own and a server certificate for api/blind/other.test (not bad.test)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("upstream test CA")).issuer_name(_name("upstream test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name("api.test")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in ("api.test", "blind.test",
-                                                                                   "other.test")]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = where / "upstream-ca.pem", where / "server.pem", where / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
-
-
-test_ca.__test__ = False  # a helper, not a test
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("tls")
-    upstream_ca, cert, key = test_ca(root)
+    upstream_ca, cert, key = make_upstream_ca(root, ["api.test", "blind.test", "other.test"])  # not bad.test
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
     server.daemon_threads = True
     server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
