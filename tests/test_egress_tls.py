@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import http.server
+import ipaddress
 import json
 import os
 import socket
@@ -297,7 +298,11 @@ def test_taint_applies_inside_a_terminated_tunnel(world):  # last: it taints the
 
 def _verify(ca: RunCA, host: str) -> bool:
     cert, _key = ca.leaf(host)
-    verifier = PolicyBuilder().store(Store([ca.cert])).build_server_verifier(x509.DNSName(host))
+    try:
+        subject: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        subject = x509.DNSName(host)
+    verifier = PolicyBuilder().store(Store([ca.cert])).build_server_verifier(subject)
     try:
         verifier.verify(cert, [])
         return True
@@ -331,6 +336,9 @@ def test_ca_shape_and_openssl_agrees(tmp_path):
                              capture_output=True, text=True)
         assert (out.returncode == 0) == ok, out.stdout + out.stderr
     assert not _verify(RunCA([]), "api.test"), f"a CA bound to nothing permits only `{NOTHING}`"
+    assert not _verify(ca, "10.0.0.5"), "no IP address unless one is bound"
+    by_ip = RunCA([EndpointPattern.parse("https://10.0.0.5")])
+    assert _verify(by_ip, "10.0.0.5") and not _verify(by_ip, "10.0.0.6") and not _verify(by_ip, "api.test")
     assert _verify(RunCA([EndpointPattern.parse("*")]), "anything.example"), "`*` cannot be constrained"
 
 
