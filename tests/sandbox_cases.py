@@ -17,6 +17,21 @@ from pathlib import Path
 
 from tls_support import make_upstream_ca
 
+# a grant-based policy for the basic cases: `tester` may read /src/ and /README.md, write and create in /src/
+POLICY = """\
+labels {
+  secrecy public < secret
+}
+files {
+  "**"    public
+  ".env*" secret
+}
+agent tester {
+  read "/src/", "/README.md"
+  write "/src/"
+  create "/src/"
+}
+"""
 Run = Callable[[Path, Path, Path, str, tuple[str, ...], dict[str, str]], subprocess.CompletedProcess]
 
 TAINT_POLICY = """\
@@ -42,6 +57,18 @@ def serving(handler=http.server.SimpleHTTPRequestHandler, tls: ssl.SSLContext | 
         yield server.server_address[1]
     finally:
         server.shutdown()
+
+
+def tester_workspace(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(workspace, policy, run dir) for the basic cases: a source file, a README and a `.env` secret."""
+    ws = agent_workspace(tmp_path, {"README.md": "# demo\n", ".env": "API_KEY=sk-secret\n"})
+    (ws / "src").mkdir()
+    (ws / "src" / "main.py").write_text("print('hello')\n")
+    for path in (ws / "src", ws / "src" / "main.py"):
+        os.chown(path, 1000, 1000)
+    policy = tmp_path / "policy.flow"
+    policy.write_text(POLICY)
+    return ws, policy, tmp_path / "run"
 
 
 def agent_workspace(tmp_path: Path, files: dict[str, str]) -> Path:

@@ -18,20 +18,6 @@ import pytest
 import sandbox_cases
 
 ROOT = Path(__file__).resolve().parent.parent
-POLICY = """\
-labels {
-  secrecy public < secret
-}
-files {
-  "**"    public
-  ".env*" secret
-}
-agent tester {
-  read "/src/", "/README.md"
-  write "/src/"
-  create "/src/"
-}
-"""
 
 pytestmark = pytest.mark.integration
 
@@ -70,16 +56,7 @@ def image_env(tmp_path_factory):
 
 @pytest.fixture
 def workspace(tmp_path):
-    ws = tmp_path / "ws"
-    (ws / "src").mkdir(parents=True)
-    (ws / "src" / "main.py").write_text("print('hello')\n")
-    (ws / "README.md").write_text("# demo\n")
-    (ws / ".env").write_text("API_KEY=sk-secret\n")
-    for path in [ws, *ws.rglob("*")]:
-        os.chown(path, 1000, 1000)
-    policy = tmp_path / "policy.flow"
-    policy.write_text(POLICY)
-    return ws, policy, tmp_path / "run"
+    return sandbox_cases.tester_workspace(tmp_path)
 
 
 def ifc_run(env, ws, policy, run_dir, *cmd, extra=(), **kwargs):
