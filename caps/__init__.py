@@ -29,6 +29,7 @@ from caps.encoding import (
     decode_block,
     encode_token,
     from_text,
+    redact,
     split_token,
     to_text,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "load_public_key",
     "mint",
     "parse_duration",
+    "redact",
     "revocation_ids",
     "revoke",
     "revoke_in_file",

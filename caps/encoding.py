@@ -161,6 +161,15 @@ def encode_token(raw: RawToken) -> bytes:
     return bytes(out)
 
 
+_TEXT_TOKEN = re.compile(re.escape(TEXT_PREFIX) + r"[A-Za-z0-9_-]{16,}")
+
+
+def redact(text: str) -> str:
+    """`text` with every token in it cut to its first characters: logs and reports keep command lines (an
+    agent may pass its token in argv, e.g. in a proxy URL) but must not keep a usable credential."""
+    return _TEXT_TOKEN.sub(lambda m: m.group(0)[: len(TEXT_PREFIX) + 8] + "…(token redacted)", text)
+
+
 def to_text(data: bytes) -> str:
     return TEXT_PREFIX + base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 

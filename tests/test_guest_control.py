@@ -111,3 +111,12 @@ def test_every_candidate_was_alive_and_the_first_started_last_before(spans, ts):
     started_before = [p for p in found if p.started <= ts]
     if started_before:
         assert found[0].started == max(p.started for p in started_before)
+
+
+def test_a_token_in_a_guest_argv_is_not_stored(channel):
+    control, guest, tmp = channel
+    token = "ifc1_" + "A" * 200
+    guest.sendall(f"proc exec 7 1 1000 {_hex('curl', '-x', f'http://ifc:{token}@10.0.2.100:3128', 'x')}\n".encode())
+    _finish(control, guest)
+    (process,) = read_guest_processes(sqlite3.connect(tmp / "events.db"))
+    assert token not in process.command and "(token redacted)" in process.command

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from caps import redact
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -107,6 +109,9 @@ class EventLog:
             if row[index] is not None:
                 row[index] = json.dumps(row[index])
         row[COLUMNS.index("allowed")] = int(bool(row[COLUMNS.index("allowed")]))
+        cmdline = COLUMNS.index("cmdline")
+        if row[cmdline]:
+            row[cmdline] = redact(row[cmdline])
         with self._lock:
             cursor = self._db.execute(
                 f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", row)

@@ -5,7 +5,8 @@ slirp forwards, neither of which carries the guest's pid, so the monitor sees th
 (`session`). The guest daemon (`vmm/guest/ifc-guestd.c`) reports every exec and exit; `ifc run` writes them
 here, in the run's `events.db`, with the host time they arrived. A denial is then matched by time to the
 newest guest process alive when it was decided — exact for an agent that runs one command at a time, a
-best guess when several run at once (all the candidates are kept). The reports come from guest root,
+best guess when several run at once (all the candidates are kept). Tokens in an argv (a proxy URL) are
+redacted before they are stored. The reports come from guest root,
 outside the agent's reach, but they are attribution only: no decision ever depends on them.
 """
 
@@ -19,6 +20,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from caps import redact
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS guest_processes (
@@ -69,7 +72,8 @@ class GuestProcessLog:
     def started(self, pid: int, ppid: int | None, uid: int | None, argv: Sequence[str], ts: float | None = None):
         with self._lock:
             self._db.execute("INSERT INTO guest_processes (pid, ppid, uid, argv, started) VALUES (?, ?, ?, ?, ?)",
-                             (pid, ppid, uid, json.dumps(list(argv)), time.time() if ts is None else ts))
+                             (pid, ppid, uid, json.dumps([redact(a) for a in argv]),
+                              time.time() if ts is None else ts))
 
     def ended(self, pid: int, status: int, ts: float | None = None) -> None:
         with self._lock:

@@ -194,3 +194,12 @@ def test_attenuation_stops_at_max_blocks():
     assert _verify(token).blocks == MAX_BLOCKS
     with pytest.raises(caps.CapsError):
         caps.attenuate(token, ttl=100, now=NOW)
+
+
+@given(st.sampled_from(sorted(TOKENS)), st.text(max_size=30), st.text(max_size=30))
+def test_redact_leaves_no_usable_token_in_a_command_line(name, before, after):
+    line = f"{before}curl -x http://ifc:{TOKENS[name]}@10.0.2.100:3128 {after}"
+    redacted = caps.redact(line)
+    assert TOKENS[name] not in redacted and "(token redacted)" in redacted
+    assert redacted.startswith(before) and redacted.endswith(after)
+    assert caps.redact("ifc1_short and plain words") == "ifc1_short and plain words"
