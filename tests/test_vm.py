@@ -159,13 +159,33 @@ def test_a_terminal_passes_through(image_env, workspace):
 
 
 def test_no_network(image_env, workspace):
+    """Without --egress nothing leaves: TCP and UDP to the host (slirp's 10.0.2.2 is the host's loopback) never
+    arrive where the host listens, the internet and slirp's own DNS (10.0.2.3) do not answer."""
+    import socket
+
     ws, policy, run_dir = workspace
-    nc = "/.ifc/busybox nc -w 3"
-    script = (f"{nc} 10.0.2.2 22 </dev/null; echo host=$?; {nc} 1.1.1.1 80 </dev/null; echo internet=$?; "
-              "wc -c </etc/resolv.conf")
-    proc = ifc_run(image_env, ws, policy, run_dir, "/.ifc/busybox", "sh", "-c", script)
-    assert "host=1" in proc.stdout and "internet=1" in proc.stdout, proc.stdout
-    assert proc.stdout.strip().endswith("0")  # no resolver configured
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen(1)
+        tcp.settimeout(0.5)
+        udp.bind(("127.0.0.1", 0))
+        udp.settimeout(0.5)
+        nc = "/.ifc/busybox nc -w 3"
+        (ws / "src" / "udp.py").write_text(
+            "import socket, sys\n"
+            "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('10.0.2.2', int(sys.argv[1])))\n")
+        send_udp = f"/usr/bin/python3 src/udp.py {udp.getsockname()[1]}; echo udp-sent=$?"
+        script = (f"{nc} 10.0.2.2 {tcp.getsockname()[1]} </dev/null; echo host=$?; {nc} 1.1.1.1 80 </dev/null; "
+                  "echo internet=$?; /.ifc/busybox nslookup -timeout=2 example.com 10.0.2.3 >/dev/null 2>&1; "
+                  f"echo slirp-dns=$?; {send_udp}; wc -c </etc/resolv.conf")
+        proc = ifc_run(image_env, ws, policy, run_dir, "/.ifc/busybox", "sh", "-c", script)
+        for what, sock in (("TCP", tcp), ("UDP", udp)):
+            with pytest.raises(TimeoutError):
+                sock.accept() if what == "TCP" else sock.recvfrom(16)
+                pytest.fail(f"{what} from the guest reached the host")
+    out = proc.stdout
+    assert "host=1" in out and "internet=1" in out and "slirp-dns=1" in out and "udp-sent=0" in out, out
+    assert out.strip().endswith("0")  # no resolver configured
 
 
 def _leftovers(run_dir: Path) -> list[str]:
