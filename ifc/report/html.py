@@ -8,7 +8,7 @@ so the page needs no JavaScript; the print stylesheet keeps colours and avoids s
 from __future__ import annotations
 
 from ifc.report.load import Denial, Run
-from ifc.report.summary import Summary, iso, summarize
+from ifc.report.summary import Summary, iso, shortened, summarize
 from ifc.report.svg import escape, path_svg
 
 MAX_ALLOW_ROWS = 200
@@ -196,7 +196,8 @@ def _denial(number: int, d: Denial) -> list[str]:
         ("when", f"{escape(iso(d.ts))} <span class=\"none\">(event {d.id})</span>"),
         ("process", _process(d.pid, d.cmdline)),
         *([("guest command", _c(d.guest[0]) + ' <span class="none">(matched by time'
-            + (f"; also running: {', '.join(_c(g) for g in d.guest[1:])}" if d.guest[1:] else "") + ")</span>")]
+            + (f"; also running: {', '.join(_c(shortened(g)) for g in d.guest[1:])}" if d.guest[1:] else "")
+            + ")</span>")]
           if d.guest else []),
         ("what", f"subject {_c(d.subject)} asked to {_c(d.op)} {_c(d.target)}"),
         ("why", _prose(d.reason)),

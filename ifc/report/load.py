@@ -16,6 +16,7 @@ import sqlite3
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from caps import redact
 from ifc.errors import UserError
 from ifc.monitor.events import open_readonly, read_events
 from ifc.monitor.guestprocs import attribute, read_guest_processes
@@ -192,7 +193,8 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
     denials, labels, declass, tokens, others = [], [], [], [], []
     counts: dict[str, int] = {}
     for ev in read_events(db):
-        ev = replace(ev, ts=float(ev.ts), pid=_int(ev.pid), token_block=_int(ev.token_block))
+        ev = replace(ev, ts=float(ev.ts), pid=_int(ev.pid), token_block=_int(ev.token_block),
+                     cmdline=redact(ev.cmdline) if ev.cmdline else ev.cmdline)  # logs from before redaction too
         counts[ev.kind] = counts.get(ev.kind, 0) + 1
         taint = ev.taint_after or ev.taint_before
         if ev.kind == "deny":
@@ -203,7 +205,7 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
                 message=ev.message, object_label=ev.object_label, taint=ev.taint_before or ev.taint_after,
                 token_id=ev.token_id, token_block=ev.token_block, pid=ev.pid, cmdline=ev.cmdline,
                 path=_hops(ev.path, ev.id, root), fix_policy=_text(fix.get("policy")), fix_mint=_text(fix.get("mint")),
-                guest=tuple(p.command for p in attribute(processes, ev.ts)[:GUEST_CANDIDATES])))
+                guest=tuple(redact(p.command) for p in attribute(processes, ev.ts)[:GUEST_CANDIDATES])))
         elif ev.kind == "label":
             labels.append(LabelChange(ev.id, ev.ts, ev.subject, ev.op, ev.target, ev.object_label, ev.reason,
                                       taint, ev.pid, ev.cmdline))

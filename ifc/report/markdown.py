@@ -12,7 +12,7 @@ import re
 
 from ifc.monitor.provenance import node_name
 from ifc.report.load import Denial, Run
-from ifc.report.summary import Summary, iso, process, summarize
+from ifc.report.summary import Summary, iso, process, shortened, summarize
 from ifc.report.svg import clean
 
 MAX_ALLOW_ROWS = 50
@@ -84,7 +84,7 @@ def _denial(number: int, d: Denial) -> list[str]:
     out.append(f"- **when:** {iso(d.ts)} (event {d.id})")
     out.append(f"- **process:** {_process(d.pid, d.cmdline)}")
     if d.guest:
-        also = f"; also running: {', '.join(code(g) for g in d.guest[1:])}" if d.guest[1:] else ""
+        also = f"; also running: {', '.join(code(shortened(g)) for g in d.guest[1:])}" if d.guest[1:] else ""
         out.append(f"- **guest command:** {code(d.guest[0])} (matched by time{also})")
     out.append(f"- **what:** subject {code(d.subject)} asked to {code(d.op)} {code(d.target)}")
     out.append(f"- **why:** {text(d.reason)}")

@@ -75,6 +75,14 @@ def iso(ts: float | None) -> str:
         return f"{ts} (not a valid time)"
 
 
+OTHER_COMMAND_CHARS = 60  # the other candidates of a guest attribution are context: a long script is cut
+
+
+def shortened(command: str, limit: int = OTHER_COMMAND_CHARS) -> str:
+    flat = " ".join(command.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def guest_command(guest: tuple[str, ...]) -> str:
     """`cat .env (matched by time; 2 more running)`: the guest attribution of a denial, on one line."""
     if not guest:
