@@ -182,10 +182,10 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
     from ifc.enforce.mount import is_stale, mounted_at
 
     argv = [sys.executable, "-m", "ifc", "mount", "--run-dir", str(run_dir)]
-    for flag in ("policy", "token", "key", "audience", "agent", "fuse"):
+    for flag in ("policy", "token", "key", "audience", "agent", "fuse", "egress", "egress_dns", "upstream_ca"):
         value = getattr(args, flag)
         if value is not None:
-            argv += [f"--{flag}", value]
+            argv += [f"--{flag.replace('_', '-')}", value]
     if args.token == "-":
         return _usage("--background cannot read the token from stdin", "pass it as @FILE")
     argv += ["--no-cache"] * args.no_cache + ["--verbose"] * args.verbose + [args.source, args.mountpoint]
