@@ -122,3 +122,24 @@ def test_console_script_entry_point():
 def test_shipped_policies_are_canonically_formatted(capsys):
     code, out, _ = run(capsys, "fmt", "--check", *sorted(str(p) for p in Path("policies").glob("*.flow")))
     assert code == 0, out
+
+
+def test_run_refuses_a_token_that_cannot_serve_the_run_in_one_line(capsys, tmp_path):
+    """`ifc run --token` is checked before anything starts: no run dir to name it, no key, wrong audience."""
+    import caps
+    from caps.keys import write_key
+
+    policy = str(Path(__file__).parent.parent / "policies" / "default.flow")
+    host = caps.HostKey.generate()
+    _, public = write_key(tmp_path / "host", host)
+    token = caps.mint(host, rights=["read **"], audience="elsewhere", ttl=600)
+    code, _, err = run(capsys, "run", "--policy", policy, "--token", token, "--", "true")
+    assert code == 2 and "--token needs --run-dir" in err
+    code, _, err = run(capsys, "run", "--policy", policy, "--token", "ifc1_AAAA", "--key", str(public),
+                       "--run-dir", str(tmp_path / "r1"), "--", "true")
+    assert code == 2 and "--token:" in err and "Traceback" not in err
+    code, _, err = run(capsys, "run", "--policy", policy, "--token", token, "--key", str(public),
+                       "--run-dir", str(tmp_path / "r2"), "--", "true")
+    assert code == 2 and "not addressed to `r2`" in err and "--audience r2" in err
+    code, _, err = run(capsys, "run", "--policy", policy, "--key", str(public), "--", "true")
+    assert code == 2 and "--key goes with --token" in err

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address, read_token
+from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address, read_token, token_verifier
 
 EPILOG = """exit codes:
   N    the command's exit status
@@ -101,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         token = read_token(args.token) if args.token else None
     except Usage as exc:
         return _error(exc.message, exc.help, code=2)
+    if token is not None and not args.run_dir:
+        return _error("--token needs --run-dir: a token names its run (its audience is the run directory's name)",
+                      "ifc caps mint ... --audience NAME, then ifc run --run-dir .../NAME --token @FILE", code=2)
     if args.key and not token:
         return _error("--key goes with --token (a run's own token is verified with the run's own key)", code=2)
     if args.upstream_ca and not args.egress:
@@ -117,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(os.path.realpath(args.run_dir)) if args.run_dir else Path(tempfile.mkdtemp(prefix="ifc-run-"))
     if run_dir == workspace or workspace in run_dir.parents:
         return _error("the run directory must not be inside the workspace (the agent could rewrite its log)", code=2)
+    if token is not None:  # a bad token fails here, in one line, before anything starts
+        problem = _token_problem(token, args.key, run_dir.name)
+        if problem:
+            return _error(f"--token: {problem[0]}", problem[1], code=2)
     if os.geteuid() != 0:
         return _error("`ifc run` needs root: it makes namespaces and a FUSE mount", "run it with sudo")
 
@@ -145,6 +152,21 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     _summary(run_dir)
     return result.status
+
+
+def _token_problem(token: str, key: str | None, audience: str) -> tuple[str, str | None] | None:
+    """(problem, help) when the token would not verify for this run, else None."""
+    import time
+
+    import caps
+
+    try:
+        token_verifier(key, audience, required=True).verify(token, now=time.time())
+    except Usage as exc:
+        return exc.message, exc.help
+    except caps.CapsError as exc:
+        return exc.message, f"mint one for this run: ifc caps mint --policy P --grant AGENT --audience {audience}"
+    return None
 
 
 def _summary(run_dir: Path) -> None:
