@@ -181,3 +181,16 @@ secret API_KEY from env "IFC_TEST_KEY" to "https://localhost:{port}"
     assert seen == [f"Bearer {real}"], proc.stdout + proc.stderr
     assert json.loads(lines[2]) == {"auth": "Bearer " + "*" * len(real)}
     assert real not in proc.stdout
+
+
+def git_and_python(workspace: tuple[Path, Path, Path], run: Run) -> None:
+    """The issue's own check: `git status && python3 -c "print(1)"` in a git workspace, flows only."""
+    ws, policy, run_dir = workspace
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for git in (["init", "-q"], ["add", "src", "README.md"], ["commit", "-qm", "init"]):
+        subprocess.run(["git", "-c", "safe.directory=*", "-C", str(ws), *git], check=True, env=env)
+    subprocess.run(["chown", "-R", "1000:1000", str(ws)], check=True)
+    proc = run(ws, policy, run_dir, 'git status && python3 -c "print(1)"', ("--agent", "none"), {})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "On branch" in proc.stdout and proc.stdout.endswith("1\n")

@@ -139,15 +139,7 @@ def test_https_secrets_are_sentinels_inside_and_real_only_at_the_bound_server(tm
 
 
 def test_git_and_python_work_in_a_git_workspace(workspace):
-    ws, policy, run_dir = workspace
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    for git in (["init", "-q"], ["add", "src", "README.md"], ["commit", "-qm", "init"]):
-        subprocess.run(["git", "-c", "safe.directory=*", "-C", str(ws), *git], check=True, env=env)
-    subprocess.run(["chown", "-R", "1000:1000", str(ws)], check=True)
-    proc = ifc_run(ws, policy, run_dir, "sh", "-c", 'git status && python3 -c "print(1)"', extra=("--agent", "none"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "On branch" in proc.stdout and proc.stdout.endswith("1\n")
+    sandbox_cases.git_and_python(workspace, _run)
 
 
 def test_a_terminal_is_the_agents_own_pty_with_size_and_ctrl_c(workspace):

@@ -59,6 +59,16 @@ def workspace(tmp_path):
     return sandbox_cases.tester_workspace(tmp_path)
 
 
+@pytest.fixture
+def vm_run(image_env):
+    """`sandbox_cases`' runner: `sh -c script` in a microVM."""
+
+    def run(ws, policy, run_dir, script, extra, env):
+        return ifc_run({**image_env, **env}, ws, policy, run_dir, "sh", "-c", script, extra=extra)
+
+    return run
+
+
 def ifc_run(env, ws, policy, run_dir, *cmd, extra=(), **kwargs):
     argv = [sys.executable, "-m", "ifc", "run", "--policy", str(policy), "--workspace", str(ws),
             "--run-dir", str(run_dir), *extra, "--", *cmd]
@@ -225,22 +235,21 @@ def test_kill_9_leaves_nothing(image_env, workspace):
     assert not (run_dir / "vm" / "usr").is_mount()  # the /usr bind lived only in the run's mount namespace
 
 
-def test_a_file_read_in_the_guest_taints_what_may_leave_through_the_egress_hook(image_env, tmp_path):
+def test_a_file_read_in_the_guest_taints_what_may_leave_through_the_egress_hook(vm_run, tmp_path):
     from ifc.report.load import load_run
 
-    def run(ws, policy, run_dir, script, extra, env):
-        return ifc_run({**image_env, **env}, ws, policy, run_dir, "sh", "-c", script, extra=extra)
-
-    run_dir = sandbox_cases.egress_taint(tmp_path, run)
+    run_dir = sandbox_cases.egress_taint(tmp_path, vm_run)
     (connect,) = [d for d in load_run(run_dir).denials if d.op == "connect"]
     assert connect.guest[0].startswith("curl -s --noproxy"), connect.guest  # the command, not the whole VM
 
 
-def test_the_runs_own_token_is_presented_and_keeps_one_subject(image_env, tmp_path):
-    sandbox_cases.run_token(tmp_path, lambda ws, policy, run_dir, script, extra, env: ifc_run(
-        {**image_env, **env}, ws, policy, run_dir, "sh", "-c", script, extra=extra))
+def test_the_runs_own_token_is_presented_and_keeps_one_subject(vm_run, tmp_path):
+    sandbox_cases.run_token(tmp_path, vm_run)
 
 
-def test_https_secrets_are_sentinels_in_the_guest_and_real_only_at_the_bound_server(image_env, tmp_path):
-    sandbox_cases.https_sentinel(tmp_path, lambda ws, policy, run_dir, script, extra, env: ifc_run(
-        {**image_env, **env}, ws, policy, run_dir, "sh", "-c", script, extra=extra))
+def test_https_secrets_are_sentinels_in_the_guest_and_real_only_at_the_bound_server(vm_run, tmp_path):
+    sandbox_cases.https_sentinel(tmp_path, vm_run)
+
+
+def test_git_and_python_work_in_a_git_workspace(vm_run, workspace):
+    sandbox_cases.git_and_python(workspace, vm_run)
