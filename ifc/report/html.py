@@ -8,7 +8,7 @@ so the page needs no JavaScript; the print stylesheet keeps colours and avoids s
 from __future__ import annotations
 
 from ifc.report.load import Denial, Run
-from ifc.report.summary import Summary, iso, shortened, summarize
+from ifc.report.summary import Summary, iso, meta_value, shortened, summarize
 from ifc.report.svg import escape, path_svg
 
 MAX_ALLOW_ROWS = 200
@@ -132,7 +132,7 @@ def _header(run: Run, s: Summary) -> list[str]:
     if meta.get("source"):
         rows.append(("source", _c(meta["source"])))
     for key in sorted(set(meta) - {"policy", "policy_digest", "agent", "source"}):
-        rows.append((key, _c(meta[key])))
+        rows.append((key, _c(meta_value(key, meta[key]))))
     rows.append(("time span", f"{escape(iso(s.first_ts))} to {escape(iso(s.last_ts))}" if s.first_ts is not None
                  else '<span class="none">no events</span>'))
     out = ["<header>", f"<h1>ifc report: {_c(run.name)}</h1>", '<dl class="meta">']

@@ -12,7 +12,7 @@ import re
 
 from ifc.monitor.provenance import node_name
 from ifc.report.load import Denial, Run
-from ifc.report.summary import Summary, iso, process, shortened, summarize
+from ifc.report.summary import Summary, iso, meta_value, process, shortened, summarize
 from ifc.report.svg import clean
 
 MAX_ALLOW_ROWS = 50
@@ -73,7 +73,7 @@ def _meta(run: Run, s: Summary) -> list[str]:
     if meta.get("source"):
         lines.append(f"- **source:** {code(meta['source'])}")
     for key in sorted(set(meta) - {"policy", "policy_digest", "agent", "source"}):
-        lines.append(f"- **{text(key)}:** {code(meta[key])}")
+        lines.append(f"- **{text(key)}:** {code(meta_value(key, meta[key]))}")
     lines.append(f"- **time span:** {iso(s.first_ts)} to {iso(s.last_ts)}" if s.first_ts is not None
                  else "- **time span:** no events")
     return lines

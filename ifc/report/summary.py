@@ -75,6 +75,16 @@ def iso(ts: float | None) -> str:
         return f"{ts} (not a valid time)"
 
 
+def meta_value(key: str, value: str) -> str:
+    """A run's meta value for display: `started` is a Unix time, shown like every other time here."""
+    if key == "started":
+        try:
+            return iso(float(value))
+        except ValueError:
+            return value
+    return value
+
+
 OTHER_COMMAND_CHARS = 60  # the other candidates of a guest attribution are context: a long script is cut
 
 
