@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 from ifc.enforce.identity import Caller, Identities
 from ifc.monitor import Monitor, Request
@@ -272,9 +273,10 @@ class EnforcingFS:
         state = monitor.subjects.get(caller.subject)
         taint = state.taint if state is not None else None
         try:
+            # the command line is read only if the monitor records an event (a denial, a label change)
             decision = monitor.decide(Request(op, target, subject=caller.subject, dest=dest, token=caller.token,
                                               parent=caller.parent, pid=caller.pid or None,
-                                              cmdline=self.identities.cmdline(caller.pid)))
+                                              cmdline=partial(self.identities.cmdline, caller.pid)))
         except Exception as exc:  # decide never raises; if it ever does, deny
             self._error(caller, op, target, exc)
             raise Denied(errno.EACCES, "monitor error") from None

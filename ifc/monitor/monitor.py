@@ -16,13 +16,13 @@ raises: an internal error is a denial that says why.
 
 from __future__ import annotations
 
-import copy
 import shlex
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from caps import TokenError
 from ifc.lang.lower import encode_string
 from ifc.match import Endpoint, PatternError, normalise_path
 from ifc.monitor.events import EventLog
@@ -39,8 +39,11 @@ ALL_OPS = (*FILE_OPS, *TWO_PATH_OPS, *NET_OPS)
 _AUTHORITY_OP = {"chmod": "write", "rename": "write", "link": "create", "dns": "connect", "send": "connect"}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Request:
+    """One question for the monitor. Not frozen: a frozen dataclass pays an `object.__setattr__` per field
+    (1.7 µs against 0.3 µs here), and the monitor keeps no request, only the values it reads from one."""
+
     op: str
     target: str
     subject: str = "session"
@@ -48,11 +51,16 @@ class Request:
     token: str | bytes | None = None
     parent: str | None = None  # a new subject inherits this subject's taint (a sub-process)
     pid: int | None = None
-    cmdline: str | None = None
+    # the command behind the request, for the log: text, or a function reading it, called only when an event
+    # is recorded (allows record none, and reading /proc/PID/cmdline for each one cost ~10 µs)
+    cmdline: str | Callable[[], str | None] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class Decision:
+    """The answer, and what a reviewer needs to understand it. Not frozen, for speed (4.5 µs against 1.2 µs
+    to build one: a first-seen decision builds one); cached decisions are handed out as copies (`_restep`)."""
+
     step: int
     op: str
     target: str
@@ -86,17 +94,49 @@ class Decision:
         return out
 
 
+def _restep(decision: Decision, step: int) -> Decision:
+    """A cached decision under a new step number, as a copy (the cached one stays as it was). The instance
+    dict is copied directly: `copy.copy` and `dataclasses.replace` cost 3-5 µs, half a cached decision."""
+    fresh = object.__new__(Decision)
+    fresh.__dict__ = {**decision.__dict__, "step": step}
+    return fresh
+
+
+def _cmdline(request: Request) -> str | None:
+    """The request's command line for an event. Attribution is best effort: failing to read it must never
+    cost a denial its log entry."""
+    cmdline = request.cmdline
+    if not callable(cmdline):
+        return cmdline
+    try:
+        text = cmdline()
+    except Exception:
+        return None
+    return text if isinstance(text, str) else None
+
+
 def _malformed(request: Request) -> str | None:
-    """Why a request is not well-typed (enforcement points build them from wire data), or None."""
-    for name in ("op", "target", "subject"):
-        if not isinstance(getattr(request, name), str):
-            return f"`{name}` must be text"
-    for name in ("dest", "parent", "cmdline"):
-        if getattr(request, name) is not None and not isinstance(getattr(request, name), str):
-            return f"`{name}` must be text"
-    if request.pid is not None and (not isinstance(request.pid, int) or isinstance(request.pid, bool)):
+    """Why a request is not well-typed (enforcement points build them from wire data), or None.
+
+    Asked on every decision, the cached ones too: one test per field, no loops (half the cost of a loop
+    over field names)."""
+    op, target, subject, dest, parent, cmdline, pid = (request.op, request.target, request.subject, request.dest,
+                                                        request.parent, request.cmdline, request.pid)
+    if not isinstance(op, str):
+        return "`op` must be text"
+    if not isinstance(target, str):
+        return "`target` must be text"
+    if not isinstance(subject, str):
+        return "`subject` must be text"
+    if dest is not None and not isinstance(dest, str):
+        return "`dest` must be text"
+    if parent is not None and not isinstance(parent, str):
+        return "`parent` must be text"
+    if cmdline is not None and not isinstance(cmdline, str) and not callable(cmdline):
+        return "`cmdline` must be text (or a function giving it)"
+    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
         return "`pid` must be a number"
-    if "\x00" in request.target or "\x00" in request.subject:
+    if "\x00" in target or "\x00" in subject:
         return "NUL byte"
     return None
 
@@ -162,7 +202,9 @@ class Monitor:
                                                           False, f"malformed request: {problem}", subject="?"))
             before = ""
             try:
-                state = self.subject(request.subject, request.parent)
+                state = self.subjects.get(request.subject)
+                if state is None:
+                    state = self.subject(request.subject, request.parent)
                 key = (request.subject, state.taint, request.op, request.target, request.dest, request.token,
                        self.labels.version)
                 hit = self._fast.get(key)
@@ -210,9 +252,7 @@ class Monitor:
                 return None
         for source, op, target in edges:
             self.graph.record(source, op, target, now, None)
-        decision = copy.copy(decision)
-        object.__setattr__(decision, "step", self.steps)
-        return self._log_safely(request, decision)
+        return self._log_safely(request, _restep(decision, self.steps))
 
     def _edge(self, source: str, op: str, target: str, now: float, event, parts=()) -> None:
         self.graph.record(source, op, target, now, event, parts=parts)
@@ -298,8 +338,6 @@ class Monitor:
         if op in TWO_PATH_OPS:
             objects = [target, dest]
         if req.token is not None and self.verifier is not None:
-            from caps import TokenError
-
             try:
                 verified = self.verifier.verify(req.token, now=self.clock())
             except TokenError as exc:
@@ -333,7 +371,7 @@ class Monitor:
             self._tokens_seen.add(token_id)
             self.log.record(kind="token", subject=req.subject, op="use", target=token_id, allowed=True,
                             reason="first use of this token in the run", token_id=token_id, pid=req.pid,
-                            cmdline=req.cmdline)
+                            cmdline=_cmdline(req))
 
     # ------------------------------------------------------------------------------------ effects
     def _write_like(self, req, state, base, target, dest, subject_node, now, verified) -> Decision:
@@ -573,7 +611,7 @@ class Monitor:
             self.log.record(kind="label", subject=req.subject, op=req.op, target=path, allowed=True,
                             reason=f"label of {path} is now `{self.policy.lattice.describe(label)}` ({why})",
                             object_label=self.policy.lattice.describe(label), taint_before=taint,
-                            taint_after=taint, pid=req.pid, cmdline=req.cmdline)
+                            taint_after=taint, pid=req.pid, cmdline=_cmdline(req))
 
     def _capability_event(self, req: Request, capability: str, target: str) -> None:
         if self.log is not None:
@@ -581,7 +619,7 @@ class Monitor:
             kind = cap.kind if cap else "declassify"
             self.log.record(kind=kind, subject=req.subject, op=req.op, target=target, allowed=True,
                             reason=f"{kind} via `{capability}`", message=cap.message if cap else None,
-                            pid=req.pid, cmdline=req.cmdline)
+                            pid=req.pid, cmdline=_cmdline(req))
 
     def _log(self, req: Request, decision: Decision) -> Decision:
         if self.log is None:
@@ -594,7 +632,7 @@ class Monitor:
             reason=decision.reason, rule=decision.rule, rule_span=decision.rule_span, message=decision.message,
             object_label=decision.object_label, taint_before=decision.taint_before,
             taint_after=decision.taint_after, token_id=decision.token_id, token_block=decision.token_block, pid=req.pid,
-            cmdline=req.cmdline, path=[[h.source, h.op, h.target] for h in decision.path], fix=decision.fix)
+            cmdline=_cmdline(req), path=[[h.source, h.op, h.target] for h in decision.path], fix=decision.fix)
         return replace(decision, event=event)
 
     def close(self) -> None:

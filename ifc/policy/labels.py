@@ -17,6 +17,10 @@ class Label:
     integrity: int  # rank in the integrity chain, 0 = least trusted
 
     def join(self, other: Label) -> Label:
+        """The least upper bound. `self` itself when `other` adds nothing: a subject re-reading what it
+        already knows keeps the very taint object its cached decisions are keyed by (an identity match)."""
+        if other.secrecy <= self.secrecy and other.integrity >= self.integrity:
+            return self
         return Label(self.secrecy | other.secrecy, min(self.integrity, other.integrity))
 
     def flows_to(self, other: Label) -> bool:
