@@ -6,6 +6,7 @@ Ctrl-C). One boot per test (~3-6 s under TCG)."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -166,6 +167,46 @@ def test_a_terminal_passes_through(image_env, workspace):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         os.close(fd)
+
+
+def test_ctrl_c_stops_a_run_whose_output_is_piped(image_env, workspace):
+    """A terminal on stdin but a pipe on stdout (`ifc run ... | less`) is no passthrough: Ctrl-C stops the run
+    (and it cleans up) instead of becoming a byte for the guest."""
+    import pty
+    import select
+
+    ws, policy, run_dir = workspace
+    command = shlex.join([sys.executable, "-m", "ifc", "run", "--policy", str(policy), "--workspace", str(ws),
+                          "--run-dir", str(run_dir), "--", "sh", "-c", "echo started; sleep 60"])
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.execve("/bin/sh", ["sh", "-c", f"{command} | cat"], image_env)
+    seen = b""
+    deadline = time.monotonic() + 90
+    while b"started" not in seen and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    try:
+        assert b"started" in seen, seen
+        os.write(fd, b"\x03")
+        deadline = time.monotonic() + 20
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            assert time.monotonic() < deadline, "Ctrl-C did not stop the run"
+            time.sleep(0.1)
+        pid = 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    deadline = time.monotonic() + 10
+    while _leftovers(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _leftovers(run_dir) == []
 
 
 def test_no_network(image_env, workspace):

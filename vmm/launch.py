@@ -260,7 +260,8 @@ def run(spec: RunSpec) -> RunResult:
             argv += ["-chardev", f"socket,id={tag},path={sockdir / (tag + '.sock')}",
                      "-device", f"vhost-user-fs-device,chardev={tag},tag={tag}"]
         argv += ["-device", "virtio-serial-device",
-                 "-chardev", "stdio,id=io,signal=off", "-device", "virtconsole,chardev=io",
+                 # a passed-through terminal sends Ctrl-C to the guest as a byte; otherwise Ctrl-C stops the run
+                 "-chardev", f"stdio,id=io,signal={'off' if tty else 'on'}", "-device", "virtconsole,chardev=io",
                  "-chardev", f"socket,id=ctl,path={control.sock_path}",
                  "-device", "virtserialport,chardev=ctl,name=ifc.ctl",
                  "-netdev", netdev, "-device", "virtio-net-device,netdev=net"]
