@@ -38,7 +38,6 @@ class Control:
         self.status: int | None = None
         self.done = False
         self.error: str | None = None
-        self.lost = False
         self._conn: socket.socket | None = None
         self._send_lock = threading.Lock()
         with contextlib.suppress(FileNotFoundError):
@@ -124,9 +123,6 @@ class Control:
             self._process(line.split(), processes)
 
     def _process(self, words: list[str], processes: GuestProcessLog | None) -> None:
-        if words[1:2] == ["lost"]:
-            self.lost = True
-            return
         if processes is None:
             return
         try:
@@ -139,6 +135,8 @@ class Control:
                                   [a.decode("utf-8", "replace") for a in argv])
             elif words[1] == "exit" and len(words) == 4:
                 processes.ended(int(words[2]), int(words[3]))
+            elif words[1:] == ["lost"]:
+                processes.lost()
         except Exception:  # a garbled report or a failing write loses attribution, never the run
             return
 

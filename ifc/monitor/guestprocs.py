@@ -81,6 +81,12 @@ class GuestProcessLog:
                              "guest_processes WHERE pid = ? AND ended IS NULL)",
                              (time.time() if ts is None else ts, status, pid))
 
+    def lost(self) -> None:
+        """The guest kernel dropped process events: say so in the run's meta, which every report shows."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('guest_process_reports', ?)",
+                             ("incomplete: the guest dropped process events, so some commands are missing",))
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
