@@ -205,8 +205,9 @@ class Monitor:
                 state = self.subjects.get(request.subject)
                 if state is None:
                     state = self.subject(request.subject, request.parent)
-                key = (request.subject, state.taint, request.op, request.target, request.dest, request.token,
-                       self.labels.version)
+                taint = state.taint  # by its parts: a Label (a dataclass) would hash and compare in Python
+                key = (request.subject, taint.secrecy, taint.integrity, request.op, request.target, request.dest,
+                       request.token, self.labels.version)
                 hit = self._fast.get(key)
                 if hit is not None:
                     replayed = self._replay(request, *hit)
@@ -232,8 +233,8 @@ class Monitor:
         and the revocation list's epoch, and used only while both still hold."""
         trace, self._trace = self._trace, None
         verified, self._verified = self._verified, None
-        if not decision.allowed or decision.capabilities_used or key[1] != state.taint \
-                or key[6] != self.labels.version:
+        if not decision.allowed or decision.capabilities_used or key[1] != state.taint.secrecy \
+                or key[2] != state.taint.integrity or key[7] != self.labels.version:
             return
         validity = None
         if request.token is not None:
@@ -317,11 +318,12 @@ class Monitor:
             label = self.label_of(target)
             self._absorb(state, label, node("file", target), subject_node, op, now)
             rule = self.policy.file_label(target).rule
-            return Decision(allowed=True, reason=f"reading joins `{lattice.describe(label)}` into the taint",
+            described = lattice.describe(label)
+            base["taint_after"] = lattice.describe(state.taint)
+            return Decision(allowed=True, reason=f"reading joins `{described}` into the taint",
                             rule=f"files: {rule.label_text}" if rule else None,
-                            rule_span=str(rule.span) if rule else None, object_label=lattice.describe(label),
-                            **{**base, "taint_after": lattice.describe(state.taint)},
-                            tainted_by=self._provenance(state))
+                            rule_span=str(rule.span) if rule else None, object_label=described,
+                            tainted_by=self._provenance(state), **base)
         if op in ("write", "create", "delete", "chmod", "rename", "link"):
             return self._write_like(req, state, base, target, dest, subject_node, now, verified)
         if op == "dns":

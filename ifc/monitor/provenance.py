@@ -52,7 +52,8 @@ class ProvenanceGraph:
     def __init__(self) -> None:
         # (source, target, op) -> [count, first time, last time, first event, last event]
         self.edges: dict[tuple[str, str, str], list] = {}
-        self.origin: dict[tuple[str, str], Hop] = {}  # (node, part) -> hop that first brought it
+        # node -> part -> hop that first brought it; per node, so a delete or rename touches only its own
+        self.origin: dict[str, dict[str, Hop]] = {}
 
     def record(self, source: str, op: str, target: str, ts: float, event: int | None, parts=()) -> None:
         """Add (or merge) an edge; `parts` are the label parts that flowed along it."""
@@ -64,20 +65,24 @@ class ProvenanceGraph:
             data[0] += 1
             data[2] = ts
             data[4] = event
-        for part in parts:
-            self.origin.setdefault((target, part), Hop(source, op, target, event))
+        if parts:
+            known = self.origin.setdefault(target, {})
+            for part in parts:
+                if part not in known:
+                    known[part] = Hop(source, op, target, event)
 
-    def forget(self, node_id: str, parts=None) -> None:
-        """A node lost label parts (a deleted file, a name reused): its origins go with them."""
-        for key in [k for k in self.origin if k[0] == node_id and (parts is None or k[1] in parts)]:
-            del self.origin[key]
+    def forget(self, node_id: str) -> None:
+        """A node lost its content (a deleted file): its origins go with it."""
+        self.origin.pop(node_id, None)
 
     def rename(self, old: str, new: str) -> None:
-        """Move a file node's origins to its new name, and record the rename as an edge."""
-        for (n, part), hop in list(self.origin.items()):
-            if n == old:
-                del self.origin[(n, part)]
-                self.origin.setdefault((new, part), Hop(hop.source, hop.op, new, hop.event))
+        """Move a file node's origins to its new name; origins the new name already has are kept."""
+        moved = self.origin.pop(old, None)
+        if moved:
+            known = self.origin.setdefault(new, {})
+            for part, hop in moved.items():
+                if part not in known:
+                    known[part] = Hop(hop.source, hop.op, new, hop.event)
 
     def explain(self, sink_hop: Hop, part: str, limit: int = 64) -> list[Hop]:
         """The chain of hops that carried `part` to the subject of `sink_hop`, ending with that hop."""
@@ -85,7 +90,7 @@ class ProvenanceGraph:
         current = sink_hop.source
         seen = {current}
         while len(hops) < limit:
-            hop = self.origin.get((current, part))
+            hop = self.origin.get(current, {}).get(part)
             if hop is None or hop.source in seen:
                 break
             hops.append(hop)

@@ -18,7 +18,7 @@ from ifc.diagnostics import Span
 from ifc.lang.lower import encode_string as _q
 from ifc.match import Endpoint
 from ifc.policy.labels import Label
-from ifc.policy.model import Capability, EndpointRule, FlowRule, Policy, Sink
+from ifc.policy.model import Capability, EndpointRule, Policy, Sink
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def check_write(policy: Policy, data: Label, path: str, held: Iterable[str] = ()
     integrity requirement can refuse them."""
     required, guard = policy.write_requirement(path)
     rule = guard or policy.file_label(path).rule
-    rule_text = f"files: {', '.join(_q(g.text) for g in rule.globs)} {rule.label_text}" if rule else None
+    rule_text = f"files: {rule.globs_text} {rule.label_text}" if rule else None
     if guard is not None:
         rule_text += f" writes require {policy.lattice.integrity_levels[required]}"
     verdict = _decide(policy, data, held, lambda sink: sink.matches_file(path), path, frozenset(), required,
@@ -71,20 +71,23 @@ def _decide(policy: Policy, data: Label, held: Iterable[str], on_sink, where: st
             required: int, rule_text: str | None, rule_span: Span | None, check_secrecy: bool,
             may_declassify: Callable[[str], bool] | None = None) -> FlowVerdict:
     lattice = policy.lattice
-    for flow in _sorted_flows(policy.flow_rules):
-        if flow.effect == "deny" and on_sink(flow.sink) and flow.source.matches(data):
+    for flow in policy.deny_rules:
+        # the data test first: it is a set comparison, the sink test may be a glob match
+        if flow.source.matches(data) and on_sink(flow.sink):
             return FlowVerdict(False, f"`{flow.source_text}` data may not go to {where}", flow.describe(),
                                flow.span, flow.message, blocked_tags=flow.source.secrecy & data.secrecy,
                                integrity_short=flow.source.integrity is not None)
     allowed_tags = set(clearance)
     floor = required
-    allows = [f for f in policy.flow_rules if f.effect == "allow" and on_sink(f.sink)]
-    for flow in allows:
+    for flow in policy.allow_rules:
+        if not on_sink(flow.sink):
+            continue
         allowed_tags |= flow.source.secrecy
         if flow.source.integrity is not None:
             floor = min(floor, flow.source.integrity)
     used: list[str] = []
-    caps: list[Capability] = [policy.capabilities[n] for n in sorted(set(held)) if n in policy.capabilities]
+    caps: list[Capability] = [policy.capabilities[n] for n in sorted(set(held)) if n in policy.capabilities] \
+        if held else []
     if check_secrecy:
         excess = set(data.secrecy - allowed_tags)
         for cap in caps:
@@ -113,11 +116,6 @@ def _decide(policy: Policy, data: Label, held: Iterable[str], on_sink, where: st
     via = f" (declassified by `{'`, `'.join(used)}`)" if used else ""
     return FlowVerdict(True, f"`{lattice.describe(data)}` may go to {where}{via}", rule_text, rule_span,
                        capabilities_used=tuple(used))
-
-
-def _sorted_flows(flows: tuple[FlowRule, ...]) -> list[FlowRule]:
-    # Deny wins whatever the order; among several denies, name the first in the source.
-    return sorted(flows, key=lambda f: (f.span.file, f.span.line, f.span.column))
 
 
 def endpoint_rule_text(policy: Policy, rule: EndpointRule) -> str:

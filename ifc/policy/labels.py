@@ -75,9 +75,10 @@ class Lattice:
     def top_integrity(self) -> int:
         return len(self.integrity_levels) - 1
 
-    @property
+    @cached_property
     def bottom(self) -> Label:
-        """Public, fully trusted: what a fresh session and an unlabelled file carry."""
+        """Public, fully trusted: what a fresh session and an unlabelled file carry. Made once: every
+        write decision asks for it."""
         return Label(frozenset(), self.top_integrity)
 
     def kind_of(self, name: str) -> str | None:
@@ -93,12 +94,13 @@ class Lattice:
         return [*self.tag_closure, *self.integrity_rank, *self.named_labels]
 
     @cached_property
-    def _described(self) -> dict[tuple[Label, bool], str]:
+    def _described(self) -> dict[tuple[frozenset[str], int, bool], str]:
         return {}
 
     def describe(self, label: Label, with_integrity: bool = True) -> str:
         """Render a label as the shortest expression a user would write: `secret + customer, untrusted`."""
-        key = (label, with_integrity)
+        # keyed by the label's parts: a frozenset caches its hash, a Label (a dataclass) hashes in Python
+        key = (label.secrecy, label.integrity, with_integrity)
         text = self._described.get(key)
         if text is None:
             if len(self._described) > 4096:

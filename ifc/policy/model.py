@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
 from ifc.diagnostics import Span
+from ifc.lang.lower import encode_string
 from ifc.match import Endpoint, EndpointPattern, Glob
 from ifc.policy.labels import Label, LabelPattern, Lattice
 
@@ -42,6 +43,11 @@ class FileRule:
     def matches(self, path: str) -> bool:
         # one regex per rule (its globs joined) instead of one per glob: labelling is on the hot path
         return self._any.match(path) is not None and (self._excluded is None or self._excluded.match(path) is None)
+
+    @cached_property
+    def globs_text(self) -> str:
+        """The globs as written, quoted, for messages: formatted once, cited by every write decision."""
+        return ", ".join(encode_string(g.text) for g in self.globs)
 
 
 def _union(globs: tuple[Glob, ...]):
@@ -133,15 +139,20 @@ class Agent:
 
     @cached_property
     def _matchers(self) -> dict[str, tuple]:
+        """Per operation: connect → its endpoint patterns; a path operation → one regex of all its globs
+        (one match per question, as for file rules, instead of a generator over globs)."""
         out: dict[str, list] = {}
         for g in self.grants:
             out.setdefault(g.op, []).append(EndpointPattern.parse(g.pattern) if g.op == "connect"
                                             else Glob.compile(g.pattern))
-        return {op: tuple(ms) for op, ms in out.items()}
+        return {op: tuple(ms) if op == "connect" else (_union(tuple(ms)),) for op, ms in out.items()}
 
     def allows(self, op: str, obj: str | Endpoint) -> bool:
         """Do this agent's grants cover `op` on `obj` (a normalised path, or an Endpoint for connect)?"""
-        return any(m.matches(obj) for m in self._matchers.get(op, ()))
+        matchers = self._matchers.get(op, ())
+        if op == "connect":
+            return any(m.matches(obj) for m in matchers)
+        return bool(matchers) and matchers[0].match(obj) is not None
 
 
 @dataclass(frozen=True)
@@ -200,6 +211,17 @@ class Policy:
     def file_label(self, path: str) -> FileMatch:
         """The label of a workspace path: the last matching file rule, or public+trusted when none."""
         return self._file_lookup(path)
+
+    @cached_property
+    def deny_rules(self) -> tuple[FlowRule, ...]:
+        """The `deny` flow rules in source order. Any matching one refuses whatever the order; the first in
+        the source is the one named. Sorted once here, not on every flow check."""
+        return tuple(sorted((f for f in self.flow_rules if f.effect == "deny"),
+                            key=lambda f: (f.span.file, f.span.line, f.span.column)))
+
+    @cached_property
+    def allow_rules(self) -> tuple[FlowRule, ...]:
+        return tuple(f for f in self.flow_rules if f.effect == "allow")
 
     @cached_property
     def _guarded(self) -> tuple[FileRule, ...]:
