@@ -834,6 +834,7 @@ class EnforcingFS:
         self.mounted = True
 
     def destroy(self, path):
+        self.identities.close()
         if self.monitor is not None and self.monitor.log is not None:
             try:
                 self.monitor.log.flush()
