@@ -94,7 +94,8 @@ class EventLog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable_on_power_loss else 'NORMAL'}")
         self._db.executescript(SCHEMA)
-        self._pending: dict[tuple[str, str, str], list] = {}
+        # (subject, op, object) -> (count, first, last): tuples of numbers, untracked by the garbage collector
+        self._pending: dict[tuple[str, str, str], tuple[int, float, float]] = {}
         self._pending_count = 0
         self.flush_every = flush_every
 
@@ -124,11 +125,7 @@ class EventLog:
         key = (subject, op, obj)
         with self._lock:
             entry = self._pending.get(key)
-            if entry is None:
-                self._pending[key] = [1, ts, ts]
-            else:
-                entry[0] += 1
-                entry[2] = ts
+            self._pending[key] = (1, ts, ts) if entry is None else (entry[0] + 1, entry[1], ts)
             self._pending_count += 1
             if self._pending_count >= self.flush_every:
                 self._flush_locked()

@@ -210,10 +210,14 @@ class Monitor:
                        request.token, self.labels.version)
                 hit = self._fast.get(key)
                 if hit is not None:
-                    replayed = self._replay(request, *hit)
-                    if replayed is not None:
-                        return replayed
-                    del self._fast[key]
+                    cached, edges, validity = hit
+                    now = self.clock()
+                    if validity is None or (validity[0] <= now < validity[1]
+                                            and self.verifier.revocations.epoch == validity[2]):
+                        for source, op, target in edges:  # the repeat still counts in the provenance graph
+                            self.graph.record(source, op, target, now, None)
+                        return self._log_safely(request, _restep(cached, self.steps))
+                    del self._fast[key]  # the token's window or the revocation list moved on
                 before = self.policy.lattice.describe(state.taint)
                 self._trace = []
                 decision = self._decide(request, state, before)
@@ -244,16 +248,6 @@ class Monitor:
         if len(self._fast) >= self.FAST_LIMIT:
             self._fast.clear()
         self._fast[key] = (decision, tuple(trace or ()), validity)
-
-    def _replay(self, request: Request, decision: Decision, edges: tuple, validity) -> Decision | None:
-        now = self.clock()
-        if validity is not None:
-            not_before, expires, epoch = validity
-            if not not_before <= now < expires or self.verifier.revocations.epoch != epoch:
-                return None
-        for source, op, target in edges:
-            self.graph.record(source, op, target, now, None)
-        return self._log_safely(request, _restep(decision, self.steps))
 
     def _edge(self, source: str, op: str, target: str, now: float, event, parts=()) -> None:
         self.graph.record(source, op, target, now, event, parts=parts)
@@ -415,18 +409,20 @@ class Monitor:
                 self._label_event(req, dest, moved, f"{op} from {target}")
             reason = f"{dest} carries `{lattice.describe(moved)}` from {target}"
         else:
-            old = self.label_of(target)
             # The raise belongs to the content (the stored object label travels with renames and links),
             # so compare with what is stored, not with the name's policy label: secret data written under a
             # `secrets/**` name must still be secret when the content is reached through another name.
+            named = self.policy.file_label(target).label
             stored = self.labels.get(target)
-            raised = (stored or lattice.bottom).join(state.taint)
+            old = named.join(stored) if stored else named  # `label_of`, its two lookups made once
+            base_label = stored or lattice.bottom
+            raised = base_label.join(state.taint)
             self._edge(subject_node, op, node("file", target), now, None,
-                              parts=self._news(old, old.join(state.taint)))
+                       parts=self._news(old, old.join(state.taint)))
             # nothing to record for data within a plain file's own policy label; a file with an object
             # (moved or linked) records every raise, since its content may be reached by other names
-            within_name = stored is None and state.taint.flows_to(self.policy.file_label(target).label)
-            if raised != (stored or lattice.bottom) and not within_name:
+            within_name = stored is None and state.taint.flows_to(named)
+            if raised != base_label and not within_name:
                 self.labels.raise_to(target, raised)
                 new = self.label_of(target)
                 self._label_event(req, target, new, f"written by {req.subject}")
@@ -434,11 +430,11 @@ class Monitor:
                     reason = f"{target} floats up to `{lattice.describe(new)}`"
         for cap in verdict.capabilities_used:
             self._capability_event(req, cap, written)
+        base["taint_after"] = lattice.describe(state.taint)
         return Decision(allowed=True, reason=reason, rule=verdict.rule,
                         rule_span=None if verdict.span is None else str(verdict.span),
                         object_label=lattice.describe(self.label_of(written)),
-                        capabilities_used=verdict.capabilities_used, tainted_by=self._provenance(state),
-                        **{**base, "taint_after": lattice.describe(state.taint)})
+                        capabilities_used=verdict.capabilities_used, tainted_by=self._provenance(state), **base)
 
     def _connect(self, req, state, base, endpoint: Endpoint, subject_node, now, verified) -> Decision:
         lattice = self.policy.lattice

@@ -50,8 +50,9 @@ def node_name(node_id: str) -> str:
 
 class ProvenanceGraph:
     def __init__(self) -> None:
-        # (source, target, op) -> [count, first time, last time, first event, last event]
-        self.edges: dict[tuple[str, str, str], list] = {}
+        # (source, target, op) -> (count, first time, last time, first event, last event); a tuple of numbers,
+        # replaced on each repeat, which the garbage collector stops tracking (a list it would scan forever)
+        self.edges: dict[tuple[str, str, str], tuple] = {}
         # node -> part -> hop that first brought it; per node, so a delete or rename touches only its own
         self.origin: dict[str, dict[str, Hop]] = {}
 
@@ -59,12 +60,7 @@ class ProvenanceGraph:
         """Add (or merge) an edge; `parts` are the label parts that flowed along it."""
         key = (source, target, op)
         data = self.edges.get(key)
-        if data is None:
-            self.edges[key] = [1, ts, ts, event, event]
-        else:
-            data[0] += 1
-            data[2] = ts
-            data[4] = event
+        self.edges[key] = (1, ts, ts, event, event) if data is None else (data[0] + 1, data[1], ts, data[3], event)
         if parts:
             known = self.origin.setdefault(target, {})
             for part in parts:

@@ -164,8 +164,8 @@ class Secret:
     span: Span = field(compare=False)
 
 
-@dataclass(frozen=True)
-class FileMatch:
+@dataclass(frozen=True, slots=True)
+class FileMatch:  # slots: one object per labelled path in the lookup cache, not two
     label: Label
     rule: FileRule | None
 
