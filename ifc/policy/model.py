@@ -198,12 +198,21 @@ class Policy:
     def _file_lookup(self):
         rules = tuple(reversed(self.file_rules))
         bottom = self.lattice.bottom
+        # Every rule's globs as one alternative of one regex, last rule first: a single match finds the
+        # last rule whose globs match (the engine tries alternatives in order), where calling each rule's
+        # matcher in turn cost a Python call per rule. Its `except` globs are then tested, and only if they
+        # exclude the path does the scan go on, rule by rule, below it.
+        first = re.compile("|".join(f"(?P<r{i}>{rule._any.pattern})" for i, rule in enumerate(rules) if rule.globs),
+                           re.DOTALL) if rules else None
 
         @lru_cache(maxsize=65536)
         def lookup(path: str) -> FileMatch:
-            for rule in rules:
-                if rule.matches(path):
-                    return FileMatch(rule.label, rule)
+            found = first.match(path) if first is not None else None
+            if found is not None:
+                start = int(found.lastgroup[1:])
+                for rule in rules[start:]:
+                    if rule.matches(path):
+                        return FileMatch(rule.label, rule)
             return FileMatch(bottom, None)
 
         return lookup
