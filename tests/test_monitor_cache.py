@@ -100,3 +100,15 @@ def test_the_fast_path_cache_never_changes_a_decision(tmp_path_factory, steps, r
     finally:
         cached.log.close()
         full.log.close()
+
+
+def test_changing_a_returned_decision_changes_no_later_answer():
+    pol = policy()
+    m = Monitor(pol, agent=pol.agents["coder"])
+    request = Request("read", "src/app.py")
+    first = m.decide(request)
+    first.allowed, first.reason = False, "scribbled on by a caller"
+    again = m.decide(request)  # answered from the fast-path cache
+    assert again.allowed and again.reason != "scribbled on by a caller" and again.step == first.step + 1
+    again.reason = "scribbled again"
+    assert m.decide(request).reason == Monitor(pol, agent=pol.agents["coder"]).decide(request).reason
