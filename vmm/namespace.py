@@ -81,10 +81,12 @@ def run(spec: RunSpec) -> RunResult:
             pid = fork_init(plan, theirs, ours)
             theirs.close()
             handed = receive(ours, run_dir)
-        boot_seconds = time.monotonic() - started
-        relays = relay_network(handed, workspace)
-        with terminal(handed.get("pty")):
-            _, status = os.waitpid(pid, 0)
+            boot_seconds = time.monotonic() - started
+            relays = relay_network(handed, workspace)
+            with terminal(handed.get("pty")):
+                ours.send(b"go")  # the agent starts only now, its terminal sized and the host's raw
+                ours.close()
+                _, status = os.waitpid(pid, 0)
         pid = 0
         code = os.waitstatus_to_exitcode(status)
         if code < 0:
@@ -229,9 +231,9 @@ def terminal(master: int | None):
     done = threading.Event()
     output = threading.Thread(target=pump, args=(master, 1, done), daemon=True)
     typing = threading.Thread(target=pump, args=(0, master, done), daemon=True)
+    ttymod.setraw(0)  # before the first byte is relayed: cooked, the host would add a second CR to each line
     output.start()
     typing.start()
-    ttymod.setraw(0)
     try:
         yield
         output.join(2)  # the agent's last output (EIO once every process holding the pty is gone)

@@ -93,9 +93,14 @@ def init(plan: Plan, ctl: socket.socket) -> NoReturn:
         with contextlib.suppress(OSError):
             ctl.send(b"error " + (exc.message if isinstance(exc, LaunchError) else str(exc)).encode())
         os._exit(125)
-    ctl.close()
     for fd in handed.values():
         os.close(fd)
+    # `go` once `ifc run` has set up the relays and the terminal (size, raw mode): the agent's first output and
+    # its first `stty size` see them; anything else (`ifc run` died: EOF) and nothing runs
+    go = ctl.recv(16)
+    ctl.close()
+    if go != b"go":
+        os._exit(125)
     os._exit(reap(start_agent(plan, slave)))
 
 
