@@ -38,18 +38,13 @@ def timed(argv: list[str]) -> float:
 
 def in_process(ws: Path, run_dir: Path) -> tuple[float, float]:
     """(start to ready, total) of one `vmm.namespace.run`, stdin from /dev/null (no pty)."""
+    from bench.stdin import no_terminal_stdin
     from vmm import namespace
     from vmm.sandbox import RunSpec
 
     spec = RunSpec(argv=["true"], workspace=ws, run_dir=run_dir, policy=POLICY, notice=lambda line: None)
-    with open(os.devnull, "rb") as null:
-        saved = os.dup(0)
-        os.dup2(null.fileno(), 0)
-        try:
-            result = namespace.run(spec)
-        finally:
-            os.dup2(saved, 0)
-            os.close(saved)
+    with no_terminal_stdin():
+        result = namespace.run(spec)
     if result.status != 0:
         sys.exit(f"bench_namespace: `true` exited {result.status}; see {run_dir}")
     return result.boot_seconds, result.total_seconds

@@ -54,6 +54,7 @@ def main() -> int:
     timed(build)  # make sure the user's cache is current
     rows.append(("warm build (nothing changed)", f"{timed(build):.2f} s"))
 
+    from bench.stdin import no_terminal_stdin
     from vmm import image, launch
 
     accel, why = launch.choose_accel(image.current())
@@ -64,14 +65,8 @@ def main() -> int:
         for i in range(args.runs):
             spec = launch.RunSpec(argv=["true"], workspace=ws, run_dir=Path(tmp) / f"run{i}", policy=POLICY,
                                   notice=lambda line: None)
-            with open(os.devnull, "rb") as null:
-                saved = os.dup(0)
-                os.dup2(null.fileno(), 0)
-                try:
-                    result = launch.run(spec)
-                finally:
-                    os.dup2(saved, 0)
-                    os.close(saved)
+            with no_terminal_stdin():
+                result = launch.run(spec)
             boots.append(result.boot_seconds)
             totals.append(result.total_seconds)
         ends = [timed([sys.executable, "-m", "ifc", "run", "--policy", str(POLICY), "--workspace", str(ws),
