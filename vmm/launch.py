@@ -48,7 +48,6 @@ from vmm.sandbox import (
     agent_env,
     bind_readonly,
     die_with_parent,
-    private_mount_namespace,
     remove_mountpoint,
     start_workspace,
     trust_bundle,
@@ -197,11 +196,8 @@ def run(spec: RunSpec) -> RunResult:
         spec.say(f"ifc run: microVM on TCG, software emulation ({why}): boot ~3 s, CPU-bound work ~10x slower "
                  "than under KVM")
     run_dir = spec.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     uid, gid = spec.ids()
-    private_mount_namespace()
-
-    helpers = Helpers(run_dir)
+    helpers = Helpers.for_run(spec)
     # sockets, the /usr bind and the per-run initrd: in the run dir unless its path is too long for a socket
     sockdir = run_dir / "vm"
     if len(str(sockdir / "usr.sock")) > 100:

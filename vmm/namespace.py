@@ -44,7 +44,6 @@ from vmm.sandbox import (
     Workspace,
     agent_env,
     check,
-    private_mount_namespace,
     remove_mountpoint,
     start_workspace,
     trust_bundle,
@@ -60,10 +59,8 @@ def run(spec: RunSpec) -> RunResult:
     started = time.monotonic()
     spec.say(NOTICE)
     run_dir = spec.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     uid, gid = spec.ids()
-    private_mount_namespace()
-    helpers = Helpers(run_dir)
+    helpers = Helpers.for_run(spec)
     root = run_dir / "root"
     workspace: Workspace | None = None
     pid = 0

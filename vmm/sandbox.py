@@ -154,6 +154,13 @@ class Helpers:
         self.procs: list[subprocess.Popen] = []
         self.mounts: list[str] = []
 
+    @classmethod
+    def for_run(cls, spec: RunSpec) -> Helpers:
+        """The run directory made, and this process in a private mount namespace (mounts die with the run)."""
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        private_mount_namespace()
+        return cls(spec.run_dir)
+
     def spawn(self, argv: list[str], log: str, **kwargs) -> subprocess.Popen:
         """A child in its own session (terminal signals reach `ifc run`, which stops helpers in order)."""
         with open(self.run_dir / log, "ab") as out:
