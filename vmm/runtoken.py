@@ -55,12 +55,8 @@ def prepare(run_dir: Path, policy: Path, agent: str | None, given: str | None, k
 def _agent(policy: Path, name: str | None):
     from ifc.policy import load_policy
 
-    compiled = load_policy(str(policy))  # `ifc run` checked it compiles before anything started
-    if name == "none":
-        return None
-    if name is None:
-        return compiled.agents_[0] if compiled.agents_ else None
-    return compiled.agents.get(name)
+    # `ifc run` checked that the policy compiles and names this agent before anything started
+    return load_policy(str(policy)).agent_for(name)
 
 
 def _record(run_dir: Path, token: str, minted_here: bool) -> None:

@@ -38,14 +38,10 @@ def load_policy_and_agent(path: str, agent_name: str | None):
         raise Usage(f"`{path}` does not compile: {exc.diagnostics[0].message}", f"run `ifc check {path}`") from None
     except OSError as exc:
         raise Usage(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
-    if agent_name == "none":
-        return policy, None
-    if agent_name is None:
-        return policy, (policy.agents_[0] if policy.agents_ else None)
-    agent = policy.agents.get(agent_name)
-    if agent is None:
-        raise Usage(f"no agent `{agent_name}` in {path}", "agents: " + (", ".join(policy.agents) or "none"))
-    return policy, agent
+    try:
+        return policy, policy.agent_for(agent_name)
+    except KeyError:
+        raise Usage(f"no agent `{agent_name}` in {path}", "agents: " + (", ".join(policy.agents) or "none")) from None
 
 
 MAX_TOKEN_INPUT = 1 << 20  # a token read from stdin or a file; far above any real token

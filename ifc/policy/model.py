@@ -186,6 +186,15 @@ class Policy:
     def agents(self) -> dict[str, Agent]:
         return {a.name: a for a in self.agents_}
 
+    def agent_for(self, name: str | None) -> Agent | None:
+        """Whose grants apply: the agent `name`, the first agent when None, no agent (flows only) for `none`.
+        KeyError for a name the policy does not declare."""
+        if name == "none":
+            return None
+        if name is None:
+            return self.agents_[0] if self.agents_ else None
+        return self.agents[name]
+
     @cached_property
     def capabilities(self) -> dict[str, Capability]:
         return {c.name: c for c in self.capabilities_}
