@@ -43,6 +43,9 @@ import textwrap
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tls_support import make_upstream_ca
+
 UPSTREAM = textwrap.dedent('''
     import asyncio, ssl, sys
     BIG = 100 * 1024 * 1024
@@ -95,38 +98,9 @@ SECRET = 'secret BENCH_KEY from env "IFC_BENCH_KEY" to "https://bound.test:{tpor
 HOSTS = "bound.test 127.0.0.1\nblind.test 127.0.0.1\n"
 
 
-def upstream_certificate(tmp: Path) -> tuple[Path, Path, Path]:
-    """(CA certificate, server certificate, server key) for bound.test and blind.test, made for this run."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    valid = (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1))
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench upstream CA")])
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(valid[0]).not_valid_after(valid[1])
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
-    server = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bound.test")])
-    cert = (x509.CertificateBuilder().subject_name(server).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(valid[0]).not_valid_after(valid[1])
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("bound.test"), x509.DNSName("blind.test")]),
-                           critical=False).sign(ca_key, hashes.SHA256()))
-    paths = tmp / "upstream-ca.pem", tmp / "server.pem", tmp / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
-
-
 def start_upstream(tmp: Path) -> tuple[subprocess.Popen, int, int]:
     """The upstream server: (process, plain HTTP port, HTTPS port)."""
-    _ca, cert, key = upstream_certificate(tmp)
+    _ca, cert, key = make_upstream_ca(tmp, ["bound.test", "blind.test"])  # the tests' upstream CA, reused
     up = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(cert), str(key)], stdout=subprocess.PIPE, text=True)
     port, tport = map(int, up.stdout.readline().split())
     (tmp / "hosts").write_text(HOSTS)
