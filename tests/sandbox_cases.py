@@ -8,6 +8,7 @@ import contextlib
 import http.server
 import json
 import os
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -194,3 +195,127 @@ def git_and_python(workspace: tuple[Path, Path, Path], run: Run) -> None:
     proc = run(ws, policy, run_dir, 'git status && python3 -c "print(1)"', ("--agent", "none"), {})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "On branch" in proc.stdout and proc.stdout.endswith("1\n")
+
+
+# What the sandbox runs for `no_laundering`: three ways to get data out that a decision made while the run was
+# clean used to let through. Python's standard library only (the sandbox has the host's /usr, not our venv).
+_LAUNDER = r'''
+import base64, os, socket, time, urllib.parse
+proxy = urllib.parse.urlsplit(os.environ["HTTP_PROXY"])
+def dial(token=None):
+    s = socket.create_connection((proxy.hostname, proxy.port), timeout=10)
+    auth = token or (proxy.password and proxy.password)
+    head = ("Proxy-Authorization: Basic " + base64.b64encode(f"ifc:{auth}".encode()).decode() + "\r\n") if auth else ""
+    return s, head
+def status(s):
+    try:
+        data = s.recv(200)
+        return data.split(b" ")[1].decode() if data.startswith(b"HTTP/") else "cut"
+    except OSError:
+        return "cut"
+derived = open("derived.txt").read().strip()
+# 1. a request head sent while clean, its body after the read
+body_stream, auth = dial()
+body_stream.sendall(f"POST http://127.0.0.1:{PORT}/body HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\n{auth}"
+                    "Content-Length: 64\r\n\r\n".encode())
+# 2. a raw TCP tunnel opened while clean
+tunnel, auth = dial()
+tunnel.sendall(f"CONNECT 127.0.0.1:{TPORT} HTTP/1.1\r\nHost: 127.0.0.1:{TPORT}\r\n{auth}\r\n".encode())
+print("tunnel", status(tunnel))
+tunnel.sendall(b"hello while clean\n")
+time.sleep(0.5)
+secret = open(".env").read().strip()  # the run is tainted from here on
+for name, sock, data in (("body", body_stream, secret.ljust(64).encode()),
+                         ("tunnel-after", tunnel, secret.encode() + b"\n")):
+    try:
+        sock.sendall(data)
+        time.sleep(0.3)
+        sock.sendall(data)
+        print(name, status(sock))
+    except OSError:
+        print(name, "cut")
+# 3. a token derived (offline) from the run's own while clean, presented after the read
+fresh, auth = dial(derived)
+fresh.sendall(f"POST http://127.0.0.1:{PORT}/derived HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\n{auth}"
+              f"Content-Length: {len(secret)}\r\n\r\n{secret}".encode())
+print("derived", status(fresh))
+'''
+
+
+def no_laundering(tmp_path: Path, run: Run) -> Path:
+    """Issue 11's first two holes, end to end: after the sandbox reads `.env`, no secret byte leaves through a
+    request whose head was decided while the run was clean, a raw tunnel opened while clean, or a token the
+    sandbox derived from the run's own token while clean (attenuated offline here, on the host side, as the
+    sandbox could with any Ed25519 implementation). The servers record every byte they get."""
+    from caps import HostKey, attenuate, mint
+    from caps.keys import write_key
+
+    received: list[bytes] = []
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            received.append(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    tcp = socket.create_server(("127.0.0.1", 0))
+    tport = tcp.getsockname()[1]
+
+    def tcp_sink():
+        while True:
+            try:
+                conn, _ = tcp.accept()
+            except OSError:
+                return
+            threading.Thread(target=lambda c=conn: [received.append(b) for b in iter(lambda: c.recv(4096), b"")],
+                             daemon=True).start()
+
+    threading.Thread(target=tcp_sink, daemon=True).start()
+    secret = "API_KEY=sk-secret-never-leaves"
+    ws = agent_workspace(tmp_path, {".env": secret + "\n"})
+    run_dir = tmp_path / "run"
+    key = HostKey.generate()
+    _, public = write_key(tmp_path / "host.key", key)
+    try:
+        with serving(Sink) as port:
+            policy = tmp_path / "policy.flow"
+            policy.write_text(f"""\
+labels {{ secrecy public < internal < secret }}
+files {{
+  "**"    internal
+  ".env*" secret
+}}
+endpoints {{
+  "http://127.0.0.1:{port}" clearance internal returns trusted as web
+  "tcp://127.0.0.1:{tport}" clearance internal as web
+}}
+deny secret -> web "secrets never leave the sandbox"
+""")
+            connects = [f"connect http://127.0.0.1:{port}", f"connect tcp://127.0.0.1:{tport}"]
+            token = mint(key, rights=["read **", *connects], audience=run_dir.name, ttl=600)
+            (ws / "derived.txt").write_text(attenuate(token, rights=[connects[0]], ttl=300) + "\n")
+            os.chown(ws / "derived.txt", 1000, 1000)
+            script = _LAUNDER.replace("{PORT}", str(port)).replace("{TPORT}", str(tport))
+            (ws / "launder.py").write_text(script)
+            proc = run(ws, policy, run_dir, "python3 launder.py",
+                       ("--agent", "none", "--egress", "--token", token, "--key", str(public)), {})
+    finally:
+        tcp.close()
+    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    assert out.get("tunnel") == "200", proc.stdout + proc.stderr
+    assert out.get("body") == "cut" and out.get("tunnel-after") == "cut", proc.stdout + proc.stderr
+    assert out.get("derived") == "403", proc.stdout + proc.stderr
+    everything = b"".join(received)
+    assert b"hello while clean" in everything, "the tunnel worked while the run was clean"
+    assert b"sk-secret" not in everything, received
+    db = sqlite3.connect(run_dir / "events.db")
+    cuts = db.execute("SELECT target, reason, path FROM events WHERE kind = 'deny' AND reason LIKE "
+                      "'open stream cut%'").fetchall()
+    assert len(cuts) == 2 and all("read .env" in reason and ".env" in path for _, reason, path in cuts), cuts
+    return run_dir

@@ -282,16 +282,21 @@ def test_an_unbound_host_gets_a_blind_tunnel(world):
 
 # ------------------------------------------------------------------------------------------ taint
 
-def test_taint_applies_inside_a_terminated_tunnel(world):  # last: it taints the module's session
+def test_a_terminated_tunnel_opened_clean_is_cut_when_the_taint_rises(world):  # last: it taints the session
     conn = tunnel(world, "api.test")
     conn.request("GET", "/before")
     assert conn.getresponse().read() and True
     world["monitor"].decide(Request("read", ".env"))
-    conn.request("POST", "/after", body=b"KEY=...")
-    resp = conn.getresponse()
-    body = resp.read().decode()
-    assert resp.status == 403 and "`secret` data may not go to" in body
+    # the tunnel was decided while the run was clean: its decision does not outlive the taint
+    with pytest.raises((ConnectionError, ssl.SSLError, http.client.HTTPException, OSError)):
+        conn.request("POST", "/after", body=b"KEY=...")
+        conn.getresponse().read()
     conn.close()
+    (cut,) = [e for e in world["log"].events("deny") if "open stream cut" in e.reason]
+    assert f"tunnel to api.test:{world['t']}" in cut.reason and "read .env" in cut.reason
+    assert cut.path and cut.path[0][0] == "file:.env"
+    out = curl(world, "-d", "KEY=...", f"https://api.test:{world['t']}/after")  # a new tunnel: refused
+    assert status(out) == 403 and "`secret` data may not go to" in out.stdout
 
 
 # ------------------------------------------------------------------------------------------ the CA itself

@@ -221,26 +221,36 @@ def test_a_write_that_adds_nothing_changes_no_label(log):
     assert list(log.events("label")) == []
 
 
-def test_a_second_subject_sees_the_floated_label():
+def next_run(m: Monitor) -> Monitor:
+    """A new run on the same workspace: a clean taint, the workspace's floated labels."""
+    return Monitor(m.policy, agent=m.agent, labels=m.labels, verifier=m.verifier, clock=m.clock)
+
+
+def test_a_new_run_sees_the_floated_label():
     m = coder_monitor()
     m.decide(Request("read", ".env"))
     m.decide(Request("write", "src/notes.txt"))
-    assert taint(m, "s2") == "public, trusted"
-    d = m.decide(Request("read", "src/notes.txt", subject="s2"))
+    m2 = next_run(m)
+    assert taint(m2) == "public, trusted"
+    d = m2.decide(Request("read", "src/notes.txt"))
     assert d.object_label == "secret, trusted" and d.taint_after == "secret, trusted"
-    d = m.decide(Request("connect", "https://api.anthropic.com", subject="s2"))
+    d = m2.decide(Request("connect", "https://api.anthropic.com"))
     assert not d.allowed
     assert d.rule.startswith("deny secret -> external")
     assert d.tainted_by == (("secret", "src/notes.txt"),)
 
 
-def test_subjects_are_tainted_independently():
+def test_every_subject_shares_the_runs_taint():
+    """Inside one sandbox any process can hand data to any other: no subject of the run starts clean, and
+    what any of them reads taints them all."""
     m = coder_monitor()
     m.decide(Request("read", ".env"))
-    m.decide(Request("read", "src/app.py", subject="s2"))
-    assert taint(m, "s2") == "internal, trusted"
-    assert m.decide(Request("connect", "https://api.anthropic.com", subject="s2")).allowed
-    assert not m.decide(Request("connect", "https://api.anthropic.com")).allowed
+    assert taint(m, "s2") == "secret, trusted", "a subject first seen after the read starts at the run's taint"
+    d = m.decide(Request("connect", "https://api.anthropic.com", subject="s2"))
+    assert not d.allowed and d.tainted_by == (("secret", ".env"),)
+    assert d.explanation == ".env --read--> session --same run--> s2 --connect--> https://api.anthropic.com:443"
+    m.decide(Request("read", "data/customers/x.csv", subject="s3"))
+    assert "customer" in m.subject("session").taint.secrecy, "a later subject's reads reach the session"
 
 
 def test_a_child_subject_inherits_its_parents_taint():
@@ -250,9 +260,9 @@ def test_a_child_subject_inherits_its_parents_taint():
     assert d.taint_before == "secret, trusted"
     d = m.decide(Request("connect", "https://api.anthropic.com", subject="child"))
     assert not d.allowed and d.tainted_by == (("secret", ".env"),)
-    # the child's own reads do not flow back into the parent
+    # the child's own reads flow back into the parent: they share the run's taint
     m.decide(Request("read", "data/customers/x.csv", subject="child"))
-    assert "customer" not in m.subject("session").taint.secrecy
+    assert "customer" in m.subject("session").taint.secrecy
 
 
 def test_a_child_subjects_denial_explains_the_parents_read():
@@ -568,42 +578,42 @@ def test_a_failed_allow_flush_does_not_swallow_later_denials(tmp_path):
 # ===================================================================================== explain
 def test_explain_follows_the_whole_path_across_subjects():
     m = coder_monitor()
-    steps = [Request("read", ".env"), Request("write", "src/notes.txt"),
-             Request("read", "src/notes.txt", subject="s2"), Request("connect", "smtp.gmail.com:587", subject="s2")]
+    steps = [Request("read", ".env", subject="reader"), Request("write", "src/notes.txt", subject="s2"),
+             Request("read", "src/notes.txt", subject="s2"), Request("connect", "smtp.gmail.com:587", subject="s3")]
     decisions = [m.decide(r) for r in steps]
     assert [d.allowed for d in decisions] == [True, True, True, False]
     d = decisions[-1]
-    assert d.explanation == (".env --read--> session --write--> src/notes.txt --read--> s2 "
-                             "--connect--> smtp://smtp.gmail.com:587")
+    assert d.explanation == ".env --read--> reader --same run--> s3 --connect--> smtp://smtp.gmail.com:587"
     assert [(h.source, h.op, h.target) for h in d.path] == [
-        ("file:.env", "read", "subject:session"),
-        ("subject:session", "write", "file:src/notes.txt"),
-        ("file:src/notes.txt", "read", "subject:s2"),
-        ("subject:s2", "connect", "endpoint:smtp://smtp.gmail.com:587"),
+        ("file:.env", "read", "subject:reader"),
+        ("subject:reader", "same run", "subject:s3"),
+        ("subject:s3", "connect", "endpoint:smtp://smtp.gmail.com:587"),
     ]
     as_dict = d.to_dict()
-    assert as_dict["explanation"] == d.explanation and len(as_dict["path"]) == 4
+    assert as_dict["explanation"] == d.explanation and len(as_dict["path"]) == 3
 
 
 def test_explain_without_an_agent_on_the_top_level_name():
     m = flow_monitor()
-    for r in (Request("read", ".env"), Request("write", "notes.txt"), Request("read", "notes.txt", subject="s2")):
+    for r in (Request("read", ".env"), Request("write", "notes.txt")):
         assert m.decide(r).allowed
-    d = m.decide(Request("connect", "smtp.gmail.com:587", subject="s2"))
-    assert d.explanation == ".env --read--> session --write--> notes.txt --read--> s2 --connect--> " \
-                            "smtp://smtp.gmail.com:587"
+    d = m.decide(Request("connect", "smtp.gmail.com:587"))
+    assert d.explanation == ".env --read--> session --connect--> smtp://smtp.gmail.com:587"
+    m2 = Monitor(m.policy, labels=m.labels)
+    assert m2.decide(Request("read", "notes.txt")).allowed
+    d = m2.decide(Request("connect", "smtp.gmail.com:587"))
+    assert d.explanation == "notes.txt --read--> session --connect--> smtp://smtp.gmail.com:587"
 
 
 def test_explain_follows_a_rename():
     m = coder_monitor()
     _float_secret(m, "src/a.txt")
     m.decide(Request("rename", "src/a.txt", dest="src/b.txt"))
-    m.decide(Request("read", "src/b.txt", subject="s2"))
-    d = m.decide(Request("connect", "https://api.anthropic.com", subject="s2"))
-    assert not d.allowed
-    assert d.explanation.startswith(".env --read--> session --write--> ")
-    assert d.explanation.endswith("--read--> s2 --connect--> https://api.anthropic.com:443")
-    assert "src/b.txt" in d.explanation
+    m2 = next_run(m)
+    m2.decide(Request("read", "src/b.txt"))
+    d = m2.decide(Request("connect", "https://api.anthropic.com"))
+    assert not d.allowed and d.tainted_by == (("secret", "src/b.txt"),)
+    assert d.explanation == "src/b.txt --read--> session --connect--> https://api.anthropic.com:443"
 
 
 def test_flow_denial_offers_a_fix():
@@ -678,10 +688,7 @@ def test_a_token_declassify_right_is_used_and_logged(verifier, log):
     assert event.target == "https://int.example:443"
     other = m.decide(Request("connect", "https://int.example", subject="s2",
                              token=token(["connect https://int.example"])))
-    assert other.allowed, "s2 holds nothing secret"
-    m.decide(Request("read", "secret.txt", subject="s2"))
-    assert not m.decide(Request("connect", "https://int.example", subject="s2",
-                                token=token(["connect https://int.example"]))).allowed
+    assert not other.allowed, "s2 shares the run's taint and holds no declassification"
 
 
 def test_the_suggested_mint_fix_really_fixes_the_denial(verifier):

@@ -130,6 +130,10 @@ def test_a_file_read_taints_what_may_leave_through_the_egress_hook(tmp_path):
     sandbox_cases.egress_taint(tmp_path, _run)
 
 
+def test_no_laundering_by_a_derived_token_or_a_stream_opened_while_clean(tmp_path):
+    sandbox_cases.no_laundering(tmp_path, _run)
+
+
 def test_the_runs_own_token_is_presented_and_keeps_one_subject(tmp_path):
     sandbox_cases.run_token(tmp_path, _run)
 

@@ -31,8 +31,9 @@ EVIL = ".github/<script>alert(\"x\")</script>'q'.yml"
 EXFIL = ["read", "src/app.py", "connect", "https://api.anthropic.com", "read", "inbox/issue-42.md", "read", ".env",
          "write", "src/notes.txt", "session", "s2", "read", "src/notes.txt", "connect", "smtp.gmail.com:587",
          "connect", "https://evil.example", "write", ".github/workflows/ci.yml", "write", EVIL]
-MAIL_PATH = [["file:.env", "read", "subject:session"], ["subject:session", "write", "file:src/notes.txt"],
-             ["file:src/notes.txt", "read", "subject:s2"], ["subject:s2", "connect", "endpoint:smtp://smtp.gmail.com:587"]]
+# s2 shares the run's taint: its mail is refused because the session read `.env`, whatever s2 read itself
+MAIL_PATH = [["file:.env", "read", "subject:session"], ["subject:session", "same run", "subject:s2"],
+             ["subject:s2", "connect", "endpoint:smtp://smtp.gmail.com:587"]]
 
 
 
@@ -70,8 +71,7 @@ def test_load_reads_the_run_into_dataclasses(exfil_run):
         ("s2", "write", ".github/workflows/ci.yml"), ("s2", "write", EVIL)]
     mail = run.denials[0]
     assert [[h.source, h.op, h.target] for h in mail.path] == MAIL_PATH
-    assert mail.explanation == (".env --read--> session --write--> src/notes.txt --read--> s2 --connect--> "
-                                "smtp://smtp.gmail.com:587")
+    assert mail.explanation == ".env --read--> session --same run--> s2 --connect--> smtp://smtp.gmail.com:587"
     assert mail.message == "secrets never leave the sandbox"
     assert mail.rule_source == 'deny secret -> external "secrets never leave the sandbox"'
     assert mail.taint == "secret, untrusted" and mail.object_label == "clearance public"
@@ -118,7 +118,7 @@ def test_markdown_summary_and_denials(exfil_run, capsys):
     assert '- **rule:** `deny secret -> external "secrets never leave the sandbox"` at `' in mail
     assert "- **policy says:** \u201csecrets never leave the sandbox\u201d" in mail
     assert "- **subject taint:** `secret, untrusted`" in mail
-    assert ("```text\n.env --read--> session --write--> src/notes.txt --read--> s2 --connect--> "
+    assert ("```text\n.env --read--> session --same run--> s2 --connect--> "
             "smtp://smtp.gmail.com:587\n```") in mail
     assert "forbids this flow on purpose" in mail
     evil = out.split("### 2. ", 1)[1].split("### 3. ", 1)[0]
@@ -146,13 +146,15 @@ def test_markdown_keeps_attacker_strings_in_code(exfil_run, capsys):
 
 def test_long_paths_are_one_hop_per_line_in_markdown(tmp_path, capsys):
     steps = ["read", ".env"]
-    for i in range(1, 5):
-        steps += ["write", f"src/stage-{i}-with-a-long-name.txt", "session", f"s{i}", "read",
+    for i in range(1, 5):  # each run floats the label onto the next file, each new run reads it
+        steps += ["write", f"src/stage-{i}-with-a-long-name.txt", "run", f"r{i}", "read",
                   f"src/stage-{i}-with-a-long-name.txt"]
-    assert decide(tmp_path / "long", *steps, "connect", "smtp.gmail.com:587") == 1
+    assert decide(tmp_path / "long", *steps, "session", "a-subject-with-a-long-name", "connect",
+                  "smtp.gmail.com:587") == 1
     capsys.readouterr()
     out = ifc_report(capsys, str(tmp_path / "long"))[1]
-    assert "```text\n.env\n  --read--> session\n  --write--> src/stage-1-with-a-long-name.txt\n" in out
+    assert ("```text\nsrc/stage-4-with-a-long-name.txt\n  --read--> session\n  --same run--> "
+            "a-subject-with-a-long-name\n") in out
     assert "  --connect--> smtp://smtp.gmail.com:587\n```" in out
 
 

@@ -284,6 +284,10 @@ def test_a_file_read_in_the_guest_taints_what_may_leave_through_the_egress_hook(
     assert connect.guest[0].startswith("curl -s --noproxy"), connect.guest  # the command, not the whole VM
 
 
+def test_no_laundering_by_a_derived_token_or_a_stream_opened_while_clean(vm_run, tmp_path):
+    sandbox_cases.no_laundering(tmp_path, vm_run)
+
+
 def test_the_runs_own_token_is_presented_and_keeps_one_subject(vm_run, tmp_path):
     sandbox_cases.run_token(tmp_path, vm_run)
 

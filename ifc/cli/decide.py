@@ -1,8 +1,9 @@
 """`ifc decide --policy P OP TARGET [OP TARGET ...]`: a dry run of a sequence of operations.
 
 Each step goes through the reference monitor, so the taint one step leaves is what the next step is
-judged by — the same way a real run is judged. `session NAME` switches to another subject (a new
-session starts untainted, but sees the labels earlier writes floated); with `--run-dir` the run's event
+judged by — the same way a real run is judged. `session NAME` switches to another subject of the same run
+(its own authority; the run's taint, which every subject of a run shares); `run NAME` starts a new run on the
+same workspace (untainted, but it sees the labels earlier writes floated); with `--run-dir` the run's event
 log and label store are written there for `ifc report`.
 """
 
@@ -18,7 +19,7 @@ from ifc.cli.common import Usage, error, load_policy_and_agent
 from ifc.monitor import Decision, EventLog, LabelStore, Monitor, Request
 from ifc.monitor.monitor import ALL_OPS, TWO_PATH_OPS
 
-STEP_OPS = (*ALL_OPS, "session")
+STEP_OPS = (*ALL_OPS, "session", "run")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Decide each OP TARGET in order, carrying the taint forward. OP is one of "
         + ", ".join(STEP_OPS) + ". TARGET is a workspace path, an endpoint (`smtp.gmail.com:587`, "
         "`https://api.github.com`), `OLD=>NEW` for rename and link, `SECRET@ENDPOINT` for send, a host "
-        "name for dns, and a subject name for session. Exits 1 when any step is denied.",
+        "name for dns, a subject name for session (same run, same taint), and a name for run (a new run on "
+        "the same workspace: a clean taint, the floated labels). Exits 1 when any step is denied.",
         epilog="example: ifc decide --policy policies/default.flow read .env connect smtp.gmail.com:587")
     p.add_argument("--policy", required=True, metavar="P")
     p.add_argument("--agent", metavar="NAME",
@@ -61,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
         for op, target in pairs:
             if op == "session":
                 subject = target
+                continue
+            if op == "run":
+                monitor = Monitor(policy, agent=agent, held=monitor.held, labels=monitor.labels, log=monitor.log,
+                                  policy_path=monitor.policy_path, audience=monitor.audience)
+                subject = "session"
                 continue
             dest = None
             if op in TWO_PATH_OPS:

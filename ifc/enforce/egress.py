@@ -2,13 +2,18 @@
 
 Every exit (the HTTP proxy, the SMTP front, the DNS stub) goes through one `Egress`:
 
-  subject   a client presenting its own token is its own subject (`token:<id>`, starting from the
-            session's taint); without one it is the session (presenting `session_token`, if any)
+  subject   a client presenting its own token is its own subject (`token:<id>`) for *authority*; every
+            subject shares the run's taint (the monitor keeps one per run), so a token the sandbox
+            derived from its own while clean is exactly as tainted as the session; without a token the
+            client is the session (presenting `session_token`, if any)
   connect   `Egress.open(...)`: the monitor decides `connect scheme://host:port`; then the hook resolves the
             name itself, once, and checks every address it got: loopback, private, link-local, CGNAT,
             multicast, unspecified and cloud-metadata addresses are refused unless an endpoint rule names
             them by IP or CIDR; an IP-literal host needs such a rule too. The caller connects to the
             address that was checked, never to the name (no DNS rebinding between check and use).
+  streams   a connection opened for a `Flow` stays registered with the monitor until `close`; when the
+            run's taint rises and the endpoint is no longer cleared, the monitor cuts it: every socket
+            attached to the flow is shut down at once, from the thread that raised the taint.
 
 Refusals made here (not by the monitor) are logged like monitor denials, with rule `egress: ...`.
 """
@@ -22,6 +27,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -102,6 +108,47 @@ class Verdict:
     status: int = 403  # for the HTTP proxy: 403 refused, 400 bad target, 502 resolution failed
 
 
+class Flow:
+    """One egress stream as the hook holds it: the sockets to shut when the monitor cuts it.
+
+    `cut` may run on any thread (a FUSE worker whose read raised the taint), while the event loop is
+    between two writes: shutting the sockets down is what makes the cut immediate and thread-safe — the
+    loop's next read sees EOF, its next write fails, a splice thread's next call returns."""
+
+    def __init__(self, describe: str):
+        self.describe = describe
+        self.stream = None  # the monitor's registration, once allowed
+        self.cut_reason: str | None = None
+        self._sockets: list = []
+        self._lock = threading.Lock()
+
+    @property
+    def alive(self) -> bool:
+        return self.cut_reason is None
+
+    def attach(self, *sockets) -> None:
+        """Sockets that carry this stream's bytes; attached after a cut, they are shut at once."""
+        with self._lock:
+            self._sockets.extend(s for s in sockets if s is not None)
+            if self.cut_reason is not None:
+                self._shut()
+
+    def cut(self, reason: str) -> None:
+        with self._lock:
+            self.cut_reason = reason
+            self._shut()
+
+    def _shut(self) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError, ValueError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def socket_of(writer) -> object | None:
+    """The socket under an asyncio stream writer (for a TLS stream, the TCP socket under it)."""
+    return writer.get_extra_info("socket") if writer is not None else None
+
+
 @dataclass(frozen=True)
 class Client:
     subject: str
@@ -138,10 +185,18 @@ class Egress:
             self._subjects[token] = subject
         return Client(subject, token, peer)
 
-    def decide(self, client: Client, op: str, target: str) -> Decision:
+    def _request(self, client: Client, op: str, target: str) -> Request:
         parent = "session" if client.subject != "session" else None
-        return self.monitor.decide(Request(op, target, subject=client.subject, token=client.token, parent=parent,
-                                           cmdline=f"egress from {client.peer}" if client.peer else None))
+        return Request(op, target, subject=client.subject, token=client.token, parent=parent,
+                       cmdline=f"egress from {client.peer}" if client.peer else None)
+
+    def decide(self, client: Client, op: str, target: str) -> Decision:
+        return self.monitor.decide(self._request(client, op, target))
+
+    def close(self, flow: Flow | None) -> None:
+        """The stream ended: the monitor stops deciding it again."""
+        if flow is not None:
+            self.monitor.close_stream(flow.stream)
 
     # ------------------------------------------------------------------------------------ refusals
     def refuse(self, client: Client, op: str, target: str, reason: str, rule: str, status: int = 403) -> Verdict:
@@ -170,8 +225,12 @@ class Egress:
                     return True
         return False
 
-    async def open(self, client: Client, scheme: str, host: str, port: int, *, decide: bool = True) -> Verdict:
-        """Decide `connect scheme://host:port` and resolve it to addresses that passed the address checks."""
+    async def open(self, client: Client, scheme: str, host: str, port: int, *, decide: bool = True,
+                   flow: Flow | None = None) -> Verdict:
+        """Decide `connect scheme://host:port` and resolve it to addresses that passed the address checks.
+
+        With a `flow`, the allowed connection stays under the monitor until `close(flow)`: cut when the run's
+        taint rises past what the endpoint is cleared for."""
         host = host.strip("[]").lower().rstrip(".")
         target = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
         try:
@@ -185,7 +244,11 @@ class Egress:
                                "egress: ip literal")
         decision = None
         if decide:
-            decision = self.decide(client, "connect", str(endpoint))
+            request = self._request(client, "connect", str(endpoint))
+            if flow is None:
+                decision = self.monitor.decide(request)
+            else:
+                decision, flow.stream = self.monitor.open_stream(request, flow.describe, flow.cut)
             if not decision.allowed:
                 return Verdict(False, decision.reason, endpoint, decision=decision)
         if literal:

@@ -36,7 +36,7 @@ import ssl
 import threading
 from dataclasses import dataclass, field
 
-from ifc.enforce.egress import Client, Egress, StreamFront, Verdict, connect_checked
+from ifc.enforce.egress import Client, Egress, Flow, StreamFront, Verdict, connect_checked, socket_of
 from ifc.enforce.secrets import SentinelWatch, StreamScrubber
 from ifc.enforce.tls import Termination, TlsFailure, TlsStream
 from ifc.match import PORT_SCHEMES, Endpoint
@@ -356,10 +356,15 @@ class HttpProxy(StreamFront):
             await self._answer(writer, exc.status, exc.reason, close=True)
             return False
         client = tunnel[1] if tunnel else self.egress.client(req.token, peer)
-        if req.method == "CONNECT":
-            await self._connect(req, client, reader, writer)
-            return False
-        return await self._forward(req, client, reader, writer, upstreams)
+        flow = Flow(f"{'tunnel' if req.method == 'CONNECT' else req.method} to {req.authority} from {peer}")
+        flow.attach(socket_of(writer))
+        try:
+            if req.method == "CONNECT":
+                await self._connect(req, client, reader, writer, flow)
+                return False
+            return await self._forward(req, client, reader, writer, upstreams, flow)
+        finally:
+            self.egress.close(flow)
 
     async def _answer(self, writer, status: int, reason: str, close: bool, event: int | None = None,
                       version: str = "HTTP/1.1") -> None:
@@ -421,10 +426,13 @@ class HttpProxy(StreamFront):
             if await asyncio.wait_for(reader.readexactly(2), limits.io_timeout) != b"\r\n":
                 raise ProxyError(400, "a chunk is not followed by CRLF")
 
-    async def _forward(self, req: ProxyRequest, client: Client, reader, writer, upstreams: dict) -> bool:
+    async def _forward(self, req: ProxyRequest, client: Client, reader, writer, upstreams: dict,
+                       flow: Flow) -> bool:
+        """One request. Its decision holds until its body has been sent: `flow` is cut (both sockets shut) if
+        the run's taint rises past the endpoint's clearance before then; the response only flows in."""
         limits = self.limits
         keep_client = req.version == "HTTP/1.1" and (req.header("connection") or "").lower() != "close"
-        verdict = await self.egress.open(client, req.scheme, req.host, req.port)
+        verdict = await self.egress.open(client, req.scheme, req.host, req.port, flow=flow)
         if not verdict.allowed:
             await self._deny(writer, verdict, close=True, version=req.version)
             return False
@@ -478,16 +486,20 @@ class HttpProxy(StreamFront):
                 return False
             pooled = None
             keep_up = False
+            flow.attach(socket_of(up_writer))
             try:
+                if not flow.alive:
+                    raise ConnectionError(flow.cut_reason)
                 up_writer.write(up_head)
                 if body:
                     up_writer.write(body)
                 await asyncio.wait_for(up_writer.drain(), limits.io_timeout)
                 if body is None:
-                    problem = await self._stream_body(client, endpoint, reader, up_writer, length)
+                    problem = await self._stream_body(client, endpoint, reader, up_writer, length, flow)
                     if problem is not None:
                         await self._deny(writer, problem, close=True, version=req.version)
                         return False
+                self.egress.close(flow)  # the request is out: from here on data only comes in
                 keep, keep_up = await self._relay_response(req, up_reader, writer, keep_client, up_writer)
                 return keep
             except _Stale:
@@ -511,7 +523,8 @@ class HttpProxy(StreamFront):
                 else:
                     up_writer.close()
 
-    async def _stream_body(self, client, endpoint: Endpoint, reader, up_writer, length: int) -> Verdict | None:
+    async def _stream_body(self, client, endpoint: Endpoint, reader, up_writer, length: int,
+                           flow: Flow) -> Verdict | None:
         """A body too large to swap in memory: streamed, and refused if a sentinel shows up in it."""
         watch = SentinelWatch(self.egress.vault)
         left = length
@@ -524,6 +537,8 @@ class HttpProxy(StreamFront):
                 return self.egress.refuse(client, "connect", str(endpoint),
                                           "a secret's sentinel in a request body too large to check in memory",
                                           "egress: secrets")
+            if not flow.alive:  # the sockets are shut already; never hand the loop another byte
+                raise ConnectionError(flow.cut_reason)
             up_writer.write(chunk)
             await asyncio.wait_for(up_writer.drain(), self.limits.io_timeout)
         return None
@@ -646,12 +661,14 @@ class HttpProxy(StreamFront):
         return any(p.scheme == "tcp" and p.matches(endpoint)
                    for rule in self.egress.monitor.policy.endpoint_rules for p in rule.patterns)
 
-    async def _connect(self, req: ProxyRequest, client: Client, reader, writer) -> None:
+    async def _connect(self, req: ProxyRequest, client: Client, reader, writer, flow: Flow) -> None:
+        """A tunnel, blind or terminated: decided when it opens and again whenever the run's taint rises for
+        as long as it is open (`flow` is cut, both sockets shut, when it is no longer cleared)."""
         limits = self.limits
         raw = self._raw_tcp_named(req.host, req.port)
         # a tunnel to a mail submission port is judged as mail (`smtp://`), whatever rides inside it
         scheme = "tcp" if raw else ("smtp" if PORT_SCHEMES.get(req.port) == "smtp" else "https")
-        verdict = await self.egress.open(client, scheme, req.host, req.port)
+        verdict = await self.egress.open(client, scheme, req.host, req.port, flow=flow)
         if not verdict.allowed:
             await self._deny(writer, verdict, close=True, version=req.version)
             return
@@ -686,7 +703,10 @@ class HttpProxy(StreamFront):
             up_reader, up_writer = await connect_checked(verdict.addresses, req.port, limits.connect_timeout)
         except OSError:
             return
+        flow.attach(socket_of(up_writer))
         try:
+            if not flow.alive:
+                return
             if first:
                 up_writer.write(first)
             if raw and self.egress.vault:

@@ -4,18 +4,28 @@
 
   authority — does the subject's capability token (or, without one, its agent's grants) allow the
               operation on the object? The token block that refused is named.
-  flow      — given the subject's taint, may the data go there? (`ifc.policy.flows`, shared with the
+  flow      — given the run's taint, may the data go there? (`ifc.policy.flows`, shared with the
               static checker.)
 
-Then it applies the effects of an allowed operation: reads raise the subject's taint; writes float the
+Taint belongs to the run, not to a subject: inside one sandbox every process can hand data to every other
+(tmpfs, pipes, shared memory), so every subject — the session, a process presenting its own token, a token the
+sandbox derived offline from its own — shares one `RunState`. Subjects differ only in *authority* (which
+token or grants decide what they may touch); none is ever below the run's taint.
+
+Then it applies the effects of an allowed operation: reads raise the run's taint; writes float the
 object's label up to the taint (kept per object in the `LabelStore`, so renames and hard links carry
-it); replies from endpoints lower integrity. Every decision becomes an event; denials, label changes,
-declassifications and first token uses are committed to the log before `decide` returns. It never
-raises: an internal error is a denial that says why.
+it); replies from endpoints lower integrity. A decision holds for the life of what it allowed: egress
+streams are registered (`open_stream`), and when the taint rises every open stream is decided again, inside
+the decision that raised it, and cut (its `cut` callback, a non-blocking socket shutdown) when no longer
+cleared — before the read that raised the taint returns any data to the sandbox.
+
+Every decision becomes an event; denials, label changes, declassifications and first token uses are
+committed to the log before `decide` returns. It never raises: an internal error is a denial that says why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import threading
 import time
@@ -143,10 +153,30 @@ def _malformed(request: Request) -> str | None:
 
 
 @dataclass
-class SubjectState:
+class RunState:
+    """The run's taint, shared by every subject of the run (see the module docstring)."""
+
     taint: Label
     sources: dict[str, str] = field(default_factory=dict)  # label part -> graph node it came from
+    readers: dict[str, str] = field(default_factory=dict)  # label part -> subject node that absorbed it
     provenance: tuple | None = None  # `_provenance` of the current sources; None when they changed
+
+
+
+@dataclass(eq=False)
+class Stream:
+    """An open egress stream the monitor allowed: re-decided whenever the run's taint rises.
+
+    `cut(reason)` is the enforcement point's way to stop it at once; it is called from whichever thread
+    raised the taint (a FUSE worker), so it must be thread-safe and must not block (a socket shutdown)."""
+
+    subject: str
+    endpoint: Endpoint
+    token: str | bytes | None
+    describe: str
+    cut: Callable[[str], None]
+    alive: bool = True
+    cut_reason: str | None = None
 
 
 class Monitor:
@@ -164,7 +194,9 @@ class Monitor:
         self.policy_path = policy_path or (policy.sources[0] if policy.sources else "policy.flow")
         self.audience = audience
         self.graph = ProvenanceGraph()
-        self.subjects: dict[str, SubjectState] = {}
+        self.run = RunState(policy.lattice.bottom)
+        self.subjects: dict[str, RunState] = {}  # every name maps to `self.run`
+        self.streams: set[Stream] = set()
         self.steps = 0
         self._tokens_seen: set[str] = set()
         # Repeated decisions: an allowed decision whose effects are idempotent (same subject taint, same label
@@ -176,16 +208,13 @@ class Monitor:
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------------------------ queries
-    def subject(self, name: str, parent: str | None = None) -> SubjectState:
+    def subject(self, name: str, parent: str | None = None) -> RunState:
+        """The state a subject decides with: the run's, whoever it is (a new subject cannot start clean)."""
         state = self.subjects.get(name)
         if state is None:
-            inherited = self.subjects.get(parent) if parent else None
-            state = SubjectState(inherited.taint if inherited else self.policy.lattice.bottom,
-                                 dict(inherited.sources) if inherited else {})
-            self.subjects[name] = state
-            if inherited is not None:  # a sub-process starts with what its parent knew
-                self.graph.record(node("subject", parent), "spawn", node("subject", name), self.clock(), None,
-                                  parts=self._parts(inherited.taint))
+            state = self.subjects[name] = self.run
+            if parent is not None and parent in self.subjects:  # for the graph: who started whom
+                self.graph.record(node("subject", parent), "spawn", node("subject", name), self.clock(), None)
         return state
 
     def label_of(self, path: str) -> Label:
@@ -231,7 +260,7 @@ class Monitor:
 
     FAST_LIMIT = 65536
 
-    def _remember(self, key: tuple, decision: Decision, state: SubjectState, request: Request) -> None:
+    def _remember(self, key: tuple, decision: Decision, state: RunState, request: Request) -> None:
         """Keep an allowed decision whose repetition would change nothing but counters.
 
         A token's answer also depends on time and revocation: it is kept with the token's validity window
@@ -264,7 +293,7 @@ class Monitor:
             return replace(decision, allowed=False,
                            reason=f"denied: the event log failed ({type(exc).__name__}: {exc}); {decision.reason}")
 
-    def _decide(self, req: Request, state: SubjectState, before: str) -> Decision:
+    def _decide(self, req: Request, state: RunState, before: str) -> Decision:
         lattice = self.policy.lattice
         op, target = req.op, req.target
         base = {"step": self.steps, "op": op, "target": target, "subject": req.subject, "taint_before": before,
@@ -312,7 +341,7 @@ class Monitor:
         now = self.clock()
         if op in ("read", "exec"):
             label = self.label_of(target)
-            self._absorb(state, label, node("file", target), subject_node, op, now)
+            self._absorb(state, label, node("file", target), subject_node, op, now, req)
             rule = self.policy.file_label(target).rule
             described = lattice.describe(label)
             base["taint_after"] = lattice.describe(state.taint)
@@ -453,7 +482,7 @@ class Monitor:
         reason = verdict.reason
         if rule is not None and rule.returns < state.taint.integrity:
             # what comes back is read: an untrusted reply lowers the subject's integrity
-            self._absorb(state, Label(frozenset(), rule.returns), sink, subject_node, "reply", now)
+            self._absorb(state, Label(frozenset(), rule.returns), sink, subject_node, "reply", now, req)
             reason += f"; the reply is `{lattice.integrity_levels[rule.returns]}`"
         return Decision(allowed=True, reason=reason, rule=verdict.rule,
                         rule_span=None if verdict.span is None else str(verdict.span), object_label=label_text,
@@ -501,20 +530,78 @@ class Monitor:
 
         return may
 
-    def _absorb(self, state: SubjectState, label: Label, source: str, subject_node: str, op: str,
-                now: float) -> None:
+    def _absorb(self, state: RunState, label: Label, source: str, subject_node: str, op: str,
+                now: float, req: Request | None = None) -> None:
         parts = []
         for tag in label.secrecy - state.taint.secrecy:
             state.sources[tag] = source
-            state.provenance = None
+            state.readers[tag] = subject_node
             parts.append(tag)
         if label.integrity < state.taint.integrity:
             level = self.policy.lattice.integrity_levels[label.integrity]
             state.sources[level] = source
-            state.provenance = None
+            state.readers[level] = subject_node
             parts.append(level)
         self._edge(source, op, subject_node, now, None, parts=parts)
-        state.taint = state.taint.join(label)
+        if parts:
+            state.provenance = None
+            state.taint = state.taint.join(label)
+            if self.streams:
+                self._recheck_streams(req)
+
+    # ------------------------------------------------------------------------------------ streams
+    def open_stream(self, request: Request, describe: str,
+                    cut: Callable[[str], None]) -> tuple[Decision, Stream | None]:
+        """Decide `connect` for a stream and, if allowed, keep deciding it for as long as it is open."""
+        with self._lock:
+            decision = self.decide(request)
+            if not decision.allowed:
+                return decision, None
+            try:
+                endpoint = Endpoint.parse(decision.target)
+            except PatternError:  # cannot happen for an allowed connect; fail closed if it does
+                return replace(decision, allowed=False, reason="internal error: allowed target unparsable"), None
+            stream = Stream(request.subject, endpoint, request.token, describe, cut)
+            self.streams.add(stream)
+            return decision, stream
+
+    def close_stream(self, stream: Stream | None) -> None:
+        if stream is not None:
+            with self._lock:
+                self.streams.discard(stream)
+
+    def _recheck_streams(self, cause: Request | None) -> None:
+        """Decide every open stream again at the run's new taint; cut and log those no longer cleared.
+
+        Called inside the decision that raised the taint: the sandbox has not received the data yet."""
+        state = self.run
+        for stream in list(self.streams):
+            verified = None
+            if stream.token is not None and self.verifier is not None:
+                try:
+                    verified = self.verifier.verify(stream.token, now=self.clock())
+                except TokenError:
+                    verified = None  # no declassification from a token that no longer verifies
+            verdict = check_send(self.policy, state.taint, stream.endpoint, self._held(verified),
+                                 may_declassify=self._token_declassifier(verified, stream.endpoint))
+            if verdict.allowed:
+                continue
+            self.streams.discard(stream)
+            stream.alive = False
+            why = f"{cause.op} {cause.target}" if cause is not None else "a reply"
+            taint = self.policy.lattice.describe(state.taint)
+            base = {"step": self.steps, "op": "connect", "target": str(stream.endpoint), "subject": stream.subject,
+                    "taint_before": taint, "taint_after": taint}
+            decision = self._from_verdict(state, base, verdict, None, sink=node("endpoint", str(stream.endpoint)),
+                                          part_hint=None)
+            decision.reason = f"open stream cut ({stream.describe}): the run's taint rose ({why}); {verdict.reason}"
+            stream.cut_reason = decision.reason
+            try:
+                self._log(Request("connect", str(stream.endpoint), subject=stream.subject), decision)
+            except Exception as exc:  # the cut stands even if it cannot be logged
+                stream.cut_reason += f" (not logged: {type(exc).__name__})"
+            with contextlib.suppress(Exception):  # a stream whose sockets are already gone is cut
+                stream.cut(stream.cut_reason)
 
     def _news(self, old: Label, new: Label) -> list[str]:
         """Label parts `new` has that `old` lacks: the tags added and, if it dropped, the integrity level."""
@@ -529,13 +616,13 @@ class Monitor:
             parts.append(self.policy.lattice.integrity_levels[label.integrity])
         return parts
 
-    def _provenance(self, state: SubjectState) -> tuple[tuple[str, str], ...]:
+    def _provenance(self, state: RunState) -> tuple[tuple[str, str], ...]:
         """(label part, object) pairs grouped per object: `secret` from `.env`, `untrusted` from a reply."""
         if state.provenance is None:
             state.provenance = self._group_sources(state)
         return state.provenance
 
-    def _group_sources(self, state: SubjectState) -> tuple[tuple[str, str], ...]:
+    def _group_sources(self, state: RunState) -> tuple[tuple[str, str], ...]:
         lattice = self.policy.lattice
         by_object: dict[str, set[str]] = {}
         for part, obj in state.sources.items():
@@ -547,7 +634,7 @@ class Monitor:
             out.append((" + ".join(([lattice.describe_tags(tags)] if tags else []) + levels), obj.split(":", 1)[1]))
         return tuple(sorted(out, key=lambda pair: pair[1]))
 
-    def _culprits(self, state: SubjectState, verdict: FlowVerdict) -> list[str]:
+    def _culprits(self, state: RunState, verdict: FlowVerdict) -> list[str]:
         lattice = self.policy.lattice
         blocked = verdict.blocked_tags  # each chain's top: `secret`, not the `internal` it implies
         parts = [t for t in sorted(blocked)
@@ -563,7 +650,12 @@ class Monitor:
         path: tuple[Hop, ...] = ()
         subject_node = node("subject", base["subject"])
         for part in culprits:
-            hops = self.graph.explain(Hop(subject_node, base["op"], sink), part)
+            reader = state.readers.get(part)
+            if reader is not None and reader != subject_node:  # read by another subject of the same run
+                hops = [*self.graph.explain(Hop(reader, "same run", subject_node), part),
+                        Hop(subject_node, base["op"], sink)]
+            else:
+                hops = self.graph.explain(Hop(subject_node, base["op"], sink), part)
             if len(hops) > len(path):
                 path = tuple(hops)
         return Decision(allowed=False, reason=verdict.reason, rule=verdict.rule,
