@@ -461,14 +461,20 @@ class Monitor:
                         **{**base, "taint_after": lattice.describe(state.taint)})
 
     def _dns(self, state, base, name: str) -> Decision:
+        """A lookup is a sink only if the name leaves. It does not: the only resolver the sandbox has is the
+        hook's stub, which answers the names the policy knows itself (a placeholder address) and asks no one;
+        the hook resolves a name upstream only for a connect the monitor allowed against the run's taint. So
+        the taint is not consulted here; an unknown name is refused all the same, so a lookup never confirms
+        or probes anything the policy does not name."""
         host = name.lower().rstrip(".")
         for rule in reversed(self.policy.endpoint_rules):
             if any(p.matches_host(host) for p in rule.patterns):
-                return Decision(allowed=True, reason=f"`{host}` is named by an endpoint rule",
+                return Decision(allowed=True, reason=f"`{host}` is named by an endpoint rule; the stub answers it "
+                                "itself and the name is sent nowhere, so the taint does not matter",
                                 rule="endpoints", rule_span=str(rule.span), tainted_by=self._provenance(state),
                                 **base)
         return Decision(allowed=False, reason=f"no endpoint rule names `{host}`: lookups of unknown names are "
-                        "refused (a query can carry data out)", rule="endpoints (no match)",
+                        "refused (the stub answers only names the policy knows)", rule="endpoints (no match)",
                         tainted_by=self._provenance(state), **base)
 
     def _send(self, state, base, name: str, endpoint: Endpoint) -> Decision:
