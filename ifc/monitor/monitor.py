@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from caps import TokenError
 from ifc.lang.lower import encode_string
-from ifc.match import Endpoint, PatternError, normalise_path
+from ifc.match import Endpoint, PatternError, glob_literal, normalise_path
 from ifc.monitor.events import EventLog
 from ifc.monitor.labelstore import LabelStore
 from ifc.monitor.provenance import Hop, ProvenanceGraph, draw, node
@@ -481,11 +481,16 @@ class Monitor:
         secret = self.policy.secrets.get(name)
         if secret is None:
             return Decision(allowed=False, reason=f"no secret named `{name}` in the policy", **base)
-        if not any(p.matches(endpoint) for p in secret.endpoints):
+        if not any(p.names_hosts and p.matches(endpoint) for p in secret.endpoints):
+            # a binding to `*`, a wildcard zone or a network is never honoured (`ifc check` calls it an error):
+            # it would hand the secret to hosts nobody named
+            broad = [p.text for p in secret.endpoints if not p.names_hosts and p.matches(endpoint)]
             bound = ", ".join(p.text for p in secret.endpoints) or "no endpoint"
-            return Decision(allowed=False, reason=f"secret `{name}` is bound to {bound}, not {endpoint}",
-                            rule=f"secret {name}", rule_span=str(secret.span), tainted_by=self._provenance(state),
-                            **base)
+            reason = (f"secret `{name}` is bound to the pattern `{broad[0]}`, which covers hosts nobody named; "
+                      "a secret goes only to hosts its binding names exactly") if broad else \
+                f"secret `{name}` is bound to {bound}, not {endpoint}"
+            return Decision(allowed=False, reason=reason, rule=f"secret {name}", rule_span=str(secret.span),
+                            tainted_by=self._provenance(state), **base)
         return Decision(allowed=True, reason=f"secret `{name}` may be sent to {endpoint}",
                         rule=f"secret {name}", rule_span=str(secret.span), **base)
 
@@ -581,6 +586,8 @@ class Monitor:
     def _authority_fix(self, req: Request, op: str, target: str, dest: str | None) -> dict:
         needed = _AUTHORITY_OP.get(op, op)
         obj = dest if op in TWO_PATH_OPS else target.partition("@")[2] if op == "send" else target
+        if op in FILE_OPS or op in TWO_PATH_OPS:
+            obj = glob_literal(obj)  # the grant names this file, even one called `*`
         agent = self.agent.name if self.agent else "AGENT"
         flag = {"read": "--read", "write": "--write", "create": "--create", "delete": "--delete",
                 "exec": "--exec", "connect": "--connect"}.get(needed, f"--{needed}")
