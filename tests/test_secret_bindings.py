@@ -4,14 +4,20 @@ fix or help text ever suggests `"*"`."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
+import subprocess
+import threading
 
 import pytest
 
 from ifc.check import check
 from ifc.cli import main
-from ifc.monitor import Monitor, Request
+from ifc.enforce.egress import BackgroundLoop, Egress, static_resolver
+from ifc.enforce.http_proxy import HttpProxy
+from ifc.enforce.secrets import Vault
+from ifc.monitor import EventLog, Monitor, Request
 from ifc.policy import compile_text
 
 BASE = """labels { secrecy public < internal < secret }
@@ -99,3 +105,52 @@ def test_an_authority_fix_for_a_file_named_star_grants_that_file_only():
     d = monitor.decide(Request("read", "*"))
     assert not d.allowed
     assert d.fix["policy"].startswith(r'read "/\\*"') and r"--read '/\*'" in d.fix["mint"]
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        Echo.seen.append(self.headers.get("Authorization", ""))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.mark.integration
+def test_the_proxy_swaps_a_sentinel_only_for_the_exactly_bound_host(tmp_path):
+    """`to "http://api.test:P", "http://*:P"`: the wildcard binding is not honoured, so a request carrying the
+    sentinel to another host is refused and the real value reaches only api.test."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    policy = compile_text(f"""labels {{ secrecy public < internal < secret }}
+files {{ "**" internal }}
+endpoints {{ "http://api.test:{port}", "http://other.test:{port}", "http://127.0.0.1:{port}" clearance internal }}
+secret K from env "K" to "http://api.test:{port}", "http://*:{port}"
+""").policy
+    vault = Vault.from_policy(policy, values={"K": b"real-value-42"})
+    log = EventLog(tmp_path / "events.db")
+    egress = Egress(Monitor(policy, log=log), vault=vault,
+                    resolver=static_resolver({"api.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}))
+    bg = BackgroundLoop()
+    _, pport = bg.run(HttpProxy(egress).start())
+    sentinel = vault.sandbox_env()["K"]
+    try:
+        def get(host: str) -> str:
+            return subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                                   "-x", f"http://127.0.0.1:{pport}", "-H", f"Authorization: Bearer {sentinel}",
+                                   f"http://{host}:{port}/"], capture_output=True, text=True, timeout=20).stdout
+
+        assert get("other.test") == "403"
+        assert get("api.test") == "200"
+        assert Echo.seen == ["Bearer real-value-42"], "only the exactly bound host got the real value"
+        log.flush()
+        [denied] = [e for e in log.events("deny") if e.op == "send"]
+        assert denied.target == f"K@http://other.test:{port}" and "nobody named" in denied.reason
+    finally:
+        bg.stop()
+        server.shutdown()
