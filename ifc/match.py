@@ -307,6 +307,13 @@ class Glob:
         return variants
 
 
+def glob_literal(path: str) -> str:
+    """A glob matching the workspace path `path` (and what is beneath it) and no other: glob characters in the
+    name are escaped and the pattern is anchored, so a fix suggested for a file named `*` or `key` never grants
+    every file, or every `key` at any depth."""
+    return "/" + re.sub(r"([*?\[\]\\])", r"\\\1", path.lstrip("/"))
+
+
 def normalise_path(path: str) -> str:
     """Normalise a workspace path for matching; `..` that climbs above the root is rejected."""
     if "\x00" in path:
@@ -479,6 +486,13 @@ class EndpointPattern:
     @property
     def matches_everything(self) -> bool:
         return self.host == "*" and self.ports is None and self.scheme is None
+
+    @property
+    def names_hosts(self) -> bool:
+        """Does the pattern name its hosts one by one (an exact name or one address)? A secret may be bound
+        only to such patterns: `*`, `*.example.com` or a network also covers hosts nobody named."""
+        network = self._network
+        return not self.host.startswith("*") and (network is None or network.num_addresses == 1)
 
     def matches_host(self, host: str) -> bool:
         if self.host == "*":

@@ -1,15 +1,31 @@
-"""The DNS stub: answers only names the policy's endpoints name, refuses data-carrying labels, forwards nothing."""
+"""The DNS stub: answers the names the policy's endpoints name itself (a placeholder address), refuses the
+rest and data-carrying labels, and never sends a queried name anywhere, clean or tainted. The hook resolves a
+name upstream only for a connect the monitor allowed against the run's taint."""
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import socket
 import struct
 
 import pytest
 
-from ifc.enforce.dns_stub import FORMERR, NOERROR, REFUSED, TYPE_A, TYPE_AAAA, looks_like_data, parse_query
+from ifc.enforce.dns_stub import (
+    FORMERR,
+    NOERROR,
+    REFUSED,
+    TYPE_A,
+    TYPE_AAAA,
+    DnsStub,
+    looks_like_data,
+    parse_query,
+    placeholder_address,
+)
 from ifc.enforce.egress import BackgroundLoop, Egress, static_resolver
+from ifc.enforce.http_proxy import HttpProxy, Limits
 from ifc.monitor import EventLog, Monitor
+from ifc.monitor.monitor import Request
 from ifc.policy import compile_text
 
 pytestmark = pytest.mark.integration
@@ -18,36 +34,51 @@ POLICY = """
 labels {
   secrecy public < internal < secret
 }
-files { "**" internal }
+files {
+  "**"    internal
+  ".env"  secret
+}
 endpoints {
   "https://pypi.org", "https://files.pythonhosted.org"  clearance internal as packages, external
-  "https://**.githubusercontent.com"  clearance internal as forge, external
+  "https://**.githubusercontent.com", "http://**.githubusercontent.com"  clearance internal as forge, external
 }
 """
 
-HOSTS = {"pypi.org": ["151.101.0.223", "2a04:4e42::223"], "files.pythonhosted.org": ["151.101.1.63"],
-         "raw.githubusercontent.com": ["185.199.108.133"]}
+SECRET = b"API_KEY=sk-live-42"
+# the name a tainted agent would look up to carry `.env` out under a zone the policy allows
+TUNNEL = base64.b32encode(SECRET).decode().rstrip("=").lower() + ".raw.githubusercontent.com"
+# the hook's upstream resolver answers every name with loopback, so an allowed connect ends at the address
+# check (a refusal logged *after* the resolution), and nothing in these tests reaches the internet
+HOSTS = {name: ["127.0.0.1"] for name in ("pypi.org", "raw.githubusercontent.com", TUNNEL)}
 
 
-@pytest.fixture(scope="module")
-def stub(tmp_path_factory):
-    log = EventLog(tmp_path_factory.mktemp("dns") / "events.db")
+@pytest.fixture
+def stub(tmp_path):
+    log = EventLog(tmp_path / "events.db")
     monitor = Monitor(compile_text(POLICY).policy, log=log)
     asked: list[str] = []
     table = static_resolver(HOSTS)
 
-    async def resolver(name):
+    async def resolver(name):  # the hook's only way to ask anyone about a name: it records every question
         asked.append(name)
         return await table(name)
 
-    from ifc.enforce.dns_stub import DnsStub
-
+    egress = Egress(monitor, resolver=resolver)
     bg = BackgroundLoop()
-    dns = DnsStub(Egress(monitor, resolver=resolver))
+    dns = DnsStub(egress)
     _, port = bg.run(dns.start())
-    yield dict(port=port, log=log, asked=asked)
+    proxy = HttpProxy(egress, Limits(head_timeout=1.0, idle_timeout=5.0))
+    _, pport = bg.run(proxy.start())
+    yield dict(port=port, pport=pport, log=log, asked=asked, monitor=monitor)
+    bg.run(proxy.close())
     bg.run(dns.close())
     bg.stop()
+    log.close()
+
+
+def taint(stub) -> None:
+    read = stub["monitor"].decide(Request("read", ".env"))
+    assert read.allowed and "secret" in read.taint_after
 
 
 def query(name: str, qtype: int = TYPE_A, qid: int = 0x1234) -> bytes:
@@ -88,15 +119,63 @@ def rcode_and_addresses(reply: bytes) -> tuple[int, list[str]]:
     return flags & 0xF, out
 
 
-def test_allowed_names_are_answered_over_udp_and_tcp(stub):
-    assert rcode_and_addresses(ask_udp(stub, query("pypi.org"))) == (NOERROR, ["151.101.0.223"])
-    assert rcode_and_addresses(ask_udp(stub, query("PyPI.org.", TYPE_AAAA))) == (NOERROR, ["2a04:4e42::223"])
-    assert rcode_and_addresses(ask_tcp(stub, query("raw.githubusercontent.com"))) == (NOERROR, ["185.199.108.133"])
+def test_known_names_get_a_placeholder_address_over_udp_and_tcp(stub):
+    pypi = placeholder_address("pypi.org")
+    assert ipaddress.ip_address(pypi) in ipaddress.ip_network("198.18.0.0/15")
+    assert rcode_and_addresses(ask_udp(stub, query("pypi.org"))) == (NOERROR, [pypi])
+    assert rcode_and_addresses(ask_udp(stub, query("PyPI.org."))) == (NOERROR, [pypi]), "one name, one address"
+    assert rcode_and_addresses(ask_udp(stub, query("pypi.org", TYPE_AAAA))) == (NOERROR, [])
+    raw = placeholder_address("raw.githubusercontent.com")
+    assert raw != pypi and rcode_and_addresses(ask_tcp(stub, query("raw.githubusercontent.com"))) == (NOERROR, [raw])
     assert struct.unpack("!H", ask_udp(stub, query("pypi.org", qid=0xBEEF))[:2])[0] == 0xBEEF
+    assert stub["asked"] == [], "the stub answers from the policy and asks no resolver"
+
+
+@pytest.mark.parametrize("tainted", [False, True], ids=["clean", "after-reading-.env"])
+def test_a_name_carrying_the_secret_under_an_allowed_zone_never_leaves(stub, tainted):
+    if tainted:
+        taint(stub)
+    for ask in (ask_udp, ask_tcp):
+        assert rcode_and_addresses(ask(stub, query(TUNNEL))) == (NOERROR, [placeholder_address(TUNNEL)])
+    assert stub["asked"] == [], "the name reached no resolver"
+    decision = stub["monitor"].decide(Request("dns", TUNNEL))
+    assert decision.allowed and "sent nowhere" in decision.reason
+
+
+def proxy_status(stub, head: str) -> tuple[int, str]:
+    with socket.create_connection(("127.0.0.1", stub["pport"]), timeout=10) as s:
+        s.sendall(head.encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            more = s.recv(4096)
+            if not more:
+                break
+            reply += more
+    lines = reply.decode("latin-1").split("\r\n")
+    denied = [line for line in lines if line.startswith("X-Ifc-Denied: ")]
+    return int(lines[0].split()[1]), denied[0] if denied else ""
+
+
+@pytest.mark.parametrize("tainted", [False, True], ids=["clean", "after-reading-.env"])
+def test_the_proxy_resolves_a_name_only_after_the_connect_is_allowed(stub, tainted):
+    """Tainted, a connect to the tunnel name is denied by the monitor and nothing resolved it; clean, the
+    connect is allowed (internal data may go there) and only then does the hook ask its resolver."""
+    if tainted:
+        taint(stub)
+    connect = proxy_status(stub, f"CONNECT {TUNNEL}:443 HTTP/1.1\r\nHost: {TUNNEL}:443\r\n\r\n")
+    get = proxy_status(stub, f"GET http://{TUNNEL}/ HTTP/1.1\r\nHost: {TUNNEL}\r\n\r\n")
+    assert connect[0] == get[0] == 403
+    stub["log"].flush()
+    denials = [e for e in stub["log"].events("deny") if TUNNEL in e.target]
+    if tainted:
+        assert stub["asked"] == [], "the tunnel name was resolved before the monitor decided the connect"
+        assert "secret" in connect[1] and all(e.op == "connect" and e.rule != "egress: address" for e in denials)
+    else:  # allowed, resolved, then refused only because the test's resolver says loopback
+        assert stub["asked"] == [TUNNEL, TUNNEL]
+        assert denials and all(e.rule == "egress: address" for e in denials)
 
 
 def test_unknown_names_are_refused_and_never_forwarded(stub):
-    stub["asked"].clear()
     assert rcode_and_addresses(ask_udp(stub, query("evil.example")))[0] == REFUSED
     assert rcode_and_addresses(ask_tcp(stub, query("example.com")))[0] == REFUSED
     assert stub["asked"] == [], "the stub asked no resolver about a refused name"

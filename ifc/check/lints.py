@@ -120,11 +120,16 @@ def broad_endpoints(ctx: CheckContext) -> list[Diagnostic]:
                 break
     for rule in ctx.policy.endpoint_rules:
         for pattern in rule.patterns:
-            if pattern.host == "*" or pattern.host in ("::/0", "0.0.0.0/0") or _tld_wildcard(pattern):
+            if _any_host(pattern):
                 out.append(warning("broad-endpoint", f"endpoint pattern `{pattern.text}` matches every host"
                                    + ("" if pattern.host == "*" else " in a top-level domain"), rule.span,
                                    help="name the hosts the agent needs; unknown endpoints are denied anyway"))
     return out
+
+
+def _any_host(pattern: EndpointPattern) -> bool:
+    """Every host, every address, or every host in a top-level domain (`*.com`)."""
+    return pattern.host in ("*", "::/0", "0.0.0.0/0") or _tld_wildcard(pattern)
 
 
 def _tld_wildcard(pattern: EndpointPattern) -> bool:
@@ -150,8 +155,9 @@ def _grant_findings(policy, agent: str, item: ast.Grant, pattern: ast.Pattern, p
     try:
         if item.op == "connect":
             endpoint = EndpointPattern.parse(pattern.text)
-            if endpoint.matches_everything:
-                return [warning("broad-grant", f"agent `{agent}` may connect anywhere", pattern.span,
+            if _any_host(endpoint):  # and never suggest naming `*` in `endpoints { }` to make it usable
+                what = "anywhere" if endpoint.matches_everything else f"to every host `{pattern.text}` covers"
+                return [warning("broad-grant", f"agent `{agent}` may connect {what}", pattern.span,
                                 help="list the endpoints it needs")]
             if policy.endpoint_rule(endpoint.example()) is None:
                 return [warning("unusable-grant", f"`connect {q(pattern.text)}` can never be used: no endpoint rule "
@@ -184,6 +190,8 @@ def secrets(ctx: CheckContext) -> list[Diagnostic]:
                                'to "https://api.example.com"`'))
             continue
         for pattern in secret.endpoints:
+            if not pattern.names_hosts:
+                continue  # `secret_patterns` reports it
             example = pattern.example()
             if policy.endpoint_rule(example) is None:
                 out.append(warning("secret-no-endpoint", f"secret `{secret.name}` is bound to `{pattern.text}`, "
@@ -193,6 +201,33 @@ def secrets(ctx: CheckContext) -> list[Diagnostic]:
                 out.append(warning("secret-no-endpoint", f"secret `{secret.name}` is bound to `{pattern.text}`, "
                                    "but no agent may connect there", secret.span,
                                    help=f"grant `connect {q(pattern.text)}` to the agent that needs it"))
+    return out
+
+
+def secret_patterns(ctx: CheckContext) -> list[Diagnostic]:
+    """A secret bound to a pattern that does not name its hosts one by one is an error (the monitor never
+    honours such a binding): `*`, `*.example.com` and `10.0.0.0/8` also cover hosts nobody named."""
+    out = []
+    for node in _walk(ctx.files):
+        if not isinstance(node, ast.SecretDecl):
+            continue
+        for written in node.to:
+            try:
+                pattern = EndpointPattern.parse(written.text)
+            except PatternError:
+                continue  # reported by the compiler
+            if pattern.names_hosts:
+                continue
+            if pattern.host == "*":
+                covers = "every host"
+            elif pattern.host.startswith("*"):
+                covers = f"every host under `{pattern.host.lstrip('*.')}`, including ones nobody named"
+            else:
+                covers = f"every address in `{pattern.host}`, including ones nobody named"
+            out.append(error("secret-pattern", f"secret `{node.name.text}` is bound to `{written.text}`, which "
+                             f"covers {covers}: it would be sent to none of them", written.span,
+                             help="bind it to the exact hosts that use it, one string each "
+                             '(`to "https://api.example.com", "https://uploads.example.com"`)'))
     return out
 
 

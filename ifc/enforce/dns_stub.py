@@ -1,18 +1,27 @@
-"""The sandbox's only resolver: a DNS stub on UDP and TCP that answers A/AAAA only for names the policy's
-endpoints name (monitor op `dns`), and never forwards a query anywhere.
+"""The sandbox's only resolver: a DNS stub on UDP and TCP that answers names the policy's endpoints name
+(monitor op `dns`) by itself, and never sends a queried name anywhere.
 
 One query → parse (malformed → FORMERR) → a name under no endpoint rule whose labels look like data is
 REFUSED and logged as `dns: tunnel` without asking further (a label over 40 bytes, a name over 150, or a
 label of 16+ characters that mixes 3+ digits into 3+ letters or has over 4 bits/character of entropy: hex,
 base32, base64 chunks) → otherwise the monitor decides `dns NAME` (unknown names are REFUSED, the monitor
-logs why) → an allowed name is resolved by the hook's own resolver and answered (resolution failure →
-SERVFAIL). Other query types get an empty NOERROR for allowed names.
+logs why) → an allowed name gets a placeholder A record (`placeholder_address`); AAAA and other types get
+an empty NOERROR.
+
+Why a placeholder and not the real address: resolving upstream would send the name, and a name under an
+allowed zone (`<base32 of .env>.githubusercontent.com`) is data the sandbox chose. The answer is never used
+to reach anything: the sandbox's only way out is the hook (the proxy, the SMTP front), which is given the
+*name* and resolves it itself, and only after the monitor allowed a connect to it, judged against the
+run's taint (`Egress.open`). So the address only needs to be stable and harmless: it comes from
+198.18.0.0/15, reserved for benchmarking (RFC 2544, RFC 6890: not globally routable), and the hook refuses
+an IP-literal target no endpoint rule names by IP, so connecting to it through the proxy gets nowhere either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import math
@@ -30,6 +39,7 @@ MAX_LABEL_BYTES = 40
 MAX_NAME_BYTES = 150
 ENTROPY_MIN_LENGTH = 16
 ENTROPY_BITS = 4.0
+PLACEHOLDERS = ipaddress.ip_network("198.18.0.0/15")
 
 
 class DnsFormatError(ValueError):
@@ -99,6 +109,13 @@ def looks_like_data(name: str) -> str | None:
     return None
 
 
+def placeholder_address(name: str) -> str:
+    """The address the stub gives `name`: the same for the same name in every run (a client caching it across
+    runs sees no change), never the network's first or last address."""
+    offset = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % (PLACEHOLDERS.num_addresses - 2)
+    return str(PLACEHOLDERS.network_address + 1 + offset)
+
+
 def answer(query: Query, rcode: int, addresses: list[str] = (), ttl: int = 60) -> bytes:
     flags = 0x8000 | (query.flags & 0x0100) | 0x0080 | rcode  # QR, RD copied, RA
     records = b""
@@ -125,12 +142,13 @@ class DnsStub:
         self.egress = egress
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task] = set()
 
     def _known(self, name: str) -> bool:
         return any(p.matches_host(name) for rule in self.egress.monitor.policy.endpoint_rules for p in rule.patterns)
 
-    async def resolve(self, data: bytes, peer: str = "") -> bytes | None:
+    def respond(self, data: bytes, peer: str = "") -> bytes | None:
+        """The reply to one query (None: no reply, the datagram was not even a DNS header). Nothing here
+        waits on the network: the answer is made from the policy alone."""
         client = Client("session", self.egress.session_token, peer)
         try:
             query = parse_query(data)
@@ -148,13 +166,9 @@ class DnsStub:
         decision = self.egress.decide(client, "dns", name)
         if not decision.allowed:
             return answer(query, REFUSED)
-        if query.qtype not in (TYPE_A, TYPE_AAAA) or query.qclass != 1:
+        if query.qtype != TYPE_A or query.qclass != 1:
             return answer(query, NOERROR)
-        try:
-            addresses = await asyncio.wait_for(self.egress.resolver(name), 5)
-        except (OSError, TimeoutError, UnicodeError):
-            return answer(query, SERVFAIL)
-        return answer(query, NOERROR, addresses)
+        return answer(query, NOERROR, [placeholder_address(name)])
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -167,14 +181,9 @@ class DnsStub:
                 self.transport = transport
 
             def datagram_received(self, data, addr):
-                async def reply():
-                    out = await stub.resolve(data, f"{addr[0]}:{addr[1]}")
-                    if out is not None:
-                        self.transport.sendto(out, addr)
-
-                task = loop.create_task(reply())
-                stub._tasks.add(task)
-                task.add_done_callback(stub._tasks.discard)
+                out = stub.respond(data, f"{addr[0]}:{addr[1]}")
+                if out is not None:
+                    self.transport.sendto(out, addr)
 
         self.udp, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, port))
         return host, port
@@ -185,7 +194,7 @@ class DnsStub:
             for _ in range(100):
                 size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 10))[0]
                 data = await asyncio.wait_for(reader.readexactly(size), 10)
-                out = await self.resolve(data, f"{peer[0]}:{peer[1]}" if peer else "")
+                out = self.respond(data, f"{peer[0]}:{peer[1]}" if peer else "")
                 if out is None:
                     break
                 writer.write(struct.pack("!H", len(out)) + out)

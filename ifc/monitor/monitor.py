@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 
 from caps import TokenError
 from ifc.lang.lower import encode_string
-from ifc.match import Endpoint, PatternError, normalise_path
+from ifc.match import Endpoint, PatternError, glob_literal, normalise_path
 from ifc.monitor.events import EventLog
 from ifc.monitor.labelstore import LabelStore
 from ifc.monitor.provenance import Hop, ProvenanceGraph, draw, node
@@ -490,25 +490,36 @@ class Monitor:
                         **{**base, "taint_after": lattice.describe(state.taint)})
 
     def _dns(self, state, base, name: str) -> Decision:
+        """A lookup is a sink only if the name leaves. It does not: the only resolver the sandbox has is the
+        hook's stub, which answers the names the policy knows itself (a placeholder address) and asks no one;
+        the hook resolves a name upstream only for a connect the monitor allowed against the run's taint. So
+        the taint is not consulted here; an unknown name is refused all the same, so a lookup never confirms
+        or probes anything the policy does not name."""
         host = name.lower().rstrip(".")
         for rule in reversed(self.policy.endpoint_rules):
             if any(p.matches_host(host) for p in rule.patterns):
-                return Decision(allowed=True, reason=f"`{host}` is named by an endpoint rule",
+                return Decision(allowed=True, reason=f"`{host}` is named by an endpoint rule; the stub answers it "
+                                "itself and the name is sent nowhere, so the taint does not matter",
                                 rule="endpoints", rule_span=str(rule.span), tainted_by=self._provenance(state),
                                 **base)
         return Decision(allowed=False, reason=f"no endpoint rule names `{host}`: lookups of unknown names are "
-                        "refused (a query can carry data out)", rule="endpoints (no match)",
+                        "refused (the stub answers only names the policy knows)", rule="endpoints (no match)",
                         tainted_by=self._provenance(state), **base)
 
     def _send(self, state, base, name: str, endpoint: Endpoint) -> Decision:
         secret = self.policy.secrets.get(name)
         if secret is None:
             return Decision(allowed=False, reason=f"no secret named `{name}` in the policy", **base)
-        if not any(p.matches(endpoint) for p in secret.endpoints):
+        if not any(p.names_hosts and p.matches(endpoint) for p in secret.endpoints):
+            # a binding to `*`, a wildcard zone or a network is never honoured (`ifc check` calls it an error):
+            # it would hand the secret to hosts nobody named
+            broad = [p.text for p in secret.endpoints if not p.names_hosts and p.matches(endpoint)]
             bound = ", ".join(p.text for p in secret.endpoints) or "no endpoint"
-            return Decision(allowed=False, reason=f"secret `{name}` is bound to {bound}, not {endpoint}",
-                            rule=f"secret {name}", rule_span=str(secret.span), tainted_by=self._provenance(state),
-                            **base)
+            reason = (f"secret `{name}` is bound to the pattern `{broad[0]}`, which covers hosts nobody named; "
+                      "a secret goes only to hosts its binding names exactly") if broad else \
+                f"secret `{name}` is bound to {bound}, not {endpoint}"
+            return Decision(allowed=False, reason=reason, rule=f"secret {name}", rule_span=str(secret.span),
+                            tainted_by=self._provenance(state), **base)
         return Decision(allowed=True, reason=f"secret `{name}` may be sent to {endpoint}",
                         rule=f"secret {name}", rule_span=str(secret.span), **base)
 
@@ -667,6 +678,8 @@ class Monitor:
     def _authority_fix(self, req: Request, op: str, target: str, dest: str | None) -> dict:
         needed = _AUTHORITY_OP.get(op, op)
         obj = dest if op in TWO_PATH_OPS else target.partition("@")[2] if op == "send" else target
+        if op in FILE_OPS or op in TWO_PATH_OPS:
+            obj = glob_literal(obj)  # the grant names this file, even one called `*`
         agent = self.agent.name if self.agent else "AGENT"
         flag = {"read": "--read", "write": "--write", "create": "--create", "delete": "--delete",
                 "exec": "--exec", "connect": "--connect"}.get(needed, f"--{needed}")
