@@ -154,3 +154,17 @@ secret K from env "K" to "http://api.test:{port}", "http://*:{port}"
     finally:
         bg.stop()
         server.shutdown()
+
+
+@pytest.mark.parametrize("pattern", ["*", "https://*", "https://*.example.com"])
+def test_the_run_ca_never_covers_a_pattern_binding(pattern):
+    """A policy that skipped `ifc check`: the per-run CA is constrained to the exactly bound hosts, so a pattern
+    binding cannot make the hook terminate (and read) every HTTPS tunnel."""
+    from ifc.enforce.tls import Termination
+    from ifc.match import Endpoint
+
+    policy = compile_text(BASE + f'secret K from env "K" to "https://api.example.com", "{pattern}"').policy
+    tls = Termination.for_policy(policy)
+    assert tls.terminates(Endpoint.parse("https://api.example.com"))
+    assert not tls.terminates(Endpoint.parse("https://other.example.com"))
+    assert not tls.terminates(Endpoint.parse("https://evil.test"))

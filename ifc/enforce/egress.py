@@ -225,7 +225,7 @@ class Egress:
                     return True
         return False
 
-    async def open(self, client: Client, scheme: str, host: str, port: int, *, decide: bool = True,
+    async def open(self, client: Client, scheme: str, host: str, port: int, *,
                    flow: Flow | None = None) -> Verdict:
         """Decide `connect scheme://host:port` and resolve it to addresses that passed the address checks.
 
@@ -242,15 +242,13 @@ class Egress:
             return self.refuse(client, "connect", str(endpoint),
                                f"`{host}` is an IP literal and no endpoint rule names it by IP or CIDR",
                                "egress: ip literal")
-        decision = None
-        if decide:
-            request = self._request(client, "connect", str(endpoint))
-            if flow is None:
-                decision = self.monitor.decide(request)
-            else:
-                decision, flow.stream = self.monitor.open_stream(request, flow.describe, flow.cut)
-            if not decision.allowed:
-                return Verdict(False, decision.reason, endpoint, decision=decision)
+        request = self._request(client, "connect", str(endpoint))
+        if flow is None:
+            decision = self.monitor.decide(request)
+        else:
+            decision, flow.stream = self.monitor.open_stream(request, flow.describe, flow.cut)
+        if not decision.allowed:  # nothing is resolved before the monitor allowed the connect
+            return Verdict(False, decision.reason, endpoint, decision=decision)
         if literal:
             return Verdict(True, "allowed", endpoint, (host,), decision)
         try:

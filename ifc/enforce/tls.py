@@ -172,7 +172,8 @@ class Termination:
 
     @classmethod
     def for_policy(cls, policy, upstream_ca: str | None = None) -> Termination:
-        bound = [p for secret in policy.secrets_ for p in secret.endpoints]
+        # only exact bindings: the monitor never honours a pattern binding, so the CA must not cover one either
+        bound = [p for secret in policy.secrets_ for p in secret.endpoints if p.names_hosts]
         return cls(RunCA(bound), upstream_context(upstream_ca), bound)
 
     def terminates(self, endpoint: Endpoint) -> bool:
