@@ -319,3 +319,49 @@ deny secret -> web "secrets never leave the sandbox"
                       "'open stream cut%'").fetchall()
     assert len(cuts) == 2 and all("read .env" in reason and ".env" in path for _, reason, path in cuts), cuts
     return run_dir
+
+
+_OLD_DESCRIPTORS = r'''
+import mmap, os
+fd = os.open("through-fd.txt", os.O_RDWR | os.O_CREAT, 0o644)
+os.write(fd, b"clean\n")
+with open("through-mmap.bin", "wb") as f:
+    f.write(b"\0" * 4096)
+mf = open("through-mmap.bin", "r+b")
+try:
+    mm = mmap.mmap(mf.fileno(), 4096)
+except OSError as exc:  # virtiofs over the host's FUSE mount offers no shared writable mappings
+    mm = None
+    print("no shared mmap:", exc.strerror)
+secret = open(".env", "rb").read()  # the run is tainted from here on; both descriptors were opened clean
+os.write(fd, secret)
+os.close(fd)
+if mm is not None:
+    mm[:len(secret)] = secret
+    mm.flush()
+    mm.close()
+mf.close()
+print("written")
+'''
+
+
+def old_descriptors_float(tmp_path: Path, run: Run, shared_mmap: bool) -> None:
+    """Writes through a descriptor, and through a shared mapping, opened while the run was clean still float the
+    file's label once the run is tainted: the data written after `.env` was read is secret, whatever the
+    descriptor's age. `shared_mmap`: whether the isolation offers shared writable mappings of workspace files
+    (namespaces do; in the microVM, virtiofs over the host's FUSE mount answers ENODEV)."""
+    ws = agent_workspace(tmp_path, {".env": "API_KEY=sk-secret\n"})
+    (ws / "old.py").write_text(_OLD_DESCRIPTORS)
+    policy = tmp_path / "policy.flow"
+    policy.write_text('labels { secrecy public < internal < secret }\nfiles {\n  "**" internal\n  ".env*" secret\n}\n')
+    run_dir = tmp_path / "run"
+    proc = run(ws, policy, run_dir, "python3 old.py", ("--agent", "none"), {})
+    assert proc.stdout.splitlines()[-1:] == ["written"], proc.stdout + proc.stderr
+    assert ("no shared mmap" not in proc.stdout) == shared_mmap, proc.stdout
+    assert (b"sk-secret" in (ws / "through-mmap.bin").read_bytes()) == shared_mmap
+    db = sqlite3.connect(run_dir / "events.db")
+    floated = {target: label for target, label in
+               db.execute("SELECT target, object_label FROM events WHERE kind = 'label'").fetchall()}
+    assert "secret" in floated.get("through-fd.txt", ""), floated
+    if shared_mmap:
+        assert "secret" in floated.get("through-mmap.bin", ""), floated

@@ -134,6 +134,10 @@ def test_no_laundering_by_a_derived_token_or_a_stream_opened_while_clean(tmp_pat
     sandbox_cases.no_laundering(tmp_path, _run)
 
 
+def test_writes_through_descriptors_and_mappings_opened_clean_float_the_label(tmp_path):
+    sandbox_cases.old_descriptors_float(tmp_path, _run, shared_mmap=True)
+
+
 def test_the_runs_own_token_is_presented_and_keeps_one_subject(tmp_path):
     sandbox_cases.run_token(tmp_path, _run)
 

@@ -288,6 +288,10 @@ def test_no_laundering_by_a_derived_token_or_a_stream_opened_while_clean(vm_run,
     sandbox_cases.no_laundering(tmp_path, vm_run)
 
 
+def test_writes_through_descriptors_and_mappings_opened_clean_float_the_label(vm_run, tmp_path):
+    sandbox_cases.old_descriptors_float(tmp_path, vm_run, shared_mmap=False)
+
+
 def test_the_runs_own_token_is_presented_and_keeps_one_subject(vm_run, tmp_path):
     sandbox_cases.run_token(tmp_path, vm_run)
 
