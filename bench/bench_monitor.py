@@ -140,6 +140,28 @@ class Decisions:
         assert m.decide(request).allowed, m.decide(request).reason
         return lambda: m.decide(request)
 
+    def with_streams(self, count: int) -> Monitor:
+        """A monitor with `count` open egress streams registered (to the model endpoint, cleared for
+        `internal`), as the hook holds them for open tunnels and requests in flight."""
+        m = self.monitor()
+        for i in range(count):
+            _, stream = m.open_stream(Request("connect", "https://api.anthropic.com"), f"bench stream {i}",
+                                      lambda reason: None)
+            assert stream is not None
+        return m
+
+    def taint_rise_us(self, streams: int, path: str, rounds: int = 15) -> float:
+        """One read that raises the run's taint, with `streams` open streams re-decided inside it (median)."""
+        samples = []
+        for _ in range(rounds):
+            m = self.with_streams(streams)
+            request = Request("read", path)
+            start = time.perf_counter()
+            assert m.decide(request).allowed
+            samples.append((time.perf_counter() - start) * 1e6)
+            m.close()
+        return statistics.median(samples)
+
     def first_seen(self, token: bool, n: int) -> list[Callable[[], object]]:
         m = self.monitor()
         tok = self.token if token else None
@@ -324,7 +346,8 @@ def gc_pause_ms() -> float:
 
 
 def bench_denial_with_chain(run_dir: Path) -> tuple[float, int]:
-    """A whole denial at the end of a 60-hop chain: read .env, then 29 (subject, file) relays, then connect."""
+    """A whole denial after 29 (subject, file) relays from a read of .env: with one taint per run, its path is
+    the read, the subject that made it, and the subject that connects."""
     policy = load_policy(shipped_policy("default"))
     m = Monitor(policy, agent=policy.agents["coder"], log=EventLog(run_dir / "chain.db"))
     m.decide(Request("read", ".env", subject="r0"))
@@ -363,6 +386,16 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"decide: {label}", f"{us:.1f} µs", f"<= {GOAL_REPEATED_US:g} µs"))
             if us > GOAL_REPEATED_US:
                 misses.append((f"decide: {label} x{n}", lambda run=run: [run() for _ in range(n)]))
+        busy = d.with_streams(1000)
+        request = Request("read", "src/app.py")
+        busy.decide(request)
+        rows.append(("decide: read, repeated, agent grants, 1,000 open streams (taint stable)",
+                     f"{per_call_us(lambda: busy.decide(request), n):.1f} µs", f"<= {GOAL_REPEATED_US:g} µs"))
+        for count in (0, 100, 1000):
+            rows.append((f"decide: first read raising the taint to `internal`, {count:,} open streams re-decided "
+                         "(all still cleared)", f"{d.taint_rise_us(count, 'src/app.py'):.0f} µs", ""))
+        rows.append(("decide: read of `.env` cutting 100 open streams (100 denials committed)",
+                     f"{d.taint_rise_us(100, '.env', rounds=5) / 1000:.1f} ms", ""))
         for label, token in (("agent grants", False), ("token", True)):
             us = each_once_us(d.first_seen(token, n))
             rows.append((f"decide: read, first-seen paths, {label}", f"{us:.1f} µs", f"<= {GOAL_FIRST_SEEN_US:g} µs"))

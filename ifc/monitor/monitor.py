@@ -586,15 +586,20 @@ class Monitor:
 
         Called inside the decision that raised the taint: the sandbox has not received the data yet."""
         state = self.run
+        verdicts: dict[tuple, FlowVerdict] = {}  # streams to one endpoint with one token: one question
         for stream in list(self.streams):
-            verified = None
-            if stream.token is not None and self.verifier is not None:
-                try:
-                    verified = self.verifier.verify(stream.token, now=self.clock())
-                except TokenError:
-                    verified = None  # no declassification from a token that no longer verifies
-            verdict = check_send(self.policy, state.taint, stream.endpoint, self._held(verified),
-                                 may_declassify=self._token_declassifier(verified, stream.endpoint))
+            key = (stream.endpoint, stream.token)
+            verdict = verdicts.get(key)
+            if verdict is None:
+                verified = None
+                if stream.token is not None and self.verifier is not None:
+                    try:
+                        verified = self.verifier.verify(stream.token, now=self.clock())
+                    except TokenError:
+                        verified = None  # no declassification from a token that no longer verifies
+                verdict = verdicts[key] = check_send(
+                    self.policy, state.taint, stream.endpoint, self._held(verified),
+                    may_declassify=self._token_declassifier(verified, stream.endpoint))
             if verdict.allowed:
                 continue
             self.streams.discard(stream)
