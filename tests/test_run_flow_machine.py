@@ -12,7 +12,9 @@ store). The sinks are raw TCP servers that record every byte they receive.
 Every payload says, in its bytes, whether the run was tainted `secret` at the moment it was sent. The test
 fails if any payload sent while tainted reaches the `internal` sink — whatever subject sent it, on whatever
 stream, opened whenever — and (liveness) if a payload sent on an open stream to the vault, which is cleared
-for `secret`, never arrives, or if a stream was refused that the model says is cleared.
+for `secret`, never arrives, or if a stream was refused that the model says is cleared. Lookups and tunnels
+to names under an allowed wildcard zone carry the same marks in the name: no name made while the run was
+tainted may reach a resolver.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import base64
 import itertools
 import re
 import socket
+import struct
 import threading
 import time
 
@@ -31,6 +34,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precon
 
 from caps import HostKey, Verifier, attenuate, mint
 from caps import seal as seal_token
+from ifc.enforce.dns_stub import DnsStub
 from ifc.enforce.egress import BackgroundLoop, Egress
 from ifc.enforce.http_proxy import HttpProxy
 from ifc.match import Endpoint
@@ -88,6 +92,7 @@ endpoints {{
   "http://127.0.0.1:{web.port}" clearance internal as web
   "tcp://127.0.0.1:{sink.port}" clearance internal as web
   "tcp://127.0.0.1:{vault.port}" clearance secret as vault
+  "https://*.zone.test" clearance internal as web
 }}
 deny secret -> web "secrets never leave the sandbox"
 """).policy
@@ -114,6 +119,7 @@ class RunFlow(RuleBasedStateMachine):
         self.run_token = mint(KEY, rights=self.rights, audience=AUDIENCE, ttl=3600)
         self.sent: dict[int, str] = {}  # payload id -> "C" / "T", and where it went
         self.expected_at_vault: set[int] = set()
+        self.asked: list[str] = []  # every name the hook asked a resolver about, over all runs
         self.proxy = None
         self._new_run()
 
@@ -123,7 +129,8 @@ class RunFlow(RuleBasedStateMachine):
             self._close_streams()
             self.world["loop"].run(self.proxy.close())
         self.monitor = Monitor(self.policy, verifier=Verifier([KEY.public], audience=AUDIENCE), labels=self.labels)
-        egress = Egress(self.monitor, session_token=self.run_token)
+        egress = Egress(self.monitor, session_token=self.run_token, resolver=self._resolve)
+        self.dns = DnsStub(egress)
         self.proxy = HttpProxy(egress)
         _, self.port = self.world["loop"].run(self.proxy.start())
         self.tainted = False
@@ -144,6 +151,11 @@ class RunFlow(RuleBasedStateMachine):
         self.check_nothing_tainted_reached_an_internal_sink()
         missing = self.expected_at_vault - set(self.world["vault"].payloads())
         assert not missing, f"payloads sent to the secret-cleared vault never arrived: {sorted(missing)}"
+
+    async def _resolve(self, name: str) -> list[str]:
+        """The hook's only way to ask anyone about a name: every question is recorded, none answered."""
+        self.asked.append(name)
+        raise OSError("this resolver answers nothing")
 
     # ------------------------------------------------------------------------------------ helpers
     def _dial(self, token: str | None) -> tuple[socket.socket, str]:
@@ -236,6 +248,25 @@ class RunFlow(RuleBasedStateMachine):
         if name == "vault":  # cleared for `secret`: never cut, so everything sent there arrives
             self.expected_at_vault.add(self.last_id)
 
+    @rule(subject=st.sampled_from(SUBJECTS))
+    def lookup(self, subject: str) -> None:
+        """A name under an allowed zone that carries data: the stub answers it from the policy, sends it nowhere."""
+        name = self._payload().decode().strip("<>").lower() + ".zone.test"
+        qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+        reply = self.dns.respond(struct.pack("!6H", 7, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1))
+        assert reply is not None and reply[3] & 0xF == 0, "a name the policy knows is answered"
+
+    @rule(token=st.one_of(st.none(), tokens))
+    def connect_by_name(self, token: str | None) -> None:
+        """A tunnel to a name that carries data: resolved only once the connect is allowed (clean runs)."""
+        name = self._payload().decode().strip("<>").lower() + ".zone.test"
+        sock, auth = self._dial(token)
+        sock.sendall(f"CONNECT {name}:443 HTTP/1.1\r\nHost: {name}:443\r\n{auth}\r\n".encode())
+        head = sock.recv(4096)
+        sock.close()
+        if self.tainted:
+            assert head.startswith(b"HTTP/1.1 403"), head
+
     @rule()
     def new_run(self) -> None:
         """The same workspace, a new run: a clean taint, the labels that earlier runs floated."""
@@ -246,6 +277,8 @@ class RunFlow(RuleBasedStateMachine):
     # ------------------------------------------------------------------------------------ the property
     @invariant()
     def check_nothing_tainted_reached_an_internal_sink(self) -> None:
+        named = [n for n in self.asked if re.fullmatch(r"p\d{6}t", n.split(".")[0])]
+        assert not named, f"names made while the run was tainted reached a resolver: {named}"
         for name in ("web", "sink"):
             leaked = sorted(i for i, mark in self.world[name].payloads().items() if mark == b"T" and i in self.sent)
             assert not leaked, f"payloads sent while the run was tainted reached `{name}`: {leaked}"
@@ -254,5 +287,5 @@ class RunFlow(RuleBasedStateMachine):
 def test_no_byte_leaves_for_a_sink_not_cleared_at_the_moment_it_is_sent(world):
     RunFlow.world = world
     run_state_machine_as_test(RunFlow, settings=settings(
-        max_examples=40, stateful_step_count=25, deadline=None,
+        max_examples=100, stateful_step_count=30, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]))
