@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -135,14 +136,31 @@ def test_symlinks_pointing_outside(base, coder):
     assert _denied(os.symlink, "usr/../../etc/passwd", os.path.join(src, "via_usr"))
     os.symlink("app.py", os.path.join(src, "inside"))
     assert Path(src, "inside").read_text() == "print('hi')\n"
-    denied = {e.target for e in events(run, "deny")}
-    assert {"src/abs_link", "src/rel_link", "src/dir_link", "src/new_abs", "src/new_rel"} <= denied
+    rules = {e.target: e.rule for e in events(run, "deny")}
+    for name in ("abs_link", "rel_link", "dir_link", "new_abs", "new_rel", "into_backing", "via_usr"):
+        assert rules.get(f"src/{name}") == "containment: symlink", (name, rules)
+
+
+def test_device_nodes_and_guarded_xattrs(coder):
+    mnt, run = coder
+    with pytest.raises(PermissionError) as info:
+        os.mknod(os.path.join(mnt, "src", "null"), 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    assert info.value.errno == errno.EPERM and not os.path.exists(os.path.join(mnt, "src", "null"))
+    os.mkfifo(os.path.join(mnt, "src", "fifo"))  # a plain node type is fine
+    for name in ("trusted.ifc", "security.ifc"):
+        with pytest.raises(PermissionError) as info:
+            os.setxattr(os.path.join(mnt, "src", "app.py"), name, b"x")
+        assert info.value.errno == errno.EPERM
+    rules = {(e.target, e.rule) for e in events(run, "deny")}
+    assert {("src/null", "containment: device"), ("src/app.py", "containment: xattr")} <= rules
 
 
 def test_hard_links_to_outside_files(coder):
-    mnt, _ = coder
+    mnt, run = coder
     assert _denied(_read, os.path.join(mnt, "src", "hard_out.txt"))
     assert _denied(os.link, os.path.join(mnt, "src", "hard_out.txt"), os.path.join(mnt, "src", "again.txt"))
+    refused = {e.rule for e in events(run, "deny") if e.target.startswith("src/hard_out.txt")}
+    assert refused == {"containment: hard link"}
 
 
 def test_proc_self_fd_reopen_is_decided_again(coder):
