@@ -3,7 +3,8 @@ moves data or changes a name is a request to the reference monitor, and its deci
 
 A thin adapter (docs/architecture.md): `OPS` is the one table from a FUSE operation to the monitor
 operations it needs; the monitor decides; `Denied` carries the errno back to the kernel (EACCES, EPERM
-for metadata changes where POSIX says so). Anything unexpected while deciding is logged and denied.
+for metadata changes where POSIX says so, device nodes and guarded xattrs). Anything unexpected while
+deciding is denied, and the monitor logs it (`Monitor.error`).
 
     open      O_RDONLY → read, O_WRONLY → write, O_RDWR → read + write, O_TRUNC → write, exec → exec
     create    create            mkdir, mknod, symlink → create       unlink, rmdir → delete
