@@ -169,10 +169,10 @@ def test_the_proxy_resolves_a_name_only_after_the_connect_is_allowed(stub, taint
     denials = [e for e in stub["log"].events("deny") if TUNNEL in e.target]
     if tainted:
         assert stub["asked"] == [], "the tunnel name was resolved before the monitor decided the connect"
-        assert "secret" in connect[1] and all(e.op == "connect" and e.rule != "egress: address" for e in denials)
+        assert "secret" in connect[1] and all(e.op == "connect" and e.rule != "containment: address" for e in denials)
     else:  # allowed, resolved, then refused only because the test's resolver says loopback
         assert stub["asked"] == [TUNNEL, TUNNEL]
-        assert denials and all(e.rule == "egress: address" for e in denials)
+        assert denials and all(e.rule == "containment: address" and e.op == "resolve" for e in denials)
 
 
 def test_unknown_names_are_refused_and_never_forwarded(stub):

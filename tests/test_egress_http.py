@@ -353,7 +353,7 @@ def test_a_name_resolving_to_loopback_is_refused(world):
     assert " 403 " in out.stdout and "resolves to loopback address 127.0.0.1" in out.stdout
     out = curl(world, "-i", "http://meta.test/latest/meta-data/")
     assert " 403 " in out.stdout and "cloud-metadata address 169.254.169.254" in out.stdout
-    assert len(events(world, "egress: address")) >= 2
+    assert len(events(world, "containment: address")) >= 2
 
 
 def test_ip_literals_only_by_explicit_rule(world):
@@ -361,7 +361,7 @@ def test_ip_literals_only_by_explicit_rule(world):
     assert " 403 " in out.stdout and "IP literal" in out.stdout
     out = curl(world, "-i", "http://10.0.0.1/")
     assert " 403 " in out.stdout and "IP literal" in out.stdout
-    assert events(world, "egress: ip literal")
+    assert events(world, "containment: ip literal")
 
 
 def test_no_rebinding_between_check_and_connect(world):

@@ -52,7 +52,6 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", metavar="DIR", help="event log and label store (default: a new temporary directory)")
     p.add_argument("--fuse", default=None, metavar="BINDING",
                    help="mfusepy3 (default), mfusepy2 or fusepy")
-    p.add_argument("--no-cache", action="store_true", help="ask the monitor on every open (no decision cache)")
     p.add_argument("--background", action="store_true", help="return once mounted; the daemon keeps serving")
     p.add_argument("--egress", metavar="HOST:PORT",
                    help="also serve the egress proxy here, with the same monitor: a file read through the mount "
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca)
         binding = load_binding(args.fuse or DEFAULT_BINDING)
         ops = EnforcingFS(source, monitor, identities=Identities(default_token=token),
-                          context=binding.context, mountpoint=mountpoint, cache=not args.no_cache)
+                          context=binding.context, mountpoint=mountpoint)
         print(f"ifc mount: {source} on {mountpoint} ({binding.name}), run dir {run_dir}", file=sys.stderr)
         serve(ops, mountpoint, binding, source)
     except (MountError, Usage) as exc:
@@ -188,7 +187,7 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
             argv += [f"--{flag.replace('_', '-')}", value]
     if args.token == "-":
         return _usage("--background cannot read the token from stdin", "pass it as @FILE")
-    argv += ["--no-cache"] * args.no_cache + ["--verbose"] * args.verbose + [args.source, args.mountpoint]
+    argv += ["--verbose"] * args.verbose + [args.source, args.mountpoint]
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "mount.log", "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)

@@ -6,16 +6,19 @@ Every exit (the HTTP proxy, the SMTP front, the DNS stub) goes through one `Egre
             subject shares the run's taint (the monitor keeps one per run), so a token the sandbox
             derived from its own while clean is exactly as tainted as the session; without a token the
             client is the session (presenting `session_token`, if any)
-  connect   `Egress.open(...)`: the monitor decides `connect scheme://host:port`; then the hook resolves the
-            name itself, once, and checks every address it got: loopback, private, link-local, CGNAT,
-            multicast, unspecified and cloud-metadata addresses are refused unless an endpoint rule names
-            them by IP or CIDR; an IP-literal host needs such a rule too. The caller connects to the
-            address that was checked, never to the name (no DNS rebinding between check and use).
+  connect   `Egress.open(...)`: the monitor decides `connect scheme://host:port` (an IP-literal host needs a
+            rule naming it by IP or CIDR); then the hook resolves the name itself, once, and the monitor
+            decides `resolve scheme://host:port` on the addresses it got (`Facts.addresses`): loopback,
+            private, link-local, CGNAT, multicast, unspecified and cloud-metadata addresses are refused
+            unless an endpoint rule names them by IP or CIDR (`ifc.monitor.containment`). The caller
+            connects to the address that was checked, never to the name (no DNS rebinding between check
+            and use).
   streams   a connection opened for a `Flow` stays registered with the monitor until `close`; when the
             run's taint rises and the endpoint is no longer cleared, the monitor cuts it: every socket
             attached to the flow is shut down at once, from the thread that raised the taint.
 
-Refusals made here (not by the monitor) are logged like monitor denials, with rule `egress: ...`.
+Refusals that are no decision (a target that does not parse, a name that does not resolve, a stream cut
+for what it carried) are logged by the monitor (`Monitor.refuse`), with rule `egress: ...`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import socket
 import ssl
@@ -33,13 +35,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ifc.match import Endpoint, PatternError
+from ifc.monitor.containment import Facts, is_ip_literal
 from ifc.monitor.monitor import Decision, Monitor, Request
 
 log = logging.getLogger("ifc.egress")
-
-METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200"))
-CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 Resolver = Callable[[str], Awaitable[list[str]]]
 
@@ -65,35 +64,6 @@ def static_resolver(table: dict[str, list[str]], fallback: Resolver | None = Non
         return await fallback(host)
 
     return resolve
-
-
-def special_kind(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why an address is not an ordinary public one, or None."""
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    if addr in METADATA_ADDRESSES:
-        return "cloud-metadata"
-    if addr.is_loopback:
-        return "loopback"
-    if addr.is_link_local:
-        return "link-local"
-    if addr.is_unspecified:
-        return "unspecified"
-    if addr.is_multicast:
-        return "multicast"
-    if isinstance(addr, ipaddress.IPv4Address) and addr in CGNAT:
-        return "shared (CGNAT)"
-    if addr.is_private or addr.is_reserved:
-        return "private"
-    return None
-
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -185,9 +155,9 @@ class Egress:
             self._subjects[token] = subject
         return Client(subject, token, peer)
 
-    def _request(self, client: Client, op: str, target: str) -> Request:
+    def _request(self, client: Client, op: str, target: str, facts: Facts | None = None) -> Request:
         parent = "session" if client.subject != "session" else None
-        return Request(op, target, subject=client.subject, token=client.token, parent=parent,
+        return Request(op, target, subject=client.subject, token=client.token, parent=parent, facts=facts,
                        cmdline=f"egress from {client.peer}" if client.peer else None)
 
     def decide(self, client: Client, op: str, target: str) -> Decision:
@@ -200,34 +170,16 @@ class Egress:
 
     # ------------------------------------------------------------------------------------ refusals
     def refuse(self, client: Client, op: str, target: str, reason: str, rule: str, status: int = 403) -> Verdict:
-        """A refusal made by the hook itself (not a flow question), logged like a monitor denial."""
+        """A refusal the hook makes without a decision (not a policy question), logged by the monitor."""
         self.refusals += 1
         log.info("refused %s %s for %s: %s", op, target, client.subject, reason)
-        mlog = self.monitor.log
-        if mlog is not None:
-            try:
-                mlog.record(kind="deny", subject=client.subject, op=op, target=target, allowed=False, reason=reason,
-                            rule=rule, cmdline=f"egress from {client.peer}" if client.peer else None)
-            except Exception as exc:  # the refusal stands even if it cannot be logged
-                log.error("cannot log a refusal: %s", exc)
-        return Verdict(False, reason, status=status)
+        decision = self.monitor.refuse(self._request(client, op, target), reason, rule)
+        return Verdict(False, reason, decision=decision, status=status)
 
     # ------------------------------------------------------------------------------------ connect
-    def named_by_ip(self, scheme: str, ip: str, port: int) -> bool:
-        """Does an endpoint rule name this address by IP or CIDR (not by `*`)? The scheme is not compared:
-        `tcp://127.0.0.0/8:*` admits the address for any protocol the name's own rule allows."""
-        for rule in self.monitor.policy.endpoint_rules:
-            for pattern in rule.patterns:
-                if pattern.host == "*" or pattern._network is None:
-                    continue
-                if pattern.matches(Endpoint(pattern.scheme or scheme, ip, port)) and \
-                        not any(x.matches(Endpoint(x.scheme or scheme, ip, port)) for x in rule.excepts):
-                    return True
-        return False
-
     async def open(self, client: Client, scheme: str, host: str, port: int, *,
                    flow: Flow | None = None) -> Verdict:
-        """Decide `connect scheme://host:port` and resolve it to addresses that passed the address checks.
+        """Decide `connect scheme://host:port`, resolve it, and have the monitor check the addresses.
 
         With a `flow`, the allowed connection stays under the monitor until `close(flow)`: cut when the run's
         taint rises past what the endpoint is cleared for."""
@@ -237,11 +189,6 @@ class Egress:
             endpoint = Endpoint.parse(target)
         except PatternError as exc:
             return self.refuse(client, "connect", target, f"bad target: {exc.message}", "egress: target", 400)
-        literal = is_ip_literal(host)
-        if literal and not self.named_by_ip(scheme, host, port):
-            return self.refuse(client, "connect", str(endpoint),
-                               f"`{host}` is an IP literal and no endpoint rule names it by IP or CIDR",
-                               "egress: ip literal")
         request = self._request(client, "connect", str(endpoint))
         if flow is None:
             decision = self.monitor.decide(request)
@@ -249,30 +196,22 @@ class Egress:
             decision, flow.stream = self.monitor.open_stream(request, flow.describe, flow.cut)
         if not decision.allowed:  # nothing is resolved before the monitor allowed the connect
             return Verdict(False, decision.reason, endpoint, decision=decision)
-        if literal:
-            return Verdict(True, "allowed", endpoint, (host,), decision)
-        try:
-            addresses = await asyncio.wait_for(self.resolver(host), timeout=10)
-        except (TimeoutError, OSError, UnicodeError) as exc:
-            return self.refuse(client, "connect", str(endpoint), f"cannot resolve `{host}`: {exc}",
-                               "egress: resolve", 502)
-        good = []
-        for text in addresses:
+        if is_ip_literal(host):
+            addresses = [host]
+        else:
             try:
-                addr = ipaddress.ip_address(text)
-            except ValueError:
-                continue
-            kind = special_kind(addr)
-            if kind is None or self.named_by_ip(scheme, str(addr), port):
-                good.append(str(addr))
-            else:
-                return self.refuse(client, "connect", str(endpoint),
-                                   f"`{host}` resolves to {kind} address {addr}, which no endpoint rule names by IP",
-                                   "egress: address")
-        if not good:
-            return self.refuse(client, "connect", str(endpoint), f"`{host}` has no usable address",
-                               "egress: resolve", 502)
-        return Verdict(True, "allowed", endpoint, tuple(good), decision)
+                addresses = await asyncio.wait_for(self.resolver(host), timeout=10)
+            except (TimeoutError, OSError, UnicodeError) as exc:
+                return self.refuse(client, "connect", str(endpoint), f"cannot resolve `{host}`: {exc}",
+                                   "egress: resolve", 502)
+            if not addresses:
+                return self.refuse(client, "connect", str(endpoint), f"`{host}` has no address", "egress: resolve",
+                                   502)
+        checked = self.monitor.decide(self._request(client, "resolve", str(endpoint),
+                                                    Facts(addresses=tuple(addresses))))
+        if not checked.allowed:
+            return Verdict(False, checked.reason, endpoint, decision=checked)
+        return Verdict(True, "allowed", endpoint, tuple(addresses), decision)
 
     def check_secrets(self, client: Client, endpoint: Endpoint, data: bytes) -> tuple[list, Verdict | None]:
         """Sentinels in outgoing bytes: (the ones bound to `endpoint`, or a refusal naming the first that is not)."""

@@ -3,7 +3,8 @@ moves data or changes a name is a request to the reference monitor, and its deci
 
 A thin adapter (docs/architecture.md): `OPS` is the one table from a FUSE operation to the monitor
 operations it needs; the monitor decides; `Denied` carries the errno back to the kernel (EACCES, EPERM
-for metadata changes where POSIX says so). Anything unexpected while deciding is logged and denied.
+for metadata changes where POSIX says so, device nodes and guarded xattrs). Anything unexpected while
+deciding is denied, and the monitor logs it (`Monitor.error`).
 
     open      O_RDONLY → read, O_WRONLY → write, O_RDWR → read + write, O_TRUNC → write, exec → exec
     create    create            mkdir, mknod, symlink → create       unlink, rmdir → delete
@@ -11,20 +12,23 @@ for metadata changes where POSIX says so). Anything unexpected while deciding is
     truncate  write             setxattr, removexattr → write        getxattr (user.*) → read
     write     re-decided when the subject's taint rose since the last decision on that descriptor,
               so the file's label still floats (also for mmap writes, which reach FUSE as writes)
-    getattr, readdir, statfs, readlink, flush, fsync, release: no decision, containment only
+    readlink  readlink (containment only: where the symlink leads)
+    getattr, readdir, statfs, flush, fsync, release: no decision
 
-Containment: every path is resolved beneath the backing root with `openat2(RESOLVE_BENEATH |
-RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` on the parent directory and
-`*at(..., AT_SYMLINK_NOFOLLOW)` on the last component, so the daemon (which runs as root) never follows
-a symlink and never leaves the backing directory, whatever is swapped in underneath it. Symlinks whose
-target leaves the workspace are refused at `symlink` and at `readlink` (except read-only system trees
-such as `/usr`, see `SYSTEM_PREFIXES`); a file whose hard links are not all inside the workspace cannot be
-opened.
+How the daemon touches the disk: every path is resolved beneath the backing root with `openat2(RESOLVE_BENEATH
+| RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` on the parent directory and `*at(...,
+AT_SYMLINK_NOFOLLOW)` on the last component, so the daemon (which runs as root) never follows a symlink and
+never leaves the backing directory, whatever is swapped in underneath it. That is mechanics, not a decision.
 
-Speed: decisions for read, exec and write are cached per (subject, token, op, path) and stay valid
-exactly as long as the monitor would answer the same with no effect: until any label changes
-(`LabelStore.version`), for writes also until the subject's taint changes, and never past the
-token's expiry. Denials are never cached: each one reaches the monitor and its log.
+What the sandbox may reach is decided by the monitor's containment rules (`ifc.monitor.containment`): this
+adapter only collects the facts they need — a symlink's target and which names on its way are symlinks, the
+names of a multi-link file (all inside the workspace or not), the xattr's name, the node type of a mknod — and
+sends them with the request (`Request.facts`). Hard links found on disk share one label through
+`Monitor.share_label`; labels a failed operation moved are put back through `Monitor.restore_labels`. This
+module never touches the label store or the event log.
+
+No decision cache here: every open asks the monitor, whose own fast path answers repeats (and knows about
+token expiry and revocation, label changes and taint).
 """
 
 from __future__ import annotations
@@ -35,15 +39,15 @@ import errno
 import logging
 import os
 import stat as stat_mod
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 from ifc.enforce.identity import Caller, Identities
 from ifc.monitor import Monitor, Request
+from ifc.monitor.containment import Facts, symlink_walk, xattr_namespace
 
 log = logging.getLogger("ifc.enforce.fs")
 
@@ -56,9 +60,10 @@ OPS: dict[str, tuple[str, ...]] = {
     "chmod": ("chmod",), "chown": ("chmod",), "utimens": ("chmod",), "truncate": ("write",),
     "setxattr": ("write",), "removexattr": ("write",), "fallocate": ("write",), "write": ("write",),
 }
-# POSIX answers EPERM, not EACCES, when a metadata change is not permitted (chmod(2), chown(2), utimensat(2)).
+# POSIX answers EPERM, not EACCES, when a metadata change is not permitted (chmod(2), chown(2), utimensat(2)),
+# and so does the kernel for a device node or a guarded xattr namespace an unprivileged caller may not touch.
 EPERM_OPS = frozenset({"chmod"})
-CACHEABLE = frozenset({"read", "exec", "write"})
+EPERM_RULES = frozenset({"containment: device", "containment: xattr"})
 
 FMODE_EXEC = 0x20  # the kernel's __FMODE_EXEC, passed to FUSE in the open flags of an execve
 _OPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | FMODE_EXEC)
@@ -66,10 +71,6 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
-
-# Read-only system trees a symlink in the workspace may point into (a venv's `bin/python`).
-SYSTEM_PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(
-    ("/usr", "/bin", "/lib", "/lib64", "/sbin", "/opt", "/etc/alternatives", sys.base_prefix)))
 
 
 class Denied(OSError):
@@ -79,7 +80,7 @@ class Denied(OSError):
         super().__init__(code, message)
 
 
-# ------------------------------------------------------------------------------------------ containment
+# ------------------------------------------------------------------------------------------ the backing directory
 
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
@@ -180,19 +181,7 @@ def _dtype_mode(entry: os.DirEntry) -> int:
     return 0  # other types: the kernel asks getattr
 
 
-def _inside(path: str, prefix: str) -> bool:
-    prefix = prefix.rstrip("/") or "/"
-    return path == prefix or path.startswith(prefix + "/") or prefix == "/"
-
-
-# ------------------------------------------------------------------------------------------ the cache
-
-@dataclass(slots=True)
-class _Entry:
-    version: int
-    taint: object  # the subject's taint when decided (checked for writes)
-    expires: float
-
+# ------------------------------------------------------------------------------------------ descriptors
 
 @dataclass(slots=True)
 class _Handle:
@@ -206,7 +195,6 @@ class _Handle:
 @dataclass
 class Stats:
     decisions: int = 0
-    cache_hits: int = 0
     denials: int = 0
     write_redecisions: int = 0
     errors: int = 0
@@ -218,7 +206,9 @@ class EnforcingFS:
     """FUSE operations (fusepy/mfusepy API) over `root`, each decided by `monitor` (None: bare passthrough).
 
     `context` returns (uid, gid, tid) of the current request (the library's `fuse_get_context`);
-    `mountpoint` lets symlinks pointing back into the mount through.
+    `mountpoint` is where the sandbox sees the workspace (a symlink pointing back into it stays inside).
+    Without a monitor it is a bare passthrough (the benchmarks' baseline): no decisions, containment rules
+    included; the daemon itself still never leaves the backing directory.
     """
 
     use_ns = True  # times as integer nanoseconds
@@ -226,21 +216,14 @@ class EnforcingFS:
     flag_utime_omit_ok = True  # libfuse2: utimens understands UTIME_OMIT and UTIME_NOW
 
     def __init__(self, root: str, monitor: Monitor | None = None, *, identities: Identities | None = None,
-                 context: Callable[[], tuple[int, int, int]] | None = None, mountpoint: str | None = None,
-                 system_prefixes: Iterable[str] = SYSTEM_PREFIXES, cache: bool = True,
-                 clock: Callable[[], float] = time.time):
+                 context: Callable[[], tuple[int, int, int]] | None = None, mountpoint: str | None = None):
         self.backing = Backing(root)
         self.root = self.backing.root
         self.monitor = monitor
         self.identities = identities or Identities()
         self.context = context or (lambda: (os.getuid(), os.getgid(), 0))
         self.mountpoint = os.path.realpath(mountpoint) if mountpoint else None
-        self.system_prefixes = tuple(os.path.normpath(p) for p in system_prefixes)
-        self.clock = clock
-        self.cache_enabled = bool(cache and monitor is not None)
-        self._cache: dict[tuple, _Entry] = {}
         self._handles: dict[int, _Handle] = {}
-        self._token_expiry: dict[str, float] = {}
         self._known_links: set[tuple[int, int]] = set()
         self._outside_links: dict[tuple[int, int], tuple[int, int]] = {}
         self._link_lock = threading.Lock()
@@ -252,82 +235,36 @@ class EnforcingFS:
     def _caller(self) -> Caller:
         return self.identities.caller(self.context()[2])
 
-    def _check(self, caller: Caller, op: str, target: str, dest: str | None = None) -> None:
-        """Ask the monitor (or the cache) whether `caller` may do `op`; raise `Denied` if not."""
+    def _request(self, caller: Caller, op: str, target: str, dest: str | None = None,
+                 facts: Facts | None = None) -> Request:
+        # the command line is read only if the monitor records an event (a denial, a label change)
+        return Request(op, target, subject=caller.subject, dest=dest, token=caller.token, parent=caller.parent,
+                       pid=caller.pid or None, cmdline=partial(self.identities.cmdline, caller.pid), facts=facts)
+
+    def _check(self, caller: Caller, op: str, target: str, dest: str | None = None,
+               facts: Facts | None = None) -> None:
+        """Ask the monitor whether `caller` may do `op`; raise `Denied` (its errno) if not."""
         monitor = self.monitor
         if monitor is None:
             return
-        key = None
-        if self.cache_enabled and op in CACHEABLE:
-            key = (caller.subject, caller.token, op, target)
-            entry = self._cache.get(key)
-            if entry is not None and entry.version == monitor.labels.version and self.clock() < entry.expires:
-                if op != "write":
-                    self.stats.cache_hits += 1
-                    return
-                state = monitor.subjects.get(caller.subject)
-                if state is not None and state.taint == entry.taint:
-                    self.stats.cache_hits += 1
-                    return
-        version = monitor.labels.version
-        state = monitor.subjects.get(caller.subject)
-        taint = state.taint if state is not None else None
         try:
-            # the command line is read only if the monitor records an event (a denial, a label change)
-            decision = monitor.decide(Request(op, target, subject=caller.subject, dest=dest, token=caller.token,
-                                              parent=caller.parent, pid=caller.pid or None,
-                                              cmdline=partial(self.identities.cmdline, caller.pid)))
+            decision = monitor.decide(self._request(caller, op, target, dest, facts))
         except Exception as exc:  # decide never raises; if it ever does, deny
             self._error(caller, op, target, exc)
             raise Denied(errno.EACCES, "monitor error") from None
         self.stats.decisions += 1
         if not decision.allowed:
             self.stats.denials += 1
-            raise Denied(errno.EPERM if op in EPERM_OPS else errno.EACCES, decision.reason)
-        if key is not None:
-            if op == "write" and taint is None:
-                return  # a brand-new subject: decide again next time, with its state known
-            self._cache[key] = _Entry(version, taint, self._expiry(caller.token))
-
-    def _expiry(self, token: str | None) -> float:
-        if token is None:
-            return float("inf")
-        expires = self._token_expiry.get(token)
-        if expires is None:
-            expires = 0.0
-            verifier = self.monitor.verifier if self.monitor is not None else None
-            if verifier is not None:
-                try:
-                    expires = float(verifier.verify(token, now=self.clock()).expires)
-                except Exception:  # an invalid token: never cached (the monitor denies it every time)
-                    expires = 0.0
-            self._token_expiry[token] = expires
-        return expires
-
-    def _refuse(self, caller: Caller | None, op: str, target: str, reason: str, code: int = errno.EACCES):
-        """Deny at the adapter (containment, not a flow question) and log it like a monitor denial."""
-        self.stats.denials += 1
-        caller = caller or self._caller()
-        log.info("denied %s %s for %s (pid %s): %s", op, target, caller.subject, caller.pid, reason)
-        monitor = self.monitor
-        if monitor is not None and monitor.log is not None:
-            try:
-                monitor.log.record(kind="deny", subject=caller.subject, op=op, target=target, allowed=False,
-                                   reason=reason, rule="fs: containment", pid=caller.pid or None,
-                                   cmdline=self.identities.cmdline(caller.pid))
-            except Exception as exc:
-                log.error("cannot log a denial: %s", exc)
-        raise Denied(code, reason)
+            log.info("denied %s %s for %s (pid %s): %s", op, target, caller.subject, caller.pid, decision.reason)
+            code = errno.EPERM if op in EPERM_OPS or decision.rule in EPERM_RULES else errno.EACCES
+            raise Denied(code, decision.reason)
 
     def _error(self, caller: Caller | None, op: str, target: str, exc: BaseException) -> None:
         self.stats.errors += 1
         log.exception("internal error on %s %s, denied", op, target, exc_info=exc)
-        monitor = self.monitor
-        if monitor is not None and monitor.log is not None:
-            with contextlib.suppress(Exception):
-                monitor.log.record(kind="error", subject=caller.subject if caller else "?", op=op, target=target,
-                                   allowed=False, reason=f"internal error in the filesystem, denied: "
-                                   f"{type(exc).__name__}: {exc}", pid=caller.pid if caller else None)
+        if self.monitor is not None:
+            request = Request(op, target, subject="?") if caller is None else self._request(caller, op, target)
+            self.monitor.error(request, f"internal error in the filesystem, denied: {type(exc).__name__}: {exc}")
 
     def _guard(self, op: str, path: str | None, fn: Callable[[], object]):
         """Run an operation; OSErrors pass through as errnos, anything else is logged and denied."""
@@ -379,9 +316,7 @@ class EnforcingFS:
     def readlink(self, path):
         rel = self.backing.relative(path)
         target = self.backing.at(rel, lambda d, n: os.readlink(n, dir_fd=d))
-        problem = self._symlink_problem(rel, target)
-        if problem:
-            self._refuse(None, "readlink", rel, problem)
+        self._decide("readlink", rel, facts=self._symlink_facts(rel, target))
         return target
 
     # ------------------------------------------------------------------------------------ open, read, write
@@ -405,10 +340,13 @@ class EnforcingFS:
             if self.monitor is not None:
                 st = os.fstat(fd)
                 if st.st_nlink > 1 and stat_mod.S_ISREG(st.st_mode):
-                    self._check_links(caller, rel, st, ops)
+                    links = self._guard("open", rel, lambda: self._hard_links(caller, rel, st))
+                    if links != "known":  # labels were shared (they may have risen), or names lie outside
+                        facts = Facts(outside_links=True) if links == "outside" else None
+                        for op in ops or ("read",):
+                            self._guard("open", rel, lambda op=op: self._check(caller, op, rel, facts=facts))
                 if "write" in ops:
-                    state = self.monitor.subjects.get(caller.subject)
-                    self._handles[fd] = _Handle(caller, rel, state.taint if state is not None else None)
+                    self._handles[fd] = _Handle(caller, rel, self.monitor.taint_of(caller.subject))
         except BaseException:
             os.close(fd)
             raise
@@ -426,8 +364,7 @@ class EnforcingFS:
                                | (flags & os.O_EXCL), mode)
         self._chown_new(lambda uid, gid: os.fchown(fd, uid, gid))
         if caller is not None:
-            state = self.monitor.subjects.get(caller.subject)
-            self._handles[fd] = _Handle(caller, rel, state.taint if state is not None else None)
+            self._handles[fd] = _Handle(caller, rel, self.monitor.taint_of(caller.subject))
         return fd
 
     def read(self, path, size, offset, fh):
@@ -437,17 +374,16 @@ class EnforcingFS:
         handle = self._handles.get(fh)
         if handle is None or self.monitor is None:
             return
-        state = self.monitor.subjects.get(handle.caller.subject)
-        if state is not None and state.taint == handle.taint:
+        taint = self.monitor.taint_of(handle.caller.subject)
+        if taint == handle.taint:
             rel = handle.path if path is None else self.backing.relative(path)
             if rel == handle.path:
                 return
         rel = handle.path if path is None else self.backing.relative(path)
         self.stats.write_redecisions += 1
         self._guard("write", rel, lambda: self._check(handle.caller, "write", rel))
-        state = self.monitor.subjects.get(handle.caller.subject)
         handle.path = rel
-        handle.taint = state.taint if state is not None else None
+        handle.taint = self.monitor.taint_of(handle.caller.subject)
 
     def write(self, path, data, offset, fh):
         self._write_check(path, fh)
@@ -492,16 +428,16 @@ class EnforcingFS:
         return 0
 
     # ------------------------------------------------------------------------------------ names
-    def _decide(self, op: str, rel: str, dest: str | None = None) -> Caller | None:
+    def _decide(self, op: str, rel: str, dest: str | None = None, facts: Facts | None = None) -> Caller | None:
         if self.monitor is None:
             return None
         caller = self._caller()
-        self._guard(op, rel, lambda: self._check(caller, op, rel, dest))
+        self._guard(op, rel, lambda: self._check(caller, op, rel, dest, facts))
         return caller
 
-    def _create_node(self, rel: str, make) -> int:
+    def _create_node(self, rel: str, make, facts: Facts | None = None) -> int:
         """Decide `create`, make the node with `make(dir_fd, name)`, and give it to the caller."""
-        self._decide("create", rel)
+        self._decide("create", rel, facts=facts)
 
         def made(d, n):
             make(d, n)
@@ -515,47 +451,36 @@ class EnforcingFS:
 
     def mknod(self, path, mode, dev):
         rel = self.backing.relative(path)
-        if not (stat_mod.S_ISREG(mode) or stat_mod.S_ISFIFO(mode) or stat_mod.S_ISSOCK(mode)):
-            self._refuse(None, "mknod", rel, "device nodes cannot be made in the workspace", errno.EPERM)
-        return self._create_node(rel, lambda d, n: os.mknod(n, mode, dev, dir_fd=d))
+        return self._create_node(rel, lambda d, n: os.mknod(n, mode, dev, dir_fd=d),
+                                 Facts(node_type=stat_mod.S_IFMT(mode)))
 
     def symlink(self, target, source):
         """`ln -s source target`: make `target` (a path in the mount) a symlink holding `source`."""
         rel = self.backing.relative(target)
-        problem = self._symlink_problem(rel, source)
-        if problem:
-            self._refuse(None, "symlink", rel, problem)
-        return self._create_node(rel, lambda d, n: os.symlink(source, n, dir_fd=d))
+        return self._create_node(rel, lambda d, n: os.symlink(source, n, dir_fd=d), self._symlink_facts(rel, source))
 
-    def _restore(self, labels: dict[str, object]) -> None:
-        """After an operation the monitor allowed failed: put back any label it moved or dropped.
-
-        Labels only go up, so this is conservative: a name keeps at least the label it had before."""
-        if self.monitor is None:
-            return
-        store = self.monitor.labels
-        for name, label in labels.items():
-            if label is not None:
-                current = store.get(name)
-                store.raise_to(name, label if current is None else current.join(label))
-
-    def _snapshot(self, *names: str) -> dict[str, object]:
-        if self.monitor is None:
-            return {}
-        return {n: self.monitor.labels.get(n) for n in names}
+    def _undoable(self, op: str, rel: str, dest: str | None, apply: Callable[[], object],
+                  facts: Facts | None = None) -> None:
+        """Decide `op` on `rel` (→ `dest`), then `apply` it on disk; if that fails, the monitor puts back the
+        labels its decision moved or dropped (labels only go up: a name keeps at least what it had)."""
+        monitor = self.monitor
+        names = (rel,) if dest is None else (rel, dest)
+        saved = self._guard(op, rel, lambda: monitor.stored_labels(*names)) if monitor is not None else {}
+        caller = self._decide(op, rel, dest, facts)
+        try:
+            apply()
+        except OSError:
+            if caller is not None:
+                request = self._request(caller, op, rel, dest)
+                self._guard(op, rel, lambda: monitor.restore_labels(request, saved))
+            raise
 
     def unlink(self, path):
         rel = self.backing.relative(path)
         st = self.backing.lstat(rel)  # fail before the monitor forgets the name's label
         if stat_mod.S_ISDIR(st.st_mode):
             raise OSError(errno.EISDIR, "is a directory")
-        before = self._snapshot(rel)
-        self._decide("delete", rel)
-        try:
-            self.backing.at(rel, lambda d, n: os.unlink(n, dir_fd=d))
-        except OSError:
-            self._restore(before)
-            raise
+        self._undoable("delete", rel, None, lambda: self.backing.at(rel, lambda d, n: os.unlink(n, dir_fd=d)))
         return 0
 
     def rmdir(self, path):
@@ -566,13 +491,7 @@ class EnforcingFS:
                 raise OSError(errno.ENOTEMPTY, "directory not empty")
         finally:
             os.close(fd)
-        before = self._snapshot(rel)
-        self._decide("delete", rel)
-        try:
-            self.backing.at(rel, lambda d, n: os.rmdir(n, dir_fd=d))
-        except OSError:
-            self._restore(before)
-            raise
+        self._undoable("delete", rel, None, lambda: self.backing.at(rel, lambda d, n: os.rmdir(n, dir_fd=d)))
         return 0
 
     def rename(self, old, new, flags=0):
@@ -582,9 +501,8 @@ class EnforcingFS:
             # name at a time, so it is refused like on a filesystem without it (callers fall back)
             raise OSError(errno.EINVAL, "only RENAME_NOREPLACE is supported")
         self._rename_preflight(src, dst, flags)
-        before = self._snapshot(src, dst)
-        self._decide("rename", src, dst)
-        try:
+
+        def apply():
             sd, sn, sowned = self.backing.parent(src)
             try:
                 dd, dn, downed = self.backing.parent(dst)
@@ -599,9 +517,8 @@ class EnforcingFS:
             finally:
                 if sowned:
                     os.close(sd)
-        except OSError:
-            self._restore(before)
-            raise
+
+        self._undoable("rename", src, dst, apply)
         return 0
 
     def _rename_preflight(self, src: str, dst: str, flags: int) -> None:
@@ -641,21 +558,21 @@ class EnforcingFS:
             pass
         else:
             raise OSError(errno.EEXIST, "file exists")
+        facts = None
         if st.st_nlink > 1 and self.monitor is not None:
-            self._check_links(self._caller(), src, st, ())
-        before = self._snapshot(dst)
-        self._decide("link", src, dst)
-        try:
+            caller = self._caller()
+            if self._guard("link", src, lambda: self._hard_links(caller, src, st)) == "outside":
+                facts = Facts(outside_links=True)
+
+        def apply():
             sd, sn, sowned = self.backing.parent(src)
             try:
-                self.backing.at(dst, lambda d, n: os.link(sn, n, src_dir_fd=sd, dst_dir_fd=d,
-                                                          follow_symlinks=False))
+                self.backing.at(dst, lambda d, n: os.link(sn, n, src_dir_fd=sd, dst_dir_fd=d, follow_symlinks=False))
             finally:
                 if sowned:
                     os.close(sd)
-        except OSError:
-            self._restore(before)
-            raise
+
+        self._undoable("link", src, dst, apply, facts)
         with self._link_lock:
             self._known_links.add((st.st_dev, st.st_ino))
         return 0
@@ -701,13 +618,9 @@ class EnforcingFS:
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _xattr_class(name: str) -> str:
-        return name.split(".", 1)[0] if "." in name else ""
-
     def getxattr(self, path, name, position=0):
         rel = self.backing.relative(path)
-        if self._xattr_class(name) not in ("security", "system"):  # user.* (and trusted.*) carry data
+        if xattr_namespace(name) not in ("security", "system"):  # user.* (and trusted.*) carry data
             self._decide("read", rel)
         try:
             return self._xattr_path(rel, lambda p: os.getxattr(p, name))
@@ -725,82 +638,53 @@ class EnforcingFS:
                 return []
             raise
 
+    def _decide_xattr(self, rel: str, name: str) -> None:
+        # system.* (ACLs) change permissions; other namespaces carry data (the monitor refuses guarded ones)
+        self._decide("chmod" if xattr_namespace(name) == "system" else "write", rel, facts=Facts(xattr=name))
+
     def setxattr(self, path, name, value, options, position=0):
         rel = self.backing.relative(path)
-        kind = self._xattr_class(name)
-        if kind in ("security", "trusted"):
-            self._refuse(None, "setxattr", rel, f"`{kind}.*` attributes cannot be set in the workspace",
-                         errno.EPERM)
-        self._decide("chmod" if kind == "system" else "write", rel)
+        self._decide_xattr(rel, name)
         self._xattr_path(rel, lambda p: os.setxattr(p, name, value, options))
         return 0
 
     def removexattr(self, path, name):
         rel = self.backing.relative(path)
-        kind = self._xattr_class(name)
-        if kind in ("security", "trusted"):
-            self._refuse(None, "removexattr", rel, f"`{kind}.*` attributes cannot be changed in the workspace",
-                         errno.EPERM)
-        self._decide("chmod" if kind == "system" else "write", rel)
+        self._decide_xattr(rel, name)
         self._xattr_path(rel, lambda p: os.removexattr(p, name))
         return 0
 
-    # ------------------------------------------------------------------------------------ escapes
-    def _symlink_problem(self, rel: str, target: str) -> str | None:
-        """Why a symlink at `rel` holding `target` would lead out of the workspace, or None."""
-        if not target or "\0" in target:
-            return "empty symlink target"
-        if target.startswith("/"):
-            norm = os.path.normpath(target)
-            if _inside(norm, self.root):
-                return f"symlink to `{target}` points into the backing directory, around the monitor"
-            if self.mountpoint and _inside(norm, self.mountpoint):
-                return None
-            if any(_inside(norm, p) for p in self.system_prefixes if p != "/"):
-                return None
-            return f"symlink to `{target}` points outside the workspace"
-        parts = [p for p in rel.split("/")[:-1] if p]
-        walked_link = False
-        for part in target.split("/"):
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if not parts or walked_link:
-                    return f"symlink to `{target}` climbs out of the workspace"
-                parts.pop()
-                continue
-            parts.append(part)
-            if not walked_link:
-                with contextlib.suppress(OSError):
-                    walked_link = stat_mod.S_ISLNK(self.backing.lstat("/".join(parts)).st_mode)
-        return None
+    # ------------------------------------------------------------------------------------ containment facts
+    def _symlink_facts(self, rel: str, target: str) -> Facts:
+        """What the symlink rule needs: the target, which names on its way are symlinks, where the workspace
+        really is and where the sandbox sees it."""
+        on_walk = []
+        for name in symlink_walk(rel, target):
+            with contextlib.suppress(OSError):  # a name that is not there (or lies past a symlink) is no symlink
+                if stat_mod.S_ISLNK(self.backing.lstat(name).st_mode):
+                    on_walk.append(name)
+        return Facts(symlink_target=target, symlinks_on_walk=frozenset(on_walk), backing_root=self.root,
+                     mountpoint=self.mountpoint)
 
-    def _check_links(self, caller: Caller | None, rel: str, st: os.stat_result, ops: tuple[str, ...]) -> None:
-        """A file with several names: allow it only if every name is inside the workspace, and give the
-        monitor the join of their labels (the content is one, whichever name it is read by)."""
+    def _hard_links(self, caller: Caller, rel: str, st: os.stat_result) -> str:
+        """A file with several names: "known" (a group seen whole before), "shared" (every name was found
+        inside the workspace just now: the monitor gave them the join of their labels — the content is one,
+        whichever name reads it), or "outside" (some name is not in the workspace; the rule refuses it)."""
         key = (st.st_dev, st.st_ino)
         if key in self._known_links:
-            return
+            return "known"
         with self._link_lock:
             if key in self._known_links:
-                return
-            seen = self._outside_links.get(key)
-            if seen is None or seen != (st.st_nlink, st.st_ctime_ns):
-                names = self._names_of(st) if st.st_dev == self.backing.dev else []
-                if len(names) >= st.st_nlink:
-                    self._share_label(names)
-                    self._known_links.add(key)
-                    ok = True
-                else:
-                    self._outside_links[key] = (st.st_nlink, st.st_ctime_ns)
-                    ok = False
-            else:
-                ok = False
-        if not ok:
-            self._refuse(caller, ops[0] if ops else "link", rel,
-                         f"`{rel}` has hard links outside the workspace: its content is not the workspace's")
-        for op in ops:  # the labels may have risen: decide again
-            self._check(caller, op, rel)
+                return "known"
+            if self._outside_links.get(key) == (st.st_nlink, st.st_ctime_ns):
+                return "outside"  # seen with names outside, and no link made or removed since
+            names = self._names_of(st) if st.st_dev == self.backing.dev else []
+            if len(names) < st.st_nlink:
+                self._outside_links[key] = (st.st_nlink, st.st_ctime_ns)
+                return "outside"
+            self.monitor.share_label(self._request(caller, "link", rel), names)
+            self._known_links.add(key)
+            return "shared"
 
     def _names_of(self, st: os.stat_result) -> list[str]:
         """Every name of the inode inside the backing directory (a walk, only for unseen multi-link files)."""
@@ -817,27 +701,15 @@ class EnforcingFS:
             dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
         return names
 
-    def _share_label(self, names: list[str]) -> None:
-        monitor = self.monitor
-        if monitor is None or len(names) < 2:
-            return
-        joined = monitor.label_of(names[0])
-        for name in names[1:]:
-            joined = joined.join(monitor.label_of(name))
-        store = monitor.labels
-        store.raise_to(names[0], joined)
-        for name in names[1:]:
-            store.link(names[0], name)
-
     # ------------------------------------------------------------------------------------ lifecycle
     def init(self, path):
         self.mounted = True
 
     def destroy(self, path):
         self.identities.close()
-        if self.monitor is not None and self.monitor.log is not None:
+        if self.monitor is not None:
             try:
-                self.monitor.log.flush()
+                self.monitor.flush()
             except Exception as exc:
                 log.error("cannot flush the event log: %s", exc)
         return 0

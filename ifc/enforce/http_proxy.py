@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from ifc.enforce.egress import Client, Egress, Flow, StreamFront, Verdict, connect_checked, socket_of
 from ifc.enforce.secrets import SentinelWatch, StreamScrubber
 from ifc.enforce.tls import Termination, TlsFailure, TlsStream
-from ifc.match import PORT_SCHEMES, Endpoint
+from ifc.match import Endpoint
+from ifc.monitor.containment import connect_scheme
 
 log = logging.getLogger("ifc.egress.http")
 
@@ -656,18 +657,12 @@ class HttpProxy(StreamFront):
             await asyncio.wait_for(writer.drain(), limits.io_timeout)
 
     # ------------------------------------------------------------------------------------ CONNECT
-    def _raw_tcp_named(self, host: str, port: int) -> bool:
-        endpoint = Endpoint("tcp", host, port)
-        return any(p.scheme == "tcp" and p.matches(endpoint)
-                   for rule in self.egress.monitor.policy.endpoint_rules for p in rule.patterns)
-
     async def _connect(self, req: ProxyRequest, client: Client, reader, writer, flow: Flow) -> None:
         """A tunnel, blind or terminated: decided when it opens and again whenever the run's taint rises for
         as long as it is open (`flow` is cut, both sockets shut, when it is no longer cleared)."""
         limits = self.limits
-        raw = self._raw_tcp_named(req.host, req.port)
-        # a tunnel to a mail submission port is judged as mail (`smtp://`), whatever rides inside it
-        scheme = "tcp" if raw else ("smtp" if PORT_SCHEMES.get(req.port) == "smtp" else "https")
+        scheme = connect_scheme(self.egress.monitor.policy, req.host, req.port)
+        raw = scheme == "tcp"
         verdict = await self.egress.open(client, scheme, req.host, req.port, flow=flow)
         if not verdict.allowed:
             await self._deny(writer, verdict, close=True, version=req.version)

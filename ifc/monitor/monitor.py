@@ -1,6 +1,8 @@
 """The reference monitor: the one place a decision is made.
 
-`Monitor.decide(request)` asks two questions and both must say yes:
+`Monitor.decide(request)` first applies the containment rules (`ifc.monitor.containment`: symlinks, hard
+links, devices, xattrs, addresses — on the facts the enforcement point collected), then asks two questions
+and both must say yes:
 
   authority — does the subject's capability token (or, without one, its agent's grants) allow the
               operation on the object? The token block that refused is named.
@@ -35,6 +37,8 @@ from dataclasses import dataclass, field, replace
 from caps import TokenError
 from ifc.lang.lower import encode_string
 from ifc.match import Endpoint, PatternError, glob_literal, normalise_path
+from ifc.monitor import containment
+from ifc.monitor.containment import CONTAINMENT_OPS, Facts
 from ifc.monitor.events import EventLog
 from ifc.monitor.labelstore import LabelStore
 from ifc.monitor.provenance import Hop, ProvenanceGraph, draw, node
@@ -45,7 +49,7 @@ from ifc.policy.model import Agent, Policy
 FILE_OPS = ("read", "write", "create", "delete", "exec", "chmod")
 TWO_PATH_OPS = ("rename", "link")
 NET_OPS = ("connect", "dns", "send")
-ALL_OPS = (*FILE_OPS, *TWO_PATH_OPS, *NET_OPS)
+ALL_OPS = (*FILE_OPS, *TWO_PATH_OPS, *NET_OPS, *CONTAINMENT_OPS)
 _AUTHORITY_OP = {"chmod": "write", "rename": "write", "link": "create", "dns": "connect", "send": "connect"}
 
 
@@ -64,6 +68,8 @@ class Request:
     # the command behind the request, for the log: text, or a function reading it, called only when an event
     # is recorded (allows record none, and reading /proc/PID/cmdline for each one cost ~10 µs)
     cmdline: str | Callable[[], str | None] | None = None
+    # what the enforcement point saw on disk or on the network, for the containment rules
+    facts: Facts | None = None
 
 
 @dataclass
@@ -147,6 +153,8 @@ def _malformed(request: Request) -> str | None:
         return "`cmdline` must be text (or a function giving it)"
     if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
         return "`pid` must be a number"
+    if request.facts is not None and not isinstance(request.facts, Facts):
+        return "`facts` must be Facts"
     if "\x00" in target or "\x00" in subject:
         return "NUL byte"
     return None
@@ -237,7 +245,7 @@ class Monitor:
                     state = self.subject(request.subject, request.parent)
                 taint = state.taint  # by its parts: a Label (a dataclass) would hash and compare in Python
                 key = (request.subject, taint.secrecy, taint.integrity, request.op, request.target, request.dest,
-                       request.token, self.labels.version)
+                       request.token, self.labels.version, request.facts)
                 hit = self._fast.get(key)
                 if hit is not None:
                     cached, edges, validity = hit
@@ -301,7 +309,7 @@ class Monitor:
         if op not in ALL_OPS:
             return Decision(allowed=False, reason=f"unknown operation `{op}`", **base)
         dest = None
-        if op in FILE_OPS or op in TWO_PATH_OPS:
+        if op in FILE_OPS or op in TWO_PATH_OPS or op == "readlink":
             try:
                 target = normalise_path(target)
                 dest = normalise_path(req.dest) if op in TWO_PATH_OPS else None
@@ -314,7 +322,7 @@ class Monitor:
             base["target"] = target if dest is None else f"{target} -> {dest}"
         endpoint = None
         secret_name = None
-        if op in NET_OPS:
+        if op in NET_OPS or op == "resolve":
             text = target
             if op == "send":
                 secret_name, _, text = target.partition("@")
@@ -322,8 +330,16 @@ class Monitor:
                 endpoint = Endpoint.parse(text) if op != "dns" else None
             except PatternError as exc:
                 return Decision(allowed=False, reason=f"bad endpoint: {exc.message}", **base)
-            if endpoint is not None and op == "connect":
+            if endpoint is not None and op in ("connect", "resolve"):
                 base["target"] = str(endpoint)
+
+        # containment: is the object inside the sandbox's world at all? -----------------------------
+        refusal = containment.check(self.policy, op, target, endpoint, req.facts)
+        if refusal is not None:
+            return Decision(allowed=False, reason=refusal.reason, rule=refusal.rule,
+                            tainted_by=self._provenance(state), **base)
+        if op in CONTAINMENT_OPS:
+            return Decision(allowed=True, reason="inside the sandbox's world", rule="containment", **base)
 
         # authority ------------------------------------------------------------------------------
         verified, denied = self._authority(req, op, target, dest, endpoint)
@@ -744,6 +760,71 @@ class Monitor:
             taint_after=decision.taint_after, token_id=decision.token_id, token_block=decision.token_block, pid=req.pid,
             cmdline=_cmdline(req), path=[[h.source, h.op, h.target] for h in decision.path], fix=decision.fix)
         return replace(decision, event=event)
+
+    # ------------------------------------------------------------------------------------ adapter effects
+    # What an enforcement point needs beyond `decide`: refusals that are no decision (a request it could not
+    # parse, a stream it cut), its own failures, and label changes it observed on disk. Each goes through
+    # here, so the monitor alone writes the log and the label store (docs/architecture.md).
+
+    def refuse(self, request: Request, reason: str, rule: str) -> Decision:
+        """Log a refusal the enforcement point made without asking (it is not a policy question), like a denial."""
+        with self._lock:
+            self.steps += 1
+            return self._log_safely(request, Decision(self.steps, request.op, request.target, False, reason,
+                                                      rule=rule, subject=request.subject))
+
+    def error(self, request: Request, reason: str) -> None:
+        """Log that an enforcement point failed while serving `request` (it denies). Never raises: the
+        enforcement point is already failing closed, and a log that cannot take this cannot take more."""
+        with self._lock:
+            if self.log is not None:
+                with contextlib.suppress(Exception):
+                    self.log.record(kind="error", subject=request.subject, op=request.op, target=request.target,
+                                    allowed=False, reason=reason, pid=request.pid)
+
+    def flush(self) -> None:
+        if self.log is not None:
+            self.log.flush()
+
+    def taint_of(self, subject: str) -> Label:
+        """The taint `subject` decides with now — the run's, whoever asks: writes through an open descriptor
+        are decided again when it moved."""
+        return self.run.taint
+
+    def stored_labels(self, *paths: str) -> dict[str, Label | None]:
+        """The floated labels of `paths`, to give to `restore_labels` if the operation then fails on disk."""
+        with self._lock:
+            return {path: self.labels.get(path) for path in paths}
+
+    def restore_labels(self, request: Request, saved: dict[str, Label | None]) -> None:
+        """An operation the monitor allowed (and applied) failed on disk: raise each name back to at least the
+        label it had. Labels only go up, so this is conservative and never launders."""
+        with self._lock:
+            for path, label in saved.items():
+                if label is None:
+                    continue
+                current = self.labels.get(path)
+                self.labels.raise_to(path, label if current is None else current.join(label))
+                self._label_event(request, path, self.label_of(path), f"restored: the {request.op} failed")
+
+    def share_label(self, request: Request, paths: list[str]) -> None:
+        """Names found on disk to be hard links of one file: the content is one whichever name reads it, so
+        every name gets the join of their labels, and the store links them so a later raise is shared."""
+        if len(paths) < 2:
+            return
+        with self._lock:
+            before = {path: self.label_of(path) for path in paths}
+            joined = before[paths[0]]
+            for label in before.values():
+                joined = joined.join(label)
+            self.labels.raise_to(paths[0], joined)
+            for path in paths[1:]:
+                self.labels.link(paths[0], path)
+                if self.labels.get(path) is None or not joined.flows_to(self.labels.get(path)):
+                    self.labels.raise_to(path, joined)  # a name with its own object keeps it, raised
+            for path in paths:
+                if self.label_of(path) != before[path]:
+                    self._label_event(request, path, self.label_of(path), f"hard links of one file: {', '.join(paths)}")
 
     def close(self) -> None:
         if self.log is not None:

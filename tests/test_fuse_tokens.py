@@ -1,0 +1,92 @@
+"""A token that stops being valid mid-mount stops working at the next open: the filesystem keeps no decision
+of its own, and the monitor's fast path knows about expiry and revocation (real mounts, policies/default.flow)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from fuse_support import POLICY, REAL_MOUNTS, ROOT
+
+import caps
+from ifc.enforce.mount import Daemon, is_stale, mounted_at
+from ifc.monitor.events import open_readonly, read_events
+
+pytestmark = REAL_MOUNTS
+
+
+@pytest.fixture
+def base():
+    path = tempfile.mkdtemp(prefix="ifc-tokens-", dir="/dev/shm")
+    for name in ("ws", "mnt", "run"):
+        os.makedirs(os.path.join(path, name))
+    Path(path, "ws", "notes.txt").write_text("notes\n")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def denials(run: str) -> list:
+    db = open_readonly(Path(run, "events.db"))
+    try:
+        return list(read_events(db, "deny"))
+    finally:
+        db.close()
+
+
+def _read_refused(path: str) -> None:
+    with pytest.raises(PermissionError) as info:
+        Path(path).read_text()
+    assert info.value.errno == errno.EACCES
+
+
+def test_an_expired_session_token_stops_the_next_read(base):
+    host = caps.HostKey.generate()
+    caps.write_key(os.path.join(base, "host.key"), host)
+    expires = int(time.time()) + 4
+    token = caps.mint(host, rights=["read **"], audience="run-expiry", expires=expires)
+    mnt, run = os.path.join(base, "mnt"), os.path.join(base, "run")
+    daemon = Daemon(["--policy", str(POLICY), "--token", token, "--key", os.path.join(base, "host.key.pub"),
+                     "--audience", "run-expiry", "--run-dir", run, os.path.join(base, "ws"), mnt], mnt,
+                    log_path=os.path.join(base, "daemon.log"))
+    try:
+        notes = os.path.join(mnt, "notes.txt")
+        assert Path(notes).read_text() == "notes\n"
+        assert Path(notes).read_text() == "notes\n"  # a repeat: the answer the monitor's fast path keeps
+        time.sleep(max(0.0, expires - time.time()) + 0.5)
+        _read_refused(notes)
+    finally:
+        assert daemon.stop() == 0
+    assert any(e.target == "notes.txt" and "expired" in e.reason for e in denials(run))
+
+
+def test_a_revoked_session_token_stops_the_next_read(base):
+    mnt, run = os.path.join(base, "mnt"), os.path.join(base, "run")
+    with open(os.path.join(base, "daemon.log"), "wb") as err:
+        child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "revocable_mount.py"),
+                                  os.path.join(base, "ws"), mnt, run], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=err, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 60
+        while not (mounted_at(mnt) or "").startswith("fuse") or is_stale(mnt):
+            assert child.poll() is None and time.monotonic() < deadline, Path(base, "daemon.log").read_text()
+            time.sleep(0.02)
+        notes = os.path.join(mnt, "notes.txt")
+        assert Path(notes).read_text() == "notes\n"
+        assert Path(notes).read_text() == "notes\n"
+        child.stdin.write("revoke\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "revoked"
+        _read_refused(notes)
+    finally:
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(30) == 0
+    assert mounted_at(mnt) is None
+    assert any(e.target == "notes.txt" and "revoked" in e.reason for e in denials(run))
