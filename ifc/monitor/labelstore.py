@@ -141,6 +141,10 @@ class LabelStore:
                 oid = self._adopt(path)
             return None if oid is None else self._objects.get(oid)
 
+    def object_of(self, path: str) -> int | None:
+        """The object `path` names (names of one object share its label and its history)."""
+        return self._names.get(path)
+
     def snapshot(self) -> dict[str, Label]:
         with self._lock:
             self._sync()
