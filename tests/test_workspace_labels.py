@@ -277,3 +277,78 @@ def test_ifc_labels_on_a_workspace_without_labels(ws):
     proc = _ifc("labels", str(ws))
     assert proc.returncode == 0 and "no floated labels" in proc.stdout
     assert _ifc("labels", str(ws / "missing")).returncode == 2
+
+
+# ------------------------------------------------------------------------------------------ across runs
+def _namespace_skip() -> str | None:
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        return "ifc run needs root and /dev/fuse"
+    probe = subprocess.run(["unshare", "--mount", "--pid", "--net", "--user", "--fork", "true"], capture_output=True)
+    return "cannot create namespaces" if probe.returncode else None
+
+
+RUN_A = """cat .env | base64 > encoded.txt
+cp .env copy.tmp && mv copy.tmp moved.txt
+python3 -c "
+import mmap
+with open('mapped.bin', 'r+b') as f:
+    m = mmap.mmap(f.fileno(), 64)
+    m[0:17] = open('.env', 'rb').read()[:17]
+    m.flush()
+    m.close()
+"
+echo done"""
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(_namespace_skip() is not None, reason=str(_namespace_skip()))
+def test_labels_floated_in_one_run_hold_in_the_next(tmp_path):
+    """Run A reads `.env` and launders it three ways into workspace files. Run B, with ANOTHER fresh run dir,
+    reads each: the run is tainted and the proxy refuses to send, naming the file. Renames and hard links
+    made on the host between runs keep the label; `ifc labels` says why; `--lower` takes effect next run."""
+    import sandbox_cases
+
+    ws = sandbox_cases.agent_workspace(tmp_path, {".env": "API_KEY=sk-secret\n", "notes.md": "hello\n",
+                                                  "mapped.bin": "\0" * 64})
+    with sandbox_cases.serving() as port:
+        policy = tmp_path / "policy.flow"
+        policy.write_text(sandbox_cases.TAINT_POLICY.format(port=port, agent=""))
+
+        def run(name: str, script: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "ifc", "run", "--isolation", "namespace", "--policy", str(policy),
+                 "--workspace", str(ws), "--run-dir", str(tmp_path / name), "--agent", "none", "--egress", "--",
+                 "sh", "-c", script], cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                timeout=120)
+
+        def send_after_reading(name: str, path: str) -> list[str]:
+            fetch = f"curl -s --noproxy '' -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/"
+            proc = run(name, f"before=$({fetch}); cat {path} >/dev/null; after=$({fetch}); echo $before $after")
+            return proc.stdout.split() or [proc.stderr]
+
+        first = run("run-a", RUN_A)
+        assert first.stdout.split() == ["done"], first.stdout + first.stderr
+        assert (ws / "mapped.bin").read_bytes().startswith(b"API_KEY=sk-secret")
+        assert send_after_reading("run-control", "notes.md") == ["200", "200"], "an unlabelled file does not taint"
+        for n, path in enumerate(["encoded.txt", "moved.txt", "mapped.bin"]):
+            assert send_after_reading(f"run-b{n}", path) == ["200", "403"], path
+            db = sqlite3.connect(tmp_path / f"run-b{n}" / "events.db")
+            denied = db.execute("SELECT op, path FROM events WHERE kind = 'deny'").fetchall()
+            assert any(op == "connect" and path in (why or "") for op, why in denied), (path, denied)
+        # renamed and hard-linked on the host, between runs
+        os.rename(ws / "moved.txt", ws / "renamed-on-host.txt")
+        os.link(ws / "encoded.txt", ws / "linked-on-host.txt")
+        assert send_after_reading("run-c0", "renamed-on-host.txt") == ["200", "403"]
+        assert send_after_reading("run-c1", "linked-on-host.txt") == ["200", "403"]
+
+        listed = json.loads(_ifc("labels", str(ws), "--format", "json").stdout)
+        why = {e["path"]: e["why"] for e in listed["labels"]}
+        raised = why["encoded.txt"][0]
+        assert raised["run"] == str(tmp_path / "run-a") and ".env" in raised["source"], raised
+        assert raised["subject"] == "session" and raised["command"], raised
+        assert any(c["kind"] == "adopt" for c in why["renamed-on-host.txt"]), why
+        lowered = _ifc("labels", str(ws), "--lower", "encoded.txt", "--to", "internal", "--reason",
+                       "the key was rotated")
+        assert lowered.returncode == 0, lowered.stderr
+        assert "the key was rotated" in _ifc("labels", str(ws)).stdout
+        assert send_after_reading("run-d", "encoded.txt") == ["200", "200"], "a declassification holds next run"
