@@ -186,6 +186,11 @@ class LabelStore:
         """Move the name; the object (and its label) goes with it. Renaming over a file drops that name.
 
         Renaming a name onto itself, or onto another name of the same object, changes nothing (POSIX)."""
+        with self._lock:
+            self._sync()
+            if src not in self._names and dst not in self._names \
+                    and not any(p.startswith(src + "/") for p in self._names):
+                return  # nothing labelled moves: no transaction (most renames in a workspace)
         with self._lock, self._transaction():
             if src == dst or (src in self._names and self._names.get(dst) == self._names[src]):
                 return
