@@ -46,7 +46,13 @@ def make_workspace(base: str) -> tuple[str, str]:
 
 
 def labels(run: str) -> dict[str, str]:
-    db = sqlite3.connect(Path(run, "labels.db").resolve().as_uri() + "?mode=ro", uri=True)
+    """Floated labels of the run's workspace, from the store the run's log names (the workspace's own)."""
+    log = open_readonly(Path(run, "events.db"))
+    try:
+        store = dict(log.execute("SELECT key, value FROM meta"))["labels"]
+    finally:
+        log.close()
+    db = sqlite3.connect(Path(store).resolve().as_uri() + "?mode=ro", uri=True)
     try:
         return {path: secrecy for path, secrecy in db.execute(
             "SELECT names.path, objects.secrecy FROM names JOIN objects ON names.object = objects.id")}

@@ -5,7 +5,7 @@ What `run()` does, in order (each helper is a child that dies with this process,
 1. **A private mount namespace** for this process (`unshare(CLONE_NEWNS)`, mounts made private): the FUSE
    mount and the read-only bind of `/usr` exist only inside it, so when every process of the run is gone —
    even after `kill -9` of `ifc run` — the kernel drops them; the host never sees a stale mount.
-2. **The FUSE daemon** (`python -m ifc mount`, the same Monitor / EventLog / LabelStore in the run dir)
+2. **The FUSE daemon** (`python -m ifc mount`, the same Monitor / EventLog in the run dir, the workspace's LabelStore)
    serves the workspace at `RUN_DIR/mnt`.
 3. **Two virtiofsd**: one exports a read-only bind of the host's `/usr` (cache=always), one exports the FUSE
    mount (cache=none: every open and attribute reaches the monitor's mount).

@@ -3,7 +3,8 @@ through the enforcement filesystem, every operation decided by the reference mon
 
 Foreground by default: Ctrl-C (SIGINT) or SIGTERM unmounts cleanly and exits 0. `--background` returns
 once the mount is up, the daemon logging to RUN_DIR/mount.log. The run directory receives the event
-log (`events.db`, for `ifc report`), the label store (`labels.db`) and a copy of the policy.
+log (`events.db`, for `ifc report`) and a copy of the policy. Floated labels are the workspace's, not the
+run's: they live in the user's state directory (`ifc labels SRC` lists them) and carry over to later runs.
 
 A process started with `IFC_TOKEN=<token>` in its environment is a subject of its own that presents
 that token; everything else is the session, which presents `--token` (or, without one, acts under the
@@ -49,7 +50,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audience", metavar="A", help="the audience tokens must name (default: the run dir's name)")
     p.add_argument("--agent", metavar="NAME",
                    help="whose grants apply without a token (default: the policy's first agent; `none`: flows only)")
-    p.add_argument("--run-dir", metavar="DIR", help="event log and label store (default: a new temporary directory)")
+    p.add_argument("--run-dir", metavar="DIR", help="the event log (default: a new temporary directory)")
     p.add_argument("--fuse", default=None, metavar="BINDING",
                    help="mfusepy3 (default), mfusepy2 or fusepy")
     p.add_argument("--background", action="store_true", help="return once mounted; the daemon keeps serving")
@@ -113,20 +114,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: str):
-    from ifc.monitor import EventLog, LabelStore, Monitor
+    from ifc.monitor import EventLog, Monitor
+    from ifc.monitor.labelstore import LabelStoreError
+    from ifc.monitor.workspace_store import open_store
 
     policy, agent = load_policy_and_agent(args.policy, args.agent)
     token = read_token(args.token) if args.token else None
     audience = args.audience or run_dir.name
     verifier = token_verifier(args.key, audience, required=token is not None)
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:  # the workspace's labels: what earlier runs floated stays floated
+        labels = open_store(source, run=str(run_dir))
+        labels.set_meta(policy=os.path.realpath(args.policy))
+    except LabelStoreError as exc:
+        raise Usage(str(exc)) from None
     log = EventLog(run_dir / "events.db")
     log.set_meta(policy=args.policy, policy_digest=policy.digest, agent=agent.name if agent else "",
                  source="ifc mount", workspace=source, mountpoint=mountpoint, audience=audience,
-                 started=str(time.time()))
+                 started=str(time.time()), labels=str(labels.path))
     (run_dir / "policy.flow").write_text(Path(args.policy).read_text(encoding="utf-8"), encoding="utf-8")
-    monitor = Monitor(policy, agent=agent, verifier=verifier, labels=LabelStore(run_dir / "labels.db"),
-                      log=log, policy_path=args.policy, audience=audience)
+    monitor = Monitor(policy, agent=agent, verifier=verifier, labels=labels, log=log, policy_path=args.policy,
+                      audience=audience)
     return monitor, token
 
 

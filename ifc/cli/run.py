@@ -5,7 +5,8 @@ the egress hook (`--egress`) or a proxy given with `--proxy` (none by default).
 CMD sees the host's /usr read-only, a fresh /etc and home, tmpfs elsewhere, and DIR at /workspace; it runs
 there as an unprivileged user (the workspace's owner, or uid 1000). Its output comes back on this terminal
 and its exit status is `ifc run`'s. The run directory receives the policy copy, the event log
-(`events.db`), the label store and the helpers' logs; `ifc report RUN_DIR` reads it.
+(`events.db`) and the helpers' logs; `ifc report RUN_DIR` reads it. Labels floated by writes are the
+workspace's (`ifc labels DIR`), so they hold in later runs whatever their run dir.
 
 Isolation: `microvm` (the default) boots a QEMU microVM (needs QEMU and a guest image, `ifc vm build`);
 `namespace` runs CMD in Linux mount, PID, network, UTS, IPC and user namespaces on the host's kernel, for

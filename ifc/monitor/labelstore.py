@@ -2,116 +2,390 @@
 
 The policy gives every path a base label; a write by a tainted subject raises the written object's
 label (copying `.env` into `notes.txt` makes `notes.txt` secret). That raise belongs to the content,
-not the name: renaming the file carries it, a hard link shares it, and it survives across runs when the
-store is a file (SQLite). Labels only go up here; nothing but deleting the last name forgets one.
+not the name: renaming the file carries it, a hard link shares it, and it survives across runs because
+the store is the *workspace's* (see `ifc.monitor.workspace_store`), not the run's.
+
+Labels only go up here, with two exceptions a person makes: deleting the last name of a file, and
+`lower` (a declassification by hand, `ifc labels --lower`), which is recorded with who, when and why.
+
+Crash safety: every change is one SQLite transaction, so a `kill -9` at any point leaves the store as it
+was before the change or after it, never in between (a name without its object would read as unlabelled).
+A raise joins with what the *database* holds inside the transaction, so two runs raising the same object
+at once never lower each other's raise. Other processes' commits are picked up on the next lookup
+(`PRAGMA data_version`).
+
+Renames and links made outside the sandbox (by the owner, between runs) are not seen by the monitor, so
+each object also remembers the backing file's (device, inode): a name the store does not know whose inode
+belongs to a labelled object is adopted into it. A reused inode can over-label a new file; that is the
+safe direction, and `ifc labels --lower` undoes it.
 
 `version` counts changes, so a decision that depended on labels can be cached exactly until it moves.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ifc.policy.labels import Label
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS names (path TEXT PRIMARY KEY, object INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS objects (id INTEGER PRIMARY KEY, secrecy TEXT NOT NULL, integrity INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (id INTEGER PRIMARY KEY, secrecy TEXT NOT NULL, integrity INTEGER NOT NULL,
+                                    dev INTEGER, ino INTEGER);
+CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL,
+                                    object INTEGER, path TEXT NOT NULL, old TEXT, new TEXT, label TEXT,
+                                    run TEXT, subject TEXT, command TEXT, source TEXT, who TEXT, reason TEXT);
+CREATE INDEX IF NOT EXISTS history_object ON history (object);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+BUSY_TIMEOUT_MS = 30_000  # another run's transaction is milliseconds; waiting beats failing a write
+
+
+class LabelStoreError(Exception):
+    """The store cannot be opened or a change cannot be made (the caller fails closed)."""
+
+
+@dataclass(frozen=True)
+class Why:
+    """Provenance of a label change, stored with it: who wrote, running what, carrying data from where."""
+
+    subject: str | None = None
+    command: str | None = None
+    source: str | None = None  # `secret from .env`
+    label: str | None = None  # the new label as the policy names it (`secret`), for `ifc labels`
+    who: str | None = None  # a person lowering a label
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One recorded label change (a row of `history`)."""
+
+    seq: int
+    ts: float
+    kind: str  # raise | rename | link | adopt | lower
+    path: str
+    old: Label | None
+    new: Label | None
+    label: str | None
+    run: str | None
+    subject: str | None
+    command: str | None
+    source: str | None
+    who: str | None
+    reason: str | None
+    object: int | None
+
+
+def encode(label: Label | None) -> str | None:
+    return None if label is None else ",".join(sorted(label.secrecy)) + "/" + str(label.integrity)
+
+
+def decode(text: str | None) -> Label | None:
+    if text is None:
+        return None
+    secrecy, _, integrity = text.rpartition("/")
+    return Label(frozenset(filter(None, secrecy.split(","))), int(integrity))
 
 
 class LabelStore:
-    """Path → object → floated label. In memory, or persisted in SQLite when given a file."""
+    """Path → object → floated label. In memory, or persisted in SQLite when given a file.
 
-    def __init__(self, path: str | Path | None = None):
-        self._lock = threading.Lock()
+    `root`: the backing directory the paths are relative to, so objects can be found again by inode after
+    renames and links made outside the sandbox. `run`: names the run in each change's provenance."""
+
+    def __init__(self, path: str | Path | None = None, *, root: str | Path | None = None, run: str | None = None,
+                 durable: bool = False):
+        self._lock = threading.RLock()
         self._names: dict[str, int] = {}
         self._objects: dict[int, Label] = {}
+        self._inodes: dict[tuple[int, int], int] = {}
         self._next = 1
         self.version = 0
+        self.root = None if root is None else os.fspath(root)
+        self.run = run
+        self.path = None if path is None else Path(path)
         self._db: sqlite3.Connection | None = None
+        self._seen = 0
+        self._depth = 0
         if path is not None:
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-            for oid, secrecy, integrity in self._db.execute("SELECT id, secrecy, integrity FROM objects"):
-                self._objects[oid] = Label(frozenset(filter(None, secrecy.split(","))), integrity)
-                self._next = max(self._next, oid + 1)
-            self._names = dict(self._db.execute("SELECT path, object FROM names"))
+            try:
+                self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                           timeout=BUSY_TIMEOUT_MS / 1000)
+                self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                self._db.execute("PRAGMA journal_mode=WAL")
+                # FULL: a committed raise survives power loss too, not only a killed process
+                self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._db.executescript(_SCHEMA)
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}
+                for column in ("dev", "ino") if "dev" not in columns else ():  # a store from before inodes
+                    self._db.execute(f"ALTER TABLE objects ADD COLUMN {column} INTEGER")
+                self._load()
+                self._record_inodes()
+            except sqlite3.Error as exc:
+                raise LabelStoreError(f"cannot open the label store `{path}`: {exc}") from None
 
+    # ------------------------------------------------------------------------------------ reading
     def get(self, path: str) -> Label | None:
-        oid = self._names.get(path)
-        return None if oid is None else self._objects.get(oid)
+        with self._lock:
+            self._sync()
+            oid = self._names.get(path)
+            if oid is None and self._inodes and self.root is not None:
+                oid = self._adopt(path)
+            return None if oid is None else self._objects.get(oid)
+
+    def object_of(self, path: str) -> int | None:
+        """The object `path` names (names of one object share its label and its history)."""
+        return self._names.get(path)
 
     def snapshot(self) -> dict[str, Label]:
-        return {path: self._objects[oid] for path, oid in self._names.items() if oid in self._objects}
-
-    def raise_to(self, path: str, label: Label) -> None:
         with self._lock:
-            self.version += 1
-            oid = self._names.get(path)
-            if oid is None:
-                oid = self._next
-                self._next += 1
-                self._names[path] = oid
-                self._write("INSERT OR REPLACE INTO names VALUES (?, ?)", (path, oid))
-            self._objects[oid] = label
-            self._write("INSERT OR REPLACE INTO objects VALUES (?, ?, ?)",
-                        (oid, ",".join(sorted(label.secrecy)), label.integrity))
+            self._sync()
+            return {path: self._objects[oid] for path, oid in self._names.items() if oid in self._objects}
 
-    def rename(self, src: str, dst: str, dst_label: Label | None = None) -> None:
+    def history(self, path: str | None = None) -> list[Change]:
+        """Recorded changes, oldest first; for `path`, those of the object it names now (and of its old names)."""
+        if self._db is None:
+            return []
+        sql = ("SELECT seq, ts, kind, path, old, new, label, run, subject, command, source, who, reason, object "
+               "FROM history")
+        args: tuple = ()
+        if path is not None:
+            sql += " WHERE path = ? OR object = (SELECT object FROM names WHERE path = ?)"
+            args = (path, path)
+        rows = self._db.execute(sql + " ORDER BY seq", args).fetchall()
+        return [Change(r[0], r[1], r[2], r[3], decode(r[4]), decode(r[5]), *r[6:]) for r in rows]
+
+    def meta(self, key: str) -> str | None:
+        if self._db is None:
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    # ------------------------------------------------------------------------------------ changes
+    def raise_to(self, path: str, label: Label, why: Why | None = None) -> None:
+        """Make `path`'s object at least `label` (joined with what the database holds: never lower)."""
+        with self._lock, self._transaction():
+            oid = self._names.get(path)
+            old = None if oid is None else self._objects.get(oid)
+            if oid is None:
+                oid = self._new_object()
+                self._put_name(path, oid)
+            new = label if old is None else old.join(label)
+            self._put_object(oid, new, self._inode(path))
+            self._log("raise", path, oid, old, new, why)
+
+    def rename(self, src: str, dst: str, dst_label: Label | None = None, why: Why | None = None) -> None:
         """Move the name; the object (and its label) goes with it. Renaming over a file drops that name.
 
         Renaming a name onto itself, or onto another name of the same object, changes nothing (POSIX)."""
         with self._lock:
+            self._sync()
+            if src not in self._names and dst not in self._names \
+                    and not any(p.startswith(src + "/") for p in self._names):
+                return  # nothing labelled moves: no transaction (most renames in a workspace)
+        with self._lock, self._transaction():
             if src == dst or (src in self._names and self._names.get(dst) == self._names[src]):
                 return
-            self.version += 1
             self._drop(dst)
-            oid = self._names.pop(src, None)
-            self._write("DELETE FROM names WHERE path = ?", (src,))
-            for child in [p for p in self._names if p.startswith(src + "/")]:  # a directory's contents move too
-                moved = dst + child[len(src):]
-                self._names[moved] = self._names.pop(child)
-                self._write("UPDATE names SET path = ? WHERE path = ?", (moved, child))
+            oid = self._names.get(src)
             if oid is not None:
-                self._names[dst] = oid
-                self._write("INSERT OR REPLACE INTO names VALUES (?, ?)", (dst, oid))
+                self._del_name(src)
+            for child in [p for p in self._names if p.startswith(src + "/")]:  # a directory's contents move too
+                moved, coid = dst + child[len(src):], self._names[child]
+                self._del_name(child)
+                self._put_name(moved, coid)
+            if oid is not None:
+                self._put_name(dst, oid)
+                self._log("rename", dst, oid, None, self._objects.get(oid), why, reason=f"from {src}")
 
-    def link(self, src: str, dst: str) -> None:
+    def link(self, src: str, dst: str, why: Why | None = None) -> None:
         """A hard link shares the object: a later raise through either name is seen through both.
 
         link(2) never replaces an existing name (EEXIST), so an existing `dst` keeps its own object."""
-        with self._lock:
+        with self._lock, self._transaction():
             oid = self._names.get(src)
             if oid is None or src == dst or dst in self._names:
                 return
-            self.version += 1
-            self._names[dst] = oid
-            self._write("INSERT OR REPLACE INTO names VALUES (?, ?)", (dst, oid))
+            self._put_name(dst, oid)
+            self._log("link", dst, oid, None, self._objects.get(oid), why, reason=f"to {src}")
 
     def delete(self, path: str) -> None:
-        with self._lock:
-            if path in self._names:
-                self.version += 1
+        with self._lock, self._transaction():
             self._drop(path)
 
-    def _drop(self, path: str) -> None:
-        oid = self._names.pop(path, None)
-        if oid is None:
-            return
-        self._write("DELETE FROM names WHERE path = ?", (path,))
-        if oid not in self._names.values():
-            self._objects.pop(oid, None)
-            self._write("DELETE FROM objects WHERE id = ?", (oid,))
+    def lower(self, path: str, label: Label, who: str, reason: str) -> Label:
+        """A declassification a person makes: set `path`'s object to `label` (below what it has), recorded.
+        Returns the old label. Raises `LabelStoreError` when `path` has no floated label or `label` is
+        not below it (that would be a raise, which only writes make)."""
+        with self._lock:
+            self._sync()
+            oid = self._names.get(path)
+            if oid is None and self.root is not None:
+                oid = self._adopt(path)
+            old = None if oid is None else self._objects.get(oid)
+            if old is None:
+                raise LabelStoreError(f"`{path}` has no floated label")
+            if not label.flows_to(old):
+                raise LabelStoreError(f"`{path}`: the new label is not below the current one")
+            with self._transaction():
+                self._put_object(oid, label, None)
+                self._log("lower", path, oid, old, label, Why(who=who, reason=reason))
+            return old
 
-    def _write(self, sql: str, args: tuple) -> None:
+    def set_meta(self, **values: str) -> None:
         if self._db is not None:
-            self._db.execute(sql, args)
+            with self._lock, self._transaction():
+                self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())
 
     def close(self) -> None:
         if self._db is not None:
-            self._db.close()
-            self._db = None
+            try:
+                self._record_inodes()
+            finally:
+                self._db.close()
+                self._db = None
+
+    # ------------------------------------------------------------------------------------ internals
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One transaction around a change (a nested call joins the outer one). On any error it rolls back
+        and the in-memory view is reloaded from the database, so memory never claims what was not committed."""
+        if self._depth:
+            yield
+            return
+        self._depth = 1
+        try:
+            if self._db is not None:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._sync()  # under the write lock: what another run committed is the base of this change
+            yield
+            if self._db is not None:
+                self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                self._load()
+            if isinstance(exc, sqlite3.Error):
+                raise LabelStoreError(f"label store `{self.path}`: {exc}") from exc
+            raise
+        finally:
+            self._depth = 0
+        self.version += 1
+
+    def _sync(self) -> None:
+        """Reload when another process committed since we last looked (runs share the workspace's store)."""
+        if self._db is None:
+            return
+        seen = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if seen != self._seen:
+            self._load()
+            self._seen = seen
+            self.version += 1
+
+    def _load(self) -> None:
+        self._objects, self._inodes, self._next = {}, {}, 1
+        for oid, secrecy, integrity, dev, ino in self._db.execute(
+                "SELECT id, secrecy, integrity, dev, ino FROM objects"):
+            self._objects[oid] = Label(frozenset(filter(None, secrecy.split(","))), integrity)
+            if dev is not None:
+                self._inodes[(dev, ino)] = oid
+            self._next = max(self._next, oid + 1)
+        self._names = dict(self._db.execute("SELECT path, object FROM names"))
+        self._seen = self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _new_object(self) -> int:
+        oid, self._next = self._next, self._next + 1
+        return oid
+
+    def _put_name(self, path: str, oid: int) -> None:
+        self._names[path] = oid
+        if self._db is not None:
+            self._db.execute("INSERT OR REPLACE INTO names VALUES (?, ?)", (path, oid))
+
+    def _del_name(self, path: str) -> None:
+        self._names.pop(path, None)
+        if self._db is not None:
+            self._db.execute("DELETE FROM names WHERE path = ?", (path,))
+
+    def _put_object(self, oid: int, label: Label, inode: tuple[int, int] | None) -> None:
+        self._objects[oid] = label
+        if inode is not None:
+            self._inodes[inode] = oid
+        if self._db is not None:
+            self._db.execute("INSERT INTO objects (id, secrecy, integrity, dev, ino) VALUES (?, ?, ?, ?, ?) "
+                             "ON CONFLICT (id) DO UPDATE SET secrecy = excluded.secrecy, integrity = "
+                             "excluded.integrity, dev = coalesce(excluded.dev, dev), ino = coalesce(excluded.ino, ino)",
+                             (oid, ",".join(sorted(label.secrecy)), label.integrity, *(inode or (None, None))))
+
+    def _drop(self, path: str) -> None:
+        """Forget a name; its object goes with its last name, unless the file has other links on disk
+        (made outside the sandbox, so not in `names`): then the object stays, found by its inode."""
+        oid = self._names.get(path)
+        if oid is None:
+            return
+        self._del_name(path)
+        if oid in self._names.values():
+            return
+        st = self._stat(path)
+        if st is not None and st.st_nlink > 1 and (st.st_dev, st.st_ino) in self._inodes:
+            return
+        self._objects.pop(oid, None)
+        self._inodes = {k: v for k, v in self._inodes.items() if v != oid}
+        if self._db is not None:
+            self._db.execute("DELETE FROM objects WHERE id = ?", (oid,))
+
+    def _adopt(self, path: str) -> int | None:
+        """A name the store does not know whose inode a labelled object has: renamed or linked outside."""
+        inode = self._inode(path)
+        oid = None if inode is None else self._inodes.get(inode)
+        if oid is not None and oid in self._objects:
+            with self._transaction():
+                self._put_name(path, oid)
+                self._log("adopt", path, oid, None, self._objects[oid], None,
+                          reason="same file (inode) as a labelled object: renamed or linked outside the sandbox")
+        return oid
+
+    def _record_inodes(self) -> None:
+        """Fill in inodes for objects that had none (a raise decided before the file existed)."""
+        if self.root is None or self._db is None:
+            return
+        with self._lock:
+            missing = self._objects.keys() - set(self._inodes.values())
+            found = [(oid, inode) for path, oid in self._names.items() if oid in missing
+                     for inode in [self._inode(path)] if inode is not None]
+            if found:
+                with self._transaction():
+                    for oid, inode in found:
+                        self._put_object(oid, self._objects[oid], inode)
+
+    def _stat(self, path: str) -> os.stat_result | None:
+        if self.root is None:
+            return None
+        try:
+            return os.lstat(os.path.join(self.root, path))
+        except (OSError, ValueError):
+            return None
+
+    def _inode(self, path: str) -> tuple[int, int] | None:
+        st = self._stat(path)
+        return None if st is None else (st.st_dev, st.st_ino)
+
+    def _log(self, kind: str, path: str, oid: int, old: Label | None, new: Label | None, why: Why | None,
+             reason: str | None = None) -> None:
+        if self._db is None:
+            return
+        why = why or Why()
+        self._db.execute(
+            "INSERT INTO history (ts, kind, object, path, old, new, label, run, subject, command, source, who, "
+            "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), kind, oid, path, encode(old), encode(new), why.label, self.run, why.subject, why.command,
+             why.source, why.who, why.reason or reason))

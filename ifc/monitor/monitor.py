@@ -40,7 +40,7 @@ from ifc.match import Endpoint, PatternError, glob_literal, normalise_path
 from ifc.monitor import containment
 from ifc.monitor.containment import CONTAINMENT_OPS, Facts
 from ifc.monitor.events import EventLog
-from ifc.monitor.labelstore import LabelStore
+from ifc.monitor.labelstore import LabelStore, Why
 from ifc.monitor.provenance import Hop, ProvenanceGraph, draw, node
 from ifc.policy.flows import FlowVerdict, check_send, check_write
 from ifc.policy.labels import Label
@@ -442,12 +442,13 @@ class Monitor:
             self._edge(subject_node, "chmod", node("file", target), now, None)
         elif op in ("rename", "link"):
             content = self.label_of(target)
+            why = self._why(req, state, content)
             # the content takes its full label (its old name's policy label included) to the new name
-            self.labels.raise_to(target, content)
+            self.labels.raise_to(target, content, why)
             if op == "link":
-                self.labels.link(target, dest)
+                self.labels.link(target, dest, why=why)
             else:
-                self.labels.rename(target, dest)
+                self.labels.rename(target, dest, why=why)
                 self.graph.rename(node("file", target), node("file", dest))
             self._edge(node("file", target), op, node("file", dest), now, None,
                               parts=self._parts(content))
@@ -470,7 +471,7 @@ class Monitor:
             # (moved or linked) records every raise, since its content may be reached by other names
             within_name = stored is None and state.taint.flows_to(named)
             if raised != base_label and not within_name:
-                self.labels.raise_to(target, raised)
+                self.labels.raise_to(target, raised, self._why(req, state, raised))
                 new = self.label_of(target)
                 self._label_event(req, target, new, f"written by {req.subject}")
                 if new != old:
@@ -731,6 +732,12 @@ class Monitor:
         return None
 
     # ------------------------------------------------------------------------------------ logging
+    def _why(self, req: Request, state: SubjectState, label: Label) -> Why:
+        """A label change's provenance, stored with it in the workspace's label store (`ifc labels`)."""
+        source = "; ".join(f"{part} from {obj}" for part, obj in self._provenance(state)) or None
+        return Why(subject=req.subject, command=_cmdline(req), source=source,
+                   label=self.policy.lattice.describe(label))
+
     def _label_event(self, req: Request, path: str, label: Label, why: str) -> None:
         if self.log is not None:
             taint = self.policy.lattice.describe(self.subject(req.subject).taint)

@@ -1,7 +1,7 @@
 """Read a run directory, read-only, into plain dataclasses.
 
 A run directory is what a sandbox run or `ifc decide --run-dir` leaves: `events.db` (the event log,
-`ifc.monitor.events`), `labels.db` and a copy of the policy as `policy.flow`. Only `events.db` is
+`ifc.monitor.events`) and a copy of the policy as `policy.flow`. Only `events.db` is
 needed; it is opened read-only (see `_open`), so reading a report never creates, migrates or locks
 anything, and a log that a live run is still writing can be read too.
 

@@ -1,0 +1,354 @@
+"""Floated labels belong to the workspace: they persist in one store per workspace under the user's state
+directory, across runs, renames and hard links (made in the sandbox or on the host) and `kill -9`; every
+change is one transaction; `ifc labels` explains each and records a declassification made by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from ifc.monitor.labelstore import LabelStore, LabelStoreError, Why
+from ifc.monitor.workspace_store import STATE_ENV, open_store, state_dir, store_path
+from ifc.policy.labels import Label
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = Label(frozenset({"internal", "secret"}), 1)
+INTERNAL = Label(frozenset({"internal"}), 1)
+CUSTOMER = Label(frozenset({"customer"}), 1)
+
+
+def _ifc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ifc", *args], cwd=ROOT, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture
+def ws(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    return ws
+
+
+# ------------------------------------------------------------------------------------------ the store
+def test_changes_persist_with_their_provenance(tmp_path, ws):
+    (ws / "a").write_text("x")
+    store = LabelStore(tmp_path / "l.db", root=ws, run="run-A")
+    store.raise_to("a", SECRET, Why(subject="session", command="base64 .env", source="secret from .env",
+                                    label="secret"))
+    store.link("a", "b")
+    store.rename("b", "c")
+    store.close()
+    again = LabelStore(tmp_path / "l.db", root=ws)
+    assert again.snapshot() == {"a": SECRET, "c": SECRET}
+    raised = again.history("c")[0]
+    assert (raised.kind, raised.run, raised.subject, raised.command, raised.source, raised.label) == \
+        ("raise", "run-A", "session", "base64 .env", "secret from .env", "secret")
+    assert [c.kind for c in again.history("c")] == ["raise", "link", "rename"]
+
+
+def test_a_raise_joins_with_what_another_process_committed(tmp_path):
+    """Two runs on one workspace: neither raise lowers the other's, and each sees the other's at once."""
+    one, two = LabelStore(tmp_path / "l.db"), LabelStore(tmp_path / "l.db")
+    one.raise_to("f", SECRET)
+    version = two.version
+    assert two.get("f") == SECRET and two.version > version  # picked up, and cached decisions invalidated
+    one.raise_to("g", INTERNAL)
+    two.raise_to("g", CUSTOMER)  # two's memory has not seen one's raise of g until its transaction starts
+    assert LabelStore(tmp_path / "l.db").get("g") == Label(frozenset({"internal", "customer"}), 1)
+
+
+def test_concurrent_processes_do_not_corrupt_the_store(tmp_path):
+    child = textwrap.dedent(f"""
+        import sys
+        from ifc.monitor.labelstore import LabelStore
+        from ifc.policy.labels import Label
+        store = LabelStore({str(tmp_path / 'l.db')!r}, durable=True)
+        for i in range(60):
+            store.raise_to(f"f{{i}}", Label(frozenset({{sys.argv[1]}}), 1))
+            store.rename(f"f{{i}}", f"g{{i}}") if i % 3 == 0 and sys.argv[1] == "a" else None
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", child, tag], env={**os.environ, "PYTHONPATH": str(ROOT)})
+             for tag in ("a", "b")]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    db = sqlite3.connect(tmp_path / "l.db")
+    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    labels = LabelStore(tmp_path / "l.db").snapshot()
+    for i in range(60):  # b's raise of a name a renamed away lands on a new f{i}, or joins on g{i}: never lost
+        tags = set().union(*(labels[n].secrecy for n in (f"f{i}", f"g{i}") if n in labels))
+        assert tags == {"a", "b"}, (i, labels)
+
+
+def test_renames_and_links_made_on_the_host_are_found_by_inode(tmp_path, ws):
+    (ws / "copy").write_text("secret")
+    (ws / "gone").write_text("secret")
+    store = LabelStore(tmp_path / "l.db", root=ws)
+    store.raise_to("copy", SECRET)
+    store.raise_to("gone", SECRET)
+    store.close()
+    os.rename(ws / "copy", ws / "renamed")
+    os.link(ws / "renamed", ws / "linked")
+    os.unlink(ws / "gone")
+    (ws / "gone").write_text("a new file where a labelled one was")
+    (ws / "plain").write_text("never labelled")
+    store = LabelStore(tmp_path / "l.db", root=ws)
+    assert store.get("renamed") == SECRET and store.get("linked") == SECRET
+    assert store.get("gone") == SECRET, "a name keeps its label when the file is replaced: over-label, the safe side"
+    assert store.get("plain") is None
+    assert {c.kind for c in store.history("linked")} >= {"raise", "adopt"}
+    store.raise_to("linked", Label(frozenset({"internal", "secret", "customer"}), 1))
+    assert "customer" in store.get("renamed").secrecy, "an adopted name shares the object"
+
+
+def test_deleting_a_name_keeps_the_label_while_the_file_has_links_made_outside(tmp_path, ws):
+    (ws / "a").write_text("secret")
+    os.link(ws / "a", ws / "outside-link")
+    store = LabelStore(tmp_path / "l.db", root=ws)
+    store.raise_to("a", SECRET)
+    store.delete("a")  # the monitor forgets the name before unlink(2)
+    os.unlink(ws / "a")
+    assert store.get("outside-link") == SECRET
+    (ws / "lone").write_text("secret")
+    store.raise_to("lone", SECRET)
+    store.delete("lone")
+    assert "lone" not in store.snapshot() and len(store.snapshot()) == 1
+
+
+def test_lowering_is_recorded_and_only_lowers(tmp_path, ws):
+    store = LabelStore(tmp_path / "l.db", root=ws)
+    store.raise_to("f", SECRET)
+    with pytest.raises(LabelStoreError, match="not below"):
+        store.lower("f", CUSTOMER, who="alice", reason="x")
+    with pytest.raises(LabelStoreError, match="no floated label"):
+        store.lower("nope", INTERNAL, who="alice", reason="x")
+    assert store.lower("f", INTERNAL, who="alice", reason="test fixture, not a real key") == SECRET
+    last = LabelStore(tmp_path / "l.db").history("f")[-1]
+    assert (last.kind, last.old, last.new, last.who, last.reason) == \
+        ("lower", SECRET, INTERNAL, "alice", "test fixture, not a real key")
+
+
+# ------------------------------------------------------------------------------------------ kill -9
+CHILD = """
+import random, sys
+from ifc.monitor.labelstore import LabelStore
+from tests.test_workspace_labels import apply, operations
+store = LabelStore(sys.argv[1], durable=True)  # as the workspace store is
+print("ready", flush=True)
+for i, op in enumerate(operations(int(sys.argv[2]))):
+    apply(store, op)
+    print(i, flush=True)
+"""
+NAMES = [f"n{i}" for i in range(6)]
+TAGS = ["internal", "secret", "customer", "pii"]
+
+
+def operations(seed: int, count: int = 3000) -> list[tuple]:
+    rng = random.Random(seed)
+    ops = []
+    for _ in range(count):
+        kind = rng.choice(["raise", "raise", "raise", "rename", "link", "delete"])
+        ops.append((kind, rng.choice(NAMES), rng.choice(NAMES), rng.choice(TAGS)))
+    return ops
+
+
+def apply(store: LabelStore, op: tuple) -> None:
+    kind, a, b, tag = op
+    if kind == "raise":
+        store.raise_to(a, Label(frozenset({tag}), 1))
+    elif kind == "rename":
+        store.rename(a, b)
+    elif kind == "link":
+        store.link(a, b)
+    else:
+        store.delete(a)
+
+
+def _replay(ops: list[tuple]) -> dict[str, Label]:
+    store = LabelStore()
+    for op in ops:
+        apply(store, op)
+    return store.snapshot()
+
+
+@pytest.mark.integration
+def test_kill_9_at_any_point_never_lowers_a_label(tmp_path):
+    """A real process changing labels is killed with SIGKILL at random moments; reopened, the store is
+    exactly the state after the last acknowledged change or after the one in flight, never between."""
+    rng = random.Random(11)
+    for trial in range(25):
+        db = tmp_path / f"l{trial}.db"
+        seed = rng.randrange(1 << 30)
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(seed)], stdout=subprocess.PIPE,
+                                 text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert child.stdout.readline() == "ready\n"
+        time.sleep(rng.uniform(0, 0.08))
+        child.send_signal(signal.SIGKILL)
+        out, _ = child.communicate()
+        done = len(out.split())  # ops acknowledged (committed); the next one may or may not have been
+        assert done < len(operations(seed)), "killed after the last change: nothing was tested"
+        ops = operations(seed)
+        before, after = _replay(ops[:done]), _replay(ops[:done + 1])
+        found = LabelStore(db).snapshot()
+        assert found in (before, after), (trial, done, ops[done:done + 1], found, before)
+        kind, a, b, _ = ops[done]
+        moved = {a, b} if kind != "raise" else set()  # names the op in flight may legitimately drop or replace
+        for path, label in before.items():
+            if path not in moved:
+                assert path in found and label.flows_to(found[path]), (trial, path, label, found.get(path))
+
+
+# ------------------------------------------------------------------------------------------ where it lives
+def test_the_store_is_the_workspaces_under_the_state_dir(tmp_path, ws, monkeypatch):
+    monkeypatch.setenv(STATE_ENV, str(tmp_path / "state"))
+    assert state_dir() == tmp_path / "state"
+    path = store_path(ws)
+    assert path.parent.parent == tmp_path / "state" / "workspaces" and path.name == "labels.db"
+    store = open_store(ws, run="r")
+    store.raise_to("f", SECRET)
+    store.close()
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    monkeypatch.delenv(STATE_ENV)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert state_dir() == tmp_path / "xdg" / "ifc"
+    monkeypatch.setenv(STATE_ENV, str(ws / ".state"))
+    with pytest.raises(LabelStoreError, match="inside the workspace"):
+        store_path(ws)
+
+
+def test_a_workspace_moved_on_the_host_keeps_its_labels(tmp_path, ws):
+    (ws / "f").write_text("secret")
+    store = open_store(ws)
+    store.raise_to("f", SECRET)
+    store.close()
+    moved = tmp_path / "elsewhere"
+    os.rename(ws, moved)
+    assert open_store(moved).get("f") == SECRET
+
+
+# ------------------------------------------------------------------------------------------ ifc labels
+def test_ifc_labels_lists_explains_and_lowers(tmp_path, ws):
+    (ws / "f").write_text("secret")
+    store = open_store(ws, run="/runs/A")
+    store.raise_to("f", SECRET, Why(subject="session", command="cp .env f", source="secret from .env"))
+    store.close()
+    policy = ROOT / "policies" / "default.flow"
+    listed = json.loads(_ifc("labels", str(ws), "--policy", str(policy), "--format", "json").stdout)
+    entry = listed["labels"][0]
+    assert entry["path"] == "f" and entry["label"].startswith("secret")
+    assert entry["why"][0] | {"when": None} == {
+        "kind": "raise", "path": "f", "when": None, "run": "/runs/A", "subject": "session", "command": "cp .env f",
+        "source": "secret from .env", "old": None, "new": entry["label"], "who": None, "reason": None}
+    lowered = _ifc("labels", str(ws), "--policy", str(policy), "--lower", "f", "--to", "internal",
+                   "--reason", "a test key, revoked")
+    assert lowered.returncode == 0 and "secret" in lowered.stdout and "internal" in lowered.stdout, lowered.stderr
+    text = _ifc("labels", str(ws), "--policy", str(policy)).stdout
+    assert "lowered f from secret" in text and "a test key, revoked" in text
+    assert open_store(ws).get("f").secrecy == frozenset({"internal"})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lower", "f", "--to", "internal"], "needs --to LABEL and --reason TEXT"),
+    (["--to", "internal"], "only with --lower"),
+    (["--lower", "f", "--to", "topsecret", "--reason", "r"], "`topsecret` is not a label"),
+    (["--lower", "nothing-here", "--to", "internal", "--reason", "r"], "has no floated label"),
+    (["--lower", "f", "--to", "secret + customer", "--reason", "r"], "not below"),
+    (["--lower", "../f", "--to", "internal", "--reason", "r"], "relative to the workspace"),
+])
+def test_ifc_labels_bad_input_is_one_line_and_exit_2(ws, args, message):
+    (ws / "f").write_text("secret")
+    store = open_store(ws)
+    store.raise_to("f", SECRET)
+    store.close()
+    proc = _ifc("labels", str(ws), "--policy", str(ROOT / "policies" / "default.flow"), *args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("ifc labels: error: ")
+
+
+def test_ifc_labels_on_a_workspace_without_labels(ws):
+    proc = _ifc("labels", str(ws))
+    assert proc.returncode == 0 and "no floated labels" in proc.stdout
+    assert _ifc("labels", str(ws / "missing")).returncode == 2
+
+
+# ------------------------------------------------------------------------------------------ across runs
+def _namespace_skip() -> str | None:
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        return "ifc run needs root and /dev/fuse"
+    probe = subprocess.run(["unshare", "--mount", "--pid", "--net", "--user", "--fork", "true"], capture_output=True)
+    return "cannot create namespaces" if probe.returncode else None
+
+
+RUN_A = """cat .env | base64 > encoded.txt
+cp .env copy.tmp && mv copy.tmp moved.txt
+python3 -c "
+import mmap
+with open('mapped.bin', 'r+b') as f:
+    m = mmap.mmap(f.fileno(), 64)
+    m[0:17] = open('.env', 'rb').read()[:17]
+    m.flush()
+    m.close()
+"
+echo done"""
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(_namespace_skip() is not None, reason=str(_namespace_skip()))
+def test_labels_floated_in_one_run_hold_in_the_next(tmp_path):
+    """Run A reads `.env` and launders it three ways into workspace files. Run B, with ANOTHER fresh run dir,
+    reads each: the run is tainted and the proxy refuses to send, naming the file. Renames and hard links
+    made on the host between runs keep the label; `ifc labels` says why; `--lower` takes effect next run."""
+    import sandbox_cases
+
+    ws = sandbox_cases.agent_workspace(tmp_path, {".env": "API_KEY=sk-secret\n", "notes.md": "hello\n",
+                                                  "mapped.bin": "\0" * 64})
+    with sandbox_cases.serving() as port:
+        policy = tmp_path / "policy.flow"
+        policy.write_text(sandbox_cases.TAINT_POLICY.format(port=port, agent=""))
+
+        def run(name: str, script: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "ifc", "run", "--isolation", "namespace", "--policy", str(policy),
+                 "--workspace", str(ws), "--run-dir", str(tmp_path / name), "--agent", "none", "--egress", "--",
+                 "sh", "-c", script], cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                timeout=120)
+
+        def send_after_reading(name: str, path: str) -> list[str]:
+            fetch = f"curl -s --noproxy '' -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/"
+            proc = run(name, f"before=$({fetch}); cat {path} >/dev/null; after=$({fetch}); echo $before $after")
+            return proc.stdout.split() or [proc.stderr]
+
+        first = run("run-a", RUN_A)
+        assert first.stdout.split() == ["done"], first.stdout + first.stderr
+        assert (ws / "mapped.bin").read_bytes().startswith(b"API_KEY=sk-secret")
+        assert send_after_reading("run-control", "notes.md") == ["200", "200"], "an unlabelled file does not taint"
+        for n, path in enumerate(["encoded.txt", "moved.txt", "mapped.bin"]):
+            assert send_after_reading(f"run-b{n}", path) == ["200", "403"], path
+            db = sqlite3.connect(tmp_path / f"run-b{n}" / "events.db")
+            denied = db.execute("SELECT op, path FROM events WHERE kind = 'deny'").fetchall()
+            assert any(op == "connect" and path in (why or "") for op, why in denied), (path, denied)
+        # renamed and hard-linked on the host, between runs
+        os.rename(ws / "moved.txt", ws / "renamed-on-host.txt")
+        os.link(ws / "encoded.txt", ws / "linked-on-host.txt")
+        assert send_after_reading("run-c0", "renamed-on-host.txt") == ["200", "403"]
+        assert send_after_reading("run-c1", "linked-on-host.txt") == ["200", "403"]
+
+        listed = json.loads(_ifc("labels", str(ws), "--format", "json").stdout)
+        why = {e["path"]: e["why"] for e in listed["labels"]}
+        raised = why["encoded.txt"][0]
+        assert raised["run"] == str(tmp_path / "run-a") and ".env" in raised["source"], raised
+        assert raised["subject"] == "session" and raised["command"], raised
+        assert any(c["kind"] == "adopt" for c in why["renamed-on-host.txt"]), why
+        lowered = _ifc("labels", str(ws), "--lower", "encoded.txt", "--to", "internal", "--reason",
+                       "the key was rotated")
+        assert lowered.returncode == 0, lowered.stderr
+        assert "the key was rotated" in _ifc("labels", str(ws)).stdout
+        assert send_after_reading("run-d", "encoded.txt") == ["200", "200"], "a declassification holds next run"
