@@ -732,7 +732,7 @@ class Monitor:
         return None
 
     # ------------------------------------------------------------------------------------ logging
-    def _why(self, req: Request, state: SubjectState, label: Label) -> Why:
+    def _why(self, req: Request, state: RunState, label: Label) -> Why:
         """A label change's provenance, stored with it in the workspace's label store (`ifc labels`)."""
         source = "; ".join(f"{part} from {obj}" for part, obj in self._provenance(state)) or None
         return Why(subject=req.subject, command=_cmdline(req), source=source,
