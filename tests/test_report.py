@@ -117,7 +117,7 @@ def test_markdown_summary_and_denials(exfil_run, capsys):
     assert "- **process:** pid unknown, `ifc decide`" in mail
     assert '- **rule:** `deny secret -> external "secrets never leave the sandbox"` at `' in mail
     assert "- **policy says:** \u201csecrets never leave the sandbox\u201d" in mail
-    assert "- **subject taint:** `secret, untrusted`" in mail
+    assert "- **run taint:** `secret, untrusted`" in mail
     assert ("```text\n.env --read--> session --same run--> s2 --connect--> "
             "smtp://smtp.gmail.com:587\n```") in mail
     assert "forbids this flow on purpose" in mail

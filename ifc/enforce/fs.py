@@ -10,7 +10,7 @@ deciding is denied, and the monitor logs it (`Monitor.error`).
     create    create            mkdir, mknod, symlink → create       unlink, rmdir → delete
     rename    rename (dest)     link → link (dest)                   chmod, chown, utimens → chmod
     truncate  write             setxattr, removexattr → write        getxattr (user.*) → read
-    write     re-decided when the subject's taint rose since the last decision on that descriptor,
+    write     re-decided when the run's taint rose since the last decision on that descriptor,
               so the file's label still floats (also for mmap writes, which reach FUSE as writes)
     readlink  readlink (containment only: where the symlink leads)
     getattr, readdir, statfs, flush, fsync, release: no decision

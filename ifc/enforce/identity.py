@@ -50,7 +50,7 @@ class Caller:
     pid: int
     subject: str
     token: str | None = None
-    parent: str | None = None  # a new subject starts with this subject's taint
+    parent: str | None = None  # who started this subject (for the graph; taint is the run's)
 
     @property
     def key(self) -> tuple[str, str | None]:

@@ -63,7 +63,7 @@ class Request:
     subject: str = "session"
     dest: str | None = None  # rename/link destination
     token: str | bytes | None = None
-    parent: str | None = None  # a new subject inherits this subject's taint (a sub-process)
+    parent: str | None = None  # the subject that started this one (a sub-process), for the graph
     pid: int | None = None
     # the command behind the request, for the log: text, or a function reading it, called only when an event
     # is recorded (allows record none, and reading /proc/PID/cmdline for each one cost ~10 µs)
@@ -207,7 +207,7 @@ class Monitor:
         self.streams: set[Stream] = set()
         self.steps = 0
         self._tokens_seen: set[str] = set()
-        # Repeated decisions: an allowed decision whose effects are idempotent (same subject taint, same label
+        # Repeated decisions: an allowed decision whose effects are idempotent (same run taint, same label
         # store version, nothing declassified) is answered from here; its graph edges and allow count are
         # still recorded. Bounded; cleared when full.
         self._fast: dict[tuple, tuple] = {}

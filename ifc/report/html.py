@@ -158,7 +158,7 @@ def _summary(run: Run, s: Summary) -> list[str]:
     out.append("<h3>Taint timeline</h3>")
     if s.timeline:
         out.append('<table class="timeline"><thead><tr><th class="n">#</th><th>time</th><th>subject</th><th>event</th>'
-                   "<th>label</th><th>subject taint</th></tr></thead><tbody>")
+                   "<th>label</th><th>run taint</th></tr></thead><tbody>")
         denial_numbers = {d.id: i for i, d in enumerate(run.denials, 1)}
         for e in s.timeline:
             if e.kind == "deny":
@@ -212,7 +212,7 @@ def _denial(number: int, d: Denial) -> list[str]:
     if d.message:
         facts.append(("policy says", f"<blockquote>{escape(d.message)}</blockquote>"))
     facts.append(("object label", _opt(d.object_label)))
-    facts.append(("subject taint", _opt(d.taint)))
+    facts.append(("run taint", _opt(d.taint)))
     if d.token_id or d.token_block is not None:
         token = _c(d.token_id) if d.token_id else '<span class="none">unknown token</span>'
         if d.token_block is not None:

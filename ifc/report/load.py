@@ -44,7 +44,7 @@ class Denial:
     rule_source: str | None = None  # the rule's line, from the run's copy of the policy
     message: str | None = None
     object_label: str | None = None
-    taint: str | None = None  # the subject's taint when it asked
+    taint: str | None = None  # the run's taint when it asked
     token_id: str | None = None
     token_block: int | None = None
     pid: int | None = None
@@ -69,7 +69,7 @@ class LabelChange:
     target: str
     label: str | None
     reason: str
-    taint: str | None = None  # the subject's taint, when the log has it
+    taint: str | None = None  # the run's taint, when the log has it
     pid: int | None = None
     cmdline: str | None = None
 

@@ -35,7 +35,7 @@ def render_markdown(run: Run, summary: Summary | None = None) -> str:
         out.append("No denials.")
     out += ["", "### Taint timeline", ""]
     if s.timeline:
-        out += ["| # | time | subject | event | label | subject taint |", "| ---: | --- | --- | --- | --- | --- |"]
+        out += ["| # | time | subject | event | label | run taint |", "| ---: | --- | --- | --- | --- | --- |"]
         for e in s.timeline:
             if e.kind == "deny":
                 what = f"**deny** {cell_code(e.op)} {cell_code(e.target)}"
@@ -98,7 +98,7 @@ def _denial(number: int, d: Denial) -> list[str]:
     if d.message:
         out.append(f"- **policy says:** \u201c{text(d.message)}\u201d")
     out.append(f"- **object label:** {_opt(d.object_label)}")
-    out.append(f"- **subject taint:** {_opt(d.taint)}")
+    out.append(f"- **run taint:** {_opt(d.taint)}")
     if d.token_id or d.token_block is not None:
         block = f", block {d.token_block}" if d.token_block is not None else ""
         out.append(f"- **token:** {code(d.token_id) if d.token_id else 'unknown'}{block}")

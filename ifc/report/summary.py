@@ -27,7 +27,7 @@ class TimelineEntry:
     target: str
     text: str
     label: str | None  # the object's label after a label change; the object's label for a denial
-    taint: str | None  # the subject's taint at that moment, when the log has it
+    taint: str | None  # the run's taint at that moment, when the log has it
 
 
 @dataclass(frozen=True)
