@@ -18,6 +18,7 @@ import termios
 import time
 from pathlib import Path
 
+import helper_failure_cases
 import pytest
 import sandbox_cases
 
@@ -128,6 +129,14 @@ def _run(ws, policy, run_dir, script, extra, env) -> subprocess.CompletedProcess
 
 def test_a_file_read_taints_what_may_leave_through_the_egress_hook(tmp_path):
     sandbox_cases.egress_taint(tmp_path, _run)
+
+
+def test_a_killed_mount_daemon_fails_the_run_and_says_why(workspace):
+    helper_failure_cases.killed_mount_daemon(_run, *workspace)
+
+
+def test_an_event_log_that_cannot_be_written_fails_the_run_and_says_why(workspace):
+    helper_failure_cases.unwritable_event_log(_run, *workspace)
 
 
 def test_the_runs_own_token_is_presented_and_keeps_one_subject(tmp_path):

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import helper_failure_cases
 import pytest
 import sandbox_cases
 
@@ -282,6 +283,11 @@ def test_a_file_read_in_the_guest_taints_what_may_leave_through_the_egress_hook(
     run_dir = sandbox_cases.egress_taint(tmp_path, vm_run)
     (connect,) = [d for d in load_run(run_dir).denials if d.op == "connect"]
     assert connect.guest[0].startswith("curl -s --noproxy"), connect.guest  # the command, not the whole VM
+
+
+def test_a_killed_mount_daemon_fails_the_run_and_says_why(vm_run, workspace):
+    """The microVM shares the namespace path's supervision (`vmm.sandbox.Supervised`): one case is enough."""
+    helper_failure_cases.killed_mount_daemon(vm_run, *workspace)
 
 
 def test_the_runs_own_token_is_presented_and_keeps_one_subject(vm_run, tmp_path):
