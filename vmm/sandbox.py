@@ -207,10 +207,11 @@ class Supervised:
     """A helper the run's guarantees rest on (the mount daemon, with the egress hook it may serve), watched
     through its health pipe (`ifc.enforce.health`) from a thread, and judged after `Helpers.close`.
 
-    It *died during the run* when its pipe ended without a last word before `ifc run` asked it to stop: from
-    then on the agent's file operations fail with ENOTCONN (the dead FUSE mount is never replaced by the
-    backing directory, see `ifc.enforce.mount`) and its connections to the hook are refused — closed, but
-    nothing of it is in the log. The agent is left to finish (it can reach nothing), and the run fails."""
+    It *died during the run* when its pipe ended without a last word before `ifc run` asked it to stop (with
+    one, it *stopped*: someone else's SIGTERM, no better for the agent). From then on the agent's file
+    operations fail with ENOTCONN (the dead FUSE mount is never replaced by the backing directory, see
+    `ifc.enforce.mount`) and its connections to the hook are refused — closed, but nothing of it is in the
+    log. The agent is left to finish (it can reach nothing), and the run fails."""
 
     def __init__(self, what: str, proc: subprocess.Popen, health_fd: int, log: Path, network: bool):
         self.what, self.proc, self.log, self.network = what, proc, log, network
@@ -231,12 +232,12 @@ class Supervised:
     def problem(self) -> str | None:
         code, health, see = self.proc.returncode, self.health, f"see {self.log}"
         how = "still running" if code is None else f"signal {-code}" if code < 0 else f"status {code}"
-        died = not health.finished and self.ended_at is not None and (
-            self.stop_asked_at is None or self.ended_at < self.stop_asked_at)
-        if died:
+        early = self.ended_at is not None and (self.stop_asked_at is None or self.ended_at < self.stop_asked_at)
+        if early:  # a clean exit nobody asked for (an outside SIGTERM) leaves the agent as cut off as a death
             lost = "file and network operations" if self.network else "file operations"
-            return (f"{self.what} died during the run ({how}); decisions after {_clock(self.ended_at)} were not made: "
-                    f"the agent's {lost} failed (not connected) and are not in the log — {see}")
+            return (f"{self.what} {'stopped' if health.finished else 'died'} during the run ({how}); decisions "
+                    f"after {_clock(self.ended_at)} were not made: the agent's {lost} failed (not connected) and "
+                    f"are not in the log — {see}")
         if health.first_log_failure is not None:
             first = health.first_log_failure
             return (f"{self.what} could not write the event log ({health.log_failures} failure(s), first at "
