@@ -1,15 +1,16 @@
 """The event log keeps working when a write fails, and keeps names that are not UTF-8 exactly.
 
 Real SQLite throughout: a flush is made to fail half-way by a trigger that aborts on one row, and a write
-is made to fail by another connection holding the file's write lock. The last test reproduces, on a real
-FUSE mount, the name that used to wedge the log (`b"\\xff"`: every later operation EACCES, later denials
-unrecorded, a traceback at unmount).
+is made to fail by another connection holding the file's write lock. On a real FUSE mount: the name that
+used to wedge the log (`b"\\xff"`: every later operation EACCES, later denials unrecorded, a traceback at
+unmount), and `ifc mount`'s exit status and last line when its log failed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -207,3 +208,27 @@ def test_a_name_that_is_not_utf8_no_longer_wedges_the_log(tmp_path):
     loaded = load_run(run)
     assert [os.fsencode(d.target) for d in loaded.denials] == [b"\xff", b"later.txt"]
     assert b"src/\xff" in {os.fsencode(a.object) for a in loaded.allows}
+
+
+@_real_mount
+def test_ifc_mount_exits_3_and_says_why_when_its_log_failed(tmp_path):
+    ws, run, mnt = tmp_path / "ws", tmp_path / "run", tmp_path / "mnt"
+    for d in (ws, run, mnt):
+        d.mkdir()
+    with Daemon(["--policy", str(POLICY), "--run-dir", str(run), "--fuse", FUSE, str(ws), str(mnt)], str(mnt),
+                log_path=str(run / "mount.log")) as daemon:
+        holder = _other(run / "events.db")
+        holder.execute("BEGIN EXCLUSIVE")  # the daemon's write waits its busy timeout (5 s), then fails
+        with pytest.raises(PermissionError):
+            open(mnt / "top.txt", "w").close()  # denied by policy; the denial cannot be committed
+        holder.execute("ROLLBACK")
+        with pytest.raises(PermissionError):
+            open(mnt / "later.txt", "w").close()
+        status = daemon.stop()
+    log = (run / "mount.log").read_text()
+    assert status == 3, log
+    last = log.rstrip("\n").splitlines()[-1]
+    assert re.fullmatch(r"ifc mount: error: the event log failed 1 time\(s\), first at \d\d:\d\d:\d\d "
+                        r"\(OperationalError: database is locked\); the operations it could not log were denied "
+                        r"and are missing from the report", last), log
+    assert [d.target for d in load_run(run).denials] == ["later.txt"]
