@@ -7,12 +7,12 @@ same environment; only the wall between the agent and the host differs. Helpers 
 this process even when it is killed with SIGKILL (`PR_SET_PDEATHSIG`), and mounts live in a private mount
 namespace, so nothing of a run outlives it.
 
-The mount daemon is also *supervised* (`Supervised`): if it dies during the run, or its event log or egress
-hook fails, the agent only sees failures (ENOTCONN, EACCES, refused connections) that look like ordinary
-ones, and decisions or log lines are missing from the report. `RunResult.failure` then says so in one line
-and `ifc run` exits non-zero. How it learns: the daemon's health pipe (`ifc.enforce.health`: the first log
-failure and the hook's end as they happen, a last word at a clean exit) and its wait status (a death has no
-last word; the pipe's EOF dates it).
+The mount daemon is also *supervised* (`Supervised`): if it (and with it the egress hook it serves) dies
+during the run, or its event log fails, the agent only sees failures (ENOTCONN, EACCES, refused connections)
+that look like ordinary ones, and decisions or log lines are missing from the report. `RunResult.failure`
+then says so in one line and `ifc run` exits non-zero. How it learns: the daemon's health pipe
+(`ifc.enforce.health`: the first log failure as it happens, a last word at a clean exit) and its wait status
+(a death has no last word; the pipe's EOF dates it).
 """
 
 from __future__ import annotations
@@ -243,10 +243,6 @@ class Supervised:
             return (f"{self.what} could not write the event log ({health.log_failures} failure(s), first at "
                     f"{_clock(first.ts)}: {first.reason}); the operations affected were denied and are missing "
                     f"from the log — {see}")
-        if health.egress_stopped is not None:
-            stopped = health.egress_stopped
-            return (f"the egress hook stopped during the run at {_clock(stopped.ts)} ({stopped.reason}); the "
-                    f"agent's network operations after that failed — {see}")
         if code != 0:
             return f"{self.what} failed when the run ended ({how}) — {see}"
         return None

@@ -30,10 +30,10 @@ from ifc.cli.proxy import UPSTREAM_CA_HELP
 EPILOG = """exit codes:
   0  unmounted cleanly (or, with --background, mounted)
   2  usage error, unreadable policy, token or key, or the mount could not be made
-  3  the mount served, but the event log could not be written or the egress hook stopped during it (the
-     operations affected were denied; the last line says which and when)
+  3  the mount served, but the event log could not be written during it (the operations affected were
+     denied; the last line says when and why)
 """
-HELPER_FAILED = 3
+LOG_FAILED = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,8 +65,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upstream-ca", metavar="FILE", help="with --egress: " + UPSTREAM_CA_HELP)
     p.add_argument("--verbose", "-v", action="store_true", help="log every denial to stderr as it happens")
     p.add_argument("--health-fd", type=int, metavar="N",
-                   help="for launchers (`ifc run`): report failures that denials hide (the event log, the egress "
-                   "hook) as JSON lines on descriptor N, see ifc.enforce.health")
+                   help="for launchers (`ifc run`): report failures that denials hide (the event log's) as JSON "
+                   "lines on descriptor N, see ifc.enforce.health")
     p.add_argument("source", metavar="SRC", help="the backing directory (the real workspace)")
     p.add_argument("mountpoint", metavar="MNT", help="where the agent sees it")
 
@@ -101,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
     egress = None
     try:
         if args.egress:
-            egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca,
-                                   health)
+            egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca)
         binding = load_binding(args.fuse or DEFAULT_BINDING)
         ops = EnforcingFS(source, monitor, identities=Identities(default_token=token),
                           context=binding.context, mountpoint=mountpoint, cache=not args.no_cache)
@@ -122,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         health.finished(monitor.log.failures)
     if denials:
         print(f"ifc mount: {denials} denial(s) logged in {run_dir / 'events.db'}", file=sys.stderr)
-    return _log_failures(monitor.log) or (egress is not None and egress.failed()) or ExitCode.OK
+    return _log_failures(monitor.log) or ExitCode.OK
 
 
 def _health(fd: int | None, log):
@@ -137,13 +136,13 @@ def _health(fd: int | None, log):
 
 
 def _log_failures(log) -> int:
-    """HELPER_FAILED, said in one line, when writes to the event log failed during the mount."""
+    """LOG_FAILED, said in one line, when writes to the event log failed during the mount."""
     first = log.first_failure
     if first is None:
         return 0
     when = time.strftime("%H:%M:%S", time.localtime(first.ts))
     return error("mount", f"the event log failed {log.failures} time(s), first at {when} ({first.reason}); the "
-                 "operations it could not log were denied and are missing from the report", code=HELPER_FAILED)
+                 "operations it could not log were denied and are missing from the report", code=LOG_FAILED)
 
 
 def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: str):
@@ -165,7 +164,7 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
 
 
 def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_dir: Path,
-                  upstream_ca: str | None, health=None):
+                  upstream_ca: str | None):
     """The egress proxy on an event loop in this process, deciding through the mount's own monitor. Writes
     RUN_DIR/ca.pem and RUN_DIR/sandbox.env (the sentinels) for the launcher of the sandbox."""
     import asyncio
@@ -200,17 +199,6 @@ def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_
         raise Usage(f"the egress proxy cannot listen on {listen}: {problem}")
     for name, host, port in listening:
         print(f"ifc mount: egress {name} on {host}:{port}", file=sys.stderr)
-    stopped: list[tuple[float, str]] = []  # the hook's servers ended before `stop` asked them to
-
-    def ended(done) -> None:
-        if not stop.is_set():
-            problem = done.exception() if not done.cancelled() else None
-            stopped.append((time.time(), f"{type(problem).__name__}: {problem}" if problem else "its server ended"))
-            print(f"ifc mount: error: the egress hook stopped: {stopped[0][1]}", file=sys.stderr)
-            if health is not None:
-                health.egress_stopped(*stopped[0])
-
-    future.add_done_callback(ended)
 
     class Handle:
         def stop(self) -> None:
@@ -218,9 +206,6 @@ def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_
             with contextlib.suppress(Exception):
                 future.result(5)
             loop.stop()
-
-        def failed(self) -> int:
-            return HELPER_FAILED if stopped else 0
 
     return Handle()
 

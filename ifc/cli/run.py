@@ -29,8 +29,8 @@ EPILOG = """exit codes:
   N    the command's exit status
   2    usage error
   125  the sandbox could not start or the guest failed, or the mount daemon (the monitor, and the egress
-       hook it serves) died, could not write the event log, or lost its hook during the run: then the
-       command's own status is not the run's, and the last line says which helper, why and since when
+       hook it serves) died or could not write the event log during the run: then the command's own
+       status is not the run's, and the last line says which helper, why and since when
        (without QEMU, the microVM fails at once and names `--isolation namespace`)
 
 example: ifc run --policy policies/default.flow --workspace ~/repo -- sh -c 'git status && python3 -c "print(1)"'
