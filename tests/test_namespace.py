@@ -18,6 +18,7 @@ import termios
 import time
 from pathlib import Path
 
+import helper_failure_cases
 import pytest
 import sandbox_cases
 
@@ -144,6 +145,25 @@ def test_dns_names_made_after_a_secret_read_never_leave(tmp_path):
 
 def test_labels_floated_in_one_run_hold_in_the_next(tmp_path):
     sandbox_cases.labels_outlive_the_run(tmp_path, _run)
+
+
+def test_a_killed_mount_daemon_fails_the_run_and_says_why(workspace):
+    helper_failure_cases.killed_mount_daemon(_run, *workspace)
+
+
+def test_an_event_log_that_cannot_be_written_fails_the_run_and_says_why(workspace):
+    helper_failure_cases.unwritable_event_log(_run, *workspace)
+
+
+def test_a_name_that_is_not_utf8_is_denied_logged_and_shown_and_the_run_goes_on(workspace):
+    ws, policy, run_dir = workspace
+    script = ("touch \"$(printf '\\377')\" 2>/dev/null || echo denied; touch \"src/$(printf '\\377')\" && echo made; "
+              "cat .env >/dev/null 2>&1 || echo denied-later")
+    proc = _run(ws, policy, run_dir, script, (), {})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["denied", "made", "denied-later"]
+    assert (ws / "src" / os.fsdecode(b"\xff")).exists()
+    assert "ifc run: 2 denial(s):" in proc.stderr and "create `\\xff` by session" in proc.stderr, proc.stderr
 
 
 def test_the_runs_own_token_is_presented_and_keeps_one_subject(tmp_path):

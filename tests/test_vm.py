@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import helper_failure_cases
 import pytest
 import sandbox_cases
 
@@ -298,6 +299,11 @@ def test_dns_names_made_after_a_secret_read_never_leave(vm_run, tmp_path):
 
 def test_labels_floated_in_one_run_hold_in_the_next(vm_run, tmp_path):
     sandbox_cases.labels_outlive_the_run(tmp_path, vm_run)
+
+
+def test_a_killed_mount_daemon_fails_the_run_and_says_why(vm_run, workspace):
+    """The microVM shares the namespace path's supervision (`vmm.sandbox.Supervised`): one case is enough."""
+    helper_failure_cases.killed_mount_daemon(vm_run, *workspace)
 
 
 def test_the_runs_own_token_is_presented_and_keeps_one_subject(vm_run, tmp_path):

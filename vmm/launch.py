@@ -271,7 +271,7 @@ def run(spec: RunSpec) -> RunResult:
         with saved_terminal(0), _forward_resizes(control, tty):
             status, boot_seconds = _supervise(qemu, control, boot_start, boot_timeout, spec.shutdown_timeout,
                                               run_dir)
-        return RunResult(status, accel, boot_seconds, time.monotonic() - started)
+        result = RunResult(status, accel, boot_seconds, time.monotonic() - started)
     finally:
         if control is not None:
             control.close()
@@ -282,6 +282,8 @@ def run(spec: RunSpec) -> RunResult:
         if not any(os.path.ismount(target) for target in helpers.mounts):  # never delete through a bind of /usr
             shutil.rmtree(sockdir, ignore_errors=True)
         remove_mountpoint(workspace)
+    result.failure = helpers.failure()
+    return result
 
 
 @contextlib.contextmanager

@@ -88,7 +88,7 @@ def run(spec: RunSpec) -> RunResult:
         code = os.waitstatus_to_exitcode(status)
         if code < 0:
             raise LaunchError(f"the namespace init was killed by signal {-code}")
-        return RunResult(code, "namespace", boot_seconds, time.monotonic() - started)
+        result = RunResult(code, "namespace", boot_seconds, time.monotonic() - started)
     finally:
         if pid:
             os.kill(pid, signal.SIGKILL)  # the kernel kills the rest of its PID namespace
@@ -101,6 +101,8 @@ def run(spec: RunSpec) -> RunResult:
         with contextlib.suppress(OSError):
             root.rmdir()  # the tmpfs on it lived only in the init's mount namespace
         remove_mountpoint(workspace)
+    result.failure = helpers.failure()
+    return result
 
 
 def fork_init(plan: Plan, theirs: socket.socket, ours: socket.socket) -> int:

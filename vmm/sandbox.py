@@ -6,6 +6,13 @@ Both isolations (`microvm` in `vmm.launch`, `namespace` in `vmm.namespace`) star
 same environment; only the wall between the agent and the host differs. Helpers are children that die with
 this process even when it is killed with SIGKILL (`PR_SET_PDEATHSIG`), and mounts live in a private mount
 namespace, so nothing of a run outlives it.
+
+The mount daemon is also *supervised* (`Supervised`): if it (and with it the egress hook it serves) dies
+during the run, or its event log fails, the agent only sees failures (ENOTCONN, EACCES, refused connections)
+that look like ordinary ones, and decisions or log lines are missing from the report. `RunResult.failure`
+then says so in one line and `ifc run` exits non-zero. How it learns: the daemon's health pipe
+(`ifc.enforce.health`: the first log failure as it happens, a last word at a clean exit) and its wait status
+(a death has no last word; the pipe's EOF dates it).
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ifc.enforce.health import Health, read_health
 from ifc.enforce.runfiles import CA_FILE, ENV_FILE
 from ifc.errors import UserError
 from vmm import runtoken
@@ -80,6 +89,7 @@ class RunResult:
     isolation: str  # kvm | tcg | namespace
     boot_seconds: float  # start to the agent's command starting
     total_seconds: float
+    failure: str | None = None  # a supervised helper died or failed during the run: why, in one line
 
 
 # ------------------------------------------------------------------------------------------ processes and mounts
@@ -153,6 +163,7 @@ class Helpers:
         self.me = os.getpid()
         self.procs: list[subprocess.Popen] = []
         self.mounts: list[str] = []
+        self.supervised: list[Supervised] = []
 
     @classmethod
     def for_run(cls, spec: RunSpec) -> Helpers:
@@ -170,6 +181,9 @@ class Helpers:
         return proc
 
     def close(self) -> None:
+        asked = time.time()
+        for helper in self.supervised:
+            helper.stop_asked_at = asked
         for proc in reversed(self.procs):  # the FUSE daemon unmounts on SIGTERM
             if proc.poll() is None:
                 proc.terminate()
@@ -181,6 +195,61 @@ class Helpers:
                 proc.wait()
         for target in reversed(self.mounts):
             umount(target)
+        for helper in self.supervised:
+            helper.join()
+
+    def failure(self) -> str | None:
+        """After `close`: the first supervised helper's failure, in one line, or None."""
+        return next(filter(None, (helper.problem() for helper in self.supervised)), None)
+
+
+class Supervised:
+    """A helper the run's guarantees rest on (the mount daemon, with the egress hook it may serve), watched
+    through its health pipe (`ifc.enforce.health`) from a thread, and judged after `Helpers.close`.
+
+    It *died during the run* when its pipe ended without a last word before `ifc run` asked it to stop (with
+    one, it *stopped*: someone else's SIGTERM, no better for the agent). From then on the agent's file
+    operations fail with ENOTCONN (the dead FUSE mount is never replaced by the backing directory, see
+    `ifc.enforce.mount`) and its connections to the hook are refused — closed, but nothing of it is in the
+    log. The agent is left to finish (it can reach nothing), and the run fails."""
+
+    def __init__(self, what: str, proc: subprocess.Popen, health_fd: int, log: Path, network: bool):
+        self.what, self.proc, self.log, self.network = what, proc, log, network
+        self.health = Health()
+        self.ended_at: float | None = None  # when the pipe ended: the daemon's exit or death
+        self.stop_asked_at: float | None = None
+        self._thread = threading.Thread(target=self._watch, args=(health_fd,), daemon=True)
+        self._thread.start()
+
+    def _watch(self, fd: int) -> None:
+        with os.fdopen(fd, "rb") as pipe:
+            self.health = read_health(pipe)
+        self.ended_at = time.time()
+
+    def join(self) -> None:
+        self._thread.join(5)  # the daemon has exited by now, so its pipe has ended
+
+    def problem(self) -> str | None:
+        code, health, see = self.proc.returncode, self.health, f"see {self.log}"
+        how = "still running" if code is None else f"signal {-code}" if code < 0 else f"status {code}"
+        early = self.ended_at is not None and (self.stop_asked_at is None or self.ended_at < self.stop_asked_at)
+        if early:  # a clean exit nobody asked for (an outside SIGTERM) leaves the agent as cut off as a death
+            lost = "file and network operations" if self.network else "file operations"
+            return (f"{self.what} {'stopped' if health.finished else 'died'} during the run ({how}); decisions "
+                    f"after {_clock(self.ended_at)} were not made: the agent's {lost} failed (not connected) and "
+                    f"are not in the log — {see}")
+        if health.first_log_failure is not None:
+            first = health.first_log_failure
+            return (f"{self.what} could not write the event log ({health.log_failures} failure(s), first at "
+                    f"{_clock(first.ts)}: {first.reason}); the operations affected were denied and are missing "
+                    f"from the log — {see}")
+        if code != 0:
+            return f"{self.what} failed when the run ended ({how}) — {see}"
+        return None
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
 
 
 # ------------------------------------------------------------------------------------------ the workspace
@@ -208,16 +277,23 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
         if spec.upstream_ca:
             argv += ["--upstream-ca", str(spec.upstream_ca)]
     run = runtoken.prepare(spec.run_dir, spec.policy, spec.agent, spec.token, spec.key)
-    fds: tuple[int, ...] = ()
+    health, health_w = os.pipe()
+    fds: tuple[int, ...] = (health_w,)
+    argv += ["--health-fd", str(health_w)]
     if run is not None:
-        fds = (runtoken.pipe_to(run.token),)
-        argv += ["--token", f"@/dev/fd/{fds[0]}"] + (["--key", str(run.key)] if run.key else [])
+        fds += (runtoken.pipe_to(run.token),)
+        argv += ["--token", f"@/dev/fd/{fds[-1]}"] + (["--key", str(run.key)] if run.key else [])
     argv += [str(spec.workspace), str(mnt)]
     try:
         daemon = helpers.spawn(argv, "mount.log", pass_fds=fds)
+    except BaseException:
+        os.close(health)
+        raise
     finally:
         for fd in fds:
             os.close(fd)
+    what = "the mount daemon (and the egress hook it serves)" if spec.egress else "the mount daemon"
+    helpers.supervised.append(Supervised(what, daemon, health, spec.run_dir / "mount.log", spec.egress))
     wait_for(lambda: is_fuse_mount(str(mnt)), 60, daemon, "the workspace mount", spec.run_dir / "mount.log")
     helpers.mounts.append(str(mnt))
     return Workspace(mnt, proxy, dns, run.token if run else None)

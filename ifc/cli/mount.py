@@ -31,7 +31,10 @@ from ifc.cli.proxy import UPSTREAM_CA_HELP
 EPILOG = """exit codes:
   0  unmounted cleanly (or, with --background, mounted)
   2  usage error, unreadable policy, token or key, or the mount could not be made
+  3  the mount served, but the event log could not be written during it (the operations affected were
+     denied; the last line says when and why)
 """
+LOG_FAILED = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,6 +64,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="with --egress: also serve the DNS stub here (answers only names the policy's endpoints name)")
     p.add_argument("--upstream-ca", metavar="FILE", help="with --egress: " + UPSTREAM_CA_HELP)
     p.add_argument("--verbose", "-v", action="store_true", help="log every denial to stderr as it happens")
+    p.add_argument("--health-fd", type=int, metavar="N",
+                   help="for launchers (`ifc run`): report failures that denials hide (the event log's) as JSON "
+                   "lines on descriptor N, see ifc.enforce.health")
     p.add_argument("source", metavar="SRC", help="the backing directory (the real workspace)")
     p.add_argument("mountpoint", metavar="MNT", help="where the agent sees it")
 
@@ -87,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         monitor, token = _monitor(args, run_dir, source, mountpoint)
     except Usage as exc:
         return _usage(exc.message, exc.help)
+    health = _health(args.health_fd, monitor.log)
     from ifc.enforce.fs import EnforcingFS
     from ifc.enforce.identity import Identities
     from ifc.enforce.mount import load_binding, serve
@@ -102,15 +109,40 @@ def run(args: argparse.Namespace) -> int:
         serve(ops, mountpoint, binding, source)
     except (MountError, Usage) as exc:
         monitor.close()
+        if health is not None:
+            health.finished(monitor.log.failures)
         return _usage(exc.message, exc.help)
     finally:
         if egress is not None:
             egress.stop()
     denials = ops.stats.denials
     monitor.close()
+    if health is not None:
+        health.finished(monitor.log.failures)
     if denials:
         print(f"ifc mount: {denials} denial(s) logged in {run_dir / 'events.db'}", file=sys.stderr)
-    return ExitCode.OK
+    return _log_failures(monitor.log) or ExitCode.OK
+
+
+def _health(fd: int | None, log):
+    """The launcher's pipe (`--health-fd`), told of the event log's first failure as it happens."""
+    if fd is None:
+        return None
+    from ifc.enforce.health import Reporter
+
+    reporter = Reporter(fd)
+    log.on_failure = lambda failure: reporter.log_failed(failure.ts, failure.reason)
+    return reporter
+
+
+def _log_failures(log) -> int:
+    """LOG_FAILED, said in one line, when writes to the event log failed during the mount."""
+    first = log.first_failure
+    if first is None:
+        return 0
+    when = time.strftime("%H:%M:%S", time.localtime(first.ts))
+    return error("mount", f"the event log failed {log.failures} time(s), first at {when} ({first.reason}); the "
+                 "operations it could not log were denied and are missing from the report", code=LOG_FAILED)
 
 
 def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: str):

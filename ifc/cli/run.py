@@ -29,7 +29,9 @@ from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address, r
 EPILOG = """exit codes:
   N    the command's exit status
   2    usage error
-  125  the sandbox could not start or the guest failed (the message says why)
+  125  the sandbox could not start or the guest failed, or the mount daemon (the monitor, and the egress
+       hook it serves) died or could not write the event log during the run: then the command's own
+       status is not the run's, and the last line says which helper, why and since when
        (without QEMU, the microVM fails at once and names `--isolation namespace`)
 
 example: ifc run --policy policies/default.flow --workspace ~/repo -- sh -c 'git status && python3 -c "print(1)"'
@@ -151,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _summary(run_dir)
+    _summary(run_dir, complete=result.failure is None)
+    if result.failure:  # fail closed: what the agent did after it was not decided or not logged
+        return _error(result.failure)
     return result.status
 
 
@@ -170,10 +174,12 @@ def _token_problem(token: str, key: str | None, audience: str) -> tuple[str, str
     return None
 
 
-def _summary(run_dir: Path) -> None:
-    """One line per denial (at most ten), with the guest command it was matched to, and the report command."""
+def _summary(run_dir: Path, complete: bool = True) -> None:
+    """One line per denial (at most ten), with the guest command it was matched to, and the report command.
+    Not `complete`: a helper failed (the error line after this says how), so the log lacks what followed."""
     from ifc.report.load import ReportError, load_run
     from ifc.report.summary import guest_command
+    from ifc.report.svg import clean
 
     denials = ()
     if (run_dir / "events.db").exists():
@@ -185,9 +191,11 @@ def _summary(run_dir: Path) -> None:
         print(f"ifc run: {len(denials)} denial(s):", file=sys.stderr)
         for d in denials[:10]:
             by = f"{d.subject}, guest command {guest_command(d.guest)}" if d.guest else d.subject
-            print(f"  {d.op} `{d.target}` by {by}: {d.message or d.reason}", file=sys.stderr)
+            print(clean(f"  {d.op} `{d.target}` by {by}: {d.message or d.reason}"), file=sys.stderr)
         if len(denials) > 10:
             print(f"  ... and {len(denials) - 10} more", file=sys.stderr)
     else:
-        print("ifc run: no denials", file=sys.stderr)
+        print("ifc run: no denials" + ("" if complete else " logged"), file=sys.stderr)
+    if not complete:
+        print("ifc run: the log is incomplete: the run's helper failed (below)", file=sys.stderr)
     print(f"ifc run: report: ifc report {run_dir}", file=sys.stderr)

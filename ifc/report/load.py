@@ -6,7 +6,9 @@ needed; it is opened read-only (see `_open`), so reading a report never creates,
 anything, and a log that a live run is still writing can be read too.
 
 Everything here is data from the log, which holds attacker-influenced strings (paths, hosts, command
-lines): renderers must escape every field.
+lines): renderers must escape every field. Names that were not valid UTF-8 come back exactly as the monitor saw
+them (`str` with `surrogateescape` surrogates, see `ifc.monitor.events`); renderers show those bytes as
+`\\xNN` (`ifc.report.svg.clean`), and the JSON report keeps them as `\\udcNN` escapes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from caps import redact
 from ifc.errors import UserError
-from ifc.monitor.events import open_readonly, read_events
+from ifc.monitor.events import from_sql, open_readonly, read_events, read_meta
 from ifc.monitor.guestprocs import attribute, read_guest_processes
 from ifc.monitor.provenance import Hop, draw
 
@@ -187,7 +189,7 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
     missing = [t for t in ("meta", "events") if t not in tables]
     if missing:
         raise ReportError(f"`{root / EVENTS_DB}` is not an ifc event log: no `{missing[0]}` table")
-    meta = {str(k): str(v) for k, v in db.execute("SELECT key, value FROM meta")}
+    meta = read_meta(db)
     policy_lines = _policy_lines(root)
     processes = read_guest_processes(db) if "guest_processes" in tables else []
     denials, labels, declass, tokens, others = [], [], [], [], []
@@ -221,7 +223,8 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
     if "allows" in tables:
         rows = db.execute("SELECT subject, op, object, count, first_ts, last_ts FROM allows "
                           "ORDER BY first_ts, subject, op, object")
-        allows = [AllowCount(str(s), str(o), str(obj), int(c), float(f), float(la)) for s, o, obj, c, f, la in rows]
+        allows = [AllowCount(str(from_sql(s)), str(from_sql(o)), str(from_sql(obj)), int(c), float(f), float(la))
+                  for s, o, obj, c, f, la in rows]
     return Run(path=str(root), meta=meta, denials=tuple(denials), labels=tuple(labels),
                declassifications=tuple(declass), tokens=tuple(tokens), others=tuple(others),
                allows=tuple(allows), kind_counts=counts)

@@ -42,12 +42,20 @@ MONO = "DejaVu Sans Mono, Menlo, Consolas, monospace"
 DENIED = "#c0161b"
 DENIED_NOTE = "\u2717 denied"  # under the last arrow
 
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def clean(text: object) -> str:
-    """The text with characters that XML cannot carry replaced by U+FFFD."""
-    return _NOT_XML.sub("\ufffd", str(text))
+    """The text with what XML cannot carry made visible: a byte that was not UTF-8 in a name (a
+    `surrogateescape` surrogate, see `ifc.monitor.events`) as `\\xNN`, any other lone surrogate as
+    `\\uXXXX`, other characters XML forbids as U+FFFD. A name `b"caf\\xe9"` reads `caf\\xe9`, not `caf?`."""
+    return _NOT_XML.sub("\ufffd", _SURROGATE.sub(_escaped, str(text)))
+
+
+def _escaped(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def escape(text: object) -> str:

@@ -1,0 +1,86 @@
+"""What a mount daemon tells the process that launched it (`ifc run`) about failures its answers hide.
+
+A failure inside an enforcement point is a denial (fail closed), so the agent sees EACCES — and a log that
+cannot be written looks to the agent just like a policy saying no. The person who started the run must hear
+otherwise: `ifc run` exits non-zero and says why. The daemon reports over a pipe its launcher hands it
+(`ifc mount --health-fd N`), as JSON lines:
+
+    {"log_failed": {"ts": ..., "reason": "OperationalError: database is locked"}}   the first log failure
+    {"finished": {"log_failures": N}}                                                  the daemon's last word
+
+The egress hook (`ifc mount --egress`) needs no line of its own: it runs in the daemon's process, on an
+event loop that ends only when the daemon stops it, so the hook dies with the daemon, and its decisions go
+through the same monitor and log.
+
+Why a pipe and not the exit status alone or a file in the run directory: the exit status says *that*
+something failed, not when or why; a file could not be written when the failure is the run directory's disk
+(a full disk is one way the log fails). A pipe needs no disk, and its end tells the launcher the daemon is
+gone: no `finished` line before EOF means it died (its wait status then says how, e.g. SIGKILL). Only the
+first failure is sent at once (its time tells which decisions were affected) and the count at the end, so
+the daemon never blocks on a launcher that reads slowly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Failure:
+    ts: float
+    reason: str
+
+
+@dataclass
+class Health:
+    """What the launcher read from the pipe."""
+
+    log_failures: int = 0
+    first_log_failure: Failure | None = None
+    finished: bool = False  # the daemon said its last word (it did not die)
+
+
+class Reporter:
+    """The daemon's end of the pipe. Writes never raise: a launcher that is gone cannot be told anything."""
+
+    def __init__(self, fd: int):
+        os.set_inheritable(fd, False)  # a child of the daemon holding it would delay the EOF that means "gone"
+        self._fd = fd
+        self._told = False
+
+    def log_failed(self, ts: float, reason: str) -> None:
+        if not self._told:
+            self._told = True
+            self._send({"log_failed": {"ts": ts, "reason": reason}})
+
+    def finished(self, log_failures: int) -> None:
+        self._send({"finished": {"log_failures": log_failures}})
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+    def _send(self, message: dict) -> None:
+        with contextlib.suppress(OSError):  # one write of a short line: atomic on a pipe
+            os.write(self._fd, (json.dumps(message) + "\n").encode())
+
+
+def read_health(lines: Iterable[bytes]) -> Health:
+    """Fold the daemon's lines into a `Health`. A line that is not one of ours is skipped: it would be a bug
+    in our own daemon, and dropping the lines after it would hide the failure they report."""
+    health = Health()
+    for line in lines:
+        try:
+            message = json.loads(line)
+            kind, body = next(iter(message.items()))
+            if kind == "finished":
+                health.finished = True
+                health.log_failures = max(health.log_failures, int(body["log_failures"]))
+            elif kind == "log_failed":
+                health.first_log_failure = Failure(float(body["ts"]), str(body["reason"]))
+                health.log_failures = max(health.log_failures, 1)
+        except (ValueError, TypeError, KeyError, AttributeError, StopIteration):
+            continue
+    return health

@@ -1,0 +1,112 @@
+"""Scenarios for `ifc run` when a helper fails mid-run, written once for every isolation: the mount daemon
+killed with SIGKILL, and an event log that cannot be written. Each takes `sandbox_cases`' `run(ws, policy,
+run_dir, script, extra, env)`; a thread plays the failure once the agent says it is ready (a file it
+writes through the mount), so the failure lands mid-run, never before the agent started or after it ended."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sandbox_cases import Run
+
+READY = "echo ready > src/ready"
+# the run fails with FAILED and says so in its last line, whatever the command's own status was
+ERROR = re.compile(r"^ifc run: error: (?P<what>.+)$")
+
+
+def _when_ready(ws: Path, act: Callable[[], None]) -> threading.Thread:
+    def wait_then_act() -> None:
+        deadline = time.monotonic() + 90
+        while not (ws / "src" / "ready").exists():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        act()
+
+    thread = threading.Thread(target=wait_then_act, daemon=True)
+    thread.start()
+    return thread
+
+
+def mount_daemon_of(run_dir: Path) -> int:
+    """The pid of the `ifc mount` serving `run_dir` (a child of `ifc run`, found by its arguments)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"ifc" in argv and b"mount" in argv and str(run_dir).encode() in argv:
+            return int(entry)
+    raise AssertionError(f"no mount daemon serves {run_dir}")
+
+
+def last_error(stderr: str) -> str:
+    match = ERROR.match(stderr.rstrip("\n").splitlines()[-1])
+    assert match, f"the last line is not `ifc run: error: ...`:\n{stderr}"
+    return match["what"]
+
+
+def killed_mount_daemon(run: Run, ws: Path, policy: Path, run_dir: Path) -> None:
+    """`kill -9` of the mount daemon mid-run: the agent's later file operations fail, it exits 0 anyway, and
+    `ifc run` exits FAILED, naming the daemon, the signal and the time after which nothing was decided."""
+    script = (f"{READY}; while cat src/main.py >/dev/null 2>&1; do sleep 0.05; done; "
+              "echo after > src/after 2>/dev/null || echo write-failed; exit 0")
+    killed: list[float] = []
+
+    def kill() -> None:
+        os.kill(mount_daemon_of(run_dir), signal.SIGKILL)
+        killed.append(time.time())
+
+    killer = _when_ready(ws, kill)
+    proc = run(ws, policy, run_dir, script, (), {})
+    killer.join()
+    assert killed, proc.stderr
+    assert proc.returncode == 125, proc.stderr
+    assert "write-failed" in proc.stdout and not (ws / "src" / "after").exists()
+    what = last_error(proc.stderr)
+    assert what.startswith("the mount daemon died during the run (signal 9); decisions after "), what
+    assert f"see {run_dir / 'mount.log'}" in what and "not in the log" in what
+    stamp = re.search(r"after (\d\d:\d\d:\d\d) ", what)[1]
+    assert stamp in {time.strftime("%H:%M:%S", time.localtime(killed[0] + d)) for d in (0, 1)}
+    assert "the log is incomplete" in proc.stderr
+
+
+def unwritable_event_log(run: Run, ws: Path, policy: Path, run_dir: Path) -> None:
+    """Another process holds the log's write lock while the agent is denied something: that denial cannot
+    be logged (the monitor waits its busy timeout, then denies saying so). The run ends normally, the
+    command exits 0, and `ifc run` exits FAILED, saying the log failed, when, and why."""
+    script = (f"{READY}; while [ ! -e src/go ]; do sleep 0.05; done; "
+              "cat .env >/dev/null 2>&1 || echo denied; echo done > src/done; exit 0")
+    held: list[sqlite3.Connection] = []
+
+    def lock_then_release() -> None:
+        holder = sqlite3.connect(run_dir / "events.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        held.append(holder)
+        (ws / "src" / "go").write_text("go\n")
+        deadline = time.monotonic() + 60
+        while not (ws / "src" / "done").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    locker = _when_ready(ws, lock_then_release)
+    proc = run(ws, policy, run_dir, script, (), {})
+    locker.join()
+    assert held, proc.stderr
+    assert proc.returncode == 125, proc.stderr
+    assert proc.stdout.split() == ["denied"]
+    what = last_error(proc.stderr)
+    assert what.startswith("the mount daemon could not write the event log (1 failure(s), first at "), what
+    assert "OperationalError: database is locked" in what and f"see {run_dir / 'mount.log'}" in what
+    log = (run_dir / "mount.log").read_text()
+    assert "ifc mount: error: the event log failed 1 time(s)" in log and "Traceback" not in log, log
