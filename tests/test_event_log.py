@@ -232,3 +232,20 @@ def test_ifc_mount_exits_3_and_says_why_when_its_log_failed(tmp_path):
                         r"\(OperationalError: database is locked\); the operations it could not log were denied "
                         r"and are missing from the report", last), log
     assert [d.target for d in load_run(run).denials] == ["later.txt"]
+
+
+def test_ifc_decide_exits_3_and_says_why_when_its_log_failed(tmp_path, capsys):
+    """`ifc decide --run-dir` checks its log like `ifc mount` does: a denial it could not record is not silent."""
+    from ifc.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    EventLog(run / "events.db").close()  # the schema, then a trigger refusing the one denial this run makes
+    _other(run / "events.db").execute("CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.kind = 'deny' "
+                                      "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    code = main(["decide", "--policy", str(shipped_policy("default")), "--run-dir", str(run), "read", ".env",
+                 "connect", "smtp.gmail.com:587"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert re.search(r"ifc decide: error: the event log failed 1 time\(s\), first at \d\d:\d\d:\d\d \(.*refused by "
+                     r"the test.*\); the operations it could not log were denied", err), err

@@ -20,7 +20,11 @@ def _sleeper(token: str | None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != identity.ENV_VAR}
     if token is not None:
         env[identity.ENV_VAR] = token
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    child = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+                             env=env, stdout=subprocess.PIPE)
+    # once it prints, it runs the new program: its /proc environ is the one given here, not the parent's
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+    return child
 
 
 def test_a_process_presenting_a_token_is_its_own_subject_until_it_dies():

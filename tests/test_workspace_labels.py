@@ -11,11 +11,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ifc.monitor.labelstore import LabelStore, LabelStoreError, Why
 from ifc.monitor.workspace_store import STATE_ENV, open_store, state_dir, store_path
@@ -352,3 +355,20 @@ def test_labels_floated_in_one_run_hold_in_the_next(tmp_path):
         assert lowered.returncode == 0, lowered.stderr
         assert "the key was rotated" in _ifc("labels", str(ws)).stdout
         assert send_after_reading("run-d", "encoded.txt") == ["200", "200"], "a declassification holds next run"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=1, max_size=24).filter(lambda b: b"\0" not in b and b"/" not in b and b not in (b".", b"..")))
+def test_any_file_name_round_trips_through_the_store(raw):
+    """A name that is not valid UTF-8 (FUSE hands it over with surrogateescape) is stored losslessly: before, it
+    failed the write (a fail-closed denial, and a name map ahead of the database)."""
+    name = "src/" + os.fsdecode(raw)
+    with tempfile.TemporaryDirectory() as d:
+        store = LabelStore(Path(d) / "labels.db")
+        store.raise_to(name, Label(frozenset({"secret"}), 1))
+        store.rename(name, name + ".moved")
+        store.close()
+        again = LabelStore(Path(d) / "labels.db")
+        assert again.snapshot() == {name + ".moved": Label(frozenset({"secret"}), 1)}
+        assert [c.path for c in again.history()] == [name, name + ".moved"]
+        again.close()

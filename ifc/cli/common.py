@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from ifc.errors import UserError
@@ -17,6 +18,19 @@ def error(prog: str, message: str, help: str | None = None, code: int = 2) -> in
     if help:
         print(f"  help: {help}", file=sys.stderr)
     return code
+
+
+LOG_FAILED = 3  # a command whose event log failed: what it could not log was denied and is missing
+
+
+def log_failures(prog: str, log) -> int:
+    """LOG_FAILED, said in one line, when writes to the event log failed during the command (else 0)."""
+    first = log.first_failure if log is not None else None
+    if first is None:
+        return 0
+    when = time.strftime("%H:%M:%S", time.localtime(first.ts))
+    return error(prog, f"the event log failed {log.failures} time(s), first at {when} ({first.reason}); the "
+                 "operations it could not log were denied and are missing from the report", code=LOG_FAILED)
 
 
 def parse_address(text: str, flag: str) -> tuple[str, int]:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ifc.cli import ExitCode
-from ifc.cli.common import Usage, error, load_policy_and_agent
+from ifc.cli.common import Usage, error, load_policy_and_agent, log_failures
 from ifc.monitor import Decision, EventLog, LabelStore, Monitor, Request
 from ifc.monitor.monitor import ALL_OPS, TWO_PATH_OPS
 
@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"policy {args.policy}" + (f", agent {agent.name}" if agent else ", flows only (no agent)"))
         for d in decisions:
             print(_render(d))
-    return ExitCode.FINDINGS if any(not d.allowed for d in decisions) else ExitCode.OK
+    failed = log_failures("decide", monitor.log)
+    return failed or (ExitCode.FINDINGS if any(not d.allowed for d in decisions) else ExitCode.OK)
 
 
 def _monitor(policy, agent, args) -> Monitor:

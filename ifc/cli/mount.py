@@ -25,7 +25,15 @@ import time
 from pathlib import Path
 
 from ifc.cli import ExitCode
-from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address, read_token, token_verifier
+from ifc.cli.common import (
+    Usage,
+    error,
+    load_policy_and_agent,
+    log_failures,
+    parse_address,
+    read_token,
+    token_verifier,
+)
 from ifc.cli.proxy import UPSTREAM_CA_HELP
 
 EPILOG = """exit codes:
@@ -34,7 +42,6 @@ EPILOG = """exit codes:
   3  the mount served, but the event log could not be written during it (the operations affected were
      denied; the last line says when and why)
 """
-LOG_FAILED = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -121,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         health.finished(monitor.log.failures)
     if denials:
         print(f"ifc mount: {denials} denial(s) logged in {run_dir / 'events.db'}", file=sys.stderr)
-    return _log_failures(monitor.log) or ExitCode.OK
+    return log_failures("mount", monitor.log) or ExitCode.OK
 
 
 def _health(fd: int | None, log):
@@ -133,16 +140,6 @@ def _health(fd: int | None, log):
     reporter = Reporter(fd)
     log.on_failure = lambda failure: reporter.log_failed(failure.ts, failure.reason)
     return reporter
-
-
-def _log_failures(log) -> int:
-    """LOG_FAILED, said in one line, when writes to the event log failed during the mount."""
-    first = log.first_failure
-    if first is None:
-        return 0
-    when = time.strftime("%H:%M:%S", time.localtime(first.ts))
-    return error("mount", f"the event log failed {log.failures} time(s), first at {when} ({first.reason}); the "
-                 "operations it could not log were denied and are missing from the report", code=LOG_FAILED)
 
 
 def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: str):

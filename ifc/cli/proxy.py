@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 
 from ifc.cli import ExitCode
-from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address, read_token, token_verifier
+from ifc.cli.common import (
+    Usage,
+    error,
+    load_policy_and_agent,
+    log_failures,
+    parse_address,
+    read_token,
+    token_verifier,
+)
 
 EPILOG = """exit codes:
   0  stopped cleanly
@@ -197,4 +205,4 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.suppress(Exception):
         egress.monitor.close()
     print(f"ifc proxy: stopped; run dir {run_dir} ({refusals} refusal(s) by the hook itself)", file=sys.stderr)
-    return ExitCode.OK
+    return log_failures("proxy", egress.monitor.log) or ExitCode.OK

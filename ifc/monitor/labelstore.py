@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ifc.monitor.events import from_sql, to_sql
 from ifc.policy.labels import Label
 
 _SCHEMA = """
@@ -159,9 +160,10 @@ class LabelStore:
         args: tuple = ()
         if path is not None:
             sql += " WHERE path = ? OR object = (SELECT object FROM names WHERE path = ?)"
-            args = (path, path)
+            args = (to_sql(path), to_sql(path))
         rows = self._db.execute(sql + " ORDER BY seq", args).fetchall()
-        return [Change(r[0], r[1], r[2], r[3], decode(r[4]), decode(r[5]), *r[6:]) for r in rows]
+        return [Change(r[0], r[1], r[2], from_sql(r[3]), decode(r[4]), decode(r[5]), *map(from_sql, r[6:]))
+                for r in rows]
 
     def meta(self, key: str) -> str | None:
         if self._db is None:
@@ -299,7 +301,7 @@ class LabelStore:
             if dev is not None:
                 self._inodes[(dev, ino)] = oid
             self._next = max(self._next, oid + 1)
-        self._names = dict(self._db.execute("SELECT path, object FROM names"))
+        self._names = {from_sql(path): oid for path, oid in self._db.execute("SELECT path, object FROM names")}
         self._seen = self._db.execute("PRAGMA data_version").fetchone()[0]
 
     def _new_object(self) -> int:
@@ -309,12 +311,12 @@ class LabelStore:
     def _put_name(self, path: str, oid: int) -> None:
         self._names[path] = oid
         if self._db is not None:
-            self._db.execute("INSERT OR REPLACE INTO names VALUES (?, ?)", (path, oid))
+            self._db.execute("INSERT OR REPLACE INTO names VALUES (?, ?)", (to_sql(path), oid))
 
     def _del_name(self, path: str) -> None:
         self._names.pop(path, None)
         if self._db is not None:
-            self._db.execute("DELETE FROM names WHERE path = ?", (path,))
+            self._db.execute("DELETE FROM names WHERE path = ?", (to_sql(path),))
 
     def _put_object(self, oid: int, label: Label, inode: tuple[int, int] | None) -> None:
         self._objects[oid] = label
@@ -387,5 +389,5 @@ class LabelStore:
         self._db.execute(
             "INSERT INTO history (ts, kind, object, path, old, new, label, run, subject, command, source, who, "
             "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (time.time(), kind, oid, path, encode(old), encode(new), why.label, self.run, why.subject, why.command,
-             why.source, why.who, why.reason or reason))
+            (time.time(), kind, oid, to_sql(path), encode(old), encode(new), why.label, self.run, why.subject,
+             to_sql(why.command), to_sql(why.source), why.who, to_sql(why.reason or reason)))
