@@ -23,15 +23,7 @@ import time
 from pathlib import Path
 
 from ifc.cli import ExitCode
-from ifc.cli.common import (
-    Usage,
-    error,
-    load_policy_and_agent,
-    log_failures,
-    parse_address,
-    read_token,
-    token_verifier,
-)
+from ifc.cli.common import Usage, error, load_policy_and_agent, log_failures, parse_address, read_token, token_verifier
 
 EPILOG = """exit codes:
   0  stopped cleanly
