@@ -334,6 +334,39 @@ def test_taint_at_message_completion_keeps_the_credentials_home(world):
     assert not w["relay"].logins and not w["relay"].messages
 
 
+def test_a_relay_session_in_progress_is_cut_when_the_taint_rises(world):
+    """The hop to the relay is a stream under the monitor (issue 11): the run reads `.env` while the relay is
+    still checking the credentials, and the session ends there, with no message sent."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(Relay):
+        def __call__(self, *args):
+            entered.set()
+            release.wait(10)
+            return super().__call__(*args)
+
+    w = world("starttls", relay=Slow())
+    result = {}
+
+    def mail():
+        with Sandbox(w["port"]) as sandbox:
+            sandbox.login(USER, w["sentinel"])
+            try:
+                sandbox.send()
+            except smtplib.SMTPDataError as exc:
+                result["error"] = exc
+
+    thread = threading.Thread(target=mail)
+    thread.start()
+    assert entered.wait(10)
+    assert w["monitor"].decide(Request("read", ".env")).allowed
+    release.set()
+    thread.join(20)
+    error = result["error"]
+    assert error.smtp_code == 550 and "`secret` data may not go to" in error.smtp_error.decode()
+    assert not w["relay"].messages
+
+
 # ------------------------------------------------------------------------------------------ ifc proxy
 
 def test_ifc_proxy_relays_with_the_real_password_over_implicit_tls(tmp_path, certs):

@@ -159,9 +159,11 @@ async def deliver(relay: Relay, addresses: tuple[str, ...], context: ssl.SSLCont
     session = _Session(reader, writer, timeout)
     try:
         await _converse(session, relay, context, message, credentials, require_tls, name)
-    except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-        if flow.cut_reason is not None:
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, RelayError) as exc:
+        if flow.cut_reason is not None:  # the monitor shut the socket: say why, not what the relay did next
             raise RelayError(550, f"5.7.1 ifc: {flow.cut_reason}".encode()) from None
+        if isinstance(exc, RelayError):
+            raise
         raise RelayError(451, f"4.4.0 relay failed: {exc or type(exc).__name__}".encode()) from None
     finally:
         writer.close()
