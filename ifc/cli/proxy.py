@@ -1,4 +1,4 @@
-"""`ifc proxy --policy P --listen HOST:PORT [--dns HOST:PORT] [--smtp HOST:PORT --smtp-relay smtp://H:P]`:
+"""`ifc proxy --policy P --listen HOST:PORT [--dns HOST:PORT] [--smtp HOST:PORT --smtp-relay smtp[s]://H:P]`:
 run the egress hook on its own — the HTTP(S) proxy, and optionally the DNS stub and the SMTP front —
 every connection, request, lookup and message decided by the reference monitor.
 
@@ -7,7 +7,8 @@ token is its own subject; without one it is the session, presenting `--token` or
 grants). Policy secrets are loaded here; the sandbox gets sentinels instead, written with the proxy
 settings to RUN_DIR/sandbox.env. A tunnel to an endpoint a secret is bound to is terminated with a per-run
 CA (its certificate in RUN_DIR/ca.pem, for the sandbox to trust) so the sentinel can be swapped there too;
-the real server is verified against the system trust store (plus --upstream-ca). Every decision goes to
+the real server is verified against the system trust store (plus --upstream-ca), and so is the mail relay:
+the SMTP front sends it the relay credentials (policy secrets bound to it) only over TLS. Every decision goes to
 RUN_DIR/events.db (`ifc report`). Runs in the foreground until Ctrl-C or SIGTERM.
 """
 
@@ -45,7 +46,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="the HTTP proxy (default: %(default)s)")
     p.add_argument("--dns", metavar="HOST:PORT", help="also serve the DNS stub (UDP and TCP) here")
     p.add_argument("--smtp", metavar="HOST:PORT", help="also serve the SMTP submission front here")
-    p.add_argument("--smtp-relay", metavar="URL", help="the real mail server, `smtp://host:port` (needed with --smtp)")
+    p.add_argument("--smtp-relay", metavar="URL",
+                   help="the real mail server (needed with --smtp): `smtp://host:587` (STARTTLS, required when the "
+                        "front authenticates) or `smtps://host:465` (implicit TLS)")
     p.add_argument("--run-dir", metavar="DIR",
                    help="event log, sandbox.env and ca.pem (default: a new temporary directory)")
     p.add_argument("--agent", metavar="NAME",
@@ -59,7 +62,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 UPSTREAM_CA_HELP = ("extra CA certificates (PEM) trusted, besides the system's, for the real servers behind "
-                    "terminated HTTPS tunnels")
+                    "terminated HTTPS tunnels (and the mail relay)")
 
 
 def termination(policy, upstream_ca: str | None):
@@ -74,6 +77,17 @@ def termination(policy, upstream_ca: str | None):
     except (OSError, ssl.SSLError) as exc:
         raise Usage(f"cannot load --upstream-ca `{upstream_ca}`: {exc}", "give a PEM file of CA certificates") \
             from None
+
+
+def _check_relay(url: str | None) -> None:
+    from ifc.enforce.smtp_relay import Relay
+
+    if not url:
+        raise Usage("--smtp needs --smtp-relay smtp://host:port (or smtps://host:465)")
+    try:
+        Relay.parse(url)
+    except ValueError as exc:
+        raise Usage(f"--smtp-relay: {exc}") from None
 
 
 def _usage(message: str, help: str | None = None) -> int:
@@ -129,19 +143,22 @@ def _build(args: argparse.Namespace, run_dir: Path):
 
 async def serve(egress, listen: tuple[str, int], dns: tuple[str, int] | None = None,
                 smtp: tuple[str, int] | None = None, smtp_relay: str | None = None,
-                ready=None, stop: asyncio.Event | None = None, tls=None) -> None:
+                ready=None, stop: asyncio.Event | None = None, tls=None, upstream_ca: str | None = None) -> None:
     """Run the proxy (and the DNS stub, the SMTP front) until `stop` is set. `ready(name, host, port)` is
     called as each one listens. One `Egress`, so one monitor: the taint is shared by every exit. `tls`: the
-    `Termination` for tunnels to endpoints secrets are bound to (None: every tunnel is blind)."""
+    `Termination` for tunnels to endpoints secrets are bound to (None: every tunnel is blind); `upstream_ca`:
+    extra roots for the mail relay's certificate."""
     from ifc.enforce.dns_stub import DnsStub
     from ifc.enforce.http_proxy import HttpProxy
     from ifc.enforce.smtp_front import SmtpFront
+    from ifc.enforce.tls import upstream_context
 
     servers = [("http", HttpProxy(egress, tls=tls), listen)]
     if dns:
         servers.append(("dns", DnsStub(egress), dns))
     if smtp:
-        servers.append(("smtp", SmtpFront(egress, smtp_relay or ""), smtp))
+        servers.append(("smtp", SmtpFront(egress, smtp_relay or "", upstream=upstream_context(upstream_ca, alpn=())),
+                        smtp))
     started = []
     try:
         for name, server, (host, port) in servers:
@@ -166,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
         listen = parse_address(args.listen, "--listen")
         dns = parse_address(args.dns, "--dns") if args.dns else None
         smtp = parse_address(args.smtp, "--smtp") if args.smtp else None
-        if smtp and not (args.smtp_relay or "").startswith("smtp://"):
-            raise Usage("--smtp needs --smtp-relay smtp://host:port")
+        if smtp:
+            _check_relay(args.smtp_relay)
         run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="ifc-proxy-"))
         egress = _build(args, run_dir)
         tls = termination(egress.monitor.policy, args.upstream_ca)
@@ -186,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(egress, listen, dns, smtp, args.smtp_relay, ready=ready, stop=stop, tls=tls)
+        await serve(egress, listen, dns, smtp, args.smtp_relay, ready=ready, stop=stop, tls=tls,
+                    upstream_ca=args.upstream_ca)
 
     try:
         asyncio.run(main())

@@ -153,12 +153,14 @@ def _load_in_memory(context: ssl.SSLContext, cert: x509.Certificate, key: ec.Ell
         os.close(fd)
 
 
-def upstream_context(extra_ca: str | None = None) -> ssl.SSLContext:
-    """How the hook verifies the real server: the system trust store, plus `extra_ca` (a PEM bundle) if given."""
+def upstream_context(extra_ca: str | None = None, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
+    """How the hook verifies the real server: the system trust store, plus `extra_ca` (a PEM bundle) if given.
+    `alpn=()` for mail: a relay has no ALPN name, and offering `http/1.1` to one could be refused."""
     context = ssl.create_default_context()
     if extra_ca:
         context.load_verify_locations(cafile=extra_ca)
-    context.set_alpn_protocols(["http/1.1"])
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
     return context
 
 
