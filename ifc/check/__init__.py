@@ -24,6 +24,7 @@ CODES: dict[str, str] = {
     "unknown-name": "A label, level, group or capability is used but never declared.",
     "wrong-kind": "A name of one kind (secrecy tag, integrity level) is used where another is required.",
     "bad-pattern": "A glob or endpoint pattern is malformed.",
+    "bad-method": "An HTTP method is misspelt (methods are case-sensitive) or given to a grant that is not `connect`.",
     "bad-name": "A secret's name cannot be an environment variable name.",
     "bad-secret": "A secret's source reference is empty.",
     "empty-capability": "A declassify or endorse capability releases nothing.",
