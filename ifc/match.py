@@ -520,7 +520,8 @@ class EndpointPattern:
     `*` any host, IPs and CIDRs. A missing port means the scheme's default ports, or any port without a scheme.
 
     A path glob and a method set (http and https only) narrow the pattern to some requests: `*` stays within a
-    path segment, `**` spans segments, and a path matches exactly (`/acme` is not `/acme/x`: write `/acme/**`).
+    path segment, `**` spans segments, and a path matches exactly (`/acme` is not `/acme/x`: write `/acme/**`);
+    `/**` alone is every path, the same as no path.
     Such a pattern admits a connection (no path yet) only when the hook decides every request on it
     (`Endpoint.inspected`)."""
 
@@ -565,7 +566,7 @@ class EndpointPattern:
         else:
             port = _parse_port(port_text, port_col)
             ports = ((port, port),)
-        path = None if path_text is None else _path_glob(path_text, len(url) - len(path_text))
+        path = None if path_text in (None, "/**") else _path_glob(path_text, len(url) - len(path_text))
         return cls(text, scheme, host, ports, path, methods)
 
     @property

@@ -223,7 +223,8 @@ def _statement(node, width: int = 0) -> str:
             to = f" to {_patterns(node.to)}" if node.to else ""
             return f"secret {node.name.text} from {node.source} {encode_string(node.ref.text)}{to}"
         case ast.Grant():
-            return ("delegate " if node.delegate else "") + f"{node.op} {_patterns(node.patterns)}{_methods(node.methods)}"
+            return (("delegate " if node.delegate else "") + f"{node.op} {_patterns(node.patterns)}"
+                    + _methods(node.methods))
         case ast.Holds():
             return "holds " + ", ".join(n.text for n in node.names)
         case ast.FlowRule():

@@ -417,8 +417,9 @@ class Monitor:
         return None, None
 
     def _no_grant(self, op: str, obj: str | Endpoint) -> str:
+        patterns = map(EndpointPattern.parse, self.agent.patterns(op)) if isinstance(obj, Endpoint) else ()
         if isinstance(obj, Endpoint) and obj.path is None and not obj.inspected and any(
-                p.restricted and p.matches_connection(obj) for p in map(EndpointPattern.parse, self.agent.patterns(op))):
+                p.restricted and p.matches_connection(obj) for p in patterns):
             return (f"agent `{self.agent.name}` may connect to {obj} only for some paths or methods, and this "
                     "connection is not inspected: the hook decides requests only where it terminates TLS, for "
                     "hosts a pattern with a path or methods names exactly")
