@@ -719,14 +719,16 @@ class Monitor:
         obj = dest if op in TWO_PATH_OPS else target.partition("@")[2] if op == "send" else target
         if op in FILE_OPS or op in TWO_PATH_OPS:
             obj = glob_literal(obj)  # the grant names this file, even one called `*`
-        elif op == "connect" and " " in obj:  # a request: `METHOD URL` is granted as `"URL" methods METHOD`
+        written = encode_string(obj)
+        if op == "connect" and " " in obj:  # a request: `METHOD URL` is granted as `"URL" methods METHOD`
             method, _, url = obj.partition(" ")
-            obj = methods_text(url, [method])
+            url = url.replace("*", "\\*")  # a `*` in the request's path is a character, not a wildcard
+            obj, written = methods_text(url, [method]), f"{encode_string(url)} methods {method}"
         agent = self.agent.name if self.agent else "AGENT"
         flag = {"read": "--read", "write": "--write", "create": "--create", "delete": "--delete",
                 "exec": "--exec", "connect": "--connect"}.get(needed, f"--{needed}")
         return {
-            "policy": f"{needed} {encode_string(obj)}   # in `agent {agent} {{ }}`",
+            "policy": f"{needed} {written}   # in `agent {agent} {{ }}`",
             "mint": f"ifc caps mint --policy {shlex.quote(self.policy_path)} --grant {agent} "
                     f"{flag} {shlex.quote(obj)} --audience {shlex.quote(self.audience or 'RUN')} --ttl 1h",
         }
