@@ -365,9 +365,7 @@ class _Compiler:
 
 
 def _grant_text(grant: model.Grant) -> str:
-    """A grant as the language writes it: `connect "URL" methods GET, POST`."""
-    url, word, methods = grant.pattern.partition(METHODS_WORD)
-    return f"{grant.op} {_quote(url)}" + (f" methods {methods.replace(',', ', ')}" if word else "")
+    return f"{grant.op} {model.written(grant.pattern)}"
 
 
 def _covered(grant: model.Grant, grants: list[model.Grant]) -> bool:

@@ -15,10 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ifc.diagnostics import Span
-from ifc.lang.lower import encode_string as _q
 from ifc.match import Endpoint
 from ifc.policy.labels import Label
-from ifc.policy.model import Capability, EndpointRule, Policy, Sink
+from ifc.policy.model import Capability, EndpointRule, Policy, Sink, written
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ def _decide(policy: Policy, data: Label, held: Iterable[str], on_sink, where: st
 
 def endpoint_rule_text(policy: Policy, rule: EndpointRule) -> str:
     lattice = policy.lattice
-    parts = [", ".join(_q(p.text) for p in rule.patterns),
+    parts = [", ".join(written(p.text) for p in rule.patterns),
              f"clearance {lattice.describe_tags(rule.clearance)}"]
     if rule.requires:
         parts.append(f"requires {lattice.integrity_levels[rule.requires]}")

@@ -15,7 +15,7 @@ from functools import cached_property, lru_cache
 
 from ifc.diagnostics import Span
 from ifc.lang.lower import encode_string
-from ifc.match import Endpoint, EndpointPattern, Glob
+from ifc.match import METHODS_WORD, Endpoint, EndpointPattern, Glob
 from ifc.policy.labels import Label, LabelPattern, Lattice
 
 FILE_OPS = ("read", "write", "create", "delete", "exec")
@@ -54,6 +54,12 @@ def _union(globs: tuple[Glob, ...]):
     if not globs:
         return None
     return re.compile("|".join(f"(?:{g.regex})" for g in globs), re.DOTALL)
+
+
+def written(pattern: str) -> str:
+    """An endpoint pattern's text as the language writes it: `"https://host/path" methods GET, POST`."""
+    url, word, methods = pattern.partition(METHODS_WORD)
+    return encode_string(url) + (f" methods {methods.replace(',', ', ')}" if word else "")
 
 
 @dataclass(frozen=True)
