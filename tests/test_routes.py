@@ -278,3 +278,27 @@ agent a { read "**" methods GET  connect "https://h.test/a/**" methods POST }
     assert "`get` is not `GET`" in messages and "`read` takes no methods" in messages
     assert "methods go after the string" in messages
     assert "a secret's binding names hosts" in messages and "a flow's sink names hosts" in messages
+
+
+# ================================================================================ covers agrees with matches
+_PATTERNS = ["https://github.com", "https://github.com/**", "https://github.com/acme/**",
+             "https://github.com/acme/*", "https://github.com/*/x.git/**", "https://github.com/acme/x.git/**",
+             "https://*.github.com/acme/**", "https://github.com/acme/** methods GET",
+             "https://github.com/acme/** methods GET,POST", "https://github.com methods POST",
+             "https://github.com/ methods GET", "https://github.com/acme", "*:443"]
+_REQUESTS = [Endpoint.parse(t) for t in (
+    "GET https://github.com/acme/x.git/info/refs", "POST https://github.com/acme/x.git/git-receive-pack",
+    "POST https://github.com/attacker/x.git/git-receive-pack", "GET https://github.com/acme", "GET https://github.com/",
+    "PUT https://github.com/acme/y", "GET https://api.github.com/acme/x", "DELETE https://github.com/acme/x.git")] + [
+    Endpoint("https", "github.com", 443), Endpoint("https", "github.com", 443, inspected=True)]
+
+
+@pytest.mark.parametrize("outer", _PATTERNS)
+@pytest.mark.parametrize("inner", _PATTERNS)
+def test_covers_never_claims_more_than_matches_shows(outer, inner):
+    """`covers` decides `delegate-widens` and shadowing: when it says yes, every request the inner pattern
+    matches, the outer one matches too."""
+    a, b = EndpointPattern.parse(outer), EndpointPattern.parse(inner)
+    if a.covers(b):
+        for endpoint in _REQUESTS:
+            assert not b.matches(endpoint) or a.matches(endpoint), (outer, inner, str(endpoint))
