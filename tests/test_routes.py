@@ -302,3 +302,24 @@ def test_covers_never_claims_more_than_matches_shows(outer, inner):
     if a.covers(b):
         for endpoint in _REQUESTS:
             assert not b.matches(endpoint) or a.matches(endpoint), (outer, inner, str(endpoint))
+
+
+def test_ifc_check_reports_routes_that_cannot_work_as_written():
+    from ifc.check import check
+
+    result = check(compile_text("""
+labels { secrecy public < internal }
+endpoints {
+  "https://h.test/a/**" methods GET    # shadowed: the host-wide rule below decides every request it matches
+  "https://h.test"
+  "https://h.test/b/**" methods POST   # not shadowing the host-wide rule: it narrows
+  "https://*.cdn.test/assets/**"
+  "https://docs.test" except "https://docs.test/private/**"
+  "https://k.test/x" methods FETCH
+}
+agent a { read "**" connect "https://h.test/a/**" methods GET }
+""", "r.flow"))
+    found = sorted((d.code, d.span.line) for d in result.diagnostics
+                   if d.code in ("shadowed-rule", "uninspected-route", "path-except", "unknown-method",
+                                 "unusable-grant"))
+    assert found == [("path-except", 8), ("shadowed-rule", 4), ("uninspected-route", 7), ("unknown-method", 9)]
