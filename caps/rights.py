@@ -1,9 +1,10 @@
 """Rights a token carries, and how a request is matched against them.
 
 A right is `OP PATTERN`: `read`, `write`, `create`, `delete` and `exec` take a path glob; `connect` takes an
-endpoint pattern; `declassify TAG to ENDPOINT` lets the monitor release data tagged TAG to endpoints that
-match. `caps` treats patterns as opaque text and matches them with `ifc.match`; tags are opaque strings
-(caps knows nothing of labels).
+endpoint pattern, which may name a URL path and methods
+(`connect https://github.com/acme/** methods GET,POST`); `declassify TAG to ENDPOINT` lets the monitor release
+data tagged TAG to endpoints that match. `caps` treats patterns as opaque text and matches them with
+`ifc.match`; tags are opaque strings (caps knows nothing of labels).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from caps.errors import RightError
-from ifc.match import Endpoint, EndpointPattern, Glob, PatternError
+from ifc.match import METHODS_WORD, Endpoint, EndpointPattern, Glob, PatternError
 
 PATH_OPS = ("read", "write", "create", "delete", "exec")
 CONNECT = "connect"
@@ -73,6 +74,9 @@ class Right:
         problem = check_text("pattern", self.pattern, MAX_PATTERN_BYTES)
         if problem is None and self.op in PATH_OPS:
             problem = glob_problem(self.pattern)
+        elif problem is None:
+            path = url_path(self.pattern)
+            problem = None if path is None else glob_problem(path)
         return problem
 
     @classmethod
@@ -151,6 +155,14 @@ def glob_problem(pattern: str) -> str | None:
     if total > MAX_WILDCARDS:
         return f"glob `{pattern}` has more than {MAX_WILDCARDS} wildcards"
     return None
+
+
+def url_path(pattern: str) -> str | None:
+    """The path glob of an endpoint pattern's text (`/acme/**` of `https://github.com/acme/** methods GET`), held to
+    the same backtracking bounds as a path right: it is matched against request paths the holder chooses."""
+    rest = pattern.partition(METHODS_WORD)[0].partition("://")[2]
+    slash = rest.find("/")
+    return rest[slash:] if slash >= 0 else None
 
 
 def path_problem(path: str) -> str | None:

@@ -27,6 +27,11 @@ DEFAULT_PORTS: dict[str, tuple[int, ...]] = {
     "dns": (53,),
 }
 PORT_SCHEMES = {443: "https", 80: "http", 25: "smtp", 465: "smtp", 587: "smtp", 53: "dns"}
+HTTP_SCHEMES = ("https", "http")  # the schemes whose requests have a method and a path
+METHODS_WORD = " methods "  # `https://host/path methods GET,POST`: how a pattern with methods is written as text
+_METHOD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}$")  # an RFC 9110 token
+_PCHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*$")  # RFC 3986 path characters
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
 class PatternError(ValueError):
@@ -342,15 +347,25 @@ _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A concrete network destination a request names."""
+    """A concrete network destination a request names: a connection (`path` None) or, for HTTP, one request
+    on it (`method` and `path`, the path normalised by `request_path`, without its leading `/` or query).
+
+    `inspected` marks a connection whose every request the hook decides again with its method and path (a
+    plain-HTTP forward, or a TLS tunnel it terminates): only then may a pattern naming paths or methods admit
+    the connection itself. It is a fact the hook states (`Facts.inspected`), never written in text."""
 
     scheme: str
     host: str
     port: int
+    method: str | None = None
+    path: str | None = None
+    inspected: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:
-        scheme, host_text, port_text, col = _split_endpoint(text)
+        """`[METHOD ]scheme://host[:port][/path[?query]]` (a method and a path only for http and https)."""
+        method, text = _split_method(text)
+        scheme, host_text, port_text, col, path_text = _split_endpoint(text)
         host = _parse_host(host_text, col, concrete=True)
         if port_text is None:
             if scheme is None:
@@ -363,7 +378,17 @@ class Endpoint:
             port = _parse_port(port_text, col + len(host_text) + 1)
         if scheme is None:
             scheme = PORT_SCHEMES.get(port, "tcp")
-        return cls(scheme, host, port)
+        path = None if path_text is None else request_path(path_text.partition("?")[0].partition("#")[0])
+        if method is not None and path is None:
+            raise PatternError("a request with a method needs a path", len(text), help="e.g. `GET https://host/`")
+        if path is not None and scheme not in HTTP_SCHEMES:
+            raise PatternError(f"a `{scheme}` endpoint has no path", 0, help="only http and https requests have paths")
+        return cls(scheme, host, port, method, path)
+
+    @property
+    def connection(self) -> Endpoint:
+        """The connection this request travels on (no method, no path)."""
+        return Endpoint(self.scheme, self.host, self.port) if self.path is not None or self.inspected else self
 
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -374,10 +399,60 @@ class Endpoint:
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        text = f"{self.scheme}://{host}:{self.port}"
+        if self.path is not None:
+            text += "/" + self.path
+        return f"{self.method} {text}" if self.method else text
 
 
-def _split_endpoint(text: str) -> tuple[str | None, str, str | None, int]:
+def _split_method(text: str) -> tuple[str | None, str]:
+    text = text.strip()
+    head, space, rest = text.partition(" ")
+    if not space:
+        return None, text
+    if not _METHOD.match(head):
+        raise PatternError(f"`{head}` is not an HTTP method", 0, help="methods are tokens such as `GET` or `POST`")
+    return head, rest.strip()
+
+
+def request_path(raw: str) -> str:
+    """A request's path as patterns match it, or PatternError when it is not in normal form.
+
+    Servers resolve what a path means (dot segments, percent-encoding, `//`), so a path that two servers could
+    read two ways is refused rather than normalised here: `..` and `.` segments (also encoded), empty segments,
+    an encoded `/`, `\\` or NUL, characters outside RFC 3986. Percent-encoded unreserved characters are decoded
+    (`/%61cme` is `/acme`, RFC 3986 §6.2.2.2) and a trailing `/` is dropped; what remains is compared as is."""
+    if not raw.startswith("/"):
+        raise PatternError("a request path starts with `/`", 0)
+    if not _PCHARS.match(raw):
+        bad = next(i for i, ch in enumerate(raw) if not _PCHARS.match(ch))
+        raise PatternError(f"character {raw[bad]!r} is not allowed in a path", bad)
+    out, i = [], 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "%":
+            pair = raw[i + 1:i + 3]
+            if len(pair) != 2 or any(c not in "0123456789abcdefABCDEF" for c in pair):
+                raise PatternError("bad percent-encoding", i)
+            decoded = chr(int(pair, 16))
+            if decoded in "/\\\x00":
+                raise PatternError(f"an encoded {decoded!r} in a path is read differently by different servers", i)
+            out.append(decoded if decoded in _UNRESERVED else "%" + pair.upper())
+            i += 3
+            continue
+        out.append(ch)
+        i += 1
+    body = "".join(out)[1:]
+    if body.endswith("/"):
+        body = body[:-1]
+    if body and any(seg in ("", ".", "..") for seg in body.split("/")):
+        raise PatternError("a path with `.`, `..` or empty segments is not in normal form", 0,
+                           help="send the path the server will see")
+    return body
+
+
+def _split_endpoint(text: str) -> tuple[str | None, str, str | None, int, str | None]:
+    """(scheme, host, port text, host column, path text starting with `/` or None)."""
     scheme: str | None = None
     rest, col = text.strip(), 0
     if not rest:
@@ -389,9 +464,14 @@ def _split_endpoint(text: str) -> tuple[str | None, str, str | None, int]:
         if scheme not in SCHEMES:
             raise PatternError(f"unknown scheme `{scheme}`", 0,
                                help="schemes are " + ", ".join(f"`{s}`" for s in SCHEMES))
+    path = None
     if "/" in rest and not _looks_like_cidr(rest):
         slash = rest.index("/")
-        raise PatternError("endpoints have no path", col + slash, help="name the host and port only")
+        if scheme not in HTTP_SCHEMES:
+            raise PatternError(f"only `https://` and `http://` endpoints have a path (this is {scheme or 'no'} "
+                               "scheme)", col + slash,
+                               help="write `https://host/path`" if scheme is None else "name the host and port only")
+        rest, path = rest[:slash], rest[slash:]
     if rest.startswith("["):
         end = rest.find("]")
         if end < 0:
@@ -399,11 +479,11 @@ def _split_endpoint(text: str) -> tuple[str | None, str, str | None, int]:
         host, tail = rest[1:end], rest[end + 1:]
         if tail and not tail.startswith(":"):
             raise PatternError("expected `:port` after `]`", col + end + 1)
-        return scheme, host, (tail[1:] if tail else None), col + 1
+        return scheme, host, (tail[1:] if tail else None), col + 1, path
     if rest.count(":") > 1:
         raise PatternError("IPv6 addresses go in brackets", col, help="write `[::1]:443`")
     host, _, port = rest.partition(":")
-    return scheme, host, (port if _ else None), col
+    return scheme, host, (port if _ else None), col, path
 
 
 def _looks_like_cidr(text: str) -> bool:
@@ -436,17 +516,29 @@ def _parse_host(text: str, col: int, concrete: bool) -> str:
 
 @dataclass(frozen=True)
 class EndpointPattern:
-    """`[scheme://]host[:port|:lo-hi|:*]`: exact host, `*.` one label, `**.` any depth, `*` any host,
-    IPs and CIDRs. A missing port means the scheme's default ports, or any port without a scheme."""
+    """`[scheme://]host[:port|:lo-hi|:*][/path glob][ methods M,N]`: exact host, `*.` one label, `**.` any depth,
+    `*` any host, IPs and CIDRs. A missing port means the scheme's default ports, or any port without a scheme.
+
+    A path glob and a method set (http and https only) narrow the pattern to some requests: `*` stays within a
+    path segment, `**` spans segments, and a path matches exactly (`/acme` is not `/acme/x`: write `/acme/**`);
+    `/**` alone is every path, the same as no path.
+    Such a pattern admits a connection (no path yet) only when the hook decides every request on it
+    (`Endpoint.inspected`)."""
 
     text: str
     scheme: str | None = field(compare=False)
     host: str = field(compare=False)
     ports: tuple[tuple[int, int], ...] | None = field(compare=False)  # None: any port
+    path: Glob | None = field(compare=False, default=None)  # None: every path
+    methods: frozenset[str] | None = field(compare=False, default=None)  # None: every method
 
     @classmethod
     def parse(cls, text: str) -> EndpointPattern:
-        scheme, host_text, port_text, col = _split_endpoint(text)
+        url, methods = _split_methods(text)
+        scheme, host_text, port_text, col, path_text = _split_endpoint(url)
+        if methods is not None and scheme not in HTTP_SCHEMES:
+            raise PatternError("only `https://` and `http://` patterns take methods", 0,
+                               help="write the scheme: `https://host`")
         host_text = host_text.lower()
         if host_text == "*":
             host = "*"
@@ -474,7 +566,13 @@ class EndpointPattern:
         else:
             port = _parse_port(port_text, port_col)
             ports = ((port, port),)
-        return cls(text, scheme, host, ports)
+        path = None if path_text in (None, "/**") else _path_glob(path_text, len(url) - len(path_text))
+        return cls(text, scheme, host, ports, path, methods)
+
+    @property
+    def restricted(self) -> bool:
+        """Does the pattern name paths or methods (so it admits only some requests of a connection)?"""
+        return self.path is not None or self.methods is not None
 
     @cached_property
     def _network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
@@ -510,15 +608,33 @@ class EndpointPattern:
             return host.endswith(suffix) and "." not in host[: -len(suffix)] and len(host) > len(suffix)
         return host == self.host
 
-    def matches(self, endpoint: Endpoint) -> bool:
+    def matches_connection(self, endpoint: Endpoint) -> bool:
+        """Scheme, port and host only: could some request on this connection match?"""
         if self.scheme is not None and self.scheme != endpoint.scheme:
             return False
         if self.ports is not None and not any(lo <= endpoint.port <= hi for lo, hi in self.ports):
             return False
         return self.matches_host(endpoint.host)
 
+    def matches(self, endpoint: Endpoint) -> bool:
+        """A request matches on its method and path too; a connection matches a pattern naming paths or methods
+        only when every request on it will be decided again (`inspected`)."""
+        if not self.matches_connection(endpoint):
+            return False
+        if self.path is None and self.methods is None:
+            return True
+        if endpoint.path is None:
+            return endpoint.inspected
+        if self.methods is not None and endpoint.method not in self.methods:
+            return False
+        return self.path is None or self.path.matches(endpoint.path)
+
     def covers(self, inner: EndpointPattern) -> bool:
         """Does every endpoint `inner` matches also match this pattern?"""
+        if self.methods is not None and (inner.methods is None or not inner.methods <= self.methods):
+            return False
+        if self.path is not None and (inner.path is None or not inner.path.within((self.path,))):
+            return False
         if self.scheme is not None and self.scheme != inner.scheme:
             return False
         if self.ports is not None and (inner.ports is None or not all(
@@ -551,7 +667,40 @@ class EndpointPattern:
         elif host.startswith("*."):
             host = "a" + host[1:]
         port = self.ports[0][0] if self.ports else DEFAULT_PORTS.get(self.scheme or "https", (443,))[0]
-        return Endpoint(self.scheme or PORT_SCHEMES.get(port, "tcp"), host, port)
+        if not self.restricted:
+            return Endpoint(self.scheme or PORT_SCHEMES.get(port, "tcp"), host, port)
+        method = min(self.methods) if self.methods else "GET"
+        path = self.path.examples()[0] if self.path is not None else ""
+        return Endpoint(self.scheme or PORT_SCHEMES.get(port, "tcp"), host, port, method, path)
 
     def __str__(self) -> str:
         return self.text
+
+
+def _split_methods(text: str) -> tuple[str, frozenset[str] | None]:
+    """`URL methods GET,POST` → (URL, {GET, POST}); the language writes `"URL" methods GET, POST`."""
+    url, word, listed = text.partition(METHODS_WORD)
+    if not word:
+        return text, None
+    methods = [m.strip() for m in listed.split(",")]
+    for method in methods:
+        if not _METHOD.match(method):
+            raise PatternError(f"`{method}` is not an HTTP method", len(url) + len(METHODS_WORD),
+                               help="methods are tokens such as `GET` or `POST`")
+    return url, frozenset(methods)
+
+
+def methods_text(url: str, methods: list[str]) -> str:
+    """The text of a pattern with methods, as `EndpointPattern.parse` reads it (grants and token rights)."""
+    return f"{url}{METHODS_WORD}{','.join(methods)}" if methods else url
+
+
+def _path_glob(text: str, offset: int) -> Glob:
+    """A URL path glob: anchored at `/`, and exact (unlike a file glob, `/acme` does not cover `/acme/x`)."""
+    if not text.strip("/"):
+        return Glob(text, ())  # the root path only
+    try:
+        tokens = glob_tokens(text)
+    except PatternError as exc:
+        raise PatternError(exc.message, offset + exc.column, exc.help) from None
+    return Glob(text, tokens[:-1])  # without ("desc",): a path match covers nothing beneath it

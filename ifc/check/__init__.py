@@ -24,6 +24,7 @@ CODES: dict[str, str] = {
     "unknown-name": "A label, level, group or capability is used but never declared.",
     "wrong-kind": "A name of one kind (secrecy tag, integrity level) is used where another is required.",
     "bad-pattern": "A glob or endpoint pattern is malformed.",
+    "bad-method": "An HTTP method is misspelt (methods are case-sensitive) or given to a grant that is not `connect`.",
     "bad-name": "A secret's name cannot be an environment variable name.",
     "bad-secret": "A secret's source reference is empty.",
     "empty-capability": "A declassify or endorse capability releases nothing.",
@@ -31,6 +32,11 @@ CODES: dict[str, str] = {
     "unused-label": "A declared label is never used.",
     "unheld-capability": "No agent holds a capability; only a minted token can use it.",
     "shadowed-rule": "A rule never decides because a later rule matches everything it does.",
+    "uninspected-route": "A path or method pattern under a wildcard host: TLS to those hosts is not terminated, so "
+                         "their requests cannot be checked and their connections are refused.",
+    "unknown-method": "A method name that is not a registered HTTP method (methods are case-sensitive).",
+    "path-except": "An `except` naming paths: servers may read a path another way (case, aliases), so a "
+                   "list of allowed paths is safer than a list of refused ones.",
     "overlapping-globs": "A later file rule lowers the label of part of an earlier, more secret rule.",
     "broad-endpoint": "An endpoint pattern matches every host.",
     "broad-grant": "A grant covers every file or endpoint.",
@@ -73,6 +79,7 @@ def stages():
         ("grants", lints.grants),
         ("secrets", lints.secrets),
         ("secret-patterns", lints.secret_patterns),
+        ("routes", lints.routes),
         ("contradictions", lints.contradictions),
         ("messages", lints.messages),
         ("flows", flowgraph.flow_paths),

@@ -159,7 +159,7 @@ def _grant_findings(policy, agent: str, item: ast.Grant, pattern: ast.Pattern, p
                 what = "anywhere" if endpoint.matches_everything else f"to every host `{pattern.text}` covers"
                 return [warning("broad-grant", f"agent `{agent}` may connect {what}", pattern.span,
                                 help="list the endpoints it needs")]
-            if policy.endpoint_rule(endpoint.example()) is None:
+            if policy.endpoint_rule(endpoint.example().connection) is None:
                 return [warning("unusable-grant", f"`connect {q(pattern.text)}` can never be used: no endpoint rule "
                                 "names it, so the monitor denies every connection", pattern.span,
                                 help=f"add `{q(pattern.text)}` with a clearance to `endpoints {{ }}`, "
@@ -228,6 +228,45 @@ def secret_patterns(ctx: CheckContext) -> list[Diagnostic]:
                              f"covers {covers}: it would be sent to none of them", written.span,
                              help="bind it to the exact hosts that use it, one string each "
                              '(`to "https://api.example.com", "https://uploads.example.com"`)'))
+    return out
+
+
+def routes(ctx: CheckContext) -> list[Diagnostic]:
+    """Paths and methods that cannot work as written: under a wildcard host (its requests are never seen), with a
+    method nobody sends, or as an `except` (a refusal list a server's own reading of paths can walk around)."""
+    from ifc.policy.compile import KNOWN_METHODS
+
+    out = []
+    nodes = [n for item in _walk(ctx.files) for n in (item.items if isinstance(item, ast.AgentBlock) else (item,))]
+    for node in nodes:
+        if isinstance(node, ast.EndpointRule):
+            written = [(p, node.methods) for p in node.patterns] + [(p, ()) for p in node.excepts]
+            methods = node.methods
+        elif isinstance(node, ast.Grant) and node.op == "connect":
+            written, methods = [(p, node.methods) for p in node.patterns], node.methods
+        else:
+            continue
+        for method in methods:
+            if method.text.upper() not in KNOWN_METHODS:
+                out.append(warning("unknown-method", f"`{method.text}` is not a registered HTTP method", method.span,
+                                   help="methods are " + ", ".join(KNOWN_METHODS)))
+        for pattern, named in written:
+            try:
+                parsed = EndpointPattern.parse(pattern.text)
+            except PatternError:
+                continue  # reported by the compiler
+            if (parsed.path is not None or named) and parsed.scheme == "https" and not parsed.names_hosts:
+                out.append(warning("uninspected-route", f"`{pattern.text}` names paths or methods under a wildcard "
+                                   "host: the hook decides requests only inside TLS it terminates, and it terminates "
+                                   "only hosts named exactly, so connections it covers are refused", pattern.span,
+                                   help="name each host: `https://api.example.com/...`"))
+        if isinstance(node, ast.EndpointRule):
+            for pattern in node.excepts:
+                if "://" in pattern.text and "/" in pattern.text.partition("://")[2]:
+                    out.append(warning("path-except", f"`except {q(pattern.text)}` refuses paths by their spelling; "
+                                       "a server may read another spelling the same way (`/ACME` for `/acme`)",
+                                       pattern.span, help="allow the paths that are needed instead, and leave the "
+                                       "rest of the host unnamed"))
     return out
 
 

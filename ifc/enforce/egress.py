@@ -178,24 +178,22 @@ class Egress:
 
     # ------------------------------------------------------------------------------------ connect
     async def open(self, client: Client, scheme: str, host: str, port: int, *,
-                   flow: Flow | None = None) -> Verdict:
+                   flow: Flow | None = None, method: str | None = None, path: str | None = None,
+                   inspected: bool = False) -> Verdict:
         """Decide `connect scheme://host:port`, resolve it, and have the monitor check the addresses.
 
         With a `flow`, the allowed connection stays under the monitor until `close(flow)`: cut when the run's
-        taint rises past what the endpoint is cleared for."""
-        host = host.strip("[]").lower().rstrip(".")
-        target = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
-        try:
-            endpoint = Endpoint.parse(target)
-        except PatternError as exc:
-            return self.refuse(client, "connect", target, f"bad target: {exc.message}", "egress: target", 400)
-        request = self._request(client, "connect", str(endpoint))
-        if flow is None:
-            decision = self.monitor.decide(request)
-        else:
-            decision, flow.stream = self.monitor.open_stream(request, flow.describe, flow.cut)
+        taint rises past what the endpoint is cleared for. With `method` and `path` (a plain-HTTP request), the
+        connection is decided for that request; `inspected=True` says the hook will decide every request on it
+        with `decide_request` (a TLS tunnel it terminates, a plain-HTTP forward), which lets rules and grants
+        naming paths or methods admit the connection itself."""
+        decided = self._decide_connect(client, scheme, host, port, method, path, flow, inspected)
+        if isinstance(decided, Verdict):
+            return decided
+        endpoint, decision = decided
         if not decision.allowed:  # nothing is resolved before the monitor allowed the connect
             return Verdict(False, decision.reason, endpoint, decision=decision)
+        host = endpoint.host
         if is_ip_literal(host):
             addresses = [host]
         else:
@@ -207,11 +205,48 @@ class Egress:
             if not addresses:
                 return self.refuse(client, "connect", str(endpoint), f"`{host}` has no address", "egress: resolve",
                                    502)
-        checked = self.monitor.decide(self._request(client, "resolve", str(endpoint),
+        checked = self.monitor.decide(self._request(client, "resolve", str(endpoint.connection),
                                                     Facts(addresses=tuple(addresses))))
         if not checked.allowed:
             return Verdict(False, checked.reason, endpoint, decision=checked)
         return Verdict(True, "allowed", endpoint, tuple(addresses), decision)
+
+    def decide_request(self, client: Client, scheme: str, host: str, port: int, method: str, path: str, *,
+                       flow: Flow | None = None) -> Verdict:
+        """Decide one HTTP request on a connection `open` allowed (a request inside a terminated tunnel, or the
+        next request on a kept-alive plain-HTTP connection): `connect METHOD scheme://host:port/path`, judged by
+        the last endpoint rule matching its method and path and by the subject's grants or token. `host` and
+        `port` are the connection's (the CONNECT target), never the request's `Host` header; `path` is the request
+        target's path (an origin-form target, query included: it is dropped before matching). Nothing is resolved:
+        the connection's addresses were checked when it opened. With a `flow` the request stays under the
+        monitor (cut if the taint rises past its rule) until `close(flow)`. 400 for a path that is not in normal
+        form (`ifc.match.request_path`), 403 for a denial."""
+        decided = self._decide_connect(client, scheme, host, port, method, path, flow, False)
+        if isinstance(decided, Verdict):
+            return decided
+        endpoint, decision = decided
+        return Verdict(decision.allowed, "allowed" if decision.allowed else decision.reason, endpoint,
+                       decision=decision)
+
+    def _decide_connect(self, client: Client, scheme: str, host: str, port: int, method: str | None,
+                        path: str | None, flow: Flow | None, inspected: bool) -> tuple[Endpoint, Decision] | Verdict:
+        """The monitor's `connect` decision for a connection or one request on it (a refusal for a bad target)."""
+        host = host.strip("[]").lower().rstrip(".")
+        target = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}{path or ''}"
+        if method is not None:
+            target = f"{method} {target}"
+        try:
+            endpoint = Endpoint.parse(target)
+        except PatternError as exc:
+            return self.refuse(client, "connect", target, f"bad target: {exc.message}", "egress: target", 400)
+        if endpoint.method != method or (path is None) != (endpoint.path is None):
+            return self.refuse(client, "connect", target, "bad target: the method or path does not parse as one",
+                               "egress: target", 400)
+        request = self._request(client, "connect", str(endpoint), Facts(inspected=True) if inspected else None)
+        if flow is None:
+            return endpoint, self.monitor.decide(request)
+        decision, flow.stream = self.monitor.open_stream(request, flow.describe, flow.cut)
+        return endpoint, decision
 
     def check_secrets(self, client: Client, endpoint: Endpoint, data: bytes) -> tuple[list, Verdict | None]:
         """Sentinels in outgoing bytes: (the ones bound to `endpoint`, or a refusal naming the first that is not)."""

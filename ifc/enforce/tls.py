@@ -166,7 +166,10 @@ def upstream_context(extra_ca: str | None = None, alpn: tuple[str, ...] = ("http
 
 @dataclass
 class Termination:
-    """Which tunnels the hook terminates (those to an endpoint a policy secret is bound to) and with what."""
+    """Which tunnels the hook terminates, and with what: those to a host a policy secret is bound to (to swap
+    sentinels) and those to a host whose endpoint rules or connect grants name paths or methods (to decide each
+    request, `Egress.decide_request`). Both name exact hosts only, so the run CA's name constraints stay a list
+    of names: a rule with a path under `*.example.com` terminates nothing, and the monitor refuses its tunnels."""
 
     ca: RunCA
     upstream: ssl.SSLContext
@@ -176,10 +179,11 @@ class Termination:
     def for_policy(cls, policy, upstream_ca: str | None = None) -> Termination:
         # only exact bindings: the monitor never honours a pattern binding, so the CA must not cover one either
         bound = [p for secret in policy.secrets_ for p in secret.endpoints if p.names_hosts]
+        bound += policy.routed_hosts
         return cls(RunCA(bound), upstream_context(upstream_ca), bound)
 
     def terminates(self, endpoint: Endpoint) -> bool:
-        return endpoint.scheme == "https" and any(p.matches(endpoint) for p in self.bound)
+        return endpoint.scheme == "https" and any(p.matches_connection(endpoint) for p in self.bound)
 
 
 # ------------------------------------------------------------------------------------------ TLS over asyncio

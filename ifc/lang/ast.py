@@ -90,6 +90,7 @@ class EndpointRule:
     returns: Name | None = None
     groups: tuple[Name, ...] = ()
     excepts: tuple[Pattern, ...] = ()
+    methods: tuple[Name, ...] = ()  # HTTP methods the rule's patterns are about (none written: every method)
     span: Span = field(compare=False, default=None)
 
 
@@ -116,6 +117,7 @@ class Grant:
     patterns: tuple[Pattern, ...]
     delegate: bool
     span: Span = field(compare=False)
+    methods: tuple[Name, ...] = ()  # `connect "https://host/path" methods GET`
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,7 @@ def _comment(c: ast.Comment) -> str:
 
 def _column_width(seq: _Seq) -> int:
     """Where the label/options column starts in a `files {}` / `endpoints {}` body."""
-    widths = [_width(_patterns(e.node.patterns)) for e in seq.entries
+    widths = [_width(_patterns(e.node.patterns) + _methods(getattr(e.node, "methods", ()))) for e in seq.entries
               if isinstance(e.node, ast.FileRule | ast.EndpointRule)]
     return max((w for w in widths if w <= ALIGN_CAP), default=0)
 
@@ -218,12 +218,13 @@ def _statement(node, width: int = 0) -> str:
                 options.append("as " + ", ".join(n.text for n in node.groups))
             if node.excepts:
                 options.append(f"except {_patterns(node.excepts)}")
-            return _aligned(_patterns(node.patterns), options, width)
+            return _aligned(_patterns(node.patterns) + _methods(node.methods), options, width)
         case ast.SecretDecl():
             to = f" to {_patterns(node.to)}" if node.to else ""
             return f"secret {node.name.text} from {node.source} {encode_string(node.ref.text)}{to}"
         case ast.Grant():
-            return ("delegate " if node.delegate else "") + f"{node.op} {_patterns(node.patterns)}"
+            return (("delegate " if node.delegate else "") + f"{node.op} {_patterns(node.patterns)}"
+                    + _methods(node.methods))
         case ast.Holds():
             return "holds " + ", ".join(n.text for n in node.names)
         case ast.FlowRule():
@@ -239,6 +240,11 @@ def _aligned(patterns: str, options: list[str], width: int) -> str:
         return patterns
     pad = " " * max(0, width - _width(patterns))
     return patterns + pad + COLUMN_GAP + " ".join(options)
+
+
+def _methods(methods: tuple[ast.Name, ...]) -> str:
+    """Methods follow the patterns they narrow (in the patterns' column: they are part of what is matched)."""
+    return " methods " + ", ".join(m.text for m in methods) if methods else ""
 
 
 def _label(expr: ast.LabelExpr) -> str:

@@ -141,6 +141,9 @@ class Lower(Transformer_NonRecursive):
     def groups_opt(self, meta, children):
         return ("groups", tuple(children))
 
+    def methods_opt(self, meta, children):
+        return ("methods", tuple(children))
+
     def endpoints_block(self, meta, rules):
         return ast.EndpointsBlock(tuple(rules), self._span(meta))
 
@@ -159,10 +162,10 @@ class Lower(Transformer_NonRecursive):
         return ast.AgentBlock(children[0], tuple(children[1:]), self._span(meta))
 
     def grant(self, meta, children):
-        return ast.Grant(str(children[0]), children[1], False, self._span(meta))
+        return ast.Grant(str(children[0]), children[1], False, self._span(meta), _methods(children[2]))
 
     def delegate(self, meta, children):
-        return ast.Grant(str(children[0]), children[1], True, self._span(meta))
+        return ast.Grant(str(children[0]), children[1], True, self._span(meta), _methods(children[2]))
 
     def holds(self, meta, names):
         return ast.Holds(tuple(names), self._span(meta))
@@ -196,6 +199,10 @@ class StringEscapeError(ValueError):
     def __init__(self, message: str, span: Span):
         super().__init__(message)
         self.span = span
+
+
+def _methods(opt) -> tuple[ast.Name, ...]:
+    return () if opt is None else opt[1]
 
 
 def _options(opts) -> dict:

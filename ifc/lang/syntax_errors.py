@@ -49,7 +49,13 @@ EXAMPLES: list[tuple[str, str, list[str]]] = [
          "labels { label x = }", "labels { integrity }"],
     ),
     (
-        "an endpoint rule option is one of clearance, requires, returns, as, except",
+        "`methods` takes HTTP method names, separated by `,`",
+        'e.g. `"https://api.github.com/repos/acme/**" methods GET, POST`',
+        ['endpoints { "a" methods }', 'endpoints { "a" methods GET POST }', 'endpoints { "a" methods "GET" }',
+         'agent a { connect "x" methods }', 'agent a { connect "x" methods GET, }', 'endpoints { "a" methods GET, }'],
+    ),
+    (
+        "an endpoint rule option is one of clearance, requires, returns, as, except, methods",
         'e.g. `"https://api.github.com" clearance public returns untrusted as external`',
         ['endpoints { "a" x }', 'endpoints { "a" clearance }', 'endpoints { "a" as }', 'endpoints { "a" returns }',
          'endpoints { "a" requires }', 'endpoints { "a" clearance x "b" requires }', 'endpoints { "a" y }'],

@@ -56,6 +56,7 @@ class Facts:
     xattr: str | None = None  # the extended attribute being set or removed
     node_type: int | None = None  # `stat.S_IFMT` of a node being made by mknod
     addresses: tuple[str, ...] | None = None  # what the request's host resolved to
+    inspected: bool = False  # the hook decides every request on this connection again (method and path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +199,9 @@ def named_by_ip(policy: Policy, scheme: str, ip: str, port: int) -> bool:
         for pattern in rule.patterns:
             if pattern.host == "*" or pattern._network is None:
                 continue
-            if pattern.matches(Endpoint(pattern.scheme or scheme, ip, port)) and \
-                    not any(x.matches(Endpoint(x.scheme or scheme, ip, port)) for x in rule.excepts):
+            if pattern.matches_connection(Endpoint(pattern.scheme or scheme, ip, port)) and not any(
+                    not x.restricted and x.matches_connection(Endpoint(x.scheme or scheme, ip, port))
+                    for x in rule.excepts):
                 return True
     return False
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 
 from caps import TokenError
 from ifc.lang.lower import encode_string
-from ifc.match import Endpoint, PatternError, glob_literal, normalise_path
+from ifc.match import HTTP_SCHEMES, Endpoint, EndpointPattern, PatternError, glob_literal, methods_text, normalise_path
 from ifc.monitor import containment
 from ifc.monitor.containment import CONTAINMENT_OPS, Facts
 from ifc.monitor.events import EventLog
@@ -130,6 +130,15 @@ def _cmdline(request: Request) -> str | None:
     except Exception:
         return None
     return text if isinstance(text, str) else None
+
+
+def _endpoint(text: str, facts: Facts | None) -> Endpoint:
+    """The endpoint a network request names; a connection is `inspected` when the hook says it will decide
+    every request on it (`Facts.inspected`: a plain-HTTP forward, a TLS tunnel it terminates)."""
+    endpoint = Endpoint.parse(text)
+    if facts is not None and facts.inspected and endpoint.path is None and endpoint.scheme in HTTP_SCHEMES:
+        return replace(endpoint, inspected=True)
+    return endpoint
 
 
 def _malformed(request: Request) -> str | None:
@@ -327,7 +336,7 @@ class Monitor:
             if op == "send":
                 secret_name, _, text = target.partition("@")
             try:
-                endpoint = Endpoint.parse(text) if op != "dns" else None
+                endpoint = _endpoint(text, req.facts) if op != "dns" else None
             except PatternError as exc:
                 return Decision(allowed=False, reason=f"bad endpoint: {exc.message}", **base)
             if endpoint is not None and op in ("connect", "resolve"):
@@ -404,9 +413,17 @@ class Monitor:
             return None, None
         for obj in objects:
             if not self.agent.allows(needed, obj):
-                return None, (f"agent `{self.agent.name}` has no `{needed}` grant covering {obj}",
-                              f"agent {self.agent.name}", str(self.agent.span), None)
+                return None, (self._no_grant(needed, obj), f"agent {self.agent.name}", str(self.agent.span), None)
         return None, None
+
+    def _no_grant(self, op: str, obj: str | Endpoint) -> str:
+        patterns = map(EndpointPattern.parse, self.agent.patterns(op)) if isinstance(obj, Endpoint) else ()
+        if isinstance(obj, Endpoint) and obj.path is None and not obj.inspected and any(
+                p.restricted and p.matches_connection(obj) for p in patterns):
+            return (f"agent `{self.agent.name}` may connect to {obj} only for some paths or methods, and this "
+                    "connection is not inspected: the hook decides requests only where it terminates TLS, for "
+                    "hosts a pattern with a path or methods names exactly")
+        return f"agent `{self.agent.name}` has no `{op}` grant covering {obj}"
 
     def _note_token(self, verified, req: Request) -> None:
         token_id = getattr(verified, "token_id", None)
@@ -586,7 +603,7 @@ class Monitor:
             if not decision.allowed:
                 return decision, None
             try:
-                endpoint = Endpoint.parse(decision.target)
+                endpoint = _endpoint(decision.target, request.facts)
             except PatternError:  # cannot happen for an allowed connect; fail closed if it does
                 return replace(decision, allowed=False, reason="internal error: allowed target unparsable"), None
             stream = Stream(request.subject, endpoint, request.token, describe, cut)
@@ -702,11 +719,16 @@ class Monitor:
         obj = dest if op in TWO_PATH_OPS else target.partition("@")[2] if op == "send" else target
         if op in FILE_OPS or op in TWO_PATH_OPS:
             obj = glob_literal(obj)  # the grant names this file, even one called `*`
+        written = encode_string(obj)
+        if op == "connect" and " " in obj:  # a request: `METHOD URL` is granted as `"URL" methods METHOD`
+            method, _, url = obj.partition(" ")
+            url = url.replace("*", "\\*")  # a `*` in the request's path is a character, not a wildcard
+            obj, written = methods_text(url, [method]), f"{encode_string(url)} methods {method}"
         agent = self.agent.name if self.agent else "AGENT"
         flag = {"read": "--read", "write": "--write", "create": "--create", "delete": "--delete",
                 "exec": "--exec", "connect": "--connect"}.get(needed, f"--{needed}")
         return {
-            "policy": f"{needed} {encode_string(obj)}   # in `agent {agent} {{ }}`",
+            "policy": f"{needed} {written}   # in `agent {agent} {{ }}`",
             "mint": f"ifc caps mint --policy {shlex.quote(self.policy_path)} --grant {agent} "
                     f"{flag} {shlex.quote(obj)} --audience {shlex.quote(self.audience or 'RUN')} --ttl 1h",
         }

@@ -16,13 +16,15 @@ from pathlib import Path
 from ifc.diagnostics import Diagnostic, Related, Span, error, sort_diagnostics
 from ifc.lang import ast, parse_text
 from ifc.lang.lower import encode_string as _quote
-from ifc.match import EndpointPattern, Glob, PatternError
+from ifc.match import METHODS_WORD, EndpointPattern, Glob, PatternError, methods_text
 from ifc.policy import model
 from ifc.policy.labels import Label, LabelPattern, Lattice
 
 DEFAULT_INTEGRITY = ("untrusted", "trusted")
 MAX_INCLUDE_DEPTH = 16
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# RFC 9110 §9 and PATCH (RFC 5789): methods are case-sensitive, so `get` is not `GET` and would match nothing
+KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
 Reader = Callable[[Path], str]
 
@@ -131,14 +133,38 @@ class _Compiler:
                 self._pattern_error(pattern, exc, "glob")
         return tuple(out)
 
-    def _endpoints(self, patterns) -> tuple[EndpointPattern, ...]:
+    def _endpoints(self, patterns, methods: tuple[ast.Name, ...] = (), narrow: str | None = None
+                   ) -> tuple[EndpointPattern, ...]:
+        """Endpoint patterns, each narrowed to `methods`. `narrow` says why this place takes no path or method
+        (a flow rule's sink, a secret's binding), or None where they are allowed."""
+        names = self._methods(methods)
         out = []
         for pattern in patterns:
+            if METHODS_WORD in pattern.text:
+                self._err("bad-pattern", f"bad endpoint `{pattern.text}`: methods go after the string",
+                          pattern.span, help='write `"https://host/path" methods GET, POST`')
+                continue
             try:
-                out.append(EndpointPattern.parse(pattern.text))
+                parsed = EndpointPattern.parse(methods_text(pattern.text, names))
             except PatternError as exc:
                 self._pattern_error(pattern, exc, "endpoint")
+                continue
+            if narrow is not None and parsed.restricted:
+                self._err("bad-pattern", f"{narrow} names hosts, not paths or methods: `{pattern.text}`",
+                          pattern.span, help="paths and methods are decided by endpoint rules and `connect` grants")
+                continue
+            out.append(parsed)
         return tuple(out)
+
+    def _methods(self, methods: tuple[ast.Name, ...]) -> list[str]:
+        out: list[str] = []
+        for method in methods:
+            if method.text.upper() in KNOWN_METHODS and method.text != method.text.upper():
+                self._err("bad-method", f"HTTP methods are case-sensitive: `{method.text}` is not "
+                          f"`{method.text.upper()}`", method.span, help=f"write `{method.text.upper()}`")
+            elif method.text not in out:
+                out.append(method.text)
+        return out
 
     def _pattern_error(self, pattern: ast.Pattern, exc: PatternError, what: str) -> None:
         s = pattern.span
@@ -238,7 +264,7 @@ class _Compiler:
                 if rule.clearance is not None:
                     clearance, _ = self._resolve(rule.clearance, lattice, allow_integrity=False, what="clearance")
                 endpoint_rules.append(model.EndpointRule(
-                    len(endpoint_rules), self._endpoints(rule.patterns), self._endpoints(rule.excepts),
+                    len(endpoint_rules), self._endpoints(rule.patterns, rule.methods), self._endpoints(rule.excepts),
                     clearance, self._level(rule.requires, lattice, 0), self._level(rule.returns, lattice, 0),
                     frozenset(g.text for g in rule.groups), rule.span))
         groups = {g for r in endpoint_rules for g in r.groups}
@@ -274,8 +300,8 @@ class _Compiler:
             if not decl.ref.text:
                 self._err("bad-secret", f"secret `{decl.name.text}` has an empty {decl.source} reference",
                           decl.ref.span)
-            secrets.append(model.Secret(decl.name.text, decl.source, decl.ref.text, self._endpoints(decl.to),
-                                        decl.span))
+            secrets.append(model.Secret(decl.name.text, decl.source, decl.ref.text,
+                                        self._endpoints(decl.to, narrow="a secret's binding"), decl.span))
 
         agents = []
         for block in (i for i in items if isinstance(i, ast.AgentBlock)):
@@ -298,7 +324,7 @@ class _Compiler:
         text = ", ".join(_quote(p.text) for p in sink.patterns)
         if sink.kind == "file":
             return model.Sink("file", globs=self._globs(sink.patterns), text="file " + text)
-        return model.Sink("endpoint", endpoints=self._endpoints(sink.patterns), text=text)
+        return model.Sink("endpoint", endpoints=self._endpoints(sink.patterns, narrow="a flow's sink"), text=text)
 
     def _agent(self, block: ast.AgentBlock, capabilities, cap_names: set[str]) -> model.Agent:
         grants: list[model.Grant] = []
@@ -312,22 +338,34 @@ class _Compiler:
                     else:
                         holds.append(name.text)
                 continue
-            (self._endpoints if item.op == "connect" else self._globs)(item.patterns)
+            methods = list(dict.fromkeys(m.text for m in item.methods))
+            if item.op == "connect":
+                self._endpoints(item.patterns, item.methods)
+            else:
+                self._globs(item.patterns)
+                if item.methods:
+                    self._err("bad-method", f"`{item.op}` takes no methods", item.methods[0].span,
+                              help="only `connect` grants name HTTP methods")
             for pattern in item.patterns:
-                grant = model.Grant(item.op, pattern.text)
+                grant = model.Grant(item.op, methods_text(pattern.text, methods) if item.op == "connect"
+                                    else pattern.text)
                 if item.delegate:
                     delegable.append((grant, pattern))
                 elif grant not in grants:
                     grants.append(grant)
         for grant, pattern in delegable:
             if not _covered(grant, grants):
-                self._err("delegate-widens", f"agent `{block.name.text}` delegates `{grant.op} {_quote(grant.pattern)}`"
+                self._err("delegate-widens", f"agent `{block.name.text}` delegates `{_grant_text(grant)}`"
                           " which it does not hold", pattern.span,
-                          help=f"grant `{grant.op} {_quote(grant.pattern)}` to the agent, or delegate less")
+                          help=f"grant `{_grant_text(grant)}` to the agent, or delegate less")
         declass = tuple((tag, p.text) for cap in capabilities if cap.name in holds and cap.kind == "declassify"
                         for tag in sorted(cap.source.secrecy) for p in cap.sink.endpoints)
         return model.Agent(block.name.text, tuple(grants), tuple(g for g, _ in delegable), tuple(holds),
                            declass, block.span)
+
+
+def _grant_text(grant: model.Grant) -> str:
+    return f"{grant.op} {model.written(grant.pattern)}"
 
 
 def _covered(grant: model.Grant, grants: list[model.Grant]) -> bool:

@@ -15,10 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ifc.diagnostics import Span
-from ifc.lang.lower import encode_string as _q
 from ifc.match import Endpoint
 from ifc.policy.labels import Label
-from ifc.policy.model import Capability, EndpointRule, Policy, Sink
+from ifc.policy.model import Capability, EndpointRule, Policy, Sink, written
 
 
 @dataclass(frozen=True)
@@ -35,11 +34,33 @@ class FlowVerdict:
 
 def check_send(policy: Policy, data: Label, endpoint: Endpoint, held: Iterable[str] = (),
                may_declassify: Callable[[str], bool] | None = None) -> FlowVerdict:
-    """`may_declassify(tag)` answers for a token's `declassify TAG to ENDPOINT` rights."""
+    """`may_declassify(tag)` answers for a token's `declassify TAG to ENDPOINT` rights.
+
+    A request (method and path) is decided by the last rule matching it. A connection (no path yet) whose
+    requests different rules decide (`Policy.connection_rules`) is allowed only if the hook decides each of its
+    requests again (`Endpoint.inspected`), and then if any of those rules would let the data go: each request
+    is held to its own rule."""
+    if endpoint.path is None:
+        rules = policy.connection_rules(endpoint)
+        if len(rules) > 1 or (rules and rules[0].reach(endpoint) == "some"):
+            split = next(r for r in rules if r.restricted)
+            if not endpoint.inspected:
+                return FlowVerdict(False, f"requests to {endpoint} are decided by method and path "
+                                   f"({endpoint_rule_text(policy, split)}), and this connection is not inspected: "
+                                   "the hook decides requests only where it terminates TLS, for hosts a pattern "
+                                   "with a path or methods names exactly", rule=endpoint_rule_text(policy, split),
+                                   span=split.span, blocked_tags=data.secrecy)
+            verdicts = [_send_by(policy, data, endpoint, rule, held, may_declassify) for rule in rules]
+            return next((v for v in verdicts if v.allowed), verdicts[0])
     rule = policy.endpoint_rule(endpoint)
     if rule is None:
         return FlowVerdict(False, f"no endpoint rule names {endpoint}: unknown endpoints are denied",
                            rule="endpoints (no match)", blocked_tags=data.secrecy)
+    return _send_by(policy, data, endpoint, rule, held, may_declassify)
+
+
+def _send_by(policy: Policy, data: Label, endpoint: Endpoint, rule: EndpointRule, held: Iterable[str],
+             may_declassify: Callable[[str], bool] | None) -> FlowVerdict:
     where = f"{endpoint}" + (f" [{', '.join(sorted(rule.groups))}]" if rule.groups else "")
 
     def on_sink(sink: Sink) -> bool:
@@ -120,7 +141,7 @@ def _decide(policy: Policy, data: Label, held: Iterable[str], on_sink, where: st
 
 def endpoint_rule_text(policy: Policy, rule: EndpointRule) -> str:
     lattice = policy.lattice
-    parts = [", ".join(_q(p.text) for p in rule.patterns),
+    parts = [", ".join(written(p.text) for p in rule.patterns),
              f"clearance {lattice.describe_tags(rule.clearance)}"]
     if rule.requires:
         parts.append(f"requires {lattice.integrity_levels[rule.requires]}")

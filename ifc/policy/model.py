@@ -15,7 +15,7 @@ from functools import cached_property, lru_cache
 
 from ifc.diagnostics import Span
 from ifc.lang.lower import encode_string
-from ifc.match import Endpoint, EndpointPattern, Glob
+from ifc.match import METHODS_WORD, Endpoint, EndpointPattern, Glob
 from ifc.policy.labels import Label, LabelPattern, Lattice
 
 FILE_OPS = ("read", "write", "create", "delete", "exec")
@@ -56,6 +56,12 @@ def _union(globs: tuple[Glob, ...]):
     return re.compile("|".join(f"(?:{g.regex})" for g in globs), re.DOTALL)
 
 
+def written(pattern: str) -> str:
+    """An endpoint pattern's text as the language writes it: `"https://host/path" methods GET, POST`."""
+    url, word, methods = pattern.partition(METHODS_WORD)
+    return encode_string(url) + (f" methods {methods.replace(',', ', ')}" if word else "")
+
+
 @dataclass(frozen=True)
 class EndpointRule:
     index: int
@@ -69,6 +75,20 @@ class EndpointRule:
 
     def matches(self, endpoint: Endpoint) -> bool:
         return any(p.matches(endpoint) for p in self.patterns) and not any(p.matches(endpoint) for p in self.excepts)
+
+    def reach(self, connection: Endpoint) -> str | None:
+        """How this rule meets a connection (no path yet): None, "all" (it decides every request on it) or
+        "some" (a path, a method, or an `except` naming paths or methods splits its requests)."""
+        hits = [p for p in self.patterns if p.matches_connection(connection)]
+        if not hits or any(not x.restricted and x.matches_connection(connection) for x in self.excepts):
+            return None
+        if all(p.restricted for p in hits) or any(x.matches_connection(connection) for x in self.excepts):
+            return "some"
+        return "all"
+
+    @property
+    def restricted(self) -> bool:
+        return any(p.restricted for p in (*self.patterns, *self.excepts))
 
 
 @dataclass(frozen=True)
@@ -263,15 +283,44 @@ class Policy:
 
         @lru_cache(maxsize=16384)
         def lookup(endpoint: Endpoint) -> EndpointRule | None:
+            if endpoint.path is None:
+                candidates = self.connection_rules(endpoint)
+                return candidates[0] if candidates else None
             return next((rule for rule in rules if rule.matches(endpoint)), None)
 
         return lookup
 
     def endpoint_rule(self, endpoint: Endpoint) -> EndpointRule | None:
         """The last endpoint rule matching; None means the policy does not know it (connects are denied).
+        For a connection (no path), the last rule that reaches it (see `connection_rules`).
 
         Memoised like `file_label`: the flow check and the monitor both ask it on every connect."""
         return self._endpoint_lookup(endpoint)
+
+    def connection_rules(self, connection: Endpoint) -> tuple[EndpointRule, ...]:
+        """Every rule that could decide some request on `connection`, last first: the rules that reach it, down
+        to the first that decides all of its requests (it hides every earlier one). One rule that reaches
+        "all" means the connection is decided as before paths existed; more, or one reaching "some", means its
+        requests are decided one by one (`EndpointRule.reach`)."""
+        out = []
+        for rule in reversed(self.endpoint_rules):
+            reach = rule.reach(connection)
+            if reach is None:
+                continue
+            out.append(rule)
+            if reach == "all":
+                break
+        return tuple(out)
+
+    @cached_property
+    def routed_hosts(self) -> tuple[EndpointPattern, ...]:
+        """Patterns naming paths or methods for exact hosts (in endpoint rules, their excepts, connect grants):
+        the hosts whose TLS the hook terminates so that each request can be decided. A wildcard host is never
+        among them (the run CA's name constraints stay a list of names), so its requests cannot be checked."""
+        patterns = [p for r in self.endpoint_rules for p in (*r.patterns, *r.excepts)]
+        patterns += [EndpointPattern.parse(g.pattern) for a in self.agents_ for g in (*a.grants, *a.delegable)
+                     if g.op == "connect"]
+        return tuple(p for p in patterns if p.restricted and p.names_hosts and p.scheme == "https")
 
     # --- identity -------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -35,13 +35,32 @@ PATHS = [
     "a.md",
     "docs",
 ]
-ENDPOINT_PATTERNS = ["https://*.github.com", "https://api.github.com:443", "*:443", "https://pypi.org", "*:*"]
+ENDPOINT_PATTERNS = [
+    "https://*.github.com",
+    "https://api.github.com:443",
+    "*:443",
+    "https://pypi.org",
+    "*:*",
+    # narrowed to paths and methods: a child naming these must never reach what its parent does not
+    "https://api.github.com/repos/acme/**",
+    "https://api.github.com/repos/acme/** methods GET",
+    "https://*.github.com/repos/*/x methods GET,POST",
+    "https://api.github.com/ methods HEAD",
+    "https://api.github.com methods POST",
+]
 ENDPOINTS = [
     "https://api.github.com",
     "https://pypi.org",
     "http://pypi.org",
     "https://x.github.com",
     "tcp://db:5432",
+    "GET https://api.github.com/repos/acme/x",
+    "POST https://api.github.com/repos/acme/x/pulls",
+    "POST https://api.github.com/repos/attacker/x",
+    "GET https://x.github.com/repos/attacker/x",
+    "HEAD https://api.github.com/",
+    # a connection the hook inspects: patterns naming paths admit it, each request on it is decided again
+    Endpoint("https", "api.github.com", 443, inspected=True),
 ]
 TAGS = ["secret", "pii"]
 PATH_OPS = ["read", "write", "create", "delete", "exec"]
@@ -73,7 +92,8 @@ def oracle(block_rights: list[list[caps.Right] | None], op: str, target: str, ta
             return False
         if op in PATH_OPS:
             return Glob.compile(r.pattern).matches(target)
-        return EndpointPattern.parse(r.pattern).matches(Endpoint.parse(target))
+        endpoint = target if isinstance(target, Endpoint) else Endpoint.parse(target)
+        return EndpointPattern.parse(r.pattern).matches(endpoint)
 
     return all(any(one(r) for r in rs) for rs in block_rights if rs is not None)
 
@@ -169,3 +189,30 @@ def test_mint_requires_expiry_and_audience():
 def test_empty_rights_allow_nothing(verifier):
     child = caps.attenuate(mint(), rights=[], now=NOW)
     assert not verifier.authorize(child, "read", "src/a.py", now=NOW).allowed
+
+
+def test_a_child_naming_a_wider_path_still_reaches_only_what_its_parent_names():
+    verifier = caps.Verifier([HOST.public], audience=AUDIENCE)
+    parent = mint(rights=[caps.Right("connect", "https://github.com/acme/** methods GET,POST")])
+    child = caps.attenuate(parent, rights=[caps.Right("connect", "https://github.com/**")], ttl=60, now=NOW)
+    push = "POST https://github.com/attacker/x.git/git-receive-pack"
+    assert not verifier.authorize(parent, "connect", push, now=NOW).allowed
+    assert not verifier.authorize(child, "connect", push, now=NOW).allowed
+    ours = "POST https://github.com/acme/x.git/git-receive-pack"
+    assert verifier.authorize(child, "connect", ours, now=NOW).allowed
+    get_only = caps.attenuate(parent, rights=[caps.Right.parse("connect https://github.com/acme/** methods GET")],
+                              ttl=60, now=NOW)
+    assert not verifier.authorize(get_only, "connect", ours, now=NOW).allowed
+    assert verifier.authorize(get_only, "connect", "GET https://github.com/acme/x.git/info/refs", now=NOW).allowed
+    # a blind connection cannot be checked request by request: only an inspected one is admitted
+    assert not verifier.authorize(parent, "connect", "https://github.com", now=NOW).allowed
+    assert verifier.authorize(parent, "connect", Endpoint("https", "github.com", 443, inspected=True), now=NOW).allowed
+
+
+def test_a_path_in_a_connect_right_has_the_backtracking_bounds_of_a_path_right():
+    with pytest.raises(caps.RightError):
+        caps.Right("connect", "https://h/**/a/**/b")
+    with pytest.raises(caps.RightError):
+        caps.Right("connect", "https://h/*a*b*c/x")
+    right = caps.Right.parse("connect https://h/repos/*/x methods GET,POST")
+    assert right.pattern == "https://h/repos/*/x methods GET,POST"
