@@ -48,6 +48,7 @@ _KEY_QUALIFIERS = frozenset({"api", "access", "secret", "private", "subscription
 _NOT_CREDENTIAL = frozenset({"page", "next", "continuation", "sync", "cursor", "csrf", "xsrf", "idempotency",
                              "authenticity", "websocket", "type", "hint", "expires", "expiry", "expiration",
                              "count", "limit", "max", "url", "uri", "public"})
+_SCHEMES = frozenset({"basic", "bearer", "token", "digest", "negotiate", "ntlm", "hoba", "mutual"})
 _PASSWORDS = frozenset({"password", "passwd", "passphrase", "pwd"})
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _JSON_PAIR = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*"((?:[^"\\]|\\.)*)"', re.DOTALL)
@@ -166,7 +167,8 @@ class _Judge:
                 if not self.sentinel(credential):
                     self.findings.append(Finding("authorization", "Basic"))
             return
-        credential = rest or scheme  # a bare token with no scheme is a credential too
+        # a bare token with no scheme is a credential too; a lone scheme name (`Bearer`) is none
+        credential = rest or ("" if scheme.lower() in _SCHEMES else scheme)
         if credential and not self.sentinel(credential):
             self.findings.append(Finding("authorization", scheme if rest else "(no scheme)"))
 
