@@ -104,12 +104,14 @@ def test_gzip_members_one_after_another_decode_as_one_body():
     assert run("gzip", data, [5, 30])[0] == b"first " + b"*" * len(REAL) + b" second"
 
 
-def test_pieces_stay_bounded():
-    data = gzip.compress(bytes(8 << 20))
-    body = BodyScrubber(VAULT, "gzip", lambda held: None)
+@pytest.mark.parametrize("name", ["gzip", "deflate", "br", "gzip, br"])
+def test_pieces_stay_bounded(name):
+    data = ENCODERS[name](bytes(8 << 20))
+    body = BodyScrubber(VAULT, name, lambda held: None)
     sizes = [len(p) for p in body.feed(data)] + [len(p) for p in body.finish()]
     assert sum(sizes) == 8 << 20
-    assert max(sizes) <= PIECE + 3 * len(REAL)  # a piece, plus what the scanners held back before it
+    # a piece (brotli overshoots its output limit by up to half), plus what the scanners held back before it
+    assert max(sizes) <= 2 * PIECE + 3 * len(REAL)
 
 
 @pytest.mark.parametrize("name", ["gzip", "deflate", "br", "gzip, br"])
@@ -221,7 +223,7 @@ def test_unrelated_data_is_neither_masked_nor_reported():
 
 def test_values_too_short_for_encoded_forms_are_only_masked_literally():
     short = Vault([Held("PIN", b"ifc-sentinel-1", b"1234")])
-    assert Reveals(short).pattern is None
+    assert Reveals(short).forms == []
     assert run(None, b"1234 MTIzNA== 31323334", [], vault=short) == (b"**** MTIzNA== 31323334", [])
 
 
