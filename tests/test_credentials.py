@@ -123,6 +123,10 @@ def test_userinfo_in_an_absolute_target_is_a_credential():
     assert find(target=f"https://me:{SENTINEL}@api.test/x") == []
 
 
+def test_a_target_that_does_not_parse_is_refused_not_raised():
+    assert find(target="http://[::1/x?key=1") == [Finding("target", "(unparsable)")]
+
+
 def test_short_flags_are_not_credentials_but_short_passwords_are():
     assert find(target="/x?auth=false&token=1") == []
     assert find(target="/x?password=hunter2") == [Finding("query", "password")]
@@ -151,6 +155,14 @@ def test_a_foreign_json_field_is_found_at_any_depth():
     assert find(headers=[("Content-Type", "application/json")], body=body) == [Finding("json", "apiKey")]
     assert find(body=body) == [Finding("json", "apiKey")]  # JSON without saying so
     assert find(body=json.dumps({"token": SENTINEL, "password": ""}).encode()) == []
+
+
+def test_json_keys_escaped_or_buried_deep_are_found():
+    assert find(body=b'{"\\u0074oken": "' + FOREIGN.encode() + b'"}') == [Finding("json", "token")]
+    deep = b'{"a": ' + b"[" * 50_000 + b'{"api_key": "' + FOREIGN.encode() + b'"}'  # past json's recursion
+    assert find(body=deep) == [Finding("json", "api_key")]
+    truncated = json.dumps({"messages": ["x" * 100], "secret": FOREIGN, "more": "y" * 100}).encode()[:-20]
+    assert find(body=truncated) == [Finding("json", "secret")]  # a body's first bytes: found by pattern
 
 
 def test_nothing_is_looked_for_on_hosts_no_secret_is_bound_to():
