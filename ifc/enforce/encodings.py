@@ -33,7 +33,7 @@ try:  # br is decoded where the `brotli` package is installed (a dependency), re
 except ImportError:  # pragma: no cover - the project depends on it
     brotli = None
 
-PIECE = 1 << 16  # the most a decoder hands on at once: memory per response stays bounded
+PIECE = 1 << 16  # about the most a decoder hands on at once: memory per response stays bounded
 MAX_DECODED = 256 << 20  # what one layer may inflate to before the response is refused as a bomb
 MIN_ENCODED = 8  # values shorter than this are not looked for in encoded forms (too many false matches)
 # headers that describe the encoded bytes and are wrong once they are decoded
@@ -258,9 +258,11 @@ class BodyScrubber:
     identity-encoded. Built from the response's `Content-Encoding` before anything is relayed, so an
     encoding it cannot decode is refused (`EncodingRefused`) while the hook can still answer 502.
 
-    `feed(chunk)` and `finish()` yield the bytes to relay, each at most `PIECE` bytes plus what a scanner
-    held back; exhaust each before the next call. `reveal(held)` is called, before the bytes holding a
-    non-literal form of `held`'s real value are yielded, once per secret."""
+    `feed(chunk)` and `finish()` yield the bytes to relay, each about `PIECE` bytes at most (br overshoots
+    by up to half) plus what a scanner held back; exhaust each before the next call. `reveal(held)` is
+    called, before the bytes holding a non-literal form of `held`'s real value are yielded, once per secret.
+    Mid-body failures (`EncodingRefused` from `feed`/`finish`: a damaged stream, a bomb) come after the
+    head was relayed: the hook then ends the client connection without the body's end, and logs why."""
 
     def __init__(self, vault: Vault, content_encoding: str | bytes | None, reveal: Callable[[Held], None], *,
                  max_decoded: int = MAX_DECODED, ranged: bool = False):
