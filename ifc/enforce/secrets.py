@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ifc.match import Endpoint, EndpointPattern
+
 SENTINEL_PREFIX = "ifc-sentinel-"
 
 
@@ -31,6 +33,12 @@ class Held:
     name: str
     sentinel: bytes
     value: bytes
+    endpoints: tuple[EndpointPattern, ...] = ()  # the policy's `to` patterns
+
+    def bound_to(self, endpoint: Endpoint) -> bool:
+        """Is this secret bound to `endpoint`? Only exact host bindings count, as in the monitor's `send`
+        decision: a pattern covering hosts nobody named is never honoured."""
+        return any(p.names_hosts and p.matches(endpoint) for p in self.endpoints)
 
 
 def load_value(source: str, ref: str, name: str) -> bytes:
@@ -73,7 +81,7 @@ class Vault:
             if isinstance(value, str):
                 value = value.encode()
             sentinel = (SENTINEL_PREFIX + _random.token_hex(16)).encode()
-            held.append(Held(secret.name, sentinel, value))
+            held.append(Held(secret.name, sentinel, value, secret.endpoints))
         return cls(held)
 
     def __bool__(self) -> bool:
@@ -87,6 +95,10 @@ class Vault:
     def overlap(self) -> int:
         """Bytes a streaming scanner must carry between chunks so no sentinel or value is split unseen."""
         return max(self._value_max, self._sentinel_max, 1) - 1
+
+    def bound_to(self, endpoint: Endpoint) -> list[Held]:
+        """The secrets bound to `endpoint`: on such a host the sandbox may present only their sentinels."""
+        return [h for h in self.held if h.bound_to(endpoint)]
 
     def found(self, data: bytes) -> list[Held]:
         if SENTINEL_PREFIX.encode() not in data:

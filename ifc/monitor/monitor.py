@@ -811,6 +811,29 @@ class Monitor:
                     self.log.record(kind="error", subject=request.subject, op=request.op, target=request.target,
                                     allowed=False, reason=reason, pid=request.pid)
 
+    def absorb_secret(self, name: str, where: str, subject: str = "session") -> Label:
+        """A response from `where` carried secret `name`'s real value in a form the hook could not rule out
+        (encoded: `ifc.enforce.encodings`), so the run may now hold it: its taint rises to the secret's
+        label through the ordinary path — open streams are decided again, and cut, inside this call — and the
+        rise is logged with its provenance. The policy gives a secret no label of its own, and its real value
+        is what the sandbox must never hold, so its label is every secrecy tag the lattice has. Returns the
+        run's taint; never raises for the log (the rise stands even if it cannot be logged)."""
+        with self._lock:
+            self.steps += 1
+            state, lattice = self.run, self.policy.lattice
+            label = Label(frozenset().union(*lattice.tag_closure.values()), lattice.top_integrity)
+            before = state.taint
+            why = f"secret {name} via response from {where}"
+            self._absorb(state, label, node("secret", f"{name} via response from {where}"), node("subject", subject),
+                         "reveal", self.clock(), Request("reveal", why, subject=subject))
+            if self.log is not None:
+                with contextlib.suppress(Exception):
+                    self.log.record(kind="label", subject=subject, op="reveal", target=where, allowed=True,
+                                    reason=f"the run's taint is now `{lattice.describe(state.taint)}` ({why})",
+                                    object_label=lattice.describe(label), taint_before=lattice.describe(before),
+                                    taint_after=lattice.describe(state.taint))
+            return state.taint
+
     def flush(self) -> None:
         if self.log is not None:
             self.log.flush()
