@@ -136,7 +136,10 @@ def check_head(head: bytes, limits: Limits) -> None:
             raise ProxyError(431, f"a header line is longer than {limits.max_line} bytes")
         if line[:1] in (b" ", b"\t"):
             raise ProxyError(400, "folded header lines are not accepted")
-        lengths += line[:15].lower() == b"content-length:"
+        if line[:15].lower() == b"content-length:":
+            lengths += 1
+            if not line[15:].strip(b" \t").isdigit():  # h11 takes `1, 1` as 1
+                raise ProxyError(400, "Content-Length is not one decimal number")
     if lengths > 1:
         raise ProxyError(400, "Content-Length appears more than once")
 
@@ -283,19 +286,16 @@ def upstream_request(req: ProxyRequest, length: int | None, keep_upgrade: bool =
     decided authority (RFC 9112 §3.2.2: a proxy replaces the client's), the end-to-end headers as they
     came, and `Content-Length: length` when there is a body (None: none). `keep_upgrade`: forward
     `Upgrade`/`Connection: upgrade` (a WebSocket the hook relays as a stream)."""
-    named = req.tokens("connection")
-    headers = [("Host", req.authority)]
-    for name, value in req.headers:
-        low = name.lower()
-        if low in ("host", "content-length") or low in named or (low in HOP_BY_HOP and
-                                                                not (keep_upgrade and low == "upgrade")):
-            continue
-        headers.append((name, value))
+    drop = HOP_BY_HOP | req.tokens("connection") | {"host", "content-length"}
+    if keep_upgrade:
+        drop -= {"upgrade"}
+    headers = [("Host", req.authority)] + [(k, v) for k, v in req.headers if k.lower() not in drop]
     if keep_upgrade:
         headers.append(("Connection", "upgrade"))
     if length is not None:
         headers.append(("Content-Length", str(length)))
-    return h11.Request(method=req.method, target=req.path, headers=headers)
+    return h11.Request(method=req.method, target=req.path,  # values as bytes: obs-text passes unchanged
+                       headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers])
 
 
 def upstream_head(req: ProxyRequest, length: int | None, keep_upgrade: bool = False) -> bytes:

@@ -100,11 +100,12 @@ class HttpProxy:
         listener.listen(1024)
         listener.setblocking(False)
         self._listener = listener
-        self._spawn(self._accept(listener))
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
         return listener.getsockname()[:2]
 
     async def close(self) -> None:
         if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
             self._listener.close()
             self._listener = None
         for task in list(self._tasks):
@@ -112,20 +113,16 @@ class HttpProxy:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 2)
 
-    def _spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _accept(self, listener: socket.socket) -> None:
+        """A connection is waiting (called by the loop): its own task, on its own Wire."""
+        try:
+            sock, peer = listener.accept()
+        except OSError:  # taken by another wake-up, or the listener was closed
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = asyncio.get_running_loop().create_task(self._serve(SocketWire(sock), f"{peer[0]}:{peer[1]}"))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _accept(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, peer = await loop.sock_accept(listener)
-            except OSError:  # the listener was closed
-                return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._spawn(self._serve(SocketWire(sock), f"{peer[0]}:{peer[1]}"))
 
     async def _serve(self, wire: SocketWire, peer: str) -> None:
         try:
