@@ -120,7 +120,8 @@ class HttpProxy:
         except OSError:  # taken by another wake-up, or the listener was closed
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        task = asyncio.get_running_loop().create_task(self._serve(SocketWire(sock), f"{peer[0]}:{peer[1]}"))
+        task = asyncio.get_running_loop().create_task(self._serve(SocketWire(sock, self.limits.io_timeout),
+                                                                     f"{peer[0]}:{peer[1]}"))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -159,7 +160,7 @@ class HttpProxy:
             del wire.buffer[:2]
         if not wire.buffer:
             try:
-                got = await asyncio.wait_for(wire.fill(), limits.head_timeout if first else limits.idle_timeout)
+                got = await wire.fill(limits.head_timeout if first else limits.idle_timeout)
             except TimeoutError:
                 if first:
                     raise ProxyError(408, f"the request head did not arrive within {limits.head_timeout:g} s") \
@@ -179,7 +180,7 @@ class HttpProxy:
             if wire.buffer.count(b"\n") != wire.buffer.count(b"\r\n"):
                 raise ProxyError(400, "a line of the head ends in a bare LF")
             try:
-                got = await asyncio.wait_for(wire.fill(), max(deadline - loop.time(), 0.001))
+                got = await wire.fill(max(deadline - loop.time(), 0.001))
             except TimeoutError:
                 raise ProxyError(408, f"the request head did not arrive within {limits.head_timeout:g} s") from None
             if not got:
@@ -239,16 +240,18 @@ class HttpProxy:
             if event is not None:
                 head.append(f"X-Ifc-Event: {event}")
         with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(wire.send(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body),
-                                   self.limits.io_timeout)
+            await wire.send(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
     async def _deny(self, wire: Wire, verdict: Verdict) -> None:
         event = verdict.decision.event if verdict.decision is not None else None
         await self._answer(wire, verdict.status, verdict.reason, event=event)
 
     # ------------------------------------------------------------------------------------ codec I/O
-    async def _next_event(self, wire: Wire, conn: h11.Connection, status: int):
-        """The codec's next event, reading `wire` as it needs; a protocol error is ProxyError(`status`)."""
+    async def _next_event(self, wire: Wire, conn: h11.Connection, status: int,
+                          pending: tuple[Wire, bytearray] | None = None):
+        """The codec's next event, reading `wire` as it needs; a protocol error is ProxyError(`status`).
+        `pending`: bytes for another wire, sent before this one is waited on (a response's head and first
+        body bytes leave in one write)."""
         while True:
             try:
                 event = conn.next_event()
@@ -260,13 +263,13 @@ class HttpProxy:
             if wire.buffer:
                 conn.receive_data(wire.take())
                 continue
-            data = await asyncio.wait_for(wire.recv(), self.limits.io_timeout)
+            if pending is not None and pending[1]:
+                await pending[0].send(bytes(pending[1]))
+                pending[1].clear()
+            data = await wire.recv()
             if not data and conn.their_state is h11.SEND_RESPONSE and not conn.trailing_data[0]:
                 raise _Stale  # a kept-alive upstream closed before a byte of its answer
             conn.receive_data(data)
-
-    async def _send(self, wire: Wire, data: bytes) -> None:
-        await asyncio.wait_for(wire.send(data), self.limits.io_timeout)
 
     # ------------------------------------------------------------------------------------ plain HTTP
     async def _read_body(self, req: ProxyRequest, wire: Wire, conn: h11.Connection) -> bytes | None:
@@ -299,7 +302,7 @@ class HttpProxy:
             return False
         try:
             if conn.they_are_waiting_for_100_continue:  # decided: the client may send its body
-                await self._send(wire, conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+                await wire.send(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
             body = await self._read_body(req, wire, conn)
             length = None if req.framing.kind == "none" and not body else \
                 req.framing.length if body is None else len(body)
@@ -341,7 +344,7 @@ class HttpProxy:
 
     async def _open_upstream(self, req: ProxyRequest, client: Client, endpoint: Endpoint) -> Wire:
         try:
-            up = await open_socket(req.addresses, req.port, self.limits.connect_timeout)
+            up = await open_socket(req.addresses, req.port, self.limits.connect_timeout, self.limits.io_timeout)
         except OSError as exc:
             raise ProxyError(502, f"cannot reach {endpoint}: {exc}") from None
         if req.scheme != "https":
@@ -377,7 +380,7 @@ class HttpProxy:
                 if body is not None:
                     out += up_conn.send(h11.Data(data=body)) if body else b""
                     out += up_conn.send(h11.EndOfMessage())
-                await self._send(up, out)
+                await up.send(out)
                 if body is None:
                     problem = await self._stream_body(client, endpoint, wire, conn, up, up_conn, flow)
                     if problem is not None:
@@ -416,8 +419,8 @@ class HttpProxy:
                                           "egress: secrets")
             if not flow.alive:  # the sockets are shut already; never hand the loop another byte
                 raise ConnectionError(flow.cut_reason)
-            await self._send(up, up_conn.send(h11.Data(data=bytes(event.data))))
-        await self._send(up, up_conn.send(h11.EndOfMessage()))
+            await up.send(up_conn.send(h11.Data(data=bytes(event.data))))
+        await up.send(up_conn.send(h11.EndOfMessage()))
         return None
 
     async def _relay_response(self, req: ProxyRequest, client: Client, endpoint: Endpoint, wire: Wire,
@@ -432,35 +435,37 @@ class HttpProxy:
             if isinstance(event, h11.Response):
                 break
             if event.status_code == 101:  # an upgrade the monitor allowed as a stream: relayed for its life
-                await self._send(wire, conn.send(h11.InformationalResponse(
+                await wire.send(conn.send(h11.InformationalResponse(
                     status_code=101, reason=event.reason, headers=[(k, scrub_value(v)) for k, v in
                                                                    event.headers.raw_items()])))
                 await self._relay_upgraded(client, endpoint, wire, conn, up, up_conn)
                 return False, False
             if event.status_code != 100:  # the hook answered Expect itself; other 1xx pass (103 hints)
-                await self._send(wire, conn.send(h11.InformationalResponse(
+                await wire.send(conn.send(h11.InformationalResponse(
                     status_code=event.status_code, reason=event.reason,
                     headers=[(k, scrub_value(v)) for k, v in event.headers.raw_items()])))
-        await self._send(wire, conn.send(h11.Response(status_code=event.status_code, reason=event.reason,
-                                                      headers=response_headers(event, scrub_value))))
+        out = bytearray(conn.send(h11.Response(status_code=event.status_code, reason=event.reason,
+                                               headers=response_headers(event, scrub_value))))
         names = {k for k, _ in event.headers}
         reusable = not (b"content-length" in names and b"transfer-encoding" in names)
         scrub = StreamScrubber(vault)
         length = next((int(v) for k, v in event.headers if k == b"content-length"), 0)
         if self.splice and length > _SPLICE_BODY and req.method != "HEAD" and event.status_code not in (204, 304) \
                 and isinstance(wire, SocketWire) and isinstance(up, SocketWire) and reusable:
+            await wire.send(bytes(out))
             await self._splice_body(wire, up, up_conn, scrub, length)
             wire.give_back(conn.trailing_data[0])
             return req.keep_alive, False
         try:
-            while not isinstance(body_event := await self._next_event(up, up_conn, 502), h11.EndOfMessage):
-                if isinstance(body_event, h11.Data) and (out := scrub.feed(bytes(body_event.data))):
-                    await self._send(wire, conn.send(h11.Data(data=out)))
+            while not isinstance(body := await self._next_event(up, up_conn, 502, (wire, out)), h11.EndOfMessage):
+                if isinstance(body, h11.Data) and (data := scrub.feed(bytes(body.data))):
+                    out += conn.send(h11.Data(data=data))
         except ProxyError as exc:  # the head is out: the client can only learn of it by the connection ending
             self.egress.refuse(client, "connect", str(endpoint), exc.reason, "egress: http", 502)
             return False, False
         tail = scrub.flush()
-        await self._send(wire, (conn.send(h11.Data(data=tail)) if tail else b"") + conn.send(h11.EndOfMessage()))
+        out += (conn.send(h11.Data(data=tail)) if tail else b"") + conn.send(h11.EndOfMessage())
+        await wire.send(bytes(out))
         keep = conn.our_state is h11.DONE and conn.their_state is h11.DONE
         keep_up = reusable and up_conn.our_state is h11.DONE and up_conn.their_state is h11.DONE \
             and not up_conn.trailing_data[0]
@@ -478,7 +483,7 @@ class HttpProxy:
         left = length - len(held)
         pump = functools.partial(pump_scrubbed, scrub=scrub) if self.egress.vault else pump_count
         moved = await asyncio.to_thread(pump, up.sock.fileno(), wire.sock.fileno(), left, scrub.feed(bytes(held)))
-        await self._send(wire, scrub.flush())
+        await wire.send(scrub.flush())
         if moved < left:
             raise ConnectionError("the body was cut short")
 
@@ -499,7 +504,7 @@ class HttpProxy:
             await self._deny(wire, verdict)
             return
         raw = req.scheme == "tcp"
-        await self._send(wire, conn.send(h11.Response(status_code=200, reason=b"Connection established",
+        await wire.send(conn.send(h11.Response(status_code=200, reason=b"Connection established",
                                                       headers=[])))
         wire.give_back(conn.trailing_data[0])
         endpoint = verdict.endpoint
@@ -528,7 +533,7 @@ class HttpProxy:
                 await self._terminate(req, client, endpoint, wire)
                 return
         try:
-            up = await open_socket(req.addresses, req.port, limits.connect_timeout)
+            up = await open_socket(req.addresses, req.port, limits.connect_timeout, limits.io_timeout)
         except OSError:
             return
         flow.attach(up.sock)
@@ -580,14 +585,14 @@ class HttpProxy:
             chunk = src.take()
             while True:
                 if not chunk:
-                    chunk = await asyncio.wait_for(src.recv(), TUNNEL_IDLE)
+                    chunk = await src.recv(timeout=TUNNEL_IDLE)
                     if not chunk:
                         break
                 if watch is not None and watch.found(chunk):
                     self.egress.refuse(client, "connect", str(endpoint), "a secret's sentinel in a relayed stream "
                                        "(sentinels are swapped only in HTTP requests)", "egress: secrets")
                     break
-                await self._send(dst, chunk)
+                await dst.send(chunk)
                 chunk = b""
         except (TimeoutError, OSError):
             pass

@@ -263,7 +263,7 @@ class TlsStream(Wire):
 
     def __init__(self, wire: Wire, context: ssl.SSLContext, first: bytes = b"", *, server_side: bool = True,
                  server_hostname: str | None = None):
-        super().__init__()
+        super().__init__(wire.timeout)
         self.inner = wire
         self.sock = wire.sock
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -305,29 +305,33 @@ class TlsStream(Wire):
         if self._out.pending:
             await self.inner.send(self._out.read())
 
-    async def recv(self, size: int = 1 << 18) -> bytes:
-        """Decrypted bytes; b"" at close_notify or the end of the TCP stream. A broken TLS stream raises
-        ConnectionError, as a reset socket would."""
+    async def recv(self, size: int = 1 << 18, timeout: float | None = None) -> bytes:
+        """Decrypted bytes, as many records as have arrived (up to `size`: one record is only 16 KiB, and each
+        read is a trip through the codec); b"" at close_notify or the end of the TCP stream. A broken TLS
+        stream raises ConnectionError, as a reset socket would."""
         while True:
+            out = bytearray()
             try:
-                data = self._tls.read(size)
+                while len(out) < size and (data := self._tls.read(size - len(out))):
+                    out += data
             except ssl.SSLWantReadError:
-                await self._flush()  # post-handshake messages (key update answers)
-                more = await self.inner.recv(1 << 18)
-                if not more:
-                    return b""
-                self._in.write(more)
-                continue
+                pass
             except ssl.SSLZeroReturnError:
-                return b""
+                return bytes(out)  # what came before close_notify; the next call returns b""
             except ssl.SSLError as exc:
                 raise ConnectionError(f"the TLS stream failed: {exc}") from None
-            return data
+            if out:
+                return bytes(out)
+            await self._flush()  # post-handshake messages (key update answers)
+            more = await self.inner.recv(1 << 18, timeout)
+            if not more:
+                return b""
+            self._in.write(more)
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, timeout: float | None = None) -> None:
         if data:
             self._tls.write(data)
-            await self._flush()
+            await self.inner.send(self._out.read(), timeout)
 
     def stale(self) -> bool:
         """Like `SocketWire.stale`, on what TLS makes of the bytes waiting: session tickets and key updates

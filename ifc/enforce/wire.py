@@ -3,8 +3,10 @@
 Why not asyncio's streams: a proxy hands a connection from one reader to another — the HTTP codec, a
 ClientHello check, a TLS engine, a splice(2) thread — and every hand-over must carry the bytes already
 read but not yet used. A `StreamReader` keeps those in a private buffer; here they are `Wire.buffer`, ours.
-`SocketWire` moves bytes with `loop.sock_recv`/`sock_sendall` on a non-blocking socket (which a splice
-thread may also take over); `ifc.enforce.tls.TlsStream` is the same surface over a TLS engine.
+`SocketWire` moves bytes on a non-blocking socket (which a splice thread may also take over): it tries the
+system call first and only then waits for readiness, with its own timer — no task per read or write (an
+`asyncio.wait_for` around each was most of the hook's per-request cost); `ifc.enforce.tls.TlsStream` is the
+same surface over a TLS engine.
 """
 
 from __future__ import annotations
@@ -15,18 +17,20 @@ import socket
 
 
 class Wire:
-    """A duplex byte stream: `recv`/`send`, plus `buffer` (bytes received and not yet consumed)."""
+    """A duplex byte stream: `recv`/`send`, plus `buffer` (bytes received and not yet consumed). A recv or
+    send that waits longer than `timeout` (or the call's own) raises TimeoutError."""
 
     sock: socket.socket  # the TCP socket under it (for `Flow.attach` and splice)
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float | None = None) -> None:
         self.buffer = bytearray()
+        self.timeout = timeout
 
-    async def recv(self, size: int = 1 << 18) -> bytes:
+    async def recv(self, size: int = 1 << 18, timeout: float | None = None) -> bytes:
         """Up to `size` new bytes from the peer; b"" at the end of the stream."""
         raise NotImplementedError
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, timeout: float | None = None) -> None:
         raise NotImplementedError
 
     def shutdown_write(self) -> None:
@@ -40,9 +44,9 @@ class Wire:
     def close(self) -> None:
         raise NotImplementedError
 
-    async def fill(self) -> bool:
+    async def fill(self, timeout: float | None = None) -> bool:
         """Append what arrives next to `buffer`; False at the end of the stream."""
-        data = await self.recv()
+        data = await self.recv(timeout=timeout)
         self.buffer += data
         return bool(data)
 
@@ -59,18 +63,40 @@ class Wire:
 
 
 class SocketWire(Wire):
-    def __init__(self, sock: socket.socket):
-        super().__init__()
+    def __init__(self, sock: socket.socket, timeout: float | None = None):
+        super().__init__(timeout)
         sock.setblocking(False)
         self.sock = sock
         self.loop = asyncio.get_running_loop()
 
-    async def recv(self, size: int = 1 << 18) -> bytes:
-        return await self.loop.sock_recv(self.sock, size)
+    async def recv(self, size: int = 1 << 18, timeout: float | None = None) -> bytes:
+        while True:
+            try:
+                return self.sock.recv(size)
+            except (BlockingIOError, InterruptedError):
+                await self._ready(self.loop.add_reader, self.loop.remove_reader, timeout)
 
-    async def send(self, data: bytes) -> None:
-        if data:
-            await self.loop.sock_sendall(self.sock, data)
+    async def send(self, data: bytes, timeout: float | None = None) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+            except (BlockingIOError, InterruptedError):
+                await self._ready(self.loop.add_writer, self.loop.remove_writer, timeout)
+
+    async def _ready(self, add, remove, timeout: float | None) -> None:
+        """Wait until the socket is readable (or writable), at most `timeout` (else the wire's)."""
+        timeout = self.timeout if timeout is None else timeout
+        fd = self.sock.fileno()
+        future = self.loop.create_future()
+        add(fd, _settle, future, None)
+        timer = self.loop.call_later(timeout, _settle, future, TimeoutError()) if timeout is not None else None
+        try:
+            await future
+        finally:
+            remove(fd)
+            if timer is not None:
+                timer.cancel()
 
     def shutdown_write(self) -> None:
         with contextlib.suppress(OSError):
@@ -89,7 +115,16 @@ class SocketWire(Wire):
         return True  # b"" (closed) or bytes nobody asked for: either way it cannot carry a new exchange
 
 
-async def open_socket(addresses: tuple[str, ...], port: int, timeout: float) -> SocketWire:
+def _settle(future: asyncio.Future, error: Exception | None) -> None:
+    if not future.done():
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+async def open_socket(addresses: tuple[str, ...], port: int, timeout: float,
+                      io_timeout: float | None = None) -> SocketWire:
     """A TCP connection to the first checked address that answers (never to a name)."""
     loop = asyncio.get_running_loop()
     last: Exception | None = None
@@ -104,5 +139,5 @@ async def open_socket(addresses: tuple[str, ...], port: int, timeout: float) -> 
             last = exc
             continue
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return SocketWire(sock)
+        return SocketWire(sock, io_timeout)
     raise OSError(f"cannot connect: {last}")
