@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ifc.enforce.egress import BackgroundLoop, Egress, static_resolver
-from ifc.enforce.http_codec import ProxyError, decode_request, new_server, upstream_head
+from ifc.enforce.http_codec import Framing, ProxyError, decode_request, new_server, parse_request, upstream_head
 from ifc.enforce.http_proxy import HttpProxy, Limits
 from ifc.enforce.secrets import Vault
 from ifc.enforce.tls import Termination
@@ -255,6 +255,29 @@ def decided(data: bytes) -> list[bytes]:
         length = None if req.framing.kind == "none" and not body else len(body)
         out.append(upstream_head(req, length) + body)
     return out
+
+
+# ------------------------------------------------------------------------------------------ the typed request
+
+def test_the_typed_request_carries_the_facts():
+    req = parse_request(b"POST http://Up.Test:8080/a/b?c=d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                        b"Proxy-Authorization: Bearer tok\r\n\r\n")
+    assert (req.method, req.form, req.scheme, req.host, req.port, req.path, req.version, req.token) == \
+        ("POST", "absolute", "http", "up.test", 8080, "/a/b?c=d", "1.1", "tok")
+    assert req.framing == Framing("length", 3) and req.authority == "up.test:8080" and req.header("host") == "x"
+    tunnel = parse_request(b"CONNECT [::1]:8443 HTTP/1.1\r\nHost: [::1]:8443")
+    assert (tunnel.form, tunnel.host, tunnel.port, tunnel.path, tunnel.framing) == \
+        ("authority", "::1", 8443, "", Framing("none"))
+    tunnel = tunnel.with_(sni=None, addresses=("::1",))
+    inside = parse_request(b"PUT /x HTTP/1.1\r\nHost: [::1]:8443\r\nTransfer-Encoding: chunked", tunnel=tunnel)
+    assert (inside.form, inside.scheme, inside.framing, inside.addresses) == \
+        ("origin", "https", Framing("chunked"), ("::1",))
+    star = parse_request(b"OPTIONS * HTTP/1.1\r\nHost: [::1]:8443", tunnel=tunnel)
+    assert (star.form, star.path) == ("asterisk", "*")
+    with pytest.raises(ProxyError):
+        parse_request(b"GET /x HTTP/1.1\r\nHost: other.test", tunnel=tunnel)
+    # what the upstream gets: Host from the decided authority, hop-by-hop headers gone, the body's length
+    assert upstream_head(req, 3) == b"POST /a/b?c=d HTTP/1.1\r\nHost: up.test:8080\r\nContent-Length: 3\r\n\r\n"
 
 
 # ------------------------------------------------------------------------------------------ responses pass through
