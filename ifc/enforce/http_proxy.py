@@ -108,10 +108,14 @@ class HttpProxy:
             asyncio.get_running_loop().remove_reader(self._listener.fileno())
             self._listener.close()
             self._listener = None
-        for task in list(self._tasks):
+        if not self._tasks:
+            return
+        # connections whose clients have gone finish relaying what they hold; the rest are cut after 2 s
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=2)
+        for task in pending:
             task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 2)
+        if pending:
+            await asyncio.wait(pending, timeout=1)
 
     def _accept(self, listener: socket.socket) -> None:
         """A connection is waiting (called by the loop): its own task, on its own Wire."""
