@@ -237,7 +237,8 @@ def refusals(hook, rule: str = "egress: http") -> list:
 
 def decided(data: bytes) -> list[bytes]:
     """What the hook decided for a client's byte stream, re-serialised: the codec's reading of each request
-    (head and body), as the upstream must receive it."""
+    (head and body), as the upstream must receive it — up to the first it refuses or after which the
+    connection closes."""
     out = []
     buf = bytearray(data)
     while b"\r\n\r\n" in buf:
@@ -245,15 +246,21 @@ def decided(data: bytes) -> list[bytes]:
         head = bytes(buf[:end])
         del buf[:end]
         conn = new_server(Limits())
-        req = decode_request(conn, head)
-        conn.receive_data(bytes(buf))
-        body = b""
-        while not isinstance(event := conn.next_event(), h11.EndOfMessage):
-            assert event is not h11.NEED_DATA, "an incomplete request in the corpus"
-            body += event.data
+        try:
+            req = decode_request(conn, head)
+            conn.receive_data(bytes(buf))
+            body = b""
+            while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+                if event is h11.NEED_DATA:
+                    return out
+                body += event.data
+        except (ProxyError, h11.RemoteProtocolError):
+            return out
         buf = bytearray(conn.trailing_data[0])
         length = None if req.framing.kind == "none" and not body else len(body)
         out.append(upstream_head(req, length) + body)
+        if not req.keep_alive:
+            return out
     return out
 
 
@@ -474,7 +481,7 @@ def test_differential_corpus(hook, name):
     got = up.requests[before:]
     if expect == "pass":
         expected = decided(data)
-        assert statuses(out) == [200] * len(expected), out[:300]
+        assert expected and statuses(out) == [200] * len(expected), out[:300]
         assert got == expected  # byte for byte what the hook decided
         for raw in got:  # and, read independently of h11, the decided authority and nothing else
             _m, target, version, headers = parse_head(raw[:raw.index(b"\r\n\r\n") + 4])
