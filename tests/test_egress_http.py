@@ -386,12 +386,12 @@ def test_sni_must_match_the_connect_host(world):
     [event] = [e for e in events(world, "egress: sni") if "other.test" in e.reason]
     assert "names `other.test`, not the CONNECT host `tls.test`" in event.reason
     # CONNECT to the wrong name is refused before any tunnel
-    assert b" 403 " in raw(world, f"CONNECT other.test:{t} HTTP/1.1\r\n\r\n".encode())
+    assert b" 403 " in raw(world, f"CONNECT other.test:{t} HTTP/1.1\r\nHost: other.test:{t}\r\n\r\n".encode())
 
 
 def test_a_tunnel_without_tls_is_refused(world):
     t = world["ports"]["T"]
-    out = raw(world, f"CONNECT tls.test:{t} HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n".encode())
+    out = raw(world, f"CONNECT tls.test:{t} HTTP/1.1\r\nHost: tls.test:{t}\r\n\r\nGET / HTTP/1.1\r\n\r\n".encode())
     assert out.startswith(b"HTTP/1.1 200") and b"HTTP/1.0" not in out.split(b"\r\n\r\n", 1)[1]
     assert any("not a TLS ClientHello" in e.reason for e in events(world, "egress: tls"))
 

@@ -242,7 +242,7 @@ def test_handshake_garbage_after_the_client_hello_is_refused(world):
     with pytest.raises(ssl.SSLWantReadError):
         client.do_handshake()
     with socket.create_connection(("127.0.0.1", world["port"]), timeout=5) as s:
-        s.sendall(f"CONNECT api.test:{world['t']} HTTP/1.1\r\n\r\n".encode())
+        s.sendall(f"CONNECT api.test:{world['t']} HTTP/1.1\r\nHost: api.test:{world['t']}\r\n\r\n".encode())
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
         s.sendall(hello[1].read() + b"\x16\x03\x03\x00\x05garbage")
         while s.recv(4096):
@@ -253,7 +253,7 @@ def test_handshake_garbage_after_the_client_hello_is_refused(world):
 
 def test_sni_must_still_match_the_connect_host(world):
     with socket.create_connection(("127.0.0.1", world["port"]), timeout=5) as s:
-        s.sendall(f"CONNECT api.test:{world['t']} HTTP/1.1\r\n\r\n".encode())
+        s.sendall(f"CONNECT api.test:{world['t']} HTTP/1.1\r\nHost: api.test:{world['t']}\r\n\r\n".encode())
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
         ctx = ssl.create_default_context(cafile=str(world["ca"]))
         ctx.check_hostname = False

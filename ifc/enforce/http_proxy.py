@@ -2,949 +2,603 @@
 
     HTTPS_PROXY=http://ifc:TOKEN@127.0.0.1:PORT   (curl, pip, git, npm, urllib, http.client)
 
-One client connection → a loop of: read the head (bounded size, count and time) → parse it into a
-`ProxyRequest` (garbage → 400 with a one-line reason) → `Egress.open` (monitor decision, resolution, address
-checks) → forward. Plain HTTP is forwarded request by request on a fresh upstream connection to the
-checked address (kept alive for the next request of the same client connection); sentinels in the request
-are swapped for bound endpoints or refused, real secret values in responses are masked. CONNECT opens a
-tunnel after reading the TLS ClientHello: its SNI must name the CONNECT host. Without a TLS ClientHello a
-tunnel is raw TCP, allowed only where a `tcp://` endpoint rule names the host.
+Every exchange follows one pipeline: **parse → facts → monitor → act**.
 
-A tunnel to an endpoint some policy secret is bound to is terminated (`ifc.enforce.tls`): the hook answers
-the handshake with the run CA's leaf for the CONNECT host and serves the origin-form requests inside (Host
-must name the CONNECT authority) through the same path as plain HTTP — decision, taint, sentinel swap,
-scrubbing — forwarding each over TLS verified against the system trust store (plus `--upstream-ca`). Every
-other tunnel is blind: spliced as it is, so only a sentinel, never a real value, can leave through it.
+  parse    `ifc.enforce.http_codec` reads the head (bounded size, count and time) and decodes it strictly
+           (h11, RFC 9112, plus the rules a proxy needs) into a typed `ProxyRequest`; garbage gets 400 and a
+           logged reason (`Egress.refuse` → `Monitor.refuse`), never a traceback
+  facts    `_decide`: the request's facts (method, target form, authority, headers, framing; SNI for a
+           tunnel) meet the monitor there and nowhere else, through `Egress.open`, which also resolves the
+           name and has the addresses checked; the request is stamped with the addresses it may use
+  act      relay: plain HTTP is re-serialised from the decided request (never a byte of the client's head)
+           and sent to a checked address over a connection kept alive for the next request of the same
+           client; sentinels are swapped for bound endpoints or refused; the response passes through every
+           status, 1xx, HEAD, 204/304, chunked and close-delimited bodies, with real secret values masked
+           (`_relay_response`, the one place a response body streams through `StreamScrubber`)
+
+CONNECT opens a tunnel after reading the TLS ClientHello: its SNI must name the CONNECT host. Without a
+ClientHello a tunnel is raw TCP, allowed only where a `tcp://` endpoint rule names the host. A tunnel to an
+endpoint some policy secret is bound to is terminated (`ifc.enforce.tls`): the hook answers the handshake
+with the run CA's leaf for the CONNECT host and serves the origin-form requests inside through the same
+pipeline (Host must name the CONNECT authority), forwarding each over TLS verified against the system trust
+store (plus `--upstream-ca`). Every other tunnel is blind: spliced as it is (`ifc.enforce.splice`), so only
+a sentinel, never a real value, can leave through it.
+
+Streams: a plain request is registered with the monitor (`Flow`) until its body has been sent; a tunnel and
+an upgraded connection (WebSocket over plain http://) for their whole life. `Upgrade` is refused where a
+secret is bound (the hook could neither swap nor scrub inside it), and so is HTTP/2: the run CA's server
+context offers only http/1.1 by ALPN, and a prior-knowledge preface is not HTTP/1.x (400).
 
 Statuses: 400 garbage, 403 denied (reason in the body and `X-Ifc-Denied`), 408 slow client, 413 body too
-large to check, 414/431 head too large, 502/504 upstream trouble, 503 too many connections.
+large to check, 414/431 head too large, 501 a transfer coding other than chunked, 502/504 upstream trouble,
+503 too many connections.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import functools
 import logging
 import os
-import re
-import select
 import socket
-import ssl
-import threading
-from dataclasses import dataclass, field
 
-from ifc.enforce.egress import Client, Egress, Flow, StreamFront, Verdict, connect_checked, socket_of
+import h11
+
+from ifc.enforce.egress import Client, Egress, Flow, Verdict
+from ifc.enforce.http_codec import (
+    Limits,
+    ProxyError,
+    ProxyRequest,
+    decode_request,
+    new_server,
+    parse_request,
+    response_headers,
+    upstream_head,
+    upstream_request,
+)
 from ifc.enforce.secrets import SentinelWatch, StreamScrubber
-from ifc.enforce.tls import Termination, TlsFailure, TlsStream
+from ifc.enforce.splice import TUNNEL_IDLE, pump_count, pump_scrubbed, splice_tunnel
+from ifc.enforce.tls import Termination, TlsFailure, TlsStream, sni_from_client_hello
+from ifc.enforce.wire import SocketWire, Wire, open_socket
 from ifc.match import Endpoint
-from ifc.monitor.containment import connect_scheme
+from ifc.monitor.containment import connect_scheme, is_ip_literal
+
+__all__ = ["HttpProxy", "Limits", "ProxyError", "ProxyRequest", "parse_request", "sni_from_client_hello"]
 
 log = logging.getLogger("ifc.egress.http")
 
-
-@dataclass(frozen=True)
-class Limits:
-    max_head: int = 64 * 1024  # request or response head, bytes
-    max_line: int = 8 * 1024  # request line or one header line
-    max_headers: int = 100
-    head_timeout: float = 10.0  # the whole head must arrive within this (slowloris)
-    idle_timeout: float = 30.0  # between requests on a kept-alive connection
-    io_timeout: float = 60.0  # one read or write on an open exchange
-    connect_timeout: float = 10.0
-    max_swap_body: int = 1 << 20  # bodies up to this are buffered, checked and swapped
-    max_chunked_body: int = 64 << 20  # a chunked request body is de-chunked in memory up to this
-    max_connections: int = 1024
-
-
-HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "proxy-connection",
-                        "te", "trailer", "transfer-encoding", "upgrade", "expect"))
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 413: "Content Too Large",
-                414: "URI Too Long", 431: "Request Header Fields Too Large", 502: "Bad Gateway",
-                503: "Service Unavailable", 504: "Gateway Timeout"}
+                414: "URI Too Long", 431: "Request Header Fields Too Large", 501: "Not Implemented",
+                502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+_SPLICE_BODY = 1 << 20  # a plain-HTTP response body larger than this leaves the event loop
 
 
-class ProxyError(Exception):
-    """A request the proxy answers itself: `status` and a one-line reason."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(f"{status}: {reason}")
-        self.status = status
-        self.reason = reason
+class _Stale(Exception):
+    """A kept-alive upstream connection closed before answering (the request may be retried once)."""
 
 
-class _Stale(ProxyError):
-    """A kept-alive upstream connection closed before answering (it may be retried once)."""
-
-
-# ------------------------------------------------------------------------------------------ parsing
-
-@dataclass(frozen=True)
-class ProxyRequest:
-    method: str
-    scheme: str  # http for absolute-URI requests, https (or tcp) for CONNECT
-    host: str
-    port: int
-    path: str  # origin-form for upstream ("/x?y"); "" for CONNECT
-    version: str
-    headers: tuple[tuple[str, str], ...] = field(default=())
-    token: str | None = None
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        return next((v for k, v in self.headers if k.lower() == name), None)
-
-    @property
-    def authority(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 80 if self.scheme == "http" else 443
-        return host if self.port == default else f"{host}:{self.port}"
-
-
-def parse_head(head: bytes, limits: Limits = Limits()) -> tuple[str, str, str, list[tuple[str, str]]]:
-    """Start line and headers of an HTTP/1.x head (without the final blank line)."""
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes everything
-        raise ProxyError(400, "the head is not text") from None
-    lines = text.split("\r\n")
-    while lines and lines[-1] == "":
-        lines.pop()
-    if not lines:
-        raise ProxyError(400, "empty request")
-    if len(lines[0]) > limits.max_line:
-        raise ProxyError(414, f"request line longer than {limits.max_line} bytes")
-    parts = lines[0].split(" ")
-    if len(parts) != 3:
-        raise ProxyError(400, "the request line is not `METHOD TARGET HTTP/1.x`")
-    if len(lines) - 1 > limits.max_headers:
-        raise ProxyError(431, f"more than {limits.max_headers} header lines")
-    headers = []
-    for line in lines[1:]:
-        if len(line) > limits.max_line:
-            raise ProxyError(431, f"a header line is longer than {limits.max_line} bytes")
-        if line[:1] in (" ", "\t"):
-            raise ProxyError(400, "folded header lines are not accepted")
-        name, sep, value = line.partition(":")
-        if not sep or not _TOKEN.match(name):
-            raise ProxyError(400, "a header line is not `Name: value`")
-        if any(c in value for c in "\r\n\0"):
-            raise ProxyError(400, "a header value holds a control character")
-        headers.append((name, value.strip(" \t")))
-    return parts[0], parts[1], parts[2], headers
-
-
-def _split_authority(authority: str, default_port: int | None) -> tuple[str, int]:
-    if authority.startswith("["):
-        host, _, rest = authority[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else None
-        if rest and not rest.startswith(":"):
-            raise ProxyError(400, f"bad authority `{authority}`")
-    else:
-        host, sep, port_text = authority.rpartition(":")
-        if not sep:
-            host, port_text = authority, None
-    if "@" in host:
-        raise ProxyError(400, "user information in the target is not accepted")
-    if not host or not re.fullmatch(r"[A-Za-z0-9.\-_:]+", host):
-        raise ProxyError(400, f"bad host `{host}`")
-    if port_text is None or port_text == "":
-        if default_port is None:
-            raise ProxyError(400, "CONNECT needs `host:port`")
-        return host.lower(), default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ProxyError(400, f"bad port `{port_text}`")
-    return host.lower(), int(port_text)
-
-
-def token_from(value: str | None) -> str | None:
-    """`Proxy-Authorization: Basic base64(ifc:TOKEN)` (any user name) or `Bearer TOKEN`."""
-    if not value:
-        return None
-    kind, _, cred = value.strip().partition(" ")
-    if kind.lower() == "bearer":
-        return cred.strip() or None
-    if kind.lower() != "basic":
-        raise ProxyError(400, "Proxy-Authorization must be Basic (`ifc:TOKEN`) or Bearer")
-    try:
-        decoded = base64.b64decode(cred.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise ProxyError(400, "Proxy-Authorization is not valid base64") from None
-    _user, sep, password = decoded.partition(":")
-    if not sep:
-        raise ProxyError(400, "Proxy-Authorization must be `ifc:TOKEN`")
-    from urllib.parse import unquote
-
-    return unquote(password) or None
-
-
-def parse_request(head: bytes, limits: Limits = Limits(), tunnel: ProxyRequest | None = None) -> ProxyRequest:
-    """A proxy request (absolute URI or CONNECT), or with `tunnel` (the CONNECT of a terminated tunnel) an
-    origin-form request inside it, whose Host must name the CONNECT authority."""
-    method, target, version, headers = parse_head(head, limits)
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
-        raise ProxyError(400, f"unsupported version `{version[:20]}`")
-    if not _TOKEN.match(method):
-        raise ProxyError(400, "bad method")
-    if tunnel is not None:
-        return _tunnelled_request(tunnel, method, target, version, headers)
-    token = token_from(next((v for k, v in headers if k.lower() == "proxy-authorization"), None))
-    if method == "CONNECT":
-        host, port = _split_authority(target, None)
-        return ProxyRequest(method, "https", host, port, "", version, tuple(headers), token)
-    low = target[:8].lower()
-    if low.startswith("https://"):
-        raise ProxyError(400, "an https:// URL must be tunnelled with CONNECT")
-    if not low.startswith("http://"):
-        raise ProxyError(400, "not a proxy request: the target must be an absolute http:// URL")
-    rest = target[7:]
-    slash = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    authority, path = rest[:slash], rest[slash:] or "/"
-    if path.startswith("?"):
-        path = "/" + path
-    if "#" in path:
-        path = path.split("#", 1)[0]
-    host, port = _split_authority(authority, 80)
-    return ProxyRequest(method, "http", host, port, path, version, tuple(headers), token)
-
-
-def _tunnelled_request(tunnel: ProxyRequest, method: str, target: str, version: str,
-                       headers: list[tuple[str, str]]) -> ProxyRequest:
-    if method == "CONNECT" or not target.startswith("/"):
-        raise ProxyError(400, "inside a tunnel a request names only a path (`GET /x HTTP/1.1`)")
-    hosts = [v for k, v in headers if k.lower() == "host"]
-    if len(hosts) != 1:
-        raise ProxyError(400, "a request inside a tunnel needs exactly one Host header")
-    if _split_authority(hosts[0], 443) != (tunnel.host, tunnel.port):
-        raise ProxyError(400, f"Host `{hosts[0][:100]}` is not the tunnel's `{tunnel.authority}`")
-    path = target.split("#", 1)[0]
-    return ProxyRequest(method, "https", tunnel.host, tunnel.port, path, version, tuple(headers), tunnel.token)
-
-
-# ------------------------------------------------------------------------------------------ TLS ClientHello
-
-def sni_from_client_hello(data: bytes) -> tuple[str | None, int]:
-    """(server name or None, bytes still needed; 0 when complete). Raises ValueError if not a ClientHello."""
-    if len(data) < 5:
-        return None, 5 - len(data)
-    if data[0] != 0x16:
-        raise ValueError("not a TLS handshake")
-    handshake = b""
-    pos = 0
-    while True:
-        if len(data) < pos + 5:
-            return None, pos + 5 - len(data)
-        if data[pos] != 0x16:
-            raise ValueError("the ClientHello is interleaved with other records")
-        length = int.from_bytes(data[pos + 3:pos + 5], "big")
-        if len(data) < pos + 5 + length:
-            return None, pos + 5 + length - len(data)
-        handshake += data[pos + 5:pos + 5 + length]
-        pos += 5 + length
-        if len(handshake) >= 4:
-            if handshake[0] != 1:
-                raise ValueError("the first handshake message is not a ClientHello")
-            total = int.from_bytes(handshake[1:4], "big") + 4
-            if total > 1 << 16:
-                raise ValueError("the ClientHello is too large")
-            if len(handshake) >= total:
-                break
-    body = handshake[4:total]
-    i = 2 + 32
-    i += 1 + body[i]  # session id
-    i += 2 + int.from_bytes(body[i:i + 2], "big")  # cipher suites
-    i += 1 + body[i]  # compression methods
-    if i + 2 > len(body):
-        return None, 0
-    end = i + 2 + int.from_bytes(body[i:i + 2], "big")
-    i += 2
-    while i + 4 <= end:
-        ext_type = int.from_bytes(body[i:i + 2], "big")
-        ext_len = int.from_bytes(body[i + 2:i + 4], "big")
-        ext = body[i + 4:i + 4 + ext_len]
-        if ext_type == 0:
-            j = 2
-            while j + 3 <= len(ext):
-                name_type, name_len = ext[j], int.from_bytes(ext[j + 1:j + 3], "big")
-                if name_type == 0:
-                    return ext[j + 3:j + 3 + name_len].decode("ascii", "replace").lower().rstrip("."), 0
-                j += 3 + name_len
-        i += 4 + ext_len
-    return None, 0
-
-
-# ------------------------------------------------------------------------------------------ the server
-
-class HttpProxy(StreamFront):
+class HttpProxy:
     """`tls`: terminate tunnels to endpoints a policy secret is bound to (None: every tunnel is blind)."""
 
-    def __init__(self, egress: Egress, limits: Limits = Limits(), splice: bool = True,
+    def __init__(self, egress: Egress, limits: Limits | None = None, splice: bool = True,
                  tls: Termination | None = None):
         self.egress = egress
-        self.limits = limits
-        self.splice = splice  # tunnels and large bodies are pumped in a thread each, by splice(2) if not inspected
+        self.limits = limits = limits or Limits()
+        self.splice = splice and hasattr(os, "splice")  # tunnels and large bodies move in the kernel
         self.tls = tls
         self._slots = asyncio.Semaphore(limits.max_connections)
+        self._listener: socket.socket | None = None
+        self._tasks: set[asyncio.Task] = set()
 
-    @property
-    def _read_limit(self) -> int:
-        return self.limits.max_head
+    # ------------------------------------------------------------------------------------ listening
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(1024)
+        listener.setblocking(False)
+        self._listener = listener
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
+        return listener.getsockname()[:2]
 
-    # ------------------------------------------------------------------------------------ per connection
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        peer_text = f"{peer[0]}:{peer[1]}" if peer else ""
-        if self._slots.locked():
-            await self._answer(writer, 503, "too many connections", close=True)
+    async def close(self) -> None:
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        if not self._tasks:
             return
-        async with self._slots:
-            try:
-                await self._session(reader, writer, peer_text)
-            except (TimeoutError, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.CancelledError):
-                pass
-            except Exception:
-                log.exception("internal error in the proxy")
-            finally:
-                writer.close()
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await writer.wait_closed()
+        # connections whose clients have gone finish relaying what they hold; the rest are cut after 2 s
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=2)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1)
 
-    async def _session(self, reader, writer, peer: str, tunnel: tuple[ProxyRequest, Client] | None = None) -> None:
+    def _accept(self, listener: socket.socket) -> None:
+        """A connection is waiting (called by the loop): its own task, on its own Wire."""
+        try:
+            sock, peer = listener.accept()
+        except OSError:  # taken by another wake-up, or the listener was closed
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = asyncio.get_running_loop().create_task(self._serve(SocketWire(sock, self.limits.io_timeout),
+                                                                     f"{peer[0]}:{peer[1]}"))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, wire: SocketWire, peer: str) -> None:
+        try:
+            if self._slots.locked():
+                await self._answer(wire, 503, "too many connections")
+                return
+            async with self._slots:
+                await self._session(wire, peer)
+        except (TimeoutError, OSError, asyncio.CancelledError):
+            pass
+        except Exception:  # fail closed: the connection ends; the reason goes to the daemon's log
+            log.exception("internal error in the proxy")
+        finally:
+            wire.close()
+
+    # ------------------------------------------------------------------------------------ parse
+    async def _session(self, wire: Wire, peer: str, tunnel: tuple[ProxyRequest, Client] | None = None) -> None:
         """The requests of one client connection, or of one terminated tunnel (its CONNECT and client)."""
-        upstreams: dict = {}  # (addresses, port) -> a kept-alive upstream connection of this client
+        upstreams: dict = {}  # (scheme, addresses, port, host) -> a kept-alive upstream Wire of this client
         try:
             first = True
-            while await self._one(reader, writer, peer, first, upstreams, tunnel):
+            while await self._exchange(wire, peer, first, upstreams, tunnel):
                 first = False
         finally:
-            for _r, up_writer in upstreams.values():
-                up_writer.close()
+            for up in upstreams.values():
+                up.close()
 
-    async def _read_head(self, reader: asyncio.StreamReader, first: bool) -> bytes | None:
-        """The next request head, None at a clean end of the connection."""
+    async def _read_head(self, wire: Wire, first: bool) -> bytes | None:
+        """The next request head (through its blank line), None at a clean end of the connection; the bytes
+        after it stay in `wire.buffer`."""
         limits = self.limits
-        if not first:  # wait for the next request (idle), then give its head `head_timeout`
+        loop = asyncio.get_running_loop()
+        while wire.buffer[:2] == b"\r\n":  # RFC 9112 §2.2: empty lines before a request are ignored
+            del wire.buffer[:2]
+        if not wire.buffer:
             try:
-                await asyncio.wait_for(_peek(reader), limits.idle_timeout)
+                got = await wire.fill(limits.head_timeout if first else limits.idle_timeout)
             except TimeoutError:
+                if first:
+                    raise ProxyError(408, f"the request head did not arrive within {limits.head_timeout:g} s") \
+                        from None
                 return None
-            if reader.at_eof() and not reader._buffer:  # type: ignore[attr-defined]
+            if not got:
                 return None
-        try:
-            return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), limits.head_timeout)
-        except asyncio.LimitOverrunError:
-            raise ProxyError(431, f"the request head is larger than {limits.max_head} bytes") from None
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial.strip():
-                return None
-            raise ProxyError(400, "the connection ended inside the request head") from None
-        except TimeoutError:
-            raise ProxyError(408, f"the request head did not arrive within {limits.head_timeout:g} s") from None
+        deadline = loop.time() + limits.head_timeout
+        while True:
+            end = wire.buffer.find(b"\r\n\r\n")
+            if end >= 0:
+                head = bytes(wire.buffer[:end + 4])
+                del wire.buffer[:end + 4]
+                return head
+            if len(wire.buffer) > limits.max_head:
+                raise ProxyError(431, f"the request head is larger than {limits.max_head} bytes")
+            if wire.buffer.count(b"\n") != wire.buffer.count(b"\r\n"):
+                raise ProxyError(400, "a line of the head ends in a bare LF")
+            try:
+                got = await wire.fill(max(deadline - loop.time(), 0.001))
+            except TimeoutError:
+                raise ProxyError(408, f"the request head did not arrive within {limits.head_timeout:g} s") from None
+            if not got:
+                raise ProxyError(400, "the connection ended inside the request head")
 
-    async def _one(self, reader, writer, peer: str, first: bool, upstreams: dict,
-                   tunnel: tuple[ProxyRequest, Client] | None = None) -> bool:
+    async def _exchange(self, wire: Wire, peer: str, first: bool, upstreams: dict,
+                        tunnel: tuple[ProxyRequest, Client] | None) -> bool:
+        """One request and its answer; True to read the next one from the same connection."""
+        conn = new_server(self.limits)
         try:
-            head = await self._read_head(reader, first)
+            head = await self._read_head(wire, first)
             if head is None:
                 return False
-            req = parse_request(head[:-4], self.limits, tunnel[0] if tunnel else None)
+            req = decode_request(conn, head, self.limits, tunnel[0] if tunnel else None)
         except ProxyError as exc:
-            who = tunnel[1] if tunnel else Client("session", None, peer)
-            self.egress.refuse(who, "connect", "(garbage)", exc.reason, "egress: http", exc.status)
-            await self._answer(writer, exc.status, exc.reason, close=True)
+            self.egress.refuse(tunnel[1] if tunnel else Client("session", None, peer), "connect", "(garbage)",
+                               exc.reason, "egress: http", exc.status)
+            await self._answer(wire, exc.status, exc.reason)
             return False
         client = tunnel[1] if tunnel else self.egress.client(req.token, peer)
         flow = Flow(f"{'tunnel' if req.method == 'CONNECT' else req.method} to {req.authority} from {peer}")
-        flow.attach(socket_of(writer))
+        flow.attach(wire.sock)
         try:
             if req.method == "CONNECT":
-                await self._connect(req, client, reader, writer, flow)
+                await self._connect(req, client, wire, conn, flow)
                 return False
-            return await self._forward(req, client, reader, writer, upstreams, flow)
+            return await self._forward(req, client, wire, conn, upstreams, flow, inside=tunnel is not None)
+        except h11.LocalProtocolError as exc:  # an upstream answer the client's HTTP version cannot carry
+            self.egress.refuse(client, "connect", req.authority, f"cannot relay: {exc}"[:200], "egress: http", 502)
+            return False
         finally:
             self.egress.close(flow)
 
-    async def _answer(self, writer, status: int, reason: str, close: bool, event: int | None = None,
-                      version: str = "HTTP/1.1") -> None:
+    # ------------------------------------------------------------------------------------ facts → monitor
+    async def _decide(self, req: ProxyRequest, client: Client, flow: Flow) -> tuple[ProxyRequest, Verdict]:
+        """The one place a request's facts meet the monitor (`Egress.open`: the connect decision, then the
+        resolved addresses checked): the request comes back stamped with the addresses it may use, and
+        `flow` stays registered until the caller closes it."""
+        if req.method == "CONNECT":
+            req = req.with_(scheme=connect_scheme(self.egress.monitor.policy, req.host, req.port))
+        verdict = await self.egress.open(client, req.scheme, req.host, req.port, flow=flow)
+        return req.with_(addresses=verdict.addresses), verdict
+
+    def _bound(self, endpoint: Endpoint) -> bool:
+        """Is some policy secret bound to this endpoint (so what flows there must be readable to the hook)?"""
+        return any(p.matches(endpoint) for secret in self.egress.monitor.policy.secrets_ for p in secret.endpoints)
+
+    # ------------------------------------------------------------------------------------ answers
+    async def _answer(self, wire: Wire, status: int, reason: str, event: int | None = None) -> None:
+        """The hook's own answer, always the last on its connection."""
         line = reason.replace("\r", " ").replace("\n", " ")
         body = f"ifc: {line}\n".encode()
-        head = [f"{version} {status} {_STATUS_TEXT.get(status, 'Error')}", "Content-Type: text/plain; charset=utf-8",
-                f"Content-Length: {len(body)}"]
+        head = [f"HTTP/1.1 {status} {_STATUS_TEXT.get(status, 'Error')}", "Content-Type: text/plain; charset=utf-8",
+                f"Content-Length: {len(body)}", "Connection: close"]
         if status == 403:
             head.append("X-Ifc-Denied: " + line.encode("ascii", "replace").decode()[:1000])
             if event is not None:
                 head.append(f"X-Ifc-Event: {event}")
-        head.append("Connection: close" if close else "Connection: keep-alive")
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-            await asyncio.wait_for(writer.drain(), self.limits.io_timeout)
+        with contextlib.suppress(OSError, TimeoutError):
+            await wire.send(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
-    async def _deny(self, writer, verdict: Verdict, close: bool, version: str = "HTTP/1.1") -> None:
+    async def _deny(self, wire: Wire, verdict: Verdict) -> None:
         event = verdict.decision.event if verdict.decision is not None else None
-        await self._answer(writer, verdict.status, verdict.reason, close=close, event=event, version=version)
+        await self._answer(wire, verdict.status, verdict.reason, event=event)
+
+    # ------------------------------------------------------------------------------------ codec I/O
+    async def _next_event(self, wire: Wire, conn: h11.Connection, status: int,
+                          pending: tuple[Wire, bytearray] | None = None):
+        """The codec's next event, reading `wire` as it needs; a protocol error is ProxyError(`status`).
+        `pending`: bytes for another wire, sent before this one is waited on (a response's head and first
+        body bytes leave in one write)."""
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ProxyError(status, f"{'the upstream sent' if status == 502 else 'malformed'} "
+                                 f"HTTP: {str(exc)[:200]}") from None
+            if event is not h11.NEED_DATA:
+                return event
+            if wire.buffer:
+                conn.receive_data(wire.take())
+                continue
+            if pending is not None and pending[1]:
+                await pending[0].send(bytes(pending[1]))
+                pending[1].clear()
+            data = await wire.recv()
+            if not data and conn.their_state is h11.SEND_RESPONSE and not conn.trailing_data[0]:
+                raise _Stale  # a kept-alive upstream closed before a byte of its answer
+            conn.receive_data(data)
 
     # ------------------------------------------------------------------------------------ plain HTTP
-    async def _read_body(self, req: ProxyRequest, reader) -> tuple[bytes | None, int]:
-        """(the whole body when small enough to check in memory, else None; its Content-Length)."""
-        limits = self.limits
-        te = (req.header("transfer-encoding") or "").lower()
-        cl = req.header("content-length")
-        if te and cl is not None:
-            raise ProxyError(400, "both Transfer-Encoding and Content-Length")
-        if te:
-            if te != "chunked":
-                raise ProxyError(400, f"unsupported Transfer-Encoding `{te[:40]}`")
-            return await self._dechunk(reader), -1
-        if cl is None:
-            return b"", 0
-        if not cl.isdigit():
-            raise ProxyError(400, "bad Content-Length")
-        length = int(cl)
-        if length <= limits.max_swap_body:
-            return await asyncio.wait_for(reader.readexactly(length), limits.io_timeout), length
-        return None, length
-
-    async def _dechunk(self, reader) -> bytes:
-        limits = self.limits
+    async def _read_body(self, req: ProxyRequest, wire: Wire, conn: h11.Connection) -> bytes | None:
+        """The whole body when small enough to check and swap in memory, else None (streamed later)."""
+        if req.framing.kind == "length" and req.framing.length > self.limits.max_swap_body:
+            return None
         out = bytearray()
-        while True:
-            line = await asyncio.wait_for(reader.readuntil(b"\r\n"), limits.io_timeout)
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ProxyError(400, "bad chunk size") from None
-            if size == 0:
-                while (await asyncio.wait_for(reader.readuntil(b"\r\n"), limits.io_timeout)) != b"\r\n":
-                    pass  # trailers are dropped
-                return bytes(out)
-            if len(out) + size > limits.max_chunked_body:
-                raise ProxyError(413, f"a chunked body over {limits.max_chunked_body} bytes")
-            out += await asyncio.wait_for(reader.readexactly(size), limits.io_timeout)
-            if await asyncio.wait_for(reader.readexactly(2), limits.io_timeout) != b"\r\n":
-                raise ProxyError(400, "a chunk is not followed by CRLF")
+        while not isinstance(event := await self._next_event(wire, conn, 400), h11.EndOfMessage):
+            if isinstance(event, h11.Data):
+                out += event.data
+                if len(out) > self.limits.max_chunked_body:
+                    raise ProxyError(413, f"a chunked body over {self.limits.max_chunked_body} bytes")
+        return bytes(out)
 
-    async def _forward(self, req: ProxyRequest, client: Client, reader, writer, upstreams: dict,
-                       flow: Flow) -> bool:
+    async def _forward(self, req: ProxyRequest, client: Client, wire: Wire, conn: h11.Connection, upstreams: dict,
+                       flow: Flow, inside: bool) -> bool:
         """One request. Its decision holds until its body has been sent: `flow` is cut (both sockets shut) if
         the run's taint rises past the endpoint's clearance before then; the response only flows in."""
-        limits = self.limits
-        keep_client = req.version == "HTTP/1.1" and (req.header("connection") or "").lower() != "close"
-        verdict = await self.egress.open(client, req.scheme, req.host, req.port, flow=flow)
+        req, verdict = await self._decide(req, client, flow)
         if not verdict.allowed:
-            await self._deny(writer, verdict, close=True, version=req.version)
+            await self._deny(wire, verdict)
             return False
-        if (req.header("expect") or "").lower() == "100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        try:
-            body, length = await self._read_body(req, reader)
-        except ProxyError as exc:
-            await self._answer(writer, exc.status, exc.reason, close=True)
-            return False
-        connection_named = {t.strip().lower() for t in (req.header("connection") or "").split(",")}
-        lines = [f"{req.method} {req.path} HTTP/1.1", f"Host: {req.authority}"]
-        for name, value in req.headers:
-            low = name.lower()
-            if low in HOP_BY_HOP or low in connection_named or low in ("host", "content-length"):
-                continue
-            lines.append(f"{name}: {value}")
-        if length != 0 or body:
-            lines.append(f"Content-Length: {len(body) if body is not None else length}")
-        up_head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         endpoint = verdict.endpoint
-        swap, refused = self.egress.check_secrets(client, endpoint, up_head + (body or b""))
-        if refused is not None:
-            await self._deny(writer, refused, close=True, version=req.version)
+        upgrade = req.upgrade
+        if upgrade is not None and (inside or self._bound(endpoint)):
+            refused = self.egress.refuse(client, "connect", str(endpoint), f"`Upgrade: {upgrade[:40]}` to an "
+                                         "endpoint a secret is bound to: the hook could neither swap nor scrub "
+                                         "inside it", "egress: upgrade")
+            await self._deny(wire, refused)
             return False
-        if swap:
-            up_head = self.egress.vault.swap(up_head, swap)
-            if body:
-                body = self.egress.vault.swap(body, swap)
-                up_head = re.sub(rb"\r\nContent-Length: \d+\r\n", f"\r\nContent-Length: {len(body)}\r\n".encode(),
-                                 up_head, count=1)
-        key = (verdict.addresses, req.port)
-        pooled = upstreams.pop(key, None)
-        if pooled is not None and pooled[0].at_eof():
-            pooled[1].close()
-            pooled = None
+        try:
+            if conn.they_are_waiting_for_100_continue:  # decided: the client may send its body
+                await wire.send(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+            body = await self._read_body(req, wire, conn)
+            length = None if req.framing.kind == "none" and not body else \
+                req.framing.length if body is None else len(body)
+            outgoing = upstream_request(req, length, keep_upgrade=upgrade is not None)
+            swap, refused = self.egress.check_secrets(client, endpoint, upstream_head(req, length) + (body or b""))
+            if refused is not None:
+                await self._deny(wire, refused)
+                return False
+            if swap:
+                outgoing, body = self._swapped(req, body, swap, length, upgrade is not None)
+            return await self._exchange_upstream(req, client, endpoint, verdict, wire, conn, outgoing, body,
+                                                 upstreams, flow, upgrade is not None)
+        except ProxyError as exc:
+            self.egress.refuse(client, "connect", str(endpoint), exc.reason, exc.rule, exc.status)
+            await self._answer(wire, exc.status, exc.reason)
+            return False
+        except TimeoutError:
+            refused = self.egress.refuse(client, "connect", str(endpoint), "the upstream did not answer in time",
+                                         "egress: http", 504)
+            await self._answer(wire, 504, refused.reason)
+            return False
+
+    def _swapped(self, req: ProxyRequest, body: bytes | None, swap: list, length: int | None,
+                 upgrade: bool) -> tuple[h11.Request, bytes | None]:
+        """The outgoing request with the bound sentinels replaced by real values (target, headers, body)."""
+        vault = self.egress.vault
+
+        def text(value: str) -> str:
+            return vault.swap(value.encode("latin-1"), swap).decode("latin-1")
+
+        req = req.with_(path=text(req.path), headers=tuple((k, text(v)) for k, v in req.headers))
+        if body:
+            body = vault.swap(body, swap)
+            length = len(body)
+        try:
+            return upstream_request(req, length, keep_upgrade=upgrade), body
+        except h11.LocalProtocolError:
+            raise ProxyError(502, "a secret's real value cannot stand in an HTTP header") from None
+
+    async def _open_upstream(self, req: ProxyRequest, client: Client, endpoint: Endpoint) -> Wire:
+        try:
+            up = await open_socket(req.addresses, req.port, self.limits.connect_timeout, self.limits.io_timeout)
+        except OSError as exc:
+            raise ProxyError(502, f"cannot reach {endpoint}: {exc}") from None
+        if req.scheme != "https":
+            return up
+        tls = TlsStream(up, self.tls.upstream, server_side=False, server_hostname=req.host)
+        try:
+            await tls.handshake(self.limits.connect_timeout)
+        except TlsFailure as exc:
+            up.close()
+            raise ProxyError(502, exc.reason, "egress: tls") from None
+        return tls
+
+    async def _exchange_upstream(self, req: ProxyRequest, client: Client, endpoint: Endpoint, verdict: Verdict,
+                                 wire: Wire, conn: h11.Connection, outgoing: h11.Request, body: bytes | None,
+                                 upstreams: dict, flow: Flow, upgrade: bool) -> bool:
+        """Send the decided request upstream (on a kept-alive connection when there is one: retried once on a
+        fresh one if that had closed) and relay the answer; True to keep the client connection."""
+        key = (req.scheme, req.addresses, req.port, req.host)
+        up = upstreams.pop(key, None)
+        if up is not None and up.stale():
+            up.close()
+            up = None
         while True:
-            reused = pooled is not None
-            try:
-                up_reader, up_writer = pooled or await connect_checked(
-                    verdict.addresses, req.port, limits.connect_timeout,
-                    tls=self.tls.upstream if self.tls and req.scheme == "https" else None, server_hostname=req.host)
-            except ssl.SSLError as exc:
-                refused = self.egress.refuse(client, "connect", str(endpoint), "the upstream's TLS did not verify "
-                                             f"({(exc.reason or str(exc)).lower().replace('_', ' ')})",
-                                             "egress: tls", 502)
-                await self._answer(writer, 502, refused.reason, close=True)
-                return False
-            except OSError as exc:
-                await self._answer(writer, 502, f"cannot reach {endpoint}: {exc}", close=True)
-                return False
-            pooled = None
+            reused = up is not None
+            up = up or await self._open_upstream(req, client, endpoint)
+            up_conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self.limits.max_head)
             keep_up = False
-            flow.attach(socket_of(up_writer))
+            flow.attach(up.sock)
             try:
                 if not flow.alive:
                     raise ConnectionError(flow.cut_reason)
-                up_writer.write(up_head)
-                if body:
-                    up_writer.write(body)
-                await asyncio.wait_for(up_writer.drain(), limits.io_timeout)
+                out = up_conn.send(outgoing)
+                if body is not None:
+                    out += up_conn.send(h11.Data(data=body)) if body else b""
+                    out += up_conn.send(h11.EndOfMessage())
+                await up.send(out)
                 if body is None:
-                    problem = await self._stream_body(client, endpoint, reader, up_writer, length, flow)
+                    problem = await self._stream_body(client, endpoint, wire, conn, up, up_conn, flow)
                     if problem is not None:
-                        await self._deny(writer, problem, close=True, version=req.version)
+                        await self._deny(wire, problem)
                         return False
-                self.egress.close(flow)  # the request is out: from here on data only comes in
-                keep, keep_up = await self._relay_response(req, up_reader, writer, keep_client, up_writer)
+                if not upgrade:
+                    self.egress.close(flow)  # the request is out: from here on data only comes in
+                keep, keep_up = await self._relay_response(req, client, endpoint, wire, conn, up, up_conn, flow)
                 return keep
             except _Stale:
                 if reused and body is not None:
+                    up = None
                     continue  # the kept-alive upstream connection had closed: once more on a fresh one
-                await self._answer(writer, 502, "the upstream closed without a response", close=True)
-                return False
-            except (ConnectionError, asyncio.IncompleteReadError) as exc:
-                if reused and body is not None and not isinstance(exc, asyncio.IncompleteReadError):
+                raise ProxyError(502, "the upstream closed without a response") from None
+            except ConnectionError:
+                if reused and body is not None and not up_conn.trailing_data[0]:
+                    up = None
                     continue
                 raise
-            except TimeoutError:
-                await self._answer(writer, 504, f"{endpoint} did not answer in time", close=True)
-                return False
-            except ProxyError as exc:
-                await self._answer(writer, exc.status, exc.reason, close=True)
-                return False
             finally:
                 if keep_up:
-                    upstreams[key] = (up_reader, up_writer)
-                else:
-                    up_writer.close()
+                    upstreams[key] = up
+                elif up is not None:
+                    up.close()
 
-    async def _stream_body(self, client, endpoint: Endpoint, reader, up_writer, length: int,
-                           flow: Flow) -> Verdict | None:
+    async def _stream_body(self, client: Client, endpoint: Endpoint, wire: Wire, conn: h11.Connection, up: Wire,
+                           up_conn: h11.Connection, flow: Flow) -> Verdict | None:
         """A body too large to swap in memory: streamed, and refused if a sentinel shows up in it."""
         watch = SentinelWatch(self.egress.vault)
-        left = length
-        while left > 0:
-            chunk = await asyncio.wait_for(reader.read(min(left, 1 << 16)), self.limits.io_timeout)
-            if not chunk:
-                raise ConnectionError("client went away")
-            left -= len(chunk)
-            if watch.found(chunk):
+        while not isinstance(event := await self._next_event(wire, conn, 400), h11.EndOfMessage):
+            if not isinstance(event, h11.Data):
+                continue
+            if watch.found(event.data):
                 return self.egress.refuse(client, "connect", str(endpoint),
                                           "a secret's sentinel in a request body too large to check in memory",
                                           "egress: secrets")
             if not flow.alive:  # the sockets are shut already; never hand the loop another byte
                 raise ConnectionError(flow.cut_reason)
-            up_writer.write(chunk)
-            await asyncio.wait_for(up_writer.drain(), self.limits.io_timeout)
+            await up.send(up_conn.send(h11.Data(data=bytes(event.data))))
+        await up.send(up_conn.send(h11.EndOfMessage()))
         return None
 
-    async def _relay_response(self, req: ProxyRequest, up_reader, writer, keep_client: bool,
-                              up_writer=None) -> tuple[bool, bool]:
-        """Forward one response; (keep the client connection, keep the upstream connection)."""
-        limits = self.limits
+    async def _relay_response(self, req: ProxyRequest, client: Client, endpoint: Endpoint, wire: Wire,
+                              conn: h11.Connection, up: Wire, up_conn: h11.Connection,
+                              flow: Flow) -> tuple[bool, bool]:
+        """Forward one response exactly (status, reason, end-to-end headers, body) with real secret values
+        masked; (keep the client connection, keep the upstream one)."""
         vault = self.egress.vault
+        scrub_value = vault.scrub if vault else bytes
         while True:
-            try:
-                head = await asyncio.wait_for(up_reader.readuntil(b"\r\n\r\n"), limits.io_timeout)
-            except asyncio.LimitOverrunError:
-                raise ProxyError(502, "the upstream response head is too large") from None
-            except asyncio.IncompleteReadError as exc:
-                if not exc.partial:
-                    raise _Stale(502, "the upstream closed without a response") from None
-                raise ProxyError(502, "the upstream closed inside its response head") from None
-            try:
-                start, status_text, _rest, headers = parse_head(head[:-4] + b"", Limits(max_line=limits.max_head))
-            except ProxyError:
-                status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-                parts = status_line.split(" ", 2)
-                if len(parts) < 2:
-                    raise ProxyError(502, "the upstream sent a malformed response") from None
-                start, status_text = parts[0], parts[1]
-                headers = []
-            if not start.startswith("HTTP/1.") or not status_text.isdigit():
-                raise ProxyError(502, "the upstream sent a malformed response")
-            status = int(status_text)
-            if 100 <= status < 200 and status != 101:
-                continue  # interim responses are not forwarded (the proxy answered Expect itself)
-            break
-        low = {k.lower(): v for k, v in headers}
-        te = (low.get("transfer-encoding") or "").lower()
-        no_body = req.method == "HEAD" or status in (204, 304) or status == 101
-        framed = no_body or "chunked" in te or "content-length" in low
-        keep = keep_client and framed
-        keep_up = framed and status != 101 and start == "HTTP/1.1" and \
-            "close" not in (low.get("connection") or "").lower()
-        out = [head.split(b"\r\n", 1)[0].decode("latin-1")]
-        for name, value in headers:
-            if name.lower() in ("connection", "keep-alive", "proxy-connection"):
-                continue
-            out.append(f"{name}: {value}")
-        out.append("Connection: keep-alive" if keep else "Connection: close")
-        out_head = ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
-        writer.write(vault.scrub(out_head) if vault else out_head)
+            event = await self._next_event(up, up_conn, 502)
+            if isinstance(event, h11.Response):
+                break
+            if event.status_code == 101:  # an upgrade the monitor allowed as a stream: relayed for its life
+                await wire.send(conn.send(h11.InformationalResponse(
+                    status_code=101, reason=event.reason, headers=[(k, scrub_value(v)) for k, v in
+                                                                   event.headers.raw_items()])))
+                await self._relay_upgraded(client, endpoint, wire, conn, up, up_conn)
+                return False, False
+            if event.status_code != 100:  # the hook answered Expect itself; other 1xx pass (103 hints)
+                await wire.send(conn.send(h11.InformationalResponse(
+                    status_code=event.status_code, reason=event.reason,
+                    headers=[(k, scrub_value(v)) for k, v in event.headers.raw_items()])))
+        out = bytearray(conn.send(h11.Response(status_code=event.status_code, reason=event.reason,
+                                               headers=response_headers(event, scrub_value))))
+        names = {k for k, _ in event.headers}
+        reusable = not (b"content-length" in names and b"transfer-encoding" in names)
         scrub = StreamScrubber(vault)
-        if no_body:
-            pass
-        elif "chunked" in te:
-            await self._relay_chunked(up_reader, writer, scrub)
-        elif "content-length" in low:
-            left = int(low["content-length"]) if low["content-length"].isdigit() else 0
-            if self.splice and req.scheme == "http" and up_writer is not None and left > 1 << 20 \
-                    and hasattr(os, "splice"):
-                # a large body leaves the event loop: a thread moves it between the sockets — by the kernel
-                # (splice) when there is nothing to scrub, else read, scrubbed and written with one copy each
-                # way instead of the stream buffers' four. The upstream connection is not reused after.
-                up_writer.transport.pause_reading()  # first: nothing more may land in the reader's buffer
-                with memoryview(up_reader._buffer) as view:  # type: ignore[attr-defined]
-                    buffered = bytes(view[:left])  # the body's start, already read: the thread sends it first
-                del up_reader._buffer[:len(buffered)]  # type: ignore[attr-defined]
-                await asyncio.wait_for(_flushed(writer), limits.io_timeout)  # the head goes before
-                left -= len(buffered)
-                src, dst = up_writer.get_extra_info("socket").fileno(), writer.get_extra_info("socket").fileno()
-                pump = functools.partial(_pump_scrubbed, scrub=scrub) if vault else _pump_count
-                moved = await asyncio.to_thread(pump, src, dst, left, scrub.feed(buffered))
-                keep_up = False
-                if moved < left:
-                    raise ConnectionError("the body was cut short")
-                left = 0
-            while left > 0:
-                chunk = await asyncio.wait_for(up_reader.read(min(left, 1 << 20)), limits.io_timeout)
-                if not chunk:
-                    keep = keep_up = False
-                    break
-                left -= len(chunk)
-                writer.write(scrub.feed(chunk))
-                await asyncio.wait_for(writer.drain(), limits.io_timeout)
-            writer.write(scrub.flush())
-        else:
-            while chunk := await asyncio.wait_for(up_reader.read(1 << 20), limits.io_timeout):
-                writer.write(scrub.feed(chunk))
-                await asyncio.wait_for(writer.drain(), limits.io_timeout)
-            writer.write(scrub.flush())
-        await asyncio.wait_for(writer.drain(), limits.io_timeout)
+        length = next((int(v) for k, v in event.headers if k == b"content-length"), 0)
+        if self.splice and length > _SPLICE_BODY and req.method != "HEAD" and event.status_code not in (204, 304) \
+                and isinstance(wire, SocketWire) and isinstance(up, SocketWire) and reusable:
+            await wire.send(bytes(out))
+            await self._splice_body(wire, up, up_conn, scrub, length)
+            wire.give_back(conn.trailing_data[0])
+            return req.keep_alive, False
+        try:
+            while not isinstance(body := await self._next_event(up, up_conn, 502, (wire, out)), h11.EndOfMessage):
+                if isinstance(body, h11.Data) and (data := scrub.feed(bytes(body.data))):
+                    out += conn.send(h11.Data(data=data))
+        except ProxyError as exc:  # the head is out: the client can only learn of it by the connection ending
+            self.egress.refuse(client, "connect", str(endpoint), exc.reason, "egress: http", 502)
+            return False, False
+        tail = scrub.flush()
+        out += (conn.send(h11.Data(data=tail)) if tail else b"") + conn.send(h11.EndOfMessage())
+        await wire.send(bytes(out))
+        keep = conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        keep_up = reusable and up_conn.our_state is h11.DONE and up_conn.their_state is h11.DONE \
+            and not up_conn.trailing_data[0]
+        wire.give_back(conn.trailing_data[0])
         return keep, keep_up
 
-    async def _relay_chunked(self, up_reader, writer, scrub: StreamScrubber) -> None:
-        limits = self.limits
-        while True:
-            line = await asyncio.wait_for(up_reader.readuntil(b"\r\n"), limits.io_timeout)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise ProxyError(502, "the upstream sent a bad chunk") from None
-            if size == 0:
-                tail = scrub.flush()
-                if tail:
-                    writer.write(f"{len(tail):x}\r\n".encode() + tail + b"\r\n")
-                writer.write(b"0\r\n")
-                while True:
-                    trailer = await asyncio.wait_for(up_reader.readuntil(b"\r\n"), limits.io_timeout)
-                    writer.write(trailer)
-                    if trailer == b"\r\n":
-                        return
-            data = await asyncio.wait_for(up_reader.readexactly(size), limits.io_timeout)
-            if await asyncio.wait_for(up_reader.readexactly(2), limits.io_timeout) != b"\r\n":
-                raise ProxyError(502, "the upstream sent a chunk not followed by CRLF")
-            payload = scrub.feed(data)
-            if payload:
-                writer.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
-            await asyncio.wait_for(writer.drain(), limits.io_timeout)
+    async def _splice_body(self, wire: SocketWire, up: SocketWire, up_conn: h11.Connection, scrub: StreamScrubber,
+                           length: int) -> None:
+        """A large body leaves the event loop: a thread moves it between the sockets — by the kernel (splice)
+        when there is nothing to scrub, else read, scrubbed and written with one copy each way. What the codec
+        already holds of it goes first; the upstream connection is not reused after."""
+        held = bytearray()
+        while isinstance(event := up_conn.next_event(), h11.Data):
+            held += event.data
+        left = length - len(held)
+        pump = functools.partial(pump_scrubbed, scrub=scrub) if self.egress.vault else pump_count
+        moved = await asyncio.to_thread(pump, up.sock.fileno(), wire.sock.fileno(), left, scrub.feed(bytes(held)))
+        await wire.send(scrub.flush())
+        if moved < left:
+            raise ConnectionError("the body was cut short")
+
+    async def _relay_upgraded(self, client: Client, endpoint: Endpoint, wire: Wire, conn: h11.Connection,
+                              up: Wire, up_conn: h11.Connection) -> None:
+        wire.give_back(conn.trailing_data[0])
+        up.give_back(up_conn.trailing_data[0])
+        await asyncio.gather(self._pipe(wire, up, client, endpoint), self._pipe(up, wire))
 
     # ------------------------------------------------------------------------------------ CONNECT
-    async def _connect(self, req: ProxyRequest, client: Client, reader, writer, flow: Flow) -> None:
+    async def _connect(self, req: ProxyRequest, client: Client, wire: Wire, conn: h11.Connection,
+                       flow: Flow) -> None:
         """A tunnel, blind or terminated: decided when it opens and again whenever the run's taint rises for
         as long as it is open (`flow` is cut, both sockets shut, when it is no longer cleared)."""
         limits = self.limits
-        scheme = connect_scheme(self.egress.monitor.policy, req.host, req.port)
-        raw = scheme == "tcp"
-        verdict = await self.egress.open(client, scheme, req.host, req.port, flow=flow)
+        req, verdict = await self._decide(req, client, flow)
         if not verdict.allowed:
-            await self._deny(writer, verdict, close=True, version=req.version)
+            await self._deny(wire, verdict)
             return
-        writer.write(f"{req.version} 200 Connection established\r\n\r\n".encode())
-        await asyncio.wait_for(writer.drain(), limits.io_timeout)
-        first = b""
+        raw = req.scheme == "tcp"
+        await wire.send(conn.send(h11.Response(status_code=200, reason=b"Connection established",
+                                                      headers=[])))
+        wire.give_back(conn.trailing_data[0])
+        endpoint = verdict.endpoint
         if not raw:
             try:
-                first = await asyncio.wait_for(self._client_hello(reader), limits.head_timeout)
-                sni = sni_from_client_hello(first)[0]
+                sni = await asyncio.wait_for(self._client_hello(wire), limits.head_timeout)
             except (ValueError, IndexError) as exc:
-                self.egress.refuse(client, "connect", str(verdict.endpoint), f"not a TLS ClientHello ({exc}); raw "
+                self.egress.refuse(client, "connect", str(endpoint), f"not a TLS ClientHello ({exc}); raw "
                                    "TCP needs a `tcp://` endpoint rule", "egress: tls")
                 return
             except TimeoutError:
-                self.egress.refuse(client, "connect", str(verdict.endpoint),
+                self.egress.refuse(client, "connect", str(endpoint),
                                    f"no TLS ClientHello within {limits.head_timeout:g} s", "egress: tls")
                 return
-            if sni is None and not _is_ip(req.host):
-                self.egress.refuse(client, "connect", str(verdict.endpoint),
+            if sni is None and not is_ip_literal(req.host):
+                self.egress.refuse(client, "connect", str(endpoint),
                                    "the TLS ClientHello names no server (SNI)", "egress: sni")
                 return
             if sni is not None and sni != req.host:
-                self.egress.refuse(client, "connect", str(verdict.endpoint),
+                self.egress.refuse(client, "connect", str(endpoint),
                                    f"the TLS ClientHello names `{sni}`, not the CONNECT host `{req.host}`",
                                    "egress: sni")
                 return
-            if self.tls is not None and self.tls.terminates(verdict.endpoint):
-                await self._terminate(req, client, verdict.endpoint, reader, writer, first)
+            req = req.with_(sni=sni)
+            if self.tls is not None and self.tls.terminates(endpoint):
+                await self._terminate(req, client, endpoint, wire)
                 return
         try:
-            up_reader, up_writer = await connect_checked(verdict.addresses, req.port, limits.connect_timeout)
+            up = await open_socket(req.addresses, req.port, limits.connect_timeout, limits.io_timeout)
         except OSError:
             return
-        flow.attach(socket_of(up_writer))
+        flow.attach(up.sock)
         try:
             if not flow.alive:
                 return
-            if first:
-                up_writer.write(first)
             if raw and self.egress.vault:
-                await asyncio.gather(self._pipe(reader, up_writer, client, verdict.endpoint),
-                                     self._pipe(up_reader, writer))
-            elif self.splice and hasattr(os, "splice"):
-                await _splice_tunnel(reader, writer, up_reader, up_writer)
+                await asyncio.gather(self._pipe(wire, up, client, endpoint), self._pipe(up, wire))
+            elif self.splice:
+                await splice_tunnel(wire.sock, up.sock, wire.take())
             else:
-                await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+                await asyncio.gather(self._pipe(wire, up), self._pipe(up, wire))
         finally:
-            up_writer.close()
+            up.close()
 
-    async def _terminate(self, req: ProxyRequest, client: Client, endpoint: Endpoint, reader, writer,
-                         first: bytes) -> None:
+    async def _terminate(self, req: ProxyRequest, client: Client, endpoint: Endpoint, wire: Wire) -> None:
         """Answer the TLS handshake with the run CA's leaf for the CONNECT host, then serve the requests inside
         like plain HTTP ones (each decided, sentinels swapped, responses scrubbed), forwarded over verified TLS."""
-        pending = bytes(reader._buffer)  # type: ignore[attr-defined]  # sent after the ClientHello, unread
-        reader._buffer.clear()  # type: ignore[attr-defined]
-        tls = TlsStream(reader, writer, self.tls.ca.server_context(req.host), first + pending, self.limits.max_head)
+        tls = TlsStream(wire, self.tls.ca.server_context(req.host), wire.take())
         try:
             await tls.handshake(self.limits.head_timeout)
         except TlsFailure as exc:
             self.egress.refuse(client, "connect", str(endpoint), exc.reason, "egress: tls")
             return
         try:
-            await self._session(tls.reader, tls.writer, client.peer, (req, client))
+            await self._session(tls, client.peer, (req, client))
         finally:
-            tls.close()
+            tls.shutdown_write()
 
-    async def _client_hello(self, reader) -> bytes:
-        data = b""
+    async def _client_hello(self, wire: Wire) -> str | None:
+        """The SNI of the ClientHello at the start of `wire.buffer` (read as far as needed, consumed not)."""
         while True:
             try:
-                _sni, need = sni_from_client_hello(data)
+                sni, need = sni_from_client_hello(bytes(wire.buffer))
             except ValueError:
-                if data[:1] != b"\x16":
+                if wire.buffer[:1] != b"\x16":
                     raise ValueError("the first bytes are not a TLS handshake") from None
                 raise
             if need == 0:
-                return data
-            more = await reader.read(need)
-            if not more:
+                return sni
+            if not await wire.fill():
                 raise ValueError("the connection ended inside the ClientHello")
-            data += more
 
-    async def _pipe(self, src, dst, client: Client | None = None, endpoint: Endpoint | None = None) -> None:
+    async def _pipe(self, src: Wire, dst: Wire, client: Client | None = None, endpoint: Endpoint | None = None) -> None:
+        """One direction of a stream the hook relays in Python: with `client`, watched for sentinels (a raw
+        TCP tunnel, an upgraded connection), which end it."""
         watch = SentinelWatch(self.egress.vault) if client is not None else None
         try:
+            chunk = src.take()
             while True:
-                chunk = await asyncio.wait_for(src.read(1 << 20), 300)
                 if not chunk:
-                    break
+                    chunk = await src.recv(timeout=TUNNEL_IDLE)
+                    if not chunk:
+                        break
                 if watch is not None and watch.found(chunk):
-                    self.egress.refuse(client, "connect", str(endpoint), "a secret's sentinel in a raw TCP "
-                                       "stream (sentinels are swapped only in HTTP)", "egress: secrets")
+                    self.egress.refuse(client, "connect", str(endpoint), "a secret's sentinel in a relayed stream "
+                                       "(sentinels are swapped only in HTTP requests)", "egress: secrets")
                     break
-                dst.write(chunk)
-                await asyncio.wait_for(dst.drain(), self.limits.io_timeout)
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+                await dst.send(chunk)
+                chunk = b""
+        except (TimeoutError, OSError):
             pass
         finally:
-            with contextlib.suppress(Exception):
-                if dst.can_write_eof():
-                    dst.write_eof()
-                else:
-                    dst.close()
-
-
-async def _peek(reader: asyncio.StreamReader) -> None:
-    """Wait until the reader has data or reached EOF, consuming nothing."""
-    if reader._buffer or reader.at_eof():  # type: ignore[attr-defined]
-        return
-    await reader._wait_for_data("peek")  # type: ignore[attr-defined]
-
-
-def _is_ip(host: str) -> bool:
-    from ifc.enforce.egress import is_ip_literal
-
-    return is_ip_literal(host)
-
-
-TUNNEL_IDLE = 300.0  # seconds a tunnel may sit silent in both directions
-
-
-async def _flushed(writer) -> None:
-    """Wait until the transport has sent all it holds, not just until it is below its high-water mark: a
-    thread about to write to the socket itself must not overtake bytes still queued in the event loop."""
-    transport = writer.transport
-    low, high = transport.get_write_buffer_limits()
-    transport.set_write_buffer_limits(high=0)
-    try:
-        await writer.drain()
-    finally:
-        transport.set_write_buffer_limits(high=high, low=low)
-
-
-async def _splice_tunnel(reader, writer, up_reader, up_writer) -> None:
-    """Hand a checked tunnel to the kernel: asyncio stops reading both sockets, the bytes it already holds go
-    first, then one thread per direction moves data with splice(2) through a pipe, never into Python."""
-    await _flushed(writer)
-    await _flushed(up_writer)
-    writer.transport.pause_reading()
-    up_writer.transport.pause_reading()
-    pending = [bytes(reader._buffer), bytes(up_reader._buffer)]  # type: ignore[attr-defined]
-    reader._buffer.clear()  # type: ignore[attr-defined]
-    up_reader._buffer.clear()  # type: ignore[attr-defined]
-    a = os.dup(writer.get_extra_info("socket").fileno())
-    b = os.dup(up_writer.get_extra_info("socket").fileno())
-    loop = asyncio.get_running_loop()
-    done = [loop.create_future(), loop.create_future()]
-
-    def run(src: int, dst: int, first: bytes, future) -> None:
-        try:
-            _pump(src, dst, first)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
-
-    try:
-        for args in ((a, b, pending[0], done[0]), (b, a, pending[1], done[1])):
-            threading.Thread(target=run, args=args, name="ifc-tunnel", daemon=True).start()
-        await asyncio.gather(*done)
-    finally:
-        os.close(a)
-        os.close(b)
-
-
-def _pump(src: int, dst: int, first: bytes) -> None:
-    os.set_blocking(dst, True)
-    if first:
-        with socket.socket(fileno=os.dup(dst)) as out:
-            out.sendall(first)
-    r, w = os.pipe()
-    try:
-        with contextlib.suppress(OSError):
-            import fcntl
-
-            fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
-        while True:
-            ready, _, _ = select.select([src], [], [], TUNNEL_IDLE)
-            if not ready:
-                break
-            try:
-                n = os.splice(src, w, 1 << 20, flags=getattr(os, "SPLICE_F_NONBLOCK", 2))
-            except BlockingIOError:
-                continue
-            if n == 0:
-                break
-            while n:
-                n -= os.splice(r, dst, n)
-    finally:
-        os.close(r)
-        os.close(w)
-        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(dst)) as out:
-            out.shutdown(socket.SHUT_WR)
-
-
-def _send_all(dst: int, data: bytes, writable: select.poll) -> None:
-    """Write all of `data` to the non-blocking socket `dst`, waiting (at most TUNNEL_IDLE) while it is full."""
-    out = memoryview(data)
-    while out:
-        events = writable.poll(TUNNEL_IDLE * 1000)
-        if not events:
-            raise TimeoutError("the client stopped reading")
-        if events[0][1] & (select.POLLHUP | select.POLLERR):
-            raise ConnectionError("the client went away")
-        with contextlib.suppress(BlockingIOError):
-            out = out[os.write(dst, out):]
-
-
-def _writable(dst: int) -> select.poll:
-    poller = select.poll()
-    poller.register(dst, select.POLLOUT)
-    return poller
-
-
-def _pump_count(src: int, dst: int, count: int, first: bytes = b"") -> int:
-    """Send `first`, then move exactly `count` bytes src → dst with splice(2), leaving both (non-blocking)
-    sockets as they were."""
-    import fcntl
-
-    _send_all(dst, first, _writable(dst))
-    r, w = os.pipe()
-    moved = inpipe = 0
-    try:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
-        capacity = fcntl.fcntl(w, 1032)  # F_GETPIPE_SZ
-        nonblock = getattr(os, "SPLICE_F_NONBLOCK", 2)
-        poller = select.poll()
-        while count > 0 or inpipe:
-            want_read = count > 0 and inpipe < capacity
-            poller.register(src, select.POLLIN if want_read else 0)
-            poller.register(dst, select.POLLOUT if inpipe else 0)
-            events = dict(poller.poll(TUNNEL_IDLE * 1000))
-            poller.unregister(src)
-            poller.unregister(dst)
-            if not events:
-                break
-            if events.get(dst, 0) & (select.POLLHUP | select.POLLERR):
-                raise ConnectionError("the client went away")
-            if want_read and events.get(src):
-                try:
-                    n = os.splice(src, w, min(count, capacity - inpipe), flags=nonblock)
-                except BlockingIOError:
-                    n = -1
-                if n == 0:
-                    count = 0  # the upstream closed early: deliver what is in the pipe, then stop
-                elif n > 0:
-                    count -= n
-                    inpipe += n
-            if inpipe and events.get(dst):
-                try:
-                    m = os.splice(r, dst, inpipe, flags=nonblock)
-                except BlockingIOError:
-                    m = 0
-                inpipe -= m
-                moved += m
-    finally:
-        os.close(r)
-        os.close(w)
-    return moved
-
-
-def _pump_scrubbed(src: int, dst: int, count: int, first: bytes, scrub: StreamScrubber) -> int:
-    """Send `first` (already scrubbed), then move `count` bytes src → dst through `scrub`, in this thread,
-    straight between the (non-blocking) sockets. Returns the bytes read; what `scrub` still holds back is the
-    caller's to flush."""
-    readable, writable = select.poll(), _writable(dst)
-    readable.register(src, select.POLLIN)
-    _send_all(dst, first, writable)
-    done = 0
-    while done < count:
-        if not readable.poll(TUNNEL_IDLE * 1000):
-            break
-        try:
-            chunk = os.read(src, min(count - done, 1 << 20))
-        except BlockingIOError:
-            continue
-        if not chunk:
-            break
-        done += len(chunk)
-        _send_all(dst, scrub.feed(chunk), writable)
-    return done
+            dst.shutdown_write()

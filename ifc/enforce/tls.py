@@ -32,6 +32,7 @@ import contextlib
 import datetime
 import ipaddress
 import os
+import socket
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ifc.enforce.wire import Wire
 from ifc.match import Endpoint, EndpointPattern
 
 VALIDITY = datetime.timedelta(days=7)
@@ -56,8 +58,8 @@ def name_constraints(patterns: list[EndpointPattern]) -> x509.NameConstraints | 
     for pattern in patterns:
         if pattern.host == "*":
             return None
-        if pattern._network is not None:
-            ips.append(pattern._network)
+        with contextlib.suppress(ValueError):  # a host given as an address or a CIDR
+            ips.append(ipaddress.ip_network(pattern.host))
             continue
         name = pattern.host.split(".", 1)[1] if pattern.host.startswith(("*.", "**.")) else pattern.host
         if name not in dns:
@@ -186,6 +188,59 @@ class Termination:
         return endpoint.scheme == "https" and any(p.matches_connection(endpoint) for p in self.bound)
 
 
+# ------------------------------------------------------------------------------------------ ClientHello
+
+def sni_from_client_hello(data: bytes) -> tuple[str | None, int]:
+    """(server name or None, bytes still needed; 0 when complete) of a tunnel's first bytes, read before a
+    byte is forwarded: the SNI must name the CONNECT host. Raises ValueError if not a ClientHello."""
+    if len(data) < 5:
+        return None, 5 - len(data)
+    if data[0] != 0x16:
+        raise ValueError("not a TLS handshake")
+    handshake = b""
+    pos = 0
+    while True:
+        if len(data) < pos + 5:
+            return None, pos + 5 - len(data)
+        if data[pos] != 0x16:
+            raise ValueError("the ClientHello is interleaved with other records")
+        length = int.from_bytes(data[pos + 3:pos + 5], "big")
+        if len(data) < pos + 5 + length:
+            return None, pos + 5 + length - len(data)
+        handshake += data[pos + 5:pos + 5 + length]
+        pos += 5 + length
+        if len(handshake) >= 4:
+            if handshake[0] != 1:
+                raise ValueError("the first handshake message is not a ClientHello")
+            total = int.from_bytes(handshake[1:4], "big") + 4
+            if total > 1 << 16:
+                raise ValueError("the ClientHello is too large")
+            if len(handshake) >= total:
+                break
+    body = handshake[4:total]
+    i = 2 + 32
+    i += 1 + body[i]  # session id
+    i += 2 + int.from_bytes(body[i:i + 2], "big")  # cipher suites
+    i += 1 + body[i]  # compression methods
+    if i + 2 > len(body):
+        return None, 0
+    end = i + 2 + int.from_bytes(body[i:i + 2], "big")
+    i += 2
+    while i + 4 <= end:
+        ext_type = int.from_bytes(body[i:i + 2], "big")
+        ext_len = int.from_bytes(body[i + 2:i + 4], "big")
+        ext = body[i + 4:i + 4 + ext_len]
+        if ext_type == 0:
+            j = 2
+            while j + 3 <= len(ext):
+                name_type, name_len = ext[j], int.from_bytes(ext[j + 1:j + 3], "big")
+                if name_type == 0:
+                    return ext[j + 3:j + 3 + name_len].decode("ascii", "replace").lower().rstrip("."), 0
+                j += 3 + name_len
+        i += 4 + ext_len
+    return None, 0
+
+
 # ------------------------------------------------------------------------------------------ TLS over asyncio
 
 class TlsFailure(Exception):
@@ -203,29 +258,28 @@ def _handshake_reason(exc: ssl.SSLError) -> str:
     return f"the TLS handshake with the client failed ({text})"
 
 
-class TlsStream:
-    """The server side of TLS on an already open asyncio stream pair, with an `ssl.SSLObject` over memory BIOs.
+class TlsStream(Wire):
+    """TLS on an already open `Wire`, with an `ssl.SSLObject` over memory BIOs; itself a `Wire`.
 
     Why not `loop.start_tls`: the hook has already read the ClientHello (to check its SNI against the CONNECT
     host before anything else happens), and `start_tls` cannot be handed bytes already read. Here they are
-    simply fed to the TLS engine first. `reader` is an ordinary `asyncio.StreamReader` (with flow control:
-    the pump stops reading the socket while it is full); `writer` has the `StreamWriter` methods the proxy
-    uses."""
+    simply fed to the TLS engine first. The same class is the client side towards a bound upstream
+    (`server_side=False`, verified for `server_hostname`), so both ends of a terminated tunnel are Wires the
+    HTTP codec reads alike."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: ssl.SSLContext,
-                 first: bytes, limit: int):
-        self._raw_reader, self._raw_writer = reader, writer
+    def __init__(self, wire: Wire, context: ssl.SSLContext, first: bytes = b"", *, server_side: bool = True,
+                 server_hostname: str | None = None):
+        super().__init__(wire.timeout)
+        self.inner = wire
+        self.sock = wire.sock
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._in.write(first)
-        self._tls = context.wrap_bio(self._in, self._out, server_side=True)
-        self.reader = asyncio.StreamReader(limit=limit)
-        self.reader.set_transport(self)  # type: ignore[arg-type]  # pause_reading/resume_reading below
-        self.writer = _TlsWriter(self)
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-        self._pump: asyncio.Task | None = None
+        self._tls = context.wrap_bio(self._in, self._out, server_side=server_side,
+                                     server_hostname=None if server_side else server_hostname)
+        self._server_side = server_side
 
     async def handshake(self, timeout: float) -> None:
+        """Raises `TlsFailure` with a one-line reason (the client's trust, the upstream's certificate...)."""
         async def run() -> None:
             while True:
                 try:
@@ -233,14 +287,17 @@ class TlsStream:
                     break
                 except ssl.SSLWantReadError:
                     await self._flush()
-                    data = await self._raw_reader.read(1 << 16)
+                    data = await self.inner.recv(1 << 16)
                     if not data:
-                        raise TlsFailure("the client closed the connection during the TLS handshake") from None
+                        raise TlsFailure("the peer closed the connection during the TLS handshake") from None
                     self._in.write(data)
                 except ssl.SSLError as exc:
                     with contextlib.suppress(Exception):
-                        await self._flush()  # the alert, so the client learns why
-                    raise TlsFailure(_handshake_reason(exc)) from None
+                        await self._flush()  # the alert, so the peer learns why
+                    if self._server_side:
+                        raise TlsFailure(_handshake_reason(exc)) from None
+                    text = (exc.reason or str(exc)).lower().replace("_", " ")
+                    raise TlsFailure(f"the upstream's TLS did not verify ({text})") from None
             await self._flush()
 
         try:
@@ -248,84 +305,68 @@ class TlsStream:
         except TimeoutError:
             raise TlsFailure(f"the TLS handshake did not finish within {timeout:g} s") from None
         except ConnectionError as exc:
-            raise TlsFailure(f"the client went away during the TLS handshake ({exc})") from None
-        self._pump = asyncio.get_running_loop().create_task(self._read_loop())
+            raise TlsFailure(f"the peer went away during the TLS handshake ({exc})") from None
 
     async def _flush(self) -> None:
         if self._out.pending:
-            self._raw_writer.write(self._out.read())
-            await self._raw_writer.drain()
+            await self.inner.send(self._out.read())
 
-    async def _read_loop(self) -> None:
-        """Decrypt what the client sends into `reader` until close_notify, EOF or an error."""
-        try:
-            while True:
-                await self._flowing.wait()
-                while True:
-                    try:
-                        data = self._tls.read(1 << 18)
-                    except ssl.SSLWantReadError:
-                        break
-                    if not data:
-                        raise ssl.SSLZeroReturnError
-                    self.reader.feed_data(data)
-                if self._out.pending:  # post-handshake messages (key update answers)
-                    self._raw_writer.write(self._out.read())
-                more = await self._raw_reader.read(1 << 18)
-                if not more:
-                    break
-                self._in.write(more)
-        except ssl.SSLZeroReturnError:
-            pass
-        except (ssl.SSLError, ConnectionError) as exc:
-            self.reader.set_exception(ConnectionError(f"the tunnel's TLS stream failed: {exc}"))
-            return
-        except asyncio.CancelledError:
-            return
-        self.reader.feed_eof()
+    async def recv(self, size: int = 1 << 18, timeout: float | None = None) -> bytes:
+        """Decrypted bytes, as many records as have arrived (up to `size`: one record is only 16 KiB, and each
+        read is a trip through the codec); b"" at close_notify or the end of the TCP stream. A broken TLS
+        stream raises ConnectionError, as a reset socket would."""
+        while True:
+            out = bytearray()
+            try:
+                while len(out) < size and (data := self._tls.read(size - len(out))):
+                    out += data
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return bytes(out)  # what came before close_notify; the next call returns b""
+            except ssl.SSLError as exc:
+                raise ConnectionError(f"the TLS stream failed: {exc}") from None
+            if out:
+                return bytes(out)
+            await self._flush()  # post-handshake messages (key update answers)
+            more = await self.inner.recv(1 << 18, timeout)
+            if not more:
+                return b""
+            self._in.write(more)
 
-    # the transport side StreamReader calls for flow control
-    def pause_reading(self) -> None:
-        self._flowing.clear()
-
-    def resume_reading(self) -> None:
-        self._flowing.set()
-
-    def write(self, data: bytes) -> None:
+    async def send(self, data: bytes, timeout: float | None = None) -> None:
         if data:
             self._tls.write(data)
-            self._raw_writer.write(self._out.read())
+            await self.inner.send(self._out.read(), timeout)
 
-    def close(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
+    def stale(self) -> bool:
+        """Like `SocketWire.stale`, on what TLS makes of the bytes waiting: session tickets and key updates
+        keep a connection usable, application data or close_notify end it."""
+        while True:
+            try:
+                more = self.inner.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:
+                return True
+            if not more:
+                return True
+            self._in.write(more)
+        try:
+            self._tls.read(1)
+        except ssl.SSLWantReadError:
+            return False
+        except ssl.SSLError:
+            return True
+        return True
+
+    def shutdown_write(self) -> None:
         with contextlib.suppress(Exception):
             self._tls.unwrap()  # queue close_notify
-        with contextlib.suppress(Exception):
-            self._raw_writer.write(self._out.read())
-        self._raw_writer.close()
-
-
-class _TlsWriter:
-    """The `StreamWriter` surface of a `TlsStream` that the proxy's request path uses."""
-
-    def __init__(self, stream: TlsStream):
-        self._stream = stream
-
-    def write(self, data: bytes) -> None:
-        self._stream.write(data)
-
-    async def drain(self) -> None:
-        await self._stream._raw_writer.drain()
-
-    def can_write_eof(self) -> bool:
-        return False
+        with contextlib.suppress(OSError):
+            if self._out.pending:  # best effort, without waiting: a full socket drops the close_notify
+                self.inner.sock.send(self._out.read())
 
     def close(self) -> None:
-        self._stream.close()
-
-    async def wait_closed(self) -> None:
-        await self._stream._raw_writer.wait_closed()
-
-    def get_extra_info(self, name: str, default=None):
-        return self._stream._raw_writer.get_extra_info(name, default)
+        self.shutdown_write()
+        self.inner.close()
