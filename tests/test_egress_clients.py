@@ -186,6 +186,23 @@ def test_curl_head_gets_the_length_and_no_body(world):
     assert got.body.startswith(b"HTTP/1.1 200") and got.body.endswith(b"\r\n\r\n")  # -I writes the head only
 
 
+def test_curl_gets_an_interim_103_then_the_response(world):
+    got = curl(world, world["web"] + "/early")
+    assert got.statuses == [103, 200]  # a proxy forwards 1xx it did not ask for (RFC 9110 15.2)
+    check(got, "/early")
+
+
+def test_repeated_response_fields_all_arrive(world):
+    want = [v for k, v in CANNED["/cookies"].headers if k == "Set-Cookie"]
+    conn = http.client.HTTPConnection("127.0.0.1", world["port"], timeout=TIMEOUT)
+    start = time.monotonic()
+    conn.request("GET", world["web"] + "/cookies")
+    resp = conn.getresponse()
+    assert [v for k, v in resp.getheaders() if k.lower() == "set-cookie"] == want
+    assert resp.read() == CANNED["/cookies"].body and time.monotonic() - start < TIMEOUT
+    conn.close()
+
+
 def test_curl_conditional_get_is_answered_304(world):
     got = curl(world, world["web"] + "/etag")
     assert got.seconds < TIMEOUT and (got.status, got.body, got.headers["etag"]) == (200, b"version one\n", ETAG)
@@ -257,7 +274,8 @@ def read_response(conn: _Responses, method: str = "GET") -> tuple[int, dict[str,
 def test_pipelined_requests_are_answered_in_order(world):
     web = world["web"]
     host = f"Host: web.test:{world['a']}\r\n"
-    requests = [("GET", "/ok"), ("GET", "/missing"), ("HEAD", "/ok"), ("GET", "/empty"), ("GET", "/json")]
+    requests = [("GET", "/ok"), ("GET", "/missing"), ("HEAD", "/ok"), ("HEAD", "/missing"), ("GET", "/empty"),
+                ("GET", "/json")]
     wire = "".join(f"{m} {web}{p} HTTP/1.1\r\n{host}\r\n" for m, p in requests[:-1])
     wire += f"GET {web}/json HTTP/1.1\r\n{host}Connection: close\r\n\r\n"
     start = time.monotonic()
@@ -268,7 +286,8 @@ def test_pipelined_requests_are_answered_in_order(world):
         assert conn.file.read() == b"", "nothing after the last response, then the close"
     assert time.monotonic() - start < TIMEOUT
     assert [(status, body) for status, _, body in got] == [
-        (200, CANNED["/ok"].body), (404, CANNED["/missing"].body), (200, b""), (204, b""), (200, CANNED["/json"].body)]
+        (200, CANNED["/ok"].body), (404, CANNED["/missing"].body), (200, b""), (404, b""), (204, b""),
+        (200, CANNED["/json"].body)]
     assert got[2][1]["content-length"] == str(len(CANNED["/ok"].body))  # HEAD: the length a GET would get
 
 

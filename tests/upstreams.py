@@ -35,7 +35,10 @@ CANNED = {
     "/boom": Canned(500, b"the origin broke\n", TEXT),
     "/empty": Canned(204),
     "/json": Canned(200, b'{"answer": 42}', (("Content-Type", "application/json"),)),
+    "/early": Canned(200, b"after the early hints\n", TEXT),  # preceded by EARLY_HINTS
+    "/cookies": Canned(200, b"two cookies\n", (*TEXT, ("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; Path=/"))),
 }
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
 ETAG = '"v1"'
 CHUNKS = (b"hello ", b"chunked ", b"world\n")
 LEGACY_BODY = b"an HTTP/1.0 answer, delimited by the close\n"
@@ -58,10 +61,11 @@ def make_wheel(where: Path, name: str = "tinypkg", version: str = "0.1") -> Path
 
 
 class Origin(http.server.BaseHTTPRequestHandler):
-    """Routes: CANNED paths; /etag (304 on a matching If-None-Match); /chunked; /legacy (HTTP/1.0, no length,
-    ends with the close); /upload (POST: the body's length and sha256); /simple/<project>/ and the wheel files
-    of a simple index rooted at `files`, with /old-simple/<project>/ answering 301 to /simple/<project>/;
-    /git/<repo>/... through git-http-backend over the bare repositories under `files`/git."""
+    """Routes: CANNED paths (/early after a 103 interim response); /etag (304 on a matching If-None-Match);
+    /chunked; /legacy (HTTP/1.0, no length, ends with the close); /upload (POST: the body's length and sha256);
+    /simple/<project>/ and the wheel files of a simple index rooted at `files`, with /old-simple/<project>/
+    answering 301 to /simple/<project>/; /git/<repo>/... through git-http-backend over the bare repositories
+    under `files`/git."""
 
     protocol_version = "HTTP/1.1"
     files: Path
@@ -96,6 +100,8 @@ class Origin(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path.startswith("/git/"):
             return self._git()
+        if path == "/early":
+            self.wfile.write(EARLY_HINTS)
         if path in CANNED:
             c = CANNED[path]
             return self._send(c.status, c.body, c.headers)
