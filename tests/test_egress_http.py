@@ -15,10 +15,10 @@ import sys
 import threading
 import time
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import pytest
+from upstreams import make_wheel
 
 import caps
 from ifc.enforce.egress import BackgroundLoop, Egress, static_resolver
@@ -96,23 +96,6 @@ def serve(directory: Path, tls: ssl.SSLContext | None = None):
         server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
-
-
-def make_wheel(where: Path, name: str = "tinypkg", version: str = "0.1") -> Path:
-    dist = f"{name}-{version}.dist-info"
-    files = {f"{name}/__init__.py": b"VALUE = 42\n",
-             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    import hashlib
-
-    record = "".join(f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},"
-                     f"{len(d)}\n" for p, d in files.items()) + f"{dist}/RECORD,,\n"
-    path = where / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as z:
-        for p, d in files.items():
-            z.writestr(p, d)
-        z.writestr(f"{dist}/RECORD", record)
-    return path
 
 
 @pytest.fixture(scope="module")
