@@ -55,11 +55,13 @@ endpoints {
   "http://127.0.0.1:{A}", "http://web.test:{A}", "http://pypi.test:{A}", "http://git.test:{A}"
       clearance internal as web, external
   "https://127.0.0.1:{T}", "https://blind.test:{T}", "https://bound.test:{T}"  clearance internal as web, external
+  # a forge the project may reach only at its own repository, and there only by git's smart protocol
+  "http://forge.test:{A}/git/push.git/**" methods GET, POST  clearance internal as web, external
 }
 deny secret -> external "secrets never leave the sandbox"
 secret API_KEY from env "IFC_TEST_API_KEY" to "https://bound.test:{T}"
 """
-HOSTS = {h: ["127.0.0.1"] for h in ("web.test", "pypi.test", "git.test", "blind.test", "bound.test")}
+HOSTS = {h: ["127.0.0.1"] for h in ("web.test", "pypi.test", "git.test", "blind.test", "bound.test", "forge.test")}
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
            "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
 
@@ -479,6 +481,29 @@ def test_git_push_over_smart_http(world, tmp_path):
     remote = subprocess.run(["git", "--git-dir", str(world["files"] / "git" / "push.git"), "rev-parse", "main"],
                             capture_output=True, text=True).stdout
     assert remote == head and ("POST", "/git/push.git/git-receive-pack") in world["seen"]
+
+
+def test_git_reaches_only_the_repository_its_route_names(world, tmp_path):
+    """Issue 12's `git push` to another account on an allowed forge: the forge's rule names the project's own
+    repository path, so a clone and push there work through the hook, and the same forge's other repository
+    is refused at its first request (403, logged) — decided by method and path, not by host."""
+    own = f"http://forge.test:{world['a']}/git/push.git"
+    clone = tmp_path / "own"
+    done, _ = git(world, tmp_path, "clone", "-q", own, str(clone))
+    assert done.returncode == 0, done.stderr
+    (clone / "routed.txt").write_text("pushed to the project's own repository\n")
+    subprocess.run(["git", "add", "routed.txt"], cwd=clone, check=True)
+    subprocess.run(["git", "commit", "-qm", "routed"], cwd=clone, check=True, env={**os.environ, **GIT_ENV})
+    done, _ = git(world, tmp_path, "push", "-q", "origin", "main", cwd=clone)
+    assert done.returncode == 0, done.stderr
+    other = f"http://forge.test:{world['a']}/git/repo.git"
+    done, seconds = git(world, tmp_path, "clone", "-q", other, str(tmp_path / "other"))
+    assert done.returncode == 128 and "403" in done.stderr and seconds < TOOL_TIMEOUT, done.stderr
+    done, _ = git(world, tmp_path, "push", "-q", other, "main", cwd=clone)
+    assert done.returncode != 0 and "403" in done.stderr, done.stderr
+    remote = subprocess.run(["git", "--git-dir", str(world["files"] / "git" / "repo.git"), "log", "--oneline"],
+                            capture_output=True, text=True).stdout
+    assert "routed" not in remote
 
 
 def test_git_clone_of_a_missing_repository_fails_fast(world, tmp_path):

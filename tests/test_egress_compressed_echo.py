@@ -5,11 +5,8 @@ host is refused.
 The proxy terminates the tunnel to the bound host with the run's CA (`Termination.for_policy`), swaps the
 sentinel for the real value, and the echo server answers with what it got — gzip-compressed whatever the
 request asked for (a server that ignores `Accept-Encoding: identity`), or base64-encoded. The client decodes
-what it received and searches it.
-
-These tests are marked xfail(strict=True) until the rebuilt hook (issue 12) wires `ifc.enforce.encodings` and
-`ifc.enforce.credentials` in: the hook of today scrubs literal bytes only and forwards every credential.
-Strict: once the wiring lands they pass, and the marker must go.
+what it received and searches it. (Before the hook called `ifc.enforce.encodings` and
+`ifc.enforce.credentials`, each of these failed: it scrubbed literal bytes only and forwarded every credential.)
 """
 
 from __future__ import annotations
@@ -33,9 +30,7 @@ from ifc.enforce.tls import Termination
 from ifc.monitor import EventLog, Monitor
 from ifc.policy import compile_text
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.xfail(strict=True, reason="until the rebuilt hook wires ifc.enforce.encodings and "
-                                                    "ifc.enforce.credentials in (issue 12)")]
+pytestmark = pytest.mark.integration
 
 REAL = "sk-real-0123456789abcdef-echo"
 FOREIGN = "sk-attacker-4f9a8b7c6d5e4f3a2b1c"
@@ -109,13 +104,16 @@ def world(tmp_path):
 
 def get(world, path: str, headers: dict) -> tuple[int, dict, bytes]:
     """(status, headers, body) as far as the client got them: a tunnel the monitor cuts mid-response leaves
-    the body it had received (`IncompleteRead.partial`)."""
+    the body it had received (`IncompleteRead.partial`), one cut before the head leaves nothing (status 0)."""
     conn = http.client.HTTPSConnection("127.0.0.1", world["port"], timeout=10,
                                        context=ssl.create_default_context(cafile=str(world["ca"])))
     conn.set_tunnel("api.test", world["t"])
     try:
         conn.request("GET", path, headers=headers)
-        response = conn.getresponse()
+        try:
+            response = conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionError, ssl.SSLError):
+            return 0, {}, b""
         try:
             body = response.read()
         except http.client.IncompleteRead as exc:

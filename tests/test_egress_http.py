@@ -259,7 +259,7 @@ def test_curl_https_through_connect(world):
 def test_curl_denied_endpoint_gets_403_with_reason(world):
     out = curl(world, "-i", "http://evil.example/steal")
     assert " 403 " in out.stdout.splitlines()[0]
-    assert "no endpoint rule names http://evil.example:80" in out.stdout
+    assert "no endpoint rule names GET http://evil.example:80/steal" in out.stdout  # decided as a request
     assert "X-Ifc-Denied:" in out.stdout and "X-Ifc-Event:" in out.stdout
 
 
@@ -450,5 +450,5 @@ def test_ifc_proxy_command(world, tmp_path):
         proc.terminate()
         assert proc.wait(10) == 0
     log = EventLog(run_dir / "events.db")
-    assert any(e.target == "http://evil.example:80" for e in log.events("deny"))
+    assert any(e.target.startswith("GET http://evil.example:80/") for e in log.events("deny"))  # the request
     log.close()

@@ -249,7 +249,10 @@ class Egress:
         return endpoint, decision
 
     def check_secrets(self, client: Client, endpoint: Endpoint, data: bytes) -> tuple[list, Verdict | None]:
-        """Sentinels in outgoing bytes: (the ones bound to `endpoint`, or a refusal naming the first that is not)."""
+        """Sentinels in outgoing bytes: (the ones bound to `endpoint`, or a refusal naming the first that is not).
+        A secret is bound to a connection (an exact host and port), so a request is judged by the one it travels
+        on, whatever its method and path."""
+        endpoint = endpoint.connection
         found = self.vault.found(data) if self.vault else []
         for held in found:
             d = self.decide(client, "send", f"{held.name}@{endpoint}")

@@ -42,10 +42,13 @@ import functools
 import logging
 import os
 import socket
+from collections.abc import Iterable
 
 import h11
 
+from ifc.enforce.credentials import Issued, foreign_credentials
 from ifc.enforce.egress import Client, Egress, Flow, Verdict
+from ifc.enforce.encodings import BodyScrubber, EncodingRefused, identity_only
 from ifc.enforce.http_codec import (
     Limits,
     ProxyError,
@@ -74,6 +77,14 @@ _STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 41
 _SPLICE_BODY = 1 << 20  # a plain-HTTP response body larger than this leaves the event loop
 
 
+def _pieces(got: bytes | Iterable[bytes]) -> list[bytes]:
+    """What a scrubber gave for a chunk, as non-empty pieces: `StreamScrubber` gives bytes (what it may relay
+    yet), `BodyScrubber` an iterable of decoded, masked pieces."""
+    if isinstance(got, bytes | bytearray):
+        return [bytes(got)] if got else []
+    return [piece for piece in got if piece]
+
+
 class _Stale(Exception):
     """A kept-alive upstream connection closed before answering (the request may be retried once)."""
 
@@ -90,6 +101,7 @@ class HttpProxy:
         self._slots = asyncio.Semaphore(limits.max_connections)
         self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task] = set()
+        self.issued = Issued()  # cookies bound hosts set in this run: the sandbox's jar is no foreign credential
 
     # ------------------------------------------------------------------------------------ listening
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
@@ -225,12 +237,18 @@ class HttpProxy:
         `flow` stays registered until the caller closes it."""
         if req.method == "CONNECT":
             req = req.with_(scheme=connect_scheme(self.egress.monitor.policy, req.host, req.port))
-        verdict = await self.egress.open(client, req.scheme, req.host, req.port, flow=flow)
+            # a tunnel the hook terminates is inspected: each request inside is decided by its method and path
+            inspected = req.scheme == "https" and self.tls is not None and \
+                self.tls.terminates(Endpoint("https", req.host, req.port))
+            verdict = await self.egress.open(client, req.scheme, req.host, req.port, flow=flow, inspected=inspected)
+        else:  # a request (plain, or inside a terminated tunnel: the CONNECT's host and port) by method and path
+            verdict = await self.egress.open(client, req.scheme, req.host, req.port, flow=flow, method=req.method,
+                                             path=req.path)
         return req.with_(addresses=verdict.addresses), verdict
 
     def _bound(self, endpoint: Endpoint) -> bool:
         """Is some policy secret bound to this endpoint (so what flows there must be readable to the hook)?"""
-        return any(p.matches(endpoint) for secret in self.egress.monitor.policy.secrets_ for p in secret.endpoints)
+        return bool(self.egress.vault.bound_to(endpoint))
 
     # ------------------------------------------------------------------------------------ answers
     async def _answer(self, wire: Wire, status: int, reason: str, event: int | None = None) -> None:
@@ -308,6 +326,16 @@ class HttpProxy:
             if conn.they_are_waiting_for_100_continue:  # decided: the client may send its body
                 await wire.send(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
             body = await self._read_body(req, wire, conn)
+            bound = self._bound(endpoint)
+            if bound:  # whose account a bound host's request reaches: the sentinel's, or none
+                findings = foreign_credentials(self.egress.vault, endpoint, req.path, req.headers, body or b"",
+                                               issued=self.issued)
+                if findings:
+                    await self._deny(wire, self.egress.refuse(
+                        client, "connect", str(endpoint), "a credential that is not the bound secret's sentinel: "
+                        + ", ".join(map(str, findings)), "egress: foreign credential"))
+                    return False
+                req = req.with_(headers=tuple(identity_only(list(req.headers))))  # echoes come back scrubbable
             length = None if req.framing.kind == "none" and not body else \
                 req.framing.length if body is None else len(body)
             outgoing = upstream_request(req, length, keep_upgrade=upgrade is not None)
@@ -448,27 +476,44 @@ class HttpProxy:
                 await wire.send(conn.send(h11.InformationalResponse(
                     status_code=event.status_code, reason=event.reason,
                     headers=[(k, scrub_value(v)) for k, v in event.headers.raw_items()])))
-        out = bytearray(conn.send(h11.Response(status_code=event.status_code, reason=event.reason,
-                                               headers=response_headers(event, scrub_value))))
+        headers = response_headers(event, scrub_value)
         names = {k for k, _ in event.headers}
         reusable = not (b"content-length" in names and b"transfer-encoding" in names)
-        scrub = StreamScrubber(vault)
+        scrub: StreamScrubber | BodyScrubber = StreamScrubber(vault)
+        if self._bound(endpoint):  # decoded, masked and watched for encoded echoes (`ifc.enforce.encodings`)
+            self.issued.record(endpoint, event.headers.raw_items())
+            no_body = req.method == "HEAD" or event.status_code in (204, 304)
+            coding = None if no_body else next((v for k, v in event.headers if k == b"content-encoding"), None)
+            try:
+                scrub = BodyScrubber(vault, coding, lambda held: self.egress.monitor.absorb_secret(
+                    held.name, str(endpoint), client.subject), ranged=b"content-range" in names)
+                headers = scrub.headers(headers)
+            except EncodingRefused as exc:
+                raise ProxyError(502, exc.reason, "egress: encoding") from None
+        out = bytearray(conn.send(h11.Response(status_code=event.status_code, reason=event.reason,
+                                               headers=headers)))
         length = next((int(v) for k, v in event.headers if k == b"content-length"), 0)
         if self.splice and length > _SPLICE_BODY and req.method != "HEAD" and event.status_code not in (204, 304) \
-                and isinstance(wire, SocketWire) and isinstance(up, SocketWire) and reusable:
+                and isinstance(wire, SocketWire) and isinstance(up, SocketWire) and reusable \
+                and isinstance(scrub, StreamScrubber):
             await wire.send(bytes(out))
             await self._splice_body(wire, up, up_conn, scrub, length)
             wire.give_back(conn.trailing_data[0])
             return req.keep_alive, False
         try:
             while not isinstance(body := await self._next_event(up, up_conn, 502, (wire, out)), h11.EndOfMessage):
-                if isinstance(body, h11.Data) and (data := scrub.feed(bytes(body.data))):
-                    out += conn.send(h11.Data(data=data))
-        except ProxyError as exc:  # the head is out: the client can only learn of it by the connection ending
+                if isinstance(body, h11.Data):
+                    for data in _pieces(scrub.feed(bytes(body.data))):
+                        out += conn.send(h11.Data(data=data))
+            tail = _pieces(scrub.flush() if isinstance(scrub, StreamScrubber) else scrub.finish())
+        except (ProxyError, EncodingRefused) as exc:  # the head is out: the client learns of it by the cut
             self.egress.refuse(client, "connect", str(endpoint), exc.reason, "egress: http", 502)
+            with contextlib.suppress(OSError, TimeoutError):
+                await wire.send(bytes(out))
             return False, False
-        tail = scrub.flush()
-        out += (conn.send(h11.Data(data=tail)) if tail else b"") + conn.send(h11.EndOfMessage())
+        for data in tail:
+            out += conn.send(h11.Data(data=data))
+        out += conn.send(h11.EndOfMessage())
         await wire.send(bytes(out))
         keep = conn.our_state is h11.DONE and conn.their_state is h11.DONE
         keep_up = reusable and up_conn.our_state is h11.DONE and up_conn.their_state is h11.DONE \
