@@ -412,3 +412,36 @@ def labels_outlive_the_run(tmp_path: Path, run: Run) -> None:
     db = sqlite3.connect(tmp_path / "run-b" / "events.db")
     paths = [p for (p,) in db.execute("SELECT path FROM events WHERE kind = 'deny' AND op = 'connect'")]
     assert paths and all("encoded.txt" in p for p in paths), paths
+
+
+def statuses_pass_through(tmp_path: Path, run: Run) -> None:
+    """Issue 12's first finding, from inside the sandbox: a 404 with its body, a 301 with its Location, a 500 —
+    through the hook exactly, and at once (the hook of before dropped their headers and never ended them)."""
+
+    class Statuses(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            status, extra = {"/missing": (404, ()), "/moved": (301, (("Location", "/ok"),)),
+                             "/boom": (500, ()), "/ok": (200, ())}.get(self.path, (404, ()))
+            body = f"{status} {self.path}\n".encode()
+            self.send_response(status)
+            for name, value in extra:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    ws = agent_workspace(tmp_path, {})
+    with serving(Statuses) as port:
+        policy = tmp_path / "policy.flow"
+        policy.write_text(TAINT_POLICY.format(port=port, agent=""))
+        base = f"http://127.0.0.1:{port}"
+        script = "; ".join(f"curl -s -m 5 --noproxy '' -w ' %{{http_code}} %{{redirect_url}}\\n' {base}{path}"
+                           for path in ("/missing", "/moved", "/boom"))
+        proc = run(ws, policy, tmp_path / "run", script, ("--agent", "none", "--egress"), {})
+    assert proc.stdout == f"404 /missing\n 404 \n301 /moved\n 301 {base}/ok\n500 /boom\n 500 \n", \
+        proc.stdout + proc.stderr  # each body exactly, each status, the Location curl would follow

@@ -166,6 +166,10 @@ def test_a_name_that_is_not_utf8_is_denied_logged_and_shown_and_the_run_goes_on(
     assert "ifc run: 2 denial(s):" in proc.stderr and "create `\\xff` by session" in proc.stderr, proc.stderr
 
 
+def test_every_status_passes_through_the_hook_exactly(tmp_path):
+    sandbox_cases.statuses_pass_through(tmp_path, _run)
+
+
 def test_the_runs_own_token_is_presented_and_keeps_one_subject(tmp_path):
     sandbox_cases.run_token(tmp_path, _run)
 

@@ -306,6 +306,10 @@ def test_a_killed_mount_daemon_fails_the_run_and_says_why(vm_run, workspace):
     helper_failure_cases.killed_mount_daemon(vm_run, *workspace)
 
 
+def test_every_status_passes_through_the_hook_exactly(vm_run, tmp_path):
+    sandbox_cases.statuses_pass_through(tmp_path, vm_run)
+
+
 def test_the_runs_own_token_is_presented_and_keeps_one_subject(vm_run, tmp_path):
     sandbox_cases.run_token(tmp_path, vm_run)
 
