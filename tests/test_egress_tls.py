@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import http.client
 import http.server
@@ -74,10 +75,11 @@ class Echo(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode() if length else ""
         Echo.seen.append({"path": self.path, "headers": dict(self.headers.items()), "body": body})
-        out = json.dumps(Echo.seen[-1]).encode()
+        quiet = self.path.startswith("/quiet")  # echoes nothing (an echo of an encoded key would taint the run)
+        out = b"{}" if quiet else json.dumps(Echo.seen[-1]).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(out)))
-        self.send_header("X-Echo", self.headers.get("Authorization", ""))
+        self.send_header("X-Echo", "" if quiet else self.headers.get("Authorization", ""))
         self.end_headers()
         self.wfile.write(out)
 
@@ -157,6 +159,15 @@ def test_curl_header_sentinel_is_swapped_and_the_echo_scrubbed(world):
     assert Echo.seen[-1]["headers"]["Authorization"] == f"Bearer {REAL}", "the real server got the real value"
     assert Echo.seen[-1]["headers"]["Host"] == f"api.test:{world['t']}"
     assert REAL not in out.stdout and f"X-Echo: Bearer {'*' * len(REAL)}" in out.stdout
+
+
+def test_a_sentinel_inside_basic_credentials_is_swapped(world):
+    """git over HTTPS sends `Authorization: Basic base64(user:TOKEN)`: the sentinel is swapped inside it."""
+    Echo.seen.clear()
+    out = curl(world, "-u", f"x-access-token:{world['sentinel']}", f"https://api.test:{world['t']}/quiet")
+    assert out.returncode == 0 and status(out) == 200, out.stdout + out.stderr
+    expected = "Basic " + base64.b64encode(f"x-access-token:{REAL}".encode()).decode()
+    assert Echo.seen[-1]["headers"]["Authorization"] == expected, "the real server got the real value"
 
 
 def test_curl_body_sentinel_is_swapped(world):

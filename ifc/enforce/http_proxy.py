@@ -37,6 +37,7 @@ large to check, 414/431 head too large, 501 a transfer coding other than chunked
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import logging
@@ -75,6 +76,22 @@ _STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 41
                 414: "URI Too Long", 431: "Request Header Fields Too Large", 501: "Not Implemented",
                 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 _SPLICE_BODY = 1 << 20  # a plain-HTTP response body larger than this leaves the event loop
+
+
+def _basic(name: str, value: str) -> bytes | None:
+    """The `user:password` of an `Authorization: Basic` value, or None for any other header or scheme."""
+    scheme, _, token = value.strip().partition(" ")
+    if name.lower() != "authorization" or scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(token.strip(), validate=True)
+    except ValueError:
+        return None
+
+
+def _basic_credentials(headers) -> bytes:
+    """Basic credentials decoded, so a sentinel inside one is found (and judged) like any other."""
+    return b"".join(b"\n" + decoded for name, value in headers if (decoded := _basic(name, value)) is not None)
 
 
 def _pieces(got: bytes | Iterable[bytes]) -> list[bytes]:
@@ -339,7 +356,8 @@ class HttpProxy:
             length = None if req.framing.kind == "none" and not body else \
                 req.framing.length if body is None else len(body)
             outgoing = upstream_request(req, length, keep_upgrade=upgrade is not None)
-            swap, refused = self.egress.check_secrets(client, endpoint, upstream_head(req, length) + (body or b""))
+            swap, refused = self.egress.check_secrets(client, endpoint, upstream_head(req, length) + (body or b"")
+                                                      + _basic_credentials(req.headers))
             if refused is not None:
                 await self._deny(wire, refused)
                 return False
@@ -365,7 +383,13 @@ class HttpProxy:
         def text(value: str) -> str:
             return vault.swap(value.encode("latin-1"), swap).decode("latin-1")
 
-        req = req.with_(path=text(req.path), headers=tuple((k, text(v)) for k, v in req.headers))
+        def header(name: str, value: str) -> str:
+            decoded = _basic(name, value)  # `user:SENTINEL` in Basic (git over HTTPS): swapped inside
+            if decoded is None:
+                return text(value)
+            return value.split(None, 1)[0] + " " + base64.b64encode(vault.swap(decoded, swap)).decode("ascii")
+
+        req = req.with_(path=text(req.path), headers=tuple((k, header(k, v)) for k, v in req.headers))
         if body:
             body = vault.swap(body, swap)
             length = len(body)
