@@ -287,8 +287,6 @@ class EnforcingFS:
         self._outside_links: dict[tuple[int, int], tuple[int, int]] = {}
         self._link_lock = threading.Lock()
         self._is_root = os.geteuid() == 0
-        self._umask = os.umask(0o022)
-        os.umask(self._umask)
         owner = os.fstat(self.backing.fd)
         self._owner = (owner.st_uid, owner.st_gid)
         self._agent = agent_ids if agent_ids is not None and tuple(agent_ids) != self._owner else None
