@@ -339,6 +339,8 @@ def test_a_change_through_one_hard_link_shows_through_the_others(dirs):
     assert (os.stat(b).st_uid, os.stat(b).st_gid) == (65534, 65534)
     os.utime(b, ns=(5_000_000_000, 6_000_000_000))
     assert os.stat(a).st_mtime_ns == 6_000_000_000
+    _write(a, b"longer data", os.O_WRONLY)  # a descriptor written through one name, then closed
+    assert os.stat(b).st_size == len(b"longer data") and _read(b) == b"longer data"
     os.link(b, c)
     assert os.stat(a).st_nlink == 3
     os.unlink(c)
@@ -346,7 +348,7 @@ def test_a_change_through_one_hard_link_shows_through_the_others(dirs):
     _write(c, b"other")
     os.rename(c, a)  # replaces the name `a`: `b` is alone now
     assert os.stat(b).st_nlink == 1 and os.stat(a).st_nlink == 1
-    assert _read(b) == b"data" and _read(a) == b"other"
+    assert _read(b) == b"longer data" and _read(a) == b"other"
 
 
 def test_path_max_counts_from_the_callers_directory(dirs):

@@ -534,7 +534,8 @@ class EnforcingFS:
         return 0
 
     def release(self, path, fh):
-        self._handles.pop(fh, None)
+        if self._handles.pop(fh, None) is not None and self._link_names:
+            self._changed(os.fstat(fh), skip=path)  # written through one name: the others' size and mtime
         os.close(fh)
         return 0
 
