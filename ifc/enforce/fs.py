@@ -524,6 +524,8 @@ class EnforcingFS:
         return 0
 
     def flush(self, path, fh):
+        if self._link_names and fh in self._handles:  # at close(2), which waits for it (release does not)
+            self._changed(os.fstat(fh), skip=path)  # written through one name: the others' size and mtime
         return 0
 
     def fsync(self, path, datasync, fh):
@@ -534,8 +536,7 @@ class EnforcingFS:
         return 0
 
     def release(self, path, fh):
-        if self._handles.pop(fh, None) is not None and self._link_names:
-            self._changed(os.fstat(fh), skip=path)  # written through one name: the others' size and mtime
+        self._handles.pop(fh, None)
         os.close(fh)
         return 0
 
