@@ -320,15 +320,15 @@ def glob_literal(path: str) -> str:
 
 
 def normalise_path(path: str) -> str:
-    """Normalise a workspace path for matching; `..` that climbs above the root is rejected."""
+    """Normalise a workspace path for matching; `..` that climbs above the root is rejected. A backslash is an
+    ordinary character of a POSIX name (`a\\b` is one file, not `a/b`)."""
     if "\x00" in path:
         raise PatternError("path contains a NUL byte", path.index("\x00"))
-    if "\\" not in path:  # the common case, a path that is already normal, costs one split and three scans
-        segments = path.split("/")
-        if "" not in segments and "." not in segments and ".." not in segments:
-            return path
+    segments = path.split("/")  # the common case, a path that is already normal, costs one split and three scans
+    if "" not in segments and "." not in segments and ".." not in segments:
+        return path
     parts: list[str] = []
-    for part in path.replace("\\", "/").split("/"):
+    for part in segments:
         if part in ("", "."):
             continue
         if part == "..":

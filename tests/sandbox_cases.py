@@ -197,6 +197,28 @@ def git_and_python(workspace: tuple[Path, Path, Path], run: Run) -> None:
     assert "On branch" in proc.stdout and proc.stdout.endswith("1\n")
 
 
+def root_owned_checkout(tmp_path: Path, run: Run) -> None:
+    """A checkout owned by root, run as the agent's uid 1000: the workspace is presented as the agent's own, so
+    git works and granted writes succeed; on disk what the agent made belongs to root, the checkout's owner."""
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "src" / "main.py").write_text("print('hello')\n")
+    policy = tmp_path / "policy.flow"
+    policy.write_text(POLICY)
+    for git in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(["git", "-C", str(ws), *git], check=True)
+    script = ("git status --porcelain && echo 'print(2)' > src/new.py && git add src/new.py && "
+              "git -c user.name=a -c user.email=a@a commit -qm agent && id -u && stat -c %u:%g src/new.py")
+    proc = run(ws, policy, tmp_path / "run", script, ("--agent", "none"), {})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dubious ownership" not in proc.stderr
+    assert proc.stdout.split() == ["1000", "1000:1000"]
+    for path in (ws / "src" / "new.py", ws / ".git" / "index"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (0, 0), path
+    log = subprocess.run(["git", "-C", str(ws), "log", "--format=%s"], capture_output=True, text=True, check=True)
+    assert log.stdout.split() == ["agent", "init"]
+
+
 # What the sandbox runs for `no_laundering`: three ways to get data out that a decision made while the run was
 # clean used to let through. Python's standard library only (the sandbox has the host's /usr, not our venv).
 _LAUNDER = r'''

@@ -98,8 +98,13 @@ def test_every_system_prefix_is_a_real_tree_and_root_is_never_one():
 # ------------------------------------------------------------------------------------------ other file facts
 
 def test_hard_links_outside_device_nodes_and_guarded_xattrs():
-    assert rules.check(default(), "read", "a", None, Facts(outside_links=True)).rule == "containment: hard link"
-    assert rules.check(default(), "read", "a", None, Facts(outside_links=False)) is None
+    # through a hard link whose other names lie outside: reading, renaming, deleting, linking touch only the
+    # workspace; a change to the inode would change the file outside
+    for op in ("write", "chmod"):
+        assert rules.check(default(), op, "a", None, Facts(outside_links=True)).rule == "containment: hard link"
+    for op in ("read", "exec", "link", "rename", "delete"):
+        assert rules.check(default(), op, "a", None, Facts(outside_links=True)) is None
+    assert rules.check(default(), "write", "a", None, Facts(outside_links=False)) is None
     for node in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFDIR):
         assert rules.check(default(), "create", "n", None, Facts(node_type=node)).rule == "containment: device"
     for node in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):

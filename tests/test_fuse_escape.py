@@ -161,12 +161,20 @@ def test_device_nodes_and_guarded_xattrs(coder):
     assert {("src/null", "containment: device"), ("src/app.py", "containment: xattr")} <= rules
 
 
-def test_hard_links_to_outside_files(coder):
+def test_hard_links_to_outside_files(base, coder):
+    """A hard link planted on the host: its content is the workspace's to read (under the workspace's label);
+    a change through it must not reach the file outside, so the name first gets an inode of its own."""
     mnt, run = coder
-    assert _denied(_read, os.path.join(mnt, "src", "hard_out.txt"))
-    assert _denied(os.link, os.path.join(mnt, "src", "hard_out.txt"), os.path.join(mnt, "src", "again.txt"))
-    refused = {e.rule for e in events(run, "deny") if e.target.startswith("src/hard_out.txt")}
-    assert refused == {"containment: hard link"}
+    outside = os.path.join(base, "outside", "secret.txt")
+    linked = os.path.join(mnt, "src", "hard_out.txt")
+    assert _read(linked) == "TOP SECRET OUTSIDE\n"
+    with open(linked, "a") as handle:
+        handle.write("written in the sandbox\n")
+    os.chmod(linked, 0o600)
+    assert _read(outside) == "TOP SECRET OUTSIDE\n" and os.stat(outside).st_mode & 0o777 == 0o644
+    assert os.stat(outside).st_nlink == 1 and os.stat(os.path.join(base, "ws", "src", "hard_out.txt")).st_nlink == 1
+    assert _read(linked).endswith("written in the sandbox\n")
+    assert not any(e.target.startswith("src/hard_out.txt") for e in events(run, "deny"))
 
 
 def test_proc_self_fd_reopen_is_decided_again(coder):

@@ -288,3 +288,97 @@ def test_a_live_mount_is_not_mounted_over(dirs):
     assert result.returncode == 2
     assert "already a FUSE mount" in result.stderr
     assert daemon.proc.poll() is None and os.path.isdir(os.path.join(mnt, "posix"))
+
+
+def _modes_under_umask(base: str, umask: int) -> dict[str, str]:
+    """New objects' modes under `umask`: only the caller's umask may shape them (pjdfstest open/00, mkdir/00)."""
+    d = os.path.join(base, f"umask{umask:o}")
+    os.mkdir(d, 0o777)
+    os.chmod(d, 0o777)
+    old = os.umask(umask)
+    try:
+        _write(os.path.join(d, "f"), b"", mode=0o666)
+        os.mkdir(os.path.join(d, "d"), 0o777)
+        os.mkfifo(os.path.join(d, "p"), 0o666)
+        _write(os.path.join(d, "suid"), b"", mode=0o4755)
+        os.mkdir(os.path.join(d, "sticky"), 0o1777)
+    finally:
+        os.umask(old)
+    # as another user too: the daemon chowns what it made, which must not cost the set-id bits
+    _as_nobody(["sh", "-c", f"umask {umask:o}; touch {d}/theirs && mkdir {d}/theirdir && "
+                            f"perl -MFcntl -e 'sysopen(F, \"{d}/theirsuid\", O_CREAT, 06755) or die'"])
+    return {name: oct(stat.S_IMODE(os.lstat(os.path.join(d, name)).st_mode)) for name in sorted(os.listdir(d))}
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o027, 0o077])
+def test_the_callers_umask_alone_shapes_new_modes(dirs, umask):
+    _, mnt, native, _, _ = dirs
+    expected = _modes_under_umask(native, umask)
+    assert expected["f"] == oct(0o666 & ~umask)  # the native kernel, for reference
+    assert _modes_under_umask(mnt, umask) == expected
+
+
+def test_a_change_through_one_hard_link_shows_through_the_others(dirs):
+    """Each name of a multi-link file has its own kernel inode in libfuse's high-level API, so its cached
+    attributes would stay old for attr_timeout (10 s): the daemon invalidates the other names."""
+    if FUSE != "mfusepy3":
+        pytest.skip("libfuse2 has no fuse_invalidate_path (docs/posix.md)")
+    _, mnt, _, _, _ = dirs
+    d = os.path.join(mnt, "links")
+    os.mkdir(d)
+    a, b, c = (os.path.join(d, n) for n in "abc")
+    _write(a, b"data")
+    os.link(a, b)
+    assert os.stat(a).st_nlink == os.stat(b).st_nlink == 2  # both names now cached
+    ctime = os.stat(b).st_ctime_ns
+    time.sleep(0.01)
+    os.chmod(a, 0o600)
+    assert stat.S_IMODE(os.stat(b).st_mode) == 0o600
+    assert os.stat(b).st_ctime_ns > ctime
+    os.chown(a, 65534, 65534)
+    assert (os.stat(b).st_uid, os.stat(b).st_gid) == (65534, 65534)
+    os.utime(b, ns=(5_000_000_000, 6_000_000_000))
+    assert os.stat(a).st_mtime_ns == 6_000_000_000
+    _write(a, b"longer data", os.O_WRONLY)  # a descriptor written through one name, then closed
+    assert os.stat(b).st_size == len(b"longer data") and _read(b) == b"longer data"
+    os.link(b, c)
+    assert os.stat(a).st_nlink == 3
+    os.unlink(c)
+    assert os.stat(a).st_nlink == os.stat(b).st_nlink == 2
+    _write(c, b"other")
+    os.rename(c, a)  # replaces the name `a`: `b` is alone now
+    assert os.stat(b).st_nlink == 1 and os.stat(a).st_nlink == 1
+    assert _read(b) == b"longer data" and _read(a) == b"other"
+
+
+def test_path_max_counts_from_the_callers_directory(dirs):
+    """A path is legal when each system call's argument is: from a deep working directory, names relative
+    to it work even where the same directory named from the mount's root is longer than PATH_MAX."""
+    _, mnt, _, _, _ = dirs
+    component = "d" * 250
+    here = os.path.join(mnt, "deep")
+    os.mkdir(here)
+    old = os.getcwd()
+    try:
+        os.chdir(here)
+        for _ in range(20):  # about 5,000 bytes below the mount's root
+            os.mkdir(component)
+            os.chdir(component)
+        _write("f", b"deep")
+        assert _read("f") == b"deep"
+        os.rename("f", "g")
+        os.symlink("g", "s")
+        os.link("g", "h")
+        assert os.stat("h").st_nlink == 2 and os.readlink("s") == "g"
+        assert sorted(os.listdir(".")) == ["g", "h", "s"]
+        os.chmod("g", 0o600)
+        os.truncate("g", 2)
+        assert _read("s") == b"de"
+        for name in ("g", "h", "s"):
+            os.unlink(name)
+        for _ in range(20):
+            os.chdir("..")
+            os.rmdir(component)
+    finally:
+        os.chdir(old)
+    assert os.listdir(here) == []

@@ -182,6 +182,10 @@ def test_git_and_python_work_in_a_git_workspace(workspace):
     sandbox_cases.git_and_python(workspace, _run)
 
 
+def test_a_root_owned_checkout_is_the_agents_own(tmp_path):
+    sandbox_cases.root_owned_checkout(tmp_path, _run)
+
+
 def test_a_terminal_is_the_agents_own_pty_with_size_and_ctrl_c(workspace):
     ws, policy, run_dir = workspace
     pid, fd = pty.fork()

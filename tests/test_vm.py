@@ -320,3 +320,7 @@ def test_https_secrets_are_sentinels_in_the_guest_and_real_only_at_the_bound_ser
 
 def test_git_and_python_work_in_a_git_workspace(vm_run, workspace):
     sandbox_cases.git_and_python(workspace, vm_run)
+
+
+def test_a_root_owned_checkout_is_the_agents_own(vm_run, tmp_path):
+    sandbox_cases.root_owned_checkout(tmp_path, vm_run)

@@ -100,9 +100,9 @@ def test_renames_and_links_made_on_the_host_are_found_by_inode(tmp_path, ws):
     store.close()
     os.rename(ws / "copy", ws / "renamed")
     os.link(ws / "renamed", ws / "linked")
+    (ws / "plain").write_text("never labelled")  # made before `gone` is unlinked: it cannot reuse that inode
     os.unlink(ws / "gone")
     (ws / "gone").write_text("a new file where a labelled one was")
-    (ws / "plain").write_text("never labelled")
     store = LabelStore(tmp_path / "l.db", root=ws)
     assert store.get("renamed") == SECRET and store.get("linked") == SECRET
     assert store.get("gone") == SECRET, "a name keeps its label when the file is replaced: over-label, the safe side"

@@ -267,7 +267,8 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
     and DNS stub on free host ports) from the same monitor, so a file read taints what may leave."""
     mnt = spec.run_dir / "mnt"
     mnt.mkdir(exist_ok=True)
-    argv = [sys.executable, "-m", "ifc", "mount", "--policy", str(spec.policy), "--run-dir", str(spec.run_dir)]
+    argv = [sys.executable, "-m", "ifc", "mount", "--policy", str(spec.policy), "--run-dir", str(spec.run_dir),
+            "--agent-ids", "{}:{}".format(*spec.ids())]
     if spec.agent:
         argv += ["--agent", spec.agent]
     proxy, dns = spec.proxy, None

@@ -66,6 +66,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--health-fd", type=int, metavar="N",
                    help="for launchers (`ifc run`): report failures that denials hide (the event log's) as JSON "
                    "lines on descriptor N, see ifc.enforce.health")
+    p.add_argument("--agent-ids", type=_ids, metavar="UID:GID",
+                   help="the uid and gid the agent runs as: the workspace's owner appears as the agent, and what "
+                   "the agent creates belongs to the owner on disk (`ifc run` passes it)")
     p.add_argument("source", metavar="SRC", help="the backing directory (the real workspace)")
     p.add_argument("mountpoint", metavar="MNT", help="where the agent sees it")
 
@@ -102,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
         if args.egress:
             egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca)
         binding = load_binding(args.fuse or DEFAULT_BINDING)
-        ops = EnforcingFS(source, monitor, identities=Identities(default_token=token),
-                          context=binding.context, mountpoint=mountpoint)
+        ops = EnforcingFS(source, monitor, identities=Identities(default_token=token), context=binding.context,
+                          mountpoint=mountpoint, agent_ids=args.agent_ids, invalidate=binding.invalidator())
         print(f"ifc mount: {source} on {mountpoint} ({binding.name}), run dir {run_dir}", file=sys.stderr)
         serve(ops, mountpoint, binding, source)
     except (MountError, Usage) as exc:
@@ -231,6 +234,13 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
         time.sleep(0.05)
     proc.terminate()
     return _usage(f"`{mountpoint}` was not mounted within 30 s; see {run_dir / 'mount.log'}")
+
+
+def _ids(text: str) -> tuple[int, int]:
+    uid, sep, gid = text.partition(":")
+    if not (sep and uid.isdigit() and gid.isdigit()):
+        raise argparse.ArgumentTypeError(f"`{text}` is not UID:GID")
+    return int(uid), int(gid)
 
 
 def _usage(message: str, help: str | None = None) -> int:

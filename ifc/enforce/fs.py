@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import logging
 import os
 import stat as stat_mod
@@ -92,6 +93,7 @@ _SYS_OPENAT2 = 437  # same number on every architecture (new syscalls share the 
 RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH = 0x01, 0x02, 0x04, 0x08
 _RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
 _renameat2 = getattr(_libc, "renameat2", None)
+_PATH_PIECE = 3072  # bytes of path per openat2 call, well under PATH_MAX (4096 with its NUL)
 
 
 _VALID_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND | os.O_NONBLOCK
@@ -143,10 +145,34 @@ class Backing:
             raise Denied(errno.EINVAL, "the workspace root has no parent")
         if not head:
             return self.fd, name, False
-        return openat2(self.fd, head, os.O_PATH | os.O_DIRECTORY), name, True
+        if len(head) < _PATH_PIECE // 4 or len(os.fsencode(head)) < _PATH_PIECE:
+            return openat2(self.fd, head, os.O_PATH | os.O_DIRECTORY), name, True
+        return self._walk(head), name, True
+
+    def _walk(self, head: str) -> int:
+        """The directory `head`, opened piece by piece: the caller's own path was legal (PATH_MAX counts from
+        its working directory), but the same directory named from the workspace root may be longer than any
+        single system call takes."""
+        fd, piece, size = self.fd, [], 0
+        try:
+            for part in head.split("/"):
+                length = len(os.fsencode(part)) + 1
+                if piece and size + length > _PATH_PIECE:
+                    step = openat2(fd, "/".join(piece), os.O_PATH | os.O_DIRECTORY)
+                    if fd != self.fd:
+                        os.close(fd)
+                    fd, piece, size = step, [], 0
+                piece.append(part)
+                size += length
+            return openat2(fd, "/".join(piece), os.O_PATH | os.O_DIRECTORY)
+        finally:
+            if fd != self.fd:
+                os.close(fd)
 
     def open(self, rel: str, flags: int, mode: int = 0) -> int:
-        return openat2(self.fd, rel or ".", flags, mode)
+        if len(rel) < _PATH_PIECE // 4 or len(os.fsencode(rel)) < _PATH_PIECE:
+            return openat2(self.fd, rel or ".", flags, mode)
+        return self.at(rel, lambda d, n: openat2(d, n, flags, mode))
 
     def lstat(self, rel: str) -> os.stat_result:
         if not rel:
@@ -171,6 +197,16 @@ class Backing:
         os.close(self.fd)
 
 
+def _chmod_at(dirfd: int, name: str, mode: int) -> None:
+    """chmod of a name that is no symlink (a symlink's mode is fixed; Linux has no lchmod)."""
+    fd = openat2(dirfd, name, os.O_PATH | os.O_NOFOLLOW)
+    try:
+        if not stat_mod.S_ISLNK(os.fstat(fd).st_mode):
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
+
+
 def _dtype_mode(entry: os.DirEntry) -> int:
     if entry.is_symlink():
         return stat_mod.S_IFLNK
@@ -179,6 +215,22 @@ def _dtype_mode(entry: os.DirEntry) -> int:
     if entry.is_file(follow_symlinks=False):
         return stat_mod.S_IFREG
     return 0  # other types: the kernel asks getattr
+
+
+def _refusals_logged(method):
+    """The daemon runs as root, so the backing filesystem refuses it only for reasons of its own (an immutable
+    or append-only file, a foreign mount): such an EACCES or EPERM reaches the caller like a denial, so it is
+    logged as one, with its reason — never a bare errno the user cannot trace."""
+
+    @functools.wraps(method)
+    def op(self, path, *args):
+        try:
+            return method(self, path, *args)
+        except PermissionError as exc:  # Denied is an OSError of its own: the monitor logged it already
+            self._backing_refused(method.__name__, path, exc)
+            raise
+
+    return op
 
 
 # ------------------------------------------------------------------------------------------ descriptors
@@ -207,6 +259,12 @@ class EnforcingFS:
 
     `context` returns (uid, gid, tid) of the current request (the library's `fuse_get_context`);
     `mountpoint` is where the sandbox sees the workspace (a symlink pointing back into it stays inside).
+    `agent_ids` (uid, gid) presents the workspace as the agent's own: the backing root's owner appears as the
+    agent, and what the agent creates or chowns to itself belongs to that owner on disk (git refuses a
+    checkout owned by someone else; the kernel's permission checks see the agent as the owner).
+    `invalidate(path)` drops the kernel's cached attributes of a name (libfuse's `fuse_invalidate_path`): each
+    name of a multi-link file has its own kernel inode in the high-level API, so a change through one name is
+    pushed to the others.
     Without a monitor it is a bare passthrough (the benchmarks' baseline): no decisions, containment rules
     included; the daemon itself still never leaves the backing directory.
     """
@@ -216,7 +274,8 @@ class EnforcingFS:
     flag_utime_omit_ok = True  # libfuse2: utimens understands UTIME_OMIT and UTIME_NOW
 
     def __init__(self, root: str, monitor: Monitor | None = None, *, identities: Identities | None = None,
-                 context: Callable[[], tuple[int, int, int]] | None = None, mountpoint: str | None = None):
+                 context: Callable[[], tuple[int, int, int]] | None = None, mountpoint: str | None = None,
+                 agent_ids: tuple[int, int] | None = None, invalidate: Callable[[str], None] | None = None):
         self.backing = Backing(root)
         self.root = self.backing.root
         self.monitor = monitor
@@ -228,6 +287,11 @@ class EnforcingFS:
         self._outside_links: dict[tuple[int, int], tuple[int, int]] = {}
         self._link_lock = threading.Lock()
         self._is_root = os.geteuid() == 0
+        owner = os.fstat(self.backing.fd)
+        self._owner = (owner.st_uid, owner.st_gid)
+        self._agent = agent_ids if agent_ids is not None and tuple(agent_ids) != self._owner else None
+        self.invalidate = invalidate
+        self._link_names: dict[tuple[int, int], set[str]] = {}  # names the kernel looked up, per multi-link inode
         self.stats = Stats()
         self.mounted = False  # set once libfuse has started serving
 
@@ -266,6 +330,15 @@ class EnforcingFS:
             request = Request(op, target, subject="?") if caller is None else self._request(caller, op, target)
             self.monitor.error(request, f"internal error in the filesystem, denied: {type(exc).__name__}: {exc}")
 
+    def _backing_refused(self, op: str, path: str | None, exc: OSError) -> None:
+        if self.monitor is None:
+            return
+        rel = (path or "").lstrip("/")
+        caller = self._caller()
+        reason = f"the backing filesystem refused `{op}`: {exc.strerror} (an immutable or append-only file?)"
+        request = self._request(caller, OPS.get(op, (op,))[0], rel)
+        self._guard(op, rel, lambda: self.monitor.refuse(request, reason, "backing: permission"))
+
     def _guard(self, op: str, path: str | None, fn: Callable[[], object]):
         """Run an operation; OSErrors pass through as errnos, anything else is logged and denied."""
         try:
@@ -276,33 +349,55 @@ class EnforcingFS:
             self._error(None, op, path or "", exc)
             raise Denied(errno.EACCES, "internal error") from None
 
-    def _chown_new(self, fn: Callable[[int, int], None]) -> None:
-        """Give a new object to the caller (the daemon is root; the kernel checked the caller may create)."""
+    def _settle_new(self, mode: int, stat: Callable[[], os.stat_result], chown: Callable[[int, int], None],
+                    chmod: Callable[[int], None]) -> None:
+        """Make a new object what the caller's own system call would have made (the daemon made it, as root):
+        the caller's (or the workspace owner's, for the agent), in a set-gid directory the directory's group,
+        and exactly the mode the kernel passed — the caller's umask is already applied to it, so the daemon's
+        own umask, and the set-id bits chown clears, are put back."""
+        st = stat()
+        want = mode & 0o7777
+        if stat_mod.S_ISDIR(st.st_mode):
+            want |= st.st_mode & stat_mod.S_ISGID  # inherited from a set-gid parent
+        chowned = False
         if self._is_root:
             uid, gid, _ = self.context()
             if uid not in (0, -1, 0xFFFFFFFF):
-                fn(uid, gid)
+                if self._agent is not None and uid == self._agent[0]:
+                    uid, gid = self._owner
+                keep_group = st.st_gid != os.getegid()  # a set-gid parent gave it the parent's group
+                chown(uid, -1 if keep_group else gid)
+                chowned = True
+                if want & stat_mod.S_ISGID and keep_group and st.st_gid != gid and not stat_mod.S_ISDIR(st.st_mode):
+                    want &= ~stat_mod.S_ISGID  # as the kernel does for a caller outside the file's group
+        if want != stat_mod.S_IMODE(st.st_mode) or (chowned and want & (stat_mod.S_ISUID | stat_mod.S_ISGID)):
+            chmod(want)
 
     # ------------------------------------------------------------------------------------ attributes
-    @staticmethod
-    def _attrs(st: os.stat_result) -> dict:
+    def _attrs(self, st: os.stat_result) -> dict:
+        uid, gid = st.st_uid, st.st_gid
+        if self._agent is not None:  # the workspace owner's files appear as the agent's
+            uid = self._agent[0] if uid == self._owner[0] else uid
+            gid = self._agent[1] if gid == self._owner[1] else gid
         return {
-            "st_mode": st.st_mode, "st_ino": st.st_ino, "st_nlink": st.st_nlink, "st_uid": st.st_uid,
-            "st_gid": st.st_gid, "st_size": st.st_size, "st_rdev": st.st_rdev, "st_blocks": st.st_blocks,
+            "st_mode": st.st_mode, "st_ino": st.st_ino, "st_nlink": st.st_nlink, "st_uid": uid,
+            "st_gid": gid, "st_size": st.st_size, "st_rdev": st.st_rdev, "st_blocks": st.st_blocks,
             "st_blksize": st.st_blksize, "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns,
             "st_ctime": st.st_ctime_ns,
         }
 
     def getattr(self, path, fh=None):
-        if fh is not None:
-            return self._attrs(os.fstat(fh))
-        return self._attrs(self.backing.lstat(self.backing.relative(path)))
+        st = os.fstat(fh) if fh is not None else self.backing.lstat(self.backing.relative(path))
+        if st.st_nlink > 1 and path is not None and self.invalidate is not None and not stat_mod.S_ISDIR(st.st_mode):
+            self._seen(path, st)
+        return self._attrs(st)
 
     def statfs(self, path):
         sv = os.statvfs(self.backing.fd)
         return {key: getattr(sv, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
                                                    "f_files", "f_ffree", "f_favail", "f_flag", "f_namemax")}
 
+    @_refusals_logged
     def readdir(self, path, fh=None):
         rel = self.backing.relative(path)
         fd = self.backing.open(rel, os.O_RDONLY | os.O_DIRECTORY)
@@ -313,6 +408,7 @@ class EnforcingFS:
         finally:
             os.close(fd)
 
+    @_refusals_logged
     def readlink(self, path):
         rel = self.backing.relative(path)
         target = self.backing.at(rel, lambda d, n: os.readlink(n, dir_fd=d))
@@ -328,6 +424,7 @@ class EnforcingFS:
             ops.append("write")
         return tuple(ops)
 
+    @_refusals_logged
     def open(self, path, flags):
         rel = self.backing.relative(path)
         caller = None
@@ -335,23 +432,32 @@ class EnforcingFS:
         if self.monitor is not None:
             caller = self._caller()
             self._guard("open", rel, lambda: [self._check(caller, op, rel) for op in ops])
-        fd = self.backing.open(rel, flags & _OPEN_MASK)
+        if self.monitor is None:
+            return self.backing.open(rel, flags & _OPEN_MASK)
+        # O_TRUNC waits until the file is known to be the workspace's alone (a truncation is a write)
+        truncate = bool(flags & os.O_TRUNC) and "write" in ops
+        fd = self.backing.open(rel, flags & _OPEN_MASK & ~(os.O_TRUNC if truncate else 0))
         try:
-            if self.monitor is not None:
-                st = os.fstat(fd)
-                if st.st_nlink > 1 and stat_mod.S_ISREG(st.st_mode):
-                    links = self._guard("open", rel, lambda: self._hard_links(caller, rel, st))
-                    if links != "known":  # labels were shared (they may have risen), or names lie outside
-                        facts = Facts(outside_links=True) if links == "outside" else None
-                        for op in ops or ("read",):
-                            self._guard("open", rel, lambda op=op: self._check(caller, op, rel, facts=facts))
-                if "write" in ops:
-                    self._handles[fd] = _Handle(caller, rel, self.monitor.taint_of(caller.subject))
+            st = os.fstat(fd)
+            if st.st_nlink > 1 and stat_mod.S_ISREG(st.st_mode):
+                links = self._guard("open", rel, lambda: self._hard_links(caller, rel, st))
+                if links == "outside" and "write" in ops and self._copy_up(caller, rel):
+                    os.close(fd)
+                    fd = self.backing.open(rel, flags & _OPEN_MASK & ~os.O_TRUNC)
+                elif links != "known":  # labels were shared (they may have risen), or names lie outside
+                    facts = Facts(outside_links=True) if links == "outside" else None
+                    for op in ops or ("read",):
+                        self._guard("open", rel, lambda op=op: self._check(caller, op, rel, facts=facts))
+            if truncate:
+                os.truncate(f"/proc/self/fd/{fd}", 0)  # the descriptor may be read-only (O_RDONLY | O_TRUNC)
+            if "write" in ops:
+                self._handles[fd] = _Handle(caller, rel, self.monitor.taint_of(caller.subject))
         except BaseException:
             os.close(fd)
             raise
         return fd
 
+    @_refusals_logged
     def create(self, path, mode, flags=None):
         rel = self.backing.relative(path)
         caller = None
@@ -362,7 +468,12 @@ class EnforcingFS:
             flags = os.O_RDWR
         fd = self.backing.open(rel, (flags & _OPEN_MASK & ~os.O_ACCMODE) | os.O_CREAT | os.O_RDWR
                                | (flags & os.O_EXCL), mode)
-        self._chown_new(lambda uid, gid: os.fchown(fd, uid, gid))
+        try:
+            self._settle_new(mode, lambda: os.fstat(fd), lambda uid, gid: os.fchown(fd, uid, gid),
+                             lambda m: os.fchmod(fd, m))
+        except BaseException:
+            os.close(fd)
+            raise
         if caller is not None:
             self._handles[fd] = _Handle(caller, rel, self.monitor.taint_of(caller.subject))
         return fd
@@ -389,22 +500,22 @@ class EnforcingFS:
         self._write_check(path, fh)
         return os.pwrite(fh, data, offset)
 
+    @_refusals_logged
     def truncate(self, path, length, fh=None):
         if fh is not None:
             self._write_check(path, fh)
             os.ftruncate(fh, length)
             return 0
-        rel = self.backing.relative(path)
-        if self.monitor is not None:
-            caller = self._caller()
-            self._guard("truncate", rel, lambda: self._check(caller, "write", rel))
+        rel = self._metadata("write", path)
         fd = self.backing.open(rel, os.O_WRONLY)
         try:
             os.ftruncate(fd, length)
         finally:
             os.close(fd)
+        self._done(path, rel)
         return 0
 
+    @_refusals_logged
     def fallocate(self, path, mode, offset, length, fh):
         if mode != 0:
             raise OSError(errno.EOPNOTSUPP, "only plain allocation is supported")
@@ -413,6 +524,8 @@ class EnforcingFS:
         return 0
 
     def flush(self, path, fh):
+        if self._link_names and fh in self._handles:  # at close(2), which waits for it (release does not)
+            self._changed(os.fstat(fh), skip=path)  # written through one name: the others' size and mtime
         return 0
 
     def fsync(self, path, datasync, fh):
@@ -435,29 +548,35 @@ class EnforcingFS:
         self._guard(op, rel, lambda: self._check(caller, op, rel, dest, facts))
         return caller
 
-    def _create_node(self, rel: str, make, facts: Facts | None = None) -> int:
+    def _create_node(self, rel: str, mode: int, make, facts: Facts | None = None) -> int:
         """Decide `create`, make the node with `make(dir_fd, name)`, and give it to the caller."""
         self._decide("create", rel, facts=facts)
 
         def made(d, n):
             make(d, n)
-            self._chown_new(lambda uid, gid: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False))
+            self._settle_new(mode, lambda: os.stat(n, dir_fd=d, follow_symlinks=False),
+                             lambda uid, gid: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False),
+                             lambda m: _chmod_at(d, n, m))
 
         self.backing.at(rel, made)
         return 0
 
+    @_refusals_logged
     def mkdir(self, path, mode):
-        return self._create_node(self.backing.relative(path), lambda d, n: os.mkdir(n, mode, dir_fd=d))
+        return self._create_node(self.backing.relative(path), mode, lambda d, n: os.mkdir(n, mode, dir_fd=d))
 
+    @_refusals_logged
     def mknod(self, path, mode, dev):
         rel = self.backing.relative(path)
-        return self._create_node(rel, lambda d, n: os.mknod(n, mode, dev, dir_fd=d),
+        return self._create_node(rel, mode, lambda d, n: os.mknod(n, mode, dev, dir_fd=d),
                                  Facts(node_type=stat_mod.S_IFMT(mode)))
 
+    @_refusals_logged
     def symlink(self, target, source):
         """`ln -s source target`: make `target` (a path in the mount) a symlink holding `source`."""
         rel = self.backing.relative(target)
-        return self._create_node(rel, lambda d, n: os.symlink(source, n, dir_fd=d), self._symlink_facts(rel, source))
+        return self._create_node(rel, 0o777, lambda d, n: os.symlink(source, n, dir_fd=d),
+                                 self._symlink_facts(rel, source))
 
     def _undoable(self, op: str, rel: str, dest: str | None, apply: Callable[[], object],
                   facts: Facts | None = None) -> None:
@@ -475,14 +594,19 @@ class EnforcingFS:
                 self._guard(op, rel, lambda: monitor.restore_labels(request, saved))
             raise
 
+    @_refusals_logged
     def unlink(self, path):
         rel = self.backing.relative(path)
         st = self.backing.lstat(rel)  # fail before the monitor forgets the name's label
         if stat_mod.S_ISDIR(st.st_mode):
             raise OSError(errno.EISDIR, "is a directory")
         self._undoable("delete", rel, None, lambda: self.backing.at(rel, lambda d, n: os.unlink(n, dir_fd=d)))
+        if st.st_nlink > 1:
+            self._forget(path, st)
+            self._changed(st)
         return 0
 
+    @_refusals_logged
     def rmdir(self, path):
         rel = self.backing.relative(path)
         fd = self.backing.open(rel, os.O_RDONLY | os.O_DIRECTORY)
@@ -494,13 +618,14 @@ class EnforcingFS:
         self._undoable("delete", rel, None, lambda: self.backing.at(rel, lambda d, n: os.rmdir(n, dir_fd=d)))
         return 0
 
+    @_refusals_logged
     def rename(self, old, new, flags=0):
         src, dst = self.backing.relative(old), self.backing.relative(new)
         if flags & ~RENAME_NOREPLACE:
             # RENAME_EXCHANGE would swap two contents under two names; the label store can only move one
             # name at a time, so it is refused like on a filesystem without it (callers fall back)
             raise OSError(errno.EINVAL, "only RENAME_NOREPLACE is supported")
-        self._rename_preflight(src, dst, flags)
+        moved, replaced = self._rename_preflight(src, dst, flags)
 
         def apply():
             sd, sn, sowned = self.backing.parent(src)
@@ -519,19 +644,26 @@ class EnforcingFS:
                     os.close(sd)
 
         self._undoable("rename", src, dst, apply)
+        if replaced is not None and replaced.st_nlink > 1:
+            self._forget(new, replaced)
+            self._changed(replaced)
+        if moved.st_nlink > 1 and not stat_mod.S_ISDIR(moved.st_mode):
+            self._forget(old, moved)
+            self._changed(moved)
         return 0
 
-    def _rename_preflight(self, src: str, dst: str, flags: int) -> None:
-        """The checks rename(2) would fail on, made before the monitor moves any label."""
+    def _rename_preflight(self, src: str, dst: str, flags: int) -> tuple[os.stat_result, os.stat_result | None]:
+        """The checks rename(2) would fail on, made before the monitor moves any label; (what moves, what
+        it replaces)."""
         st = self.backing.lstat(src)
         if dst == src:
-            return
+            return st, None
         if dst.startswith(src + "/"):
             raise OSError(errno.EINVAL, "cannot move a directory into itself")
         try:
             dt = self.backing.lstat(dst)
         except FileNotFoundError:
-            return
+            return st, None
         if flags & RENAME_NOREPLACE:
             raise OSError(errno.EEXIST, "destination exists")
         if stat_mod.S_ISDIR(st.st_mode) and not stat_mod.S_ISDIR(dt.st_mode):
@@ -545,7 +677,9 @@ class EnforcingFS:
                     raise OSError(errno.ENOTEMPTY, "directory not empty")
             finally:
                 os.close(fd)
+        return st, dt
 
+    @_refusals_logged
     def link(self, target, source):
         """`ln source target`: a hard link named `target` to the file `source`."""
         src, dst = self.backing.relative(source), self.backing.relative(target)
@@ -573,30 +707,51 @@ class EnforcingFS:
                     os.close(sd)
 
         self._undoable("link", src, dst, apply, facts)
-        with self._link_lock:
-            self._known_links.add((st.st_dev, st.st_ino))
+        if facts is None:
+            with self._link_lock:
+                self._known_links.add((st.st_dev, st.st_ino))
+        if self.invalidate is not None:
+            self._seen(source, st)
+            self._changed(st, skip=target)
         return 0
 
     # ------------------------------------------------------------------------------------ metadata
-    def chmod(self, path, mode):
+    def _metadata(self, op: str, path: str) -> str:
+        """Decide a change to the inode at `path` (its other names outside are first broken off); the
+        relative path."""
         rel = self.backing.relative(path)
-        self._decide("chmod", rel)
+        self._own_inode(self._decide(op, rel), rel)
+        return rel
+
+    def _done(self, path: str, rel: str) -> None:
+        """After a change to the inode at `path`: its other names' cached attributes are dropped."""
+        if self._link_names:
+            self._changed(self.backing.lstat(rel), skip=path)
+
+    @_refusals_logged
+    def chmod(self, path, mode):
+        rel = self._metadata("chmod", path)
         fd = self.backing.open(rel, os.O_PATH)
         try:
             os.chmod(f"/proc/self/fd/{fd}", stat_mod.S_IMODE(mode))
         finally:
             os.close(fd)
+        self._done(path, rel)
         return 0
 
+    @_refusals_logged
     def chown(self, path, uid, gid):
-        rel = self.backing.relative(path)
-        self._decide("chmod", rel)
+        rel = self._metadata("chmod", path)
+        if self._agent is not None:  # the agent giving a file to itself gives it to the workspace's owner
+            uid = self._owner[0] if uid == self._agent[0] else uid
+            gid = self._owner[1] if gid == self._agent[1] else gid
         self.backing.at(rel, lambda d, n: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False))
+        self._done(path, rel)
         return 0
 
+    @_refusals_logged
     def utimens(self, path, times=None):
-        rel = self.backing.relative(path)
-        self._decide("chmod", rel)
+        rel = self._metadata("chmod", path)
         now = time.time_ns()
         if times is None:
             ns = (now, now)
@@ -608,6 +763,7 @@ class EnforcingFS:
                 mtime = st.st_mtime_ns if mtime == UTIME_OMIT else mtime
             ns = (now if atime == UTIME_NOW else atime, now if mtime == UTIME_NOW else mtime)
         self.backing.at(rel, lambda d, n: os.utime(n, ns=ns, dir_fd=d, follow_symlinks=False))
+        self._done(path, rel)
         return 0
 
     # ------------------------------------------------------------------------------------ xattrs
@@ -618,6 +774,7 @@ class EnforcingFS:
         finally:
             os.close(fd)
 
+    @_refusals_logged
     def getxattr(self, path, name, position=0):
         rel = self.backing.relative(path)
         if xattr_namespace(name) not in ("security", "system"):  # user.* (and trusted.*) carry data
@@ -629,6 +786,7 @@ class EnforcingFS:
                 raise OSError(errno.ENODATA, "no such attribute") from None
             raise
 
+    @_refusals_logged
     def listxattr(self, path):
         rel = self.backing.relative(path)
         try:
@@ -638,21 +796,96 @@ class EnforcingFS:
                 return []
             raise
 
-    def _decide_xattr(self, rel: str, name: str) -> None:
+    def _decide_xattr(self, path: str, name: str) -> str:
         # system.* (ACLs) change permissions; other namespaces carry data (the monitor refuses guarded ones)
-        self._decide("chmod" if xattr_namespace(name) == "system" else "write", rel, facts=Facts(xattr=name))
+        rel = self.backing.relative(path)
+        op = "chmod" if xattr_namespace(name) == "system" else "write"
+        self._own_inode(self._decide(op, rel, facts=Facts(xattr=name)), rel)
+        return rel
 
+    @_refusals_logged
     def setxattr(self, path, name, value, options, position=0):
-        rel = self.backing.relative(path)
-        self._decide_xattr(rel, name)
+        rel = self._decide_xattr(path, name)
         self._xattr_path(rel, lambda p: os.setxattr(p, name, value, options))
+        self._done(path, rel)
         return 0
 
+    @_refusals_logged
     def removexattr(self, path, name):
-        rel = self.backing.relative(path)
-        self._decide_xattr(rel, name)
+        rel = self._decide_xattr(path, name)
         self._xattr_path(rel, lambda p: os.removexattr(p, name))
+        self._done(path, rel)
         return 0
+
+    # ------------------------------------------------------------------------------------ hard links
+    def _own_inode(self, caller: Caller | None, rel: str) -> None:
+        """Before a change to a file's inode (its data or metadata): if some of its names lie outside the
+        workspace, give this name an inode of its own, so the change stays inside (`_copy_up`)."""
+        if caller is None:
+            return
+        st = self.backing.lstat(rel)
+        if st.st_nlink > 1 and stat_mod.S_ISREG(st.st_mode) and \
+                self._guard("link", rel, lambda: self._hard_links(caller, rel, st)) == "outside":
+            self._copy_up(caller, rel)
+
+    def _copy_up(self, caller: Caller, rel: str) -> bool:
+        """Break the hard link between `rel` and its names outside the workspace (a local `git clone` links
+        its pack files to the source repository): copy the content to a new file in the same directory,
+        with the same mode, owner and times, and rename it over `rel`. Reading through the old link was the
+        workspace's content; writing through it would change the file outside. If the copy fails, the
+        monitor refuses the change (the hard-link rule) and logs why."""
+        tmp = f".ifc-copy-up-{os.getpid()}-{threading.get_ident()}"
+
+        def copy(d: int, name: str) -> None:
+            src = openat2(d, name, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                st = os.fstat(src)
+                dst = openat2(d, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    while os.copy_file_range(src, dst, 1 << 30):
+                        pass
+                    os.fchown(dst, st.st_uid, st.st_gid)
+                    os.fchmod(dst, stat_mod.S_IMODE(st.st_mode))
+                    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+                finally:
+                    os.close(dst)
+                os.rename(tmp, name, src_dir_fd=d, dst_dir_fd=d)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=d)
+                raise
+            finally:
+                os.close(src)
+
+        try:
+            self.backing.at(rel, copy)
+        except OSError as exc:
+            log.warning("cannot copy up %s (%s): the change is refused", rel, exc.strerror)
+            self._guard("write", rel, lambda: self._check(caller, "write", rel, facts=Facts(outside_links=True)))
+            return False
+        log.info("copied up %s: its other names lie outside the workspace", rel)
+        return True
+
+    def _seen(self, path: str, st: os.stat_result) -> None:
+        """Remember a name of a multi-link file the kernel has looked up (its attributes are cached per name)."""
+        names = self._link_names.setdefault((st.st_dev, st.st_ino), set())
+        names.add(path)
+
+    def _changed(self, st: os.stat_result, skip: str | None = None) -> None:
+        """The inode `st` changed (link count, mode, owner, times): drop what the kernel cached for its
+        other names, or they would show the old attributes until attr_timeout."""
+        if self.invalidate is None:
+            return
+        for name in list(self._link_names.get((st.st_dev, st.st_ino), ())):
+            if name != skip:
+                self.invalidate(name)
+
+    def _forget(self, path: str, st: os.stat_result) -> None:
+        names = self._link_names.get((st.st_dev, st.st_ino))
+        if names is not None:
+            names.discard(path)
+            if not names:
+                self._link_names.pop((st.st_dev, st.st_ino), None)
 
     # ------------------------------------------------------------------------------------ containment facts
     def _symlink_facts(self, rel: str, target: str) -> Facts:

@@ -51,6 +51,21 @@ class Binding:
     def context(self) -> tuple[int, int, int]:
         return self.module.fuse_get_context()
 
+    def invalidator(self):
+        """`invalidate(path)`: libfuse3's `fuse_invalidate_path` on the mount serving the current request —
+        the kernel drops the name's cached attributes and data. None where the library has none (libfuse2)."""
+        lib = getattr(self.module, "_libfuse", None)
+        fn = getattr(lib, "fuse_invalidate_path", None) if self.libfuse == 3 else None
+        if fn is None:
+            return None
+        fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int
+        current = lib.fuse_get_context
+
+        def invalidate(path: str) -> None:
+            fn(current().contents.fuse, os.fsencode(path))  # -ENOENT: the kernel holds nothing for that name
+
+        return invalidate
+
 
 _loaded: dict[str, Binding] = {}
 

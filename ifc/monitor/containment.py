@@ -37,6 +37,13 @@ METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
     "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200"))
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
+# Ops that change a file's inode (its data or metadata), not only one of its names. Through a hard link whose
+# other names lie outside the workspace they would change the file outside: the enforcement point first gives
+# the name an inode of its own (copy-up) and asks with `outside_links` only if it could not. Reading through
+# such a link is the workspace's content under the workspace's label; a new name, a rename or a delete
+# touches only names inside.
+INODE_CHANGES = frozenset({"write", "chmod"})
+
 # The ops that are only containment questions: no authority, no flow, no effect.
 #   readlink  may the sandbox see this symlink's target (it would follow it)?
 #   resolve   may the hook connect to these addresses (`Facts.addresses`) for this endpoint?
@@ -77,9 +84,10 @@ def check(policy: Policy, op: str, target: str, endpoint: Endpoint | None, facts
         refusal = symlink(target, facts)
         if refusal is not None:
             return refusal
-    if facts.outside_links:
+    if facts.outside_links and op in INODE_CHANGES:
         return Refusal("containment: hard link",
-                       f"`{target}` has hard links outside the workspace: its content is not the workspace's")
+                       f"`{target}` has hard links outside the workspace and the link could not be broken: "
+                       "changing it would change the file outside")
     if facts.xattr is not None:
         refusal = xattr(facts.xattr)
         if refusal is not None:
