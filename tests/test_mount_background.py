@@ -56,3 +56,60 @@ def test_background_daemon_serves_the_mount_and_the_hook(tmp_path):
     while (mounted_at(str(mnt)) or "").startswith("fuse") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not (mounted_at(str(mnt)) or "").startswith("fuse")
+
+
+def _mount(tmp_path, source, mnt, run_dir, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ifc", "mount", "--background", "--policy", str(tmp_path / "p.flow"),
+                           "--run-dir", str(run_dir), *extra, str(source), str(mnt)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_served_mount_point_is_refused_and_a_dead_one_recovered(tmp_path):
+    """Issue 13: a second `--background` mount on a served mount point said "serving" and exited 0 while the old
+    mount (old policy, old run dir) stayed in force; after the daemon was killed, mounting again failed with
+    "not a directory" until a manual `fusermount3 -u -z`."""
+    source, mnt = tmp_path / "src", tmp_path / "mnt"
+    source.mkdir()
+    mnt.mkdir()
+    (source / "notes.md").write_text("hello\n")
+    (tmp_path / "p.flow").write_text(POLICY)
+    first = _mount(tmp_path, source, mnt, tmp_path / "run1")
+    assert first.returncode == 0, first.stderr
+    pid = int((tmp_path / "run1" / "mount.pid").read_text())
+    second = _mount(tmp_path, source, mnt, tmp_path / "run2")
+    assert second.returncode == 2 and "is already a FUSE mount" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr and not (tmp_path / "run2" / "mount.pid").exists()
+    os.kill(pid, signal.SIGKILL)  # the daemon dies: the mount point is dead (ENOTCONN), not a directory
+    deadline = time.monotonic() + 10
+    while os.path.isdir(mnt) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    third = _mount(tmp_path, source, mnt, tmp_path / "run3")
+    assert third.returncode == 0, third.stderr
+    try:
+        assert (mnt / "notes.md").read_text() == "hello\n"
+    finally:
+        os.kill(int((tmp_path / "run3" / "mount.pid").read_text()), signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while (mounted_at(str(mnt)) or "").startswith("fuse") and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_token_that_does_not_verify_is_refused_before_mounting(tmp_path, background):
+    from caps import HostKey, mint
+    from caps.keys import write_key
+
+    source, mnt = tmp_path / "src", tmp_path / "mnt"
+    source.mkdir()
+    mnt.mkdir()
+    (tmp_path / "p.flow").write_text(POLICY)
+    key = HostKey.generate()
+    _, public = write_key(tmp_path / "host.key", key)
+    token = mint(key, rights=["read **"], audience="another-run", ttl=60)
+    argv = [sys.executable, "-m", "ifc", "mount", *(["--background"] if background else []), "--policy",
+            str(tmp_path / "p.flow"), "--run-dir", str(tmp_path / "run"), "--token", token, "--key", str(public),
+            str(source), str(mnt)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "ifc mount: error: --token:" in done.stderr and "audience" in done.stderr, \
+        done.stderr
+    assert "Traceback" not in done.stderr and mounted_at(str(mnt)) is None

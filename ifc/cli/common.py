@@ -33,6 +33,20 @@ def log_failures(prog: str, log) -> int:
                  "operations it could not log were denied and are missing from the report", code=LOG_FAILED)
 
 
+def token_problem(token: str, key: str | None, audience: str) -> tuple[str, str | None] | None:
+    """(problem, help) when `token` would not verify for `audience` now, else None: `ifc run` and `ifc mount`
+    check before anything starts, so a bad token is a one-line error and not a daemon that denies everything."""
+    import caps
+
+    try:
+        token_verifier(key, audience, required=True).verify(token, now=time.time())
+    except Usage as exc:
+        return exc.message, exc.help
+    except caps.CapsError as exc:
+        return exc.message, f"mint one for this run: ifc caps mint --policy P --grant AGENT --audience {audience}"
+    return None
+
+
 def parse_address(text: str, flag: str) -> tuple[str, int]:
     """`HOST:PORT` (IPv6 in brackets) from a command-line flag; port 0 asks for any free port."""
     host, sep, port = text.rpartition(":")

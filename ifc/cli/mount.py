@@ -25,7 +25,16 @@ import time
 from pathlib import Path
 
 from ifc.cli import ExitCode
-from ifc.cli.common import Usage, error, load_policy_and_agent, log_failures, parse_address, read_token, token_verifier
+from ifc.cli.common import (
+    Usage,
+    error,
+    load_policy_and_agent,
+    log_failures,
+    parse_address,
+    read_token,
+    token_problem,
+    token_verifier,
+)
 from ifc.cli.proxy import UPSTREAM_CA_HELP
 
 EPILOG = """exit codes:
@@ -74,15 +83,17 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ifc.enforce.mount import DEFAULT_BINDING, MountError, check_fuse_available
+    from ifc.enforce.mount import DEFAULT_BINDING, MountError, check_fuse_available, prepare_mountpoint
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="ifc mount: %(message)s", stream=sys.stderr)
     source, mountpoint = os.path.realpath(args.source), os.path.realpath(args.mountpoint)
     if not os.path.isdir(source):
         return _usage(f"`{args.source}` is not a directory")
-    if not os.path.isdir(mountpoint):
-        return _usage(f"mount point `{args.mountpoint}` is not a directory")
+    try:  # first: a dead mount there is detached (it is no directory until then), a live one refused
+        prepare_mountpoint(mountpoint)
+    except MountError as exc:
+        return _usage(exc.message, exc.help)
     if source == mountpoint or mountpoint.startswith(source + "/") or source.startswith(mountpoint + "/"):
         return _usage("the mount point and the backing directory must not contain each other")
     problem = check_fuse_available()
@@ -145,6 +156,8 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
     policy, agent = load_policy_and_agent(args.policy, args.agent)
     token = read_token(args.token) if args.token else None
     audience = args.audience or run_dir.name
+    if token is not None and (problem := token_problem(token, args.key, audience)):
+        raise Usage(f"--token: {problem[0]}", problem[1])
     verifier = token_verifier(args.key, audience, required=token is not None)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:  # the workspace's labels: what earlier runs floated stays floated
@@ -219,6 +232,13 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
             argv += [f"--{flag.replace('_', '-')}", value]
     if args.token == "-":
         return _usage("--background cannot read the token from stdin", "pass it as @FILE")
+    if args.token is not None:  # checked here, before a daemon starts: its error would land in mount.log only
+        try:
+            token = read_token(args.token)
+        except Usage as exc:
+            return _usage(exc.message, exc.help)
+        if problem := token_problem(token, args.key, args.audience or run_dir.name):
+            return _usage(f"--token: {problem[0]}", problem[1])
     argv += ["--verbose"] * args.verbose + [args.source, args.mountpoint]
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "mount.log", "ab") as out:

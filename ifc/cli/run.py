@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address, read_token, token_verifier
+from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address, read_token, token_problem
 
 EPILOG = """exit codes:
   N    the command's exit status
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if run_dir == workspace or workspace in run_dir.parents:
         return _error("the run directory must not be inside the workspace (the agent could rewrite its log)", code=2)
     if token is not None:  # a bad token fails here, in one line, before anything starts
-        problem = _token_problem(token, args.key, run_dir.name)
+        problem = token_problem(token, args.key, run_dir.name)
         if problem:
             return _error(f"--token: {problem[0]}", problem[1], code=2)
     if os.geteuid() != 0:
@@ -157,21 +157,6 @@ def run(args: argparse.Namespace) -> int:
     if result.failure:  # fail closed: what the agent did after it was not decided or not logged
         return _error(result.failure)
     return result.status
-
-
-def _token_problem(token: str, key: str | None, audience: str) -> tuple[str, str | None] | None:
-    """(problem, help) when the token would not verify for this run, else None."""
-    import time
-
-    import caps
-
-    try:
-        token_verifier(key, audience, required=True).verify(token, now=time.time())
-    except Usage as exc:
-        return exc.message, exc.help
-    except caps.CapsError as exc:
-        return exc.message, f"mint one for this run: ifc caps mint --policy P --grant AGENT --audience {audience}"
-    return None
 
 
 def _summary(run_dir: Path, complete: bool = True) -> None:
