@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ifc.diagnostics import Diagnostic, Related, Severity, error, warning
+from ifc.glob_sets import witness_avoiding
 from ifc.lang import ast
 from ifc.lang.lower import encode_string as q
-from ifc.glob_sets import witness_avoiding
 from ifc.match import EndpointPattern, Glob, PatternError
 from ifc.policy.flows import check_write
 from ifc.policy.hostcfg import HOST_CONFIG
@@ -363,12 +363,13 @@ def _unguarded_host_config(policy, grant: Glob, guards, data: Label, held) -> li
             # the common case first: a guard written as the list writes it (the shipped policies) covers it
             if any(g == glob and set(ex) <= set(excepts) for g, ex in guards):
                 continue
-            # the search prunes on its first automaton, so the host-config glob leads; guards that share no
-            # path with it cannot change the answer and are left out of the product
             path = next((c for c in _readable(grant, glob) if grant.matches(c) and kind.matches(c)
                          and check_write(policy, data, c, held).allowed), None)
             if path is None:  # the exact answer, when no readable example settles it
-                avoid = tuple((g.tokens, tuple(e.tokens for e in ex)) for g, ex in guards if g.overlap(glob) is not None)
+                # the search prunes on its first automaton, so the host-config glob leads; guards that share no
+                # path with it cannot change the answer and are left out of the product
+                avoid = tuple((g.tokens, tuple(e.tokens for e in ex)) for g, ex in guards
+                              if g.overlap(glob) is not None)
                 path = witness_avoiding(glob.tokens, (grant.tokens,), avoid + tuple((e.tokens, ()) for e in excepts))
                 if path is not None and not check_write(policy, data, path, held).allowed:
                     path = None
@@ -381,7 +382,7 @@ def _unguarded_host_config(policy, grant: Glob, guards, data: Label, held) -> li
 def _readable(grant: Glob, glob: Glob) -> list[str]:
     """Paths a reader recognises: the host-config glob's own examples, at the root and under the grant's directory."""
     base = (grant.literal_prefix or "").rpartition("/")[0]
-    examples = [e for e in glob.examples() if "/./" not in f"/{e}/"]
+    examples = sorted((e for e in glob.examples() if "/./" not in f"/{e}/"), key=len)
     return examples + [f"{base}/{e}" for e in examples if base]
 
 
