@@ -69,7 +69,8 @@ def test_every_shipped_policy_refuses_untrusted_writes_with_a_message(name, path
 def test_every_glob_in_the_list_is_guarded_by_every_shipped_policy(name):
     """The list and the policies cannot drift: each glob of the list is a `writes require` glob of the policy."""
     policy = load_policy(shipped_policy(name))
-    guarded = {(g.text, tuple(e.text for e in r.excepts)) for r in policy.file_rules if r.writes_require for g in r.globs}
+    guarded = {(g.text, tuple(e.text for e in r.excepts))
+               for r in policy.file_rules if r.writes_require for g in r.globs}
     for kind in HOST_CONFIG:
         for glob in kind.globs:
             assert (glob, kind.excepts) in guarded, (name, glob)
