@@ -32,7 +32,8 @@ WORK_PATHS = ("pyproject.toml", "setup.py", "Makefile", "package.json", "src/app
               "dist/pkg-1.0.tar.gz", ".pytest_cache/v/cache/lastfailed", "node_modules/x/index.js",
               ".git/index.lock", ".git/index", ".git/objects/ab/cdef", ".git/refs/heads/main", ".git/HEAD",
               ".git/COMMIT_EDITMSG", ".git/logs/HEAD", ".git/config.lock", ".mypy_cache/3.11/x.json",
-              ".ruff_cache/a", "src/__pycache__/app.cpython-311.pyc", ".venv/bin/python", ".gitignore")
+              ".ruff_cache/a", "src/__pycache__/app.cpython-311.pyc", ".venv/bin/python", ".gitignore",
+              "pytest-cache-files-a1b2/v/cache/nodeids")
 
 
 @pytest.mark.parametrize("path", HOST_PATHS)
