@@ -220,7 +220,7 @@ def test_ifc_mount_exits_3_and_says_why_when_its_log_failed(tmp_path):
         holder = _other(run / "events.db")
         holder.execute("BEGIN EXCLUSIVE")  # the daemon's write waits its busy timeout (5 s), then fails
         with pytest.raises(PermissionError):
-            open(mnt / "top.txt", "w").close()  # denied by policy; the denial cannot be committed
+            open(mnt / "TOP", "w").close()  # denied by policy; the denial cannot be committed
         holder.execute("ROLLBACK")
         with pytest.raises(PermissionError):
             open(mnt / "LATER", "w").close()
