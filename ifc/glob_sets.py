@@ -153,3 +153,20 @@ def escapes(tokens: tuple[tuple, ...], cover: tuple[tuple[tuple, ...], ...],
         return acc[0] and (not any(acc[1:1 + n_cover]) or any(acc[1 + n_cover:]))
 
     return _search(automata, goal)
+
+
+def witness_avoiding(tokens: tuple[tuple, ...], require: tuple[tuple[tuple, ...], ...],
+                     avoid: tuple[tuple[tuple[tuple, ...], tuple[tuple[tuple, ...], ...]], ...]) -> str | None:
+    """A path matched by `tokens` and every glob in `require`, and by no `(glob, excepts)` in `avoid` (a path a
+    glob matches but one of its excepts also matches is not avoided: a file rule's `except`)."""
+    automata = [tokens, *require]
+    spans = []
+    for glob, excepts in avoid:
+        spans.append((len(automata), len(automata) + 1, len(automata) + 1 + len(excepts)))
+        automata += [glob, *excepts]
+    n_required = 1 + len(require)
+
+    def goal(acc) -> bool:
+        return all(acc[:n_required]) and not any(acc[g] and not any(acc[lo:hi]) for g, lo, hi in spans)
+
+    return _search(tuple(automata), goal)

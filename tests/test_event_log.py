@@ -194,9 +194,9 @@ def test_a_name_that_is_not_utf8_no_longer_wedges_the_log(tmp_path):
             open(mnt / "src" / f"f{i}.py", "w").close()
         assert (mnt / "src" / "a.py").read_text() == "x = 1\n", "a later operation behaves normally"
         with pytest.raises(PermissionError):
-            open(mnt / "later.txt", "w").close()
+            open(mnt / "LATER", "w").close()
         live = open_readonly(run / "events.db")  # committed while the mount still serves
-        assert [os.fsencode(e.target) for e in read_events(live, "deny")] == [b"\xff", b"later.txt"]
+        assert [os.fsencode(e.target) for e in read_events(live, "deny")] == [b"\xff", b"LATER"]
         live.close()
         status = daemon.stop()
     log = (run / "mount.log").read_text()
@@ -204,9 +204,9 @@ def test_a_name_that_is_not_utf8_no_longer_wedges_the_log(tmp_path):
     report = subprocess.run([sys.executable, "-m", "ifc", "report", str(run)], capture_output=True, text=True,
                             cwd=ROOT)
     assert report.returncode == 0, report.stderr
-    assert "`\\xff`" in report.stdout and "`src/\\xff`" in report.stdout and "`later.txt`" in report.stdout
+    assert "`\\xff`" in report.stdout and "`src/\\xff`" in report.stdout and "`LATER`" in report.stdout
     loaded = load_run(run)
-    assert [os.fsencode(d.target) for d in loaded.denials] == [b"\xff", b"later.txt"]
+    assert [os.fsencode(d.target) for d in loaded.denials] == [b"\xff", b"LATER"]
     assert b"src/\xff" in {os.fsencode(a.object) for a in loaded.allows}
 
 
@@ -220,10 +220,10 @@ def test_ifc_mount_exits_3_and_says_why_when_its_log_failed(tmp_path):
         holder = _other(run / "events.db")
         holder.execute("BEGIN EXCLUSIVE")  # the daemon's write waits its busy timeout (5 s), then fails
         with pytest.raises(PermissionError):
-            open(mnt / "top.txt", "w").close()  # denied by policy; the denial cannot be committed
+            open(mnt / "TOP", "w").close()  # denied by policy; the denial cannot be committed
         holder.execute("ROLLBACK")
         with pytest.raises(PermissionError):
-            open(mnt / "later.txt", "w").close()
+            open(mnt / "LATER", "w").close()
         status = daemon.stop()
     log = (run / "mount.log").read_text()
     assert status == 3, log
@@ -231,7 +231,7 @@ def test_ifc_mount_exits_3_and_says_why_when_its_log_failed(tmp_path):
     assert re.fullmatch(r"ifc mount: error: the event log failed 1 time\(s\), first at \d\d:\d\d:\d\d "
                         r"\(OperationalError: database is locked\); the operations it could not log were denied "
                         r"and are missing from the report", last), log
-    assert [d.target for d in load_run(run).denials] == ["later.txt"]
+    assert [d.target for d in load_run(run).denials] == ["LATER"]
 
 
 def test_ifc_decide_exits_3_and_says_why_when_its_log_failed(tmp_path, capsys):

@@ -34,7 +34,7 @@ def make_workspace(base: str) -> tuple[str, str]:
     for d in ("src", "docs", "inbox"):
         os.makedirs(os.path.join(ws, d))
     Path(ws, ".env").write_text("API_KEY=sk-live-123\n")
-    Path(ws, "notes.txt").write_text("notes\n")
+    Path(ws, "NOTES").write_text("notes\n")
     Path(ws, "src", "app.py").write_text("print('hi')\n")
     Path(ws, "docs", "guide.md").write_text("# guide\n")
     os.symlink(os.path.join(outside, "secret.txt"), os.path.join(ws, "src", "abs_link"))
@@ -179,7 +179,7 @@ def test_hard_links_to_outside_files(base, coder):
 
 def test_proc_self_fd_reopen_is_decided_again(coder):
     mnt, run = coder
-    fd = os.open(os.path.join(mnt, "notes.txt"), os.O_RDONLY)  # coder may read it, not write it
+    fd = os.open(os.path.join(mnt, "NOTES"), os.O_RDONLY)  # coder may read it, not write it
     try:
         for flags in (os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_TRUNC):
             assert _denied(os.open, f"/proc/self/fd/{fd}", flags)
@@ -188,7 +188,7 @@ def test_proc_self_fd_reopen_is_decided_again(coder):
         os.close(again)
     finally:
         os.close(fd)
-    writes = [e for e in events(run, "deny") if e.target == "notes.txt" and e.op == "write"]
+    writes = [e for e in events(run, "deny") if e.target == "NOTES" and e.op == "write"]
     assert writes and all(e.pid == os.getpid() for e in writes)
 
 
@@ -196,11 +196,11 @@ def test_denials_are_logged_with_process_and_reported(coder):
     mnt, run = coder
     result = subprocess.run(["cat", os.path.join(mnt, "src", "abs_link")], capture_output=True)
     assert result.returncode != 0 and b"Permission denied" in result.stderr
-    result = subprocess.run(["sh", "-c", f"echo x > {mnt}/top-level.txt"], capture_output=True)
+    result = subprocess.run(["sh", "-c", f"echo x > {mnt}/TOP-LEVEL"], capture_output=True)
     assert result.returncode != 0
     denials = events(run, "deny")
     cat = [e for e in denials if e.target == "src/abs_link" and e.cmdline and e.cmdline.startswith("cat ")]
-    sh = [e for e in denials if e.target == "top-level.txt" and e.op == "create"]
+    sh = [e for e in denials if e.target == "TOP-LEVEL" and e.op == "create"]
     assert cat and cat[-1].pid and cat[-1].subject == "session"
     assert sh and sh[-1].cmdline.startswith("sh -c") and "no `create` grant" in sh[-1].reason
     try:
@@ -208,7 +208,7 @@ def test_denials_are_logged_with_process_and_reported(coder):
     except ImportError:  # the report package is optional here
         return
     reported = {(d.op, d.target) for d in load_run(run).denials}
-    assert ("create", "top-level.txt") in reported and ("readlink", "src/abs_link") in reported
+    assert ("create", "TOP-LEVEL") in reported and ("readlink", "src/abs_link") in reported
 
 
 # ------------------------------------------------------------------------------------------ laundering
@@ -293,7 +293,7 @@ def test_a_dead_daemon_fails_closed_and_is_recovered(base):
     time.sleep(0.1)
     # every request now fails (only attributes the kernel still caches can be seen): never the backing
     # directory, never the bare mount point underneath
-    for probe in (lambda: os.listdir(mnt), lambda: os.statvfs(mnt), lambda: _read(os.path.join(mnt, "notes.txt")),
+    for probe in (lambda: os.listdir(mnt), lambda: os.statvfs(mnt), lambda: _read(os.path.join(mnt, "NOTES")),
                   lambda: os.close(os.open(os.path.join(mnt, "new"), os.O_WRONLY | os.O_CREAT))):
         with pytest.raises(OSError) as info:
             probe()
@@ -302,7 +302,7 @@ def test_a_dead_daemon_fails_closed_and_is_recovered(base):
     again = Daemon(["--policy", str(POLICY), "--agent", "none", "--run-dir", run, os.path.join(base, "ws"), mnt],
                    mnt, log_path=os.path.join(base, "dies", "daemon2.log"))
     try:
-        assert Path(mnt, "notes.txt").read_text() == "notes\n"
+        assert Path(mnt, "NOTES").read_text() == "notes\n"
     finally:
         assert again.stop() == 0
     assert mounted_at(mnt) is None
@@ -320,12 +320,12 @@ def test_monitor_errors_deny(tmp_path):
     _, ws = make_workspace(str(tmp_path))
     log = EventLog(tmp_path / "events.db")
     fs = EnforcingFS(ws, BrokenMonitor(load_policy(POLICY), log=log))
-    for call in (lambda: fs.open("/src/app.py", os.O_RDONLY), lambda: fs.unlink("/notes.txt"),
+    for call in (lambda: fs.open("/src/app.py", os.O_RDONLY), lambda: fs.unlink("/NOTES"),
                  lambda: fs.mkdir("/src/newdir", 0o755)):
         with pytest.raises(Denied) as info:
             call()
         assert info.value.errno == errno.EACCES
-    assert os.path.exists(os.path.join(ws, "notes.txt")) and not os.path.exists(os.path.join(ws, "src", "newdir"))
+    assert os.path.exists(os.path.join(ws, "NOTES")) and not os.path.exists(os.path.join(ws, "src", "newdir"))
     assert fs.stats.errors == 3
     errors = list(log.events("error"))
     assert [e.op for e in errors] == ["read", "delete", "create"] and all("boom" in e.reason for e in errors)

@@ -140,7 +140,7 @@ def test_git_and_venv_at_the_root_under_the_default_agent():
         assert sh(str(python), "-c", "import ifcdemo; print(ifcdemo.ANSWER)").strip() == "42"
         # and what `coder` may not do is refused: writing outside its grants
         with pytest.raises(PermissionError):
-            (root / "Makefile").write_text("all:\n")
+            (root / "LICENSE").write_text("all rights\n")
     finally:
         status = daemon.stop()
         shutil.rmtree(base, ignore_errors=True)

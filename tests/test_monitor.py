@@ -74,10 +74,10 @@ def test_agent_grants_allow_what_they_cover():
 
 @pytest.mark.parametrize(("op", "target", "needed"), [
     ("write", "ifc/core.py", "write"),
-    ("delete", "docs/index.md", "delete"),
+    ("delete", "LICENSE", "delete"),
     ("exec", "/bin/sh", "exec"),
     ("connect", "https://registry.npmjs.org", "connect"),
-    ("chmod", "Makefile", "write"),
+    ("chmod", "bin/tool", "write"),
 ])
 def test_agent_without_a_grant_is_denied_naming_the_agent(op, target, needed):
     d = coder_monitor().decide(Request(op, target))

@@ -27,7 +27,7 @@ from ifc.report.load import Hop
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "policies" / "default.flow"
-EVIL = ".github/<script>alert(\"x\")</script>'q'.yml"
+EVIL = "deploy/<script>alert(\"x\")</script>'q'.yml"
 EXFIL = ["read", "src/app.py", "connect", "https://api.anthropic.com", "read", "inbox/issue-42.md", "read", ".env",
          "write", "src/notes.txt", "session", "s2", "read", "src/notes.txt", "connect", "smtp.gmail.com:587",
          "connect", "https://evil.example", "write", ".github/workflows/ci.yml", "write", EVIL]
@@ -166,7 +166,7 @@ def test_json_report(exfil_run, capsys):
     assert code == 0
     doc = json.loads(out)
     assert doc["report"] == 1 and doc["run"]["name"] == "run1"
-    assert doc["summary"]["counts"] == {"deny": 4, "label": 1, "declassify": 0, "endorse": 0, "token": 0}
+    assert doc["summary"]["counts"] == {"deny": 4, "label": 1, "declassify": 0, "endorse": 0, "token": 0, "hostcfg": 0}
     assert doc["summary"]["allows"] == {"total": 6, "distinct": 6}
     assert [e["kind"] for e in doc["summary"]["timeline"]] == ["label", "deny", "deny", "deny", "deny"]
     mail, evil = doc["denials"][:2]
@@ -212,7 +212,7 @@ def test_html_is_self_contained_and_escaped(exfil_run):
         assert not any(k.startswith("on") for k in attrs), attrs
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&#x27;q&#x27;.yml" in page
     assert EVIL in "".join(parsed.text)  # and it reads back as the literal string
-    assert names.count("article") == 4 and names.count("svg") == 1  # one flow path; three authority denials
+    assert names.count("article") == 4 and names.count("svg") == 2  # two flow paths (mail, CI); two authority denials
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
     assert "secrets never leave the sandbox" in page
     assert "ifc caps mint --policy" in page and "user-select: all" in page
@@ -367,7 +367,7 @@ def test_html_renders_in_headless_chromium(request, tmp_path, capsys):
     dom = subprocess.run([*base, f"--user-data-dir={tmp_path / 'profile-dom'}", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert dom.count('class="denial"') == 4
-    assert dom.count("<svg") == 1 and 'class="node node-endpoint"' in dom and "smtp://smtp.gmail.com:587" in dom
+    assert dom.count("<svg") == 2 and 'class="node node-endpoint"' in dom and "smtp://smtp.gmail.com:587" in dom
     assert "\u2717 denied" in dom and "secrets never leave the sandbox" in dom
     assert "&lt;script&gt;alert" in dom and "<script" not in dom  # the hostile target stayed text
     shot = tmp_path / "report.png"

@@ -45,6 +45,7 @@ CODES: dict[str, str] = {
     "secret-pattern": "A secret is bound to a pattern (`*`, a wildcard zone, a network) instead of exact hosts.",
     "allow-denied": "An allow, clearance or capability is contradicted by a deny rule.",
     "missing-message": "A deny rule has no message for the reviewer.",
+    "host-config-write": "An agent that can read untrusted data may write configuration a tool on the host runs.",
     "unexplained-flow": "Labelled data can reach a sink that only a clearance or integrity check protects.",
     "unlabelled-secret": "A workspace file looks like a secret but is not labelled secret.",
 }
@@ -82,6 +83,7 @@ def stages():
         ("routes", lints.routes),
         ("contradictions", lints.contradictions),
         ("messages", lints.messages),
+        ("host-config", lints.host_config_writes),
         ("flows", flowgraph.flow_paths),
     )
 

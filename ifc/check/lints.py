@@ -6,9 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ifc.diagnostics import Diagnostic, Related, Severity, error, warning
+from ifc.glob_sets import witness_avoiding
 from ifc.lang import ast
 from ifc.lang.lower import encode_string as q
 from ifc.match import EndpointPattern, Glob, PatternError
+from ifc.policy.flows import check_write
+from ifc.policy.hostcfg import HOST_CONFIG
+from ifc.policy.labels import Label
 
 from . import CheckContext
 
@@ -320,6 +324,105 @@ def _sinks_overlap(policy, a, b) -> bool:
     examples = [p.example() for p in a.endpoints] if a.kind == "endpoint" else \
         [p.example() for r in policy.endpoint_rules if a.group in r.groups for p in r.patterns]
     return any(_sink_matches_endpoint(policy, b, e) for e in examples)
+
+
+def host_config_writes(ctx: CheckContext) -> list[Diagnostic]:
+    """An agent that can read untrusted data and may then write host-executed configuration (`ifc.policy.hostcfg`):
+    what the session wrote there, a tool on the host runs (the owner's next `git status`, `cd`, editor).
+
+    Exact, per grant: the first path the grant and a host-config glob share that no `writes require` above the
+    data's integrity and no matching `deny` rule guards (an automaton search), confirmed by the monitor's own
+    `check_write` with the agent's capabilities."""
+    policy = ctx.policy
+    out = []
+    for node in _walk(ctx.files):
+        if not isinstance(node, ast.AgentBlock) or node.name.text not in policy.agents:
+            continue
+        agent = policy.agents[node.name.text]
+        source = _untrusted_source(policy, agent)
+        if source is None:
+            continue
+        level, what = source
+        data = Label(frozenset(), level)
+        guards = tuple((g, r.excepts) for r in policy.file_rules
+                       if r.writes_require is not None and r.writes_require > level for g in r.globs)
+        guards += tuple((g, ()) for f in policy.deny_rules
+                        if f.sink.kind == "file" and f.source.matches(data) for g in f.sink.globs)
+        for item in node.items:
+            if not isinstance(item, ast.Grant) or item.op not in ("write", "create", "delete"):
+                continue
+            for pattern in item.patterns:
+                try:
+                    grant = Glob.compile(pattern.text)
+                except PatternError:
+                    continue  # reported by the compiler
+                found = _unguarded_host_config(policy, grant, guards, data, agent.holds)
+                if found:
+                    listed = ", ".join(f"`{path}` ({kind})" for path, kind in found[:3])
+                    listed += f" and {len(found) - 3} more kinds" if len(found) > 3 else ""
+                    out.append(warning(
+                        "host-config-write",
+                        f"agent `{agent.name}` can read untrusted data ({what}) and may then {item.op} "
+                        f"host-executed configuration: {listed}; a tool on the host runs what it names",
+                        pattern.span,
+                        help=f"add `{q(found[0][0])} internal writes require trusted` to `files {{ }}` (the shipped "
+                        "policies guard every path in ifc/policy/hostcfg.py), or narrow the grant"))
+    return out
+
+
+def _untrusted_source(policy, agent) -> tuple[int, str] | None:
+    """The least trusted data `agent` can read, and where it comes from: a file rule's label or an endpoint's
+    replies (None when everything it can read is fully trusted)."""
+    top = policy.lattice.top_integrity
+    best: tuple[int, str] | None = None
+    reads = [Glob.compile(p) for p in agent.patterns("read") + agent.patterns("exec")]
+    for rule in policy.file_rules:
+        if rule.label.integrity < top and (best is None or rule.label.integrity < best[0]):
+            for glob in rule.globs:
+                path = next((w for r in reads if (w := r.overlap(glob)) is not None
+                             and policy.file_label(w).rule is rule), None)
+                if path is not None:
+                    best = (rule.label.integrity, f"`{path}` is `{rule.label_text}`")
+                    break
+    for rule in policy.endpoint_rules:
+        if rule.returns < top and (best is None or rule.returns < best[0]):
+            reach = next((e for p in rule.patterns if agent.allows("connect", e := p.example())), None)
+            if reach is not None:
+                best = (rule.returns, f"replies from `{reach}` are "
+                        f"`{policy.lattice.integrity_levels[rule.returns]}`")
+    return best
+
+
+def _unguarded_host_config(policy, grant: Glob, guards, data: Label, held) -> list[tuple[str, str]]:
+    """[(path, kind)] for each kind of host-executed configuration the grant reaches unguarded."""
+    found = []
+    for kind in HOST_CONFIG:
+        globs, excepts = kind.compiled
+        for glob in globs:
+            # the common case first: a guard written as the list writes it (the shipped policies) covers it
+            if any(g == glob and set(ex) <= set(excepts) for g, ex in guards):
+                continue
+            path = next((c for c in _readable(grant, glob) if grant.matches(c) and kind.matches(c)
+                         and check_write(policy, data, c, held).allowed), None)
+            if path is None:  # the exact answer, when no readable example settles it
+                # the search prunes on its first automaton, so the host-config glob leads; guards that share no
+                # path with it cannot change the answer and are left out of the product
+                avoid = tuple((g.tokens, tuple(e.tokens for e in ex)) for g, ex in guards
+                              if g.overlap(glob) is not None)
+                path = witness_avoiding(glob.tokens, (grant.tokens,), avoid + tuple((e.tokens, ()) for e in excepts))
+                if path is not None and not check_write(policy, data, path, held).allowed:
+                    path = None
+            if path is not None:
+                found.append((path, kind.what))
+                break
+    return found
+
+
+def _readable(grant: Glob, glob: Glob) -> list[str]:
+    """Paths a reader recognises: the host-config glob's own examples, at the root and under the grant's directory."""
+    base = (grant.literal_prefix or "").rpartition("/")[0]
+    examples = sorted((e for e in glob.examples() if "/./" not in f"/{e}/"), key=len)
+    return examples + [f"{base}/{e}" for e in examples if base]
 
 
 def messages(ctx: CheckContext) -> list[Diagnostic]:

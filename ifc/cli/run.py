@@ -160,16 +160,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(run_dir: Path, complete: bool = True) -> None:
-    """One line per denial (at most ten), with the guest command it was matched to, and the report command.
+    """One line per denial (at most ten), with the guest command it was matched to; one per change to
+    host-executed configuration, allowed or not (all of them); and the report command.
     Not `complete`: a helper failed (the error line after this says how), so the log lacks what followed."""
     from ifc.report.load import ReportError, load_run
-    from ifc.report.summary import guest_command
+    from ifc.report.summary import guest_command, hostcfg_line
     from ifc.report.svg import clean
 
-    denials = ()
+    denials, hostcfg = (), ()
     if (run_dir / "events.db").exists():
         try:
-            denials = load_run(run_dir).denials
+            loaded = load_run(run_dir)
+            denials, hostcfg = loaded.denials, loaded.hostcfg
         except ReportError as exc:  # a log we cannot read must not hide the command's status
             print(f"ifc run: {exc.message}", file=sys.stderr)
     if denials:
@@ -181,6 +183,11 @@ def _summary(run_dir: Path, complete: bool = True) -> None:
             print(f"  ... and {len(denials) - 10} more", file=sys.stderr)
     else:
         print("ifc run: no denials" + ("" if complete else " logged"), file=sys.stderr)
+    if hostcfg:  # every one: a tool on the host runs what these name (ifc.policy.hostcfg)
+        print(f"ifc run: {len(hostcfg)} change(s) to host-executed configuration (review before running git, "
+              "direnv or an editor here):", file=sys.stderr)
+        for change in hostcfg:
+            print(clean(f"  {hostcfg_line(change)}"), file=sys.stderr)
     if not complete:
         print("ifc run: the log is incomplete: the run's helper failed (below)", file=sys.stderr)
     print(f"ifc run: report: ifc report {run_dir}", file=sys.stderr)

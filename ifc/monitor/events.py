@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     ts REAL NOT NULL,
-    kind TEXT NOT NULL,            -- deny | label | declassify | endorse | token | allow | error
+    kind TEXT NOT NULL,            -- deny | label | declassify | endorse | token | allow | error | hostcfg
     subject TEXT NOT NULL,
     op TEXT NOT NULL,
     target TEXT NOT NULL,

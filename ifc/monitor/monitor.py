@@ -21,7 +21,8 @@ streams are registered (`open_stream`), and when the taint rises every open stre
 the decision that raised it, and cut (its `cut` callback, a non-blocking socket shutdown) when no longer
 cleared — before the read that raised the taint returns any data to the sandbox.
 
-Every decision becomes an event; denials, label changes, declassifications and first token uses are
+Every decision becomes an event; denials, label changes, declassifications, first token uses and every change to
+host-executed configuration (`ifc.policy.hostcfg`, allowed or not) are
 committed to the log before `decide` returns. It never raises: an internal error is a denial that says why.
 """
 
@@ -42,6 +43,7 @@ from ifc.monitor.containment import CONTAINMENT_OPS, Facts
 from ifc.monitor.events import EventLog
 from ifc.monitor.labelstore import LabelStore, Why
 from ifc.monitor.provenance import Hop, ProvenanceGraph, draw, node
+from ifc.policy import hostcfg
 from ifc.policy.flows import FlowVerdict, check_send, check_write
 from ifc.policy.labels import Label
 from ifc.policy.model import Agent, Policy
@@ -780,8 +782,10 @@ class Monitor:
         if self.log is None:
             return decision
         if decision.allowed:
+            self._hostcfg_events(req, decision)
             self.log.count_allow(req.subject, req.op, decision.target)
             return decision
+        self._hostcfg_events(req, decision)
         event = self.log.record(
             kind="deny", subject=req.subject, op=req.op, target=decision.target, allowed=False,
             reason=decision.reason, rule=decision.rule, rule_span=decision.rule_span, message=decision.message,
@@ -789,6 +793,17 @@ class Monitor:
             taint_after=decision.taint_after, token_id=decision.token_id, token_block=decision.token_block, pid=req.pid,
             cmdline=_cmdline(req), path=[[h.source, h.op, h.target] for h in decision.path], fix=decision.fix)
         return replace(decision, event=event)
+
+    def _hostcfg_events(self, req: Request, decision: Decision) -> None:
+        """Every change to host-executed configuration, allowed or not, is an event of its own (`hostcfg`,
+        committed before the answer): a tool on the host will run what it names, so the owner must see each one,
+        and an allow is otherwise only counted."""
+        for touch in hostcfg.touched(req.op, req.target, req.dest):
+            self.log.record(kind="hostcfg", subject=req.subject, op=req.op, target=touch.path,
+                            allowed=decision.allowed, reason=f"{touch.kind.what}: {decision.reason}",
+                            rule=decision.rule, rule_span=decision.rule_span, message=decision.message,
+                            taint_before=decision.taint_before, taint_after=decision.taint_after, pid=req.pid,
+                            cmdline=_cmdline(req))
 
     # ------------------------------------------------------------------------------------ adapter effects
     # What an enforcement point needs beyond `decide`: refusals that are no decision (a request it could not

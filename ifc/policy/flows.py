@@ -12,10 +12,11 @@ Order of the questions, each one final:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ifc.diagnostics import Span
 from ifc.match import Endpoint
+from ifc.policy import hostcfg
 from ifc.policy.labels import Label
 from ifc.policy.model import Capability, EndpointRule, Policy, Sink, written
 
@@ -80,6 +81,10 @@ def check_write(policy: Policy, data: Label, path: str, held: Iterable[str] = ()
         rule_text += f" writes require {policy.lattice.integrity_levels[required]}"
     verdict = _decide(policy, data, held, lambda sink: sink.matches_file(path), path, frozenset(), required,
                       rule_text, rule.span if rule else None, check_secrecy=False)
+    if not verdict.allowed and verdict.message is None and guard is not None and verdict.integrity_short:
+        kind = hostcfg.kind_of(path)  # host-executed configuration says who would run it, policy message or not
+        if kind is not None:
+            return replace(verdict, message=kind.message)
     if verdict.allowed and guard is not None:
         level = policy.lattice.integrity_levels[required]
         return FlowVerdict(True, f"writes to {path} require {level}; the data is "

@@ -94,6 +94,7 @@ def render_html(run: Run, summary: Summary | None = None) -> str:
     out.append("<main>")
     out += _summary(run, s)
     out += _denials(run)
+    out += _hostcfg(run)
     out += _declassifications(run)
     out += _tokens(run)
     out += _others(run)
@@ -274,6 +275,16 @@ def _declassifications(run: Run) -> list[str]:
              escape(e.message or "")] for e in run.declassifications]
     return _table(f"Declassifications and endorsements ({len(rows)})", "declassifications",
                   ["#", "time", "kind", "subject", "op", "target", "via", "policy says"], rows)
+
+
+def _hostcfg(run: Run) -> list[str]:
+    if not run.hostcfg:
+        return []
+    rows = [[str(e.id), escape(iso(e.ts)), "allowed" if e.allowed else "<strong>denied</strong>", _c(e.subject),
+             _c(e.op), _c(e.target), escape(e.message or e.reason), escape(e.taint or "not logged")]
+            for e in run.hostcfg]
+    return _table(f"Changes to host-executed configuration ({len(rows)})", "hostcfg",
+                  ["#", "time", "decision", "subject", "op", "target", "why", "run taint"], rows)
 
 
 def _tokens(run: Run) -> list[str]:

@@ -31,6 +31,7 @@ def report_dict(run: Run, summary: Summary | None = None) -> dict:
         "label_changes": [_timed(asdict(e)) for e in run.labels],
         "declassifications": [_timed(asdict(e)) for e in run.declassifications],
         "token_uses": [_timed(asdict(e)) for e in run.tokens],
+        "host_config_changes": [_timed(asdict(e)) for e in run.hostcfg],
         "other_events": [_timed(asdict(e)) for e in run.others],
         "allows": [{**asdict(a), "first": iso(a.first_ts), "last": iso(a.last_ts)} for a in run.allows],
     }

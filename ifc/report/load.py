@@ -94,6 +94,24 @@ class Declassification:
 
 
 @dataclass(frozen=True)
+class HostConfigChange:
+    """A change to host-executed configuration (`ifc.policy.hostcfg`), allowed or not: the monitor logs each one
+    as an event of its own, since an allowed one is otherwise only a count and a tool on the host will run it."""
+
+    id: int
+    ts: float
+    subject: str
+    op: str
+    target: str
+    allowed: bool
+    reason: str  # `KIND: why the monitor decided so`
+    message: str | None = None  # the policy's (or the list's) words, for a refusal
+    taint: str | None = None
+    pid: int | None = None
+    cmdline: str | None = None
+
+
+@dataclass(frozen=True)
 class TokenUse:
     id: int
     ts: float
@@ -136,6 +154,7 @@ class Run:
     labels: tuple[LabelChange, ...] = ()
     declassifications: tuple[Declassification, ...] = ()
     tokens: tuple[TokenUse, ...] = ()
+    hostcfg: tuple[HostConfigChange, ...] = ()
     others: tuple[OtherEvent, ...] = ()
     allows: tuple[AllowCount, ...] = ()
     kind_counts: dict[str, int] = field(default_factory=dict)  # events per kind, in log order of first use
@@ -192,7 +211,7 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
     meta = read_meta(db)
     policy_lines = _policy_lines(root)
     processes = read_guest_processes(db) if "guest_processes" in tables else []
-    denials, labels, declass, tokens, others = [], [], [], [], []
+    denials, labels, declass, tokens, hostcfg, others = [], [], [], [], [], []
     counts: dict[str, int] = {}
     for ev in read_events(db):
         ev = replace(ev, ts=float(ev.ts), pid=_int(ev.pid), token_block=_int(ev.token_block),
@@ -214,6 +233,9 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
         elif ev.kind in ("declassify", "endorse"):
             declass.append(Declassification(ev.id, ev.ts, ev.kind, ev.subject, ev.op, ev.target, ev.reason,
                                             ev.message, taint, ev.pid, ev.cmdline))
+        elif ev.kind == "hostcfg":
+            hostcfg.append(HostConfigChange(ev.id, ev.ts, ev.subject, ev.op, ev.target, ev.allowed, ev.reason,
+                                            ev.message, ev.taint_before or ev.taint_after, ev.pid, ev.cmdline))
         elif ev.kind == "token":
             tokens.append(TokenUse(ev.id, ev.ts, ev.subject, ev.token_id or ev.target, ev.reason, ev.pid,
                                    ev.cmdline))
@@ -226,7 +248,7 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
         allows = [AllowCount(str(from_sql(s)), str(from_sql(o)), str(from_sql(obj)), int(c), float(f), float(la))
                   for s, o, obj, c, f, la in rows]
     return Run(path=str(root), meta=meta, denials=tuple(denials), labels=tuple(labels),
-               declassifications=tuple(declass), tokens=tuple(tokens), others=tuple(others),
+               declassifications=tuple(declass), tokens=tuple(tokens), hostcfg=tuple(hostcfg), others=tuple(others),
                allows=tuple(allows), kind_counts=counts)
 
 

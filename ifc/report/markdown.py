@@ -54,6 +54,7 @@ def render_markdown(run: Run, summary: Summary | None = None) -> str:
         out += _denial(number, denial)
     while out and out[-1] == "":
         out.pop()
+    out += _hostcfg(run)
     out += _declassifications(run)
     out += _tokens(run)
     out += _others(run)
@@ -143,6 +144,14 @@ def _declassifications(run: Run) -> list[str]:
                     ("#", "time", "kind", "subject", "op", "target", "via", "policy says"),
                     [[str(e.id), iso(e.ts), e.kind, cell_code(e.subject), cell_code(e.op), cell_code(e.target),
                       cell_text(e.reason), cell_text(e.message or "")] for e in run.declassifications])
+
+
+def _hostcfg(run: Run) -> list[str]:
+    return _section("Changes to host-executed configuration",
+                    ("#", "time", "decision", "subject", "op", "target", "why", "run taint"),
+                    [[str(e.id), iso(e.ts), "allowed" if e.allowed else "**denied**", cell_code(e.subject),
+                      cell_code(e.op), cell_code(e.target), cell_text(e.message or e.reason), _opt(e.taint, cell=True)]
+                     for e in run.hostcfg])
 
 
 def _tokens(run: Run) -> list[str]:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from ifc.report.load import Run
 
 TOP_TARGETS = 10
-KIND_ORDER = ("deny", "label", "declassify", "endorse", "token")
+KIND_ORDER = ("deny", "label", "declassify", "endorse", "token", "hostcfg")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ def summarize(run: Run) -> Summary:
     timeline += [TimelineEntry(d.id, d.ts, "deny", d.subject, d.op, d.target, d.reason, d.object_label, d.taint)
                  for d in run.denials]
     timeline.sort(key=lambda e: e.id)
-    times = [e.ts for e in (*run.denials, *run.labels, *run.declassifications, *run.tokens, *run.others)]
+    times = [e.ts for e in (*run.denials, *run.labels, *run.declassifications, *run.tokens, *run.hostcfg,
+                            *run.others)]
     times += [t for a in run.allows for t in (a.first_ts, a.last_ts)]
     return Summary(
         kind_counts=tuple(counts.items()),
@@ -99,6 +100,13 @@ def guest_command(guest: tuple[str, ...]) -> str:
         return ""
     also = f"; {len(guest) - 1} more running" if guest[1:] else ""
     return f"{guest[0]} (matched by time{also})"
+
+
+def hostcfg_line(change) -> str:
+    """`allowed write .git/config: git configuration: ...`: one change to host-executed configuration, on one line."""
+    verdict = "allowed" if change.allowed else "DENIED"
+    why = change.reason if change.allowed or not change.message else change.message
+    return f"{verdict} {change.op} {change.target} by {change.subject}: {why}"
 
 
 def process(pid: int | None, cmdline: str | None) -> str:
