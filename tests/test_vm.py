@@ -88,6 +88,18 @@ def test_status_and_output_come_back(image_env, workspace):
         assert (run_dir / name).exists(), name
 
 
+def test_usr_and_the_workspace_are_nosuid_and_nodev_in_the_guest(image_env, workspace):
+    """Issue 13: the host's /usr holds setuid-root programs; over virtiofs it came without nosuid/nodev (the
+    namespace mode had them). Neither share may grant privileges or open devices."""
+    ws, policy, run_dir = workspace
+    proc = ifc_run(image_env, ws, policy, run_dir, "sh", "-c", "grep -E ' /(usr|workspace) ' /proc/mounts")
+    assert proc.returncode == 0, proc.stderr
+    mounts = {line.split()[1]: set(line.split()[3].split(",")) for line in proc.stdout.splitlines()}
+    assert set(mounts) == {"/usr", "/workspace"}, proc.stdout
+    assert all({"nosuid", "nodev"} <= options for options in mounts.values()), mounts
+    assert "ro" in mounts["/usr"]
+
+
 def test_only_the_workspace_is_visible_and_writes_land(image_env, workspace):
     ws, policy, run_dir = workspace
     script = ("id -u; test ! -e /root && echo no-root; test ! -e /etc/shadow && echo no-shadow; "
