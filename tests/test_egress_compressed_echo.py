@@ -17,10 +17,9 @@ import http.client
 import http.server
 import json
 import ssl
-import threading
 
 import pytest
-from tls_support import make_upstream_ca
+from tls_support import make_upstream_ca, server_context, start_server
 
 from ifc.enforce.egress import BackgroundLoop, Egress, static_resolver
 from ifc.enforce.http_proxy import HttpProxy, Limits
@@ -76,12 +75,7 @@ class Echo(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def world(tmp_path):
     upstream_ca, cert, key = make_upstream_ca(tmp_path, ["api.test"])
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    server.daemon_threads = True
-    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_tls.load_cert_chain(cert, key)
-    server.socket = server_tls.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = start_server(Echo, server_context(cert, key))
     t = server.server_address[1]
     policy = compile_text(POLICY.replace("{T}", str(t))).policy
     log = EventLog(tmp_path / "events.db")

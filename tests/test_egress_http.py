@@ -12,12 +12,12 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from tls_support import start_server
 from upstreams import make_wheel
 
 import caps
@@ -89,13 +89,7 @@ class Echo(http.server.SimpleHTTPRequestHandler):
 
 
 def serve(directory: Path, tls: ssl.SSLContext | None = None):
-    handler = lambda *a, **k: Echo(*a, directory=str(directory), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return start_server(lambda *a, **k: Echo(*a, directory=str(directory), **k), tls)
 
 
 @pytest.fixture(scope="module")

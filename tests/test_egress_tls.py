@@ -14,7 +14,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tls_support import make_upstream_ca
+from tls_support import make_upstream_ca, server_context, start_server
 
 from ifc.enforce.egress import BackgroundLoop, Egress, static_resolver
 from ifc.enforce.http_proxy import HttpProxy, Limits
@@ -90,12 +89,7 @@ class Echo(http.server.BaseHTTPRequestHandler):
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("tls")
     upstream_ca, cert, key = make_upstream_ca(root, ["api.test", "blind.test", "other.test"])  # not bad.test
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    server.daemon_threads = True
-    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_tls.load_cert_chain(cert, key)
-    server.socket = server_tls.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = start_server(Echo, server_context(cert, key))
     t = server.server_address[1]
     policy = compile_text(POLICY.replace("{T}", str(t))).policy
     log = EventLog(root / "events.db")

@@ -190,3 +190,20 @@ def test_an_agent_that_reads_nothing_untrusted_gets_no_warning():
 def test_shipped_policies_have_no_host_config_findings():
     for name in SHIPPED:
         assert not [d for d in check(compile_file(shipped_policy(name))).diagnostics if d.code == "host-config-write"]
+
+
+def test_a_question_too_large_to_search_is_a_finding_not_a_hang():
+    """A mutant of the codex policy (from the property test that found it: its guards no longer spelled as the
+    list spells them) made the exact search explore hundreds of thousands of product states, `ifc check` ran for
+    minutes. The search has a budget; past it the grant is reported as not proven guarded."""
+    from pathlib import Path
+
+    from ifc.glob_sets import SearchTooLarge, witness_avoiding
+    from ifc.match import Glob
+
+    text = (Path(__file__).parent / "data" / "host-config-many-guards.flow").read_text()
+    found = check(compile_text(text, "mutant.flow")).diagnostics
+    assert [d for d in found if d.code == "host-config-write" and "not proven guarded" in d.message]
+    many = tuple((Glob.compile(f"**/{a}*{b}*/**").tokens, ()) for a in "abcdefgh" for b in "xyz")
+    with pytest.raises(SearchTooLarge):
+        witness_avoiding(Glob.compile("**/.git/config").tokens, (Glob.compile("**").tokens,), many, budget=50)

@@ -1,10 +1,14 @@
 """An upstream CA of a test's own and a server certificate it signs: the "real" HTTPS servers the egress hook
-talks to in tests are local, so their roots are made here and handed to the hook with `--upstream-ca`."""
+talks to in tests are local, so their roots are made here and handed to the hook with `--upstream-ca`; and the
+one helper that starts such a server (plain or TLS)."""
 
 from __future__ import annotations
 
 import datetime
+import http.server
 import ipaddress
+import ssl
+import threading
 from pathlib import Path
 
 from cryptography import x509
@@ -44,3 +48,21 @@ def make_upstream_ca(where: Path, names: list[str]) -> tuple[Path, Path, Path]:
     paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return paths
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The server side of TLS for a certificate `make_upstream_ca` made."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def start_server(handler, tls: ssl.SSLContext | None = None) -> http.server.ThreadingHTTPServer:
+    """A threading HTTP server (HTTPS with `tls`) for `handler` on 127.0.0.1, serving from a daemon thread;
+    the caller shuts it down. The one way the tests start an upstream."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

@@ -10,10 +10,11 @@ import http.server
 import os
 import ssl
 import subprocess
-import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tls_support import start_server
 
 GIT_HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"
 
@@ -169,10 +170,4 @@ class Origin(http.server.BaseHTTPRequestHandler):
 
 def serve_origin(files: Path, tls: ssl.SSLContext | None = None) -> http.server.ThreadingHTTPServer:
     """Start an Origin over `files` on 127.0.0.1 (TLS when `tls` is given); the caller shuts it down."""
-    handler = type("Served", (Origin,), {"files": files, "seen": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return start_server(type("Served", (Origin,), {"files": files, "seen": []}), tls)
