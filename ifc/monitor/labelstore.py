@@ -49,6 +49,20 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 BUSY_TIMEOUT_MS = 30_000  # another run's transaction is milliseconds; waiting beats failing a write
 
 
+def _retry_locked(step, seconds: float = BUSY_TIMEOUT_MS / 1000):
+    """Run one step of opening the store, again while another process holds the lock: two runs opening a new
+    store at once race on switching it to WAL, and SQLite answers that race with `database is locked` at once,
+    without calling the busy handler."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class LabelStoreError(Exception):
     """The store cannot be opened or a change cannot be made (the caller fails closed)."""
 
@@ -121,10 +135,10 @@ class LabelStore:
                 self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
                                            timeout=BUSY_TIMEOUT_MS / 1000)
                 self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-                self._db.execute("PRAGMA journal_mode=WAL")
+                _retry_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
                 # FULL: a committed raise survives power loss too, not only a killed process
                 self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-                self._db.executescript(_SCHEMA)
+                _retry_locked(lambda: self._db.executescript(_SCHEMA))
                 columns = {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}
                 for column in ("dev", "ino") if "dev" not in columns else ():  # a store from before inodes
                     self._db.execute(f"ALTER TABLE objects ADD COLUMN {column} INTEGER")
