@@ -256,6 +256,13 @@ class Glob:
                 return False
         from ifc.glob_sets import escapes
 
+        # a glob that shares no path with this one can neither cover nor remove any of its paths: leaving it out
+        # keeps the answer exact and the product small (one automaton per glob: a rule listing many disjoint
+        # names, as the host-config list does, made this search explode and `ifc check` run for minutes)
+        others = tuple(o for o in others if self.overlap(o) is not None)
+        minus = tuple(m for m in minus if self.overlap(m) is not None)
+        if not others:
+            return False
         return escapes(self.tokens, cover=tuple(o.tokens for o in others), minus=tuple(m.tokens for m in minus)) is None
 
     @cached_property

