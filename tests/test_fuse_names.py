@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fuse_support import POLICY, REAL_MOUNTS
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ifc.enforce.mount import Daemon
@@ -28,6 +28,7 @@ def mounted():
     base = tempfile.mkdtemp(prefix="ifc-names-", dir="/dev/shm")
     ws, mnt, run = (os.path.join(base, n) for n in ("ws", "mnt", "run"))
     os.makedirs(os.path.join(ws, "src"))
+    os.makedirs(os.path.join(ws, "vendor"))  # no write rule covers it: every create there is refused
     os.mkdir(mnt)
     daemon = Daemon(["--policy", str(POLICY), "--agent", "coder", "--run-dir", run, ws, mnt], mnt,
                     log_path=os.path.join(base, "daemon.log"))
@@ -48,6 +49,7 @@ def _denials(run: str) -> set[bytes]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=names)
+@example(name=b"\x01.")  # matches the root rule "/*.*": the refusal must not depend on where a name may go
 def test_every_legal_name_round_trips_and_its_denial_is_logged(mounted, name):
     mnt, run = mounted
     src = mnt + b"/src/"
@@ -65,7 +67,7 @@ def test_every_legal_name_round_trips_and_its_denial_is_logged(mounted, name):
         assert handle.read() == name
     os.unlink(src + renamed)
     assert renamed not in os.listdir(src)  # (libfuse may still hold it as .fuse_hiddenN until its release lands)
-    # the agent may not create at the workspace's root: refused, and logged under the exact bytes
+    # the agent may not create in vendor/: refused, and logged under the exact bytes
     with pytest.raises(PermissionError):
-        os.close(os.open(mnt + b"/" + name, os.O_WRONLY | os.O_CREAT, 0o644))
-    assert name in _denials(run)
+        os.close(os.open(mnt + b"/vendor/" + name, os.O_WRONLY | os.O_CREAT, 0o644))
+    assert b"vendor/" + name in _denials(run)
