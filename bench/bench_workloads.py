@@ -1,0 +1,182 @@
+"""Everyday developer workloads: native vs bare FUSE binding vs mediated mount, side by side in one run.
+
+    .venv/bin/python bench/bench_workloads.py [--files 5500] [--rounds 3] [--binding mfusepy3]
+
+The workloads of issue 16 on a synthetic project tree (N Python-like source files in nested packages plus a
+tarball, scaled to run in minutes here), each on a backing directory on tmpfs (/dev/shm):
+  tar x        extract the project's tarball
+  find|grep    `find . -name '*.py' | xargs grep -l needle`
+  rsync -a     copy the extracted tree to a sibling directory
+  rm -rf       delete both copies
+  sqlite       2,000 single-row transactions (rollback journal: a create/write/unlink per commit)
+  git clone    `git clone --no-local` of a 300-commit repository into the workspace
+  git status   first `git status` after mounting (cold: the kernel's caches of the mount are empty), then warm
+  git log -p   the whole history with patches
+  git gc       repack the clone
+  pip install  `pip install --no-index --find-links` of a local wheel into a target directory
+Columns, each a fresh mount of the same backing directory (bench_fuse's daemons, one process each):
+  native    the backing directory itself
+  bare      `EnforcingFS` without a monitor: containment, no decisions (the binding's own cost)
+  mediated  `EnforcingFS` with the reference monitor on policies/default.flow, agent `coder`
+Rounds alternate the columns, so drift on this shared machine hits all alike; the table shows medians and
+ratios to native (1.00 = native; issue 16's goal is <= 1.5). The in-VM columns are not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fuse import Mount  # noqa: E402  (the same daemons, one process each)
+
+GIT = ["git", "-c", "user.name=b", "-c", "user.email=b@b", "-c", "gc.auto=0", "-c", "init.defaultBranch=main"]
+QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
+
+
+def make_inputs(base: str, files: int) -> dict[str, str]:
+    """A source tree as a tarball, a repository with history, and a wheel: built once, outside every mount."""
+    tree = f"{base}/project"
+    for i in range(files):
+        pkg = f"{tree}/pkg{i % 40:02d}/sub{i % 7}"
+        os.makedirs(pkg, exist_ok=True)
+        with open(f"{pkg}/mod{i:05d}.py", "w") as handle:
+            handle.write(f'"""Module {i}."""\n\n' + "".join(f"def f{j}(x):\n    return x * {j} + {i}\n\n"
+                                                               for j in range(20)))
+    with tarfile.open(f"{base}/project.tar", "w") as tar:
+        tar.add(tree, arcname="project")
+    repo = f"{base}/repo"
+    subprocess.run([*GIT, "init", "-q", repo], **QUIET)
+    for c in range(300):
+        path = f"{repo}/src/m{c % 60:02d}.py"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as handle:
+            handle.write(f"value_{c} = {c}\n")
+        subprocess.run([*GIT, "-C", repo, "add", "-A"], **QUIET)
+        subprocess.run([*GIT, "-C", repo, "commit", "-qm", f"change {c}"], **QUIET)
+    wheel = f"{base}/wheels/greeting-1.0-py3-none-any.whl"
+    os.makedirs(os.path.dirname(wheel))
+    with zipfile.ZipFile(wheel, "w") as whl:
+        for i in range(200):
+            whl.writestr(f"greeting/m{i:03d}.py", f"X = {i}\n")
+        whl.writestr("greeting/__init__.py", "")
+        whl.writestr("greeting-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: greeting\nVersion: 1.0\n")
+        whl.writestr("greeting-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        whl.writestr("greeting-1.0.dist-info/RECORD", "")
+    return {"tar": f"{base}/project.tar", "repo": repo, "wheels": os.path.dirname(wheel)}
+
+
+def sqlite_commits(db_path: str, n: int = 2000) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    for i in range(n):
+        db.execute("BEGIN")
+        db.execute("INSERT INTO t (v) VALUES (?)", (f"row {i}",))
+        db.execute("COMMIT")
+    db.close()
+
+
+def workloads(root: str, inputs: dict[str, str]) -> list[tuple[str, Callable[[], object]]]:
+    """Every step works under src/ (the default policy's agent may create, write and delete there)."""
+    w = f"{root}/src/w"
+    clone = f"{w}/clone"
+    git = [*GIT, "-C", clone]
+    return [
+        ("git clone", lambda: subprocess.run([*GIT, "clone", "-q", "--no-local", inputs["repo"], clone], **QUIET)),
+        ("git status (cold)", lambda: subprocess.run([*git, "status", "--porcelain"], **QUIET)),
+        ("git status (warm)", lambda: subprocess.run([*git, "status", "--porcelain"], **QUIET)),
+        ("git log -p", lambda: subprocess.run([*git, "log", "-p"], **QUIET)),
+        ("git gc", lambda: subprocess.run([*git, "gc", "-q"], **QUIET)),
+        ("tar x", lambda: subprocess.run(["tar", "xf", inputs["tar"], "-C", w], **QUIET)),
+        ("find|grep", lambda: subprocess.run(
+            f"cd {w}/project && find . -name '*.py' -print0 | xargs -0 grep -l needle || true",
+            shell=True, **QUIET)),
+        ("rsync -a", lambda: subprocess.run(["rsync", "-a", f"{w}/project/", f"{w}/copy/"], **QUIET)),
+        ("rm -rf", lambda: subprocess.run(["rm", "-rf", f"{w}/project", f"{w}/copy"], **QUIET)),
+        ("sqlite", lambda: sqlite_commits(f"{w}/app.db")),
+        ("pip install", lambda: subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--disable-pip-version-check",
+             "--find-links", inputs["wheels"], "--target", f"{w}/site", "greeting"], **QUIET)),
+    ]
+
+
+def one_pass(root: str, inputs: dict[str, str]) -> dict[str, float]:
+    w = f"{root}/src/w"
+    shutil.rmtree(w, ignore_errors=True)  # through the same view the pass measures
+    os.makedirs(w)
+    out = {}
+    for name, step in workloads(root, inputs):
+        t = time.perf_counter()
+        step()
+        out[name] = time.perf_counter() - t
+    shutil.rmtree(w)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=5500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--binding", default="mfusepy3")
+    parser.add_argument("--quick", action="store_true", help="800 files, one round")
+    args = parser.parse_args()
+    if args.quick:
+        args.files, args.rounds = 800, 1
+    if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
+        print("bench_workloads: skipped: needs root and /dev/fuse")
+        return 0
+    for tool in ("git", "tar", "rsync"):
+        if not shutil.which(tool):
+            print(f"bench_workloads: skipped: `{tool}` is not installed (scripts/sysdeps.sh installs it)")
+            return 0
+    base = tempfile.mkdtemp(prefix="ifc-bench-work-", dir="/dev/shm")
+    src, mnt = f"{base}/backing", f"{base}/mnt"
+    os.makedirs(f"{src}/src")
+    os.makedirs(mnt)
+    runs: dict[str, list[dict[str, float]]] = {}
+    try:
+        inputs = make_inputs(f"{base}/inputs", args.files)
+        for round_ in range(args.rounds):
+            runs.setdefault("native", []).append(one_pass(src, inputs))
+            for mode in ("bare", "mediated"):
+                run_dir = tempfile.mkdtemp(prefix=f"run-{mode}-", dir=base)
+                mount = Mount(mode, args.binding, src, mnt, run_dir)
+                try:
+                    runs.setdefault(mode, []).append(one_pass(mnt, inputs))
+                finally:
+                    mount.close()
+            print(f"  done: round {round_ + 1} of {args.rounds}", file=sys.stderr)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    table(runs, args)
+    return 0
+
+
+def table(runs: dict[str, list[dict[str, float]]], args) -> None:
+    medians = {col: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for col, rows in runs.items()}
+    cols = list(medians)
+    print(f"Workloads on a {args.files}-file tree, binding {args.binding}, median of {args.rounds} round(s); "
+          "seconds, and ratio to native (lower is better)")
+    print("workload".ljust(20) + "".join(c.rjust(12) for c in cols) + "".join(f"{c}/native".rjust(18)
+                                                                         for c in cols[1:]))
+    for name in medians["native"]:
+        native = medians["native"][name]
+        cells = "".join(f"{medians[c][name]:.3f}".rjust(12) for c in cols)
+        ratios = "".join(f"{medians[c][name] / native:.2f}x".rjust(18) for c in cols[1:])
+        print(name.ljust(20) + cells + ratios)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
