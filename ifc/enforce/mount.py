@@ -32,6 +32,7 @@ log = logging.getLogger("ifc.enforce.mount")
 
 BINDINGS = ("mfusepy3", "mfusepy2", "fusepy")
 DEFAULT_BINDING = "mfusepy3"
+FUSE3_MAX_THREADS = 10  # libfuse3's default max_threads (fuse_main_real; not settable before 3.14.1)
 
 
 class MountError(UserError):
@@ -137,11 +138,15 @@ class MountOptions:
             "entry_timeout": self.entry_timeout,
             "negative_timeout": self.negative_timeout,
         }
+        kwargs["subtype"] = "ifc"
         if binding.libfuse == 2:
             kwargs["big_writes"] = True  # libfuse3 always does; libfuse2 writes 4 KiB pieces without it
-            kwargs["subtype"] = "ifc"
-        else:
-            kwargs["subtype"] = "ifc"
+        elif self.threads:
+            # libfuse 3.12-3.14.0 hands its "unset" max_idle_threads (UINT_MAX) to fuse_loop_cfg_set_idle_threads,
+            # which logs "Ignoring invalid max threads value 4294967295" on every mount (fixed upstream in
+            # 3.14.1, 2da03e38). Set it: at the worker limit (10, libfuse3's default max_threads) no idle
+            # worker is ever destroyed, exactly as with the unset value. The option exists since libfuse 3.0.
+            kwargs["max_idle_threads"] = FUSE3_MAX_THREADS
         if self.kernel_cache:
             kwargs["kernel_cache"] = True
         allow_other = os.geteuid() == 0 if self.allow_other is None else self.allow_other
