@@ -232,13 +232,23 @@ def check_fuse_available() -> str | None:
 
 # ------------------------------------------------------------------------------------------ serving
 
-def _rename3(fuse_cls):
-    """mfusepy on libfuse3 drops rename's flags; pass them on, so RENAME_NOREPLACE is honoured."""
+def _serving(fuse_cls, rename_flags: bool):
+    """The binding's FUSE class with what it lacks: FOPEN_DIRECT_IO for the files the filesystem asks it for
+    (`ops.direct_io(path)`: the denials file changes under one inode, and `kernel_cache` would serve a stale
+    page), and, for mfusepy on libfuse3, rename's flags (it drops them), so RENAME_NOREPLACE is honoured."""
 
     class FUSE(fuse_cls):
-        def rename_fuse_3(self, old, new, flags):
-            return self.operations.rename(old.decode(self.encoding, self.errors),
-                                          new.decode(self.encoding, self.errors), flags)
+        def open(self, path, fip):
+            result = super().open(path, fip)
+            wants = getattr(self.operations, "direct_io", None)
+            if result == 0 and wants is not None and wants(path.decode(self.encoding, self.errors)):
+                fip.contents.direct_io = 1
+            return result
+
+        if rename_flags:
+            def rename_fuse_3(self, old, new, flags):
+                return self.operations.rename(old.decode(self.encoding, self.errors),
+                                              new.decode(self.encoding, self.errors), flags)
 
     return FUSE
 
@@ -265,14 +275,8 @@ def serve(ops, mountpoint: str, binding: Binding, source: str, options: MountOpt
     options = options or MountOptions()
     prepare_mountpoint(mountpoint)
     kwargs = options.fuse_kwargs(binding, source)
-    fuse_cls = binding.FUSE
-    if binding.name.startswith("mfusepy") and binding.libfuse == 3:
-        fuse_cls = _rename3(fuse_cls)
-        operations = ops
-    elif binding.name == "fusepy":
-        operations = _Fusepy(ops)
-    else:
-        operations = ops
+    fuse_cls = _serving(binding.FUSE, binding.name.startswith("mfusepy") and binding.libfuse == 3)
+    operations = _Fusepy(ops) if binding.name == "fusepy" else ops
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
