@@ -7,7 +7,6 @@ pytest's cache, pyproject.toml, build/ and dist/."""
 from __future__ import annotations
 
 import http.server
-import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import sandbox_cases
 from test_namespace import ROOT, ifc_run
+from workload_cases import vendor_pytest
 
 pytestmark = pytest.mark.integration
 
@@ -135,13 +135,8 @@ def test_the_default_coder_does_normal_work_even_after_untrusted_input(tmp_path)
     ws = sandbox_cases.agent_workspace(tmp_path, {"README.md": "# demo\n"})
     (ws / "inbox").mkdir()
     (ws / "inbox" / "issue.md").write_text("please add a test\n")
-    vendor = ws / "vendor"  # the sandbox sees the host's /usr, which has no pytest: bring the test venv's own
-    for module in ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py.py"):
-        source = Path(pytest.__file__).parent.parent / module
-        if source.is_dir():
-            shutil.copytree(source, vendor / module)
-        elif source.exists():
-            shutil.copy(source, vendor / module)
+    (ws / "vendor").mkdir()  # the sandbox sees the host's /usr, which has no pytest: bring the test venv's own
+    vendor_pytest(ws / "vendor")
     subprocess.run(["chown", "-R", "1000:1000", str(ws)], check=True)
     script = f"""set -e
 git init -q

@@ -17,6 +17,7 @@ are not UTF-8 escaped (`\\xNN`), so a name cannot forge a line.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -81,20 +82,35 @@ def _hint(decision, agent, needed: str) -> str | None:
     if rule.startswith("egress: "):
         return "the egress hook refused this request itself (it could not be relayed safely); the reason says why"
     if rule.startswith("token"):
-        return ("the token presented (this process's IFC_TOKEN) does not grant it; a process that presents a "
-                "narrower token than the run's has only that token's rights")
+        # the verifier lists the refusing block's rights in the reason (`caps.verifier`: "(it allows `op X`, ...)")
+        allowed = _token_rights(decision.reason, needed)
+        if allowed is None:
+            return ("the token presented does not grant it (the run's token carries the agent's grants; a process "
+                    "with its own IFC_TOKEN has only that token's rights)")
+        return _grants_hint("the token presented (the run's, unless this process has its own IFC_TOKEN)", needed,
+                            allowed)
     if rule.startswith("agent ") and agent is not None:
-        patterns = sorted(agent.patterns(needed))
-        if not patterns:
-            return f"agent `{agent.name}` has no `{needed}` grant at all: ask the user if the task needs one"
-        shown = ", ".join(patterns[:_GRANTS_SHOWN]) + (", ..." if len(patterns) > _GRANTS_SHOWN else "")
-        return (f"agent `{agent.name}` may {needed} only: {shown} — work there, or ask the user if the task "
-                "needs more")
+        return _grants_hint(f"agent `{agent.name}`", needed, agent.patterns(needed))
     if decision.tainted_by:
         sources = "; ".join(f"`{part}` from {_clean(obj)}" for part, obj in decision.tainted_by)
         return (f"what this run has read decides where its data may go and what it may change: {sources}. A "
                 "run's taint never goes down; a new run that does not read it starts clean")
     return None
+
+
+def _token_rights(reason: str, needed: str) -> list[str] | None:
+    _, found, rights = reason.partition("(it allows ")
+    if not found:
+        return None
+    return [pattern for op, pattern in re.findall(r"`(\w+) ([^`]+)`", rights) if op == needed]
+
+
+def _grants_hint(who: str, needed: str, patterns) -> str:
+    patterns = sorted(patterns)
+    if not patterns:
+        return f"{who} has no `{needed}` grant at all: ask the user if the task needs one"
+    shown = ", ".join(patterns[:_GRANTS_SHOWN]) + (", ..." if len(patterns) > _GRANTS_SHOWN else "")
+    return f"{who} may {needed} only: {shown} — work there, or ask the user if the task needs more"
 
 
 def _clean(text: str) -> str:
