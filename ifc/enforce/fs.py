@@ -82,6 +82,7 @@ UTIME_OMIT = (1 << 30) - 2
 DENIALS_NAME = ".ifc-denials"  # at the mount's root: the run's denials, for the agent (see the module's doc)
 _DENIALS_INO = (1 << 63) - 2  # an inode number no filesystem here hands out
 _VIRTUAL_FH = 1 << 48  # descriptors of the denials file start here (real ones are small integers)
+_EPOCH_SHIFT = 48  # an inode number's incarnation goes above the bits backing filesystems hand out
 
 
 class Denied(OSError):
@@ -319,6 +320,7 @@ class EnforcingFS:
         self.stats = Stats()
         self.mounted = False  # set once libfuse has started serving
         self._virtual: dict[int, bytes] = {}  # open descriptors of the denials file → the text it opened on
+        self._epochs: dict[tuple[int, int], int] = {}  # backing (dev, ino) → how many files with it died here
         self._next_virtual = _VIRTUAL_FH
         self._started = time.time_ns()
 
@@ -405,13 +407,28 @@ class EnforcingFS:
             chmod(want)
 
     # ------------------------------------------------------------------------------------ attributes
+    def _ino(self, dev: int, ino: int) -> int:
+        """The inode number the mount reports: the backing one, with its incarnation in the high bits once a
+        file with that number died through the mount. Why: ext4 hands a freed number to the next new file at
+        once (sqlite's journal, deleted and re-created on every commit), and virtiofsd identifies inodes by
+        number — it took the new journal for the old, deleted one it still held and answered ESTALE in the
+        microVM. Hard links share a number, so they share an incarnation."""
+        epoch = self._epochs.get((dev, ino))
+        return ino ^ (epoch << _EPOCH_SHIFT) if epoch else ino
+
+    def _died(self, st: os.stat_result) -> None:
+        """The file `st` lost its last name through the mount: the next file with its number is another one."""
+        if st.st_nlink <= 1 or stat_mod.S_ISDIR(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            self._epochs[key] = self._epochs.get(key, 0) + 1
+
     def _attrs(self, st: os.stat_result) -> dict:
         uid, gid = st.st_uid, st.st_gid
         if self._agent is not None:  # the workspace owner's files appear as the agent's
             uid = self._agent[0] if uid == self._owner[0] else uid
             gid = self._agent[1] if gid == self._owner[1] else gid
         return {
-            "st_mode": st.st_mode, "st_ino": st.st_ino, "st_nlink": st.st_nlink, "st_uid": uid,
+            "st_mode": st.st_mode, "st_ino": self._ino(st.st_dev, st.st_ino), "st_nlink": st.st_nlink, "st_uid": uid,
             "st_gid": gid, "st_size": st.st_size, "st_rdev": st.st_rdev, "st_blocks": st.st_blocks,
             "st_blksize": st.st_blksize, "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns,
             "st_ctime": st.st_ctime_ns,
@@ -446,7 +463,8 @@ class EnforcingFS:
         try:
             # names with their inode numbers and types, straight from getdents (no stat per entry)
             hidden = self.backing.reserved if not rel else ()  # served names (and backing files they hide)
-            return [".", "..", *((e.name, {"st_ino": e.inode(), "st_mode": _dtype_mode(e)}, 0)
+            dev = self.backing.dev
+            return [".", "..", *((e.name, {"st_ino": self._ino(dev, e.inode()), "st_mode": _dtype_mode(e)}, 0)
                                  for e in os.scandir(fd) if e.name not in hidden)]
         finally:
             os.close(fd)
@@ -671,6 +689,7 @@ class EnforcingFS:
         if stat_mod.S_ISDIR(st.st_mode):
             raise OSError(errno.EISDIR, "is a directory")
         self._undoable("delete", rel, None, lambda: self.backing.at(rel, lambda d, n: os.unlink(n, dir_fd=d)))
+        self._died(st)
         if st.st_nlink > 1:
             self._forget(path, st)
             self._changed(st)
@@ -681,11 +700,13 @@ class EnforcingFS:
         rel = self.backing.relative(path)
         fd = self.backing.open(rel, os.O_RDONLY | os.O_DIRECTORY)
         try:
+            st = os.fstat(fd)
             if os.listdir(fd):
                 raise OSError(errno.ENOTEMPTY, "directory not empty")
         finally:
             os.close(fd)
         self._undoable("delete", rel, None, lambda: self.backing.at(rel, lambda d, n: os.rmdir(n, dir_fd=d)))
+        self._died(st)
         return 0
 
     @_refusals_logged
@@ -714,6 +735,8 @@ class EnforcingFS:
                     os.close(sd)
 
         self._undoable("rename", src, dst, apply)
+        if replaced is not None and (replaced.st_dev, replaced.st_ino) != (moved.st_dev, moved.st_ino):
+            self._died(replaced)
         if replaced is not None and replaced.st_nlink > 1:
             self._forget(new, replaced)
             self._changed(replaced)
