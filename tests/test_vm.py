@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import helper_failure_cases
+import hostcfg_cases
 import pytest
 import sandbox_cases
 import workload_cases
@@ -347,3 +348,10 @@ def test_everyday_work_under_the_default_policy(image_env, tmp_path):
     proc = ifc_run(image_env, work.ws, ROOT / "policies" / "default.flow", tmp_path / "run", "sh", "-c",
                    workload_cases.WORKLOAD, timeout=900)
     workload_cases.check(proc, tmp_path / "run", work)
+
+
+def test_after_untrusted_input_no_host_config_is_written_and_the_owners_git_runs_nothing(vm_run, tmp_path):
+    """Issue 13's host-executed configuration in the microVM: after an untrusted fetch, core.fsmonitor, a hook,
+    an attributes filter, `.envrc` and an editor task are refused; from the host, `git status` and `git commit`
+    run nothing."""
+    hostcfg_cases.untrusted_cannot_arm_the_host(tmp_path, vm_run)
