@@ -382,3 +382,39 @@ def test_path_max_counts_from_the_callers_directory(dirs):
     finally:
         os.chdir(old)
     assert os.listdir(here) == []
+
+
+def test_a_new_file_never_takes_the_inode_number_of_one_deleted_through_the_mount(tmp_path):
+    """ext4 gives a freed inode number to the next new file at once; virtiofsd identifies inodes by number, so
+    in the microVM sqlite's journal (deleted and re-created on every commit) was taken for the deleted one
+    and its open failed with ESTALE. The mount reports each incarnation under a number of its own; hard links
+    still share one, and readdir agrees with stat."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    backing, mounted = [], []
+    with Daemon(["--policy", str(POLICY), "--agent", "none", "--fuse", FUSE, "--run-dir", str(tmp_path / "run"),
+                 str(src), str(mnt)], str(mnt), log_path=str(tmp_path / "daemon.log")):
+        for _ in range(5):
+            _write(str(mnt / "app.db-journal"), b"journal")
+            backing.append(os.stat(src / "app.db-journal").st_ino)
+            mounted.append(os.stat(mnt / "app.db-journal").st_ino)
+            os.unlink(mnt / "app.db-journal")
+        os.mkdir(mnt / "d")
+        first = os.stat(mnt / "d").st_ino
+        os.rmdir(mnt / "d")
+        os.mkdir(mnt / "d")
+        again = os.stat(mnt / "d").st_ino
+        _write(str(mnt / "a"), b"x")
+        os.link(mnt / "a", mnt / "b")
+        _write(str(mnt / "c"), b"y")
+        os.rename(mnt / "c", mnt / "a")  # `a`'s old file keeps its name `b`: not dead, same number
+        linked = os.stat(mnt / "b").st_ino
+        listed = {entry.name: entry.inode() for entry in os.scandir(mnt)}
+        stats = {name: os.stat(mnt / name).st_ino for name in listed}
+    if len(set(backing)) == len(backing):
+        pytest.skip(f"{src} does not reuse inode numbers at once (ext4 does): the case cannot arise")
+    assert len(set(mounted)) == len(mounted), (backing, mounted)
+    assert first != again or os.stat(src / "d").st_ino != first
+    assert linked == os.stat(src / "b").st_ino  # never died: its plain number
+    assert listed == stats

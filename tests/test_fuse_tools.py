@@ -4,19 +4,17 @@ grants do not cover, so flows only (`--agent none`) — git, a venv, tar, cp -a 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import zipfile
 from pathlib import Path
 
 import pytest
 from fuse_support import FUSE, POLICY, REAL_MOUNTS
+from workload_cases import WORKLOAD, check, checkout, demo_wheel
 
 from ifc.enforce.mount import Daemon
 
@@ -76,32 +74,11 @@ def test_git_workflow(ws):
     assert sh(*GIT, "status", "--porcelain", cwd=src / "repo") == ""
 
 
-def _wheel(directory: Path) -> Path:
-    """A minimal pure-Python wheel, built by hand (no build backend, no network)."""
-    files = {
-        "ifcdemo/__init__.py": b"ANSWER = 42\n",
-        "ifcdemo-0.1.dist-info/METADATA": b"Metadata-Version: 2.1\nName: ifcdemo\nVersion: 0.1\n",
-        "ifcdemo-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                                       b"Tag: py3-none-any\n",
-    }
-    record = []
-    for name, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{name},sha256={digest},{len(data)}")
-    record.append("ifcdemo-0.1.dist-info/RECORD,,")
-    path = directory / "ifcdemo-0.1-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-        archive.writestr("ifcdemo-0.1.dist-info/RECORD", "\n".join(record) + "\n")
-    return path
-
-
-def test_venv_and_pip_install_of_a_local_wheel(ws):
+def test_venv_and_pip_install_of_a_localdemo_wheel(ws):
     mnt, _, native, _ = ws
     wheels = native / "wheels"
     wheels.mkdir()
-    _wheel(wheels)
+    demo_wheel(wheels)
     venv = mnt / "proj" / ".venv"
     sh(sys.executable, "-m", "venv", str(venv))
     python = venv / "bin" / "python"
@@ -112,13 +89,34 @@ def test_venv_and_pip_install_of_a_local_wheel(ws):
     assert "ifcdemo" in sh(str(venv / "bin" / "pip"), "list", "--format=freeze")
 
 
+def test_everyday_work_through_ifc_mount_under_the_default_agent():
+    """tests/workload_cases.py through `ifc mount`: the agent's tools run on the host as uid 1000, in a
+    root-owned checkout presented as theirs."""
+    base = Path(tempfile.mkdtemp(prefix="ifc-work-", dir="/dev/shm"))
+    os.chmod(base, 0o755)
+    try:
+        work = checkout(base)
+        mnt, run, home = base / "mnt", base / "run", base / "home"
+        mnt.mkdir()
+        home.mkdir()
+        os.chown(home, 1000, 1000)
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LC_ALL": "C.UTF-8", "IFC_DENIALS": f"{mnt}/.ifc-denials"}
+        with Daemon(["--policy", str(POLICY), "--agent", "coder", "--agent-ids", "1000:1000", "--fuse", FUSE,
+                     "--run-dir", str(run), str(work.ws), str(mnt)], str(mnt), log_path=str(base / "daemon.log")):
+            proc = subprocess.run(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c", WORKLOAD],
+                                  cwd=mnt, env=env, capture_output=True, text=True, timeout=600)
+        check(proc, run, work)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_git_and_venv_at_the_root_under_the_default_agent():
     """What a coding agent does in a real repository, with `coder`'s grants enforced on every operation."""
     base = tempfile.mkdtemp(prefix="ifc-coder-", dir="/dev/shm")
     src, mnt, run, wheels = (os.path.join(base, n) for n in ("src", "mnt", "run", "wheels"))
     for path in (src, mnt, wheels):
         os.mkdir(path)
-    _wheel(Path(wheels))
+    demo_wheel(Path(wheels))
     daemon = Daemon(["--policy", str(POLICY), "--agent", "coder", "--fuse", FUSE, "--run-dir", run, src, mnt], mnt,
                     log_path=os.path.join(base, "daemon.log"))
     try:

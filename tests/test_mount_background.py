@@ -113,3 +113,29 @@ def test_a_token_that_does_not_verify_is_refused_before_mounting(tmp_path, backg
     assert done.returncode == 2 and "ifc mount: error: --token:" in done.stderr and "audience" in done.stderr, \
         done.stderr
     assert "Traceback" not in done.stderr and mounted_at(str(mnt)) is None
+
+
+def test_the_mount_says_nothing_but_its_own_line(tmp_path):
+    """Issue 13: libfuse 3.14.0 printed "Ignoring invalid max threads value 4294967295 > max (100000)." on every
+    mount (its unset max_idle_threads, passed on by fuse_main_real; `MountOptions` now sets it). The daemon's
+    stderr holds only its own lines, while concurrent readers keep several libfuse workers busy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fuse_support import FUSE
+
+    from ifc.enforce.mount import Daemon
+
+    source, mnt = tmp_path / "src", tmp_path / "mnt"
+    source.mkdir()
+    mnt.mkdir()
+    for i in range(32):
+        (source / f"f{i}.txt").write_text(f"{i}\n" * 1000)
+    (tmp_path / "p.flow").write_text(POLICY)
+    log = tmp_path / "daemon.log"
+    argv = ["--policy", str(tmp_path / "p.flow"), "--fuse", FUSE, "--run-dir", str(tmp_path / "run"), str(source),
+            str(mnt)]
+    with Daemon(argv, str(mnt), log_path=str(log)), ThreadPoolExecutor(8) as pool:
+        texts = list(pool.map(lambda i: (mnt / f"f{i % 32}.txt").read_text(), range(256)))
+    assert texts == [f"{i % 32}\n" * 1000 for i in range(256)]
+    lines = log.read_text().splitlines()
+    assert lines and all(line.startswith("ifc mount: ") for line in lines), lines

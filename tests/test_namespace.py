@@ -21,6 +21,7 @@ from pathlib import Path
 import helper_failure_cases
 import pytest
 import sandbox_cases
+import workload_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -247,3 +248,14 @@ def test_killing_ifc_run_leaves_nothing(workspace, sig):
         time.sleep(0.1)
     assert _leftovers(run_dir, marker) == []
     assert (ws / "src" / "main.py").read_text() == "print('hello')\n"  # the backing directory is intact
+
+
+def test_everyday_work_under_the_default_policy(tmp_path):
+    """tests/workload_cases.py: git, clones, gc, venv + pip, pytest, tar, rsync, sqlite, rm -rf in a root-owned
+    checkout under the shipped default policy, with no denial but the deliberate one, which $IFC_DENIALS
+    explains."""
+    work = workload_cases.checkout(tmp_path)
+    proc = subprocess.run(argv(work.ws, ROOT / "policies" / "default.flow", tmp_path / "run", "sh", "-c",
+                               workload_cases.WORKLOAD), cwd=ROOT, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=600)
+    workload_cases.check(proc, tmp_path / "run", work)

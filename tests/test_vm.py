@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 import helper_failure_cases
+import hostcfg_cases
 import pytest
 import sandbox_cases
+import workload_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,11 +73,11 @@ def vm_run(image_env):
     return run
 
 
-def ifc_run(env, ws, policy, run_dir, *cmd, extra=(), **kwargs):
+def ifc_run(env, ws, policy, run_dir, *cmd, extra=(), timeout=120, **kwargs):
     argv = [sys.executable, "-m", "ifc", "run", "--policy", str(policy), "--workspace", str(ws),
             "--run-dir", str(run_dir), *extra, "--", *cmd]
     return subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=120, **kwargs)
+                          timeout=timeout, **kwargs)
 
 
 def test_status_and_output_come_back(image_env, workspace):
@@ -336,3 +338,20 @@ def test_git_and_python_work_in_a_git_workspace(vm_run, workspace):
 
 def test_a_root_owned_checkout_is_the_agents_own(vm_run, tmp_path):
     sandbox_cases.root_owned_checkout(tmp_path, vm_run)
+
+
+def test_everyday_work_under_the_default_policy(image_env, tmp_path):
+    """tests/workload_cases.py in one boot: git, clones, gc, venv + pip, pytest, tar, rsync, sqlite, rm -rf in a
+    root-owned checkout under the shipped default policy; no denial but the deliberate one, which $IFC_DENIALS
+    explains in the guest."""
+    work = workload_cases.checkout(tmp_path)
+    proc = ifc_run(image_env, work.ws, ROOT / "policies" / "default.flow", tmp_path / "run", "sh", "-c",
+                   workload_cases.WORKLOAD, timeout=900)
+    workload_cases.check(proc, tmp_path / "run", work)
+
+
+def test_after_untrusted_input_no_host_config_is_written_and_the_owners_git_runs_nothing(vm_run, tmp_path):
+    """Issue 13's host-executed configuration in the microVM: after an untrusted fetch, core.fsmonitor, a hook,
+    an attributes filter, `.envrc` and an editor task are refused; from the host, `git status` and `git commit`
+    run nothing."""
+    hostcfg_cases.untrusted_cannot_arm_the_host(tmp_path, vm_run)

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ifc.enforce.fs import DENIALS_NAME
 from ifc.enforce.health import Health, read_health
 from ifc.enforce.runfiles import CA_FILE, ENV_FILE
 from ifc.errors import UserError
@@ -307,11 +308,13 @@ def remove_mountpoint(workspace: Workspace | None) -> None:
 
 
 def agent_env(spec: RunSpec, workspace: Workspace, tty: bool, proxy_url: str | None) -> dict[str, str]:
-    """The agent's whole environment: nothing of the host's but TERM; the proxy (when there is one) with the
+    """The agent's whole environment: nothing of the host's but TERM; where to read why something was refused
+    (IFC_DENIALS); the proxy (when there is one) with the
     run's token in its URL, so every HTTP client presents it, and the token as IFC_TOKEN; with `--egress`,
     the secrets' sentinels and the trust store that holds the run's CA (see `trust_bundle`)."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-           "TERM": os.environ.get("TERM", "xterm") if tty else "dumb", "PWD": "/workspace", "HOME": "/home/agent"}
+           "TERM": os.environ.get("TERM", "xterm") if tty else "dumb", "PWD": "/workspace", "HOME": "/home/agent",
+           "IFC_DENIALS": f"/workspace/{DENIALS_NAME}"}  # why an operation was refused (ifc.enforce.fs)
     if workspace.token:
         env["IFC_TOKEN"] = workspace.token
         if proxy_url and spec.proxy is None:  # our own hook verifies it; an external proxy gets no credential

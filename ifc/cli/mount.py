@@ -10,6 +10,9 @@ A process started with `IFC_TOKEN=<token>` in its environment is a subject of it
 that token; everything else is the session, which presents `--token` (or, without one, acts under the
 agent's grants). Tokens are verified with the host public key (`--key`, default as for `ifc caps`)
 for the audience `--audience` (default: the run directory's name).
+
+Why an operation was refused: MNT/.ifc-denials (served by the daemon, read-only, not listed) holds the run's
+newest denials with reason, rule and hint.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     except Usage as exc:
         return _usage(exc.message, exc.help)
     health = _health(args.health_fd, monitor.log)
-    from ifc.enforce.fs import EnforcingFS
+    from ifc.enforce.fs import DENIALS_NAME, EnforcingFS
     from ifc.enforce.identity import Identities
     from ifc.enforce.mount import load_binding, serve
 
@@ -118,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         binding = load_binding(args.fuse or DEFAULT_BINDING)
         ops = EnforcingFS(source, monitor, identities=Identities(default_token=token), context=binding.context,
                           mountpoint=mountpoint, agent_ids=args.agent_ids, invalidate=binding.invalidator())
-        print(f"ifc mount: {source} on {mountpoint} ({binding.name}), run dir {run_dir}", file=sys.stderr)
+        print(f"ifc mount: {source} on {mountpoint} ({binding.name}), run dir {run_dir}; why a denial: "
+              f"{os.path.join(mountpoint, DENIALS_NAME)}", file=sys.stderr)
         serve(ops, mountpoint, binding, source)
     except (MountError, Usage) as exc:
         monitor.close()
@@ -223,6 +227,7 @@ def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_
 
 
 def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int:
+    from ifc.enforce.fs import DENIALS_NAME
     from ifc.enforce.mount import is_stale, mounted_at
 
     argv = [sys.executable, "-m", "ifc", "mount", "--run-dir", str(run_dir)]
@@ -247,7 +252,8 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
     while time.monotonic() < deadline:
         if (mounted_at(mountpoint) or "").startswith("fuse") and not is_stale(mountpoint):
             (run_dir / "mount.pid").write_text(f"{proc.pid}\n")
-            print(f"ifc mount: daemon {proc.pid} serving {mountpoint}, run dir {run_dir}", file=sys.stderr)
+            print(f"ifc mount: daemon {proc.pid} serving {mountpoint}, run dir {run_dir}; why a denial: "
+                  f"{os.path.join(mountpoint, DENIALS_NAME)}", file=sys.stderr)
             return ExitCode.OK
         if proc.poll() is not None:
             return _usage(f"the mount daemon exited ({proc.returncode}); see {run_dir / 'mount.log'}")

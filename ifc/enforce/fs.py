@@ -15,6 +15,13 @@ deciding is denied, and the monitor logs it (`Monitor.error`).
     readlink  readlink (containment only: where the symlink leads)
     getattr, readdir, statfs, flush, fsync, release: no decision
 
+The denials file: `/.ifc-denials` (DENIALS_NAME) is served by the daemon, not the backing directory — the run's
+newest denials with reason, rule and hint (`Monitor.denials_text`), so the agent can learn why it got EACCES
+(its environment names it: IFC_DENIALS). Read-only, owned by root, opened direct-I/O (each read is fresh,
+never a stale page); no decision and no taint (it holds only what the run asked and its policy answered);
+left out of readdir, so `ls`, `find`, `git status`, `tar` and `rm -rf` never meet it; every change to it is
+refused (EPERM, logged). A backing file of that name at the root is hidden and untouchable through the mount.
+
 How the daemon touches the disk: every path is resolved beneath the backing root with `openat2(RESOLVE_BENEATH
 | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` on the parent directory and `*at(...,
 AT_SYMLINK_NOFOLLOW)` on the last component, so the daemon (which runs as root) never follows a symlink and
@@ -72,6 +79,10 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
+DENIALS_NAME = ".ifc-denials"  # at the mount's root: the run's denials, for the agent (see the module's doc)
+_DENIALS_INO = (1 << 63) - 2  # an inode number no filesystem here hands out
+_VIRTUAL_FH = 1 << 48  # descriptors of the denials file start here (real ones are small integers)
+_EPOCH_SHIFT = 48  # an inode number's incarnation goes above the bits backing filesystems hand out
 
 
 class Denied(OSError):
@@ -79,6 +90,14 @@ class Denied(OSError):
 
     def __init__(self, code: int, message: str):
         super().__init__(code, message)
+
+
+class Reserved(Denied):
+    """A change to a name the daemon serves itself (the denials file): refused, and logged by the caller."""
+
+    def __init__(self, path: str):
+        super().__init__(errno.EPERM, f"`{path}` is the sandbox's own read-only file")
+        self.path = path
 
 
 # ------------------------------------------------------------------------------------------ the backing directory
@@ -124,18 +143,21 @@ def renameat2(olddirfd: int, old: str, newdirfd: int, new: str, flags: int) -> N
 class Backing:
     """The backing directory, reached only through descriptors resolved beneath its root."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, reserved: frozenset[str] = frozenset()):
         self.root = os.path.realpath(root)
         self.fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         st = os.fstat(self.fd)
         self.dev = st.st_dev
+        self.reserved = reserved  # names the daemon serves itself: never reached on disk
 
-    @staticmethod
-    def relative(path: str) -> str:
-        """A FUSE path (`/a/b`) as a path relative to the root (`a/b`); refuses `..` and NULs outright."""
+    def relative(self, path: str) -> str:
+        """A FUSE path (`/a/b`) as a path relative to the root (`a/b`); refuses `..` and NULs outright, and a
+        reserved name (every operation that serves one handles it before asking for its backing path)."""
         rel = path.lstrip("/")
         if "\0" in rel or any(part == ".." for part in rel.split("/")):
             raise Denied(errno.EACCES, f"path `{path}` climbs out of the workspace")
+        if rel in self.reserved:
+            raise Reserved(rel)
         return rel
 
     def parent(self, rel: str) -> tuple[int, str, bool]:
@@ -226,6 +248,9 @@ def _refusals_logged(method):
     def op(self, path, *args):
         try:
             return method(self, path, *args)
+        except Reserved as exc:
+            self._reserved_refused(method.__name__, exc)
+            raise
         except PermissionError as exc:  # Denied is an OSError of its own: the monitor logged it already
             self._backing_refused(method.__name__, path, exc)
             raise
@@ -276,7 +301,7 @@ class EnforcingFS:
     def __init__(self, root: str, monitor: Monitor | None = None, *, identities: Identities | None = None,
                  context: Callable[[], tuple[int, int, int]] | None = None, mountpoint: str | None = None,
                  agent_ids: tuple[int, int] | None = None, invalidate: Callable[[str], None] | None = None):
-        self.backing = Backing(root)
+        self.backing = Backing(root, frozenset({DENIALS_NAME}) if monitor is not None else frozenset())
         self.root = self.backing.root
         self.monitor = monitor
         self.identities = identities or Identities()
@@ -294,6 +319,10 @@ class EnforcingFS:
         self._link_names: dict[tuple[int, int], set[str]] = {}  # names the kernel looked up, per multi-link inode
         self.stats = Stats()
         self.mounted = False  # set once libfuse has started serving
+        self._virtual: dict[int, bytes] = {}  # open descriptors of the denials file → the text it opened on
+        self._epochs: dict[tuple[int, int], int] = {}  # backing (dev, ino) → how many files with it died here
+        self._next_virtual = _VIRTUAL_FH
+        self._started = time.time_ns()
 
     # ------------------------------------------------------------------------------------ deciding
     def _caller(self) -> Caller:
@@ -339,6 +368,10 @@ class EnforcingFS:
         request = self._request(caller, OPS.get(op, (op,))[0], rel)
         self._guard(op, rel, lambda: self.monitor.refuse(request, reason, "backing: permission"))
 
+    def _reserved_refused(self, op: str, exc: Reserved) -> None:
+        request = self._request(self._caller(), OPS.get(op, (op,))[0], exc.path)
+        self._guard(op, exc.path, lambda: self.monitor.refuse(request, exc.strerror, "ifc: denials file"))
+
     def _guard(self, op: str, path: str | None, fn: Callable[[], object]):
         """Run an operation; OSErrors pass through as errnos, anything else is logged and denied."""
         try:
@@ -374,19 +407,45 @@ class EnforcingFS:
             chmod(want)
 
     # ------------------------------------------------------------------------------------ attributes
+    def _ino(self, dev: int, ino: int) -> int:
+        """The inode number the mount reports: the backing one, with its incarnation in the high bits once a
+        file with that number died through the mount. Why: ext4 hands a freed number to the next new file at
+        once (sqlite's journal, deleted and re-created on every commit), and virtiofsd identifies inodes by
+        number — it took the new journal for the old, deleted one it still held and answered ESTALE in the
+        microVM. Hard links share a number, so they share an incarnation."""
+        epoch = self._epochs.get((dev, ino))
+        return ino ^ (epoch << _EPOCH_SHIFT) if epoch else ino
+
+    def _died(self, st: os.stat_result) -> None:
+        """The file `st` lost its last name through the mount: the next file with its number is another one."""
+        if st.st_nlink <= 1 or stat_mod.S_ISDIR(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            self._epochs[key] = self._epochs.get(key, 0) + 1
+
     def _attrs(self, st: os.stat_result) -> dict:
         uid, gid = st.st_uid, st.st_gid
         if self._agent is not None:  # the workspace owner's files appear as the agent's
             uid = self._agent[0] if uid == self._owner[0] else uid
             gid = self._agent[1] if gid == self._owner[1] else gid
         return {
-            "st_mode": st.st_mode, "st_ino": st.st_ino, "st_nlink": st.st_nlink, "st_uid": uid,
+            "st_mode": st.st_mode, "st_ino": self._ino(st.st_dev, st.st_ino), "st_nlink": st.st_nlink, "st_uid": uid,
             "st_gid": gid, "st_size": st.st_size, "st_rdev": st.st_rdev, "st_blocks": st.st_blocks,
             "st_blksize": st.st_blksize, "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns,
             "st_ctime": st.st_ctime_ns,
         }
 
+    def _is_denials(self, path: str | None) -> bool:
+        return self.monitor is not None and path is not None and path.lstrip("/") == DENIALS_NAME
+
+    def _denials_attrs(self, size: int) -> dict:
+        return {"st_mode": stat_mod.S_IFREG | 0o444, "st_ino": _DENIALS_INO, "st_nlink": 1, "st_uid": 0,
+                "st_gid": 0, "st_size": size, "st_rdev": 0, "st_blocks": (size + 511) // 512, "st_blksize": 4096,
+                "st_atime": self._started, "st_mtime": self._started, "st_ctime": self._started}
+
     def getattr(self, path, fh=None):
+        if fh in self._virtual or (fh is None and self._is_denials(path)):
+            return self._denials_attrs(len(self._virtual[fh]) if fh in self._virtual else
+                                       len(self.monitor.denials_text()))
         st = os.fstat(fh) if fh is not None else self.backing.lstat(self.backing.relative(path))
         if st.st_nlink > 1 and path is not None and self.invalidate is not None and not stat_mod.S_ISDIR(st.st_mode):
             self._seen(path, st)
@@ -403,8 +462,10 @@ class EnforcingFS:
         fd = self.backing.open(rel, os.O_RDONLY | os.O_DIRECTORY)
         try:
             # names with their inode numbers and types, straight from getdents (no stat per entry)
-            return [".", "..", *((e.name, {"st_ino": e.inode(), "st_mode": _dtype_mode(e)}, 0)
-                                 for e in os.scandir(fd))]
+            hidden = self.backing.reserved if not rel else ()  # served names (and backing files they hide)
+            dev = self.backing.dev
+            return [".", "..", *((e.name, {"st_ino": self._ino(dev, e.inode()), "st_mode": _dtype_mode(e)}, 0)
+                                 for e in os.scandir(fd) if e.name not in hidden)]
         finally:
             os.close(fd)
 
@@ -424,8 +485,19 @@ class EnforcingFS:
             ops.append("write")
         return tuple(ops)
 
+    def _open_denials(self, flags: int) -> int:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise Reserved(DENIALS_NAME)
+        with self._link_lock:
+            fh = self._next_virtual
+            self._next_virtual += 1
+            self._virtual[fh] = self.monitor.denials_text()  # one consistent text per open
+        return fh
+
     @_refusals_logged
     def open(self, path, flags):
+        if self._is_denials(path):
+            return self._open_denials(flags)
         rel = self.backing.relative(path)
         caller = None
         ops = self.open_ops(flags)
@@ -479,6 +551,9 @@ class EnforcingFS:
         return fd
 
     def read(self, path, size, offset, fh):
+        text = self._virtual.get(fh)
+        if text is not None:
+            return text[offset:offset + size]
         return os.pread(fh, size, offset)
 
     def _write_check(self, path: str | None, fh: int) -> None:
@@ -497,6 +572,8 @@ class EnforcingFS:
         handle.taint = self.monitor.taint_of(handle.caller.subject)
 
     def write(self, path, data, offset, fh):
+        if fh in self._virtual:
+            raise OSError(errno.EBADF, "the denials file is read-only")
         self._write_check(path, fh)
         return os.pwrite(fh, data, offset)
 
@@ -524,11 +601,15 @@ class EnforcingFS:
         return 0
 
     def flush(self, path, fh):
+        if fh in self._virtual:
+            return 0
         if self._link_names and fh in self._handles:  # at close(2), which waits for it (release does not)
             self._changed(os.fstat(fh), skip=path)  # written through one name: the others' size and mtime
         return 0
 
     def fsync(self, path, datasync, fh):
+        if fh in self._virtual:
+            return 0
         if datasync:
             os.fdatasync(fh)
         else:
@@ -536,9 +617,16 @@ class EnforcingFS:
         return 0
 
     def release(self, path, fh):
+        if self._virtual.pop(fh, None) is not None:
+            return 0
         self._handles.pop(fh, None)
         os.close(fh)
         return 0
+
+    def direct_io(self, path: str) -> bool:
+        """Whether an open of `path` must bypass the kernel's page cache (the denials file changes under one
+        inode; `ifc.enforce.mount` sets FOPEN_DIRECT_IO for it)."""
+        return self._is_denials(path)
 
     # ------------------------------------------------------------------------------------ names
     def _decide(self, op: str, rel: str, dest: str | None = None, facts: Facts | None = None) -> Caller | None:
@@ -601,6 +689,7 @@ class EnforcingFS:
         if stat_mod.S_ISDIR(st.st_mode):
             raise OSError(errno.EISDIR, "is a directory")
         self._undoable("delete", rel, None, lambda: self.backing.at(rel, lambda d, n: os.unlink(n, dir_fd=d)))
+        self._died(st)
         if st.st_nlink > 1:
             self._forget(path, st)
             self._changed(st)
@@ -611,11 +700,13 @@ class EnforcingFS:
         rel = self.backing.relative(path)
         fd = self.backing.open(rel, os.O_RDONLY | os.O_DIRECTORY)
         try:
+            st = os.fstat(fd)
             if os.listdir(fd):
                 raise OSError(errno.ENOTEMPTY, "directory not empty")
         finally:
             os.close(fd)
         self._undoable("delete", rel, None, lambda: self.backing.at(rel, lambda d, n: os.rmdir(n, dir_fd=d)))
+        self._died(st)
         return 0
 
     @_refusals_logged
@@ -644,6 +735,8 @@ class EnforcingFS:
                     os.close(sd)
 
         self._undoable("rename", src, dst, apply)
+        if replaced is not None and (replaced.st_dev, replaced.st_ino) != (moved.st_dev, moved.st_ino):
+            self._died(replaced)
         if replaced is not None and replaced.st_nlink > 1:
             self._forget(new, replaced)
             self._changed(replaced)
@@ -776,6 +869,8 @@ class EnforcingFS:
 
     @_refusals_logged
     def getxattr(self, path, name, position=0):
+        if self._is_denials(path):
+            raise OSError(errno.ENODATA, "no such attribute")
         rel = self.backing.relative(path)
         if xattr_namespace(name) not in ("security", "system"):  # user.* (and trusted.*) carry data
             self._decide("read", rel)
@@ -788,6 +883,8 @@ class EnforcingFS:
 
     @_refusals_logged
     def listxattr(self, path):
+        if self._is_denials(path):
+            return []
         rel = self.backing.relative(path)
         try:
             return self._xattr_path(rel, os.listxattr)

@@ -32,6 +32,7 @@ log = logging.getLogger("ifc.enforce.mount")
 
 BINDINGS = ("mfusepy3", "mfusepy2", "fusepy")
 DEFAULT_BINDING = "mfusepy3"
+FUSE3_MAX_THREADS = 10  # libfuse3's default max_threads (fuse_main_real; not settable before 3.14.1)
 
 
 class MountError(UserError):
@@ -137,11 +138,15 @@ class MountOptions:
             "entry_timeout": self.entry_timeout,
             "negative_timeout": self.negative_timeout,
         }
+        kwargs["subtype"] = "ifc"
         if binding.libfuse == 2:
             kwargs["big_writes"] = True  # libfuse3 always does; libfuse2 writes 4 KiB pieces without it
-            kwargs["subtype"] = "ifc"
-        else:
-            kwargs["subtype"] = "ifc"
+        elif self.threads:
+            # libfuse 3.12-3.14.0 hands its "unset" max_idle_threads (UINT_MAX) to fuse_loop_cfg_set_idle_threads,
+            # which logs "Ignoring invalid max threads value 4294967295" on every mount (fixed upstream in
+            # 3.14.1, 2da03e38). Set it: at the worker limit (10, libfuse3's default max_threads) no idle
+            # worker is ever destroyed, exactly as with the unset value. The option exists since libfuse 3.0.
+            kwargs["max_idle_threads"] = FUSE3_MAX_THREADS
         if self.kernel_cache:
             kwargs["kernel_cache"] = True
         allow_other = os.geteuid() == 0 if self.allow_other is None else self.allow_other
@@ -227,13 +232,23 @@ def check_fuse_available() -> str | None:
 
 # ------------------------------------------------------------------------------------------ serving
 
-def _rename3(fuse_cls):
-    """mfusepy on libfuse3 drops rename's flags; pass them on, so RENAME_NOREPLACE is honoured."""
+def _serving(fuse_cls, rename_flags: bool):
+    """The binding's FUSE class with what it lacks: FOPEN_DIRECT_IO for the files the filesystem asks it for
+    (`ops.direct_io(path)`: the denials file changes under one inode, and `kernel_cache` would serve a stale
+    page), and, for mfusepy on libfuse3, rename's flags (it drops them), so RENAME_NOREPLACE is honoured."""
 
     class FUSE(fuse_cls):
-        def rename_fuse_3(self, old, new, flags):
-            return self.operations.rename(old.decode(self.encoding, self.errors),
-                                          new.decode(self.encoding, self.errors), flags)
+        def open(self, path, fip):
+            result = super().open(path, fip)
+            wants = getattr(self.operations, "direct_io", None)
+            if result == 0 and wants is not None and wants(path.decode(self.encoding, self.errors)):
+                fip.contents.direct_io = 1
+            return result
+
+        if rename_flags:
+            def rename_fuse_3(self, old, new, flags):
+                return self.operations.rename(old.decode(self.encoding, self.errors),
+                                              new.decode(self.encoding, self.errors), flags)
 
     return FUSE
 
@@ -260,14 +275,8 @@ def serve(ops, mountpoint: str, binding: Binding, source: str, options: MountOpt
     options = options or MountOptions()
     prepare_mountpoint(mountpoint)
     kwargs = options.fuse_kwargs(binding, source)
-    fuse_cls = binding.FUSE
-    if binding.name.startswith("mfusepy") and binding.libfuse == 3:
-        fuse_cls = _rename3(fuse_cls)
-        operations = ops
-    elif binding.name == "fusepy":
-        operations = _Fusepy(ops)
-    else:
-        operations = ops
+    fuse_cls = _serving(binding.FUSE, binding.name.startswith("mfusepy") and binding.libfuse == 3)
+    operations = _Fusepy(ops) if binding.name == "fusepy" else ops
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from caps import TokenError
 from ifc.lang.lower import encode_string
 from ifc.match import HTTP_SCHEMES, Endpoint, EndpointPattern, PatternError, glob_literal, methods_text, normalise_path
-from ifc.monitor import containment
+from ifc.monitor import containment, denials
 from ifc.monitor.containment import CONTAINMENT_OPS, Facts
 from ifc.monitor.events import EventLog
 from ifc.monitor.labelstore import LabelStore, Why
@@ -225,6 +225,7 @@ class Monitor:
         self._trace: list | None = None
         self._verified = None
         self._lock = threading.RLock()
+        self.denials = denials.RecentDenials()  # what the sandbox may read about its own denials
 
     # ------------------------------------------------------------------------------------ queries
     def subject(self, name: str, parent: str | None = None) -> RunState:
@@ -305,12 +306,24 @@ class Monitor:
             self._trace.append((source, op, target))
 
     def _log_safely(self, request: Request, decision: Decision) -> Decision:
-        """Log the decision; if the log itself fails, the answer is a denial that says so."""
+        """Log the decision; if the log itself fails, the answer is a denial that says so. A denial is also
+        kept for the sandbox to read (`denials_text`)."""
         try:
-            return self._log(request, decision)
+            decision = self._log(request, decision)
         except Exception as exc:
-            return replace(decision, allowed=False,
-                           reason=f"denied: the event log failed ({type(exc).__name__}: {exc}); {decision.reason}")
+            decision = replace(decision, allowed=False, reason=f"denied: the event log failed "
+                               f"({type(exc).__name__}: {exc}); {decision.reason}")
+        if not decision.allowed:
+            with contextlib.suppress(Exception):  # the answer stands even if its note cannot be made
+                self.denials.add(denials.note(decision, self.agent, _AUTHORITY_OP.get(decision.op, decision.op)))
+        return decision
+
+    def denials_text(self) -> bytes:
+        """The run's newest denials with reason, rule and hint, as the sandbox reads them (`ifc.monitor.denials`:
+        only what the run asked for and its policy answered)."""
+        with self._lock:
+            total, notes = self.denials.snapshot()
+        return denials.render(total, notes)
 
     def _decide(self, req: Request, state: RunState, before: str) -> Decision:
         lattice = self.policy.lattice
@@ -821,6 +834,8 @@ class Monitor:
         """Log that an enforcement point failed while serving `request` (it denies). Never raises: the
         enforcement point is already failing closed, and a log that cannot take this cannot take more."""
         with self._lock:
+            with contextlib.suppress(Exception):
+                self.denials.add(denials.error_note(request.subject, request.op, request.target, reason))
             if self.log is not None:
                 with contextlib.suppress(Exception):
                     self.log.record(kind="error", subject=request.subject, op=request.op, target=request.target,
