@@ -203,3 +203,13 @@ def daemon_cannot_start(run: Run, ws: Path, policy: Path, run_dir: Path) -> None
     assert f"is inside the workspace `{ws}`: the agent could rewrite its own labels" in what
     assert what.endswith(f"— see {run_dir / 'mount.log'}"), what
     assert not (ws / "ran.txt").exists()
+
+
+def bad_policy(run: Run, ws: Path, policy: Path, run_dir: Path) -> None:
+    """A policy that does not compile: `ifc run` says where and why in its own line, before starting anything."""
+    policy.write_text('labels { secrecy public < internal }\nfiles { "**" interal }\n')
+    proc = run(ws, policy, run_dir, "echo ran > ran.txt", (), {})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"ifc run: error: `{policy}` does not compile: {policy}:2:14: unknown label "
+                                        "`interal`", f"  help: run `ifc check {policy}`"]
+    assert not (ws / "ran.txt").exists() and not run_dir.exists()

@@ -163,6 +163,10 @@ def test_a_busy_mount_point_is_refused_in_ifc_runs_own_error(workspace):
     helper_failure_cases.busy_mount_point(_run, *workspace)
 
 
+def test_a_bad_policy_is_refused_in_ifc_runs_own_error_before_anything_starts(workspace):
+    helper_failure_cases.bad_policy(_run, *workspace)
+
+
 def test_a_mount_daemon_that_cannot_start_says_why_in_ifc_runs_own_error(workspace):
     helper_failure_cases.daemon_cannot_start(_run, *workspace)
 
