@@ -146,6 +146,7 @@ def state_dir(tmp_path, monkeypatch):
 def test_a_model_call_after_reading_a_secret_gets_a_403_that_says_what_was_read_and_what_to_do(upstream, tmp_path):
     with hook(upstream, tmp_path) as h:
         assert last_status(model_call(h)) == 200  # the model works while the run is clean
+        calls = len(Model.calls)
         h["monitor"].decide(Request("read", ".env"))  # what the FUSE mount asks when the agent reads .env
         out = model_call(h)
         assert out.returncode == 0, out.stderr
@@ -174,6 +175,7 @@ def test_a_model_call_after_reading_a_secret_gets_a_403_that_says_what_was_read_
         with pytest.raises(urllib.error.HTTPError) as err:
             opener.open(urllib.request.Request(f"https://model.test:{t}/v1/messages", data=b"{}"), timeout=10)
         assert err.value.code == 403 and "the run read: `.env` (`secret`)" in err.value.read().decode()
+        assert len(Model.calls) == calls, "nothing reached the model after the read"
         read_ts = next(e.ts for e in h["log"].events("deny"))  # the first denial came after the read
         cutoffs = list(h["log"].events("cutoff"))
     assert len(cutoffs) == 1, "one cutoff event per model and run, however many calls were refused"
