@@ -244,3 +244,39 @@ def test_the_report_says_when_the_agent_lost_its_model_and_why(upstream, tmp_pat
                                     env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout)
     [cut] = doc["model_cutoffs"]
     assert cut["endpoint"] == f"https://model.test:{h['t']}" and cut["explanation"].startswith(".env --read-->")
+
+
+# ------------------------------------------------------------------------------------------ the fixes offered work
+
+FIXABLE = """
+labels { secrecy public < internal < secret  integrity untrusted < trusted }
+files { "**" internal  "notes/**" secret  "inbox/**" internal + untrusted }
+endpoints { "https://model.test" clearance internal requires trusted returns trusted as model }
+"""
+
+
+def test_the_policy_line_offered_for_a_model_request_compiles_and_allows_that_request():
+    """A request (method and path) is refused by clearance: the offered `allow` names the connection, not the
+    request, so it is a valid sink; added to the policy, the same request is allowed."""
+    policy = compile_text(FIXABLE).policy
+    monitor = Monitor(policy)
+    monitor.decide(Request("read", "notes/a.txt"))
+    denied = monitor.decide(Request("connect", "POST https://model.test:443/v1/messages"))
+    assert not denied.allowed and denied.cutoff is not None
+    assert denied.fix["policy"] == 'allow secret -> "https://model.test:443" "why this data may go there"'
+    fixed = Monitor(compile_text(FIXABLE + denied.fix["policy"] + "\n").policy)
+    fixed.decide(Request("read", "notes/a.txt"))
+    assert fixed.decide(Request("connect", "POST https://model.test:443/v1/messages")).allowed
+
+
+def test_the_endorsement_offered_for_an_untrusted_read_compiles_and_allows_it_once_held():
+    policy = compile_text(FIXABLE).policy
+    monitor = Monitor(policy)
+    monitor.decide(Request("read", "inbox/issue.md"))
+    denied = monitor.decide(Request("connect", "POST https://model.test:443/v1/messages"))
+    assert not denied.allowed and "requires `trusted` data" in denied.reason
+    line = denied.fix["policy"].split("   #")[0].replace("NAME", "approved")
+    assert line == 'endorse approved: untrusted -> "https://model.test:443" "who approved this"'
+    fixed = Monitor(compile_text(FIXABLE + line + "\n").policy, held=frozenset({"approved"}))
+    fixed.decide(Request("read", "inbox/issue.md"))
+    assert fixed.decide(Request("connect", "POST https://model.test:443/v1/messages")).allowed

@@ -728,7 +728,7 @@ class Monitor:
         decision = Decision(allowed=False, reason=verdict.reason, rule=verdict.rule,
                             rule_span=None if verdict.span is None else str(verdict.span), message=verdict.message,
                             object_label=object_label, tainted_by=tainted_by, path=path,
-                            fix=self._flow_fix(verdict, base, culprits, state), cutoff=cutoff, **base)
+                            fix=self._flow_fix(verdict, base, culprits, state, endpoint), cutoff=cutoff, **base)
         if cutoff is not None:
             self._cutoff_event(decision, endpoint)
         return decision
@@ -769,8 +769,9 @@ class Monitor:
                     f"{flag} {shlex.quote(obj)} --audience {shlex.quote(self.audience or 'RUN')} --ttl 1h",
         }
 
-    def _flow_fix(self, verdict: FlowVerdict, base: dict, culprits: list[str], state: RunState) -> dict | None:
-        fix = self._rule_fix(verdict, base, culprits)
+    def _flow_fix(self, verdict: FlowVerdict, base: dict, culprits: list[str], state: RunState,
+                  endpoint: Endpoint | None = None) -> dict | None:
+        fix = self._rule_fix(verdict, base, culprits, endpoint)
         # where the blocking data came from: a label a write floated up is lowered by a person (`ifc labels`); a
         # label the policy gives by name only by a policy change
         stored = self.labels.get if self.labels is not None else (lambda path: None)
@@ -786,8 +787,10 @@ class Monitor:
                 fix["named"] = named
         return fix
 
-    def _rule_fix(self, verdict: FlowVerdict, base: dict, culprits: list[str]) -> dict | None:
-        target = base["target"]
+    def _rule_fix(self, verdict: FlowVerdict, base: dict, culprits: list[str],
+                  endpoint: Endpoint | None = None) -> dict | None:
+        # a flow sink names a connection (`https://host:port`), never a request's method and path
+        target = str(endpoint.connection) if endpoint is not None else base["target"]
         if verdict.rule and verdict.rule.startswith("deny "):
             return {"policy": f"the deny rule at {verdict.span} forbids this flow on purpose; narrow that rule "
                               "only if the flow is truly intended"}
@@ -802,7 +805,8 @@ class Monitor:
             }
         levels = [c for c in culprits if c not in self.policy.lattice.tag_closure]
         if levels:
-            return {"policy": f"endorse NAME: {levels[0]} -> file {encode_string(target)} \"who approved this\"   "
+            sink = encode_string(target) if endpoint is not None else f"file {encode_string(target)}"
+            return {"policy": f"endorse NAME: {levels[0]} -> {sink} \"who approved this\"   "
                               "# then mint a token holding it for the approved action"}
         return None
 
