@@ -280,3 +280,26 @@ def test_the_endorsement_offered_for_an_untrusted_read_compiles_and_allows_it_on
     fixed = Monitor(compile_text(FIXABLE + line + "\n").policy, held=frozenset({"approved"}))
     fixed.decide(Request("read", "inbox/issue.md"))
     assert fixed.decide(Request("connect", "POST https://model.test:443/v1/messages")).allowed
+
+
+def test_an_open_model_tunnel_cut_by_the_read_is_where_the_agent_lost_its_model(upstream, tmp_path):
+    """A kept-alive tunnel to the model is cut inside the read that raised the taint; that cut is the loss."""
+    import http.client
+
+    with hook(upstream, tmp_path) as h:
+        conn = http.client.HTTPSConnection("127.0.0.1", int(h["proxy"].rsplit(":", 1)[1]), timeout=10,
+                                           context=ssl.create_default_context(cafile=str(h["ca"])))
+        conn.set_tunnel("model.test", h["t"])
+        conn.request("POST", "/v1/messages", body=b"{}")
+        assert conn.getresponse().read() == b'{"content": "ok"}'
+        h["monitor"].decide(Request("read", ".env"))
+        with pytest.raises((OSError, http.client.HTTPException)):
+            conn.request("POST", "/v1/messages", body=b"{}")
+            conn.getresponse().read()
+        conn.close()
+        [cut] = list(h["log"].events("cutoff"))
+        [deny] = list(h["log"].events("deny"))
+    assert cut.target == deny.target == f"https://model.test:{h['t']}"
+    assert deny.reason.startswith("open stream cut (tunnel to model.test:") and "the run's taint rose (read .env)" \
+        in deny.reason
+    assert cut.reason.startswith("it read `.env` (`secret`)") and cut.ts <= deny.ts
