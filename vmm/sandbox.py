@@ -150,16 +150,9 @@ def free_port() -> int:
 
 
 def is_fuse_mount(path: str) -> bool:
-    from ifc.enforce.mount import is_stale
+    from ifc.enforce.mount import is_stale, mounted_at
 
-    return mounted_here(path).startswith("fuse") and not is_stale(path)
-
-
-def mounted_here(path: str) -> str:
-    """The filesystem type mounted exactly at `path` in this mount namespace, or ''."""
-    from ifc.enforce.mount import mounted_at
-
-    return mounted_at(path) or ""
+    return (mounted_at(path) or "").startswith("fuse") and not is_stale(path)
 
 
 class Helpers:
@@ -286,7 +279,9 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
     mnt = spec.run_dir / "mnt"
     mnt.mkdir(exist_ok=True)
     if is_fuse_mount(str(mnt)):  # a live mount there (another run, an `ifc mount`) would pass for ours below
-        raise LaunchError(f"`{mnt}` is already a FUSE mount ({mounted_here(str(mnt))}): another run or `ifc mount` "
+        from ifc.enforce.mount import mounted_at
+
+        raise LaunchError(f"`{mnt}` is already a FUSE mount ({mounted_at(str(mnt))}): another run or `ifc mount` "
                           "uses this run directory", "choose another --run-dir, or unmount it")
     argv = [sys.executable, "-m", "ifc", "mount", "--policy", str(spec.policy), "--run-dir", str(spec.run_dir),
             "--agent-ids", "{}:{}".format(*spec.ids())]
