@@ -5,10 +5,14 @@ writes through the mount), so the failure lands mid-run, never before the agent 
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import re
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -110,3 +114,102 @@ def unwritable_event_log(run: Run, ws: Path, policy: Path, run_dir: Path) -> Non
     assert "OperationalError: database is locked" in what and f"see {run_dir / 'mount.log'}" in what
     log = (run_dir / "mount.log").read_text()
     assert "ifc mount: error: the event log failed 1 time(s)" in log and "Traceback" not in log, log
+
+
+# ------------------------------------------------------------------------------------------ helpers that cannot start
+
+UNSET_POLICY = """labels {{ secrecy public < internal < secret }}
+files {{ "**" internal  ".env" secret }}
+endpoints {{ "http://127.0.0.1:{port}" clearance internal returns trusted as web }}
+secret API_KEY from env "IFC_TEST_UNSET_API_KEY" to "http://127.0.0.1:{port}"
+agent coder {{ read "**" write "/src/" create "/src/" connect "http://127.0.0.1:{port}" }}
+"""
+
+
+def unset_secret(run: Run, tmp_path: Path) -> None:
+    """A secret whose variable is unset: the run starts (and says so at once), the agent has the secret's
+    sentinel, a request that carries it is refused saying why, one that does not reaches the server."""
+    from sandbox_cases import agent_workspace, serving
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        seen: list[str] = []
+
+        def do_GET(self):
+            Recorder.seen.append(f"{self.path} {self.headers.get('Authorization')}")
+            self.send_response(200)
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"ok\n")
+
+        def log_message(self, *args):
+            pass
+
+    ws = agent_workspace(tmp_path, {"README.md": "# x\n"})
+    assert "IFC_TEST_UNSET_API_KEY" not in os.environ
+    with serving(Recorder) as port:
+        policy = tmp_path / "policy.flow"
+        policy.write_text(UNSET_POLICY.format(port=port))
+        fetch = f"curl -s --noproxy '' -x $HTTP_PROXY http://127.0.0.1:{port}"
+        script = (f'case "$API_KEY" in ifc-sentinel-*) echo has-sentinel;; esac; '
+                  f'{fetch}/with -H "Authorization: Bearer $API_KEY"; {fetch}/without')
+        proc = run(ws, policy, tmp_path / "run", script, ("--egress",), {})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "has-sentinel", proc.stdout
+    assert lines[1] == "ifc: secret `API_KEY` had no value when the run started (environment variable " \
+                       "`IFC_TEST_UNSET_API_KEY` is not set)", proc.stdout
+    assert lines[-1] == "ok" and Recorder.seen == ["/without None"], (proc.stdout, Recorder.seen)
+    notice = "ifc run: secret `API_KEY` has no value (environment variable `IFC_TEST_UNSET_API_KEY` is not set): " \
+             "the sandbox gets its sentinel, and every send that needs it is refused"
+    assert notice in proc.stderr.splitlines(), proc.stderr
+    assert "send `API_KEY@http://127.0.0.1:" in proc.stderr and "error:" not in proc.stderr
+
+
+def busy_mount_point(run: Run, ws: Path, policy: Path, run_dir: Path) -> None:
+    """The run directory's mount point is already a live FUSE mount (an `ifc mount` left there): `ifc run`
+    refuses at once, in its own error line, and the agent never runs on that other mount."""
+    other = run_dir.parent / "other"
+    other.mkdir()
+    (run_dir / "mnt").mkdir(parents=True)
+    mounted = subprocess.run([sys.executable, "-m", "ifc", "mount", "--background", "--policy", str(policy),
+                              "--run-dir", str(run_dir.parent / "other-run"), str(other), str(run_dir / "mnt")],
+                             capture_output=True, text=True, timeout=60)
+    assert mounted.returncode == 0, mounted.stderr
+    daemon = int(re.search(r"daemon (\d+) serving", mounted.stderr)[1])
+    try:
+        proc = run(ws, policy, run_dir, "echo ran > ran.txt", (), {})
+        assert proc.returncode == 125, proc.stderr
+        *_, error, help = proc.stderr.rstrip("\n").splitlines()
+        assert error == f"ifc run: error: `{run_dir / 'mnt'}` is already a FUSE mount (fuse.ifc): another run or " \
+                        "`ifc mount` uses this run directory", proc.stderr
+        assert help == "  help: choose another --run-dir, or unmount it"
+        assert not (other / "ran.txt").exists() and not (ws / "ran.txt").exists()
+        assert os.path.ismount(run_dir / "mnt"), "the other mount is left alone"
+    finally:
+        subprocess.run(["umount", str(run_dir / "mnt")], capture_output=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(daemon, signal.SIGTERM)
+
+
+def daemon_cannot_start(run: Run, ws: Path, policy: Path, run_dir: Path) -> None:
+    """The mount daemon refuses to start (here: the label store would be inside the workspace): its reason is
+    `ifc run`'s own error line, not only a line in mount.log."""
+    state = ws / "state"
+    state.mkdir()
+    proc = run(ws, policy, run_dir, "echo ran > ran.txt", (), {"IFC_STATE_DIR": str(state)})
+    assert proc.returncode == 125, proc.stderr
+    what = last_error(proc.stderr)
+    assert what.startswith("the mount daemon could not start: the label store "), what
+    assert f"is inside the workspace `{ws}`: the agent could rewrite its own labels" in what
+    assert what.endswith(f"— see {run_dir / 'mount.log'}"), what
+    assert not (ws / "ran.txt").exists()
+
+
+def bad_policy(run: Run, ws: Path, policy: Path, run_dir: Path) -> None:
+    """A policy that does not compile: `ifc run` says where and why in its own line, before starting anything."""
+    policy.write_text('labels { secrecy public < internal }\nfiles { "**" interal }\n')
+    proc = run(ws, policy, run_dir, "echo ran > ran.txt", (), {})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"ifc run: error: `{policy}` does not compile: {policy}:2:14: unknown label "
+                                        "`interal`", f"  help: run `ifc check {policy}`"]
+    assert not (ws / "ran.txt").exists() and not run_dir.exists()

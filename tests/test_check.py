@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ifc.check import check
+from ifc.diagnostics import Severity
 from ifc.policy import compile_file, compile_text
 
 BASE = """labels { secrecy public < internal < secret  integrity untrusted < trusted }
@@ -18,9 +19,42 @@ def findings(text: str, code: str):
     return [d for d in check(compile_text(BASE + text, "p.flow")).diagnostics if d.code == code]
 
 
-def test_default_policy_is_clean():
+def test_default_policy_is_clean_but_for_the_reads_that_cut_the_coder_off_from_its_model():
     result = check(compile_file("policies/default.flow"))
-    assert not result.errors and not result.warnings, [(d.span.line, d.message) for d in result.diagnostics]
+    assert not result.errors, [(d.span.line, d.message) for d in result.diagnostics]
+    cutoffs = [d for d in result.warnings if d.code == "model-cutoff"]
+    assert cutoffs == result.warnings, [(d.span.line, d.message) for d in result.diagnostics]
+    assert [(d.span.line, d.message.split(";")[0]) for d in cutoffs] == [
+        (19, 'agent `coder` can read "data/customers/d" (`pii`)'), (22, 'agent `coder` can read ".env" (`secret`)')]
+
+
+MODEL = """endpoints { "https://api.model.test" clearance internal returns trusted as model, external
+            "https://pypi.org" clearance internal as packages, external }
+deny secret -> external "secrets never leave"
+"""
+
+
+def test_model_cutoff_names_the_file_rule_the_model_and_the_rule_that_refuses():
+    [d] = findings(MODEL + 'agent a { read "**" connect "https://api.model.test" }', "model-cutoff")
+    assert d.span.line == 2 and d.severity is Severity.WARNING  # the `".env*" secret` files rule
+    assert d.message == ('agent `a` can read ".env" (`secret`); after that read every call to its model '
+                         '"https://api.model.test:443" is refused for the rest of the run: `secret` data may not go '
+                         'to https://api.model.test:443 [external, model]')
+    assert [(r.span.line, r.message) for r in d.related] == [(3, "the agent's model endpoint"),
+                                                              (5, "this rule refuses that data there")]
+
+
+def test_model_cutoff_stays_quiet_when_the_agent_cannot_read_it_or_has_no_model_or_the_model_may_see_it():
+    assert not findings(MODEL + 'agent a { write "src/**" connect "https://api.model.test" }', "model-cutoff")
+    assert not findings(MODEL + 'agent a { read "**" connect "https://pypi.org" }', "model-cutoff")
+    cleared = MODEL.replace("clearance internal returns trusted as model, external",
+                            "clearance secret returns trusted as model").replace("deny secret -> external", "deny "
+                                                                                 "secret -> packages")
+    assert not findings(cleared + 'agent a { read "**" connect "https://api.model.test" }', "model-cutoff")
+    # clearance alone (no deny rule) cuts it off too, and says so
+    [d] = findings(MODEL.replace('deny secret -> external "secrets never leave"\n', "")
+                   + 'agent a { read "**" connect "https://api.model.test" }', "model-cutoff")
+    assert "`secret` exceeds the clearance of https://api.model.test:443" in d.message
 
 
 def test_unused_tag_and_label():

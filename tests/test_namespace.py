@@ -156,6 +156,22 @@ def test_an_event_log_that_cannot_be_written_fails_the_run_and_says_why(workspac
     helper_failure_cases.unwritable_event_log(_run, *workspace)
 
 
+def test_a_secret_whose_variable_is_unset_costs_only_the_sends_that_need_it(tmp_path):
+    helper_failure_cases.unset_secret(_run, tmp_path)
+
+
+def test_a_busy_mount_point_is_refused_in_ifc_runs_own_error(workspace):
+    helper_failure_cases.busy_mount_point(_run, *workspace)
+
+
+def test_a_bad_policy_is_refused_in_ifc_runs_own_error_before_anything_starts(workspace):
+    helper_failure_cases.bad_policy(_run, *workspace)
+
+
+def test_a_mount_daemon_that_cannot_start_says_why_in_ifc_runs_own_error(workspace):
+    helper_failure_cases.daemon_cannot_start(_run, *workspace)
+
+
 def test_a_name_that_is_not_utf8_is_denied_logged_and_shown_and_the_run_goes_on(workspace):
     ws, policy, run_dir = workspace
     script = ("touch \"$(printf '\\377')\" 2>/dev/null || echo denied; touch \"src/$(printf '\\377')\" && echo made; "

@@ -320,6 +320,11 @@ def test_a_killed_mount_daemon_fails_the_run_and_says_why(vm_run, workspace):
     helper_failure_cases.killed_mount_daemon(vm_run, *workspace)
 
 
+def test_a_secret_whose_variable_is_unset_costs_only_the_sends_that_need_it(vm_run, tmp_path):
+    """The helper-start cases share `vmm.sandbox.start_workspace` with the namespaces; this one crosses the VM."""
+    helper_failure_cases.unset_secret(vm_run, tmp_path)
+
+
 def test_every_status_passes_through_the_hook_exactly(vm_run, tmp_path):
     sandbox_cases.statuses_pass_through(tmp_path, vm_run)
 

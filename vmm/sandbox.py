@@ -214,8 +214,10 @@ class Supervised:
     `ifc.enforce.mount`) and its connections to the hook are refused — closed, but nothing of it is in the
     log. The agent is left to finish (it can reach nothing), and the run fails."""
 
-    def __init__(self, what: str, proc: subprocess.Popen, health_fd: int, log: Path, network: bool):
-        self.what, self.proc, self.log, self.network = what, proc, log, network
+    def __init__(self, what: str, proc: subprocess.Popen, health_fd: int, log: Path, network: bool,
+                 say=None):
+        """`say`: called with each notice the daemon sends (a secret without a value), as it arrives."""
+        self.what, self.proc, self.log, self.network, self.say = what, proc, log, network, say
         self.health = Health()
         self.ended_at: float | None = None  # when the pipe ended: the daemon's exit or death
         self.stop_asked_at: float | None = None
@@ -224,8 +226,17 @@ class Supervised:
 
     def _watch(self, fd: int) -> None:
         with os.fdopen(fd, "rb") as pipe:
-            self.health = read_health(pipe)
+            self.health = read_health(pipe, self.say)
         self.ended_at = time.time()
+
+    def start_failure(self, error: LaunchError) -> LaunchError:
+        """`error` (the mount did not appear) with the daemon's own reason when it sent one before exiting."""
+        if self.proc.poll() is None:
+            return error
+        self.join()  # it has exited: its pipe ends, and what it said is read
+        if self.health.fatal is None:
+            return error
+        return LaunchError(f"{self.what} could not start: {self.health.fatal} — see {self.log}")
 
     def join(self) -> None:
         self._thread.join(5)  # the daemon has exited by now, so its pipe has ended
@@ -268,6 +279,11 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
     and DNS stub on free host ports) from the same monitor, so a file read taints what may leave."""
     mnt = spec.run_dir / "mnt"
     mnt.mkdir(exist_ok=True)
+    if is_fuse_mount(str(mnt)):  # a live mount there (another run, an `ifc mount`) would pass for ours below
+        from ifc.enforce.mount import mounted_at
+
+        raise LaunchError(f"`{mnt}` is already a FUSE mount ({mounted_at(str(mnt))}): another run or `ifc mount` "
+                          "uses this run directory", "choose another --run-dir, or unmount it")
     argv = [sys.executable, "-m", "ifc", "mount", "--policy", str(spec.policy), "--run-dir", str(spec.run_dir),
             "--agent-ids", "{}:{}".format(*spec.ids())]
     if spec.agent:
@@ -295,8 +311,13 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
         for fd in fds:
             os.close(fd)
     what = "the mount daemon (and the egress hook it serves)" if spec.egress else "the mount daemon"
-    helpers.supervised.append(Supervised(what, daemon, health, spec.run_dir / "mount.log", spec.egress))
-    wait_for(lambda: is_fuse_mount(str(mnt)), 60, daemon, "the workspace mount", spec.run_dir / "mount.log")
+    supervised = Supervised(what, daemon, health, spec.run_dir / "mount.log", spec.egress,
+                            say=lambda text: spec.say(f"ifc run: {text}"))
+    helpers.supervised.append(supervised)
+    try:
+        wait_for(lambda: is_fuse_mount(str(mnt)), 60, daemon, "the workspace mount", spec.run_dir / "mount.log")
+    except LaunchError as exc:
+        raise supervised.start_failure(exc) from None
     helpers.mounts.append(str(mnt))
     return Workspace(mnt, proxy, dns, run.token if run else None)
 

@@ -46,6 +46,8 @@ CODES: dict[str, str] = {
     "allow-denied": "An allow, clearance or capability is contradicted by a deny rule.",
     "missing-message": "A deny rule has no message for the reviewer.",
     "host-config-write": "An agent that can read untrusted data may write configuration a tool on the host runs.",
+    "model-cutoff": "An agent can read data its own model endpoint may not receive: after that read every model call "
+                    "of the run is refused.",
     "unexplained-flow": "Labelled data can reach a sink that only a clearance or integrity check protects.",
     "unlabelled-secret": "A workspace file looks like a secret but is not labelled secret.",
 }
@@ -84,6 +86,7 @@ def stages():
         ("contradictions", lints.contradictions),
         ("messages", lints.messages),
         ("host-config", lints.host_config_writes),
+        ("model-cutoff", lints.model_cutoff),
         ("flows", flowgraph.flow_paths),
     )
 

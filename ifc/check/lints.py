@@ -10,7 +10,8 @@ from ifc.glob_sets import SearchTooLarge, witness_avoiding
 from ifc.lang import ast
 from ifc.lang.lower import encode_string as q
 from ifc.match import EndpointPattern, Glob, PatternError
-from ifc.policy.flows import check_write
+from ifc.monitor.cutoff import is_model
+from ifc.policy.flows import check_send, check_write
 from ifc.policy.hostcfg import HOST_CONFIG
 from ifc.policy.labels import Label
 
@@ -431,6 +432,48 @@ def _readable(grant: Glob, glob: Glob) -> list[str]:
     base = (grant.literal_prefix or "").rpartition("/")[0]
     examples = sorted((e for e in glob.examples() if "/./" not in f"/{e}/"), key=len)
     return examples + [f"{base}/{e}" for e in examples if base]
+
+
+def model_cutoff(ctx: CheckContext) -> list[Diagnostic]:
+    """An agent that can read data whose label its own model endpoint (`as model`) may not receive: after one
+    such read the run's taint stays above the model's clearance, so every model call of the run is refused and
+    a real agent stops working. Exact for the label: the monitor's own `check_send` with the agent's
+    capabilities; one finding per (agent, files rule, model), at the files rule, with a path the agent can read
+    that the rule labels."""
+    policy = ctx.policy
+    out = []
+    for node in _walk(ctx.files):
+        if not isinstance(node, ast.AgentBlock) or node.name.text not in policy.agents:
+            continue
+        agent = policy.agents[node.name.text]
+        models = [(rule, reach) for rule in policy.endpoint_rules if is_model(rule)
+                  if (reach := next((e for p in rule.patterns if agent.allows("connect", e := p.example())), None))]
+        if not models:
+            continue
+        reads = [Glob.compile(p) for p in agent.patterns("read") + agent.patterns("exec")]
+        for rule in policy.file_rules:
+            # a path a reader recognises (the rule's own examples, shortest first), else any the grants share
+            candidates = sorted((e for g in rule.globs for e in g.examples()), key=len) + \
+                [w for r in reads for g in rule.globs if (w := r.overlap(g)) is not None]
+            path = next((c for c in candidates if any(r.matches(c) for r in reads)
+                         and policy.file_label(c).rule is rule), None)
+            if path is None:
+                continue
+            for model, endpoint in models:
+                verdict = check_send(policy, rule.label, endpoint, agent.holds)
+                if verdict.allowed:
+                    continue
+                related = [Related(model.span, "the agent's model endpoint")]
+                if verdict.span is not None and verdict.span != model.span:
+                    related.append(Related(verdict.span, "this rule refuses that data there"))
+                out.append(warning(
+                    "model-cutoff",
+                    f"agent `{agent.name}` can read {q(path)} (`{rule.label_text}`); after that read every call to "
+                    f"its model {q(str(endpoint.connection))} is refused for the rest of the run: {verdict.reason}",
+                    rule.span, related=related,
+                    help="a real agent stops there (the hook's 403 says what was read and what a reviewer can do): "
+                    "leave such files out of the agent's `read` grants, or label them lower if the model may see them"))
+    return out
 
 
 def messages(ctx: CheckContext) -> list[Diagnostic]:

@@ -63,7 +63,10 @@ def load_policy_and_agent(path: str, agent_name: str | None):
     try:
         policy = load_policy(path)
     except PolicyError as exc:
-        raise Usage(f"`{path}` does not compile: {exc.diagnostics[0].message}", f"run `ifc check {path}`") from None
+        first = exc.diagnostics[0]
+        more = f" (and {len(exc.diagnostics) - 1} more)" if len(exc.diagnostics) > 1 else ""
+        raise Usage(f"`{path}` does not compile: {first.span}: {first.message}{more}",
+                    f"run `ifc check {path}`") from None
     except OSError as exc:
         raise Usage(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
     try:

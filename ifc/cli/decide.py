@@ -122,9 +122,12 @@ def _render(d: Decision) -> str:
         lines.append(f"       from:   {origin}")
     if d.path:
         lines.append(f"       path:   {d.explanation}")
+    if d.cutoff is not None:
+        lines.append("       model:  the agent's own model (`as model`): out of reach for the rest of the run")
     if d.fix and not d.allowed:
         for key, value in d.fix.items():
-            lines.append(f"       fix ({key}): {value}")
+            for one in value if isinstance(value, list) else [value]:
+                lines.append(f"       fix ({key}): {one}")
     return "\n".join(lines)
 
 

@@ -90,26 +90,35 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="ifc mount: %(message)s", stream=sys.stderr)
+    health = _reporter(args.health_fd)
+
+    def fail(message: str, help: str | None = None) -> int:
+        """The error, on stderr (mount.log under `ifc run`) and to the launcher, which says it itself."""
+        if health is not None:
+            health.fatal(message + (f" ({help})" if help else ""))
+        return _usage(message, help)
+
     source, mountpoint = os.path.realpath(args.source), os.path.realpath(args.mountpoint)
     if not os.path.isdir(source):
-        return _usage(f"`{args.source}` is not a directory")
+        return fail(f"`{args.source}` is not a directory")
     try:  # first: a dead mount there is detached (it is no directory until then), a live one refused
         prepare_mountpoint(mountpoint)
     except MountError as exc:
-        return _usage(exc.message, exc.help)
+        return fail(exc.message, exc.help)
     if source == mountpoint or mountpoint.startswith(source + "/") or source.startswith(mountpoint + "/"):
-        return _usage("the mount point and the backing directory must not contain each other")
+        return fail("the mount point and the backing directory must not contain each other")
     problem = check_fuse_available()
     if problem:
-        return _usage(f"FUSE is not usable here: {problem}", "install fuse3 (scripts/sysdeps.sh) and run as root")
+        return fail(f"FUSE is not usable here: {problem}", "install fuse3 (scripts/sysdeps.sh) and run as root")
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="ifc-mount-"))
     if args.background:
         return _background(args, run_dir, mountpoint)
     try:
         monitor, token = _monitor(args, run_dir, source, mountpoint)
     except Usage as exc:
-        return _usage(exc.message, exc.help)
-    health = _health(args.health_fd, monitor.log)
+        return fail(exc.message, exc.help)
+    if health is not None:  # the launcher hears of the event log's first failure as it happens
+        monitor.log.on_failure = lambda failure: health.log_failed(failure.ts, failure.reason)
     from ifc.enforce.fs import DENIALS_NAME, EnforcingFS
     from ifc.enforce.identity import Identities
     from ifc.enforce.mount import load_binding, serve
@@ -117,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     egress = None
     try:
         if args.egress:
-            egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca)
+            egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca, health)
         binding = load_binding(args.fuse or DEFAULT_BINDING)
         ops = EnforcingFS(source, monitor, identities=Identities(default_token=token), context=binding.context,
                           mountpoint=mountpoint, agent_ids=args.agent_ids, invalidate=binding.invalidator())
@@ -126,9 +135,10 @@ def run(args: argparse.Namespace) -> int:
         serve(ops, mountpoint, binding, source)
     except (MountError, Usage) as exc:
         monitor.close()
+        code = fail(exc.message, exc.help)
         if health is not None:
             health.finished(monitor.log.failures)
-        return _usage(exc.message, exc.help)
+        return code
     finally:
         if egress is not None:
             egress.stop()
@@ -141,15 +151,13 @@ def run(args: argparse.Namespace) -> int:
     return log_failures("mount", monitor.log) or ExitCode.OK
 
 
-def _health(fd: int | None, log):
-    """The launcher's pipe (`--health-fd`), told of the event log's first failure as it happens."""
+def _reporter(fd: int | None):
+    """The launcher's pipe (`--health-fd`): why the daemon could not start, notices, log failures, its end."""
     if fd is None:
         return None
     from ifc.enforce.health import Reporter
 
-    reporter = Reporter(fd)
-    log.on_failure = lambda failure: reporter.log_failed(failure.ts, failure.reason)
-    return reporter
+    return Reporter(fd)
 
 
 def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: str):
@@ -180,27 +188,30 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
 
 
 def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_dir: Path,
-                  upstream_ca: str | None):
+                  upstream_ca: str | None, health=None):
     """The egress proxy on an event loop in this process, deciding through the mount's own monitor. Writes
-    RUN_DIR/ca.pem and RUN_DIR/sandbox.env (the sentinels) for the launcher of the sandbox."""
+    RUN_DIR/ca.pem and RUN_DIR/sandbox.env (the sentinels) for the launcher of the sandbox. A secret without a
+    value does not stop it: its sends are refused (`ifc.enforce.secret_values`), and the launcher is told."""
     import asyncio
 
     from ifc.cli.proxy import serve, termination
     from ifc.enforce.egress import BackgroundLoop, Egress
     from ifc.enforce.runfiles import write_sandbox_files
-    from ifc.enforce.secrets import SecretError, Vault
+    from ifc.enforce.secret_values import load_vault
 
     address = parse_address(listen, "--egress")
     dns_address = parse_address(dns, "--egress-dns") if dns else None
-    try:
-        vault = Vault.from_policy(monitor.policy)
-    except SecretError as exc:
-        raise Usage(str(exc), "the egress hook holds the real values: set them in its environment") from None
+    loaded = load_vault(monitor.policy)
+    vault = loaded.vault
+    for notice in loaded.notices():
+        print(f"ifc mount: {notice}", file=sys.stderr)
+        if health is not None:
+            health.notice(notice)
     tls = termination(monitor.policy, upstream_ca)
     write_sandbox_files(run_dir, vault, tls.ca)
     loop = BackgroundLoop()
     stop = asyncio.Event()
-    egress = Egress(monitor, vault=vault, session_token=token)
+    egress = Egress(monitor, vault=vault, session_token=token, unset=loaded.unset)
     listening = []
     future = asyncio.run_coroutine_threadsafe(
         serve(egress, address, dns=dns_address, ready=lambda name, host, port: listening.append((name, host, port)),

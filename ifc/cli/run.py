@@ -160,20 +160,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(run_dir: Path, complete: bool = True) -> None:
-    """One line per denial (at most ten), with the guest command it was matched to; one per change to
+    """One line per model the agent lost (when, and what it read); one line per denial (at most ten), with the
+    guest command it was matched to; one per change to
     host-executed configuration, allowed or not (all of them); and the report command.
     Not `complete`: a helper failed (the error line after this says how), so the log lacks what followed."""
     from ifc.report.load import ReportError, load_run
-    from ifc.report.summary import guest_command, hostcfg_line
+    from ifc.report.summary import cutoff_line, guest_command, hostcfg_line
     from ifc.report.svg import clean
 
-    denials, hostcfg = (), ()
+    denials, hostcfg, cutoffs = (), (), ()
     if (run_dir / "events.db").exists():
         try:
             loaded = load_run(run_dir)
-            denials, hostcfg = loaded.denials, loaded.hostcfg
+            denials, hostcfg, cutoffs = loaded.denials, loaded.hostcfg, loaded.cutoffs
         except ReportError as exc:  # a log we cannot read must not hide the command's status
             print(f"ifc run: {exc.message}", file=sys.stderr)
+    for cutoff in cutoffs:  # first: after this the agent could not think, whatever else it did
+        print(clean(f"ifc run: {cutoff_line(cutoff)}"), file=sys.stderr)
+        for step in cutoff.fix_lower:
+            print(clean(f"  a reviewer can lower the floated label for later runs: {step}"), file=sys.stderr)
     if denials:
         print(f"ifc run: {len(denials)} denial(s):", file=sys.stderr)
         for d in denials[:10]:

@@ -128,12 +128,16 @@ class Client:
 
 class Egress:
     def __init__(self, monitor: Monitor, *, resolver: Resolver | None = None, vault=None,
-                 session_token: str | None = None, clock: Callable[[], float] = time.time):
+                 session_token: str | None = None, clock: Callable[[], float] = time.time,
+                 unset: dict[str, str] | None = None):
+        """`unset`: secrets that had no value when the run started (`ifc.enforce.secret_values`), with why: every
+        send carrying one's sentinel is refused."""
         from ifc.enforce.secrets import Vault
 
         self.monitor = monitor
         self.resolver = resolver or system_resolver
         self.vault = vault if vault is not None else Vault()
+        self.unset = dict(unset or {})
         self.session_token = session_token
         self.clock = clock
         self._subjects: dict[str, str] = {}
@@ -255,6 +259,9 @@ class Egress:
         endpoint = endpoint.connection
         found = self.vault.found(data) if self.vault else []
         for held in found:
+            if held.name in self.unset:  # no value to swap in: refused whatever the policy says
+                return [], self.refuse(client, "send", f"{held.name}@{endpoint}", f"secret `{held.name}` had no value "
+                                       f"when the run started ({self.unset[held.name]})", "egress: secret unset")
             d = self.decide(client, "send", f"{held.name}@{endpoint}")
             if not d.allowed:
                 return [], Verdict(False, f"the sentinel of secret `{held.name}` is headed for {endpoint}: {d.reason}",

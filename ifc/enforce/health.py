@@ -6,7 +6,12 @@ otherwise: `ifc run` exits non-zero and says why. The daemon reports over a pipe
 (`ifc mount --health-fd N`), as JSON lines:
 
     {"log_failed": {"ts": ..., "reason": "OperationalError: database is locked"}}   the first log failure
+    {"notice": {"text": "secret `K` has no value (...)"}}                              said at once by `ifc run`
+    {"fatal": {"reason": "`RUN/mnt` is already a mount point ..."}}                   why it could not serve
     {"finished": {"log_failures": N}}                                                  the daemon's last word
+
+A daemon that cannot start (a mount point in use, the hook's address taken) says why in `fatal` before it
+exits, so `ifc run`'s own error line carries the reason, not only a pointer to `mount.log`.
 
 The egress hook (`ifc mount --egress`) needs no line of its own: it runs in the daemon's process, on an
 event loop that ends only when the daemon stops it, so the hook dies with the daemon, and its decisions go
@@ -25,8 +30,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class Health:
     log_failures: int = 0
     first_log_failure: Failure | None = None
     finished: bool = False  # the daemon said its last word (it did not die)
+    fatal: str | None = None  # why it could not start or serve
+    notices: list[str] = field(default_factory=list)
 
 
 class Reporter:
@@ -57,6 +64,12 @@ class Reporter:
             self._told = True
             self._send({"log_failed": {"ts": ts, "reason": reason}})
 
+    def notice(self, text: str) -> None:
+        self._send({"notice": {"text": text}})
+
+    def fatal(self, reason: str) -> None:
+        self._send({"fatal": {"reason": reason}})
+
     def finished(self, log_failures: int) -> None:
         self._send({"finished": {"log_failures": log_failures}})
         with contextlib.suppress(OSError):
@@ -67,9 +80,10 @@ class Reporter:
             os.write(self._fd, (json.dumps(message) + "\n").encode())
 
 
-def read_health(lines: Iterable[bytes]) -> Health:
-    """Fold the daemon's lines into a `Health`. A line that is not one of ours is skipped: it would be a bug
-    in our own daemon, and dropping the lines after it would hide the failure they report."""
+def read_health(lines: Iterable[bytes], on_notice: Callable[[str], None] | None = None) -> Health:
+    """Fold the daemon's lines into a `Health`; `on_notice` hears each notice as it arrives. A line that is not
+    one of ours is skipped: it would be a bug in our own daemon, and dropping the lines after it would hide the
+    failure they report."""
     health = Health()
     for line in lines:
         try:
@@ -81,6 +95,13 @@ def read_health(lines: Iterable[bytes]) -> Health:
             elif kind == "log_failed":
                 health.first_log_failure = Failure(float(body["ts"]), str(body["reason"]))
                 health.log_failures = max(health.log_failures, 1)
+            elif kind == "fatal":
+                health.fatal = " ".join(str(body["reason"]).split())  # one line, whatever the daemon sent
+            elif kind == "notice":
+                text = " ".join(str(body["text"]).split())
+                health.notices.append(text)
+                if on_notice is not None:
+                    on_notice(text)
         except (ValueError, TypeError, KeyError, AttributeError, StopIteration):
             continue
     return health

@@ -48,6 +48,7 @@ from collections.abc import Iterable
 import h11
 
 from ifc.enforce.credentials import Issued, foreign_credentials
+from ifc.enforce.denial import denial_lines
 from ifc.enforce.egress import Client, Egress, Flow, Verdict
 from ifc.enforce.encodings import BodyScrubber, EncodingRefused, identity_only
 from ifc.enforce.http_codec import (
@@ -268,14 +269,19 @@ class HttpProxy:
         return bool(self.egress.vault.bound_to(endpoint))
 
     # ------------------------------------------------------------------------------------ answers
-    async def _answer(self, wire: Wire, status: int, reason: str, event: int | None = None) -> None:
-        """The hook's own answer, always the last on its connection."""
+    async def _answer(self, wire: Wire, status: int, reason: str, event: int | None = None,
+                      lines: list[str] | None = None) -> None:
+        """The hook's own answer, always the last on its connection. `lines`: the body of a denial
+        (`ifc.enforce.denial`), whose first line is `ifc: REASON`."""
         line = reason.replace("\r", " ").replace("\n", " ")
-        body = f"ifc: {line}\n".encode()
+        text = [x.replace("\r", " ").replace("\n", " ") for x in lines] if lines else [f"ifc: {line}"]
+        body = "".join(f"{x}\n" for x in text).encode()
         head = [f"HTTP/1.1 {status} {_STATUS_TEXT.get(status, 'Error')}", "Content-Type: text/plain; charset=utf-8",
                 f"Content-Length: {len(body)}", "Connection: close"]
         if status == 403:
             head.append("X-Ifc-Denied: " + line.encode("ascii", "replace").decode()[:1000])
+            # what the body says, where a client shows only headers (`curl -v` on a refused CONNECT)
+            head += ["X-Ifc-Detail: " + x.encode("ascii", "replace").decode()[:1000] for x in text[1:12]]
             if event is not None:
                 head.append(f"X-Ifc-Event: {event}")
         with contextlib.suppress(OSError, TimeoutError):
@@ -283,7 +289,8 @@ class HttpProxy:
 
     async def _deny(self, wire: Wire, verdict: Verdict) -> None:
         event = verdict.decision.event if verdict.decision is not None else None
-        await self._answer(wire, verdict.status, verdict.reason, event=event)
+        await self._answer(wire, verdict.status, verdict.reason, event=event,
+                           lines=denial_lines(verdict.reason, verdict.decision))
 
     # ------------------------------------------------------------------------------------ codec I/O
     async def _next_event(self, wire: Wire, conn: h11.Connection, status: int,
@@ -573,7 +580,7 @@ class HttpProxy:
         as long as it is open (`flow` is cut, both sockets shut, when it is no longer cleared)."""
         limits = self.limits
         req, verdict = await self._decide(req, client, flow)
-        if not verdict.allowed:
+        if not verdict.allowed and not self._refuse_inside(req, verdict):
             await self._deny(wire, verdict)
             return
         raw = req.scheme == "tcp"
@@ -605,6 +612,8 @@ class HttpProxy:
             if self.tls is not None and self.tls.terminates(endpoint):
                 await self._terminate(req, client, endpoint, wire)
                 return
+        if not verdict.allowed:  # only a terminated tunnel serves a refused CONNECT (`_refuse_inside`)
+            return
         try:
             up = await open_socket(req.addresses, req.port, limits.connect_timeout, limits.io_timeout)
         except OSError:
@@ -621,6 +630,21 @@ class HttpProxy:
                 await asyncio.gather(self._pipe(wire, up), self._pipe(up, wire))
         finally:
             up.close()
+
+    def _refuse_inside(self, req: ProxyRequest, verdict: Verdict) -> bool:
+        """Serve a CONNECT the monitor refused for what the run read as a terminated tunnel, whose requests the
+        monitor then refuses one by one, each with the hook's 403 and its explanation.
+
+        Why: an HTTP client shows the body of a 403 it receives in-band (an SDK raises it as the API's error, so
+        the agent reads what was read and what a reviewer can do), but only a status for a refused CONNECT
+        (`curl: (56) CONNECT tunnel failed, response 403`; Python: `Tunnel connection failed: 403 Forbidden`).
+        Safe: only for flow refusals (authority and containment were satisfied) of endpoints the hook terminates
+        anyway (their CA leaf exists for them), nothing is resolved or opened upstream for the tunnel, and every
+        request inside is decided afresh by the monitor with the run's taint."""
+        decision = verdict.decision
+        return (req.scheme == "https" and self.tls is not None and verdict.status == 403 and decision is not None
+                and bool(decision.path) and verdict.endpoint is not None
+                and self.tls.terminates(Endpoint("https", req.host, req.port)))
 
     async def _terminate(self, req: ProxyRequest, client: Client, endpoint: Endpoint, wire: Wire) -> None:
         """Answer the TLS handshake with the run CA's leaf for the CONNECT host, then serve the requests inside

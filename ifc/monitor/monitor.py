@@ -40,6 +40,7 @@ from ifc.lang.lower import encode_string
 from ifc.match import HTTP_SCHEMES, Endpoint, EndpointPattern, PatternError, glob_literal, methods_text, normalise_path
 from ifc.monitor import containment, denials
 from ifc.monitor.containment import CONTAINMENT_OPS, Facts
+from ifc.monitor.cutoff import Cutoff, is_model, lowering_commands, policy_named, what_was_read
 from ifc.monitor.events import EventLog
 from ifc.monitor.labelstore import LabelStore, Why
 from ifc.monitor.provenance import Hop, ProvenanceGraph, draw, node
@@ -99,6 +100,7 @@ class Decision:
     path: tuple[Hop, ...] = ()  # for a flow denial: source → ... → sink
     event: int | None = None
     fix: dict | None = None
+    cutoff: Cutoff | None = None  # a flow denial of the agent's own model endpoint (`as model`)
 
     @property
     def explanation(self) -> str:
@@ -109,6 +111,7 @@ class Decision:
         out["tainted_by"] = [list(p) for p in self.tainted_by]
         out["capabilities_used"] = list(self.capabilities_used)
         out["path"] = [[h.source, h.op, h.target] for h in self.path]
+        out["cutoff"] = self.cutoff.to_dict() if self.cutoff is not None else None
         out["explanation"] = self.explanation
         return out
 
@@ -178,6 +181,7 @@ class RunState:
     taint: Label
     sources: dict[str, str] = field(default_factory=dict)  # label part -> graph node it came from
     readers: dict[str, str] = field(default_factory=dict)  # label part -> subject node that absorbed it
+    arrived: dict[str, float] = field(default_factory=dict)  # label part -> when it joined the taint
     provenance: tuple | None = None  # `_provenance` of the current sources; None when they changed
 
 
@@ -218,6 +222,9 @@ class Monitor:
         self.streams: set[Stream] = set()
         self.steps = 0
         self._tokens_seen: set[str] = set()
+        self._cutoffs: set[int] = set()  # model endpoint rules whose loss this run has logged
+        # the workspace the label store is for (`ifc labels WORKSPACE` in a denial's fix); read once, here
+        self.workspace = self.labels.meta("workspace")
         # Repeated decisions: an allowed decision whose effects are idempotent (same run taint, same label
         # store version, nothing declassified) is answered from here; its graph edges and allow count are
         # still recorded. Bounded; cleared when full.
@@ -524,7 +531,7 @@ class Monitor:
         label_text = f"clearance {lattice.describe_tags(rule.clearance)}" if rule else None
         sink = node("endpoint", str(endpoint))
         if not verdict.allowed:
-            return self._from_verdict(state, base, verdict, label_text, sink=sink, part_hint=None)
+            return self._from_verdict(state, base, verdict, label_text, sink=sink, part_hint=None, endpoint=endpoint)
         self._edge(subject_node, "connect", sink, now, None, parts=self._parts(state.taint))
         for cap in verdict.capabilities_used:
             self._capability_event(req, cap, str(endpoint))
@@ -596,11 +603,13 @@ class Monitor:
         for tag in label.secrecy - state.taint.secrecy:
             state.sources[tag] = source
             state.readers[tag] = subject_node
+            state.arrived[tag] = now
             parts.append(tag)
         if label.integrity < state.taint.integrity:
             level = self.policy.lattice.integrity_levels[label.integrity]
             state.sources[level] = source
             state.readers[level] = subject_node
+            state.arrived[level] = now
             parts.append(level)
         self._edge(source, op, subject_node, now, None, parts=parts)
         if parts:
@@ -658,7 +667,7 @@ class Monitor:
             base = {"step": self.steps, "op": "connect", "target": str(stream.endpoint), "subject": stream.subject,
                     "taint_before": taint, "taint_after": taint}
             decision = self._from_verdict(state, base, verdict, None, sink=node("endpoint", str(stream.endpoint)),
-                                          part_hint=None)
+                                          part_hint=None, endpoint=stream.endpoint)
             decision.reason = f"open stream cut ({stream.describe}): the run's taint rose ({why}); {verdict.reason}"
             stream.cut_reason = decision.reason
             try:
@@ -708,7 +717,8 @@ class Monitor:
             parts.append(lattice.integrity_levels[state.taint.integrity])
         return parts
 
-    def _from_verdict(self, state, base, verdict: FlowVerdict, object_label, sink: str, part_hint) -> Decision:
+    def _from_verdict(self, state, base, verdict: FlowVerdict, object_label, sink: str, part_hint,
+                      endpoint: Endpoint | None = None) -> Decision:
         culprits = self._culprits(state, verdict)
         guilty = {state.sources[p].split(":", 1)[1] for p in culprits if p in state.sources}
         tainted_by = tuple(p for p in self._provenance(state) if p[1] in guilty) or self._provenance(state)
@@ -723,10 +733,34 @@ class Monitor:
                 hops = self.graph.explain(Hop(subject_node, base["op"], sink), part)
             if len(hops) > len(path):
                 path = tuple(hops)
-        return Decision(allowed=False, reason=verdict.reason, rule=verdict.rule,
-                        rule_span=None if verdict.span is None else str(verdict.span), message=verdict.message,
-                        object_label=object_label, tainted_by=tainted_by, path=path,
-                        fix=self._flow_fix(verdict, base, culprits), **base)
+        cutoff = None
+        if endpoint is not None and base["op"] == "connect" and is_model(self.policy.endpoint_rule(endpoint)):
+            arrived = [state.arrived[p] for p in culprits if p in state.arrived]
+            cutoff = Cutoff(str(endpoint.connection), min(arrived) if arrived else self.clock(),
+                            tuple((p, state.sources[p]) for p in culprits if p in state.sources))
+        decision = Decision(allowed=False, reason=verdict.reason, rule=verdict.rule,
+                            rule_span=None if verdict.span is None else str(verdict.span), message=verdict.message,
+                            object_label=object_label, tainted_by=tainted_by, path=path,
+                            fix=self._flow_fix(verdict, base, culprits, state, endpoint), cutoff=cutoff, **base)
+        if cutoff is not None:
+            self._cutoff_event(decision, endpoint)
+        return decision
+
+    def _cutoff_event(self, decision: Decision, endpoint: Endpoint) -> None:
+        """The first flow denial of a model endpoint rule in this run is also a `cutoff` event, dated when the
+        agent lost it (the read that raised the taint), for the run's summary and report. Once per rule: later
+        denials of the same model say nothing new."""
+        rule = self.policy.endpoint_rule(endpoint)
+        if self.log is None or rule.index in self._cutoffs:
+            return
+        self._cutoffs.add(rule.index)
+        cutoff = decision.cutoff
+        self.log.record(ts=cutoff.since, kind="cutoff", subject=decision.subject, op="connect", target=cutoff.endpoint,
+                        allowed=False, reason=f"it read {what_was_read(cutoff.reads)}: {decision.reason}",
+                        rule=decision.rule, rule_span=decision.rule_span, message=decision.message,
+                        object_label=decision.object_label, taint_before=decision.taint_before,
+                        taint_after=decision.taint_after, path=[[h.source, h.op, h.target] for h in decision.path],
+                        fix=decision.fix)
 
     # ------------------------------------------------------------------------------------ fixes
     def _authority_fix(self, req: Request, op: str, target: str, dest: str | None) -> dict:
@@ -748,8 +782,28 @@ class Monitor:
                     f"{flag} {shlex.quote(obj)} --audience {shlex.quote(self.audience or 'RUN')} --ttl 1h",
         }
 
-    def _flow_fix(self, verdict: FlowVerdict, base: dict, culprits: list[str]) -> dict | None:
-        target = base["target"]
+    def _flow_fix(self, verdict: FlowVerdict, base: dict, culprits: list[str], state: RunState,
+                  endpoint: Endpoint | None = None) -> dict | None:
+        fix = self._rule_fix(verdict, base, culprits, endpoint)
+        # where the blocking data came from: a label a write floated up is lowered by a person (`ifc labels`); a
+        # label the policy gives by name only by a policy change
+        stored = self.labels.get if self.labels is not None else (lambda path: None)
+        paths = {s.split(":", 1)[1] for p in culprits if (s := state.sources.get(p, "")).startswith("file:")}
+        lower = lowering_commands(self.policy, {p: stored(p) for p in paths}, culprits, state.sources,
+                                  self.workspace)
+        named = policy_named(self.policy, culprits, state.sources)
+        if lower or named:
+            fix = dict(fix or {})
+            if lower:
+                fix["lower"] = lower
+            if named:
+                fix["named"] = named
+        return fix
+
+    def _rule_fix(self, verdict: FlowVerdict, base: dict, culprits: list[str],
+                  endpoint: Endpoint | None = None) -> dict | None:
+        # a flow sink names a connection (`https://host:port`), never a request's method and path
+        target = str(endpoint.connection) if endpoint is not None else base["target"]
         if verdict.rule and verdict.rule.startswith("deny "):
             return {"policy": f"the deny rule at {verdict.span} forbids this flow on purpose; narrow that rule "
                               "only if the flow is truly intended"}
@@ -764,7 +818,8 @@ class Monitor:
             }
         levels = [c for c in culprits if c not in self.policy.lattice.tag_closure]
         if levels:
-            return {"policy": f"endorse NAME: {levels[0]} -> file {encode_string(target)} \"who approved this\"   "
+            sink = encode_string(target) if endpoint is not None else f"file {encode_string(target)}"
+            return {"policy": f"endorse NAME: {levels[0]} -> {sink} \"who approved this\"   "
                               "# then mint a token holding it for the approved action"}
         return None
 

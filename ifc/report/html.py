@@ -92,6 +92,7 @@ def render_html(run: Run, summary: Summary | None = None) -> str:
            f"<title>{escape(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>"]
     out += _header(run, s)
     out.append("<main>")
+    out += _cutoffs(run)
     out += _summary(run, s)
     out += _denials(run)
     out += _hostcfg(run)
@@ -236,9 +237,36 @@ def _denial(number: int, d: Denial) -> list[str]:
         out.append(f"<p>Policy</p><pre><code>{escape(d.fix_policy)}</code></pre>")
     if d.fix_mint:
         out.append(f"<p>Or a scoped, expiring token</p><pre><code>{escape(d.fix_mint)}</code></pre>")
-    if not d.fix_policy and not d.fix_mint:
+    out += _lowering(d.fix_lower, d.fix_named)
+    if not d.fix_policy and not d.fix_mint and not d.fix_lower:
         out.append('<p class="none">None suggested.</p>')
     out += ["</div>", "</article>"]
+    return out
+
+
+def _lowering(lower: tuple[str, ...], named: tuple[str, ...]) -> list[str]:
+    out = []
+    if lower:
+        out.append("<p>Or, where a write floated the label up, a reviewer lowers it (in force from the next run)</p>"
+                   f"<pre><code>{escape(chr(10).join(lower))}</code></pre>")
+    if named:
+        out.append(f"<p>By the policy (only a policy change lowers these): {'; '.join(_prose(n) for n in named)}</p>")
+    return out
+
+
+def _cutoffs(run: Run) -> list[str]:
+    """First thing in the report: after this the agent could not reach its model."""
+    if not run.cutoffs:
+        return []
+    out = ['<section id="cutoff">', "<h2>The agent lost its model</h2>"]
+    for c in run.cutoffs:
+        out.append(f'<p class="deny"><strong>{escape(iso(c.ts))}</strong>: {_c(c.endpoint)} out of reach for the '
+                   f"rest of the run (event {c.id}) because {_prose(c.reason)}</p>")
+        if c.path:
+            out += ['<figure class="graph">', path_svg(c.path), f"<figcaption>{_c(c.explanation)}</figcaption>",
+                    "</figure>"]
+        out += _lowering(c.fix_lower, c.fix_named)
+    out.append("</section>")
     return out
 
 

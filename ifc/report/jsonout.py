@@ -32,6 +32,8 @@ def report_dict(run: Run, summary: Summary | None = None) -> dict:
         "declassifications": [_timed(asdict(e)) for e in run.declassifications],
         "token_uses": [_timed(asdict(e)) for e in run.tokens],
         "host_config_changes": [_timed(asdict(e)) for e in run.hostcfg],
+        "model_cutoffs": [{**_timed(asdict(c)), "path": [[h.source, h.op, h.target] for h in c.path],
+                           "explanation": c.explanation} for c in run.cutoffs],
         "other_events": [_timed(asdict(e)) for e in run.others],
         "allows": [{**asdict(a), "first": iso(a.first_ts), "last": iso(a.last_ts)} for a in run.allows],
     }
@@ -66,5 +68,6 @@ def _denial(d) -> dict:
                                                                              "block": d.token_block},
         "path": [[h.source, h.op, h.target] for h in d.path],
         "explanation": d.explanation,
-        "fix": {k: v for k, v in (("policy", d.fix_policy), ("mint", d.fix_mint)) if v is not None},
+        "fix": {k: v for k, v in (("policy", d.fix_policy), ("mint", d.fix_mint), ("lower", list(d.fix_lower) or None),
+                                  ("named", list(d.fix_named) or None)) if v is not None},
     }

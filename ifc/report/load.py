@@ -54,8 +54,33 @@ class Denial:
     path: tuple[Hop, ...] = ()
     fix_policy: str | None = None
     fix_mint: str | None = None
+    fix_lower: tuple[str, ...] = ()  # `ifc labels WS --lower ...` for labels a write floated up
+    fix_named: tuple[str, ...] = ()  # files whose blocking label the policy gives by name
     # microVM runs: the guest commands alive when it was decided, most likely first (see ifc.monitor.guestprocs)
     guest: tuple[str, ...] = ()
+
+    @property
+    def explanation(self) -> str:
+        return draw(self.path)
+
+
+@dataclass(frozen=True)
+class ModelCutoff:
+    """The agent lost its own model (an `as model` endpoint): `ts` is when (the read that raised the taint past
+    the endpoint's clearance), `reason` says what was read and which rule refuses (`ifc.monitor.cutoff`)."""
+
+    id: int
+    ts: float
+    subject: str
+    endpoint: str
+    reason: str
+    rule: str | None = None
+    rule_span: str | None = None
+    message: str | None = None
+    taint: str | None = None
+    path: tuple[Hop, ...] = ()
+    fix_lower: tuple[str, ...] = ()
+    fix_named: tuple[str, ...] = ()
 
     @property
     def explanation(self) -> str:
@@ -155,6 +180,7 @@ class Run:
     declassifications: tuple[Declassification, ...] = ()
     tokens: tuple[TokenUse, ...] = ()
     hostcfg: tuple[HostConfigChange, ...] = ()
+    cutoffs: tuple[ModelCutoff, ...] = ()
     others: tuple[OtherEvent, ...] = ()
     allows: tuple[AllowCount, ...] = ()
     kind_counts: dict[str, int] = field(default_factory=dict)  # events per kind, in log order of first use
@@ -211,7 +237,7 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
     meta = read_meta(db)
     policy_lines = _policy_lines(root)
     processes = read_guest_processes(db) if "guest_processes" in tables else []
-    denials, labels, declass, tokens, hostcfg, others = [], [], [], [], [], []
+    denials, labels, declass, tokens, hostcfg, cutoffs, others = [], [], [], [], [], [], []
     counts: dict[str, int] = {}
     for ev in read_events(db):
         ev = replace(ev, ts=float(ev.ts), pid=_int(ev.pid), token_block=_int(ev.token_block),
@@ -226,6 +252,7 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
                 message=ev.message, object_label=ev.object_label, taint=ev.taint_before or ev.taint_after,
                 token_id=ev.token_id, token_block=ev.token_block, pid=ev.pid, cmdline=ev.cmdline,
                 path=_hops(ev.path, ev.id, root), fix_policy=_text(fix.get("policy")), fix_mint=_text(fix.get("mint")),
+                fix_lower=_texts(fix.get("lower")), fix_named=_texts(fix.get("named")),
                 guest=tuple(redact(p.command) for p in attribute(processes, ev.ts)[:GUEST_CANDIDATES])))
         elif ev.kind == "label":
             labels.append(LabelChange(ev.id, ev.ts, ev.subject, ev.op, ev.target, ev.object_label, ev.reason,
@@ -236,6 +263,11 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
         elif ev.kind == "hostcfg":
             hostcfg.append(HostConfigChange(ev.id, ev.ts, ev.subject, ev.op, ev.target, ev.allowed, ev.reason,
                                             ev.message, ev.taint_before or ev.taint_after, ev.pid, ev.cmdline))
+        elif ev.kind == "cutoff":
+            fix = ev.fix if isinstance(ev.fix, dict) else {}
+            cutoffs.append(ModelCutoff(ev.id, ev.ts, ev.subject, ev.target, ev.reason, ev.rule, ev.rule_span,
+                                       ev.message, ev.taint_before or ev.taint_after, _hops(ev.path, ev.id, root),
+                                       _texts(fix.get("lower")), _texts(fix.get("named"))))
         elif ev.kind == "token":
             tokens.append(TokenUse(ev.id, ev.ts, ev.subject, ev.token_id or ev.target, ev.reason, ev.pid,
                                    ev.cmdline))
@@ -248,7 +280,8 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
         allows = [AllowCount(str(from_sql(s)), str(from_sql(o)), str(from_sql(obj)), int(c), float(f), float(la))
                   for s, o, obj, c, f, la in rows]
     return Run(path=str(root), meta=meta, denials=tuple(denials), labels=tuple(labels),
-               declassifications=tuple(declass), tokens=tuple(tokens), hostcfg=tuple(hostcfg), others=tuple(others),
+               declassifications=tuple(declass), tokens=tuple(tokens), hostcfg=tuple(hostcfg),
+               cutoffs=tuple(sorted(cutoffs, key=lambda c: c.ts)), others=tuple(others),
                allows=tuple(allows), kind_counts=counts)
 
 
@@ -269,6 +302,13 @@ def _text(value) -> str | None:
     if value is None:
         return None
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def _texts(value) -> tuple[str, ...]:
+    """A list of strings from a fix, or nothing (a log written before it had them, or a malformed one)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
 
 
 def _policy_lines(root: Path) -> list[str]:

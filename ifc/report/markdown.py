@@ -23,6 +23,7 @@ def render_markdown(run: Run, summary: Summary | None = None) -> str:
     s = summary or summarize(run)
     out: list[str] = [f"# ifc report: {code(run.name)}", ""]
     out += _meta(run, s)
+    out += _cutoffs(run)
     out += ["", "## Summary", "", "| kind | events |", "| --- | ---: |"]
     out += [f"| {kind} | {count} |" for kind, count in s.kind_counts]
     out.append(f"| allow (aggregated) | {s.allows_total} decisions over {s.allows_distinct} "
@@ -113,8 +114,35 @@ def _denial(number: int, d: Denial) -> list[str]:
         out += ["Policy:", "", *fenced(d.fix_policy, "text"), ""]
     if d.fix_mint:
         out += ["Or a scoped, expiring token:", "", *fenced(d.fix_mint, "sh"), ""]
-    if not d.fix_policy and not d.fix_mint:
+    out += _lowering(d.fix_lower, d.fix_named)
+    if not d.fix_policy and not d.fix_mint and not d.fix_lower:
         out += ["None suggested.", ""]
+    return out
+
+
+def _lowering(lower: tuple[str, ...], named: tuple[str, ...]) -> list[str]:
+    out = []
+    if lower:
+        out += ["Or, where a write floated the label up, a reviewer lowers it (in force from the next run):", "",
+                *fenced("\n".join(lower), "sh"), ""]
+    if named:
+        out += [f"By the policy (only a policy change lowers these): {'; '.join(text(n) for n in named)}", ""]
+    return out
+
+
+def _cutoffs(run: Run) -> list[str]:
+    """First thing after the header: the agent could not think any more after this."""
+    if not run.cutoffs:
+        return []
+    out = ["", "## The agent lost its model", ""]
+    for c in run.cutoffs:
+        out.append(f"- **{iso(c.ts)}**: {code(c.endpoint)} out of reach for the rest of the run (event {c.id}) "
+                   f"because {text(c.reason)}")
+        if c.path:
+            out += ["", *fenced(c.explanation, "text"), ""]
+        out += _lowering(c.fix_lower, c.fix_named)
+    while out[-1] == "":
+        out.pop()
     return out
 
 

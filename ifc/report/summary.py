@@ -53,7 +53,7 @@ def summarize(run: Run) -> Summary:
                  for d in run.denials]
     timeline.sort(key=lambda e: e.id)
     times = [e.ts for e in (*run.denials, *run.labels, *run.declassifications, *run.tokens, *run.hostcfg,
-                            *run.others)]
+                            *run.cutoffs, *run.others)]
     times += [t for a in run.allows for t in (a.first_ts, a.last_ts)]
     return Summary(
         kind_counts=tuple(counts.items()),
@@ -100,6 +100,11 @@ def guest_command(guest: tuple[str, ...]) -> str:
         return ""
     also = f"; {len(guest) - 1} more running" if guest[1:] else ""
     return f"{guest[0]} (matched by time{also})"
+
+
+def cutoff_line(cutoff) -> str:
+    """`the agent lost its model https://api.anthropic.com:443 at 2026-...Z because it read `.env` (`secret`): ...`"""
+    return f"the agent lost its model {cutoff.endpoint} at {iso(cutoff.ts)} because {cutoff.reason}"
 
 
 def hostcfg_line(change) -> str:
