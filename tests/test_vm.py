@@ -330,6 +330,10 @@ def test_https_secrets_are_sentinels_in_the_guest_and_real_only_at_the_bound_ser
     sandbox_cases.https_sentinel(tmp_path, vm_run)
 
 
+def test_pip_installs_from_the_index_named_only_in_the_hosts_pip_config(vm_run, tmp_path):
+    sandbox_cases.host_package_config(tmp_path, vm_run)
+
+
 def test_git_and_python_work_in_a_git_workspace(vm_run, workspace):
     sandbox_cases.git_and_python(workspace, vm_run)
 
