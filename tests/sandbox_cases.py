@@ -550,7 +550,7 @@ secret INDEX_TOKEN from env "IFC_TEST_INDEX_TOKEN" to "https://localhost:{port}"
                   "python3 -m pip install -q --no-cache-dir --target /tmp/t ifcdemo && "
                   "PYTHONPATH=/tmp/t python3 -c 'import ifcdemo; print(ifcdemo.ORIGIN)'; "
                   "grep -c hunter2 /etc/pip.conf; grep -c 10.9.9.9 /etc/pip.conf; "
-                  "echo pipconf >>/etc/pip.conf 2>/dev/null || echo read-only; "
+                  "{ echo pipconf >>/etc/pip.conf; } 2>/dev/null || echo read-only; "
                   "npm config get registry; grep -c npm_literalTOKEN123 /etc/ifc/npmrc; "
                   "grep -c 'INDEX_TOKEN}' /etc/ifc/npmrc")
         env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "IFC_TEST_INDEX_TOKEN": "real-token",

@@ -98,25 +98,26 @@ class PackageConfig:
         return ["ifc run: not carried into the sandbox from the host's package configuration: " + "; ".join(parts)]
 
 
-def collect(environ: Mapping[str, str], secrets: Collection[str] = (), home: Path | None = None) -> PackageConfig:
-    """Read the host's pip and npm configuration as the user's tools would (`environ`: the host's variables;
-    `secrets`: the names of the policy's secrets, the only auth references kept)."""
-    home = home if home is not None else Path(environ.get("HOME") or os.path.expanduser("~"))
+def collect(environ: Mapping[str, str], secrets: Collection[str] = (), etc: Path = Path("/etc")) -> PackageConfig:
+    """Read the host's pip and npm configuration as the user's tools would (`environ`: the host's variables,
+    HOME among them; `secrets`: the names of the policy's secrets, the only auth references kept; `etc`: the
+    host's system configuration directory)."""
+    home = Path(environ.get("HOME") or os.path.expanduser("~"))
     out = PackageConfig()
-    _pip(environ, home, out)
+    _pip(environ, home, etc, out)
     _npm(environ, home, secrets, out)
     return out
 
 
 # ------------------------------------------------------------------------------------------ pip
 
-def pip_files(environ: Mapping[str, str], home: Path) -> list[Path]:
+def pip_files(environ: Mapping[str, str], home: Path, etc: Path) -> list[Path]:
     """The configuration files pip reads, lowest precedence first (pip's `Configuration` order on Linux)."""
     config_file = environ.get("PIP_CONFIG_FILE")
     if config_file == os.devnull:
         return []
-    xdg_dirs = [d for d in (environ.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":") if d]
-    files = [Path(d) / "pip" / "pip.conf" for d in xdg_dirs] + [Path("/etc/pip.conf")]
+    xdg_dirs = [d for d in (environ.get("XDG_CONFIG_DIRS") or str(etc / "xdg")).split(":") if d]
+    files = [Path(d) / "pip" / "pip.conf" for d in xdg_dirs] + [etc / "pip.conf"]
     xdg_home = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
     files += [home / ".pip" / "pip.conf", xdg_home / "pip" / "pip.conf"]
     if config_file:
@@ -124,9 +125,9 @@ def pip_files(environ: Mapping[str, str], home: Path) -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
-def _pip(environ: Mapping[str, str], home: Path, out: PackageConfig) -> None:
+def _pip(environ: Mapping[str, str], home: Path, etc: Path, out: PackageConfig) -> None:
     merged: dict[str, dict[str, tuple[str, str]]] = {}  # section → key → (value, source)
-    for path in pip_files(environ, home):
+    for path in pip_files(environ, home, etc):
         parser = configparser.RawConfigParser()
         try:
             parser.read(path, encoding="utf-8")

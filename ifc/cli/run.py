@@ -164,13 +164,13 @@ def run(args: argparse.Namespace) -> int:
     return result.status
 
 
-def _package_config(policy, agent) -> tuple[PackageConfig, list[str]]:
+def _package_config(policy, agent, environ=os.environ, etc: Path = Path("/etc")) -> tuple[PackageConfig, list[str]]:
     """The host's pip and npm configuration for the sandbox (`vmm.packagecfg`), and the lines to say: what
     was left out, and each index it names that the policy would refuse (a clean run's `GET` there, as the
     monitor decides it), so a failing `pip install` in the sandbox is explained before it starts."""
     from ifc.monitor import Monitor, Request
 
-    packages = collect(os.environ, secrets=policy.secrets)
+    packages = collect(environ, secrets=policy.secrets, etc=etc)
 
     def allowed(url: str) -> tuple[bool, str]:
         monitor = Monitor(policy, agent=agent)  # a fresh run for each index: one index's reply taints no other
