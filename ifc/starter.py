@@ -63,6 +63,7 @@ SECRET_GLOBS = ('".env*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", ".netrc", 
 ROOT_ENTRIES = ("/[!.]*", "/.[!i]*", "/.i[!f]*", "/.if[!c]*", "/.ifc?*")
 # forges whose web, API and raw-content hosts differ
 FORGE_HOSTS = {"github.com": ("https://github.com", "https://*.github.com", "https://*.githubusercontent.com")}
+_GLOB_META = re.compile(r"([*?\[\]\\])")
 _SCP_LIKE = re.compile(r"^(?:[^@/\s]+@)?([A-Za-z0-9.-]+):(?!//)")
 
 
@@ -93,7 +94,7 @@ def survey(root: Path, presets: Iterable[str] = (), environ: Mapping[str, str] |
                                if any(Path(n).match(m) for n in names for m in p.markers)]
     found.presets = list(dict.fromkeys(chosen))
     found.dirs = [n for n in names if n not in (".git", ".ifc") and (root / n).is_dir()
-                  and not (root / n).is_symlink() and '"' not in n and "\\" not in n]
+                  and not (root / n).is_symlink()]
     for host in _remote_hosts(root):
         found.forges += [p for p in FORGE_HOSTS.get(host, (f"https://{host}",)) if p not in found.forges]
     packages = [h for name in found.presets for h in PRESETS[name].package_hosts]
@@ -211,7 +212,7 @@ def render(found: Survey) -> str:
     lines += ["}", "", "agent coder {", '  read "**"',
               "  # every root entry but `.ifc`, `.git` and the top-level directories there were when `ifc init` ran",
               "  # (add new ones here), and the build and cache directories of the project's tools"]
-    writes = [*ROOT_ENTRIES, "/.git/", *(f"/{d}/" for d in found.dirs)]
+    writes = [*ROOT_ENTRIES, "/.git/", *("/" + _GLOB_META.sub(r"\\\1", d) + "/" for d in found.dirs)]
     for name in found.presets:
         writes += PRESETS[name].writes
     writes = list(dict.fromkeys(writes))
