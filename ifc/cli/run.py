@@ -2,7 +2,8 @@
 the host, with DIR as its only workspace, served through the enforcing FUSE filesystem, and no network but
 the egress hook (`--egress`) or a proxy given with `--proxy` (none by default).
 
-CMD sees the host's /usr read-only, a fresh /etc and home, tmpfs elsewhere, and DIR at /workspace; it runs
+CMD sees the host's /usr read-only, a fresh /etc (with the host's pip and npm configuration, read-only,
+never their credentials) and home, tmpfs elsewhere, and DIR at /workspace; it runs
 there as an unprivileged user (the workspace's owner, or uid 1000). Its output comes back on this terminal
 and its exit status is `ifc run`'s. The run directory receives the policy copy, the event log
 (`events.db`) and the helpers' logs; `ifc report RUN_DIR` reads it. Labels floated by writes are the
