@@ -147,3 +147,15 @@ def test_ifc_run_names_each_index_the_policy_refuses(tmp_path):
                        f"{home / '.config/pip/pip.conf'}) is refused by the policy (no endpoint rule names "
                        "GET https://pypi.corp.example:443/simple: unknown endpoints are denied): add an endpoint rule "
                        "for it, or remove it from that configuration"]
+
+
+def test_a_value_holding_a_token_shaped_string_stays_out_even_without_userinfo(tmp_path):
+    token = "ghp_" + "Zq8Lm2Xv7Rt4Wp9Ks3Jd6Hf1Nb5Cg0Ya8Ue2"
+    home = _home(tmp_path, f"[global]\nindex-url = https://pkgs.example/{token}/simple\ntimeout = 9\n",
+                 npmrc="registry=https://npm.example/${REG_TOKEN}/\nfund=false\n")
+    config = collect(_env(home, REG_TOKEN=token), etc=home / "no-etc")
+    carried = b"".join(config.files.values()).decode() + repr(config.env)
+    assert token not in carried and token not in "\n".join(config.notices())
+    assert dict(_pip_conf(config).items("global")) == {"timeout": "9"}
+    assert config.indexes == []  # what is not carried is not checked against the policy either
+    assert "looks like a credential" in config.notices()[0]

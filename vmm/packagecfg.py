@@ -139,7 +139,7 @@ def _pip(environ: Mapping[str, str], home: Path, etc: Path, out: PackageConfig) 
     parser = configparser.RawConfigParser()
     for section, items in merged.items():
         for key, (value, source) in items.items():
-            kept = _pip_option(key, value, source, out)
+            kept = _unless_token(_pip_option(key, value, source, out), f"pip `{key}` ({source})", out)
             if kept is not None:
                 if not parser.has_section(section):
                     parser.add_section(section)
@@ -148,7 +148,7 @@ def _pip(environ: Mapping[str, str], home: Path, etc: Path, out: PackageConfig) 
         if not name.startswith("PIP_") or name == "PIP_CONFIG_FILE" or not value.strip():
             continue  # an empty variable sets nothing
         key = name[4:].lower().replace("_", "-")
-        kept = _pip_option(key, value, f"${name}", out)
+        kept = _unless_token(_pip_option(key, value, f"${name}", out), f"pip `${name}`", out)
         if kept is not None:
             out.env[name] = kept
     if parser.sections():
@@ -184,6 +184,19 @@ def _pip_option(key: str, value: str, source: str, out: PackageConfig) -> str | 
     kept = [item for item in (_location(raw, "pip", f"`{key}` in {source}", out) for raw in value.split())
             if item is not None]
     return " ".join(kept) if kept else None
+
+
+def _unless_token(value: str | None, what: str, out: PackageConfig) -> str | None:
+    """`value`, unless it holds a token-shaped string (the workspace audit's patterns: a token in an index URL's
+    path, an expanded `${VAR}`): the guest's configuration is no labelled file, so reading it taints nothing, and
+    a credential there could leave through any allowed endpoint. Then None, and the index is not named."""
+    from ifc.check.workspace import scan_content
+
+    if value is None or scan_content(value.encode()) is None:
+        return value
+    out.indexes = [index for index in out.indexes if index.url not in value.split()]
+    out.leave_out(what, "it holds what looks like a credential")
+    return None
 
 
 def _location(raw: str, tool: str, where: str, out: PackageConfig) -> str | None:
@@ -249,11 +262,14 @@ def _npm(environ: Mapping[str, str], home: Path, secrets: Collection[str], out: 
                 continue
             key, value = (part.strip() for part in line.split("=", 1))
             kept = _npm_entry(key, value, str(path), environ, secrets, out)
+            if not key.startswith("//") and key.rpartition(":")[2].lower() not in NPM_AUTH:  # a kept ${SECRET}
+                kept = _unless_token(kept, f"npm `{key}` ({path})", out)
             if kept is not None:
                 lines.append(f"{key}={kept}\n")
     for name in ("NPM_CONFIG_REGISTRY", "npm_config_registry"):
         if name in environ:
-            kept = _location(environ[name], "npm", f"`registry` in ${name}", out)
+            kept = _unless_token(_location(environ[name], "npm", f"`registry` in ${name}", out), f"npm `${name}`",
+                                 out)
             if kept is not None:
                 out.env[name] = kept
     if lines:
