@@ -72,7 +72,7 @@ def host_env(where: Path) -> dict[str, str]:
 
 def ifc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ifc", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=env, stdin=subprocess.DEVNULL, timeout=120)
+                          env=env, stdin=subprocess.DEVNULL, timeout=300)
 
 
 @pytest.mark.parametrize("kind", sorted(REPOS))
@@ -142,15 +142,22 @@ COMMIT = " && git add -A && git -c user.name=agent -c user.email=a@a commit -qm 
 @pytest.mark.skipif(_namespace_skip() is not None, reason=str(_namespace_skip()))
 @pytest.mark.parametrize("kind", sorted(REPOS))
 def test_normal_work_under_the_starter_policy_has_no_denials_and_the_policy_is_out_of_reach(tmp_path, kind):
+    normal_work(tmp_path, kind, "namespace", {})
+
+
+def normal_work(tmp_path: Path, kind: str, isolation: str, extra_env: dict[str, str]) -> None:
+    """`ifc init`, then under `ifc run --isolation ISOLATION --egress`: normal work (venv, edit, tests, commit)
+    has no denials; tampering with the policy is refused by the monitor, each attempt logged. tests/test_vm.py
+    runs it in the microVM."""
     files, remote, _ = REPOS[kind]
     repo = make_repo(tmp_path, files, remote)
     subprocess.run(["chown", "-R", "1000:1000", str(repo)], check=True)
-    env = host_env(tmp_path)
+    env = {**host_env(tmp_path), **extra_env}
     assert ifc("init", str(repo), env=env).returncode == 0
     policy = repo / ".ifc" / "policy.flow"
     subprocess.run(["chown", "-R", "1000:1000", str(repo / ".ifc")], check=True)  # only the policy stops it
     before = policy.read_text()
-    run = ["run", "--isolation", "namespace", "--egress", "--policy", str(policy), "--workspace", str(repo)]
+    run = ["run", "--isolation", isolation, "--egress", "--policy", str(policy), "--workspace", str(repo)]
     work = ifc(*run, "--run-dir", str(tmp_path / "run1"), "--", "sh", "-c", WORK[kind] + COMMIT, env=env)
     assert work.returncode == 0, work.stdout + work.stderr
     ran = {"python": ["python-tests-ok"], "node": ["node-tests-ok"], "mixed": ["python-tests-ok", "node-tests-ok"]}

@@ -159,3 +159,16 @@ def test_a_value_holding_a_token_shaped_string_stays_out_even_without_userinfo(t
     assert dict(_pip_conf(config).items("global")) == {"timeout": "9"}
     assert config.indexes == []  # what is not carried is not checked against the policy either
     assert "looks like a credential" in config.notices()[0]
+
+
+def test_a_constraints_file_comes_in_by_content_unless_it_holds_a_credential(tmp_path):
+    pins = tmp_path / "constraints.txt"
+    pins.write_text("torch<=2.14.1\n")
+    leaky = tmp_path / "leaky.txt"
+    leaky.write_text("--index-url https://ci:Xk29fLq7Vb3@pkgs.example/simple\nrequests==2.0\n")
+    home = _home(tmp_path, f"[global]\nconstraint = {pins} {leaky}\n")
+    config = collect(_env(home), etc=home / "no-etc")
+    (guest_path,) = _pip_conf(config).get("global", "constraint").split()
+    assert config.files[guest_path.removeprefix("/etc/")] == b"torch<=2.14.1\n"
+    assert b"Xk29fLq7Vb3" not in b"".join(config.files.values())
+    assert f"pip constraints `{leaky}`" in config.notices()[0]

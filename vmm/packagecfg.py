@@ -50,7 +50,8 @@ URL_KEYS = ("index-url", "extra-index-url", "find-links")
 PIP_KEYS = frozenset({*URL_KEYS, "trusted-host", "no-index", "cert", "timeout", "default-timeout", "retries",
                       "pre", "prefer-binary", "only-binary", "no-binary", "disable-pip-version-check",
                       "progress-bar", "no-build-isolation", "no-cache-dir", "use-pep517", "require-hashes",
-                      "upgrade-strategy", "break-system-packages", "constraint"})
+                      "upgrade-strategy", "break-system-packages", "constraint", "no-input", "require-virtualenv",
+                      "root-user-action", "no-color", "quiet", "verbose"})
 NPM_KEYS = frozenset({"registry", "strict-ssl", "fetch-retries", "fetch-retry-factor", "fetch-retry-mintimeout",
                       "fetch-retry-maxtimeout", "fetch-timeout", "audit", "fund", "update-notifier", "progress",
                       "loglevel", "save-exact", "save-prefix", "engine-strict", "legacy-peer-deps",
@@ -175,10 +176,12 @@ def _pip_option(key: str, value: str, source: str, out: PackageConfig) -> str | 
             except OSError as exc:
                 raise PackageConfigError(f"cannot read the constraints file `{path}` named by {source}: "
                                          f"{(exc.strerror or str(exc)).lower()}") from None
+            if _unless_token(data.decode("utf-8", "replace"), f"pip constraints `{path}`", out) is None:
+                continue
             name = f"ifc/pip-constraints-{len(out.files)}.txt"
             out.files[name] = data
             kept.append("/etc/" + name)
-        return " ".join(kept)
+        return " ".join(kept) or None
     if key not in URL_KEYS:
         return value
     kept = [item for item in (_location(raw, "pip", f"`{key}` in {source}", out) for raw in value.split())
