@@ -236,7 +236,7 @@ def _add_cas(data: bytes, what: str, out: PackageConfig) -> None:
     certs = _PEM.findall(data)
     if not certs:
         raise PackageConfigError(f"{what} holds no PEM certificate")
-    roots = host_roots()  # the sandbox trusts those anyway (`vmm.sandbox.trust_bundle`)
+    roots = set(_PEM.findall(host_roots()))  # the sandbox trusts those anyway (`vmm.sandbox.trust_bundle`)
     out.cas += [cert + b"\n" for cert in certs if cert + b"\n" not in out.cas and cert not in roots]
 
 
