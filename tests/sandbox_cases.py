@@ -464,3 +464,102 @@ def statuses_pass_through(tmp_path: Path, run: Run) -> None:
         proc = run(ws, policy, tmp_path / "run", script, ("--agent", "none", "--egress"), {})
     assert proc.stdout == f"404 /missing\n 404 \n301 /moved\n 301 {base}/ok\n500 /boom\n 500 \n", \
         proc.stdout + proc.stderr  # each body exactly, each status, the Location curl would follow
+
+
+def demo_wheel(where: Path, name: str = "ifcdemo", version: str = "1.0") -> Path:
+    """A pure-Python wheel built by hand (zip + RECORD), so no build backend or index is needed to make it."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": f"ORIGIN = 'the host index'\nVERSION = '{version}'\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: ifc-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    wheel = where / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def simple_index(root: Path, wheel: Path) -> None:
+    """A PEP 503 index of one project at ROOT/simple, its file at ROOT/files."""
+    import hashlib
+
+    project = wheel.name.split("-")[0]
+    (root / "files").mkdir(parents=True)
+    (root / "files" / wheel.name).write_bytes(wheel.read_bytes())
+    (root / "simple" / project).mkdir(parents=True)
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (root / "simple" / project / "index.html").write_text(
+        f'<!DOCTYPE html><html><body><a href="../../files/{wheel.name}#sha256={digest}">{wheel.name}</a>'
+        "</body></html>\n")
+
+
+def host_package_config(tmp_path: Path, run: Run) -> None:
+    """The host's pip configuration reaches the sandbox read-only: `pip install` there finds a package on an
+    HTTPS index named only in the host's pip.conf (with a CA that config names, and credentials in its URL
+    that must not come in), through the egress hook. A secret is bound to the index, so the hook terminates
+    the tunnel: the guest must trust the run's CA, and the hook the index's CA (from the host's config; no
+    `--upstream-ca`). The host's npmrc comes in without its literal token; a `${SECRET}` reference stays."""
+    upstream_ca, cert, key = make_upstream_ca(tmp_path, ["localhost"])
+    index_root = tmp_path / "index"
+    simple_index(index_root, demo_wheel(tmp_path))
+    served: list[str] = []
+
+    class Index(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(index_root), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            served.append(self.path)
+            super().do_GET()
+
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    ws = agent_workspace(tmp_path, {})
+    home = tmp_path / "home"  # the host user's home: only its config files, nothing else of the machine's user
+    (home / ".config" / "pip").mkdir(parents=True)
+    with serving(Index, tls) as port:
+        (home / ".config" / "pip" / "pip.conf").write_text(
+            f"[global]\nindex-url = https://builder:hunter2@localhost:{port}/simple\ncert = {upstream_ca}\n"
+            "proxy = http://10.9.9.9:8080\n")
+        (home / ".npmrc").write_text(f"registry=https://localhost:{port}/npm/\n"
+                                     f"//localhost:{port}/npm/:_authToken=npm_literalTOKEN123\n"
+                                     f"//localhost:{port}/:_authToken=${{INDEX_TOKEN}}\nfund=false\n")
+        policy = tmp_path / "policy.flow"
+        policy.write_text(f"""\
+labels {{ secrecy public < internal < secret }}
+files {{ "**" internal }}
+endpoints {{
+  "https://localhost:{port}" clearance internal as index
+  "https://127.0.0.1:{port}" clearance internal  # what localhost resolves to: loopback is refused unless named
+}}
+secret INDEX_TOKEN from env "IFC_TEST_INDEX_TOKEN" to "https://localhost:{port}"
+""")
+        script = ("export NO_PROXY= no_proxy=; "  # the index is `localhost` to the host, not the guest's own
+                  "python3 -m pip install -q --no-cache-dir --target /tmp/t ifcdemo && "
+                  "PYTHONPATH=/tmp/t python3 -c 'import ifcdemo; print(ifcdemo.ORIGIN)'; "
+                  "grep -c hunter2 /etc/pip.conf; grep -c 10.9.9.9 /etc/pip.conf; "
+                  "{ echo pipconf >>/etc/pip.conf; } 2>/dev/null || echo read-only; "
+                  "npm config get registry; grep -c npm_literalTOKEN123 /etc/ifc/npmrc; "
+                  "grep -c 'INDEX_TOKEN}' /etc/ifc/npmrc")
+        env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "IFC_TEST_INDEX_TOKEN": "real-token",
+               "PIP_CERT": "", "PIP_FIND_LINKS": ""}
+        proc = run(ws, policy, tmp_path / "run", script, ("--agent", "none", "--egress"), env)
+    assert proc.stdout.splitlines() == ["the host index", "0", "0", "read-only", f"https://localhost:{port}/npm/",
+                                        "0", "1"], proc.stdout + proc.stderr
+    assert "/simple/ifcdemo/" in served and any(path.endswith(".whl") for path in served), served
+    notice = next(line for line in proc.stderr.splitlines() if "not carried into the sandbox" in line)
+    assert "the credentials in `https://localhost:" in notice and "pip `proxy`" in notice, notice
+    assert f"npm `//localhost:{port}/npm/:_authToken`" in notice, notice
+    assert "hunter2" not in proc.stderr and "npm_literalTOKEN123" not in proc.stderr

@@ -195,6 +195,10 @@ def test_https_secrets_are_sentinels_inside_and_real_only_at_the_bound_server(tm
     sandbox_cases.https_sentinel(tmp_path, _run)
 
 
+def test_pip_installs_from_the_index_named_only_in_the_hosts_pip_config(tmp_path):
+    sandbox_cases.host_package_config(tmp_path, _run)
+
+
 def test_git_and_python_work_in_a_git_workspace(workspace):
     sandbox_cases.git_and_python(workspace, _run)
 

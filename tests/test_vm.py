@@ -337,6 +337,16 @@ def test_https_secrets_are_sentinels_in_the_guest_and_real_only_at_the_bound_ser
     sandbox_cases.https_sentinel(tmp_path, vm_run)
 
 
+def test_pip_installs_from_the_index_named_only_in_the_hosts_pip_config(vm_run, tmp_path):
+    sandbox_cases.host_package_config(tmp_path, vm_run)
+
+
+def test_normal_work_under_an_ifc_init_policy_has_no_denials_in_the_guest(image_env, tmp_path):
+    from test_init import normal_work
+
+    normal_work(tmp_path, "mixed", "microvm", {k: v for k, v in image_env.items() if k == "XDG_CACHE_HOME"})
+
+
 def test_git_and_python_work_in_a_git_workspace(vm_run, workspace):
     sandbox_cases.git_and_python(workspace, vm_run)
 

@@ -157,9 +157,10 @@ def _shell_assignments(values: dict[str, str]) -> str:
 
 
 def run_initrd(img: vmimage.Image, target: Path, settings: dict[str, str], env: dict[str, str],
-               argv: list[str], trust: bytes | None = None) -> None:
-    """The cached initrd with a second (uncompressed) cpio appended: /ifc/run, /ifc/env, /ifc/cmd and, when
-    there is one, /ifc/trust.pem (the sandbox's trust store, see `vmm.sandbox.trust_bundle`)."""
+               argv: list[str], trust: bytes | None = None, etc: dict[str, bytes] | None = None) -> None:
+    """The cached initrd with a second (uncompressed) cpio appended: /ifc/run, /ifc/env, /ifc/cmd, when
+    there is one, /ifc/trust.pem (the sandbox's trust store, see `vmm.sandbox.trust_bundle`), and /ifc/etc/
+    (files the init copies into the guest's /etc, read-only: the host's package configuration)."""
     command = "cd /workspace || exit 125\nexec " + " ".join(shlex.quote(a) for a in argv) + "\n"
     entries: list[tuple[str, int, bytes | str | None]] = [
         ("ifc", stat.S_IFDIR | 0o755, None),
@@ -169,6 +170,11 @@ def run_initrd(img: vmimage.Image, target: Path, settings: dict[str, str], env: 
     ]
     if trust is not None:
         entries.append(("ifc/trust.pem", stat.S_IFREG | 0o644, trust))
+    if etc:
+        dirs = sorted({str(parent) for name in etc for parent in Path(name).parents} - {"."})
+        entries.append(("ifc/etc", stat.S_IFDIR | 0o755, None))
+        entries += [(f"ifc/etc/{d}", stat.S_IFDIR | 0o755, None) for d in dirs]
+        entries += [(f"ifc/etc/{name}", stat.S_IFREG | 0o444, data) for name, data in sorted(etc.items())]
     extra = vmimage.write_cpio(entries)
     with open(target, "wb") as out, open(img.initrd, "rb") as base:
         shutil.copyfileobj(base, out, 1 << 20)
@@ -236,7 +242,8 @@ def run(spec: RunSpec) -> RunResult:
             settings["IFC_DNS"] = PROXY_GUEST[0]
         initrd = sockdir / "initrd.img"
         proxy_url = f"http://{PROXY_GUEST[0]}:{PROXY_GUEST[1]}" if workspace.proxy else None
-        run_initrd(img, initrd, settings, agent_env(spec, workspace, tty, proxy_url), spec.argv, trust_bundle(spec))
+        run_initrd(img, initrd, settings, agent_env(spec, workspace, tty, proxy_url), spec.argv, trust_bundle(spec),
+                   spec.packages.files)
         (run_dir / "control.log").write_bytes(b"")
         control = Control(sockdir / "ctl.sock", run_dir / "control.log", run_dir / "events.db")
         control.start()

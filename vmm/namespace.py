@@ -72,7 +72,7 @@ def run(spec: RunSpec) -> RunResult:
         env = agent_env(spec, workspace, tty, PROXY_URL if workspace.proxy else None)
         plan = Plan(argv=spec.argv, env=env, uid=uid, gid=gid, root=str(root), workspace=str(workspace.mountpoint),
                     tty=tty, proxy=workspace.proxy is not None, dns=workspace.dns is not None,
-                    trust=trust_bundle(spec))
+                    trust=trust_bundle(spec), etc=spec.packages.files)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with ours, theirs:
             pid = fork_init(plan, theirs, ours)

@@ -27,7 +27,7 @@ import signal
 import socket
 import struct
 import termios
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
@@ -74,6 +74,7 @@ class Plan:
     proxy: bool  # listen on 127.0.0.1:3128 inside for the egress hook
     dns: bool  # listen on 127.0.0.1:53 (TCP and UDP) inside for the hook's DNS stub
     trust: bytes | None  # the sandbox's trust store (`vmm.sandbox.trust_bundle`)
+    etc: dict[str, bytes] = field(default_factory=dict)  # more files under /etc, root's and read-only (packagecfg)
 
 
 def init(plan: Plan, ctl: socket.socket) -> NoReturn:
@@ -131,6 +132,11 @@ def build_root(plan: Plan) -> None:
     }
     for name, text in etc.items():
         Path(f"{r}/etc/{name}").write_text(text)
+    for name, data in plan.etc.items():  # the host's package configuration: the agent may read, not change it
+        target = Path(f"{r}/etc/{name}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        target.chmod(0o444)
     if plan.trust is not None:
         os.makedirs(os.path.dirname(f"{r}{SANDBOX_TRUST}"))
         Path(f"{r}{SANDBOX_TRUST}").write_bytes(plan.trust)

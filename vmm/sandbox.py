@@ -35,14 +35,14 @@ from ifc.enforce.health import Health, read_health
 from ifc.enforce.runfiles import CA_FILE, ENV_FILE
 from ifc.errors import UserError
 from vmm import runtoken
+from vmm.packagecfg import GUEST_TRUST, PackageConfig, host_roots
 
 PR_SET_PDEATHSIG = 1
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PROXY_PORT = 3128  # where the agent reaches the egress hook, in the guest or the namespace
-SANDBOX_TRUST = "/etc/ssl/certs/ca-certificates.crt"  # the sandbox's trust store (its /etc is fresh)
-HOST_TRUST = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+SANDBOX_TRUST = GUEST_TRUST  # the sandbox's trust store (its /etc is fresh)
 TRUST_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT",
                    "NODE_EXTRA_CA_CERTS")
 
@@ -72,7 +72,9 @@ class RunSpec:
     shutdown_timeout: float = 15.0
     accel: str | None = None  # microVM only: kvm | tcg; default: probe (or $IFC_VM_ACCEL)
     env: dict[str, str] = field(default_factory=dict)
+    packages: PackageConfig = field(default_factory=PackageConfig)  # the host's pip/npm config (vmm.packagecfg)
     notice: object = None  # callable(str) for one-line notices (default: stderr)
+    notices: list[str] = field(default_factory=list)  # said once the isolation is announced (package config)
 
     def say(self, line: str) -> None:
         (self.notice or (lambda text: print(text, file=sys.stderr, flush=True)))(line)
@@ -277,6 +279,8 @@ class Workspace:
 def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
     """The FUSE daemon over the workspace at RUN_DIR/mnt; with `egress`, it also serves the hook (HTTP proxy
     and DNS stub on free host ports) from the same monitor, so a file read taints what may leave."""
+    for line in spec.notices:
+        spec.say(line)
     mnt = spec.run_dir / "mnt"
     mnt.mkdir(exist_ok=True)
     if is_fuse_mount(str(mnt)):  # a live mount there (another run, an `ifc mount`) would pass for ours below
@@ -292,8 +296,9 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
     if spec.egress:
         proxy, dns = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
         argv += ["--egress", f"{proxy[0]}:{proxy[1]}", "--egress-dns", f"{dns[0]}:{dns[1]}"]
-        if spec.upstream_ca:
-            argv += ["--upstream-ca", str(spec.upstream_ca)]
+        upstream_ca = _upstream_roots(spec)
+        if upstream_ca:
+            argv += ["--upstream-ca", str(upstream_ca)]
     run = runtoken.prepare(spec.run_dir, spec.policy, spec.agent, spec.token, spec.key)
     health, health_w = os.pipe()
     fds: tuple[int, ...] = (health_w,)
@@ -322,6 +327,18 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
     return Workspace(mnt, proxy, dns, run.token if run else None)
 
 
+def _upstream_roots(spec: RunSpec) -> Path | None:
+    """What the hook trusts besides the system's roots: `--upstream-ca`, plus the CAs the host's package
+    configuration names (a private registry a secret is bound to is served through a terminated tunnel, and
+    the hook must verify it as the user's own npm or pip would)."""
+    if not spec.packages.cas:
+        return spec.upstream_ca
+    combined = spec.run_dir / "upstream-ca.pem"
+    extra = spec.upstream_ca.read_bytes() + b"\n" if spec.upstream_ca else b""
+    combined.write_bytes(extra + b"".join(spec.packages.cas))
+    return combined
+
+
 def remove_mountpoint(workspace: Workspace | None) -> None:
     if workspace is not None:
         with contextlib.suppress(OSError):
@@ -347,6 +364,7 @@ def agent_env(spec: RunSpec, workspace: Workspace, tty: bool, proxy_url: str | N
         env.update(_sentinels(spec.run_dir / ENV_FILE))
         if (spec.run_dir / CA_FILE).exists():  # every common client's way to be told where the roots are
             env.update({name: SANDBOX_TRUST for name in TRUST_VARIABLES})
+    env.update(spec.packages.env)
     env.update(spec.env)
     return env
 
@@ -362,13 +380,12 @@ def _sentinels(path: Path) -> dict[str, str]:
 
 
 def trust_bundle(spec: RunSpec) -> bytes | None:
-    """What the sandbox's SANDBOX_TRUST holds: the host's public roots (so real HTTPS endpoints verify) plus,
-    with `--egress`, the run's CA (so the hook's terminated tunnels do). None when there is neither."""
-    parts = []
-    for path in HOST_TRUST:
-        with contextlib.suppress(OSError):
-            parts.append(Path(path).read_bytes())
-            break
+    """What the sandbox's SANDBOX_TRUST holds: the host's public roots (so real HTTPS endpoints verify), the
+    CAs the host's package configuration names (a private index's), and, with `--egress`, the run's CA (so
+    the hook's terminated tunnels verify). None when there is none of them."""
+    parts = [roots] if (roots := host_roots()) else []
+    if spec.packages.cas:
+        parts.append(b"# CAs named by the host's package configuration\n" + b"".join(spec.packages.cas))
     if spec.egress:
         with contextlib.suppress(OSError):
             parts.append(b"# ifc-sandbox run CA (RUN_DIR/ca.pem)\n" + (spec.run_dir / CA_FILE).read_bytes())

@@ -220,6 +220,7 @@ class WorkspaceAudit:
     diagnostics: tuple[Diagnostic, ...]  # `unlabelled-secret` warnings, sorted
     total: int  # files labelled (everything that is not a directory, symlinks included)
     skipped: tuple[tuple[str, str], ...]  # (workspace path, reason): unreadable, or symlinks leaving the tree
+    suspects: tuple[str, ...] = ()  # the flagged files, each as a glob for exactly that path (`ifc init` adds them)
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,7 @@ class _Auditor:
         self.texts: dict[Label, str] = {}
         self.secret_cache: dict[Label, bool] = {}
         self.diagnostics: list[Diagnostic] = []
+        self.suspects: list[str] = []
         self.skipped: list[tuple[str, str]] = []
 
     # --- the walk -------------------------------------------------------------------------------
@@ -292,6 +294,7 @@ class _Auditor:
             diagnostics=tuple(sort_diagnostics(self.diagnostics)),
             total=total,
             skipped=tuple(sorted(set(self.skipped))),
+            suspects=tuple(sorted(self.suspects)),
         )
 
     def _symlink(self, rel: str, path: str) -> None:
@@ -368,8 +371,8 @@ class _Auditor:
         if rule is not None:
             related.append(Related(rule.span, f"`{shown}` gets `{rule.label_text}` from this rule"))
         target = self._target_rule()
-        # a glob for exactly this path; an undecodable byte (a lone surrogate) can only be matched by `?`
-        literal = encode_string(_SURROGATE.sub("?", re.sub(r"([*?\[\]\\])", r"\\\1", rel)))
+        literal = exact_glob(rel, anchored=False)
+        self.suspects.append(exact_glob(rel))
         top = self.top
         if top is None:
             help_ = (f"declare a secrecy chain (`secrecy public < internal < secret`) and add "
@@ -400,6 +403,11 @@ class _Auditor:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+
+def exact_glob(rel: str, anchored: bool = True) -> str:
+    """A quoted glob for the workspace path `rel`, metacharacters escaped (an undecodable byte, a lone surrogate,
+    can only be matched by `?`); `anchored`: that path only, else (a root name) that name at any depth too."""
+    return encode_string("/" * anchored + _SURROGATE.sub("?", re.sub(r"([*?\[\]\\])", r"\\\1", rel)))
 
 
 def scan_content(data: bytes) -> _Hit | None:

@@ -2,7 +2,8 @@
 the host, with DIR as its only workspace, served through the enforcing FUSE filesystem, and no network but
 the egress hook (`--egress`) or a proxy given with `--proxy` (none by default).
 
-CMD sees the host's /usr read-only, a fresh /etc and home, tmpfs elsewhere, and DIR at /workspace; it runs
+CMD sees the host's /usr read-only, a fresh /etc (with the host's pip and npm configuration, read-only,
+never their credentials) and home, tmpfs elsewhere, and DIR at /workspace; it runs
 there as an unprivileged user (the workspace's owner, or uid 1000). Its output comes back on this terminal
 and its exit status is `ifc run`'s. The run directory receives the policy copy, the event log
 (`events.db`) and the helpers' logs; `ifc report RUN_DIR` reads it. Labels floated by writes are the
@@ -25,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from ifc.cli.common import Usage, error, load_policy_and_agent, parse_address, read_token, token_problem
+from vmm.packagecfg import PackageConfig, PackageConfigError, check_indexes, collect
 
 EPILOG = """exit codes:
   N    the command's exit status
@@ -117,9 +119,13 @@ def run(args: argparse.Namespace) -> int:
     if args.isolation == "namespace" and vm_only:
         return _error(f"{', '.join(vm_only)}: microVM only, not with --isolation namespace", code=2)
     try:
-        load_policy_and_agent(args.policy, args.agent)  # fail before booting anything
+        policy, agent = load_policy_and_agent(args.policy, args.agent)  # fail before booting anything
     except Usage as exc:
         return _error(exc.message, exc.help, code=2)
+    try:
+        packages, notices = _package_config(policy, agent)
+    except PackageConfigError as exc:
+        return _error(str(exc), "fix or move that file, or run with PIP_CONFIG_FILE=/dev/null for pip", code=2)
     run_dir = Path(os.path.realpath(args.run_dir)) if args.run_dir else Path(tempfile.mkdtemp(prefix="ifc-run-"))
     if run_dir == workspace or workspace in run_dir.parents:
         return _error("the run directory must not be inside the workspace (the agent could rewrite its log)", code=2)
@@ -137,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     spec = RunSpec(argv=command, workspace=workspace, run_dir=run_dir, policy=Path(args.policy).resolve(),
                    agent=args.agent, proxy=proxy, egress=args.egress, upstream_ca=upstream_ca, accel=args.accel,
                    token=token, key=Path(os.path.realpath(args.key)) if args.key else None,
-                   boot_timeout=args.boot_timeout)
+                   boot_timeout=args.boot_timeout, packages=packages, notices=notices)
     if args.memory is not None:
         spec.memory_mb = args.memory
     if args.isolation == "namespace":
@@ -157,6 +163,25 @@ def run(args: argparse.Namespace) -> int:
     if result.failure:  # fail closed: what the agent did after it was not decided or not logged
         return _error(result.failure)
     return result.status
+
+
+def _package_config(policy, agent, environ=os.environ, etc: Path = Path("/etc")) -> tuple[PackageConfig, list[str]]:
+    """The host's pip and npm configuration for the sandbox (`vmm.packagecfg`), and the lines to say: what
+    was left out, and each index it names that the policy would refuse (a clean run's `GET` there, as the
+    monitor decides it), so a failing `pip install` in the sandbox is explained before it starts."""
+    from ifc.monitor import Monitor, Request
+
+    packages = collect(environ, secrets=policy.secrets, etc=etc)
+
+    def allowed(url: str) -> tuple[bool, str]:
+        monitor = Monitor(policy, agent=agent)  # a fresh run for each index: one index's reply taints no other
+        try:
+            decision = monitor.decide(Request("connect", f"GET {url}", cmdline="ifc run"))
+        finally:
+            monitor.close()
+        return decision.allowed, decision.reason
+
+    return packages, packages.notices() + check_indexes(packages, allowed)
 
 
 def _summary(run_dir: Path, complete: bool = True) -> None:
