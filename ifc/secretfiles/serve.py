@@ -1,0 +1,116 @@
+"""Serving a parsed secret file with sentinels, and writing the sandbox's version back.
+
+`Sentinels` is one run's table: a value keeps its sentinel for the whole run (the agent reads `.env` twice and
+sees the same text; what it wrote back is recognised), and a sentinel is never reused across runs. Restoring is
+textual — each sentinel, exactly as it was served (with the quotes it was served in), becomes the bytes it stood
+for — so content the sandbox did not change comes back byte for byte, whatever it did around it, and a value
+the sandbox replaced stays the sandbox's own (the file stays labelled secret: it still holds real values).
+"""
+
+from __future__ import annotations
+
+import secrets as _random
+import threading
+from dataclasses import dataclass
+
+from ifc.secretfiles.items import Item, Parsed
+
+SENTINEL_PREFIX = "ifc-sentinel-"  # the egress hook's prefix (ifc.enforce.secrets): one scanner finds both
+
+
+def new_sentinel() -> bytes:
+    return (SENTINEL_PREFIX + _random.token_hex(16)).encode()
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A value served in one file: its sentinel, what was put in its place, and the bytes that go back."""
+
+    file: str
+    item: Item
+    sentinel: bytes
+
+    @property
+    def inserted(self) -> bytes:
+        return self.item.left + self.sentinel + self.item.right
+
+
+@dataclass(frozen=True)
+class Served:
+    data: bytes
+    placed: tuple[Placed, ...]
+
+    @property
+    def replaced(self) -> int:
+        return len(self.placed)
+
+
+class Sentinels:
+    """One run's sentinels for file values, keyed by (file, key path, kind, raw bytes): the same value in the same
+    place keeps its sentinel; a changed value gets a new one (the old one keeps restoring what it stood for)."""
+
+    def __init__(self, make=new_sentinel):
+        self._make = make
+        self._lock = threading.Lock()
+        self._by_value: dict[tuple, Placed] = {}
+        self._by_inserted: dict[str, dict[bytes, bytes]] = {}
+
+    def place(self, file: str, parsed: Parsed, item: Item) -> Placed:
+        raw = parsed.data[item.start:item.end]
+        ident = (file, item.path, item.kind, item.left, item.right, raw)
+        with self._lock:
+            got = self._by_value.get(ident)
+            if got is None:
+                got = self._by_value[ident] = Placed(file, item, self._make())
+                self._by_inserted.setdefault(file, {})[got.inserted] = raw
+            return got
+
+    def serve(self, file: str, parsed: Parsed) -> Served:
+        out, placed, at = [], [], 0
+        for item in parsed.items:
+            p = self.place(file, parsed, item)
+            out += [parsed.data[at:item.start], p.inserted]
+            placed.append(p)
+            at = item.end
+        out.append(parsed.data[at:])
+        return Served(b"".join(out), tuple(placed))
+
+    def restore(self, file: str, written: bytes) -> bytes:
+        """The bytes to store for what the sandbox wrote to `file`: every sentinel it left as served becomes the
+        real bytes again. Sentinels of other files stay what they are (a copied sentinel is worthless there)."""
+        with self._lock:
+            table = dict(self._by_inserted.get(file, {}))
+        if not table or SENTINEL_PREFIX.encode() not in written:
+            return written
+        out, at = [], 0
+        needle = SENTINEL_PREFIX.encode()
+        while True:
+            i = written.find(needle, at)
+            if i == -1:
+                break
+            hit = _match_at(written, i, table, at)
+            if hit is None:
+                i += 1
+                out.append(written[at:i])
+                at = i
+                continue
+            start, end, raw = hit
+            out += [written[at:start], raw]
+            at = end
+        out.append(written[at:])
+        return b"".join(out)
+
+    def placed(self) -> list[Placed]:
+        with self._lock:
+            return list(self._by_value.values())
+
+
+def _match_at(data: bytes, i: int, table: dict[bytes, bytes], floor: int) -> tuple[int, int, bytes] | None:
+    """The served rendering (sentinel with its quotes, if any) found around the sentinel prefix at `i`."""
+    best = None
+    for inserted, raw in table.items():
+        s = inserted.find(SENTINEL_PREFIX.encode())
+        start = i - s
+        if start >= floor and data.startswith(inserted, start) and (best is None or len(inserted) > best[1] - best[0]):
+            best = (start, start + len(inserted), raw)
+    return best
