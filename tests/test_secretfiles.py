@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ifc.secretfiles import Sentinels, format_of, join_key, key_matches, parse, split_key
+from ifc.secretfiles import Sentinels, Unmergeable, format_of, join_key, key_matches, parse, split_key
 
 KEY = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8).filter(lambda k: k[0] != "_")
 LINE = st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="\ufeff")
@@ -221,3 +221,28 @@ def test_keys_name_values():
     assert split_key(item.key) == item.path
     parsed = parse(".npmrc", b"//registry.npmjs.org/:_authToken=npm_x\n")
     assert key_matches(parsed.values[0], "//registry.npmjs.org/:_authToken")
+
+
+@pytest.mark.parametrize("name, real, forge", [
+    (".env", b"A=sk_live_1\nB=x\n", lambda s: b"%s=x\n" % s["A"]),  # the sentinel as a key
+    (".env", b"A=sk_live_1\nB=x\n", lambda s: b"B=pre%spost\n" % s["A"]),  # inside another value
+    (".env", b"A=sk_live_1\nB=x\n", lambda s: b"B=x # %s\n" % s["A"]),  # into a comment: one item, not exact
+    ("c.json", b'{"a": "sk_live_1"}', lambda s: b'{"%s": 1}' % s["a"]),
+    (".aws/credentials", b"[p]\nk = sk_live_1\n", lambda s: b"[%s]\nk = v\n" % s["p.k"]),
+    (".netrc", b"machine h login u password sk_live_1\n",
+     lambda s: b"machine %s login u password v\n" % s["h.password"]),
+])
+def test_a_sentinel_moved_out_of_a_value_is_refused(name, real, forge):
+    parsed = parse(name, real)
+    sentinels = Sentinels()
+    served = sentinels.serve(name, parsed)
+    by_key = {p.item.key: p.sentinel for p in served.placed}
+    with pytest.raises(Unmergeable):
+        sentinels.restore(name, forge(by_key))
+
+
+def test_a_sentinel_moved_to_another_value_takes_its_real_value_there():
+    parsed = parse(".env", b"A=sk_live_1\nB=x\n")
+    sentinels = Sentinels()
+    by_key = {p.item.key: p.sentinel for p in sentinels.serve(".env", parsed).placed}
+    assert sentinels.restore(".env", b"B=%s\nC=%s\n" % (by_key["B"], by_key["A"])) == b"B=x\nC=sk_live_1\n"

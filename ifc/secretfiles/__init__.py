@@ -6,7 +6,7 @@ cannot (None); `serve.Sentinels` is one run's table that serves and restores."""
 
 from ifc.secretfiles.items import Item, Parsed, Unparsable, join_key, key_matches, split_key
 from ifc.secretfiles.registry import FORMATS, format_of, parse
-from ifc.secretfiles.serve import SENTINEL_PREFIX, Placed, Sentinels, Served
+from ifc.secretfiles.serve import SENTINEL_PREFIX, Placed, Sentinels, Served, Unmergeable
 
-__all__ = ["FORMATS", "SENTINEL_PREFIX", "Item", "Parsed", "Placed", "Sentinels", "Served", "Unparsable",
+__all__ = ["FORMATS", "SENTINEL_PREFIX", "Item", "Parsed", "Placed", "Sentinels", "Served", "Unmergeable", "Unparsable",
            "format_of", "join_key", "key_matches", "parse", "split_key"]

@@ -22,6 +22,15 @@ def new_sentinel() -> bytes:
     return (SENTINEL_PREFIX + _random.token_hex(16)).encode()
 
 
+class Unmergeable(ValueError):
+    """What the sandbox wrote cannot take the real values back safely: the write is refused, the file kept."""
+
+    def __init__(self, file: str, why: str):
+        super().__init__(f"`{file}`: {why}")
+        self.file = file
+        self.why = why
+
+
 @dataclass(frozen=True)
 class Placed:
     """A value served in one file: its sentinel, what was put in its place, and the bytes that go back."""
@@ -77,28 +86,45 @@ class Sentinels:
 
     def restore(self, file: str, written: bytes) -> bytes:
         """The bytes to store for what the sandbox wrote to `file`: every sentinel it left as served becomes the
-        real bytes again. Sentinels of other files stay what they are (a copied sentinel is worthless there)."""
+        real bytes again. Sentinels of other files stay what they are (a copied sentinel is worthless there).
+
+        A real value goes back only to where a value is: the result is parsed again and each restored span must
+        be exactly one value (or comment) of it, else `Unmergeable` — a sentinel moved into a key, a section
+        name or the middle of another value would put the real bytes where the next serving shows them."""
         with self._lock:
             table = dict(self._by_inserted.get(file, {}))
-        if not table or SENTINEL_PREFIX.encode() not in written:
-            return written
-        out, at = [], 0
         needle = SENTINEL_PREFIX.encode()
+        if not table or needle not in written:
+            return written
+        out, at, size, spans = [], 0, 0, []
         while True:
             i = written.find(needle, at)
             if i == -1:
                 break
             hit = _match_at(written, i, table, at)
             if hit is None:
-                i += 1
-                out.append(written[at:i])
-                at = i
+                out.append(written[at:i + 1])
+                size += i + 1 - at
+                at = i + 1
                 continue
             start, end, raw = hit
             out += [written[at:start], raw]
+            size += start - at
+            spans.append((size, size + len(raw)))
+            size += len(raw)
             at = end
         out.append(written[at:])
-        return b"".join(out)
+        restored = b"".join(out)
+        if spans:
+            from ifc.secretfiles.registry import parse  # the registry imports this module's users, not this one
+
+            parsed = parse(file, restored)
+            if parsed is None:
+                raise Unmergeable(file, "it no longer parses with its real values put back")
+            at_items = {(item.start, item.end) for item in parsed.items}
+            if any(span not in at_items for span in spans):
+                raise Unmergeable(file, "a sentinel was moved out of a value's place")
+        return restored
 
     def placed(self) -> list[Placed]:
         with self._lock:
