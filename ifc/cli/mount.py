@@ -107,17 +107,26 @@ def run(args: argparse.Namespace) -> int:
     except Usage as exc:
         return _usage(exc.message, exc.help)
     health = _health(args.health_fd, monitor.log)
-    from ifc.enforce.fs import EnforcingFS
+    from ifc.enforce.fs import Backing, EnforcingFS
     from ifc.enforce.identity import Identities
     from ifc.enforce.mount import load_binding, serve
+    from ifc.secretfiles.workspace import SecretFileError, SecretFiles
 
+    files = SecretFiles(monitor.policy, Backing(source).read)
+    try:
+        files.load()
+    except SecretFileError as exc:
+        monitor.close()
+        return _usage(str(exc), "the policy binds it by file and key: the file must be in the workspace, parse, "
+                      "and hold the key")
     egress = None
     try:
         if args.egress:
-            egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca)
+            egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca, files)
         binding = load_binding(args.fuse or DEFAULT_BINDING)
         ops = EnforcingFS(source, monitor, identities=Identities(default_token=token), context=binding.context,
-                          mountpoint=mountpoint, agent_ids=args.agent_ids, invalidate=binding.invalidator())
+                          mountpoint=mountpoint, agent_ids=args.agent_ids, invalidate=binding.invalidator(),
+                          secret_files=files)
         print(f"ifc mount: {source} on {mountpoint} ({binding.name}), run dir {run_dir}", file=sys.stderr)
         serve(ops, mountpoint, binding, source)
     except (MountError, Usage) as exc:
@@ -176,7 +185,7 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
 
 
 def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_dir: Path,
-                  upstream_ca: str | None):
+                  upstream_ca: str | None, files=None):
     """The egress proxy on an event loop in this process, deciding through the mount's own monitor. Writes
     RUN_DIR/ca.pem and RUN_DIR/sandbox.env (the sentinels) for the launcher of the sandbox."""
     import asyncio
@@ -189,7 +198,7 @@ def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_
     address = parse_address(listen, "--egress")
     dns_address = parse_address(dns, "--egress-dns") if dns else None
     try:
-        vault = Vault.from_policy(monitor.policy)
+        vault = Vault.from_policy(monitor.policy, files=files)
     except SecretError as exc:
         raise Usage(str(exc), "the egress hook holds the real values: set them in its environment") from None
     tls = termination(monitor.policy, upstream_ca)

@@ -64,14 +64,24 @@ class Sentinels:
         self._by_value: dict[tuple, Placed] = {}
         self._by_inserted: dict[str, dict[bytes, bytes]] = {}
 
+    @staticmethod
+    def _ident(file: str, parsed: Parsed, item: Item) -> tuple:
+        return (file, item.path, item.kind, item.left, item.right, parsed.data[item.start:item.end])
+
+    def preset(self, file: str, parsed: Parsed, item: Item, sentinel: bytes) -> Placed:
+        """Give one value a sentinel made beforehand (a policy binding's, which the vault already holds)."""
+        with self._lock:
+            placed = self._by_value[self._ident(file, parsed, item)] = Placed(file, item, sentinel)
+            self._by_inserted.setdefault(file, {})[placed.inserted] = parsed.data[item.start:item.end]
+            return placed
+
     def place(self, file: str, parsed: Parsed, item: Item) -> Placed:
-        raw = parsed.data[item.start:item.end]
-        ident = (file, item.path, item.kind, item.left, item.right, raw)
+        ident = self._ident(file, parsed, item)
         with self._lock:
             got = self._by_value.get(ident)
             if got is None:
                 got = self._by_value[ident] = Placed(file, item, self._make())
-                self._by_inserted.setdefault(file, {})[got.inserted] = raw
+                self._by_inserted.setdefault(file, {})[got.inserted] = ident[-1]
             return got
 
     def serve(self, file: str, parsed: Parsed) -> Served:
