@@ -35,11 +35,13 @@ agent tester {
 """
 Run = Callable[[Path, Path, Path, str, tuple[str, ...], dict[str, str]], subprocess.CompletedProcess]
 
+# `api.key` is secret and of no format whose values can be served as sentinels (`ifc.secretfiles`): reading it
+# taints the run, as any secret file did before `.env` was served with sentinels
 TAINT_POLICY = """\
 labels {{ secrecy public < internal < secret }}
 files {{
   "**"    internal
-  ".env*" secret
+  ".env*", "*.key" secret
 }}
 endpoints {{ "http://127.0.0.1:{port}" clearance internal returns trusted as web }}
 deny secret -> web "secrets never leave the sandbox"
@@ -80,16 +82,16 @@ def agent_workspace(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def _before_and_after(port: int) -> str:
-    """Fetch, read `.env`, fetch again; print both HTTP statuses."""
+    """Fetch, read `api.key`, fetch again; print both HTTP statuses."""
     fetch = f"curl -s --noproxy '' -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/"
-    return f"before=$({fetch}); cat .env >/dev/null; after=$({fetch}); echo $before $after"
+    return f"before=$({fetch}); cat api.key >/dev/null; after=$({fetch}); echo $before $after"
 
 
 def egress_taint(tmp_path: Path, run: Run) -> Path:
     """The whole story: the sandbox reaches an allowed web server through the hook; after it reads `.env`
     (through the FUSE mount) the same request is refused and a DNS tunnel too, because one monitor sees both
     exits. The run directory, for isolation-specific checks."""
-    ws = agent_workspace(tmp_path, {"notes.md": "hello\n", ".env": "API_KEY=sk-secret\n"})
+    ws = agent_workspace(tmp_path, {"notes.md": "hello\n", "api.key": "API_KEY=sk-secret\n"})
     run_dir = tmp_path / "run"
     with serving() as port:
         policy = tmp_path / "policy.flow"
@@ -99,7 +101,7 @@ def egress_taint(tmp_path: Path, run: Run) -> Path:
     assert proc.stdout.split() == ["200", "403", "dns=2"], proc.stdout + proc.stderr
     db = sqlite3.connect(run_dir / "events.db")
     denied = db.execute("SELECT op, target, rule, path FROM events WHERE kind = 'deny'").fetchall()
-    assert any(op == "connect" and "deny secret -> web" in rule and ".env" in path for op, _, rule, path in denied)
+    assert any(op == "connect" and "deny secret -> web" in rule and "api.key" in path for op, _, rule, path in denied)
     assert any(op == "dns" and target.endswith("evil.example") for op, target, _, _ in denied), denied
     return run_dir
 
@@ -110,7 +112,7 @@ def run_token(tmp_path: Path, run: Run) -> None:
     directory records the token's ids and public key, never the token."""
     from caps.keys import load_public_key
 
-    ws = agent_workspace(tmp_path, {".env": "API_KEY=sk-secret\n"})
+    ws = agent_workspace(tmp_path, {"api.key": "API_KEY=sk-secret\n"})
     run_dir = tmp_path / "run"
     with serving() as port:
         policy = tmp_path / "policy.flow"
@@ -243,7 +245,7 @@ tunnel.sendall(f"CONNECT 127.0.0.1:{TPORT} HTTP/1.1\r\nHost: 127.0.0.1:{TPORT}\r
 print("tunnel", status(tunnel))
 tunnel.sendall(b"hello while clean\n")
 time.sleep(0.5)
-secret = open(".env").read().strip()  # the run is tainted from here on
+secret = open("api.key").read().strip()  # the run is tainted from here on
 for name, sock, data in (("body", body_stream, secret.ljust(64).encode()),
                          ("tunnel-after", tunnel, secret.encode() + b"\n")):
     try:
@@ -262,7 +264,7 @@ print("derived", status(fresh))
 
 
 def no_laundering(tmp_path: Path, run: Run) -> Path:
-    """Issue 11's first two holes, end to end: after the sandbox reads `.env`, no secret byte leaves through a
+    """Issue 11's first two holes, end to end: after the sandbox reads `api.key`, no secret byte leaves through a
     request whose head was decided while the run was clean, a raw tunnel opened while clean, or a token the
     sandbox derived from the run's own token while clean (attenuated offline here, on the host side, as the
     sandbox could with any Ed25519 implementation). The servers record every byte they get."""
@@ -297,7 +299,7 @@ def no_laundering(tmp_path: Path, run: Run) -> Path:
 
     threading.Thread(target=tcp_sink, daemon=True).start()
     secret = "API_KEY=sk-secret-never-leaves"
-    ws = agent_workspace(tmp_path, {".env": secret + "\n"})
+    ws = agent_workspace(tmp_path, {"api.key": secret + "\n"})
     run_dir = tmp_path / "run"
     key = HostKey.generate()
     _, public = write_key(tmp_path / "host.key", key)
@@ -308,7 +310,7 @@ def no_laundering(tmp_path: Path, run: Run) -> Path:
 labels {{ secrecy public < internal < secret }}
 files {{
   "**"    internal
-  ".env*" secret
+  ".env*", "*.key" secret
 }}
 endpoints {{
   "http://127.0.0.1:{port}" clearance internal returns trusted as web
@@ -336,7 +338,7 @@ deny secret -> web "secrets never leave the sandbox"
     db = sqlite3.connect(run_dir / "events.db")
     cuts = db.execute("SELECT target, reason, path FROM events WHERE kind = 'deny' AND reason LIKE "
                       "'open stream cut%'").fetchall()
-    assert len(cuts) == 2 and all("read .env" in reason and ".env" in path for _, reason, path in cuts), cuts
+    assert len(cuts) == 2 and all("read api.key" in reason and "api.key" in path for _, reason, path in cuts), cuts
     return run_dir
 
 
@@ -352,7 +354,7 @@ try:
 except OSError as exc:  # virtiofs over the host's FUSE mount offers no shared writable mappings
     mm = None
     print("no shared mmap:", exc.strerror)
-secret = open(".env", "rb").read()  # the run is tainted from here on; both descriptors were opened clean
+secret = open("api.key", "rb").read()  # the run is tainted from here on; both descriptors were opened clean
 os.write(fd, secret)
 os.close(fd)
 if mm is not None:
@@ -366,13 +368,13 @@ print("written")
 
 def old_descriptors_float(tmp_path: Path, run: Run, shared_mmap: bool) -> None:
     """Writes through a descriptor, and through a shared mapping, opened while the run was clean still float the
-    file's label once the run is tainted: the data written after `.env` was read is secret, whatever the
+    file's label once the run is tainted: the data written after `api.key` was read is secret, whatever the
     descriptor's age. `shared_mmap`: whether the isolation offers shared writable mappings of workspace files
     (namespaces do; in the microVM, virtiofs over the host's FUSE mount answers ENODEV)."""
-    ws = agent_workspace(tmp_path, {".env": "API_KEY=sk-secret\n"})
+    ws = agent_workspace(tmp_path, {"api.key": "API_KEY=sk-secret\n"})
     (ws / "old.py").write_text(_OLD_DESCRIPTORS)
     policy = tmp_path / "policy.flow"
-    policy.write_text('labels { secrecy public < internal < secret }\nfiles {\n  "**" internal\n  ".env*" secret\n}\n')
+    policy.write_text('labels { secrecy public < internal < secret }\nfiles {\n  "**" internal\n  "*.key" secret\n}\n')
     run_dir = tmp_path / "run"
     proc = run(ws, policy, run_dir, "python3 old.py", ("--agent", "none"), {})
     assert proc.stdout.splitlines()[-1:] == ["written"], proc.stdout + proc.stderr
@@ -414,13 +416,13 @@ deny secret -> web "secrets never leave the sandbox"
 
 
 def labels_outlive_the_run(tmp_path: Path, run: Run) -> None:
-    """Issue 11's fourth hole, end to end: run A writes a base64 copy of `.env` into the workspace; run B, with
+    """Issue 11's fourth hole, end to end: run A writes a base64 copy of `api.key` into the workspace; run B, with
     another fresh run directory, reads only that copy and may no longer send (the label is the workspace's)."""
-    ws = agent_workspace(tmp_path, {".env": "API_KEY=sk-secret\n", "notes.md": "hello\n"})
+    ws = agent_workspace(tmp_path, {"api.key": "API_KEY=sk-secret\n", "notes.md": "hello\n"})
     with serving() as port:
         policy = tmp_path / "policy.flow"
         policy.write_text(TAINT_POLICY.format(port=port, agent=""))
-        first = run(ws, policy, tmp_path / "run-a", "base64 .env > encoded.txt && echo done",
+        first = run(ws, policy, tmp_path / "run-a", "base64 api.key > encoded.txt && echo done",
                     ("--agent", "none"), {})
         assert first.stdout.split() == ["done"], first.stdout + first.stderr
         fetch = f"curl -s --noproxy '' -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/"

@@ -35,6 +35,12 @@ class Held:
     value: bytes
     endpoints: tuple[EndpointPattern, ...] = ()  # the policy's `to` patterns
     unbound: bool = False  # a workspace file's value no binding names (`Vault.watch`): not in the environment
+    from_file: bool = False  # a workspace file's value: its sentinel goes unswapped where it is not bound
+
+    def passes(self, endpoint: Endpoint | None) -> bool:
+        """May this sentinel travel to `endpoint` as it is? A workspace file's value, anywhere but its bound host
+        (the monitor's `send` decision says the same); an environment's or command's secret, never."""
+        return self.from_file and endpoint is not None and not self.bound_to(endpoint)
 
     def bound_to(self, endpoint: Endpoint) -> bool:
         """Is this secret bound to `endpoint`? Only exact host bindings count, as in the monitor's `send`
@@ -104,7 +110,7 @@ class Vault:
                 if bound is None:
                     raise SecretError(secret.name, f"`{secret.ref}` is a workspace file: only a mount serving the "
                                       "workspace holds its value (`ifc mount --egress`, `ifc run --egress`)")
-                held.append(Held(secret.name, bound.sentinel, bound.value, secret.endpoints))
+                held.append(Held(secret.name, bound.sentinel, bound.value, secret.endpoints, from_file=True))
                 continue
             value = (values or {}).get(secret.name)
             if value is None:
@@ -123,7 +129,7 @@ class Vault:
         found like any other, so a request carrying it is refused and reported. It has no real value here to
         scrub: the value never left the host."""
         # one reference swap: a reader sees the old list or the new one
-        self.held = [*self.held, Held(name, sentinel, b"", (), unbound=True)]
+        self.held = [*self.held, Held(name, sentinel, b"", (), unbound=True, from_file=True)]
         self._sentinel_max = max(self._sentinel_max, len(sentinel))
 
     def __bool__(self) -> bool:
@@ -201,19 +207,24 @@ class StreamScrubber:
 
 
 class SentinelWatch:
-    """Does a byte stream, split at arbitrary points, carry a sentinel? Looks at each chunk and at the seam
-    with the previous one (the last `overlap` bytes before it), never copying a whole chunk."""
+    """Does a byte stream to `endpoint`, split at arbitrary points, carry a sentinel that may not go there as it
+    is (`Held.passes`)? Looks at each chunk and at the seam with the previous one (the last `overlap` bytes before
+    it), never copying a whole chunk."""
 
-    def __init__(self, vault: Vault):
+    def __init__(self, vault: Vault, endpoint: Endpoint | None = None):
         self.vault = vault
+        self.endpoint = endpoint
         self.keep = b""
+
+    def _stops(self, data: bytes) -> bool:
+        return any(not h.passes(self.endpoint) for h in self.vault.found(data))
 
     def found(self, chunk: bytes) -> bool:
         vault = self.vault
         if not vault:
             return False
         overlap = vault.overlap
-        if vault.found(chunk) or (self.keep and vault.found(self.keep + chunk[:overlap])):
+        if self._stops(chunk) or (self.keep and self._stops(self.keep + chunk[:overlap])):
             return True
         if overlap:
             self.keep = chunk[-overlap:] if len(chunk) >= overlap else (self.keep + chunk)[-overlap:]

@@ -558,9 +558,18 @@ class Monitor:
 
     def _send(self, state, base, name: str, endpoint: Endpoint) -> Decision:
         secret = self.policy.secrets.get(name)
+        # A workspace file's value: its sentinel stands in the file the sandbox read, so it travels with that
+        # content (to the model, in a diff); it is swapped only towards its bound host, and elsewhere it goes
+        # as it is — worth nothing there. Refusing it would cut the agent off for having read the file.
         if secret is None and name.endswith("]") and "[" in name:
-            return Decision(allowed=False, reason=f"`{name}` is a value of a workspace file that no secret binds: "
-                            "its sentinel is sent nowhere", rule="secret files", **base)
+            return Decision(allowed=True, reason=f"`{name}` is a value of a workspace file that no secret binds: "
+                            f"its sentinel goes to {endpoint} as it is, never swapped", rule="secret files", **base)
+        if secret is not None and secret.workspace_file and \
+                not any(p.names_hosts and p.matches(endpoint) for p in secret.endpoints):
+            return Decision(allowed=True, reason=f"secret `{name}` is bound to "
+                            f"{', '.join(p.text for p in secret.endpoints) or 'no endpoint'}: its sentinel goes "
+                            f"to {endpoint} as it is, never swapped", rule=f"secret {name}",
+                            rule_span=str(secret.span), **base)
         if secret is None:
             return Decision(allowed=False, reason=f"no secret named `{name}` in the policy", **base)
         if not any(p.names_hosts and p.matches(endpoint) for p in secret.endpoints):
