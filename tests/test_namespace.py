@@ -247,3 +247,7 @@ def test_killing_ifc_run_leaves_nothing(workspace, sig):
         time.sleep(0.1)
     assert _leftovers(run_dir, marker) == []
     assert (ws / "src" / "main.py").read_text() == "print('hello')\n"  # the backing directory is intact
+
+
+def test_an_agent_that_reads_env_keeps_its_model_and_the_real_key_reaches_only_its_api(tmp_path):
+    sandbox_cases.secret_files_survive(tmp_path, _run)

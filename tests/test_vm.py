@@ -336,3 +336,7 @@ def test_git_and_python_work_in_a_git_workspace(vm_run, workspace):
 
 def test_a_root_owned_checkout_is_the_agents_own(vm_run, tmp_path):
     sandbox_cases.root_owned_checkout(tmp_path, vm_run)
+
+
+def test_an_agent_that_reads_env_keeps_its_model_and_the_real_key_reaches_only_its_api(vm_run, tmp_path):
+    sandbox_cases.secret_files_survive(tmp_path, vm_run)

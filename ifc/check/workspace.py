@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ifc.check.sentinels import SentinelFile, sentinel_file
 from ifc.diagnostics import Diagnostic, Related, Span, sort_diagnostics, warning
 from ifc.lang.lower import encode_string
 from ifc.policy.labels import Label
@@ -220,6 +221,7 @@ class WorkspaceAudit:
     diagnostics: tuple[Diagnostic, ...]  # `unlabelled-secret` warnings, sorted
     total: int  # files labelled (everything that is not a directory, symlinks included)
     skipped: tuple[tuple[str, str], ...]  # (workspace path, reason): unreadable, or symlinks leaving the tree
+    sentinels: tuple[SentinelFile, ...] = ()  # files the mount serves with sentinels (or would, but cannot)
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,7 @@ class _Auditor:
         self.secret_cache: dict[Label, bool] = {}
         self.diagnostics: list[Diagnostic] = []
         self.skipped: list[tuple[str, str]] = []
+        self.sentinels: list[SentinelFile] = []
 
     # --- the walk -------------------------------------------------------------------------------
     def run(self, want_files: bool) -> WorkspaceAudit:
@@ -280,6 +283,8 @@ class _Auditor:
                             files.append((rel, text))
                         if is_link:
                             self._symlink(rel, entry.path)
+                        if is_file and not in_git and (found := sentinel_file(self.policy, rel, entry.path)):
+                            self.sentinels.append(found)
                         if in_git or self._is_secret(label):
                             continue
                         self._inspect(rel, name, rel_dir, entry.path, is_file, label, match.rule)
@@ -292,6 +297,7 @@ class _Auditor:
             diagnostics=tuple(sort_diagnostics(self.diagnostics)),
             total=total,
             skipped=tuple(sorted(set(self.skipped))),
+            sentinels=tuple(sorted(self.sentinels, key=lambda s: s.path)),
         )
 
     def _symlink(self, rel: str, path: str) -> None:

@@ -845,7 +845,8 @@ class Monitor:
         with contextlib.suppress(Exception):
             self.log.record(kind="sentinels", subject=request.subject, op="serve", target=request.target,
                             allowed=True, reason=f"{replaced} value(s) served as sentinels" +
-                            (f" (keys: {shown})" if shown else ""), pid=request.pid, cmdline=_cmdline(request))
+                            (f" (keys: {shown})" if shown else ""), pid=request.pid, cmdline=_cmdline(request),
+                            path={"replaced": replaced, "keys": keys})
 
     def refuse(self, request: Request, reason: str, rule: str) -> Decision:
         """Log a refusal the enforcement point made without asking (it is not a policy question), like a denial."""
