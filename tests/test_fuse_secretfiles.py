@@ -139,3 +139,13 @@ def test_a_sentinel_copied_elsewhere_stays_a_sentinel(mounted):
     ws, mnt, _run = mounted
     (mnt / "copy.env.txt").write_bytes((mnt / ".env").read_bytes())
     assert REAL not in (ws / "copy.env.txt").read_bytes()
+
+
+def test_a_file_too_large_to_hold_is_served_as_it_is_under_its_full_label(mounted):
+    ws, mnt, run = mounted
+    big = b"".join(b"K%07d=value\n" % i for i in range(360_000))  # over 4 MiB of valid dotenv
+    (ws / ".env.big").write_bytes(big)
+    assert os.stat(mnt / ".env.big").st_size == len(big)
+    assert (mnt / ".env.big").read_bytes()[:13] == b"K0000000=valu"
+    (mnt / "after.txt").write_bytes(b"x")
+    assert _labels(run)["after.txt"].startswith("secret")

@@ -59,6 +59,7 @@ from functools import partial
 from ifc.enforce.identity import Caller, Identities
 from ifc.monitor import Monitor, Request
 from ifc.monitor.containment import Facts, symlink_walk, xattr_namespace
+from ifc.secretfiles.workspace import MAX_VIEW
 
 log = logging.getLogger("ifc.enforce.fs")
 
@@ -462,7 +463,7 @@ class EnforcingFS:
         if path is None:
             return None
         rel = self.backing.relative(path)
-        if not self.secret_files.eligible(rel):
+        if not self.secret_files.eligible(rel) or st.st_size > MAX_VIEW:
             return None
         try:
             fd = self.backing.open(rel, os.O_RDONLY)
@@ -565,7 +566,7 @@ class EnforcingFS:
         view = None
         try:
             st = os.fstat(fd)
-            if not stat_mod.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            if not stat_mod.S_ISREG(st.st_mode) or st.st_nlink > 1 or st.st_size > MAX_VIEW:
                 os.close(fd)
                 return None
             key = (st.st_dev, st.st_ino)

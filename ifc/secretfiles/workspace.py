@@ -18,6 +18,8 @@ from ifc.secretfiles.items import key_matches
 from ifc.secretfiles.registry import parse
 from ifc.secretfiles.serve import Placed, Sentinels, Served, new_sentinel
 
+MAX_VIEW = 4 * 1024 * 1024  # a larger secret file is served as it is, under its full label (not held in memory)
+
 
 class SecretFileError(Exception):
     """A workspace binding that cannot be honoured at run start (the file or its key is missing)."""
