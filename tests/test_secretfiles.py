@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -120,7 +121,23 @@ def toml_file(draw):
     return "secrets.toml", "\n".join(lines) + "\n", keys
 
 
-ANY_FILE = st.one_of(dotenv_file(), ini_file(), npmrc_file(), netrc_file(), json_file(), toml_file())
+@st.composite
+def yaml_file(draw):
+    leaf = value(st.characters(blacklist_categories=("Cs",), blacklist_characters="\ufeff"), strip=False)
+    doc = draw(st.dictionaries(KEY, st.one_of(leaf, st.dictionaries(KEY, leaf, min_size=1, max_size=3),
+                                              st.lists(leaf, min_size=1, max_size=3)), min_size=1, max_size=5))
+    keys = []
+    for k, v in doc.items():
+        keys += [f"{k}.{kk}" for kk in v] if isinstance(v, dict) else \
+            [f"{k}.{n}" for n in range(len(v))] if isinstance(v, list) else [k]
+    text = yaml.safe_dump(doc, default_flow_style=draw(st.sampled_from([False, None])), allow_unicode=True,
+                          width=draw(st.sampled_from([20, 80])))
+    if draw(st.booleans()):
+        text = "# V" + draw(st.text(LINE, max_size=8)) + "\n" + text
+    return draw(st.sampled_from(["secrets.yaml", "values.yml"])), text, keys
+
+
+ANY_FILE = st.one_of(dotenv_file(), ini_file(), npmrc_file(), netrc_file(), json_file(), toml_file(), yaml_file())
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -163,7 +180,8 @@ def test_a_value_the_sandbox_changes_stays_its_own(case, data):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from([".env", "x.json", "x.toml", ".aws/credentials", ".npmrc", ".netrc"]), st.binary(max_size=200))
+@given(st.sampled_from([".env", "x.json", "x.toml", ".aws/credentials", ".npmrc", ".netrc", "x.yaml"]),
+       st.binary(max_size=200))
 def test_any_content_is_an_answer_never_a_crash(name, data):
     parsed = parse(name, data)
     if parsed is not None:
@@ -200,6 +218,10 @@ def test_values_carry_what_a_program_reads():
     (".aws/credentials", b"aws_secret_access_key = before any section\n"),
     (".aws/credentials", b"[default]\nkey = first\n  continued\n"),
     (".netrc", b"machine h\nmacdef init\ncd /\n\n"),
+    ("x.yaml", b"a: &anchor sk_live_1\nb: *anchor\n"),
+    ("x.yaml", b"a: |\n  block\n  scalar\n"),
+    ("x.yaml", b"a: !vault sk_live_1\n"),
+    ("x.yaml", b"a: 1\n---\nb: 2\n"),
     (".env", b"KEY=\xff\xfe\n"),
     ("id_rsa", b"-----BEGIN OPENSSH PRIVATE KEY-----\n"),
 ])
@@ -210,8 +232,9 @@ def test_unparsable_or_unknown_is_not_sentinelised(name, data):
 def test_format_by_name():
     assert [format_of(p) for p in [".env", "app/.env.local", "prod.env", ".docker/config.json", "secrets.toml",
                                    ".aws/credentials", "home/.aws/config", ".pypirc", ".npmrc", ".netrc", "key.pem",
-                                   "config"]] == [
-        "dotenv", "dotenv", "dotenv", "json", "toml", "ini", "ini", "ini", "npmrc", "netrc", None, None]
+                                   "config", "k8s/secret.yaml", "ci.yml"]] == [
+        "dotenv", "dotenv", "dotenv", "json", "toml", "ini", "ini", "ini", "npmrc", "netrc", None, None, "yaml",
+        "yaml"]
 
 
 def test_keys_name_values():
@@ -229,6 +252,7 @@ def test_keys_name_values():
     (".env", b"A=sk_live_1\nB=x\n", lambda s: b"B=x # %s\n" % s["A"]),  # into a comment: one item, not exact
     ("c.json", b'{"a": "sk_live_1"}', lambda s: b'{"%s": 1}' % s["a"]),
     (".aws/credentials", b"[p]\nk = sk_live_1\n", lambda s: b"[%s]\nk = v\n" % s["p.k"]),
+    ("k.yaml", b"a: sk_live_1\nb: x\n", lambda s: b"%s: x\n" % s["a"]),
     (".netrc", b"machine h login u password sk_live_1\n",
      lambda s: b"machine %s login u password v\n" % s["h.password"]),
 ])

@@ -10,7 +10,7 @@ import logging
 import posixpath
 from collections.abc import Callable
 
-from ifc.secretfiles import dotenv, ini, jsonfmt, netrc, tomlfmt
+from ifc.secretfiles import dotenv, ini, jsonfmt, netrc, tomlfmt, yamlfmt
 from ifc.secretfiles.connstr import split_passwords
 from ifc.secretfiles.items import Parsed, Unparsable
 
@@ -23,6 +23,7 @@ FORMATS: tuple[tuple[str, str], ...] = (
     (".env", "dotenv"), (".env.*", "dotenv"), ("*.env", "dotenv"),
     ("*.json", "json"),
     ("*.toml", "toml"),
+    ("*.yaml", "yaml"), ("*.yml", "yaml"),
     ("*.ini", "ini"), (".pypirc", "ini"), (".aws/credentials", "ini"), (".aws/config", "ini"),
     ("credentials", "ini"), (".s3cfg", "ini"),
     (".npmrc", "npmrc"),
@@ -30,7 +31,7 @@ FORMATS: tuple[tuple[str, str], ...] = (
 )
 PARSERS: dict[str, Parser] = {
     "dotenv": dotenv.parse, "json": jsonfmt.parse, "toml": tomlfmt.parse, "ini": ini.parse,
-    "npmrc": ini.parse_npmrc, "netrc": netrc.parse,
+    "npmrc": ini.parse_npmrc, "netrc": netrc.parse, "yaml": yamlfmt.parse,
 }
 
 
