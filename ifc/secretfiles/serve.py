@@ -62,7 +62,14 @@ class Sentinels:
         self._make = make
         self._lock = threading.Lock()
         self._by_value: dict[tuple, Placed] = {}
-        self._by_inserted: dict[str, dict[bytes, bytes]] = {}
+        # per file: sentinel → [(left, right, real bytes)], the ways it was served (one per quoting, in practice)
+        self._by_sentinel: dict[str, dict[bytes, list[tuple[bytes, bytes, bytes]]]] = {}
+        self._lengths: set[int] = set()
+
+    def _remember(self, placed: Placed, raw: bytes) -> None:
+        ways = self._by_sentinel.setdefault(placed.file, {}).setdefault(placed.sentinel, [])
+        ways.append((placed.item.left, placed.item.right, raw))
+        self._lengths.add(len(placed.sentinel))
 
     @staticmethod
     def _ident(file: str, parsed: Parsed, item: Item) -> tuple:
@@ -72,7 +79,7 @@ class Sentinels:
         """Give one value a sentinel made beforehand (a policy binding's, which the vault already holds)."""
         with self._lock:
             placed = self._by_value[self._ident(file, parsed, item)] = Placed(file, item, sentinel)
-            self._by_inserted.setdefault(file, {})[placed.inserted] = parsed.data[item.start:item.end]
+            self._remember(placed, parsed.data[item.start:item.end])
             return placed
 
     def place(self, file: str, parsed: Parsed, item: Item) -> Placed:
@@ -81,7 +88,7 @@ class Sentinels:
             got = self._by_value.get(ident)
             if got is None:
                 got = self._by_value[ident] = Placed(file, item, self._make())
-                self._by_inserted.setdefault(file, {})[got.inserted] = ident[-1]
+                self._remember(got, ident[-1])
             return got
 
     def serve(self, file: str, parsed: Parsed) -> Served:
@@ -102,7 +109,8 @@ class Sentinels:
         be exactly one value (or comment) of it, else `Unmergeable` — a sentinel moved into a key, a section
         name or the middle of another value would put the real bytes where the next serving shows them."""
         with self._lock:
-            table = dict(self._by_inserted.get(file, {}))
+            table = dict(self._by_sentinel.get(file, {}))
+            lengths = sorted(self._lengths, reverse=True)
         needle = SENTINEL_PREFIX.encode()
         if not table or needle not in written:
             return written
@@ -111,7 +119,7 @@ class Sentinels:
             i = written.find(needle, at)
             if i == -1:
                 break
-            hit = _match_at(written, i, table, at)
+            hit = _match_at(written, i, table, lengths, at)
             if hit is None:
                 out.append(written[at:i + 1])
                 size += i + 1 - at
@@ -141,12 +149,20 @@ class Sentinels:
             return list(self._by_value.values())
 
 
-def _match_at(data: bytes, i: int, table: dict[bytes, bytes], floor: int) -> tuple[int, int, bytes] | None:
-    """The served rendering (sentinel with its quotes, if any) found around the sentinel prefix at `i`."""
-    best = None
-    for inserted, raw in table.items():
-        s = inserted.find(SENTINEL_PREFIX.encode())
-        start = i - s
-        if start >= floor and data.startswith(inserted, start) and (best is None or len(inserted) > best[1] - best[0]):
-            best = (start, start + len(inserted), raw)
-    return best
+def _match_at(data: bytes, i: int, table: dict[bytes, list[tuple[bytes, bytes, bytes]]], lengths: list[int],
+              floor: int) -> tuple[int, int, bytes] | None:
+    """The served rendering (the sentinel starting at `i`, with the quotes it was served in) found there: (start,
+    end, real bytes), the widest rendering first; None when no sentinel of this file starts at `i`."""
+    for length in lengths:
+        ways = table.get(data[i:i + length])
+        if not ways:
+            continue
+        best = None
+        for left, right, raw in ways:
+            start, end = i - len(left), i + length + len(right)
+            if start >= floor and data.startswith(left, start) and data.startswith(right, i + length) and \
+                    (best is None or end - start > best[1] - best[0]):
+                best = (start, end, raw)
+        if best is not None:
+            return best
+    return None
