@@ -572,17 +572,22 @@ class EnforcingFS:
             key = (st.st_dev, st.st_ino)
             with self._view_lock:
                 view, new = self._views.get(key), []
+            data = None
             if view is None:
-                got = self._guard("open", rel, lambda: self.secret_files.view(rel, _read_all(fd)))
-                if got is None:
-                    os.close(fd)
+                data = _read_all(fd)
+                if self._guard("open", rel, lambda: self.secret_files.served_size(rel, data)) is None:
+                    os.close(fd)  # does not parse: the ordinary open, under the full label
                     return None
-                served, new = got
-                view = _View(rel, key, bytearray(served.data))
             facts = Facts(sentinels=True)
-            for op in ops:
+            for op in ops:  # decided before any sentinel is made: a refused open serves and registers nothing
                 self._guard("open", rel, lambda op=op: self._check(caller, op, rel,
                                                                    facts=facts if op == "read" else None))
+            if view is None:
+                got = self._guard("open", rel, lambda: self.secret_files.view(rel, data))
+                if got is None:  # parsed a moment ago; fail closed all the same
+                    raise Denied(errno.EACCES, "the file no longer parses")
+                served, new = got
+                view = _View(rel, key, bytearray(served.data))
             if new:
                 request = self._request(caller, "read", rel)
                 self.monitor.sentinels_served(request, len(new), [p.item.key for p in new if p.item.kind == "value"])
