@@ -1,10 +1,15 @@
 """`make demo`: a scripted agent in a microVM on the sample workspace, behind the enforcement points.
 
 1. `ifc check` audits the sample workspace against the policy (examples/demo.flow = the default + a mirror).
-2. A local "package mirror" listens on 127.0.0.1:8765 and records every byte it receives.
+2. Local servers record every byte they receive: a "package mirror" (127.0.0.1:8765, the attacker's sink in
+   this story), a stand-in of the payments API the project uses (8766: it accepts only the real key from
+   `.env`) and one of the model provider (8767).
 3. `ifc run --egress` boots the microVM: the workspace only through the host-side FUSE mount, the network
    only through the egress hook, both deciding with one monitor. The agent (examples/agent.sh) edits code,
-   runs its tests, fetches from the mirror — then reads `.env` and tries to POST it, mail it, leak it in DNS.
+   runs its tests, fetches from the mirror — then reads `.env`, which the mount serves with a sentinel in place
+   of each value: the agent still asks its model (allowed: the read did not make the run secret), its payment
+   test reaches the payments API with the real key (the hook swaps it in on the way there only), and what it
+   POSTs to the mirror, mails or leaks in DNS is refused or worthless.
 4. `ifc report` writes the reviewer's HTML report; the summary below says what succeeded and what was denied.
 
 Without QEMU the same run uses `--isolation namespace` (said loudly: weaker, the host kernel is shared).
@@ -15,6 +20,7 @@ the reference monitor with `ifc decide` instead.
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -26,7 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "demo"
 POLICY = ROOT / "examples" / "demo.flow"
 IFC = [sys.executable, "-m", "ifc"]
-received: list[bytes] = []
+received: list[bytes] = []  # what the mirror got
+model_prompts: list[bytes] = []  # what the model provider's stand-in got
+charges: list[bool] = []  # each charge the payments API got: was it made with the real key?
+DOTENV = ROOT / "examples" / "webapp" / ".env"
+REAL_KEY = next(line.split("=", 1)[1] for line in DOTENV.read_text().splitlines()
+                if line.startswith("STRIPE_API_KEY="))
+REAL_VALUES = (REAL_KEY.encode(), b"hunter2")  # the key, and the database password in DATABASE_URL
 
 
 class Mirror(http.server.BaseHTTPRequestHandler):
@@ -37,14 +49,34 @@ class Mirror(http.server.BaseHTTPRequestHandler):
         received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
         self._reply(b"stored\n")
 
-    def _reply(self, body: bytes) -> None:
-        self.send_response(200)
+    def _reply(self, body: bytes, status: int = 200) -> None:
+        self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
     def log_message(self, *args) -> None:
         pass
+
+
+class Payments(Mirror):
+    """The payments API's stand-in: a charge succeeds only with the real key from `.env`."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        ok = self.headers.get("Authorization") == f"Bearer {REAL_KEY}"
+        charges.append(ok)
+        body = {"status": "succeeded"} if ok else {"error": "invalid api key"}
+        self._reply(json.dumps(body).encode(), 200 if ok else 401)
+
+
+class Model(Mirror):
+    """The model provider's stand-in: answers every prompt."""
+
+    def do_POST(self):
+        model_prompts.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        self._reply(json.dumps({"content": [{"type": "text", "text": "Those are credentials: I will not mail "
+                                             "them; the issue's request looks like a prompt injection."}]}).encode())
 
 
 def sandbox_problem() -> str | None:
@@ -71,8 +103,10 @@ def main() -> int:
     shutil.copytree(ROOT / "examples" / "webapp", workspace)
     for path in [workspace, *workspace.rglob("*")]:
         os.chown(path, 1000, 1000, follow_symlinks=False)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 8765), Mirror)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+               for port, handler in ((8765, Mirror), (8766, Payments), (8767, Model))]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     run_dir = RUNS / "run"
     try:
         status = subprocess.run([*IFC, "run", "--isolation", isolation, "--policy", str(POLICY), "--agent", "demo",
@@ -82,7 +116,8 @@ def main() -> int:
                                 env={**os.environ, "ANTHROPIC_API_KEY": os.environ.get(
                                     "ANTHROPIC_API_KEY", "sk-ant-demo-not-a-real-key")}).returncode
     finally:
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
     subprocess.run([*IFC, "report", str(run_dir), "--format", "html", "-o", str(RUNS / "report.html")], cwd=ROOT)
     return summarize(status, workspace, run_dir)
 
@@ -90,12 +125,18 @@ def main() -> int:
 def summarize(status: int, workspace: Path, run_dir: Path) -> int:
     from ifc.report.load import load_run
 
-    denials = load_run(run_dir).denials
+    loaded = load_run(run_dir)
+    denials = loaded.denials
     edited = "Welcome" in (workspace / "src" / "app.py").read_text()
-    leaked = any(b"STRIPE" in body or b"DATABASE_URL" in body for body in received)
+    leaked = any(value in body for body in received + model_prompts for value in REAL_VALUES)
+    answered = len(model_prompts)
+    replaced = sum(s.replaced for s in loaded.sentinels)
     print("\n== summary")
     print(f"  real work:    source edited: {'yes' if edited else 'NO'}; agent exit status {status}")
-    print(f"  exfiltration: {len(denials)} attempt(s) denied; the mirror received .env: {'YES' if leaked else 'no'}")
+    print(f"  .env:         {replaced} value(s) served as sentinels; the model answered {answered} prompt(s) after "
+          f"the agent read it; payments API charged with the real key: {'yes' if any(charges) else 'NO'}")
+    print(f"  exfiltration: {len(denials)} attempt(s) denied; a real value reached the mirror or the model: "
+          f"{'YES' if leaked else 'no'}")
     for d in denials:
         print(f"    {d.op} {d.target}")
         if d.guest:
@@ -103,7 +144,8 @@ def summarize(status: int, workspace: Path, run_dir: Path) -> int:
         if d.path:
             print(f"      path: {d.explanation}")
     print(f"  report:       {RUNS / 'report.html'}  (or: ifc report {run_dir})")
-    return 0 if edited and denials and not leaked and status == 0 else 1
+    survived = answered >= 2 and any(charges) and all(charges)
+    return 0 if edited and denials and not leaked and survived and status == 0 else 1
 
 
 def replay() -> int:

@@ -279,3 +279,5 @@ def test_everyday_work_under_the_default_policy(tmp_path):
                                workload_cases.WORKLOAD), cwd=ROOT, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=600)
     workload_cases.check(proc, tmp_path / "run", work)
+def test_an_agent_that_reads_env_keeps_its_model_and_the_real_key_reaches_only_its_api(tmp_path):
+    sandbox_cases.secret_files_survive(tmp_path, _run)

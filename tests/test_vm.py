@@ -370,3 +370,5 @@ def test_after_untrusted_input_no_host_config_is_written_and_the_owners_git_runs
     an attributes filter, `.envrc` and an editor task are refused; from the host, `git status` and `git commit`
     run nothing."""
     hostcfg_cases.untrusted_cannot_arm_the_host(tmp_path, vm_run)
+def test_an_agent_that_reads_env_keeps_its_model_and_the_real_key_reaches_only_its_api(vm_run, tmp_path):
+    sandbox_cases.secret_files_survive(tmp_path, vm_run)

@@ -290,13 +290,13 @@ def _namespace_skip() -> str | None:
     return "cannot create namespaces" if probe.returncode else None
 
 
-RUN_A = """cat .env | base64 > encoded.txt
-cp .env copy.tmp && mv copy.tmp moved.txt
+RUN_A = """cat api.key | base64 > encoded.txt
+cp api.key copy.tmp && mv copy.tmp moved.txt
 python3 -c "
 import mmap
 with open('mapped.bin', 'r+b') as f:
     m = mmap.mmap(f.fileno(), 64)
-    m[0:17] = open('.env', 'rb').read()[:17]
+    m[0:17] = open('api.key', 'rb').read()[:17]
     m.flush()
     m.close()
 "
@@ -306,12 +306,13 @@ echo done"""
 @pytest.mark.integration
 @pytest.mark.skipif(_namespace_skip() is not None, reason=str(_namespace_skip()))
 def test_labels_floated_in_one_run_hold_in_the_next(tmp_path):
-    """Run A reads `.env` and launders it three ways into workspace files. Run B, with ANOTHER fresh run dir,
+    """Run A reads `api.key` (a secret file no sentinels can stand in for) and launders it three ways into
+    workspace files. Run B, with ANOTHER fresh run dir,
     reads each: the run is tainted and the proxy refuses to send, naming the file. Renames and hard links
     made on the host between runs keep the label; `ifc labels` says why; `--lower` takes effect next run."""
     import sandbox_cases
 
-    ws = sandbox_cases.agent_workspace(tmp_path, {".env": "API_KEY=sk-secret\n", "notes.md": "hello\n",
+    ws = sandbox_cases.agent_workspace(tmp_path, {"api.key": "API_KEY=sk-secret\n", "notes.md": "hello\n",
                                                   "mapped.bin": "\0" * 64})
     with sandbox_cases.serving() as port:
         policy = tmp_path / "policy.flow"
@@ -347,7 +348,7 @@ def test_labels_floated_in_one_run_hold_in_the_next(tmp_path):
         listed = json.loads(_ifc("labels", str(ws), "--format", "json").stdout)
         why = {e["path"]: e["why"] for e in listed["labels"]}
         raised = why["encoded.txt"][0]
-        assert raised["run"] == str(tmp_path / "run-a") and ".env" in raised["source"], raised
+        assert raised["run"] == str(tmp_path / "run-a") and "api.key" in raised["source"], raised
         assert raised["subject"] == "session" and raised["command"], raised
         assert any(c["kind"] == "adopt" for c in why["renamed-on-host.txt"]), why
         lowered = _ifc("labels", str(ws), "--lower", "encoded.txt", "--to", "internal", "--reason",

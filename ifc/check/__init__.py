@@ -43,6 +43,9 @@ CODES: dict[str, str] = {
     "unusable-grant": "A connect grant names an endpoint no rule knows, so it can never be used.",
     "secret-no-endpoint": "A secret can never be sent anywhere.",
     "secret-pattern": "A secret is bound to a pattern (`*`, a wildcard zone, a network) instead of exact hosts.",
+    "secret-key": "A secret's `key` names no value it can have (not a file, not a recognised format), or a "
+                  "workspace file secret names no key.",
+    "secret-file-label": "A secret is a value of a workspace file the sandbox reads in clear (not labelled `secret`).",
     "allow-denied": "An allow, clearance or capability is contradicted by a deny rule.",
     "missing-message": "A deny rule has no message for the reviewer.",
     "host-config-write": "An agent that can read untrusted data may write configuration a tool on the host runs.",
@@ -73,7 +76,7 @@ class CheckResult:
 
 
 def stages():
-    from ifc.check import flowgraph, lints
+    from ifc.check import flowgraph, lints, secretfiles
 
     return (
         ("unused-names", lints.unused_names),
@@ -82,6 +85,7 @@ def stages():
         ("grants", lints.grants),
         ("secrets", lints.secrets),
         ("secret-patterns", lints.secret_patterns),
+        ("secret-files", secretfiles.workspace_bindings),
         ("routes", lints.routes),
         ("contradictions", lints.contradictions),
         ("messages", lints.messages),

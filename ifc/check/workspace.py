@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ifc.check.sentinels import SentinelFile, sentinel_file
 from ifc.diagnostics import Diagnostic, Related, Span, sort_diagnostics, warning
 from ifc.lang.lower import encode_string
 from ifc.policy.labels import Label
@@ -221,6 +222,7 @@ class WorkspaceAudit:
     total: int  # files labelled (everything that is not a directory, symlinks included)
     skipped: tuple[tuple[str, str], ...]  # (workspace path, reason): unreadable, or symlinks leaving the tree
     suspects: tuple[str, ...] = ()  # the flagged files, each as a glob for exactly that path (`ifc init` adds them)
+    sentinels: tuple[SentinelFile, ...] = ()  # files the mount serves with sentinels (or would, but cannot)
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,7 @@ class _Auditor:
         self.diagnostics: list[Diagnostic] = []
         self.suspects: list[str] = []
         self.skipped: list[tuple[str, str]] = []
+        self.sentinels: list[SentinelFile] = []
 
     # --- the walk -------------------------------------------------------------------------------
     def run(self, want_files: bool) -> WorkspaceAudit:
@@ -282,6 +285,8 @@ class _Auditor:
                             files.append((rel, text))
                         if is_link:
                             self._symlink(rel, entry.path)
+                        if is_file and not in_git and (found := sentinel_file(self.policy, rel, entry.path)):
+                            self.sentinels.append(found)
                         if in_git or self._is_secret(label):
                             continue
                         self._inspect(rel, name, rel_dir, entry.path, is_file, label, match.rule)
@@ -295,6 +300,7 @@ class _Auditor:
             total=total,
             skipped=tuple(sorted(set(self.skipped))),
             suspects=tuple(sorted(self.suspects)),
+            sentinels=tuple(sorted(self.sentinels, key=lambda s: s.path)),
         )
 
     def _symlink(self, rel: str, path: str) -> None:

@@ -115,6 +115,16 @@ def _audit_table(file: str, audit, root: str) -> str:
         lines += [f"  {label:<{width}}  {path}" for path, label in audit.files]
     for path, reason in audit.skipped:
         lines.append(f"  skipped {path}: {reason}")
+    if audit.sentinels:
+        lines += ["", "  served with sentinels (each value replaced in the sandbox; swapped back only on the way to "
+                  "its binding's hosts):"]
+        for found in audit.sentinels:
+            if found.problem:
+                lines.append(f"  {found.path}: {found.problem}")
+                continue
+            comments = f", {found.comments} comment(s)" if found.comments else ""
+            lines.append(f"  {found.path} ({found.format}, {len(found.keys)} value(s){comments})")
+            lines += [f"    {key}: {where}" for key, where in found.keys]
     return "\n".join(lines)
 
 
@@ -131,4 +141,6 @@ def _diag_json(d: Diagnostic) -> dict:
 def _audit_json(file: str, audit) -> dict:
     return {"policy": file, "total": audit.total, "counts": dict(audit.counts),
             "files": [{"path": p, "label": lbl} for p, lbl in audit.files],
-            "skipped": [{"path": p, "reason": r} for p, r in audit.skipped]}
+            "skipped": [{"path": p, "reason": r} for p, r in audit.skipped],
+            "sentinels": [{"path": s.path, "format": s.format, "problem": s.problem, "comments": s.comments,
+                           "keys": [{"key": k, "to": w} for k, w in s.keys]} for s in audit.sentinels]}

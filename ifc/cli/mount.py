@@ -119,17 +119,27 @@ def run(args: argparse.Namespace) -> int:
         return fail(exc.message, exc.help)
     if health is not None:  # the launcher hears of the event log's first failure as it happens
         monitor.log.on_failure = lambda failure: health.log_failed(failure.ts, failure.reason)
-    from ifc.enforce.fs import DENIALS_NAME, EnforcingFS
+    from ifc.enforce.fs import DENIALS_NAME, Backing, EnforcingFS
     from ifc.enforce.identity import Identities
     from ifc.enforce.mount import load_binding, serve
+    from ifc.secretfiles.workspace import SecretFileError, SecretFiles
 
+    files = SecretFiles(monitor.policy, Backing(source).read)
+    try:
+        files.load()
+    except SecretFileError as exc:
+        monitor.close()
+        return fail(str(exc), "the policy binds it by file and key: the file must be in the workspace, parse, "
+                      "and hold the key")
     egress = None
     try:
         if args.egress:
-            egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca, health)
+            egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca, health,
+                                   files)
         binding = load_binding(args.fuse or DEFAULT_BINDING)
         ops = EnforcingFS(source, monitor, identities=Identities(default_token=token), context=binding.context,
-                          mountpoint=mountpoint, agent_ids=args.agent_ids, invalidate=binding.invalidator())
+                          mountpoint=mountpoint, agent_ids=args.agent_ids, invalidate=binding.invalidator(),
+                          secret_files=files)
         print(f"ifc mount: {source} on {mountpoint} ({binding.name}), run dir {run_dir}; why a denial: "
               f"{os.path.join(mountpoint, DENIALS_NAME)}", file=sys.stderr)
         serve(ops, mountpoint, binding, source)
@@ -188,7 +198,7 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
 
 
 def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_dir: Path,
-                  upstream_ca: str | None, health=None):
+                  upstream_ca: str | None, health=None, files=None):
     """The egress proxy on an event loop in this process, deciding through the mount's own monitor. Writes
     RUN_DIR/ca.pem and RUN_DIR/sandbox.env (the sentinels) for the launcher of the sandbox. A secret without a
     value does not stop it: its sends are refused (`ifc.enforce.secret_values`), and the launcher is told."""
@@ -201,7 +211,7 @@ def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_
 
     address = parse_address(listen, "--egress")
     dns_address = parse_address(dns, "--egress-dns") if dns else None
-    loaded = load_vault(monitor.policy)
+    loaded = load_vault(monitor.policy, files)
     vault = loaded.vault
     for notice in loaded.notices():
         print(f"ifc mount: {notice}", file=sys.stderr)

@@ -186,18 +186,18 @@ def _package_config(policy, agent, environ=os.environ, etc: Path = Path("/etc"))
 
 def _summary(run_dir: Path, complete: bool = True) -> None:
     """One line per model the agent lost (when, and what it read); one line per denial (at most ten), with the
-    guest command it was matched to; one per change to
-    host-executed configuration, allowed or not (all of them); and the report command.
+    guest command it was matched to; one per change to host-executed configuration, allowed or not (all of
+    them); how many secret values the sandbox saw only as sentinels; and the report command.
     Not `complete`: a helper failed (the error line after this says how), so the log lacks what followed."""
     from ifc.report.load import ReportError, load_run
     from ifc.report.summary import cutoff_line, guest_command, hostcfg_line
     from ifc.report.svg import clean
 
-    denials, hostcfg, cutoffs = (), (), ()
+    denials, hostcfg, cutoffs, sentinels = (), (), (), ()
     if (run_dir / "events.db").exists():
         try:
             loaded = load_run(run_dir)
-            denials, hostcfg, cutoffs = loaded.denials, loaded.hostcfg, loaded.cutoffs
+            denials, hostcfg, cutoffs, sentinels = loaded.denials, loaded.hostcfg, loaded.cutoffs, loaded.sentinels
         except ReportError as exc:  # a log we cannot read must not hide the command's status
             print(f"ifc run: {exc.message}", file=sys.stderr)
     for cutoff in cutoffs:  # first: after this the agent could not think, whatever else it did
@@ -218,6 +218,11 @@ def _summary(run_dir: Path, complete: bool = True) -> None:
               "direnv or an editor here):", file=sys.stderr)
         for change in hostcfg:
             print(clean(f"  {hostcfg_line(change)}"), file=sys.stderr)
+    if sentinels:  # secret files the sandbox read with sentinels in place of their values (ifc.secretfiles)
+        files = sorted({s.target for s in sentinels})
+        shown = ", ".join(f"`{f}`" for f in files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        print(clean(f"ifc run: {sum(s.replaced for s in sentinels)} secret value(s) replaced by sentinels in "
+                    f"{shown}"), file=sys.stderr)
     if not complete:
         print("ifc run: the log is incomplete: the run's helper failed (below)", file=sys.stderr)
     print(f"ifc run: report: ifc report {run_dir}", file=sys.stderr)

@@ -266,7 +266,8 @@ class Egress:
             if not d.allowed:
                 return [], Verdict(False, f"the sentinel of secret `{held.name}` is headed for {endpoint}: {d.reason}",
                                    endpoint, decision=d)
-        return found, None
+        # allowed and not bound here: a workspace file's value, whose sentinel goes as it is (`Monitor._send`)
+        return [h for h in found if h.bound_to(endpoint)], None
 
 
 async def connect_checked(addresses: tuple[str, ...], port: int, timeout: float = 10.0,

@@ -21,6 +21,15 @@ newest denials with reason, rule and hint (`Monitor.denials_text`), so the agent
 never a stale page); no decision and no taint (it holds only what the run asked and its policy answered);
 left out of readdir, so `ls`, `find`, `git status`, `tar` and `rm -rf` never meet it; every change to it is
 refused (EPERM, logged). A backing file of that name at the root is hidden and untouchable through the mount.
+Secret files (`ifc.secretfiles`): a file the policy labels `secret` whose name is of a recognised format is
+opened as a *view* — its content with each value replaced by the run's sentinel, one buffer per inode shared by
+its descriptors, so reads, writes, mmap and getattr's size agree. Its read is decided with `Facts(sentinels=
+True)` (the monitor then joins the file's label without `secret`); content that does not parse, a file with
+other hard links, or a mount that cannot drop the kernel's cached pages (libfuse2) gets today's open and full
+label instead. What the sandbox writes is merged back at flush, fsync and release: each sentinel it left goes
+back to the real bytes, and a write that would put a real value anywhere but a value's place is refused. A
+rename onto such a name restores the sentinels of that name's file in the renamed content first (editors and
+`sed -i` save through a temporary file).
 
 How the daemon touches the disk: every path is resolved beneath the backing root with `openat2(RESOLVE_BENEATH
 | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` on the parent directory and `*at(...,
@@ -50,12 +59,13 @@ import stat as stat_mod
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from ifc.enforce.identity import Caller, Identities
 from ifc.monitor import Monitor, Request
 from ifc.monitor.containment import Facts, symlink_walk, xattr_namespace
+from ifc.secretfiles.workspace import MAX_VIEW
 
 log = logging.getLogger("ifc.enforce.fs")
 
@@ -196,6 +206,16 @@ class Backing:
             return openat2(self.fd, rel or ".", flags, mode)
         return self.at(rel, lambda d, n: openat2(d, n, flags, mode))
 
+    def read(self, rel: str) -> bytes:
+        """A regular file's content (a symlink or anything else is refused, like every path here)."""
+        fd = self.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            return _read_all(fd)
+        finally:
+            os.close(fd)
+
     def lstat(self, rel: str) -> os.stat_result:
         if not rel:
             return os.fstat(self.fd)
@@ -269,6 +289,28 @@ class _Handle:
     taint: object
 
 
+@dataclass(eq=False)
+class _View:
+    """The sandbox's view of a file served with sentinels: one per open inode, shared by its descriptors."""
+
+    rel: str
+    key: tuple[int, int]
+    data: bytearray
+    dirty: bool = False
+    opens: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks, offset = [], 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
+
+
 @dataclass
 class Stats:
     decisions: int = 0
@@ -300,7 +342,8 @@ class EnforcingFS:
 
     def __init__(self, root: str, monitor: Monitor | None = None, *, identities: Identities | None = None,
                  context: Callable[[], tuple[int, int, int]] | None = None, mountpoint: str | None = None,
-                 agent_ids: tuple[int, int] | None = None, invalidate: Callable[[str], None] | None = None):
+                 agent_ids: tuple[int, int] | None = None, invalidate: Callable[[str], None] | None = None,
+                 secret_files=None):
         self.backing = Backing(root, frozenset({DENIALS_NAME}) if monitor is not None else frozenset())
         self.root = self.backing.root
         self.monitor = monitor
@@ -323,6 +366,17 @@ class EnforcingFS:
         self._epochs: dict[tuple[int, int], int] = {}  # backing (dev, ino) → how many files with it died here
         self._next_virtual = _VIRTUAL_FH
         self._started = time.time_ns()
+        # Secret files are served as views only where the kernel's cached pages of a name can be dropped: a
+        # page cached from a full read must never answer a later read decided with the lower label.
+        if secret_files is not None and (invalidate is None or monitor is None):
+            log.warning("secret files are served as they are (full label): %s",
+                        "no monitor" if monitor is None else "this FUSE binding cannot drop cached pages")
+            secret_files = None
+        self.secret_files = secret_files
+        self._views: dict[tuple[int, int], _View] = {}
+        self._view_fh: dict[int, _View] = {}
+        self._shown: dict[tuple[int, int], bytes | None] = {}  # what the kernel may cache: a view's bytes, or raw
+        self._view_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------ deciding
     def _caller(self) -> Caller:
@@ -449,7 +503,34 @@ class EnforcingFS:
         st = os.fstat(fh) if fh is not None else self.backing.lstat(self.backing.relative(path))
         if st.st_nlink > 1 and path is not None and self.invalidate is not None and not stat_mod.S_ISDIR(st.st_mode):
             self._seen(path, st)
-        return self._attrs(st)
+        attrs = self._attrs(st)
+        if self.secret_files is not None and stat_mod.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            size = self._view_size(path, fh, st)
+            if size is not None:
+                attrs["st_size"] = size
+        return attrs
+
+    def _view_size(self, path: str | None, fh: int | None, st: os.stat_result) -> int | None:
+        """The size the sandbox sees of a file served as a view (None: its own): the open view's, else what
+        serving its content now would give."""
+        view = self._view_fh.get(fh) if fh is not None else None
+        view = view or self._views.get((st.st_dev, st.st_ino))
+        if view is not None:
+            with view.lock:
+                return len(view.data)
+        if path is None:
+            return None
+        rel = self.backing.relative(path)
+        if not self.secret_files.eligible(rel) or st.st_size > MAX_VIEW:
+            return None
+        try:
+            fd = self.backing.open(rel, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            return self.secret_files.served_size(rel, _read_all(fd))
+        finally:
+            os.close(fd)
 
     def statfs(self, path):
         sv = os.statvfs(self.backing.fd)
@@ -501,8 +582,13 @@ class EnforcingFS:
         rel = self.backing.relative(path)
         caller = None
         ops = self.open_ops(flags)
-        if self.monitor is not None:
+        if self.secret_files is not None and self.secret_files.eligible(rel):
             caller = self._caller()
+            fd = self._open_view(path, rel, flags, ops, caller)
+            if fd is not None:
+                return fd
+        if self.monitor is not None:
+            caller = caller or self._caller()
             self._guard("open", rel, lambda: [self._check(caller, op, rel) for op in ops])
         if self.monitor is None:
             return self.backing.open(rel, flags & _OPEN_MASK)
@@ -524,10 +610,107 @@ class EnforcingFS:
                 os.truncate(f"/proc/self/fd/{fd}", 0)  # the descriptor may be read-only (O_RDONLY | O_TRUNC)
             if "write" in ops:
                 self._handles[fd] = _Handle(caller, rel, self.monitor.taint_of(caller.subject))
+            if self.secret_files is not None and self.secret_files.eligible(rel):
+                self._show(path, (st.st_dev, st.st_ino), None)  # served as it is: no view's pages may stay
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    def _show(self, path: str, key: tuple[int, int], data: bytes | None) -> None:
+        """The kernel is about to read `data` (None: the file itself) for this inode: if it may hold pages of
+        something else, drop them first."""
+        with self._view_lock:
+            before = self._shown.get(key, data)
+            self._shown[key] = data
+        if before != data:
+            self.invalidate(path)
+
+    def _open_view(self, path: str, rel: str, flags: int, ops: tuple[str, ...], caller: Caller) -> int | None:
+        """Open `rel` as a view (its values as sentinels), deciding its read with `Facts(sentinels=True)`; None
+        when it cannot be one (not a plain single-link file, content that does not parse): the ordinary open,
+        with the full label, follows."""
+        # the daemon reads the content whatever the caller's mode (the kernel holds the caller to its own), and
+        # writes back at offset 0 (so never O_APPEND)
+        access = os.O_RDWR if "write" in ops else os.O_RDONLY
+        fd = self.backing.open(rel, (flags & _OPEN_MASK & ~(os.O_TRUNC | os.O_APPEND | os.O_ACCMODE)) | access)
+        view = None
+        try:
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode) or st.st_nlink > 1 or st.st_size > MAX_VIEW:
+                os.close(fd)
+                return None
+            key = (st.st_dev, st.st_ino)
+            with self._view_lock:
+                view, new = self._views.get(key), []
+            data = None
+            if view is None:
+                data = _read_all(fd)
+                if self._guard("open", rel, lambda: self.secret_files.served_size(rel, data)) is None:
+                    os.close(fd)  # does not parse: the ordinary open, under the full label
+                    return None
+            facts = Facts(sentinels=True)
+            for op in ops:  # decided before any sentinel is made: a refused open serves and registers nothing
+                self._guard("open", rel, lambda op=op: self._check(caller, op, rel,
+                                                                   facts=facts if op == "read" else None))
+            if view is None:
+                got = self._guard("open", rel, lambda: self.secret_files.view(rel, data))
+                if got is None:  # parsed a moment ago; fail closed all the same
+                    raise Denied(errno.EACCES, "the file no longer parses")
+                served, new = got
+                view = _View(rel, key, bytearray(served.data))
+            if new:
+                request = self._request(caller, "read", rel)
+                self.monitor.sentinels_served(request, len(new), [p.item.key for p in new if p.item.kind == "value"])
+            with self._view_lock:
+                view = self._views.setdefault(key, view)
+                view.opens += 1
+                self._view_fh[fd] = view
+            if flags & os.O_TRUNC and "write" in ops:
+                with view.lock:
+                    view.data.clear()
+                    view.dirty = True
+            if "write" in ops:
+                self._handles[fd] = _Handle(caller, rel, self.monitor.taint_of(caller.subject))
+            with view.lock:
+                shown = bytes(view.data)
+            self._show(path, key, shown)
+        except BaseException:
+            registered = self._view_fh.pop(fd, None)
+            if registered is not None:
+                self._drop_view(fd, registered)
+            self._handles.pop(fd, None)
+            os.close(fd)
+            raise
+        return fd
+
+    def _drop_view(self, fh: int, view: _View) -> None:
+        with self._view_lock:
+            view.opens -= 1
+            if view.opens <= 0 and self._views.get(view.key) is view:
+                del self._views[view.key]
+
+    def _write_back(self, fh: int, view: _View) -> None:
+        """Store what the sandbox wrote to a view, its sentinels back to real bytes; refused (EACCES, the file
+        kept as it was) when a real value would land anywhere but a value's place."""
+        from ifc.secretfiles import Unmergeable
+
+        with view.lock:
+            if not view.dirty:
+                return
+            written = bytes(view.data)
+            try:
+                restored = self.secret_files.restore(view.rel, written)
+            except Unmergeable as exc:
+                handle = self._handles.get(fh)
+                if handle is not None:
+                    request = self._request(handle.caller, "write", view.rel)
+                    reason = f"not written back: {exc.why}; the file keeps its real values"
+                    self._guard("write", view.rel, lambda: self.monitor.refuse(request, reason, "secret files"))
+                raise Denied(errno.EACCES, str(exc)) from None
+            os.pwrite(fh, restored, 0)
+            os.ftruncate(fh, len(restored))
+            view.dirty = False
 
     @_refusals_logged
     def create(self, path, mode, flags=None):
@@ -554,6 +737,10 @@ class EnforcingFS:
         text = self._virtual.get(fh)
         if text is not None:
             return text[offset:offset + size]
+        view = self._view_fh.get(fh)
+        if view is not None:
+            with view.lock:
+                return bytes(view.data[offset:offset + size])
         return os.pread(fh, size, offset)
 
     def _write_check(self, path: str | None, fh: int) -> None:
@@ -575,14 +762,28 @@ class EnforcingFS:
         if fh in self._virtual:
             raise OSError(errno.EBADF, "the denials file is read-only")
         self._write_check(path, fh)
+        view = self._view_fh.get(fh)
+        if view is not None:
+            with view.lock:
+                if offset > len(view.data):
+                    view.data.extend(bytes(offset - len(view.data)))
+                view.data[offset:offset + len(data)] = data
+                view.dirty = True
+            return len(data)
         return os.pwrite(fh, data, offset)
 
     @_refusals_logged
     def truncate(self, path, length, fh=None):
         if fh is not None:
             self._write_check(path, fh)
+            view = self._view_fh.get(fh)
+            if view is not None:
+                self._resize(view, length)
+                return 0
             os.ftruncate(fh, length)
             return 0
+        if self.secret_files is not None and self.secret_files.eligible(self.backing.relative(path)):
+            return self._truncate_view(path, length)
         rel = self._metadata("write", path)
         fd = self.backing.open(rel, os.O_WRONLY)
         try:
@@ -592,17 +793,51 @@ class EnforcingFS:
         self._done(path, rel)
         return 0
 
+    @staticmethod
+    def _resize(view: _View, length: int) -> None:
+        with view.lock:
+            if length < len(view.data):
+                del view.data[length:]
+            else:
+                view.data.extend(bytes(length - len(view.data)))
+            view.dirty = True
+
+    def _truncate_view(self, path: str, length: int) -> int:
+        """truncate(2) by name on a file served as a view: through a view, so the cut is of the served bytes
+        and the values before it keep their real bytes."""
+        fd = self.open(path, os.O_WRONLY)
+        try:
+            view = self._view_fh.get(fd)
+            if view is None:  # not a view after all (it did not parse): an ordinary truncation
+                os.ftruncate(fd, length)
+            else:
+                self._resize(view, length)
+                self._write_back(fd, view)
+        finally:
+            self.release(path, fd)
+        return 0
+
     @_refusals_logged
     def fallocate(self, path, mode, offset, length, fh):
         if mode != 0:
             raise OSError(errno.EOPNOTSUPP, "only plain allocation is supported")
         self._write_check(path, fh)
+        view = self._view_fh.get(fh)
+        if view is not None:
+            with view.lock:
+                short = offset + length - len(view.data)
+            if short > 0:
+                self._resize(view, offset + length)
+            return 0
         os.posix_fallocate(fh, offset, length)
         return 0
 
     def flush(self, path, fh):
         if fh in self._virtual:
             return 0
+        view = self._view_fh.get(fh)
+        if view is not None and fh in self._handles:
+            self._write_back(fh, view)
         if self._link_names and fh in self._handles:  # at close(2), which waits for it (release does not)
             self._changed(os.fstat(fh), skip=path)  # written through one name: the others' size and mtime
         return 0
@@ -610,6 +845,9 @@ class EnforcingFS:
     def fsync(self, path, datasync, fh):
         if fh in self._virtual:
             return 0
+        view = self._view_fh.get(fh)
+        if view is not None and fh in self._handles:
+            self._write_back(fh, view)
         if datasync:
             os.fdatasync(fh)
         else:
@@ -619,8 +857,16 @@ class EnforcingFS:
     def release(self, path, fh):
         if self._virtual.pop(fh, None) is not None:
             return 0
-        self._handles.pop(fh, None)
-        os.close(fh)
+        view = self._view_fh.pop(fh, None)
+        try:
+            if view is not None and fh in self._handles:
+                with contextlib.suppress(OSError):  # refused and logged at flush already, or now
+                    self._write_back(fh, view)
+        finally:
+            if view is not None:
+                self._drop_view(fh, view)
+            self._handles.pop(fh, None)
+            os.close(fh)
         return 0
 
     def direct_io(self, path: str) -> bool:
@@ -717,8 +963,16 @@ class EnforcingFS:
             # name at a time, so it is refused like on a filesystem without it (callers fall back)
             raise OSError(errno.EINVAL, "only RENAME_NOREPLACE is supported")
         moved, replaced = self._rename_preflight(src, dst, flags)
+        restored = self._restore_for(src, dst, moved)
 
         def apply():
+            if restored is not None:  # after the decision, just before the content takes the name
+                fd = self.backing.open(src, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, restored, 0)
+                    os.ftruncate(fd, len(restored))
+                finally:
+                    os.close(fd)
             sd, sn, sowned = self.backing.parent(src)
             try:
                 dd, dn, downed = self.backing.parent(dst)
@@ -744,6 +998,29 @@ class EnforcingFS:
             self._forget(old, moved)
             self._changed(moved)
         return 0
+
+    def _restore_for(self, src: str, dst: str, moved: os.stat_result) -> bytes | None:
+        """Content renamed onto a secret file's name, with that file's sentinels back to real bytes (None:
+        nothing to restore). Refused, and logged, when a real value would land anywhere but a value's place."""
+        from ifc.secretfiles import SENTINEL_PREFIX, Unmergeable
+
+        if self.secret_files is None or not stat_mod.S_ISREG(moved.st_mode) or not self.secret_files.eligible(dst):
+            return None
+        fd = self.backing.open(src, os.O_RDONLY)
+        try:
+            content = _read_all(fd)
+        finally:
+            os.close(fd)
+        if SENTINEL_PREFIX.encode() not in content:
+            return None
+        try:
+            restored = self.secret_files.restore(dst, content)
+        except Unmergeable as exc:
+            request = self._request(self._caller(), "rename", src, dst)
+            reason = f"not renamed: {exc.why}; `{dst}` keeps its real values"
+            self._guard("rename", src, lambda: self.monitor.refuse(request, reason, "secret files"))
+            raise Denied(errno.EACCES, str(exc)) from None
+        return restored if restored != content else None
 
     def _rename_preflight(self, src: str, dst: str, flags: int) -> tuple[os.stat_result, os.stat_result | None]:
         """The checks rename(2) would fail on, made before the monitor moves any label; (what moves, what

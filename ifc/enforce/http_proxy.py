@@ -472,7 +472,7 @@ class HttpProxy:
     async def _stream_body(self, client: Client, endpoint: Endpoint, wire: Wire, conn: h11.Connection, up: Wire,
                            up_conn: h11.Connection, flow: Flow) -> Verdict | None:
         """A body too large to swap in memory: streamed, and refused if a sentinel shows up in it."""
-        watch = SentinelWatch(self.egress.vault)
+        watch = SentinelWatch(self.egress.vault, endpoint.connection)
         while not isinstance(event := await self._next_event(wire, conn, 400), h11.EndOfMessage):
             if not isinstance(event, h11.Data):
                 continue
@@ -677,7 +677,8 @@ class HttpProxy:
     async def _pipe(self, src: Wire, dst: Wire, client: Client | None = None, endpoint: Endpoint | None = None) -> None:
         """One direction of a stream the hook relays in Python: with `client`, watched for sentinels (a raw
         TCP tunnel, an upgraded connection), which end it."""
-        watch = SentinelWatch(self.egress.vault) if client is not None else None
+        watch = SentinelWatch(self.egress.vault, endpoint.connection if endpoint is not None else None) \
+            if client is not None else None
         try:
             chunk = src.take()
             while True:

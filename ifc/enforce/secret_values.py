@@ -27,14 +27,17 @@ class LoadedVault:
                 "it is refused" for name, why in sorted(self.unset.items())]
 
 
-def load_vault(policy) -> LoadedVault:
-    """Each secret's real value, or, for one that cannot be loaded, a random stand-in recorded as `unset`."""
+def load_vault(policy, files=None) -> LoadedVault:
+    """Each secret's real value, or, for one that cannot be loaded, a random stand-in recorded as `unset`.
+    Values from workspace files come with `files` (the mount's `ifc.secretfiles.SecretFiles`, loaded)."""
     values: dict[str, bytes] = {}
     unset: dict[str, str] = {}
     for secret in policy.secrets_:
+        if secret.workspace_file:
+            continue
         try:
-            values[secret.name] = load_value(secret.source, secret.ref, secret.name)
+            values[secret.name] = load_value(secret.source, secret.ref, secret.name, secret.key)
         except SecretError as exc:
             unset[secret.name] = exc.problem
             values[secret.name] = _random.token_hex(32).encode()  # never swapped: check_secrets refuses first
-    return LoadedVault(Vault.from_policy(policy, values=values), unset)
+    return LoadedVault(Vault.from_policy(policy, values=values, files=files), unset)

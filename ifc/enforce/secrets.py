@@ -34,6 +34,13 @@ class Held:
     sentinel: bytes
     value: bytes
     endpoints: tuple[EndpointPattern, ...] = ()  # the policy's `to` patterns
+    unbound: bool = False  # a workspace file's value no binding names (`Vault.watch`): not in the environment
+    from_file: bool = False  # a workspace file's value: its sentinel goes unswapped where it is not bound
+
+    def passes(self, endpoint: Endpoint | None) -> bool:
+        """May this sentinel travel to `endpoint` as it is? A workspace file's value, anywhere but its bound host
+        (the monitor's `send` decision says the same); an environment's or command's secret, never."""
+        return self.from_file and endpoint is not None and not self.bound_to(endpoint)
 
     def bound_to(self, endpoint: Endpoint) -> bool:
         """Is this secret bound to `endpoint`? Only exact host bindings count, as in the monitor's `send`
@@ -41,8 +48,11 @@ class Held:
         return any(p.names_hosts and p.matches(endpoint) for p in self.endpoints)
 
 
-def load_value(source: str, ref: str, name: str) -> bytes:
-    """The real value of one secret: an environment variable, a file's content, or a command's output."""
+def load_value(source: str, ref: str, name: str, key: str | None = None) -> bytes:
+    """The real value of one secret: an environment variable, a host file's content (or with `key`, one value
+    of it), or a command's output."""
+    if source == "file" and key is not None:
+        return _file_key(ref, name, key)
     if source == "env":
         value = os.environ.get(ref)
         if value is None:
@@ -62,6 +72,23 @@ def load_value(source: str, ref: str, name: str) -> bytes:
     raise SecretError(name, f"unknown source `{source}`")
 
 
+def _file_key(ref: str, name: str, key: str) -> bytes:
+    from ifc.secretfiles import key_matches, parse
+
+    path = os.path.expanduser(ref)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SecretError(name, f"cannot read `{ref}`: {(exc.strerror or str(exc)).lower()}") from None
+    parsed = parse(path, data)
+    if parsed is None:
+        raise SecretError(name, f"`{ref}` does not parse as its format")
+    found = [i for i in parsed.values if key_matches(i, key)]
+    if not found:
+        raise SecretError(name, f"`{ref}` has no key `{key}`")
+    return found[-1].value
+
+
 class Vault:
     """Sentinels and real values for one run. `found(data)` names the sentinels in some bytes."""
 
@@ -71,25 +98,46 @@ class Vault:
         self._sentinel_max = max((len(h.sentinel) for h in self.held), default=0)
 
     @classmethod
-    def from_policy(cls, policy, values: dict[str, bytes] | None = None) -> Vault:
-        """`values` overrides loading (tests, or a caller that already holds them)."""
+    def from_policy(cls, policy, values: dict[str, bytes] | None = None, files=None) -> Vault:
+        """`values` overrides loading (tests, or a caller that already holds them). `files` is the run's
+        `ifc.secretfiles.SecretFiles`, loaded: the values of workspace files, with the sentinels the mount
+        serves in their place; the vault hears of every other sentinel the mount makes (`watch`), so one
+        headed anywhere is refused and reported like a secret bound elsewhere."""
         held = []
         for secret in policy.secrets_:
+            if secret.workspace_file:
+                bound = files.bound.get(secret.name) if files is not None else None
+                if bound is None:
+                    raise SecretError(secret.name, f"`{secret.ref}` is a workspace file: only a mount serving the "
+                                      "workspace holds its value (`ifc mount --egress`, `ifc run --egress`)")
+                held.append(Held(secret.name, bound.sentinel, bound.value, secret.endpoints, from_file=True))
+                continue
             value = (values or {}).get(secret.name)
             if value is None:
-                value = load_value(secret.source, secret.ref, secret.name)
+                value = load_value(secret.source, secret.ref, secret.name, secret.key)
             if isinstance(value, str):
                 value = value.encode()
             sentinel = (SENTINEL_PREFIX + _random.token_hex(16)).encode()
             held.append(Held(secret.name, sentinel, value, secret.endpoints))
-        return cls(held)
+        vault = cls(held)
+        if files is not None:
+            files.watch(lambda placed, name: vault.watch(name, placed.sentinel))
+        return vault
+
+    def watch(self, name: str, sentinel: bytes) -> None:
+        """A sentinel bound to nothing (a workspace file's value no binding names): it is swapped nowhere, and
+        found like any other, so a request carrying it is refused and reported. It has no real value here to
+        scrub: the value never left the host."""
+        # one reference swap: a reader sees the old list or the new one
+        self.held = [*self.held, Held(name, sentinel, b"", (), unbound=True, from_file=True)]
+        self._sentinel_max = max(self._sentinel_max, len(sentinel))
 
     def __bool__(self) -> bool:
         return bool(self.held)
 
     def sandbox_env(self) -> dict[str, str]:
         """What the sandbox gets in its environment instead of the real values."""
-        return {h.name: h.sentinel.decode() for h in self.held}
+        return {h.name: h.sentinel.decode() for h in self.held if not h.unbound}
 
     @property
     def overlap(self) -> int:
@@ -159,19 +207,24 @@ class StreamScrubber:
 
 
 class SentinelWatch:
-    """Does a byte stream, split at arbitrary points, carry a sentinel? Looks at each chunk and at the seam
-    with the previous one (the last `overlap` bytes before it), never copying a whole chunk."""
+    """Does a byte stream to `endpoint`, split at arbitrary points, carry a sentinel that may not go there as it
+    is (`Held.passes`)? Looks at each chunk and at the seam with the previous one (the last `overlap` bytes before
+    it), never copying a whole chunk."""
 
-    def __init__(self, vault: Vault):
+    def __init__(self, vault: Vault, endpoint: Endpoint | None = None):
         self.vault = vault
+        self.endpoint = endpoint
         self.keep = b""
+
+    def _stops(self, data: bytes) -> bool:
+        return any(not h.passes(self.endpoint) for h in self.vault.found(data))
 
     def found(self, chunk: bytes) -> bool:
         vault = self.vault
         if not vault:
             return False
         overlap = vault.overlap
-        if vault.found(chunk) or (self.keep and vault.found(self.keep + chunk[:overlap])):
+        if self._stops(chunk) or (self.keep and self._stops(self.keep + chunk[:overlap])):
             return True
         if overlap:
             self.keep = chunk[-overlap:] if len(chunk) >= overlap else (self.keep + chunk)[-overlap:]

@@ -107,6 +107,7 @@ class SecretDecl:
     ref: Pattern
     to: tuple[Pattern, ...]
     span: Span = field(compare=False)
+    key: Pattern | None = None  # `key "STRIPE_KEY"`: one value of the file, not its whole content
 
 
 @dataclass(frozen=True)

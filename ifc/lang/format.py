@@ -221,7 +221,8 @@ def _statement(node, width: int = 0) -> str:
             return _aligned(_patterns(node.patterns) + _methods(node.methods), options, width)
         case ast.SecretDecl():
             to = f" to {_patterns(node.to)}" if node.to else ""
-            return f"secret {node.name.text} from {node.source} {encode_string(node.ref.text)}{to}"
+            key = f" key {encode_string(node.key.text)}" if node.key is not None else ""
+            return f"secret {node.name.text} from {node.source} {encode_string(node.ref.text)}{key}{to}"
         case ast.Grant():
             return (("delegate " if node.delegate else "") + f"{node.op} {_patterns(node.patterns)}"
                     + _methods(node.methods))

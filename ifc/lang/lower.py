@@ -152,8 +152,11 @@ class Lower(Transformer_NonRecursive):
         return ast.EndpointRule(patterns, span=self._span(meta), **_options(opts))
 
     def secret_decl(self, meta, children):
-        name, kind, ref, to = children
-        return ast.SecretDecl(name, str(kind), ref, to or (), self._span(meta))
+        name, kind, ref, key, to = children
+        return ast.SecretDecl(name, str(kind), ref, to or (), self._span(meta), key)
+
+    def key_opt(self, meta, children):
+        return children[0]
 
     def to_opt(self, meta, children):
         return children[0]

@@ -64,6 +64,7 @@ class Facts:
     node_type: int | None = None  # `stat.S_IFMT` of a node being made by mknod
     addresses: tuple[str, ...] | None = None  # what the request's host resolved to
     inspected: bool = False  # the hook decides every request on this connection again (method and path)
+    sentinels: bool = False  # a read returns the file served with sentinels for its values (`ifc.secretfiles`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -249,6 +249,14 @@ class Monitor:
         extra = self.labels.get(path)
         return base.join(extra) if extra else base
 
+    def served_label_of(self, path: str) -> Label:
+        """What a read of a file served with sentinels carries: its policy label without the tag that made it
+        a secret file (`Policy.served_label`), joined with everything writes floated into it — a write by a run
+        that held a secret records that secret here (`_write_like`), so keys copied from it stay secret."""
+        base = self.policy.served_label(path)
+        extra = self.labels.get(path)
+        return base.join(extra) if extra else base
+
     # ------------------------------------------------------------------------------------ decide
     def decide(self, request: Request) -> Decision:
         with self._lock:
@@ -387,12 +395,15 @@ class Monitor:
         subject_node = node("subject", req.subject)
         now = self.clock()
         if op in ("read", "exec"):
-            label = self.label_of(target)
+            served = op == "read" and req.facts is not None and req.facts.sentinels \
+                and self.policy.sentinel_file(target)
+            label = self.served_label_of(target) if served else self.label_of(target)
             self._absorb(state, label, node("file", target), subject_node, op, now, req)
             rule = self.policy.file_label(target).rule
             described = lattice.describe(label)
             base["taint_after"] = lattice.describe(state.taint)
-            return Decision(allowed=True, reason=f"reading joins `{described}` into the taint",
+            how = "its values served as sentinels, reading" if served else "reading"
+            return Decision(allowed=True, reason=f"{how} joins `{described}` into the taint",
                             rule=f"files: {rule.label_text}" if rule else None,
                             rule_span=str(rule.span) if rule else None, object_label=described,
                             tainted_by=self._provenance(state), **base)
@@ -508,7 +519,10 @@ class Monitor:
                        parts=self._news(old, old.join(state.taint)))
             # nothing to record for data within a plain file's own policy label; a file with an object
             # (moved or linked) records every raise, since its content may be reached by other names
-            within_name = stored is None and state.taint.flows_to(named)
+            # a file served with sentinels is judged against what its reads carry (`served_label_of`), so that a
+            # secret written into it (a key named after another file's secret) is recorded, and read back as such
+            floor = self.policy.served_label(target) if self.policy.sentinel_file(target) else named
+            within_name = stored is None and state.taint.flows_to(floor)
             if raised != base_label and not within_name:
                 self.labels.raise_to(target, raised, self._why(req, state, raised))
                 new = self.label_of(target)
@@ -564,6 +578,18 @@ class Monitor:
 
     def _send(self, state, base, name: str, endpoint: Endpoint) -> Decision:
         secret = self.policy.secrets.get(name)
+        # A workspace file's value: its sentinel stands in the file the sandbox read, so it travels with that
+        # content (to the model, in a diff); it is swapped only towards its bound host, and elsewhere it goes
+        # as it is — worth nothing there. Refusing it would cut the agent off for having read the file.
+        if secret is None and name.endswith("]") and "[" in name:
+            return Decision(allowed=True, reason=f"`{name}` is a value of a workspace file that no secret binds: "
+                            f"its sentinel goes to {endpoint} as it is, never swapped", rule="secret files", **base)
+        if secret is not None and secret.workspace_file and \
+                not any(p.names_hosts and p.matches(endpoint) for p in secret.endpoints):
+            return Decision(allowed=True, reason=f"secret `{name}` is bound to "
+                            f"{', '.join(p.text for p in secret.endpoints) or 'no endpoint'}: its sentinel goes "
+                            f"to {endpoint} as it is, never swapped", rule=f"secret {name}",
+                            rule_span=str(secret.span), **base)
         if secret is None:
             return Decision(allowed=False, reason=f"no secret named `{name}` in the policy", **base)
         if not any(p.names_hosts and p.matches(endpoint) for p in secret.endpoints):
@@ -877,6 +903,18 @@ class Monitor:
     # What an enforcement point needs beyond `decide`: refusals that are no decision (a request it could not
     # parse, a stream it cut), its own failures, and label changes it observed on disk. Each goes through
     # here, so the monitor alone writes the log and the label store (docs/architecture.md).
+
+    def sentinels_served(self, request: Request, replaced: int, keys: list[str]) -> None:
+        """Log that a read served `request.target` with `replaced` values as sentinels (once per new content):
+        `ifc run` counts them, `ifc report` lists the keys. Never raises."""
+        if self.log is None:
+            return
+        shown = ", ".join(keys[:20]) + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
+        with contextlib.suppress(Exception):
+            self.log.record(kind="sentinels", subject=request.subject, op="serve", target=request.target,
+                            allowed=True, reason=f"{replaced} value(s) served as sentinels" +
+                            (f" (keys: {shown})" if shown else ""), pid=request.pid, cmdline=_cmdline(request),
+                            path={"replaced": replaced, "keys": keys})
 
     def refuse(self, request: Request, reason: str, rule: str) -> Decision:
         """Log a refusal the enforcement point made without asking (it is not a policy question), like a denial."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from ifc.diagnostics import Diagnostic, Related, Span, error, sort_diagnostics
 from ifc.lang import ast, parse_text
 from ifc.lang.lower import encode_string as _quote
-from ifc.match import METHODS_WORD, EndpointPattern, Glob, PatternError, methods_text
+from ifc.match import METHODS_WORD, EndpointPattern, Glob, PatternError, methods_text, normalise_path
 from ifc.policy import model
 from ifc.policy.labels import Label, LabelPattern, Lattice
 
@@ -132,6 +132,37 @@ class _Compiler:
             except PatternError as exc:
                 self._pattern_error(pattern, exc, "glob")
         return tuple(out)
+
+    def _secret_file(self, decl: ast.SecretDecl) -> str:
+        """A `from file` secret's reference, checked: a workspace file (relative) is normalised and needs a `key`
+        of a recognised format; `key` is for files only; a host file (`~/`, `/`) may have a key too."""
+        from ifc.secretfiles import FORMATS, format_of
+
+        ref = decl.ref.text
+        known = ", ".join(f"`{pattern}`" for pattern, _ in FORMATS)
+        workspace = model.is_workspace_ref(ref)
+        if workspace:
+            try:
+                ref = normalise_path(ref)
+            except PatternError as exc:
+                self._err("bad-secret", f"secret `{decl.name.text}`: {exc.message}", decl.ref.span)
+                return ref
+            if not ref:
+                self._err("bad-secret", f"secret `{decl.name.text}` names the workspace root, not a file",
+                          decl.ref.span)
+                return ref
+            if decl.key is None:
+                self._err("secret-key", f"secret `{decl.name.text}` is a workspace file but names no key",
+                          decl.ref.span, help="bind one value of it: `key \"NAME\"`; a host file starts with "
+                          "`~/` or `/`")
+                return ref
+        if decl.key is not None:
+            if not decl.key.text:
+                self._err("secret-key", f"secret `{decl.name.text}` has an empty key", decl.key.span)
+            elif format_of(ref) is None:
+                self._err("secret-key", f"`{ref}` is not a file whose values can be named by key",
+                          decl.key.span, help=f"recognised names: {known}")
+        return ref
 
     def _endpoints(self, patterns, methods: tuple[ast.Name, ...] = (), narrow: str | None = None
                    ) -> tuple[EndpointPattern, ...]:
@@ -300,8 +331,15 @@ class _Compiler:
             if not decl.ref.text:
                 self._err("bad-secret", f"secret `{decl.name.text}` has an empty {decl.source} reference",
                           decl.ref.span)
-            secrets.append(model.Secret(decl.name.text, decl.source, decl.ref.text,
-                                        self._endpoints(decl.to, narrow="a secret's binding"), decl.span))
+            ref = self._secret_file(decl) if decl.source == "file" and decl.ref.text else decl.ref.text
+            if decl.key is not None and decl.source != "file":
+                self._err("secret-key", f"`key` names a value of a file, and secret `{decl.name.text}` comes "
+                          f"from {decl.source}", decl.key.span,
+                          help="drop `key`, or read the value from a file: "
+                          f"`from file \"PATH\" key \"{decl.key.text}\"`")
+            secrets.append(model.Secret(decl.name.text, decl.source, ref,
+                                        self._endpoints(decl.to, narrow="a secret's binding"), decl.span,
+                                        decl.key.text if decl.key is not None else None))
 
         agents = []
         for block in (i for i in items if isinstance(i, ast.AgentBlock)):

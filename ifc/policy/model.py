@@ -175,13 +175,30 @@ class Agent:
         return bool(matchers) and matchers[0].match(obj) is not None
 
 
+SENTINEL_TAG = "secret"  # a file labelled with it, of a recognised format, is served with sentinels
+
+
 @dataclass(frozen=True)
 class Secret:
+    """`secret NAME from env|file|command "REF" [key "K"] to ...`. A `file` REF that is relative is a workspace
+    file (its value is served to the sandbox as a sentinel inside the file itself, see `ifc.secretfiles`); one
+    starting with `~/` or `/` is a host file, whose value the sandbox sees only as `$NAME`."""
+
     name: str
     source: str  # env | file | command
     ref: str
     endpoints: tuple[EndpointPattern, ...]
     span: Span = field(compare=False)
+    key: str | None = None  # one value of the file (a key path, `ifc.secretfiles.items.join_key`)
+
+    @property
+    def workspace_file(self) -> bool:
+        return self.source == "file" and is_workspace_ref(self.ref)
+
+
+def is_workspace_ref(ref: str) -> bool:
+    """A `from file` reference names a workspace file unless it starts with `~/` (or is `~`) or `/`."""
+    return not (ref.startswith("/") or ref == "~" or ref.startswith("~/"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +266,20 @@ class Policy:
     def file_label(self, path: str) -> FileMatch:
         """The label of a workspace path: the last matching file rule, or public+trusted when none."""
         return self._file_lookup(path)
+
+    def sentinel_file(self, path: str) -> bool:
+        """Is `path` served with sentinels in place of its values (when its content parses)? When its policy
+        label carries the tag `SENTINEL_TAG` and its name is of a recognised format (`ifc.secretfiles`)."""
+        from ifc.secretfiles import format_of
+
+        return SENTINEL_TAG in self.file_label(path).label.secrecy and format_of(path) is not None
+
+    def served_label(self, path: str) -> Label:
+        """The policy label of what the sandbox sees of a sentinelised file: its label without `SENTINEL_TAG`
+        (with the shipped chain `public < internal < secret`, `internal`). Its keys, comments' places and layout
+        are data like the rest of the project; its values are sentinels, worth nothing outside the run."""
+        label = self.file_label(path).label
+        return Label(label.secrecy - {SENTINEL_TAG}, label.integrity)
 
     @cached_property
     def deny_rules(self) -> tuple[FlowRule, ...]:
@@ -351,7 +382,8 @@ class Policy:
             "agents": {a.name: {"grants": [[g.op, g.pattern] for g in a.grants],
                                 "delegable": [[g.op, g.pattern] for g in a.delegable], "holds": list(a.holds)}
                        for a in self.agents_},
-            "secrets": {s.name: {"from": s.source, "ref": s.ref, "to": [p.text for p in s.endpoints]}
+            "secrets": {s.name: {"from": s.source, "ref": s.ref, "to": [p.text for p in s.endpoints],
+                                 **({"key": s.key} if s.key is not None else {})}
                         for s in self.secrets_},
         }
 

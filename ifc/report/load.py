@@ -13,6 +13,7 @@ them (`str` with `surrogateescape` surrogates, see `ifc.monitor.events`); render
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from dataclasses import dataclass, field, replace
@@ -162,6 +163,18 @@ class OtherEvent:
 
 
 @dataclass(frozen=True)
+class SentinelsServed:
+    """A secret file served with sentinels (`ifc.secretfiles`): how many of its values were replaced the first
+    time the sandbox saw them, and their keys (never the values). Also listed among `others` in reports."""
+
+    id: int
+    ts: float
+    target: str
+    replaced: int
+    keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AllowCount:
     subject: str
     op: str
@@ -183,6 +196,7 @@ class Run:
     cutoffs: tuple[ModelCutoff, ...] = ()
     others: tuple[OtherEvent, ...] = ()
     allows: tuple[AllowCount, ...] = ()
+    sentinels: tuple[SentinelsServed, ...] = ()
     kind_counts: dict[str, int] = field(default_factory=dict)  # events per kind, in log order of first use
 
     @property
@@ -238,6 +252,7 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
     policy_lines = _policy_lines(root)
     processes = read_guest_processes(db) if "guest_processes" in tables else []
     denials, labels, declass, tokens, hostcfg, cutoffs, others = [], [], [], [], [], [], []
+    sentinels: list[SentinelsServed] = []
     counts: dict[str, int] = {}
     for ev in read_events(db):
         ev = replace(ev, ts=float(ev.ts), pid=_int(ev.pid), token_block=_int(ev.token_block),
@@ -272,6 +287,10 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
             tokens.append(TokenUse(ev.id, ev.ts, ev.subject, ev.token_id or ev.target, ev.reason, ev.pid,
                                    ev.cmdline))
         else:
+            if ev.kind == "sentinels" and isinstance(ev.path, dict):
+                with contextlib.suppress(TypeError, ValueError):
+                    sentinels.append(SentinelsServed(ev.id, ev.ts, ev.target, int(ev.path.get("replaced", 0)),
+                                                     tuple(map(str, ev.path.get("keys") or ()))))
             others.append(OtherEvent(ev.id, ev.ts, ev.kind, ev.subject, ev.op, ev.target, ev.allowed, ev.reason))
     allows: list[AllowCount] = []
     if "allows" in tables:
@@ -282,7 +301,7 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
     return Run(path=str(root), meta=meta, denials=tuple(denials), labels=tuple(labels),
                declassifications=tuple(declass), tokens=tuple(tokens), hostcfg=tuple(hostcfg),
                cutoffs=tuple(sorted(cutoffs, key=lambda c: c.ts)), others=tuple(others),
-               allows=tuple(allows), kind_counts=counts)
+               allows=tuple(allows), kind_counts=counts, sentinels=tuple(sentinels))
 
 
 def _hops(path, event_id: int, root: Path) -> tuple[Hop, ...]:

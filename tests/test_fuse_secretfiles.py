@@ -1,0 +1,151 @@
+"""Secret files through a real mount: `.env` is served with sentinels (sizes, reads, mmap and seeks agree), a read
+of it does not make the run secret (a file written after it stays `internal`) while a key file that cannot be
+sentinelised still does, and what the sandbox writes back keeps every real value it did not change — through the
+same descriptor, through `sed -i`'s rename, never into a key."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import subprocess
+
+import pytest
+from fuse_support import FUSE, REAL_MOUNTS
+
+from ifc.enforce.mount import Daemon
+from ifc.monitor.events import open_readonly, read_events
+
+pytestmark = REAL_MOUNTS
+
+POLICY = """
+labels { secrecy public < internal < secret }
+files {
+  "**" internal
+  ".env*", "*.pem", "config/*.json" secret
+}
+agent coder { read "**" write "**" create "**" delete "**" }
+"""
+REAL = b"sk_live_51HxRealStripeKey0123456789"
+DOTENV = (b"# payments\nSTRIPE_KEY=" + REAL + b"\nexport DATABASE_URL=postgres://app:hunter2pw@db:5432/shop\n"
+          b'GREETING="hello world"\n')
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    ws, run, mnt = tmp_path / "ws", tmp_path / "run", tmp_path / "mnt"
+    for d in (ws, run, mnt):
+        d.mkdir()
+    (ws / ".env").write_bytes(DOTENV)
+    (ws / "k.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\nMIIEv" + REAL + b"\n-----END PRIVATE KEY-----\n")
+    (ws / "config").mkdir()
+    (ws / "config" / "svc.json").write_bytes(b'{"type": "service_account", "private_key": "' + REAL + b'"}')
+    policy = tmp_path / "p.flow"
+    policy.write_text(POLICY)
+    with Daemon(["--policy", str(policy), "--run-dir", str(run), "--fuse", FUSE, str(ws), str(mnt)], str(mnt),
+                log_path=str(run / "mount.log")) as daemon:
+        yield ws, mnt, run
+        assert daemon.stop() == 0, (run / "mount.log").read_text()
+    assert "Traceback" not in (run / "mount.log").read_text()
+
+
+def _labels(run) -> dict[str, str]:
+    db = open_readonly(run / "events.db")
+    try:
+        return {e.target: e.object_label for e in read_events(db, "label")}
+    finally:
+        db.close()
+
+
+def _events(run, kind):
+    db = open_readonly(run / "events.db")
+    try:
+        return list(read_events(db, kind))
+    finally:
+        db.close()
+
+
+def test_served_with_sentinels_consistently(mounted):
+    ws, mnt, run = mounted
+    served = (mnt / ".env").read_bytes()
+    assert REAL not in served and b"hunter2pw" not in served and b"payments" not in served
+    assert served.count(b"ifc-sentinel-") == 4  # three values (only the URL's password) and the comment
+    assert b"export DATABASE_URL=postgres://app:ifc-sentinel-" in served and b"@db:5432/shop\n" in served
+    assert os.stat(mnt / ".env").st_size == len(served)
+    with open(mnt / ".env", "rb") as f:  # seeks, short reads and a map all show the same bytes
+        f.seek(7)
+        assert f.read(20) == served[7:27]
+        assert os.pread(f.fileno(), 9, len(served) - 9) == served[-9:]
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+            assert m[:] == served
+    assert (mnt / ".env").read_bytes() == served  # one run, one sentinel per value
+    assert (ws / ".env").read_bytes() == DOTENV
+    [event] = _events(run, "sentinels")
+    assert event.target == ".env" and event.reason.startswith("4 value(s) served as sentinels")
+
+
+def test_a_sentinelised_read_does_not_make_the_run_secret(mounted):
+    _ws, mnt, run = mounted
+    (mnt / ".env").read_bytes()
+    (mnt / "config" / "svc.json").read_bytes()
+    (mnt / "after-env.txt").write_bytes(b"notes")
+    assert "after-env.txt" not in _labels(run)  # written at `internal`: within its own label
+    (mnt / "k.pem").read_bytes()  # cannot be sentinelised: today's semantics
+    (mnt / "after-pem.txt").write_bytes(b"notes")
+    assert _labels(run)["after-pem.txt"].startswith("secret")
+
+
+def test_unparsable_content_is_served_as_it_is_under_its_full_label(mounted):
+    ws, mnt, run = mounted
+    (ws / ".env.local").write_bytes(b"A=1\nthis line is no dotenv\n")
+    assert (mnt / ".env.local").read_bytes() == b"A=1\nthis line is no dotenv\n"
+    (mnt / "after.txt").write_bytes(b"x")
+    assert _labels(run)["after.txt"].startswith("secret")
+
+
+def test_writes_keep_the_real_values_the_sandbox_left(mounted):
+    ws, mnt, _run = mounted
+    served = (mnt / ".env").read_bytes()
+    with open(mnt / ".env", "ab") as f:  # append through the same file
+        f.write(b"DEBUG=1\n")
+    assert (ws / ".env").read_bytes() == DOTENV + b"DEBUG=1\n"
+    again = (mnt / ".env").read_bytes()
+    assert again.startswith(served) and b"DEBUG=ifc-sentinel-" in again  # the sandbox's own value, served too
+    # an edit in place, as sed -i does it: a temporary file renamed over the name
+    edited = again.replace(b"GREETING=", b"SALUTATION=")
+    subprocess.run(["sed", "-i", "s/GREETING=/SALUTATION=/", str(mnt / ".env")], check=True)
+    after = (mnt / ".env").read_bytes()  # a value under a new key has a sentinel of its own
+    assert after.split(b"SALUTATION=")[0] == edited.split(b"SALUTATION=")[0] and REAL not in after
+    assert (ws / ".env").read_bytes() == DOTENV.replace(b"GREETING=", b"SALUTATION=") + b"DEBUG=1\n"
+
+
+def test_a_sentinel_written_into_a_key_is_refused_and_the_file_kept(mounted):
+    ws, mnt, run = mounted
+    served = (mnt / ".env").read_bytes()
+    sentinel = served.split(b"STRIPE_KEY=")[1].split(b"\n")[0]
+    fd = os.open(mnt / ".env", os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, sentinel + b"=x\n")
+    with pytest.raises(PermissionError):
+        os.close(fd)  # the write-back at close is refused
+    assert (ws / ".env").read_bytes() == DOTENV
+    refused = [e for e in _events(run, "deny") if e.rule == "secret files"]
+    assert refused and "moved out of a value's place" in refused[0].reason
+    (mnt / "x.tmp").write_bytes(b"S=" + sentinel + b" tail\n")  # and not by a rename either
+    with pytest.raises(PermissionError):
+        os.rename(mnt / "x.tmp", mnt / ".env")
+    assert (ws / ".env").read_bytes() == DOTENV
+
+
+def test_a_sentinel_copied_elsewhere_stays_a_sentinel(mounted):
+    ws, mnt, _run = mounted
+    (mnt / "copy.env.txt").write_bytes((mnt / ".env").read_bytes())
+    assert REAL not in (ws / "copy.env.txt").read_bytes()
+
+
+def test_a_file_too_large_to_hold_is_served_as_it_is_under_its_full_label(mounted):
+    ws, mnt, run = mounted
+    big = b"".join(b"K%07d=value\n" % i for i in range(360_000))  # over 4 MiB of valid dotenv
+    (ws / ".env.big").write_bytes(big)
+    assert os.stat(mnt / ".env.big").st_size == len(big)
+    assert (mnt / ".env.big").read_bytes()[:13] == b"K0000000=valu"
+    (mnt / "after.txt").write_bytes(b"x")
+    assert _labels(run)["after.txt"].startswith("secret")
