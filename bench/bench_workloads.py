@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fuse import Mount  # noqa: E402  (the same daemons, one process each)
+from bench_fuse import Mount  # the same daemons, one process each
 
 GIT = ["git", "-c", "user.name=b", "-c", "user.email=b@b", "-c", "gc.auto=0", "-c", "init.defaultBranch=main"]
 QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
