@@ -52,6 +52,15 @@ class LaunchError(UserError):
     """The sandbox could not be started or did not finish; the message says why, `help` what to do."""
 
 
+@dataclass(frozen=True)
+class Share:
+    """A host directory shown inside the sandbox at `target`, outside the mediated workspace. Read-only ones
+    carry code the agent runs (its layer); the sandbox cannot change them."""
+
+    source: Path
+    target: str  # an absolute path in the sandbox, not under /workspace, /usr or /ifc
+
+
 @dataclass
 class RunSpec:
     argv: list[str]
@@ -62,6 +71,9 @@ class RunSpec:
     proxy: tuple[str, int] | None = None
     egress: bool = False  # serve the egress hook from the FUSE daemon: one monitor for files and network
     upstream_ca: Path | None = None  # with `egress`: extra roots the hook trusts for terminated tunnels' servers
+    hosts: Path | None = None  # with `egress`: `NAME ADDRESS...` lines the hook answers before the system resolver
+    layers: tuple[Share, ...] = ()  # host directories the sandbox sees read-only (an agent's layer)
+    home: Path | None = None  # a host directory the sandbox sees read-write as its home (`--keep-state`)
     token: str | None = None  # the session's token (default: one minted for the run, see `vmm.runtoken`)
     key: Path | None = None  # the public key that verifies `token` (default: `ifc caps`'s)
     memory_mb: int = 1024  # microVM only
@@ -277,6 +289,8 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
         argv += ["--egress", f"{proxy[0]}:{proxy[1]}", "--egress-dns", f"{dns[0]}:{dns[1]}"]
         if spec.upstream_ca:
             argv += ["--upstream-ca", str(spec.upstream_ca)]
+        if spec.hosts:
+            argv += ["--hosts", str(spec.hosts)]
     run = runtoken.prepare(spec.run_dir, spec.policy, spec.agent, spec.token, spec.key)
     health, health_w = os.pipe()
     fds: tuple[int, ...] = (health_w,)

@@ -21,7 +21,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
 
 
-SUBCOMMANDS = ("check", "fmt", "decide", "report", "caps", "mount", "proxy", "run", "vm", "labels")
+SUBCOMMANDS = ("check", "fmt", "decide", "report", "caps", "mount", "proxy", "run", "vm", "labels", "agent")
 
 
 def _subcommands(only: str | None = None):

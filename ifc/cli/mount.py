@@ -35,7 +35,7 @@ from ifc.cli.common import (
     token_problem,
     token_verifier,
 )
-from ifc.cli.proxy import UPSTREAM_CA_HELP
+from ifc.cli.proxy import HOSTS_HELP, UPSTREAM_CA_HELP
 
 EPILOG = """exit codes:
   0  unmounted cleanly (or, with --background, mounted)
@@ -71,6 +71,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--egress-dns", metavar="HOST:PORT",
                    help="with --egress: also serve the DNS stub here (answers only names the policy's endpoints name)")
     p.add_argument("--upstream-ca", metavar="FILE", help="with --egress: " + UPSTREAM_CA_HELP)
+    p.add_argument("--hosts", metavar="FILE", help="with --egress: " + HOSTS_HELP)
     p.add_argument("--verbose", "-v", action="store_true", help="log every denial to stderr as it happens")
     p.add_argument("--health-fd", type=int, metavar="N",
                    help="for launchers (`ifc run`): report failures that denials hide (the event log's) as JSON "
@@ -114,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     egress = None
     try:
         if args.egress:
-            egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca)
+            egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca,
+                                   args.hosts)
         binding = load_binding(args.fuse or DEFAULT_BINDING)
         ops = EnforcingFS(source, monitor, identities=Identities(default_token=token), context=binding.context,
                           mountpoint=mountpoint, agent_ids=args.agent_ids, invalidate=binding.invalidator())
@@ -176,13 +178,13 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
 
 
 def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_dir: Path,
-                  upstream_ca: str | None):
+                  upstream_ca: str | None, hosts: str | None = None):
     """The egress proxy on an event loop in this process, deciding through the mount's own monitor. Writes
     RUN_DIR/ca.pem and RUN_DIR/sandbox.env (the sentinels) for the launcher of the sandbox."""
     import asyncio
 
-    from ifc.cli.proxy import serve, termination
-    from ifc.enforce.egress import BackgroundLoop, Egress
+    from ifc.cli.proxy import hosts_table, serve, termination
+    from ifc.enforce.egress import BackgroundLoop, Egress, static_resolver, system_resolver
     from ifc.enforce.runfiles import write_sandbox_files
     from ifc.enforce.secrets import SecretError, Vault
 
@@ -196,7 +198,8 @@ def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_
     write_sandbox_files(run_dir, vault, tls.ca)
     loop = BackgroundLoop()
     stop = asyncio.Event()
-    egress = Egress(monitor, vault=vault, session_token=token)
+    resolver = static_resolver(hosts_table(hosts), system_resolver) if hosts else None
+    egress = Egress(monitor, vault=vault, session_token=token, resolver=resolver)
     listening = []
     future = asyncio.run_coroutine_threadsafe(
         serve(egress, address, dns=dns_address, ready=lambda name, host, port: listening.append((name, host, port)),
@@ -226,7 +229,8 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
     from ifc.enforce.mount import is_stale, mounted_at
 
     argv = [sys.executable, "-m", "ifc", "mount", "--run-dir", str(run_dir)]
-    for flag in ("policy", "token", "key", "audience", "agent", "fuse", "egress", "egress_dns", "upstream_ca"):
+    for flag in ("policy", "token", "key", "audience", "agent", "fuse", "egress", "egress_dns", "upstream_ca",
+                 "hosts"):
         value = getattr(args, flag)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", value]
