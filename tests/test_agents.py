@@ -174,11 +174,12 @@ def served(tmp_path):
             server.server_close()
 
 
-def run_claude(tmp_path: Path, served: Served, cache: Path, isolation: str, env: dict[str, str]):
-    repo = sample_repo(tmp_path)
+def run_claude(tmp_path: Path, served: Served, cache: Path, isolation: str, env: dict[str, str],
+               repo: Path | None = None, run_dir: str = "run", extra: tuple[str, ...] = ()):
+    repo = repo or sample_repo(tmp_path)
     argv = [sys.executable, "-m", "ifc", "run", "--isolation", isolation, "--preset", "claude-code",
-            "--policy", str(served.policy), "--workspace", str(repo), "--run-dir", str(tmp_path / "run"),
-            "--hosts", str(served.hosts), "--upstream-ca", str(served.ca),
+            "--policy", str(served.policy), "--workspace", str(repo), "--run-dir", str(tmp_path / run_dir),
+            "--hosts", str(served.hosts), "--upstream-ca", str(served.ca), *extra,
             "--", "-p", "fix the failing test, then look at issue 42", "--dangerously-skip-permissions"]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
                           env={**env, "IFC_AGENT_CACHE": str(cache), "ANTHROPIC_API_KEY": REAL_KEY})
@@ -224,3 +225,39 @@ def test_claude_code_in_microvm(tmp_path, served, claude_code, image_env):
     repo, proc = run_claude(tmp_path, served, claude_code, "microvm", image_env)
     check_claude_run(repo, tmp_path, served, proc)
 
+
+
+def test_keep_state_carries_the_taint_of_what_it_may_hold(tmp_path, served, claude_code):
+    """The kept home is outside the mediated workspace, so the monitor cannot see what the agent reads from it:
+    the next run that gets it starts with the taint of the runs that wrote it (recorded on the host)."""
+    repo, env = sample_repo(tmp_path), dict(os.environ)
+
+    def session(name: str, turns: list, keep: bool = True):
+        served.model.turns[:] = turns
+        served.model.seen.clear()
+        _, proc = run_claude(tmp_path, served, claude_code, "namespace", env, repo, name,
+                             ("--keep-state",) if keep else ())
+        results = served.model.main_requests()[-1].tool_results() if served.model.main_requests() else []
+        return proc, results
+
+    remember = ToolCall("Bash", {"command": "mkdir -p ~/.claude && echo remembered > ~/.claude/memo"})
+    recall = ToolCall("Bash", {"command": "cat ~/.claude/memo"})
+    stash = ToolCall("Bash", {"command": "cat .env >> ~/.claude/memo"})
+    _, results = session("a", [remember, recall, Say("done")])
+    assert results[-1].strip() == "remembered"
+    _, results = session("b", [recall, stash, Say("done")])
+    assert results[0].strip() == "remembered"  # kept across runs
+    _, results = session("c", [recall, Say("done")], keep=False)
+    assert "No such file" in results[0]  # without --keep-state the home is a fresh one
+    _, results = session("d", [recall, Say("done")])
+    # run b read .env into the home: run d starts `secret`, so not a byte of it (or of the home) reaches the model
+    assert served.model.seen == [] and results == []
+    with sqlite3.connect(tmp_path / "d" / "events.db") as db:
+        reasons = [r for (r,) in db.execute("SELECT reason FROM events WHERE kind = 'deny' AND op = 'connect'")]
+        started = db.execute("SELECT reason FROM events WHERE op = 'inherit'").fetchone()[0]
+    assert reasons and all("`secret` data may not go to" in r for r in reasons)
+    assert started.startswith("the run's taint starts at `secret"), started
+    from ifc.agents.preset import kept_home
+
+    recorded = json.loads((kept_home(repo, "claude-code").parent / "taint.json").read_text())
+    assert "secret" in recorded["secrecy"]

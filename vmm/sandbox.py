@@ -39,6 +39,7 @@ PR_SET_PDEATHSIG = 1
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
+CARRIED_TAINT = "taint.json"  # beside a kept home: the taint it carries into the next run
 PROXY_PORT = 3128  # where the agent reaches the egress hook, in the guest or the namespace
 SANDBOX_TRUST = "/etc/ssl/certs/ca-certificates.crt"  # the sandbox's trust store (its /etc is fresh)
 HOST_TRUST = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
@@ -291,6 +292,8 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
             argv += ["--upstream-ca", str(spec.upstream_ca)]
         if spec.hosts:
             argv += ["--hosts", str(spec.hosts)]
+    if spec.home is not None:  # the kept home holds what earlier runs held: the run starts there (ifc.monitor.carried)
+        argv += ["--carry-taint", str(spec.home.parent / CARRIED_TAINT)]
     run = runtoken.prepare(spec.run_dir, spec.policy, spec.agent, spec.token, spec.key)
     health, health_w = os.pipe()
     fds: tuple[int, ...] = (health_w,)

@@ -72,6 +72,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="with --egress: also serve the DNS stub here (answers only names the policy's endpoints name)")
     p.add_argument("--upstream-ca", metavar="FILE", help="with --egress: " + UPSTREAM_CA_HELP)
     p.add_argument("--hosts", metavar="FILE", help="with --egress: " + HOSTS_HELP)
+    p.add_argument("--carry-taint", metavar="FILE",
+                   help="for launchers (`ifc run --keep-state`): the run starts with the taint FILE records and "
+                   "leaves its own there (data it reaches outside the mount, see ifc.monitor.carried)")
     p.add_argument("--verbose", "-v", action="store_true", help="log every denial to stderr as it happens")
     p.add_argument("--health-fd", type=int, metavar="N",
                    help="for launchers (`ifc run`): report failures that denials hide (the event log's) as JSON "
@@ -108,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     except Usage as exc:
         return _usage(exc.message, exc.help)
     health = _health(args.health_fd, monitor.log)
+    carry = _carry(args.carry_taint, monitor)
     from ifc.enforce.fs import EnforcingFS
     from ifc.enforce.identity import Identities
     from ifc.enforce.mount import load_binding, serve
@@ -131,12 +135,30 @@ def run(args: argparse.Namespace) -> int:
         if egress is not None:
             egress.stop()
     denials = ops.stats.denials
+    if carry is not None:  # only a clean end records less than "anything": the home holds at most this
+        from ifc.monitor import carried
+
+        carried.write(carry, monitor.run.taint, monitor.policy.lattice)
     monitor.close()
     if health is not None:
         health.finished(monitor.log.failures)
     if denials:
         print(f"ifc mount: {denials} denial(s) logged in {run_dir / 'events.db'}", file=sys.stderr)
     return log_failures("mount", monitor.log) or ExitCode.OK
+
+
+def _carry(path: str | None, monitor) -> Path | None:
+    """With --carry-taint: start from the recorded taint, and record "anything" until the run ends cleanly."""
+    from ifc.monitor import carried
+
+    if path is None:
+        return None
+    carry, lattice = Path(path), monitor.policy.lattice
+    label = carried.read(carry, lattice)
+    carried.write(carry, carried.top(lattice), lattice)
+    if label is not None:
+        monitor.inherit(label, f"kept home {carry.parent / 'home'}")
+    return carry
 
 
 def _health(fd: int | None, log):
