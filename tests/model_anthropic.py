@@ -14,6 +14,7 @@ import http.server
 import json
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 
 from tls_support import start_server
@@ -41,6 +42,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: dict
+    at: float = 0.0  # time.monotonic() when it arrived (bench/bench_agents.py: start to first request)
 
     def tool_results(self) -> list[str]:
         """The text of every `tool_result` block in the conversation, in order."""
@@ -135,7 +137,8 @@ class Messages(http.server.BaseHTTPRequestHandler):
             body = {}
         script = self.script
         with script.lock:
-            script.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            script.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
+                                    time.monotonic()))
             n = len(script.seen)
         if self.path.split("?", 1)[0] != "/v1/messages":
             return self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": "not scripted"}})
