@@ -84,6 +84,7 @@ class RunSpec:
     shutdown_timeout: float = 15.0
     accel: str | None = None  # microVM only: kvm | tcg; default: probe (or $IFC_VM_ACCEL)
     env: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # NAME: OTHER, NAME gets OTHER's value (a sentinel)
     notice: object = None  # callable(str) for one-line notices (default: stderr)
 
     def say(self, line: str) -> None:
@@ -341,6 +342,7 @@ def agent_env(spec: RunSpec, workspace: Workspace, tty: bool, proxy_url: str | N
         if (spec.run_dir / CA_FILE).exists():  # every common client's way to be told where the roots are
             env.update({name: SANDBOX_TRUST for name in TRUST_VARIABLES})
     env.update(spec.env)
+    env.update({name: env[other] for name, other in spec.aliases.items() if other in env})
     return env
 
 

@@ -27,6 +27,7 @@ class AgentKind:
     key: str  # the provider key's environment variable (the preset's secret)
     state: tuple[str, ...]  # what it keeps under $HOME
     env: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # other names the agent reads its key from: the sentinel
 
     @property
     def preset(self) -> str:
@@ -43,7 +44,7 @@ AGENTS: dict[str, AgentKind] = {a.name: a for a in (
               {"DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}),
     AgentKind("codex", "npm", "@openai/codex", ("node_modules/.bin/codex",), "OPENAI_API_KEY", (".codex",),
-              {"CODEX_DISABLE_UPDATE_CHECK": "1"}),
+              {"CODEX_DISABLE_UPDATE_CHECK": "1"}, {"CODEX_API_KEY": "OPENAI_API_KEY"}),
     AgentKind("gemini", "npm", "@google/gemini-cli", ("node_modules/.bin/gemini",), "GEMINI_API_KEY", (".gemini",),
               {"GEMINI_CLI_NO_UPDATE_CHECK": "1"}),
     AgentKind("aider", "pypi", "aider-chat", ("venv/bin/python", "-m", "aider"), "OPENAI_API_KEY",

@@ -26,6 +26,7 @@ class Preset:
     policy: Path
     layers: tuple[Share, ...]
     env: dict[str, str]
+    aliases: dict[str, str]
     home: Path | None  # the kept home directory on the host (`--keep-state`), else None: a fresh one per run
 
 
@@ -55,4 +56,5 @@ def prepare(name: str, args: list[str], policy: str | None, workspace: Path, kee
         home.mkdir(parents=True, exist_ok=True)
         home.parent.chmod(0o700)
     return Preset(argv=[*kind.argv(), *args], policy=chosen.resolve(),
-                  layers=(Share(installed.directory, GUEST_LAYER),), env={**SANE_ENV, **kind.env}, home=home)
+                  layers=(Share(installed.directory, GUEST_LAYER),), env={**SANE_ENV, **kind.env},
+                  aliases=dict(kind.aliases), home=home)

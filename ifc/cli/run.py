@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
                    boot_timeout=args.boot_timeout,
                    hosts=Path(os.path.realpath(args.hosts)) if args.hosts else None)
     if preset is not None:
-        spec.layers, spec.home, spec.env = preset.layers, preset.home, dict(preset.env)
+        spec.layers, spec.home, spec.env, spec.aliases = preset.layers, preset.home, dict(preset.env), preset.aliases
         if spec.home is not None:  # the agent's own, as its home in the sandbox is
             os.chown(spec.home, *spec.ids())
     if args.memory is not None:
