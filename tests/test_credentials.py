@@ -35,7 +35,9 @@ BENIGN_NAMES = ["page", "per_page", "pageToken", "next_token", "q", "sort", "max
                 "sec-websocket-key", "x-csrf-token", "token_type", "user-agent", "accept", "x-request-id", "author",
                 "model", "messages", "sort_key",
                 # Claude Code's per-session trace id, sent with every request to its (bound) API
-                "x-claude-code-session-id", "x-session-id"]
+                "x-claude-code-session-id", "x-session-id",
+                # Gemini's signature over its own reasoning, which Gemini CLI sends back with each function call
+                "thoughtSignature"]
 
 
 def find(target="/v1/x", headers=(), body=b"", endpoint=API, **kw) -> list[Finding]:

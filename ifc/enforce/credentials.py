@@ -21,7 +21,7 @@ the hook refuses the request (403, rule `egress: foreign credential`). Where it 
 A name is *like a credential* when one of its words (split at `-`, `_`, `.` and camelCase) is in `_WORDS`, or
 it is `key` or ends in `key` after a qualifier (`api key`, `secret key`, `subscription key`), and no word
 says it is something else (`page token`, `csrf token`, `idempotency key`, `sec-websocket-key`, `token type`,
-`max tokens`), or it names a session's id (`x-claude-code-session-id`, `x-session-id`: a trace id the client
+`max tokens`, `thought signature`), or it names a session's id (`x-claude-code-session-id`, `x-session-id`: a trace id the client
 makes up; a cookie holding a session is judged as a cookie, and `sessionid`, `session`, `session-token` are
 credentials). Values under 8 characters are not credentials (flags like `auth=false`) except for passwords.
 `Proxy-Authorization` is the hook's own (the run's token) and never forwarded, so it is not looked at.
@@ -50,7 +50,8 @@ _KEY_QUALIFIERS = frozenset({"api", "access", "secret", "private", "subscription
                              "app", "application", "license", "master", "functions", "developer", "user"})
 _NOT_CREDENTIAL = frozenset({"page", "next", "continuation", "sync", "cursor", "csrf", "xsrf", "idempotency",
                              "authenticity", "websocket", "type", "hint", "expires", "expiry", "expiration",
-                             "count", "limit", "max", "url", "uri", "public"})
+                             "count", "limit", "max", "url", "uri", "public",
+                             "thought"})  # Gemini's `thoughtSignature`: the model's own, echoed back to it
 _SCHEMES = frozenset({"basic", "bearer", "token", "digest", "negotiate", "ntlm", "hoba", "mutual"})
 _PASSWORDS = frozenset({"password", "passwd", "passphrase", "pwd"})
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
