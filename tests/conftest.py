@@ -1,11 +1,17 @@
 """Shared by every test: the user's state directory (where workspaces keep their floated labels) is a
-temporary one, so tests neither read labels left by real runs nor leave theirs behind."""
+temporary one, so tests neither read labels left by real runs nor leave theirs behind; and the microVM tests'
+guest image (`image_env`)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -13,3 +19,21 @@ def _private_state_dir(tmp_path_factory):
     os.environ["IFC_STATE_DIR"] = str(tmp_path_factory.mktemp("ifc-state"))
     yield
     os.environ.pop("IFC_STATE_DIR", None)
+
+
+@pytest.fixture(scope="module")
+def image_env(tmp_path_factory):
+    """A built guest image: the user's cache if it is current, else one built into a temporary cache."""
+    from vmm import image
+
+    env = dict(os.environ)
+    try:
+        image.current()
+    except image.ImageError:
+        cache = tmp_path_factory.mktemp("cache")
+        env["XDG_CACHE_HOME"] = str(cache)
+        proc = subprocess.run([sys.executable, "-m", "ifc", "vm", "build"], env=env, capture_output=True,
+                              text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot build the guest image: {proc.stderr.strip()[-200:]}")
+    return env

@@ -29,10 +29,15 @@ VAULT = Vault([
 API_KEY_HEADERS = ["X-Api-Key", "api-key", "x-goog-api-key", "Private-Token", "X-Auth-Token", "x-amz-security-token",
                    "Ocp-Apim-Subscription-Key", "X-Access-Token", "apikey", "X-Vault-Token"]
 CREDENTIAL_PARAMS = ["key", "api_key", "apiKey", "token", "access_token", "auth", "client_secret", "password",
-                     "X-Amz-Signature", "private_token", "refresh_token", "session"]
+                     "X-Amz-Signature", "private_token", "refresh_token", "session", "sessionid", "session_token",
+                     "x-session-id-token"]
 BENIGN_NAMES = ["page", "per_page", "pageToken", "next_token", "q", "sort", "max_tokens", "idempotency-key",
                 "sec-websocket-key", "x-csrf-token", "token_type", "user-agent", "accept", "x-request-id", "author",
-                "model", "messages", "sort_key"]
+                "model", "messages", "sort_key",
+                # Claude Code's per-session trace id, sent with every request to its (bound) API
+                "x-claude-code-session-id", "x-session-id",
+                # Gemini's signature over its own reasoning, which Gemini CLI sends back with each function call
+                "thoughtSignature"]
 
 
 def find(target="/v1/x", headers=(), body=b"", endpoint=API, **kw) -> list[Finding]:

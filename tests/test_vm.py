@@ -40,24 +40,6 @@ if _skip_reason():
     pytest.skip(_skip_reason(), allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def image_env(tmp_path_factory):
-    """A built guest image: the user's cache if it is current, else one built into a temporary cache."""
-    from vmm import image
-
-    env = dict(os.environ)
-    try:
-        image.current()
-    except image.ImageError:
-        cache = tmp_path_factory.mktemp("cache")
-        env["XDG_CACHE_HOME"] = str(cache)
-        proc = subprocess.run([sys.executable, "-m", "ifc", "vm", "build"], env=env, capture_output=True,
-                              text=True, cwd=ROOT)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot build the guest image: {proc.stderr.strip()[-200:]}")
-    return env
-
-
 @pytest.fixture
 def workspace(tmp_path):
     return sandbox_cases.tester_workspace(tmp_path)

@@ -57,10 +57,11 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
-def start_server(handler, tls: ssl.SSLContext | None = None) -> http.server.ThreadingHTTPServer:
-    """A threading HTTP server (HTTPS with `tls`) for `handler` on 127.0.0.1, serving from a daemon thread;
-    the caller shuts it down. The one way the tests start an upstream."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def start_server(handler, tls: ssl.SSLContext | None = None,
+                 address: tuple[str, int] = ("127.0.0.1", 0)) -> http.server.ThreadingHTTPServer:
+    """A threading HTTP server (HTTPS with `tls`) for `handler` on `address` (default: a free port on
+    127.0.0.1), serving from a daemon thread; the caller shuts it down. The one way the tests start an upstream."""
+    server = http.server.ThreadingHTTPServer(address, handler)
     server.daemon_threads = True
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)

@@ -227,6 +227,17 @@ def run(spec: RunSpec) -> RunResult:
         bind_readonly("/usr", str(usr))
         virtiofsd = find_virtiofsd()
         shares = {"usr": (str(usr), "always"), "ws": (str(workspace.mountpoint), "none")}
+        extra = []  # `tag:path:mode` for the guest init: an agent's layer read-only, a kept home read-write
+        for i, layer in enumerate(spec.layers):
+            view = sockdir / f"ro{i}"
+            view.mkdir()
+            helpers.mounts.insert(0, str(view))
+            bind_readonly(str(layer.source), str(view))
+            shares[f"ro{i}"] = (str(view), "always")
+            extra.append(f"ro{i}:{layer.target}:ro")
+        if spec.home is not None:
+            shares["home"] = (str(spec.home), "auto")
+            extra.append("home:/home/agent:rw")
         for tag, (source, cache) in shares.items():
             sock = sockdir / f"{tag}.sock"
             proc = helpers.spawn([virtiofsd, f"--socket-path={sock}", "-o", f"source={source}",
@@ -240,6 +251,8 @@ def run(spec: RunSpec) -> RunResult:
             settings["IFC_ROWS"], settings["IFC_COLS"] = map(str, terminal_size(1))
         if workspace.dns:
             settings["IFC_DNS"] = PROXY_GUEST[0]
+        if extra:
+            settings["IFC_SHARES"] = " ".join(extra)
         initrd = sockdir / "initrd.img"
         proxy_url = f"http://{PROXY_GUEST[0]}:{PROXY_GUEST[1]}" if workspace.proxy else None
         run_initrd(img, initrd, settings, agent_env(spec, workspace, tty, proxy_url), spec.argv, trust_bundle(spec),

@@ -72,7 +72,9 @@ def run(spec: RunSpec) -> RunResult:
         env = agent_env(spec, workspace, tty, PROXY_URL if workspace.proxy else None)
         plan = Plan(argv=spec.argv, env=env, uid=uid, gid=gid, root=str(root), workspace=str(workspace.mountpoint),
                     tty=tty, proxy=workspace.proxy is not None, dns=workspace.dns is not None,
-                    trust=trust_bundle(spec), etc=spec.packages.files)
+                    trust=trust_bundle(spec), etc=spec.packages.files,
+                    layers=tuple((str(s.source), s.target) for s in spec.layers),
+                    home=str(spec.home) if spec.home else None)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with ours, theirs:
             pid = fork_init(plan, theirs, ours)

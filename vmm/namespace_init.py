@@ -75,6 +75,8 @@ class Plan:
     dns: bool  # listen on 127.0.0.1:53 (TCP and UDP) inside for the hook's DNS stub
     trust: bytes | None  # the sandbox's trust store (`vmm.sandbox.trust_bundle`)
     etc: dict[str, bytes] = field(default_factory=dict)  # more files under /etc, root's and read-only (packagecfg)
+    layers: tuple[tuple[str, str], ...] = ()  # (host directory, path inside): bound read-only
+    home: str | None = None  # a host directory bound read-write at /home/agent (kept agent state)
 
 
 def init(plan: Plan, ctl: socket.socket) -> NoReturn:
@@ -119,6 +121,13 @@ def build_root(plan: Plan) -> None:
         if os.path.exists(f"/usr/{d}"):
             os.symlink(f"usr/{d}", f"{r}/{d}")
     mount(plan.workspace, f"{r}/workspace", flags=MS_BIND)
+    for source, target in plan.layers:  # code the agent runs but may not change
+        os.makedirs(f"{r}{target}", exist_ok=True)
+        bind_readonly(source, f"{r}{target}")
+        mount("none", f"{r}{target}", flags=MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    if plan.home is not None:
+        mount(plan.home, f"{r}/home/agent", flags=MS_BIND)
+        mount("none", f"{r}/home/agent", flags=MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
     mount("tmp", f"{r}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     os.chmod(f"{r}/var/tmp", 0o1777)
     os.chown(f"{r}/home/agent", plan.uid, plan.gid)

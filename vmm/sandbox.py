@@ -41,6 +41,7 @@ PR_SET_PDEATHSIG = 1
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
+CARRIED_TAINT = "taint.json"  # beside a kept home: the taint it carries into the next run
 PROXY_PORT = 3128  # where the agent reaches the egress hook, in the guest or the namespace
 SANDBOX_TRUST = GUEST_TRUST  # the sandbox's trust store (its /etc is fresh)
 TRUST_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT",
@@ -53,6 +54,15 @@ class LaunchError(UserError):
     """The sandbox could not be started or did not finish; the message says why, `help` what to do."""
 
 
+@dataclass(frozen=True)
+class Share:
+    """A host directory shown inside the sandbox at `target`, outside the mediated workspace. Read-only ones
+    carry code the agent runs (its layer); the sandbox cannot change them."""
+
+    source: Path
+    target: str  # an absolute path in the sandbox, not under /workspace, /usr or /ifc
+
+
 @dataclass
 class RunSpec:
     argv: list[str]
@@ -63,6 +73,9 @@ class RunSpec:
     proxy: tuple[str, int] | None = None
     egress: bool = False  # serve the egress hook from the FUSE daemon: one monitor for files and network
     upstream_ca: Path | None = None  # with `egress`: extra roots the hook trusts for terminated tunnels' servers
+    hosts: Path | None = None  # with `egress`: `NAME ADDRESS...` lines the hook answers before the system resolver
+    layers: tuple[Share, ...] = ()  # host directories the sandbox sees read-only (an agent's layer)
+    home: Path | None = None  # a host directory the sandbox sees read-write as its home (`--keep-state`)
     token: str | None = None  # the session's token (default: one minted for the run, see `vmm.runtoken`)
     key: Path | None = None  # the public key that verifies `token` (default: `ifc caps`'s)
     memory_mb: int = 1024  # microVM only
@@ -73,6 +86,7 @@ class RunSpec:
     accel: str | None = None  # microVM only: kvm | tcg; default: probe (or $IFC_VM_ACCEL)
     env: dict[str, str] = field(default_factory=dict)
     packages: PackageConfig = field(default_factory=PackageConfig)  # the host's pip/npm config (vmm.packagecfg)
+    aliases: dict[str, str] = field(default_factory=dict)  # NAME: OTHER, NAME gets OTHER's value (a sentinel)
     notice: object = None  # callable(str) for one-line notices (default: stderr)
     notices: list[str] = field(default_factory=list)  # said once the isolation is announced (package config)
 
@@ -299,6 +313,10 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
         upstream_ca = _upstream_roots(spec)
         if upstream_ca:
             argv += ["--upstream-ca", str(upstream_ca)]
+        if spec.hosts:
+            argv += ["--hosts", str(spec.hosts)]
+    if spec.home is not None:  # the kept home holds what earlier runs held: the run starts there (ifc.monitor.carried)
+        argv += ["--carry-taint", str(spec.home.parent / CARRIED_TAINT)]
     run = runtoken.prepare(spec.run_dir, spec.policy, spec.agent, spec.token, spec.key)
     health, health_w = os.pipe()
     fds: tuple[int, ...] = (health_w,)
@@ -366,6 +384,7 @@ def agent_env(spec: RunSpec, workspace: Workspace, tty: bool, proxy_url: str | N
             env.update({name: SANDBOX_TRUST for name in TRUST_VARIABLES})
     env.update(spec.packages.env)
     env.update(spec.env)
+    env.update({name: env[other] for name, other in spec.aliases.items() if other in env})
     return env
 
 

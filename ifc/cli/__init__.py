@@ -21,7 +21,8 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
 
 
-SUBCOMMANDS = ("check", "fmt", "decide", "report", "caps", "mount", "proxy", "run", "vm", "labels", "init")
+SUBCOMMANDS = ("check", "fmt", "decide", "report", "caps", "mount", "proxy", "run", "vm", "labels", "init",
+               "agent")
 
 
 def _subcommands(only: str | None = None):

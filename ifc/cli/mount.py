@@ -38,7 +38,7 @@ from ifc.cli.common import (
     token_problem,
     token_verifier,
 )
-from ifc.cli.proxy import UPSTREAM_CA_HELP
+from ifc.cli.proxy import HOSTS_HELP, UPSTREAM_CA_HELP
 
 EPILOG = """exit codes:
   0  unmounted cleanly (or, with --background, mounted)
@@ -74,6 +74,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--egress-dns", metavar="HOST:PORT",
                    help="with --egress: also serve the DNS stub here (answers only names the policy's endpoints name)")
     p.add_argument("--upstream-ca", metavar="FILE", help="with --egress: " + UPSTREAM_CA_HELP)
+    p.add_argument("--hosts", metavar="FILE", help="with --egress: " + HOSTS_HELP)
+    p.add_argument("--carry-taint", metavar="FILE",
+                   help="for launchers (`ifc run --keep-state`): the run starts with the taint FILE records and "
+                   "leaves its own there (data it reaches outside the mount, see ifc.monitor.carried)")
     p.add_argument("--verbose", "-v", action="store_true", help="log every denial to stderr as it happens")
     p.add_argument("--health-fd", type=int, metavar="N",
                    help="for launchers (`ifc run`): report failures that denials hide (the event log's) as JSON "
@@ -119,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(exc.message, exc.help)
     if health is not None:  # the launcher hears of the event log's first failure as it happens
         monitor.log.on_failure = lambda failure: health.log_failed(failure.ts, failure.reason)
+    carry = _carry(args.carry_taint, monitor)
     from ifc.enforce.fs import DENIALS_NAME, Backing, EnforcingFS
     from ifc.enforce.identity import Identities
     from ifc.enforce.mount import load_binding, serve
@@ -135,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.egress:
             egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca, health,
-                                   files)
+                                   files, args.hosts)
         binding = load_binding(args.fuse or DEFAULT_BINDING)
         ops = EnforcingFS(source, monitor, identities=Identities(default_token=token), context=binding.context,
                           mountpoint=mountpoint, agent_ids=args.agent_ids, invalidate=binding.invalidator(),
@@ -153,12 +158,30 @@ def run(args: argparse.Namespace) -> int:
         if egress is not None:
             egress.stop()
     denials = ops.stats.denials
+    if carry is not None:  # only a clean end records less than "anything": the home holds at most this
+        from ifc.monitor import carried
+
+        carried.write(carry, monitor.run.taint, monitor.policy.lattice)
     monitor.close()
     if health is not None:
         health.finished(monitor.log.failures)
     if denials:
         print(f"ifc mount: {denials} denial(s) logged in {run_dir / 'events.db'}", file=sys.stderr)
     return log_failures("mount", monitor.log) or ExitCode.OK
+
+
+def _carry(path: str | None, monitor) -> Path | None:
+    """With --carry-taint: start from the recorded taint, and record "anything" until the run ends cleanly."""
+    from ifc.monitor import carried
+
+    if path is None:
+        return None
+    carry, lattice = Path(path), monitor.policy.lattice
+    label = carried.read(carry, lattice)
+    carried.write(carry, carried.top(lattice), lattice)
+    if label is not None:
+        monitor.inherit(label, f"kept home {carry.parent / 'home'}")
+    return carry
 
 
 def _reporter(fd: int | None):
@@ -198,14 +221,14 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
 
 
 def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_dir: Path,
-                  upstream_ca: str | None, health=None, files=None):
+                  upstream_ca: str | None, health=None, files=None, hosts: str | None = None):
     """The egress proxy on an event loop in this process, deciding through the mount's own monitor. Writes
     RUN_DIR/ca.pem and RUN_DIR/sandbox.env (the sentinels) for the launcher of the sandbox. A secret without a
     value does not stop it: its sends are refused (`ifc.enforce.secret_values`), and the launcher is told."""
     import asyncio
 
-    from ifc.cli.proxy import serve, termination
-    from ifc.enforce.egress import BackgroundLoop, Egress
+    from ifc.cli.proxy import hosts_table, serve, termination
+    from ifc.enforce.egress import BackgroundLoop, Egress, static_resolver, system_resolver
     from ifc.enforce.runfiles import write_sandbox_files
     from ifc.enforce.secret_values import load_vault
 
@@ -221,7 +244,8 @@ def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_
     write_sandbox_files(run_dir, vault, tls.ca)
     loop = BackgroundLoop()
     stop = asyncio.Event()
-    egress = Egress(monitor, vault=vault, session_token=token, unset=loaded.unset)
+    resolver = static_resolver(hosts_table(hosts), system_resolver) if hosts else None
+    egress = Egress(monitor, vault=vault, session_token=token, unset=loaded.unset, resolver=resolver)
     listening = []
     future = asyncio.run_coroutine_threadsafe(
         serve(egress, address, dns=dns_address, ready=lambda name, host, port: listening.append((name, host, port)),
@@ -252,7 +276,8 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
     from ifc.enforce.mount import is_stale, mounted_at
 
     argv = [sys.executable, "-m", "ifc", "mount", "--run-dir", str(run_dir)]
-    for flag in ("policy", "token", "key", "audience", "agent", "fuse", "egress", "egress_dns", "upstream_ca"):
+    for flag in ("policy", "token", "key", "audience", "agent", "fuse", "egress", "egress_dns", "upstream_ca",
+                 "hosts"):
         value = getattr(args, flag)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", value]

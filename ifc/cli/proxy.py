@@ -56,11 +56,13 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", metavar="T", help="the session's capability token: the token or @FILE")
     p.add_argument("--key", metavar="FILE", help="host public key that verifies tokens (default: as `ifc caps`)")
     p.add_argument("--audience", metavar="A", help="the audience tokens must name (default: the run dir's name)")
-    p.add_argument("--hosts", metavar="FILE", help="`NAME ADDRESS...` lines answered before the system resolver")
+    p.add_argument("--hosts", metavar="FILE", help=HOSTS_HELP)
     p.add_argument("--upstream-ca", metavar="FILE", help=UPSTREAM_CA_HELP)
     p.add_argument("--verbose", "-v", action="store_true", help="log every refusal to stderr")
 
 
+HOSTS_HELP = ("`NAME ADDRESS...` lines the hook answers before the system resolver (an address that is not a "
+              "public one still needs a rule naming it by IP)")
 UPSTREAM_CA_HELP = ("extra CA certificates (PEM) trusted, besides the system's, for the real servers behind "
                     "terminated HTTPS tunnels (and the mail relay)")
 
@@ -94,7 +96,7 @@ def _usage(message: str, help: str | None = None) -> int:
     return error("proxy", message, help)
 
 
-def _hosts(path: str) -> dict[str, list[str]]:
+def hosts_table(path: str) -> dict[str, list[str]]:
     import ipaddress
 
     table: dict[str, list[str]] = {}
@@ -130,7 +132,7 @@ def _build(args: argparse.Namespace, run_dir: Path):
         vault = Vault.from_policy(policy)
     except SecretError as exc:
         raise Usage(str(exc), "the proxy holds the real values: set them in its environment") from None
-    resolver = static_resolver(_hosts(args.hosts), system_resolver) if args.hosts else system_resolver
+    resolver = static_resolver(hosts_table(args.hosts), system_resolver) if args.hosts else system_resolver
     run_dir.mkdir(parents=True, exist_ok=True)
     log = EventLog(run_dir / "events.db")
     log.set_meta(policy=args.policy, policy_digest=policy.digest, agent=agent.name if agent else "",

@@ -14,6 +14,12 @@ Isolation: `microvm` (the default) boots a QEMU microVM (needs QEMU and a guest 
 machines that cannot run a VM. It is WEAKER (a kernel exploit escapes) and says so at start; the FUSE daemon
 sees the agent's real pids there, so per-process subjects (`IFC_TOKEN` in a process's environment) work.
 Both need root (a mount namespace, FUSE).
+
+`--preset NAME` starts a real coding agent installed with `ifc agent install NAME` (claude-code, codex, gemini,
+aider): its preset policy (policies/NAME.flow unless `--policy` names another), the egress hook, the agent's
+layer read-only at /opt/ifc-agent, its provider key swapped in by the hook (the agent sees a sentinel), settings
+that keep it from hanging on a pager or an update check, and CMD... as the agent's own arguments.
+`--keep-state` keeps its home directory (~/.claude, ~/.codex, ...) per workspace on the host between runs.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ EPILOG = """exit codes:
        (without QEMU, the microVM fails at once and names `--isolation namespace`)
 
 example: ifc run --policy policies/default.flow --workspace ~/repo -- sh -c 'git status && python3 -c "print(1)"'
+a real agent: ifc agent install claude-code; ifc run --preset claude-code --workspace ~/repo -- -p "fix the tests"
 without QEMU (weaker, shares the host kernel): ifc run --isolation namespace --policy policies/default.flow -- sh
 """
 
@@ -53,7 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--policy", required=True, metavar="P", help="the .flow policy")
+    p.add_argument("--policy", metavar="P", help="the .flow policy (required unless --preset gives one)")
+    p.add_argument("--preset", metavar="NAME",
+                   help="run the installed agent NAME (`ifc agent list`) with its preset policy, key and settings; "
+                   "CMD... are its arguments")
+    p.add_argument("--keep-state", action="store_true",
+                   help="with --preset: keep the agent's home directory for this workspace between runs")
     p.add_argument("--workspace", default=".", metavar="DIR", help="the directory the agent works on (default: .)")
     p.add_argument("--run-dir", metavar="DIR", help="where the run's logs go (default: a new temporary directory)")
     p.add_argument("--agent", metavar="NAME",
@@ -73,6 +85,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upstream-ca", metavar="FILE",
                    help="with --egress: extra roots (PEM) the hook trusts for the servers behind the tunnels it "
                    "terminates (those secrets are bound to); the system's are always trusted")
+    p.add_argument("--hosts", metavar="FILE",
+                   help="with --egress: `NAME ADDRESS...` lines the hook answers before the system resolver")
     p.add_argument("--isolation", choices=ISOLATIONS, default="microvm",
                    help="microvm (default) or namespace: no VM, the host's kernel shared (weaker)")
     p.add_argument("--memory", type=int, metavar="MiB", help="guest memory (default: 1024; microVM only)")
@@ -91,6 +105,22 @@ def run(args: argparse.Namespace) -> int:
     from vmm.sandbox import LaunchError, RunSpec
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    preset = None
+    if args.preset:
+        from ifc.agents.preset import PresetError, prepare
+
+        if args.proxy:
+            return _error("--preset runs the egress hook itself (it holds the provider key): drop --proxy", code=2)
+        try:
+            preset = prepare(args.preset, command, args.policy, Path(os.path.realpath(args.workspace)),
+                             args.keep_state)
+        except PresetError as exc:
+            return _error(exc.message, exc.help, code=2)
+        command, args.policy, args.egress = preset.argv, str(preset.policy), True
+    elif args.keep_state:
+        return _error("--keep-state goes with --preset (it keeps that agent's home directory)", code=2)
+    if not args.policy:
+        return _error("no policy given", "ifc run --policy P -- CMD..., or ifc run --preset NAME", code=2)
     if not command:
         return _error("no command given", "ifc run --policy P -- CMD...", code=2)
     workspace = Path(os.path.realpath(args.workspace))
@@ -111,8 +141,16 @@ def run(args: argparse.Namespace) -> int:
                       "ifc caps mint ... --audience NAME, then ifc run --run-dir .../NAME --token @FILE", code=2)
     if args.key and not token:
         return _error("--key goes with --token (a run's own token is verified with the run's own key)", code=2)
-    if args.upstream_ca and not args.egress:
-        return _error("--upstream-ca goes with --egress (the hook it configures)", code=2)
+    for flag, value in (("--upstream-ca", args.upstream_ca), ("--hosts", args.hosts)):
+        if value and not args.egress:
+            return _error(f"{flag} goes with --egress (the hook it configures)", code=2)
+    if args.hosts:
+        from ifc.cli.proxy import hosts_table
+
+        try:
+            hosts_table(args.hosts)  # a bad line fails here, not in the daemon's log
+        except Usage as exc:
+            return _error(f"--hosts: {exc.message}", code=2)
     upstream_ca = Path(os.path.realpath(args.upstream_ca)) if args.upstream_ca else None
     if upstream_ca is not None and not upstream_ca.is_file():
         return _error(f"--upstream-ca: `{args.upstream_ca}` is not a file", code=2)
@@ -143,7 +181,12 @@ def run(args: argparse.Namespace) -> int:
     spec = RunSpec(argv=command, workspace=workspace, run_dir=run_dir, policy=Path(args.policy).resolve(),
                    agent=args.agent, proxy=proxy, egress=args.egress, upstream_ca=upstream_ca, accel=args.accel,
                    token=token, key=Path(os.path.realpath(args.key)) if args.key else None,
-                   boot_timeout=args.boot_timeout, packages=packages, notices=notices)
+                   boot_timeout=args.boot_timeout, packages=packages, notices=notices,
+                   hosts=Path(os.path.realpath(args.hosts)) if args.hosts else None)
+    if preset is not None:
+        spec.layers, spec.home, spec.env, spec.aliases = preset.layers, preset.home, dict(preset.env), preset.aliases
+        if spec.home is not None:  # the agent's own, as its home in the sandbox is
+            os.chown(spec.home, *spec.ids())
     if args.memory is not None:
         spec.memory_mb = args.memory
     if args.isolation == "namespace":

@@ -21,7 +21,9 @@ the hook refuses the request (403, rule `egress: foreign credential`). Where it 
 A name is *like a credential* when one of its words (split at `-`, `_`, `.` and camelCase) is in `_WORDS`, or
 it is `key` or ends in `key` after a qualifier (`api key`, `secret key`, `subscription key`), and no word
 says it is something else (`page token`, `csrf token`, `idempotency key`, `sec-websocket-key`, `token type`,
-`max tokens`). Values under 8 characters are not credentials (flags like `auth=false`) except for passwords.
+`max tokens`, `thought signature`), or it names a session's id (`x-claude-code-session-id`, `x-session-id`: a trace id the client
+makes up; a cookie holding a session is judged as a cookie, and `sessionid`, `session`, `session-token` are
+credentials). Values under 8 characters are not credentials (flags like `auth=false`) except for passwords.
 `Proxy-Authorization` is the hook's own (the run's token) and never forwarded, so it is not looked at.
 """
 
@@ -48,7 +50,8 @@ _KEY_QUALIFIERS = frozenset({"api", "access", "secret", "private", "subscription
                              "app", "application", "license", "master", "functions", "developer", "user"})
 _NOT_CREDENTIAL = frozenset({"page", "next", "continuation", "sync", "cursor", "csrf", "xsrf", "idempotency",
                              "authenticity", "websocket", "type", "hint", "expires", "expiry", "expiration",
-                             "count", "limit", "max", "url", "uri", "public"})
+                             "count", "limit", "max", "url", "uri", "public",
+                             "thought"})  # Gemini's `thoughtSignature`: the model's own, echoed back to it
 _SCHEMES = frozenset({"basic", "bearer", "token", "digest", "negotiate", "ntlm", "hoba", "mutual"})
 _PASSWORDS = frozenset({"password", "passwd", "passphrase", "pwd"})
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
@@ -75,7 +78,10 @@ def credential_name(name: str) -> bool:
     words = [w.lower() for w in _WORD.findall(name)]
     if not words or _NOT_CREDENTIAL.intersection(words):
         return False
-    if _WORDS.intersection(words):
+    found = _WORDS.intersection(words)
+    if found == {"session"} and "id" in words[words.index("session") + 1:]:
+        return False  # a session *identifier* header (`x-claude-code-session-id`): the client's trace id
+    if found:
         return True
     return words[-1] == "key" and (len(words) == 1 or words[-2] in _KEY_QUALIFIERS)
 

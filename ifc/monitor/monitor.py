@@ -957,6 +957,24 @@ class Monitor:
                                     taint_after=lattice.describe(state.taint))
             return state.taint
 
+    def inherit(self, label: Label, source: str) -> Label:
+        """Before the run starts: data the run will reach without the monitor seeing it (an agent's kept home,
+        `ifc.monitor.carried`) carries `label`, so the run starts there — through the ordinary path, with
+        `source` as its provenance (a denial then names it) and the rise logged. Returns the run's taint."""
+        with self._lock:
+            self.steps += 1
+            state, lattice = self.run, self.policy.lattice
+            before = state.taint
+            self._absorb(state, label, node("state", source), node("subject", "session"), "inherit", self.clock(),
+                         Request("inherit", source))
+            if self.log is not None:
+                with contextlib.suppress(Exception):
+                    self.log.record(kind="label", subject="session", op="inherit", target=source, allowed=True,
+                                    reason=f"the run's taint starts at `{lattice.describe(state.taint)}` ({source})",
+                                    object_label=lattice.describe(label), taint_before=lattice.describe(before),
+                                    taint_after=lattice.describe(state.taint))
+            return state.taint
+
     def flush(self) -> None:
         if self.log is not None:
             self.log.flush()

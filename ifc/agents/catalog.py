@@ -1,0 +1,61 @@
+"""The agents `ifc agent install` knows: where each comes from, how it starts, which preset policy and provider
+key go with it, and the settings it needs to run unattended in a sandbox.
+
+Data, not code paths: adding an agent is one entry. Why each setting:
+
+* `key` is the provider key the preset's policy binds to the provider with `secret ... from env ... to ...`:
+  the egress hook holds the real value and the agent only ever sees a sentinel.
+* `env` turns off what would either hang (auto-updaters writing into a read-only layer) or send data nowhere
+  the user asked (telemetry, error reporting); the preset's policy refuses those hosts anyway, this just spares
+  the agent the retries.
+* `state` names what the agent keeps in its home directory, kept per workspace with `--keep-state`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GUEST_LAYER = "/opt/ifc-agent"  # where the sandbox sees the agent's layer, read-only
+
+
+@dataclass(frozen=True)
+class AgentKind:
+    name: str
+    manager: str  # npm | pypi
+    package: str
+    command: tuple[str, ...]  # argv prefix, relative to the layer (run from GUEST_LAYER in the sandbox)
+    key: str  # the provider key's environment variable (the preset's secret)
+    state: tuple[str, ...]  # what it keeps under $HOME
+    env: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # other names the agent reads its key from: the sentinel
+
+    @property
+    def preset(self) -> str:
+        """The preset policy's file name under policies/."""
+        return f"{self.name}.flow"
+
+    def argv(self, root: str = GUEST_LAYER) -> list[str]:
+        return [f"{root}/{part}" if i == 0 else part for i, part in enumerate(self.command)]
+
+
+AGENTS: dict[str, AgentKind] = {a.name: a for a in (
+    AgentKind("claude-code", "npm", "@anthropic-ai/claude-code", ("node_modules/.bin/claude",), "ANTHROPIC_API_KEY",
+              (".claude", ".claude.json"),
+              {"DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
+               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}),
+    AgentKind("codex", "npm", "@openai/codex", ("node_modules/.bin/codex",), "OPENAI_API_KEY", (".codex",),
+              {"CODEX_DISABLE_UPDATE_CHECK": "1"}, {"CODEX_API_KEY": "OPENAI_API_KEY"}),
+    AgentKind("gemini", "npm", "@google/gemini-cli", ("node_modules/.bin/gemini",), "GEMINI_API_KEY", (".gemini",),
+              {"GEMINI_CLI_NO_UPDATE_CHECK": "1"}),
+    AgentKind("aider", "pypi", "aider-chat", ("venv/bin/python", "-m", "aider"), "OPENAI_API_KEY",
+              (".aider",), {"AIDER_CHECK_UPDATE": "false", "AIDER_ANALYTICS": "false"}),
+)}
+
+# what every agent gets: no pager that waits for a key, an editor that exists in the sandbox, git that works in
+# a workspace owned by someone else (the workspace's owner on the host, seen through the mount)
+SANE_ENV = {"PAGER": "cat", "GIT_PAGER": "cat", "EDITOR": "vi", "VISUAL": "vi",
+            "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
+
+
+def lookup(name: str) -> AgentKind | None:
+    return AGENTS.get(name)
