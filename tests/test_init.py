@@ -135,7 +135,8 @@ WORK = {  # normal work per kind: edit, run the tests, commit
              "echo node-tests-ok"),
 }
 WORK["mixed"] = WORK["python"] + " && " + WORK["node"]
-COMMIT = " && git add -A && git -c user.name=agent -c user.email=a@a commit -qm 'agent: edit' && git --no-pager log --format=%s -1"
+COMMIT = (" && git add -A && git -c user.name=agent -c user.email=a@a commit -qm 'agent: edit' && "
+          "git --no-pager log --format=%s -1")
 
 
 @pytest.mark.integration
