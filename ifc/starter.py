@@ -56,7 +56,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
             "/.eslintcache"),
            ("node_modules/.bin/**",)),
 )}
-SECRET_GLOBS = ('".env*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", ".netrc", ".npmrc", ".pypirc", "secrets/", '
+# `.npmrc` is not among them: npm reads the project's on every command, so a secret label would taint every run
+# that uses npm; one that holds an auth token is found by the workspace audit and labelled by its exact path
+SECRET_GLOBS = ('".env*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", ".netrc", ".pypirc", "secrets/", '
                 '"**/credentials*"  secret except ".env.example", "*.pub"')
 # every root entry but `.ifc`, where `ifc init` writes the policy: no grant lets the agent create, rename,
 # remove or write into it (grants have no `except`, so the name is excluded one character at a time)

@@ -92,6 +92,8 @@ def test_init_writes_a_policy_that_checks_cleanly_on_the_workspace(tmp_path, kin
         assert f'"{host}"' in endpoints, (host, endpoints)
     if kind == "mixed":  # the token in config/settings.py is no name the secret globs know: the audit found it
         assert '"/config/settings.py"  secret' in text
+    if ".npmrc" in files:  # it holds a token: labelled by its path (one without stays `internal`: npm reads it)
+        assert '"/.npmrc"' in text.split("found by the workspace audit", 1)[1]
     labels = ifc("check", str(policy), "--workspace", str(repo), "--list", env=env).stdout
     secret = {line.split()[-1] for line in labels.splitlines() if line.strip().startswith("secret")}
     assert {".env", ".npmrc", "config/settings.py"} & set(files) <= secret, labels
@@ -115,6 +117,9 @@ def test_init_never_replaces_a_policy_without_force_nor_writes_where_the_agent_m
     assert ifc("init", "--output", str(elsewhere), "--preset", "node", str(repo), env=env).returncode == 0
     assert '"https://registry.npmjs.org"' in elsewhere.read_text()
     assert '"https://pypi.org"' not in elsewhere.read_text()  # the preset given, not the one found
+    (repo / ".npmrc").write_text("registry=https://npm.acme.example/\n")  # no token: npm may read it, untainted
+    assert ifc("init", "--force", str(repo), env=env).returncode == 0
+    assert '".npmrc"' not in policy.read_text() and '"https://npm.acme.example"' in policy.read_text()
 
 
 # --------------------------------------------------------------------------------- under a real `ifc run`
@@ -135,7 +140,8 @@ WORK = {  # normal work per kind: edit, run the tests, commit
              "echo node-tests-ok"),
 }
 WORK["mixed"] = WORK["python"] + " && " + WORK["node"]
-COMMIT = " && git add -A && git -c user.name=agent -c user.email=a@a commit -qm 'agent: edit' && git --no-pager log --format=%s -1"
+COMMIT = (" && git add -A && git -c user.name=agent -c user.email=a@a commit -qm 'agent: edit' && "
+          "git --no-pager log --format=%s -1")
 
 
 @pytest.mark.integration
