@@ -149,3 +149,20 @@ def test_a_file_too_large_to_hold_is_served_as_it_is_under_its_full_label(mounte
     assert (mnt / ".env.big").read_bytes()[:13] == b"K0000000=valu"
     (mnt / "after.txt").write_bytes(b"x")
     assert _labels(run)["after.txt"].startswith("secret")
+
+
+def test_a_binding_the_workspace_cannot_honour_stops_the_mount_with_one_line(tmp_path):
+    import sys
+
+    ws, run, mnt = tmp_path / "ws", tmp_path / "run", tmp_path / "mnt"
+    for d in (ws, run, mnt):
+        d.mkdir()
+    (ws / ".env").write_bytes(b"OTHER=1\n")
+    policy = tmp_path / "p.flow"
+    policy.write_text(POLICY + 'endpoints { "https://api.stripe.com" clearance internal }\n'
+                      'secret STRIPE_KEY from file ".env" key "STRIPE_KEY" to "https://api.stripe.com"\n')
+    proc = subprocess.run([sys.executable, "-m", "ifc", "mount", "--policy", str(policy), "--run-dir", str(run),
+                           "--fuse", FUSE, "--egress", "127.0.0.1:0", str(ws), str(mnt)],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0
+    assert "secret `STRIPE_KEY`: `.env` has no key `STRIPE_KEY`" in proc.stderr and "Traceback" not in proc.stderr

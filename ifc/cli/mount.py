@@ -130,8 +130,9 @@ def run(args: argparse.Namespace) -> int:
     from ifc.secretfiles.workspace import SecretFileError, SecretFiles
 
     files = SecretFiles(monitor.policy, Backing(source).read)
-    try:
-        files.load()
+    try:  # the bound values are the egress hook's to hold; without it every value's sentinel is swapped nowhere
+        if args.egress:
+            files.load()
     except SecretFileError as exc:
         monitor.close()
         return fail(str(exc), "the policy binds it by file and key: the file must be in the workspace, parse, "
