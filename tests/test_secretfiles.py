@@ -265,8 +265,24 @@ def test_a_sentinel_moved_out_of_a_value_is_refused(name, real, forge):
         sentinels.restore(name, forge(by_key))
 
 
-def test_a_sentinel_moved_to_another_value_takes_its_real_value_there():
+@pytest.mark.parametrize("forge", [
+    lambda s: b"A=%s\nNEXT_PUBLIC_A=%s\n" % (s["A"], s["A"]),  # copied to a key a build bakes into a public bundle
+    lambda s: b"B=%s\n" % s["A"],  # moved to another key (its consumer sends it elsewhere)
+    lambda s: b"A=%s\nB=%s\n" % (s["B"], s["A"]),  # two keys' sentinels swapped
+])
+def test_a_sentinel_moved_to_another_key_is_refused(forge):
+    """A real value goes back only under its own key: `B`'s consumer (a webhook URL, a public `NEXT_PUBLIC_*`
+    variable) would otherwise carry `A`'s real value wherever the host's tools send `B`."""
     parsed = parse(".env", b"A=sk_live_1\nB=x\n")
     sentinels = Sentinels()
     by_key = {p.item.key: p.sentinel for p in sentinels.serve(".env", parsed).placed}
-    assert sentinels.restore(".env", b"B=%s\nC=%s\n" % (by_key["B"], by_key["A"])) == b"B=x\nC=sk_live_1\n"
+    with pytest.raises(Unmergeable, match="only under its own key"):
+        sentinels.restore(".env", forge(by_key))
+
+
+def test_a_sentinel_under_its_own_key_goes_back_wherever_the_line_moved():
+    parsed = parse(".env", b"A=sk_live_1\nB=x\n")
+    sentinels = Sentinels()
+    by_key = {p.item.key: p.sentinel for p in sentinels.serve(".env", parsed).placed}
+    assert sentinels.restore(".env", b"C=new\nB=%s\nA=%s\n" % (by_key["B"], by_key["A"])) == \
+        b"C=new\nB=x\nA=sk_live_1\n"

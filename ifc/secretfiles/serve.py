@@ -62,13 +62,14 @@ class Sentinels:
         self._make = make
         self._lock = threading.Lock()
         self._by_value: dict[tuple, Placed] = {}
-        # per file: sentinel → [(left, right, real bytes)], the ways it was served (one per quoting, in practice)
-        self._by_sentinel: dict[str, dict[bytes, list[tuple[bytes, bytes, bytes]]]] = {}
+        # per file: sentinel → [(left, right, real bytes, item)], the ways it was served (one per quoting, in
+        # practice), each with the value it stood for: it goes back only to that key
+        self._by_sentinel: dict[str, dict[bytes, list[tuple[bytes, bytes, bytes, Item]]]] = {}
         self._lengths: set[int] = set()
 
     def _remember(self, placed: Placed, raw: bytes) -> None:
         ways = self._by_sentinel.setdefault(placed.file, {}).setdefault(placed.sentinel, [])
-        ways.append((placed.item.left, placed.item.right, raw))
+        ways.append((placed.item.left, placed.item.right, raw, placed.item))
         self._lengths.add(len(placed.sentinel))
 
     @staticmethod
@@ -105,9 +106,11 @@ class Sentinels:
         """The bytes to store for what the sandbox wrote to `file`: every sentinel it left as served becomes the
         real bytes again. Sentinels of other files stay what they are (a copied sentinel is worthless there).
 
-        A real value goes back only to where a value is: the result is parsed again and each restored span must
-        be exactly one value (or comment) of it, else `Unmergeable` — a sentinel moved into a key, a section
-        name or the middle of another value would put the real bytes where the next serving shows them."""
+        A real value goes back only to where it was: the result is parsed again and each restored span must be
+        exactly one value of it under the same key (a comment: one comment), else `Unmergeable` — a sentinel
+        moved into a key, a section name or the middle of another value would put the real bytes where the next
+        serving shows them, and one moved to another key (`NEXT_PUBLIC_KEY=`, `SENTRY_DSN=`) would hand the real
+        value to whatever the host's tools do with that key (a public bundle, another service)."""
         with self._lock:
             table = dict(self._by_sentinel.get(file, {}))
             lengths = sorted(self._lengths, reverse=True)
@@ -125,10 +128,10 @@ class Sentinels:
                 size += i + 1 - at
                 at = i + 1
                 continue
-            start, end, raw = hit
+            start, end, raw, item = hit
             out += [written[at:start], raw]
             size += start - at
-            spans.append((size, size + len(raw)))
+            spans.append((size, size + len(raw), item))
             size += len(raw)
             at = end
         out.append(written[at:])
@@ -139,9 +142,14 @@ class Sentinels:
             parsed = parse(file, restored)
             if parsed is None:
                 raise Unmergeable(file, "it no longer parses with its real values put back")
-            at_items = {(item.start, item.end) for item in parsed.items}
-            if any(span not in at_items for span in spans):
-                raise Unmergeable(file, "a sentinel was moved out of a value's place")
+            at_items = {(item.start, item.end): item for item in parsed.items}
+            for start, end, was in spans:
+                now = at_items.get((start, end))
+                if now is None:
+                    raise Unmergeable(file, "a sentinel was moved out of a value's place")
+                if now.kind != was.kind or (was.kind == "value" and now.path != was.path):
+                    raise Unmergeable(file, f"the sentinel of `{was.key}` was moved to `{now.key}`: a real value "
+                                      "goes back only under its own key")
         return restored
 
     def placed(self) -> list[Placed]:
@@ -149,8 +157,8 @@ class Sentinels:
             return list(self._by_value.values())
 
 
-def _match_at(data: bytes, i: int, table: dict[bytes, list[tuple[bytes, bytes, bytes]]], lengths: list[int],
-              floor: int) -> tuple[int, int, bytes] | None:
+def _match_at(data: bytes, i: int, table: dict[bytes, list[tuple[bytes, bytes, bytes, Item]]], lengths: list[int],
+              floor: int) -> tuple[int, int, bytes, Item] | None:
     """The served rendering (the sentinel starting at `i`, with the quotes it was served in) found there: (start,
     end, real bytes), the widest rendering first; None when no sentinel of this file starts at `i`."""
     for length in lengths:
@@ -158,11 +166,11 @@ def _match_at(data: bytes, i: int, table: dict[bytes, list[tuple[bytes, bytes, b
         if not ways:
             continue
         best = None
-        for left, right, raw in ways:
+        for left, right, raw, item in ways:
             start, end = i - len(left), i + length + len(right)
             if start >= floor and data.startswith(left, start) and data.startswith(right, i + length) and \
                     (best is None or end - start > best[1] - best[0]):
-                best = (start, end, raw)
+                best = (start, end, raw, item)
         if best is not None:
             return best
     return None
