@@ -110,12 +110,14 @@ def test_writes_keep_the_real_values_the_sandbox_left(mounted):
     assert (ws / ".env").read_bytes() == DOTENV + b"DEBUG=1\n"
     again = (mnt / ".env").read_bytes()
     assert again.startswith(served) and b"DEBUG=ifc-sentinel-" in again  # the sandbox's own value, served too
-    # an edit in place, as sed -i does it: a temporary file renamed over the name
-    edited = again.replace(b"GREETING=", b"SALUTATION=")
-    subprocess.run(["sed", "-i", "s/GREETING=/SALUTATION=/", str(mnt / ".env")], check=True)
-    after = (mnt / ".env").read_bytes()  # a value under a new key has a sentinel of its own
-    assert after.split(b"SALUTATION=")[0] == edited.split(b"SALUTATION=")[0] and REAL not in after
-    assert (ws / ".env").read_bytes() == DOTENV.replace(b"GREETING=", b"SALUTATION=") + b"DEBUG=1\n"
+    # an edit in place, as sed -i does it (a temporary file renamed over the name), keeping every key: merged
+    subprocess.run(["sed", "-i", "s/^DEBUG=.*/DEBUG=0/", str(mnt / ".env")], check=True)
+    assert (ws / ".env").read_bytes() == DOTENV + b"DEBUG=0\n"
+    # renaming a key would carry its real value under another name (whatever the host's tools do with that
+    # name): the rename onto `.env` is refused and the file kept
+    proc = subprocess.run(["sed", "-i", "s/GREETING=/SALUTATION=/", str(mnt / ".env")], capture_output=True)
+    assert proc.returncode != 0 and b"Permission denied" in proc.stderr
+    assert (ws / ".env").read_bytes() == DOTENV + b"DEBUG=0\n" and REAL not in (mnt / ".env").read_bytes()
 
 
 def test_a_sentinel_written_into_a_key_is_refused_and_the_file_kept(mounted):

@@ -27,7 +27,7 @@ its descriptors, so reads, writes, mmap and getattr's size agree. Its read is de
 True)` (the monitor then joins the file's label without `secret`); content that does not parse, a file with
 other hard links, or a mount that cannot drop the kernel's cached pages (libfuse2) gets today's open and full
 label instead. What the sandbox writes is merged back at flush, fsync and release: each sentinel it left goes
-back to the real bytes, and a write that would put a real value anywhere but a value's place is refused. A
+back to the real bytes, and a write that would put a real value anywhere but its own value's place is refused. A
 rename onto such a name restores the sentinels of that name's file in the renamed content first (editors and
 `sed -i` save through a temporary file).
 
@@ -692,7 +692,7 @@ class EnforcingFS:
 
     def _write_back(self, fh: int, view: _View) -> None:
         """Store what the sandbox wrote to a view, its sentinels back to real bytes; refused (EACCES, the file
-        kept as it was) when a real value would land anywhere but a value's place."""
+        kept as it was) when a real value would land anywhere but its own value's place."""
         from ifc.secretfiles import Unmergeable
 
         with view.lock:
@@ -1001,7 +1001,7 @@ class EnforcingFS:
 
     def _restore_for(self, src: str, dst: str, moved: os.stat_result) -> bytes | None:
         """Content renamed onto a secret file's name, with that file's sentinels back to real bytes (None:
-        nothing to restore). Refused, and logged, when a real value would land anywhere but a value's place."""
+        nothing to restore). Refused, and logged, when a real value would land anywhere but its own value's place."""
         from ifc.secretfiles import SENTINEL_PREFIX, Unmergeable
 
         if self.secret_files is None or not stat_mod.S_ISREG(moved.st_mode) or not self.secret_files.eligible(dst):
