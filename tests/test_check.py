@@ -25,7 +25,7 @@ def test_default_policy_is_clean_but_for_the_reads_that_cut_the_coder_off_from_i
     cutoffs = [d for d in result.warnings if d.code == "model-cutoff"]
     assert cutoffs == result.warnings, [(d.span.line, d.message) for d in result.diagnostics]
     assert [(d.span.line, d.message.split(";")[0]) for d in cutoffs] == [
-        (19, 'agent `coder` can read "data/customers/d" (`pii`)'), (22, 'agent `coder` can read ".env" (`secret`)')]
+        (19, 'agent `coder` can read "data/customers/d" (`pii`)'), (22, 'agent `coder` can read ".pem" (`secret`)')]
 
 
 MODEL = """endpoints { "https://api.model.test" clearance internal returns trusted as model, external
@@ -34,10 +34,15 @@ deny secret -> external "secrets never leave"
 """
 
 
+def cutoffs(text: str, secret_files: str = '".env*", "*.pem"'):
+    source = BASE.replace('".env*" secret', f"{secret_files} secret") + text
+    return [d for d in check(compile_text(source, "p.flow")).diagnostics if d.code == "model-cutoff"]
+
+
 def test_model_cutoff_names_the_file_rule_the_model_and_the_rule_that_refuses():
-    [d] = findings(MODEL + 'agent a { read "**" connect "https://api.model.test" }', "model-cutoff")
-    assert d.span.line == 2 and d.severity is Severity.WARNING  # the `".env*" secret` files rule
-    assert d.message == ('agent `a` can read ".env" (`secret`); after that read every call to its model '
+    [d] = cutoffs(MODEL + 'agent a { read "**" connect "https://api.model.test" }')
+    assert d.span.line == 2 and d.severity is Severity.WARNING  # the `".env*", "*.pem" secret` files rule
+    assert d.message == ('agent `a` can read ".pem" (`secret`); after that read every call to its model '
                          '"https://api.model.test:443" is refused for the rest of the run: `secret` data may not go '
                          'to https://api.model.test:443 [external, model]')
     assert [(r.span.line, r.message) for r in d.related] == [(3, "the agent's model endpoint"),
@@ -45,15 +50,17 @@ def test_model_cutoff_names_the_file_rule_the_model_and_the_rule_that_refuses():
 
 
 def test_model_cutoff_stays_quiet_when_the_agent_cannot_read_it_or_has_no_model_or_the_model_may_see_it():
-    assert not findings(MODEL + 'agent a { write "src/**" connect "https://api.model.test" }', "model-cutoff")
-    assert not findings(MODEL + 'agent a { read "**" connect "https://pypi.org" }', "model-cutoff")
+    assert not cutoffs(MODEL + 'agent a { write "src/**" connect "https://api.model.test" }')
+    assert not cutoffs(MODEL + 'agent a { read "**" connect "https://pypi.org" }')
+    # files served with sentinels (`.env`: its read carries `internal`) cut nobody off
+    assert not cutoffs(MODEL + 'agent a { read "**" connect "https://api.model.test" }', secret_files='".env"')
     cleared = MODEL.replace("clearance internal returns trusted as model, external",
                             "clearance secret returns trusted as model").replace("deny secret -> external", "deny "
                                                                                  "secret -> packages")
-    assert not findings(cleared + 'agent a { read "**" connect "https://api.model.test" }', "model-cutoff")
+    assert not cutoffs(cleared + 'agent a { read "**" connect "https://api.model.test" }')
     # clearance alone (no deny rule) cuts it off too, and says so
-    [d] = findings(MODEL.replace('deny secret -> external "secrets never leave"\n', "")
-                   + 'agent a { read "**" connect "https://api.model.test" }', "model-cutoff")
+    [d] = cutoffs(MODEL.replace('deny secret -> external "secrets never leave"\n', "")
+                  + 'agent a { read "**" connect "https://api.model.test" }')
     assert "`secret` exceeds the clearance of https://api.model.test:443" in d.message
 
 

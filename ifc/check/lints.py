@@ -439,7 +439,7 @@ def model_cutoff(ctx: CheckContext) -> list[Diagnostic]:
     such read the run's taint stays above the model's clearance, so every model call of the run is refused and
     a real agent stops working. Exact for the label: the monitor's own `check_send` with the agent's
     capabilities; one finding per (agent, files rule, model), at the files rule, with a path the agent can read
-    that the rule labels."""
+    that the rule labels and the mount serves as it is (not with sentinels)."""
     policy = ctx.policy
     out = []
     for node in _walk(ctx.files):
@@ -455,8 +455,9 @@ def model_cutoff(ctx: CheckContext) -> list[Diagnostic]:
             # a path a reader recognises (the rule's own examples, shortest first), else any the grants share
             candidates = sorted((e for g in rule.globs for e in g.examples()), key=len) + \
                 [w for r in reads for g in rule.globs if (w := r.overlap(g)) is not None]
+            # a file served with sentinels (`.env`) does not cut the agent off: its read carries less
             path = next((c for c in candidates if any(r.matches(c) for r in reads)
-                         and policy.file_label(c).rule is rule), None)
+                         and policy.file_label(c).rule is rule and not policy.sentinel_file(c)), None)
             if path is None:
                 continue
             for model, endpoint in models:
