@@ -1,4 +1,5 @@
-"""A real `ifc run --isolation namespace --egress`: the agent calls its model, reads `.env`, calls again. Its
+"""A real `ifc run --isolation namespace --egress`: the agent calls its model, reads a private key (a secret
+file the mount cannot serve with sentinels), calls again. Its
 curl prints the hook's 403 (what was read, the path, that the model is gone for the run), and `ifc run`'s own
 summary says when the agent lost its model and why."""
 
@@ -28,7 +29,7 @@ class _Model(http.server.BaseHTTPRequestHandler):
 
 
 POLICY = """labels { secrecy public < internal < secret }
-files { "**" internal  ".env" secret }
+files { "**" internal  "*.pem" secret }
 endpoints { "http://127.0.0.1:{P}" clearance internal returns trusted as model, external }
 deny secret -> external "secrets never leave the sandbox"
 agent coder { read "**"  write "/src/"  create "/src/"  connect "http://127.0.0.1:{P}" }
@@ -36,22 +37,22 @@ agent coder { read "**"  write "/src/"  create "/src/"  connect "http://127.0.0.
 
 
 def test_ifc_run_says_when_the_agent_lost_its_model_and_the_agent_reads_why(tmp_path):
-    ws = sandbox_cases.agent_workspace(tmp_path, {".env": "KEY=v\n", "README.md": "# x\n"})
+    ws = sandbox_cases.agent_workspace(tmp_path, {"deploy.pem": "-----BEGIN PRIVATE KEY-----\n", "README.md": "# x\n"})
     call = "curl -s --noproxy '' -x $HTTP_PROXY -d '{}' http://127.0.0.1:{P}/v1/messages"
     with sandbox_cases.serving(_Model) as port:
         policy = tmp_path / "policy.flow"
         policy.write_text(POLICY.replace("{P}", str(port)))
-        script = f"{call}; cat .env >/dev/null; {call}".replace("{P}", str(port))
+        script = f"{call}; cat deploy.pem >/dev/null; {call}".replace("{P}", str(port))
         proc = ifc_run(ws, policy, tmp_path / "run", "sh", "-c", script, extra=("--egress",))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.splitlines()
     assert out[0] == '{"content": "ok"}', proc.stdout
     assert out[1] == f"ifc: `secret` data may not go to POST http://127.0.0.1:{port}/v1/messages [external, model]"
-    assert "the run read: `.env` (`secret`)" in out
-    assert f"path: .env --read--> session --connect--> POST http://127.0.0.1:{port}/v1/messages" in out
+    assert "the run read: `deploy.pem` (`secret`)" in out
+    assert f"path: deploy.pem --read--> session --connect--> POST http://127.0.0.1:{port}/v1/messages" in out
     assert any(line.startswith("this is the agent's model (`as model`): out of reach since ") for line in out)
     lost = [line for line in proc.stderr.splitlines() if "lost its model" in line]
     assert len(lost) == 1, proc.stderr
     assert re.fullmatch(rf"ifc run: the agent lost its model http://127\.0\.0\.1:{port} at \S+Z because it read "
-                        r"`\.env` \(`secret`\): `secret` data may not go to .*", lost[0]), lost[0]
+                        r"`deploy\.pem` \(`secret`\): `secret` data may not go to .*", lost[0]), lost[0]
     assert proc.stderr.index("lost its model") < proc.stderr.index("denial(s):"), "said first"
