@@ -265,6 +265,21 @@ def test_a_sentinel_moved_out_of_a_value_is_refused(name, real, forge):
         sentinels.restore(name, forge(by_key))
 
 
+def test_npmrc_serves_only_npms_credentials_as_sentinels():
+    """npm reads `.npmrc` on every command: its registry and options stay as they are, its tokens do not."""
+    data = (b"registry=https://npm.acme.example/\n@acme:registry=https://npm.acme.example/\nstrict-ssl=true\n"
+            b"//npm.acme.example/:_authToken=npm_Q8v2Lx9Tz4Rk7Wm3\n_auth=dXNlcjpwYXNz\n# old: npm_Old0ld\n")
+    parsed = parse(".npmrc", data)
+    assert parsed.keys() == [join_key(("//npm.acme.example/:_authToken",)), "_auth"]
+    sentinels = Sentinels()
+    served = sentinels.serve(".npmrc", parsed).data
+    assert served.startswith(b"registry=https://npm.acme.example/\n@acme:registry=https://npm.acme.example/\n"
+                             b"strict-ssl=true\n//npm.acme.example/:_authToken=ifc-sentinel-")
+    for secret in (b"npm_Q8v2Lx9Tz4Rk7Wm3", b"dXNlcjpwYXNz", b"npm_Old0ld"):
+        assert secret not in served
+    assert sentinels.restore(".npmrc", served) == data
+
+
 @pytest.mark.parametrize("forge", [
     lambda s: b"A=%s\nNEXT_PUBLIC_A=%s\n" % (s["A"], s["A"]),  # copied to a key a build bakes into a public bundle
     lambda s: b"B=%s\n" % s["A"],  # moved to another key (its consumer sends it elsewhere)

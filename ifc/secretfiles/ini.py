@@ -4,11 +4,14 @@ inline comments by default, and the AWS CLI reads them the same way). Continuati
 a value) and anything else make the file unparsable. The result is checked against configparser itself: every
 value it reads must be one we replace, or the file is not served sentinelised.
 
-`.npmrc` has no sections and only `=`: keys like `//registry.npmjs.org/:_authToken` are one segment."""
+`.npmrc` has no sections and only `=`: keys like `//registry.npmjs.org/:_authToken` are one segment. Only npm's
+credential settings (and comments) are served as sentinels: the rest of an `.npmrc` (`registry`, `@scope:registry`,
+`strict-ssl`, ...) is configuration npm must read as it is on every command, and holds nothing secret."""
 
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import re
 
 from ifc.secretfiles.items import ByteOffsets, Item, Parsed, Unparsable, check_spans, decode_utf8
@@ -16,6 +19,9 @@ from ifc.secretfiles.items import ByteOffsets, Item, Parsed, Unparsable, check_s
 _SECTION = re.compile(r"[ \t]*\[([^\]\n]+)\][ \t]*\r?$")
 _OPTION = re.compile(r"([^=:\s][^=:\n]*?)[ \t]*[=:][ \t]*")
 _NPM_OPTION = re.compile(r"([^=\s][^=\n]*?)[ \t]*=[ \t]*")
+# npm's auth-related settings (docs.npmjs.com, "npmrc": auth-related configuration), bare or `//host/:`-scoped
+NPM_CREDENTIALS = frozenset({"_auth", "_authToken", "_password", "password", "username", "email", "certfile",
+                             "keyfile"})
 
 
 def _lines(text: str):
@@ -91,4 +97,6 @@ def parse(data: bytes) -> Parsed:
 
 
 def parse_npmrc(data: bytes) -> Parsed:
-    return _scan(data, "npmrc", sections=False)
+    parsed = _scan(data, "npmrc", sections=False)
+    return dataclasses.replace(parsed, items=tuple(
+        i for i in parsed.items if i.kind == "comment" or i.path[-1].rpartition(":")[2] in NPM_CREDENTIALS))
