@@ -20,6 +20,7 @@ Columns, each a fresh mount of the same backing directory (bench_fuse's daemons,
   mediated  `EnforcingFS` with the reference monitor on policies/default.flow, agent `coder`
 Rounds alternate the columns, so drift on this shared machine hits all alike; the table shows medians and
 ratios to native (1.00 = native; issue 16's goal is <= 1.5). The in-VM columns are not measured here.
+`--markdown` prints the same as a Markdown table (what bench_revisions.py compares between two trees).
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--binding", default="mfusepy3")
     parser.add_argument("--quick", action="store_true", help="800 files, one round")
+    parser.add_argument("--markdown", action="store_true",
+                        help="a Markdown table (seconds per column; bench_revisions.py reads it)")
     args = parser.parse_args()
     if args.quick:
         args.files, args.rounds = 800, 1
@@ -160,7 +163,7 @@ def main() -> int:
             print(f"  done: round {round_ + 1} of {args.rounds}", file=sys.stderr)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    table(runs, args)
+    (markdown if args.markdown else table)(runs, args)
     return 0
 
 
@@ -177,6 +180,18 @@ def table(runs: dict[str, list[dict[str, float]]], args) -> None:
         ratios = "".join(f"{medians[c][name] / native:.2f}x".rjust(18) for c in cols[1:])
         print(name.ljust(20) + cells + ratios)
 
+
+def markdown(runs: dict[str, list[dict[str, float]]], args) -> None:
+    """The table of docs/benchmarks.md: seconds per column, then each column's ratio to native."""
+    medians = {col: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for col, rows in runs.items()}
+    cols = list(medians)
+    print(f"_Workloads on a {args.files}-file tree, binding {args.binding}, median of {args.rounds} round(s)_\n")
+    print("| workload | " + " | ".join(f"{c} s" for c in cols) + " | "
+          + " | ".join(f"{c}/native" for c in cols[1:]) + " |")
+    print("|---|" + "---:|" * (2 * len(cols) - 1))
+    for name, native in medians["native"].items():
+        print(f"| {name.replace('|', '+')} | " + " | ".join(f"{medians[c][name]:.3f}" for c in cols) + " | "
+              + " | ".join(f"{medians[c][name] / native:.2f}x" for c in cols[1:]) + " |")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -256,6 +256,30 @@ def test_no_laundering(base):
         assert daemon.stop() == 0
 
 
+def test_a_create_over_a_file_the_kernel_thinks_absent_is_an_open_of_that_file(base):
+    """The kernel caches a name found absent (negative_timeout); a file that appears behind its back (a host
+    process writing the backing directory) is then reached by an O_CREAT open as a *create*. It must be
+    served as the open of the existing file it is: decided as a read (the secret's taint rises, so what the
+    session writes next floats) and never truncated or re-owned under a create decision. (An O_EXCL create
+    is not at stake: the kernel looks such a name up again whatever it cached.)"""
+    daemon, mnt, run = mount(base, "late")
+    try:
+        late = os.path.join(mnt, "src", "late.pem")
+        assert not os.path.exists(late)  # the kernel now holds a negative entry for the name
+        Path(base, "ws", "src", "late.pem").write_text("-----BEGIN LATE KEY-----\n")
+        os.chmod(os.path.join(base, "ws", "src", "late.pem"), 0o640)
+        fd = os.open(late, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            assert os.read(fd, 100) == b"-----BEGIN LATE KEY-----\n"
+        finally:
+            os.close(fd)
+        Path(mnt, "src", "after_late.txt").write_text("written after reading late.pem\n")
+        assert "secret" in labels(run).get("src/after_late.txt", ""), labels(run)
+        assert stat.S_IMODE(os.stat(os.path.join(base, "ws", "src", "late.pem")).st_mode) == 0o640
+    finally:
+        assert daemon.stop() == 0
+
+
 def test_per_process_token_is_its_own_subject(base):
     import caps
 

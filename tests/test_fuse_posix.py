@@ -407,6 +407,7 @@ def test_a_new_file_never_takes_the_inode_number_of_one_deleted_through_the_moun
         again = os.stat(mnt / "d").st_ino
         _write(str(mnt / "a"), b"x")
         os.link(mnt / "a", mnt / "b")
+        as_linked = os.stat(mnt / "b").st_ino
         _write(str(mnt / "c"), b"y")
         os.rename(mnt / "c", mnt / "a")  # `a`'s old file keeps its name `b`: not dead, same number
         linked = os.stat(mnt / "b").st_ino
@@ -416,5 +417,9 @@ def test_a_new_file_never_takes_the_inode_number_of_one_deleted_through_the_moun
         pytest.skip(f"{src} does not reuse inode numbers at once (ext4 does): the case cannot arise")
     assert len(set(mounted)) == len(mounted), (backing, mounted)
     assert first != again or os.stat(src / "d").st_ino != first
-    assert linked == os.stat(src / "b").st_ino  # never died: its plain number
+    assert linked == as_linked  # never died: the number it had
+    plain = os.stat(src / "b").st_ino
+    # its plain number, unless `a` was made with a number a deleted journal had (then `a` was born another
+    # incarnation: whether ext4 hands it that number depends on when the daemon closed the journal)
+    assert linked == plain or plain in backing, (linked, plain, backing)
     assert listed == stats

@@ -721,8 +721,16 @@ class EnforcingFS:
             self._guard("create", rel, lambda: self._check(caller, "create", rel))
         if flags is None:  # fusepy does not pass the flags: open read-write (the kernel enforces the caller's mode)
             flags = os.O_RDWR
-        fd = self.backing.open(rel, (flags & _OPEN_MASK & ~os.O_ACCMODE) | os.O_CREAT | os.O_RDWR
-                               | (flags & os.O_EXCL), mode)
+        try:
+            fd = self.backing.open(rel, (flags & _OPEN_MASK & ~os.O_ACCMODE) | os.O_CREAT | os.O_EXCL | os.O_RDWR,
+                                   mode)
+        except FileExistsError:
+            # The kernel believed the name absent (a cached negative entry, or another writer of the backing
+            # tree since its lookup), but a file is there: this is an open of an existing file, decided and
+            # served as one (write, truncation, hard links, secret-file views), never under `create` alone.
+            if flags & os.O_EXCL:
+                raise
+            return self.open(path, flags & ~os.O_CREAT)
         try:
             self._settle_new(mode, lambda: os.fstat(fd), lambda uid, gid: os.fchown(fd, uid, gid),
                              lambda m: os.fchmod(fd, m))

@@ -121,7 +121,11 @@ class MountOptions:
     kernel_cache: bool = True  # keep file data in the page cache across opens (every open still reaches us)
     attr_timeout: float = 10.0
     entry_timeout: float = 10.0
-    negative_timeout: float = 0.0
+    # a name found absent stays absent in the kernel for this long: every create, mkdir, rename and unlink
+    # through the mount updates the kernel's entry itself, and a file that appears behind the kernel's back
+    # (a host process writing the backing directory) is at worst hidden for this long — and a create over
+    # it is served as an open of the existing file (EnforcingFS.create)
+    negative_timeout: float = 10.0
     extra: dict = field(default_factory=dict)
 
     def fuse_kwargs(self, binding: Binding, source: str) -> dict:
@@ -232,10 +236,13 @@ def check_fuse_available() -> str | None:
 
 # ------------------------------------------------------------------------------------------ serving
 
-def _serving(fuse_cls, rename_flags: bool):
+def _serving(fuse_cls, rename_flags: bool, mfusepy: bool = False):
     """The binding's FUSE class with what it lacks: FOPEN_DIRECT_IO for the files the filesystem asks it for
     (`ops.direct_io(path)`: the denials file changes under one inode, and `kernel_cache` would serve a stale
-    page), and, for mfusepy on libfuse3, rename's flags (it drops them), so RENAME_NOREPLACE is honoured."""
+    page), for mfusepy on libfuse3 rename's flags (it drops them), so RENAME_NOREPLACE is honoured, and for
+    mfusepy a `create` that hands the open flags straight to `ops.create(path, mode, flags)`: mfusepy's own
+    calls `inspect.signature` on the operations' method on every create to choose between two signatures
+    (~10 % of the daemon's time in `tar x`, docs/benchmarks.md)."""
 
     class FUSE(fuse_cls):
         def open(self, path, fip):
@@ -244,6 +251,12 @@ def _serving(fuse_cls, rename_flags: bool):
             if result == 0 and wants is not None and wants(path.decode(self.encoding, self.errors)):
                 fip.contents.direct_io = 1
             return result
+
+        if mfusepy:
+            def create(self, path, mode, fip):
+                fi = fip.contents
+                fi.fh = self.operations.create(path.decode(self.encoding, self.errors), mode, fi.flags)
+                return 0
 
         if rename_flags:
             def rename_fuse_3(self, old, new, flags):
@@ -275,7 +288,8 @@ def serve(ops, mountpoint: str, binding: Binding, source: str, options: MountOpt
     options = options or MountOptions()
     prepare_mountpoint(mountpoint)
     kwargs = options.fuse_kwargs(binding, source)
-    fuse_cls = _serving(binding.FUSE, binding.name.startswith("mfusepy") and binding.libfuse == 3)
+    mfusepy = binding.name.startswith("mfusepy")
+    fuse_cls = _serving(binding.FUSE, mfusepy and binding.libfuse == 3, mfusepy)
     operations = _Fusepy(ops) if binding.name == "fusepy" else ops
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
