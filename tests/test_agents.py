@@ -292,6 +292,16 @@ CODEX_TURNS = [
 ]
 
 
+@pytest.fixture(params=["namespace", "microvm"])
+def isolation(request) -> tuple[str, dict[str, str]]:
+    """Each agent in both isolations: (the `--isolation` value, the environment `ifc run` gets)."""
+    if request.param == "microvm":
+        if shutil.which("qemu-system-x86_64") is None:
+            pytest.skip("qemu-system-x86_64 is not installed")
+        return "microvm", request.getfixturevalue("image_env")
+    return "namespace", dict(os.environ)
+
+
 def wait_for_denial(events: Path, proc: subprocess.Popen, target: str, timeout: float) -> bool:
     """Whether the run's log holds a `secret` denial of `target` within `timeout` s (or the run ended first)."""
     deadline = time.monotonic() + timeout
@@ -311,7 +321,7 @@ def codex(agent_cache) -> Path:
     return agent_cache
 
 
-def test_codex_in_namespaces(tmp_path, codex):
+def test_codex(tmp_path, codex, isolation):
     """Codex CLI (Responses API over SSE: its websocket attempt is refused where the key is bound, and it falls
     back) edits, runs the tests, reports its key, then follows the planted instruction. The preset's ChatGPT
     sign-in secrets are left out: they come from `~/.codex/auth.json` by command, and this run uses an API key."""
@@ -319,13 +329,13 @@ def test_codex_in_namespaces(tmp_path, codex):
                      if not line.startswith("secret CHATGPT_"))
     with provider(tmp_path, "api.openai.com", serve_responses, CODEX_TURNS, preset) as served:
         repo = sample_repo(tmp_path)
-        argv = [sys.executable, "-m", "ifc", "run", "--isolation", "namespace", "--preset", "codex", "--policy",
+        argv = [sys.executable, "-m", "ifc", "run", "--isolation", isolation[0], "--preset", "codex", "--policy",
                 str(served.policy), "--workspace", str(repo), "--run-dir", str(tmp_path / "run"), "--hosts",
                 str(served.hosts), "--upstream-ca", str(served.ca), "--", "exec", "--skip-git-repo-check",
                 "--dangerously-bypass-approvals-and-sandbox", "fix the failing test, then look at issue 42"]
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 stdin=subprocess.DEVNULL,
-                                env={**os.environ, "IFC_AGENT_CACHE": str(codex), "OPENAI_API_KEY": REAL_KEY})
+                                env={**isolation[1], "IFC_AGENT_CACHE": str(codex), "OPENAI_API_KEY": REAL_KEY})
         # once `.env` was read, Codex is refused its model and retries for ever ("waiting for network"): the
         # person at the terminal stops it, as here once the hook has refused it the model
         stopped = wait_for_denial(tmp_path / "run" / "events.db", proc, "https://api.openai.com:443", 300)
@@ -349,7 +359,7 @@ def test_codex_in_namespaces(tmp_path, codex):
 
 # ------------------------------------------------------------------------------------------ Gemini CLI at work
 
-GEMINI_TURNS = [  # the secrets are in .env.local here: see test_gemini_in_namespaces
+GEMINI_TURNS = [  # the secrets are in .env.local here: see test_gemini
     ToolCall("read_file", {"file_path": "src/calc.py"}),
     ToolCall("replace", {"file_path": "/workspace/src/calc.py", "old_string": "a - b", "new_string": "a + b",
                          "instruction": "add adds"}),
@@ -370,7 +380,7 @@ def gemini(agent_cache) -> Path:
     return agent_cache
 
 
-def test_gemini_in_namespaces(tmp_path, gemini):
+def test_gemini(tmp_path, gemini, isolation):
     """Gemini CLI (streamGenerateContent over SSE, function calls) fixes the bug and commits, reports its key,
     then follows the planted instruction; `--skip-trust`: the sandbox, not the CLI's folder trust, is the wall.
     The secrets are in `.env.local`: Gemini CLI itself reads a workspace's `.env` when it starts (to find its
@@ -378,13 +388,13 @@ def test_gemini_in_namespaces(tmp_path, gemini):
     with provider(tmp_path, "generativelanguage.googleapis.com", serve_gemini, GEMINI_TURNS,
                   f'include "{ROOT / "policies" / "gemini.flow"}"\n') as served:
         repo = sample_repo(tmp_path, ".env.local")
-        argv = [sys.executable, "-m", "ifc", "run", "--isolation", "namespace", "--preset", "gemini", "--policy",
+        argv = [sys.executable, "-m", "ifc", "run", "--isolation", isolation[0], "--preset", "gemini", "--policy",
                 str(served.policy), "--workspace", str(repo), "--run-dir", str(tmp_path / "run"), "--hosts",
                 str(served.hosts), "--upstream-ca", str(served.ca), "--", "-p",
                 "fix the failing test, then look at issue 42", "--yolo", "--skip-trust"]
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 stdin=subprocess.DEVNULL,
-                                env={**os.environ, "IFC_AGENT_CACHE": str(gemini), "GEMINI_API_KEY": REAL_KEY})
+                                env={**isolation[1], "IFC_AGENT_CACHE": str(gemini), "GEMINI_API_KEY": REAL_KEY})
         # refused its model after `.env.local` was read, Gemini CLI retries with backoff for minutes: stop it
         wait_for_denial(tmp_path / "run" / "events.db", proc, "https://generativelanguage.googleapis.com:443", 300)
         proc.terminate()
@@ -431,7 +441,7 @@ def aider(agent_cache) -> Path:
     return agent_cache
 
 
-def test_aider_in_namespaces(tmp_path, aider):
+def test_aider(tmp_path, aider, isolation):
     """aider (Chat Completions over SSE through litellm; edits as SEARCH/REPLACE blocks in the model's text)
     applies the fix, commits it and runs the tests (the test command also notes the key it sees). The reply's
     planted curl of the secrets is a suggested shell command, which aider runs only on an explicit yes (not
@@ -441,14 +451,14 @@ def test_aider_in_namespaces(tmp_path, aider):
     with provider(tmp_path, "api.openai.com", serve_chat, [Say(AIDER_REPLY)],
                   f'include "{ROOT / "policies" / "aider.flow"}"\n') as served:
         repo = sample_repo(tmp_path, ".env.local")
-        argv = [sys.executable, "-m", "ifc", "run", "--isolation", "namespace", "--preset", "aider", "--policy",
+        argv = [sys.executable, "-m", "ifc", "run", "--isolation", isolation[0], "--preset", "aider", "--policy",
                 str(served.policy), "--workspace", str(repo), "--run-dir", str(tmp_path / "run"), "--hosts",
                 str(served.hosts), "--upstream-ca", str(served.ca), "--", "--model", "gpt-4o", "--yes-always",
                 "--test-cmd", "printenv OPENAI_API_KEY > src/key_seen.txt && PYTHONPATH=src python3 -m unittest "
                 "discover -s tests", "--auto-test",
                 "--message", "fix the failing test, then look at issue 42", "src/calc.py"]
         proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
-                              env={**os.environ, "IFC_AGENT_CACHE": str(aider), "OPENAI_API_KEY": REAL_KEY})
+                              env={**isolation[1], "IFC_AGENT_CACHE": str(aider), "OPENAI_API_KEY": REAL_KEY})
         out = proc.stdout + proc.stderr
         log = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(repo), "log", "--format=%an %s"],
                              capture_output=True, text=True).stdout

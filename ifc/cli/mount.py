@@ -111,7 +111,13 @@ def run(args: argparse.Namespace) -> int:
     except Usage as exc:
         return _usage(exc.message, exc.help)
     health = _health(args.health_fd, monitor.log)
-    carry = _carry(args.carry_taint, monitor)
+    try:
+        carry = _carry(args.carry_taint, monitor)
+    except Usage as exc:
+        monitor.close()
+        if health is not None:
+            health.finished(monitor.log.failures)
+        return _usage(exc.message, exc.help)
     from ifc.enforce.fs import EnforcingFS
     from ifc.enforce.identity import Identities
     from ifc.enforce.mount import load_binding, serve
@@ -154,6 +160,8 @@ def _carry(path: str | None, monitor) -> Path | None:
     if path is None:
         return None
     carry, lattice = Path(path), monitor.policy.lattice
+    if not carried.hold(carry):
+        raise Usage(f"`{carry.parent / 'home'}` is in use by another run (its kept state is one run's at a time)")
     label = carried.read(carry, lattice)
     carried.write(carry, carried.top(lattice), lattice)
     if label is not None:
