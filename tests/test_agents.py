@@ -61,9 +61,15 @@ def agent_cache(tmp_path_factory) -> Path:
 
 def install(cache: Path, name: str) -> None:
     """`ifc agent install NAME` into `cache`; a skip when the registry cannot be reached, a failure otherwise."""
-    ping = subprocess.run(["npm", "ping"], capture_output=True, text=True, timeout=60)
+    from ifc.agents.catalog import lookup
+
+    kind = lookup(name)
+    probe = ["npm", "ping"] if kind.manager == "npm" else [sys.executable, "-m", "pip", "index", "versions",
+                                                             kind.package]
+    ping = subprocess.run(probe, capture_output=True, text=True, timeout=120)
     if ping.returncode != 0:
-        pytest.skip(f"the npm registry is unreachable: {(ping.stderr.strip().splitlines() or ['no output'])[-1]}")
+        registry = "npm registry" if kind.manager == "npm" else "package index"
+        pytest.skip(f"the {registry} is unreachable: {(ping.stderr.strip().splitlines() or ['no output'])[-1]}")
     proc = subprocess.run([sys.executable, "-m", "ifc", "agent", "install", name], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, env={**os.environ, "IFC_AGENT_CACHE": str(cache)})
     assert proc.returncode == 0, proc.stderr
