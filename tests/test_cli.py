@@ -44,10 +44,11 @@ def test_three_mistakes_reported_with_locations_and_exit_2(capsys, monkeypatch):
 
 
 def test_shipped_policies_check_clean(capsys):
-    code, out, _ = run(capsys, "check", *sorted(str(p) for p in Path("policies").glob("*.flow")))
+    shipped = sorted(str(p) for p in Path("policies").glob("*.flow"))
+    code, out, _ = run(capsys, "check", *shipped)
     assert code == 0, out
     assert ": warning: " not in out and ": error: " not in out
-    assert out.count("0 errors, 0 warnings") == 4
+    assert out.count("0 errors, 0 warnings") == len(shipped)
 
 
 def test_fail_on_warning(capsys, monkeypatch):
