@@ -16,7 +16,7 @@ from ifc.check import check
 from ifc.monitor.session import Decision, Session
 from ifc.policy import Policy, compile_file, shipped_policy
 
-SHIPPED = ("default", "claude-code", "codex", "nanoclaw")
+SHIPPED = ("default", "aider", "claude-code", "codex", "gemini", "nanoclaw")
 
 
 @cache

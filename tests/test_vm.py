@@ -84,6 +84,16 @@ def test_usr_and_the_workspace_are_nosuid_and_nodev_in_the_guest(image_env, work
     assert "ro" in mounts["/usr"]
 
 
+def test_the_agent_can_open_ptys(image_env, workspace):
+    """Agents run their commands in ptys (aider's test command failed with "out of pty devices": the guest had no
+    devpts); without a terminal of its own, the agent opens one and the guest names it under /dev/pts."""
+    ws, policy, run_dir = workspace
+    script = "import os, pty; m, s = pty.openpty(); os.write(m, b'x\\n'); print(os.ttyname(s), os.read(s, 2))"
+    proc = ifc_run(image_env, ws, policy, run_dir, "python3", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "/dev/pts/0 b'x\\n'", proc.stdout
+
+
 def test_only_the_workspace_is_visible_and_writes_land(image_env, workspace):
     ws, policy, run_dir = workspace
     script = ("id -u; test ! -e /root && echo no-root; test ! -e /etc/shadow && echo no-shadow; "

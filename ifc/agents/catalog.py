@@ -47,8 +47,15 @@ AGENTS: dict[str, AgentKind] = {a.name: a for a in (
               {"CODEX_DISABLE_UPDATE_CHECK": "1"}, {"CODEX_API_KEY": "OPENAI_API_KEY"}),
     AgentKind("gemini", "npm", "@google/gemini-cli", ("node_modules/.bin/gemini",), "GEMINI_API_KEY", (".gemini",),
               {"GEMINI_CLI_NO_UPDATE_CHECK": "1"}),
+    # aider keeps its histories and caches beside the code unless told otherwise: in its home here, so it needs no
+    # write grant at the workspace's root; litellm would load `.env` at import (LITELLM_MODE) and fetch its model
+    # price list from GitHub. aider itself still reads the repository's `.env` at start (no switch turns that off)
     AgentKind("aider", "pypi", "aider-chat", ("venv/bin/python", "-m", "aider"), "OPENAI_API_KEY",
-              (".aider",), {"AIDER_CHECK_UPDATE": "false", "AIDER_ANALYTICS": "false"}),
+              (".aider.chat.history.md", ".aider.input.history"),
+              {"AIDER_CHECK_UPDATE": "false", "AIDER_ANALYTICS": "false", "AIDER_GITIGNORE": "false",
+               "AIDER_CHAT_HISTORY_FILE": "/home/agent/.aider.chat.history.md",
+               "AIDER_INPUT_HISTORY_FILE": "/home/agent/.aider.input.history", "AIDER_MAP_TOKENS": "0",
+               "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION"}),
 )}
 
 # what every agent gets: no pager that waits for a key, an editor that exists in the sandbox, git that works in

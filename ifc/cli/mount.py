@@ -123,7 +123,14 @@ def run(args: argparse.Namespace) -> int:
         return fail(exc.message, exc.help)
     if health is not None:  # the launcher hears of the event log's first failure as it happens
         monitor.log.on_failure = lambda failure: health.log_failed(failure.ts, failure.reason)
-    carry = _carry(args.carry_taint, monitor)
+    try:
+        carry = _carry(args.carry_taint, monitor)
+    except Usage as exc:
+        monitor.close()
+        code = fail(exc.message, exc.help)
+        if health is not None:
+            health.finished(monitor.log.failures)
+        return code
     from ifc.enforce.fs import DENIALS_NAME, Backing, EnforcingFS
     from ifc.enforce.identity import Identities
     from ifc.enforce.mount import load_binding, serve
@@ -178,6 +185,8 @@ def _carry(path: str | None, monitor) -> Path | None:
     if path is None:
         return None
     carry, lattice = Path(path), monitor.policy.lattice
+    if not carried.hold(carry):
+        raise Usage(f"`{carry.parent / 'home'}` is in use by another run (its kept state is one run's at a time)")
     label = carried.read(carry, lattice)
     carried.write(carry, carried.top(lattice), lattice)
     if label is not None:

@@ -21,9 +21,10 @@ the hook refuses the request (403, rule `egress: foreign credential`). Where it 
 A name is *like a credential* when one of its words (split at `-`, `_`, `.` and camelCase) is in `_WORDS`, or
 it is `key` or ends in `key` after a qualifier (`api key`, `secret key`, `subscription key`), and no word
 says it is something else (`page token`, `csrf token`, `idempotency key`, `sec-websocket-key`, `token type`,
-`max tokens`, `thought signature`), or it names a session's id (`x-claude-code-session-id`, `x-session-id`: a trace id the client
-makes up; a cookie holding a session is judged as a cookie, and `sessionid`, `session`, `session-token` are
-credentials). Values under 8 characters are not credentials (flags like `auth=false`) except for passwords.
+`max tokens`, `thought signature`), or it names a session's id (`x-claude-code-session-id`, `x-session-id`:
+a trace id the client makes up; a cookie holding a session is judged as a cookie, and `sessionid`, `session`,
+`session-token` are credentials). Values under 8 characters are not credentials (flags like `auth=false`)
+except for passwords.
 `Proxy-Authorization` is the hook's own (the run's token) and never forwarded, so it is not looked at.
 """
 

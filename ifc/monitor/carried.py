@@ -7,15 +7,31 @@ The file (beside the kept home, never shown to the sandbox) holds a label by nam
 `{"secrecy": ["internal", ...], "integrity": "untrusted"}`. Fail closed at every step: `begin` records the
 top of the lattice *before* the run starts (a run that dies leaves its home as "may hold anything"), `finish`
 replaces it with the run's final taint joined with what it started with; a file that does not parse, or that
-names a tag or level this policy does not know, is read as the top."""
+names a tag or level this policy does not know, is read as the top. One run at a time (`hold`): two runs sharing
+a home would each record only their own taint, and the later record would hide the other's."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
 
 from ifc.policy.labels import Label, Lattice
+
+_held: list[int] = []  # lock descriptors, kept open (and so held) for the life of the process
+
+
+def hold(path: Path) -> bool:
+    """Take the home's lock for the life of this process; False when another run holds it."""
+    fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _held.append(fd)
+    return True
 
 
 def top(lattice: Lattice) -> Label:
