@@ -275,7 +275,10 @@ def test_keep_state_carries_the_taint_of_what_it_may_hold(tmp_path, served, clau
         reasons = [r for (r,) in db.execute("SELECT reason FROM events WHERE kind = 'deny' AND op = 'connect' "
                                             "AND target LIKE '%api.anthropic.com%'")]  # not its telemetry's
         started = db.execute("SELECT reason FROM events WHERE op = 'inherit'").fetchone()[0]
-    assert reasons and all("`secret` data may not go to" in r for r in reasons), reasons
+    # every decision refuses for `secret`; a client that gives up mid-handshake is logged too (no decision)
+    assert reasons and all("`secret` data may not go to" in r or "closed the connection" in r for r in reasons), \
+        reasons
+    assert any("`secret` data may not go to" in r for r in reasons), reasons
     assert started.startswith("the run's taint starts at `secret"), started
     from ifc.agents.preset import kept_home
 
