@@ -76,6 +76,60 @@ class ModelScript:
             return [s for s in self.seen if s.body.get("tools")]
 
 
+class ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    """What every scripted provider does alike: record each request in the script, answer JSON, stream server-sent
+    events in chunked encoding. A provider sets `NOT_FOUND` (its error body) and writes `do_POST`."""
+
+    protocol_version = "HTTP/1.1"
+    script: ModelScript
+    NOT_FOUND: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def _json(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._json(404, self.NOT_FOUND)
+
+    def _record(self) -> tuple[dict, int]:
+        """The request's JSON body (`{}` if it is none), after recording it; and how many requests came so far."""
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {}
+        with self.script.lock:
+            self.script.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
+                                         time.monotonic()))
+            return body, len(self.script.seen)
+
+    def _stream(self, events: list[bytes], *headers: tuple[str, str]) -> None:
+        """A 200 `text/event-stream` of `events` (each a whole event, blank line included), one chunk each."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for event in events:
+            self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+
+def serve_handler(handler: type[ScriptedHandler], script: ModelScript, tls: ssl.SSLContext | None,
+                  address: tuple[str, int]) -> http.server.ThreadingHTTPServer:
+    """`handler` answering from `script` on `address` (TLS with `tls`); the caller shuts it down."""
+    return start_server(type("Scripted", (handler,), {"script": script}), tls, address)
+
+
 def _events(turn: ToolCall | Say, model: str, n: int) -> list[tuple[str, dict]]:
     """The server-sent events of one streamed answer."""
     message = {"id": f"msg_scripted_{n}", "type": "message", "role": "assistant", "model": model, "content": [],
@@ -111,55 +165,23 @@ def _message(turn: ToolCall | Say, model: str, n: int) -> dict:
             "stop_reason": stop, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 20}}
 
 
-class Messages(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    script: ModelScript
-
-    def log_message(self, *args):
-        pass
-
-    def _json(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": "not scripted"}})
+class Messages(ScriptedHandler):
+    NOT_FOUND = {"type": "error", "error": {"type": "not_found_error", "message": "not scripted"}}
 
     def do_POST(self):
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = {}
-        script = self.script
-        with script.lock:
-            script.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-                                    time.monotonic()))
-            n = len(script.seen)
+        body, n = self._record()
         if self.path.split("?", 1)[0] != "/v1/messages":
-            return self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": "not scripted"}})
-        turn = script.turn_for(body)
+            return self._json(404, self.NOT_FOUND)
+        turn = self.script.turn_for(body)
         model = body.get("model", "claude-scripted")
         if not body.get("stream"):
             return self._json(200, _message(turn, model, n))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        for name, data in _events(turn, model, n):
-            chunk = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
-            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-            self.wfile.flush()
-        self.wfile.write(b"0\r\n\r\n")
+        self._stream([f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+                      for name, data in _events(turn, model, n)], ("Cache-Control", "no-cache"))
         return None
 
 
 def serve_model(script: ModelScript, tls: ssl.SSLContext | None = None,
                 address: tuple[str, int] = ("127.0.0.1", 0)) -> http.server.ThreadingHTTPServer:
     """The scripted model on `address` (TLS with `tls`); the caller shuts it down."""
-    return start_server(type("Scripted", (Messages,), {"script": script}), tls, address)
+    return serve_handler(Messages, script, tls, address)

@@ -12,8 +12,7 @@ import json
 import ssl
 import time
 
-from model_anthropic import ModelScript, Say, Seen
-from tls_support import start_server
+from model_anthropic import ModelScript, Say, ScriptedHandler, serve_handler
 
 COMMIT = "calc: add adds"
 
@@ -26,37 +25,14 @@ def _text(body: dict) -> str:
     return ""
 
 
-class Chat(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    script: ModelScript
-
-    def log_message(self, *args):
-        pass
-
-    def _json(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        self._json(404, {"error": {"message": "not scripted", "type": "invalid_request_error"}})
+class Chat(ScriptedHandler):
+    NOT_FOUND = {"error": {"message": "not scripted", "type": "invalid_request_error"}}
 
     def do_POST(self):
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = {}
+        body, n = self._record()
         script = self.script
-        with script.lock:
-            script.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-                                    time.monotonic()))
-            n = len(script.seen)
         if self.path.split("?", 1)[0] != "/v1/chat/completions":
-            return self._json(404, {"error": {"message": "not scripted", "type": "invalid_request_error"}})
+            return self._json(404, self.NOT_FOUND)
         text = _text(body)
         if not text:
             said = {t.text for t in script.turns if isinstance(t, Say)}  # aider's prompt has example replies too
@@ -72,18 +48,11 @@ class Chat(http.server.BaseHTTPRequestHandler):
         chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text},
                                         "finish_reason": None}]},
                   {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        for data in [*(json.dumps(c) for c in chunks), "[DONE]"]:
-            chunk = f"data: {data}\n\n".encode()
-            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-        self.wfile.write(b"0\r\n\r\n")
+        self._stream([f"data: {data}\n\n".encode() for data in [*(json.dumps(c) for c in chunks), "[DONE]"]])
         return None
 
 
 def serve_chat(script: ModelScript, tls: ssl.SSLContext | None = None,
                address: tuple[str, int] = ("127.0.0.1", 0)) -> http.server.ThreadingHTTPServer:
     """The scripted Chat Completions API on `address` (TLS with `tls`); the caller shuts it down."""
-    return start_server(type("Scripted", (Chat,), {"script": script}), tls, address)
+    return serve_handler(Chat, script, tls, address)

@@ -13,10 +13,8 @@ from __future__ import annotations
 import http.server
 import json
 import ssl
-import time
 
-from model_anthropic import ModelScript, Say, Seen, ToolCall
-from tls_support import start_server
+from model_anthropic import ModelScript, Say, ScriptedHandler, ToolCall, serve_handler
 
 CHATTER = json.dumps({"next_speaker": "user", "reasoning": "scripted", "model_choice": "flash"})
 USAGE = {"promptTokenCount": 10, "candidatesTokenCount": 20, "totalTokenCount": 30}
@@ -39,34 +37,12 @@ def _answer(turn: ToolCall | Say) -> dict:
             "usageMetadata": USAGE, "modelVersion": "scripted"}
 
 
-class Gemini(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    script: ModelScript
-
-    def log_message(self, *args):
-        pass
-
-    def _json(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        self._json(404, {"error": {"code": 404, "message": "not scripted", "status": "NOT_FOUND"}})
+class Gemini(ScriptedHandler):
+    NOT_FOUND = {"error": {"code": 404, "message": "not scripted", "status": "NOT_FOUND"}}
 
     def do_POST(self):
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = {}
+        body, _ = self._record()
         script = self.script
-        with script.lock:
-            script.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-                                    time.monotonic()))
         path = self.path.split("?", 1)[0]
         if path.endswith(":countTokens"):
             return self._json(200, {"totalTokens": 10})
@@ -78,17 +54,12 @@ class Gemini(http.server.BaseHTTPRequestHandler):
         if path.endswith(":generateContent"):
             return self._json(200, _answer(answer))
         if not path.endswith(":streamGenerateContent"):
-            return self._json(404, {"error": {"code": 404, "message": "not scripted", "status": "NOT_FOUND"}})
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        chunk = f"data: {json.dumps(_answer(answer))}\r\n\r\n".encode()
-        self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n0\r\n\r\n")
+            return self._json(404, self.NOT_FOUND)
+        self._stream([f"data: {json.dumps(_answer(answer))}\r\n\r\n".encode()])
         return None
 
 
 def serve_gemini(script: ModelScript, tls: ssl.SSLContext | None = None,
                  address: tuple[str, int] = ("127.0.0.1", 0)) -> http.server.ThreadingHTTPServer:
     """The scripted Gemini API on `address` (TLS with `tls`); the caller shuts it down."""
-    return start_server(type("Scripted", (Gemini,), {"script": script}), tls, address)
+    return serve_handler(Gemini, script, tls, address)

@@ -15,8 +15,7 @@ import json
 import ssl
 import time
 
-from model_anthropic import ModelScript, Say, Seen, ToolCall
-from tls_support import start_server
+from model_anthropic import ModelScript, Say, ScriptedHandler, ToolCall, serve_handler
 
 OUTPUTS = ("custom_tool_call_output", "function_call_output")
 
@@ -41,37 +40,14 @@ def _item(turn: ToolCall | Say, n: int) -> dict:
             "content": [{"type": "output_text", "text": turn.text, "annotations": []}]}
 
 
-class Responses(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    script: ModelScript
-
-    def log_message(self, *args):
-        pass
-
-    def _json(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        self._json(404, {"error": {"message": "not scripted", "type": "invalid_request_error"}})
+class Responses(ScriptedHandler):
+    NOT_FOUND = {"error": {"message": "not scripted", "type": "invalid_request_error"}}
 
     def do_POST(self):
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = {}
+        body, n = self._record()
         script = self.script
-        with script.lock:
-            script.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-                                    time.monotonic()))
-            n = len(script.seen)
         if self.path.split("?", 1)[0] != "/v1/responses":
-            return self._json(404, {"error": {"message": "not scripted", "type": "invalid_request_error"}})
+            return self._json(404, self.NOT_FOUND)
         done = len(tool_outputs(body))
         turn = script.turns[done] if done < len(script.turns) else Say("done")
         item = _item(turn, n)
@@ -87,19 +63,12 @@ class Responses(http.server.BaseHTTPRequestHandler):
                       "usage": {"input_tokens": 10, "output_tokens": 20, "total_tokens": 30,
                                 "input_tokens_details": {"cached_tokens": 0},
                                 "output_tokens_details": {"reasoning_tokens": 0}}}})]
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        for seq, (name, data) in enumerate(events):
-            chunk = f"event: {name}\ndata: {json.dumps({**data, 'sequence_number': seq})}\n\n".encode()
-            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-            self.wfile.flush()
-        self.wfile.write(b"0\r\n\r\n")
+        self._stream([f"event: {name}\ndata: {json.dumps({**data, 'sequence_number': seq})}\n\n".encode()
+                      for seq, (name, data) in enumerate(events)])
         return None
 
 
 def serve_responses(script: ModelScript, tls: ssl.SSLContext | None = None,
                     address: tuple[str, int] = ("127.0.0.1", 0)) -> http.server.ThreadingHTTPServer:
     """The scripted Responses API on `address` (TLS with `tls`); the caller shuts it down."""
-    return start_server(type("Scripted", (Responses,), {"script": script}), tls, address)
+    return serve_handler(Responses, script, tls, address)
