@@ -14,6 +14,7 @@ from ifc.monitor.cutoff import is_model
 from ifc.policy.flows import check_send, check_write
 from ifc.policy.hostcfg import HOST_CONFIG
 from ifc.policy.labels import Label
+from ifc.policy.model import Agent
 
 from . import CheckContext
 
@@ -26,6 +27,14 @@ def _walk(files: tuple[ast.PolicyFile, ...]) -> Iterator[object]:
                 yield from item.decls
             elif isinstance(item, ast.FilesBlock | ast.EndpointsBlock):
                 yield from item.rules
+
+
+def _agents(ctx: CheckContext) -> Iterator[tuple[ast.AgentBlock, Agent]]:
+    """Each agent block of the checked files with the compiled agent it became (blocks that did not compile are
+    reported by the compiler, not here)."""
+    for node in _walk(ctx.files):
+        if isinstance(node, ast.AgentBlock) and node.name.text in ctx.policy.agents:
+            yield node, ctx.policy.agents[node.name.text]
 
 
 def _label_refs(node) -> list[ast.Name]:
@@ -336,10 +345,7 @@ def host_config_writes(ctx: CheckContext) -> list[Diagnostic]:
     `check_write` with the agent's capabilities."""
     policy = ctx.policy
     out = []
-    for node in _walk(ctx.files):
-        if not isinstance(node, ast.AgentBlock) or node.name.text not in policy.agents:
-            continue
-        agent = policy.agents[node.name.text]
+    for node, agent in _agents(ctx):
         source = _untrusted_source(policy, agent)
         if source is None:
             continue
@@ -442,10 +448,7 @@ def model_cutoff(ctx: CheckContext) -> list[Diagnostic]:
     that the rule labels and the mount serves as it is (not with sentinels)."""
     policy = ctx.policy
     out = []
-    for node in _walk(ctx.files):
-        if not isinstance(node, ast.AgentBlock) or node.name.text not in policy.agents:
-            continue
-        agent = policy.agents[node.name.text]
+    for _node, agent in _agents(ctx):
         models = [(rule, reach) for rule in policy.endpoint_rules if is_model(rule)
                   if (reach := next((e for p in rule.patterns if agent.allows("connect", e := p.example())), None))]
         if not models:
