@@ -168,3 +168,22 @@ def test_a_binding_the_workspace_cannot_honour_stops_the_mount_with_one_line(tmp
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode != 0
     assert "secret `STRIPE_KEY`: `.env` has no key `STRIPE_KEY`" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_served_file_gets_no_name_under_which_it_would_be_served_as_it_is(mounted):
+    """A hard link (two names: served as it is) or a rename to a name of no recognised format would show the
+    sandbox the real values; both are refused and logged, and the file keeps its name and content. A rename to
+    another served name (`.env` → `.env.bak`) stays allowed."""
+    ws, mnt, run = mounted
+    for attempt in (lambda: os.link(mnt / ".env", mnt / "x"), lambda: os.rename(mnt / ".env", mnt / "env.txt"),
+                    lambda: os.rename(mnt / "config" / "svc.json", mnt / "svc.json")):
+        with pytest.raises(PermissionError):
+            attempt()
+    assert (ws / ".env").read_bytes() == DOTENV and not (ws / "x").exists() and not (ws / "env.txt").exists()
+    assert (ws / "config" / "svc.json").exists()
+    refused = [e for e in _events(run, "deny") if e.rule == "secret files"]
+    assert len(refused) == 3 and all("real values included" in e.reason for e in refused), refused
+    os.rename(mnt / ".env", mnt / ".env.bak")
+    assert REAL not in (mnt / ".env.bak").read_bytes()
+    os.rename(mnt / ".env.bak", mnt / ".env")
+    assert (ws / ".env").read_bytes() == DOTENV

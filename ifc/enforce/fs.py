@@ -971,6 +971,7 @@ class EnforcingFS:
             # name at a time, so it is refused like on a filesystem without it (callers fall back)
             raise OSError(errno.EINVAL, "only RENAME_NOREPLACE is supported")
         moved, replaced = self._rename_preflight(src, dst, flags)
+        self._keep_served_name("rename", src, dst, moved, dst)
         restored = self._restore_for(src, dst, moved)
 
         def apply():
@@ -1030,6 +1031,22 @@ class EnforcingFS:
             raise Denied(errno.EACCES, str(exc)) from None
         return restored if restored != content else None
 
+    def _keep_served_name(self, op: str, src: str, dst: str, st: os.stat_result, new_name: str | None) -> None:
+        """A file served with sentinels gets no name under which it would be served as it is: a hard link (a file
+        with two names is served as it is) or a rename to a name of no recognised format or without `secret`
+        would hand the sandbox its real values (refused, logged as `secret files`). `new_name`: the name it
+        takes (rename), None for a link."""
+        if self.secret_files is None or not stat_mod.S_ISREG(st.st_mode) or not self.secret_files.eligible(src):
+            return
+        if new_name is not None and self.secret_files.eligible(new_name):
+            return
+        how = "a second name" if new_name is None else f"the name `{new_name}`"
+        reason = (f"`{src}` is served with sentinels in place of its values; under {how} it would be served as it "
+                  "is, real values included")
+        request = self._request(self._caller(), op, src, dst)
+        self._guard(op, src, lambda: self.monitor.refuse(request, reason, "secret files"))
+        raise Denied(errno.EACCES, reason)
+
     def _rename_preflight(self, src: str, dst: str, flags: int) -> tuple[os.stat_result, os.stat_result | None]:
         """The checks rename(2) would fail on, made before the monitor moves any label; (what moves, what
         it replaces)."""
@@ -1070,6 +1087,7 @@ class EnforcingFS:
             pass
         else:
             raise OSError(errno.EEXIST, "file exists")
+        self._keep_served_name("link", src, dst, st, None)
         facts = None
         if st.st_nlink > 1 and self.monitor is not None:
             caller = self._caller()
