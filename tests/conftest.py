@@ -26,7 +26,10 @@ def image_env(tmp_path_factory):
     """A built guest image: the user's cache if it is current, else one built into a temporary cache."""
     from vmm import image
 
-    env = dict(os.environ)
+    # always named: a test that gives the run another HOME must still find the image (vmm.image looks under
+    # $XDG_CACHE_HOME, else ~/.cache)
+    env = {**os.environ, "XDG_CACHE_HOME": os.environ.get("XDG_CACHE_HOME")
+           or os.path.join(os.path.expanduser("~"), ".cache")}
     try:
         image.current()
     except image.ImageError:
