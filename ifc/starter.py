@@ -56,10 +56,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
             "/.eslintcache"),
            ("node_modules/.bin/**",)),
 )}
-# `.npmrc` is not among them: npm reads the project's on every command, so a secret label would taint every run
-# that uses npm; one that holds an auth token is found by the workspace audit and labelled by its exact path
-SECRET_GLOBS = ('".env*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", ".netrc", ".pypirc", "secrets/", '
-                '"**/credentials*"  secret except ".env.example", "*.pub"')
+# `.env*`, `.netrc`, `.npmrc` and `.pypirc` are host configuration as well as secrets: the host-config loop below
+# writes them `secret ... writes require trusted` (ifc/policy/hostcfg.py); a project `.npmrc` is served with
+# sentinels, so npm reading it on every command does not make the run secret
+SECRET_GLOBS = '"*.pem", "*.key", "id_rsa*", "id_ed25519*", "secrets/", "**/credentials*"  secret except "*.pub"'
 # every root entry but `.ifc`, where `ifc init` writes the policy: no grant lets the agent create, rename,
 # remove or write into it (grants have no `except`, so the name is excluded one character at a time)
 ROOT_ENTRIES = ("/[!.]*", "/.[!i]*", "/.i[!f]*", "/.if[!c]*", "/.ifc?*")
@@ -199,9 +199,10 @@ def render(found: Survey) -> str:
         '  "/README*", "/LICENSE*", "docs/**"  public',
         "  # host-executed configuration: tools on the host run commands from these (ifc/policy/hostcfg.py)",
     ]
-    for kind in HOST_CONFIG:
+    for kind in sorted(HOST_CONFIG, key=lambda k: k.secret):  # secret kinds last: the last matching rule wins
         excepts = f" except {_quoted(kind.excepts)}" if kind.excepts else ""
-        lines.append(f"  {_quoted(kind.globs)}  internal{excepts} writes require trusted  # {kind.what}")
+        label = "secret" if kind.secret else "internal"
+        lines.append(f"  {_quoted(kind.globs)}  {label}{excepts} writes require trusted  # {kind.what}")
     lines.append(f"  {SECRET_GLOBS}")
     if found.secrets:
         lines.append("  # found by the workspace audit (ifc check --workspace): they look like secrets")

@@ -25,7 +25,8 @@ def test_default_policy_is_clean_but_for_the_reads_that_cut_the_coder_off_from_i
     cutoffs = [d for d in result.warnings if d.code == "model-cutoff"]
     assert cutoffs == result.warnings, [(d.span.line, d.message) for d in result.diagnostics]
     assert [(d.span.line, d.message.split(";")[0]) for d in cutoffs] == [
-        (19, 'agent `coder` can read "data/customers/d" (`pii`)'), (22, 'agent `coder` can read ".pem" (`secret`)')]
+        (19, 'agent `coder` can read "data/customers/d" (`pii`)'), (23, 'agent `coder` can read ".envx" (`secret`)'),
+        (24, 'agent `coder` can read ".pem" (`secret`)')]
 
 
 MODEL = """endpoints { "https://api.model.test" clearance internal returns trusted as model, external

@@ -20,20 +20,21 @@ from ifc.report.jsonout import report_dict
 from ifc.report.load import load_run
 from ifc.report.markdown import render_markdown
 
-SHIPPED = ("default", "claude-code", "codex", "nanoclaw")
+SHIPPED = ("default", "claude-code", "codex", "gemini", "aider", "nanoclaw")
 HOST_PATHS = (".git", "sub/.git", ".git/config", "sub/.git/config", ".git/hooks", ".git/hooks/pre-commit",
               ".git/info/attributes", ".git/modules/lib/config", ".git/worktrees/w/config.worktree",
               ".git/commondir", ".gitattributes", "src/.gitattributes", ".gitmodules", ".husky/pre-commit",
               ".pre-commit-config.yaml", "lefthook.yml", ".envrc", "src/.envrc", ".vscode", ".vscode/tasks.json",
               "proj.code-workspace", ".idea/workspace.xml", ".devcontainer/devcontainer.json", ".devcontainer.json",
-              ".claude/settings.json", ".mcp.json")
+              ".claude/settings.json", ".mcp.json", ".env", ".env.local", "web/.env.production", ".npmrc",
+              "sub/.pypirc", ".netrc")
 # what a coding agent writes while it works: none of it is host-executed configuration
 WORK_PATHS = ("pyproject.toml", "setup.py", "Makefile", "package.json", "src/app.py", "build/lib/a.py",
               "dist/pkg-1.0.tar.gz", ".pytest_cache/v/cache/lastfailed", "node_modules/x/index.js",
               ".git/index.lock", ".git/index", ".git/objects/ab/cdef", ".git/refs/heads/main", ".git/HEAD",
               ".git/COMMIT_EDITMSG", ".git/logs/HEAD", ".git/config.lock", ".mypy_cache/3.11/x.json",
               ".ruff_cache/a", "src/__pycache__/app.cpython-311.pyc", ".venv/bin/python", ".gitignore",
-              "pytest-cache-files-a1b2/v/cache/nodeids")
+              "pytest-cache-files-a1b2/v/cache/nodeids", ".env.example")
 
 
 @pytest.mark.parametrize("path", HOST_PATHS)

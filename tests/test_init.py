@@ -92,8 +92,9 @@ def test_init_writes_a_policy_that_checks_cleanly_on_the_workspace(tmp_path, kin
         assert f'"{host}"' in endpoints, (host, endpoints)
     if kind == "mixed":  # the token in config/settings.py is no name the secret globs know: the audit found it
         assert '"/config/settings.py"  secret' in text
-    if ".npmrc" in files:  # it holds a token: labelled by its path (one without stays `internal`: npm reads it)
-        assert '"/.npmrc"' in text.split("found by the workspace audit", 1)[1]
+    # environment and credential files are secret and host configuration (served with sentinels, so npm reading
+    # `.npmrc` on every command does not make the run secret)
+    assert '".env*", ".netrc", ".npmrc", ".pypirc"  secret except ".env.example" writes require trusted' in text
     labels = ifc("check", str(policy), "--workspace", str(repo), "--list", env=env).stdout
     secret = {line.split()[-1] for line in labels.splitlines() if line.strip().startswith("secret")}
     assert {".env", ".npmrc", "config/settings.py"} & set(files) <= secret, labels
@@ -117,9 +118,9 @@ def test_init_never_replaces_a_policy_without_force_nor_writes_where_the_agent_m
     assert ifc("init", "--output", str(elsewhere), "--preset", "node", str(repo), env=env).returncode == 0
     assert '"https://registry.npmjs.org"' in elsewhere.read_text()
     assert '"https://pypi.org"' not in elsewhere.read_text()  # the preset given, not the one found
-    (repo / ".npmrc").write_text("registry=https://npm.acme.example/\n")  # no token: npm may read it, untainted
+    (repo / ".npmrc").write_text("registry=https://npm.acme.example/\n")  # no token: the audit does not list it
     assert ifc("init", "--force", str(repo), env=env).returncode == 0
-    assert '".npmrc"' not in policy.read_text() and '"https://npm.acme.example"' in policy.read_text()
+    assert '"/.npmrc"' not in policy.read_text() and '"https://npm.acme.example"' in policy.read_text()
 
 
 # --------------------------------------------------------------------------------- under a real `ifc run`

@@ -365,14 +365,15 @@ def host_config_writes(ctx: CheckContext) -> list[Diagnostic]:
                     continue  # reported by the compiler
                 found = _unguarded_host_config(policy, grant, guards, data, agent.holds)
                 if found:
-                    listed = ", ".join(f"`{path}` ({kind})" for path, kind in found[:3])
+                    listed = ", ".join(f"`{path}` ({kind})" for path, kind, _ in found[:3])
                     listed += f" and {len(found) - 3} more kinds" if len(found) > 3 else ""
                     out.append(warning(
                         "host-config-write",
                         f"agent `{agent.name}` can read untrusted data ({what}) and may then {item.op} "
                         f"host-executed configuration: {listed}; a tool on the host runs what it names",
                         pattern.span,
-                        help=f"add `{q(found[0][0])} internal writes require trusted` to `files {{ }}` (the shipped "
+                        help=f"add `{q(found[0][0])} {'secret' if found[0][2] else 'internal'} writes require trusted` "
+                        "to `files { }` (the shipped "
                         "policies guard every path in ifc/policy/hostcfg.py), or narrow the grant"))
     return out
 
@@ -403,8 +404,9 @@ def _untrusted_source(policy, agent) -> tuple[int, str] | None:
 SEARCH_BUDGET = 2_000  # product states for one exact host-config question (the test suite's cases need at most 132)
 
 
-def _unguarded_host_config(policy, grant: Glob, guards, data: Label, held) -> list[tuple[str, str]]:
-    """[(path, kind)] for each kind of host-executed configuration the grant reaches unguarded."""
+def _unguarded_host_config(policy, grant: Glob, guards, data: Label, held) -> list[tuple[str, str, bool]]:
+    """[(path, kind, whether the kind holds credentials)] for each kind of host-executed configuration the grant
+    reaches unguarded."""
     found = []
     for kind in HOST_CONFIG:
         globs, excepts = kind.compiled
@@ -423,12 +425,13 @@ def _unguarded_host_config(policy, grant: Glob, guards, data: Label, held) -> li
                     path = witness_avoiding(glob.tokens, (grant.tokens,),
                                             avoid + tuple((e.tokens, ()) for e in excepts), budget=SEARCH_BUDGET)
                 except SearchTooLarge:  # undecided: said as a finding, never a hang
-                    found.append((glob.text, f"{kind.what}; not proven guarded: too many rules overlap it to check"))
+                    found.append((glob.text, f"{kind.what}; not proven guarded: too many rules overlap it to check",
+                                  kind.secret))
                     break
                 if path is not None and not check_write(policy, data, path, held).allowed:
                     path = None
             if path is not None:
-                found.append((path, kind.what))
+                found.append((path, kind.what, kind.secret))
                 break
     return found
 

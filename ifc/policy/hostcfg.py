@@ -36,6 +36,7 @@ class HostConfig:
     globs: tuple[str, ...]
     message: str
     excepts: tuple[str, ...] = ()
+    secret: bool = False  # the files also hold credentials: policies label them `secret` (and `ifc init` does)
 
     @cached_property
     def compiled(self) -> tuple[tuple[Glob, ...], tuple[Glob, ...]]:
@@ -70,6 +71,14 @@ HOST_CONFIG: tuple[HostConfig, ...] = (
     HostConfig("direnv", (".envrc",),
                "untrusted input must not change `.envrc`: the owner's shell runs it on `cd` into its directory "
                "(direnv)"),
+    # Not executed as such, but read and acted on by the host's tools with the owner's authority. A session that
+    # read untrusted input and sees a file's real values (one served as it is: content that does not parse, a
+    # directory renamed out of a pattern) could otherwise move a key to `NEXT_PUBLIC_*`, which a build publishes.
+    HostConfig("environment and credential files", (".env*", ".netrc", ".npmrc", ".pypirc"),
+               "untrusted input must not change environment or credential files: shells `source` `.env`, docker "
+               "compose and builds read it (a `NEXT_PUBLIC_`/`VITE_` value is published in the bundle), npm runs "
+               "the commands `.npmrc` names (`script-shell`, `node-options`), and twine, curl and git send the "
+               "owner's passwords where `.pypirc` and `.netrc` say", excepts=(".env.example",), secret=True),
     HostConfig("editor and IDE settings", (".vscode/", "*.code-workspace", ".idea/"),
                "untrusted input must not change editor settings: the editor on the host runs their tasks when the "
                "folder opens and starts the interpreters, shells and tools they name"),
