@@ -23,8 +23,11 @@ printf '#!/bin/sh\\ntouch {marker}\\n' > .git/hooks/pre-commit; echo hook=$?
 echo '* filter=evil' > .gitattributes; echo attributes=$?
 echo 'touch {marker}' > .envrc; echo envrc=$?
 mkdir -p .vscode && echo '{{"tasks": []}}' > .vscode/tasks.json; echo vscode=$?
+sed -n 's/^API_KEY=/NEXT_PUBLIC_API_KEY=/p' .env >> .env; echo dotenv=$?
 """
-WRITES = ("config", "hook", "attributes", "envrc", "vscode")
+WRITES = ("config", "hook", "attributes", "envrc", "vscode", "dotenv")
+# served as it is (a line that is no dotenv): the sandbox sees the real key, and must not move it to a public name
+DOTENV = "API_KEY=sk-live-real\nthis line is no dotenv\n"
 
 
 class Page(http.server.BaseHTTPRequestHandler):
@@ -57,7 +60,7 @@ def shipped_policy_text() -> str:
 
 
 def repository(tmp_path: Path) -> Path:
-    ws = sandbox_cases.agent_workspace(tmp_path, {"README.md": "# demo\n"})
+    ws = sandbox_cases.agent_workspace(tmp_path, {"README.md": "# demo\n", ".env": DOTENV})
     subprocess.run(f"{GIT_ID} init -q && {GIT_ID} commit -q --allow-empty -m init", shell=True, cwd=ws, check=True)
     subprocess.run(["chown", "-R", "1000:1000", str(ws)], check=True)
     return ws
@@ -91,6 +94,7 @@ def untrusted_cannot_arm_the_host(tmp_path: Path, run: Run) -> None:
     # from the host: nothing changed, nothing was created, and the owner's git runs nothing
     assert snapshot(ws) == before
     assert not any((ws / name).exists() for name in (".gitattributes", ".envrc", ".vscode"))
+    assert (ws / ".env").read_text() == DOTENV
     status = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(ws), "status", "--short"],
                             capture_output=True, text=True)
     assert status.returncode == 0 and not marker.exists()
@@ -102,7 +106,7 @@ def untrusted_cannot_arm_the_host(tmp_path: Path, run: Run) -> None:
     # (git writes its config to config.lock and renames it over .git/config: the rename is refused)
     denied = {target.rpartition(" -> ")[2]: message
               for target, message in db.execute("SELECT target, message FROM events WHERE kind = 'deny'")}
-    for target in (".git/config", ".git/hooks/pre-commit", ".gitattributes", ".envrc", ".vscode"):
+    for target in (".git/config", ".git/hooks/pre-commit", ".gitattributes", ".envrc", ".vscode", ".env"):
         assert target in denied and "untrusted input must not" in denied[target], (target, denied)
     assert "core.fsmonitor" in denied[".git/config"]
     changes = db.execute("SELECT target, allowed FROM events WHERE kind = 'hostcfg'").fetchall()
