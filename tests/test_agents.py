@@ -29,7 +29,7 @@ from agent_support import REAL_KEY, ROOT, SECRET, Served, install, provider, sam
 from model_anthropic import Say, ToolCall, serve_model
 from model_chat import COMMIT, serve_chat
 from model_gemini import function_responses, serve_gemini
-from model_openai import serve_responses, tool_outputs
+from model_openai import codex_exec, serve_responses, tool_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -192,11 +192,6 @@ def test_keep_state_carries_the_taint_of_what_it_may_hold(tmp_path, served, clau
 
 
 # ------------------------------------------------------------------------------------------ Codex CLI at work
-
-def codex_exec(cmd: str) -> ToolCall:
-    """One Codex turn: its `exec` tool (JavaScript) running a shell command and returning its output."""
-    return ToolCall("exec", {"js": f"const r = await tools.exec_command({{cmd: {json.dumps(cmd)}}});\ntext(r.output);"})
-
 
 CODEX_TURNS = [
     codex_exec("sed -i 's/a - b/a + b/' src/calc.py && PYTHONPATH=src python3 -m unittest discover -s tests 2>&1 "
