@@ -323,6 +323,12 @@ def test_claude_code_channels_in_microvm(tmp_path, served, claude_code, image_en
 
 # ------------------------------------------------------------------------------------------ Codex CLI
 
+# the OpenAI provider as Codex's own config defines one, without websockets: Codex would first try one for 16 s of
+# backoff (refused where the key is bound; tests/test_agents.py::test_codex covers that path), which this test
+# has no use for
+CODEX_SSE = ("-c", 'model_provider="ifc"', "-c", 'model_providers.ifc={name="OpenAI", '
+             'base_url="https://api.openai.com/v1", env_key="OPENAI_API_KEY", wire_api="responses", '
+             'supports_websockets=false}')
 SH_ENV_DNS = SH_KEY.replace("deploy.key", ".env")  # Codex keeps its model: it looks up its sentinels' hex
 CODEX_TURNS = [codex_exec("cat issues/42.md"), *(codex_exec(sh) for sh in (SH_MAIL, SH_PUSH, SH_CI, SH_ENV_DNS)),
                Say("done")]
@@ -337,8 +343,8 @@ def test_codex_channels_in_namespaces(tmp_path, codex):
                      if not line.startswith("secret CHATGPT_"))  # sign-in secrets come from ~/.codex (see test_codex)
     with provider(tmp_path, "api.openai.com", serve_responses, CODEX_TURNS, preset, ("attacker.test",)) as served:
         repo, proc, inbox, dns = run_channels(tmp_path, served, codex, "namespace", dict(os.environ), (
-            "codex", "OPENAI_API_KEY", ("exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
-                                        "look at issue 42")))
+            "codex", "OPENAI_API_KEY", ("exec", *CODEX_SSE, "--skip-git-repo-check",
+                                        "--dangerously-bypass-approvals-and-sandbox", "look at issue 42")))
         out = proc.stdout + proc.stderr
         outputs = tool_outputs(served.model.seen[-1].body) if served.model.seen else []
         assert len(outputs) == len(CODEX_TURNS) - 1, out  # every command ran and Codex kept its model to the end
