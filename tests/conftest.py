@@ -1,6 +1,6 @@
 """Shared by every test: the user's state directory (where workspaces keep their floated labels) is a
 temporary one, so tests neither read labels left by real runs nor leave theirs behind; the microVM tests'
-guest image (`image_env`); and the real agents, installed once per session (`claude_code`, `codex`)."""
+guest image (`image_env`); and the real agents, installed once per session (`claude_code`, `codex`, `gemini`)."""
 
 from __future__ import annotations
 
@@ -60,4 +60,12 @@ def codex(agent_cache) -> Path:
     from agent_support import install
 
     install(agent_cache, "codex")
+    return agent_cache
+
+
+@pytest.fixture(scope="session")
+def gemini(agent_cache) -> Path:
+    from agent_support import install
+
+    install(agent_cache, "gemini")
     return agent_cache

@@ -279,12 +279,6 @@ GEMINI_TURNS = [  # the secrets are in a key file here: see test_gemini
 ]
 
 
-@pytest.fixture(scope="session")
-def gemini(agent_cache) -> Path:
-    install(agent_cache, "gemini")
-    return agent_cache
-
-
 def test_gemini(tmp_path, gemini, isolation):
     """Gemini CLI (streamGenerateContent over SSE, function calls) fixes the bug and commits, reports its key,
     then follows the planted instruction; `--skip-trust`: the sandbox, not the CLI's folder trust, is the wall.
