@@ -1,6 +1,6 @@
 """Shared by every test: the user's state directory (where workspaces keep their floated labels) is a
-temporary one, so tests neither read labels left by real runs nor leave theirs behind; and the microVM tests'
-guest image (`image_env`)."""
+temporary one, so tests neither read labels left by real runs nor leave theirs behind; the microVM tests'
+guest image (`image_env`); and the real agents, installed once per session (`claude_code`, `codex`, `gemini`)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,32 @@ def image_env(tmp_path_factory):
         if proc.returncode != 0:
             pytest.skip(f"cannot build the guest image: {proc.stderr.strip()[-200:]}")
     return env
+
+
+@pytest.fixture(scope="session")
+def agent_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("agents")
+
+
+@pytest.fixture(scope="session")
+def claude_code(agent_cache) -> Path:
+    from agent_support import install
+
+    install(agent_cache, "claude-code")
+    return agent_cache
+
+
+@pytest.fixture(scope="session")
+def codex(agent_cache) -> Path:
+    from agent_support import install
+
+    install(agent_cache, "codex")
+    return agent_cache
+
+
+@pytest.fixture(scope="session")
+def gemini(agent_cache) -> Path:
+    from agent_support import install
+
+    install(agent_cache, "gemini")
+    return agent_cache

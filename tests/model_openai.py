@@ -32,6 +32,11 @@ def tool_outputs(body: dict) -> list[str]:
     return out
 
 
+def codex_exec(cmd: str) -> ToolCall:
+    """One Codex turn: its `exec` tool (JavaScript) running a shell command and returning its output."""
+    return ToolCall("exec", {"js": f"const r = await tools.exec_command({{cmd: {json.dumps(cmd)}}});\ntext(r.output);"})
+
+
 def _item(turn: ToolCall | Say, n: int) -> dict:
     if isinstance(turn, ToolCall):
         return {"type": "custom_tool_call", "id": f"ctc_scripted_{n}", "call_id": f"call_scripted_{n}",

@@ -11,7 +11,10 @@ What `run()` does, in order:
    It dies with this process (PR_SET_PDEATHSIG), and the kernel kills its PID namespace with it.
 3. **Relays.** The network namespace has only `lo`; the init hands over listening sockets it opened there
    (127.0.0.1:3128 for the hook or `--proxy`, 127.0.0.1:53 TCP and UDP for the hook's DNS stub), and this
-   process relays each connection to the host-side address. Nothing else is reachable.
+   process relays each connection to the host-side address. Nothing else is reachable. Before forwarding a
+   byte, a relay records which sandbox process holds the client's socket (`vmm.sockowner`) under its own
+   address on the host, the peer the hook logs (`ifc.monitor.egressowners`): the report names the command
+   behind each egress denial.
 4. **The terminal.** When stdin and stdout are a terminal, the agent gets a fresh pty of its own (its
    controlling terminal: raw mode, window size and Ctrl-C work) and this process relays the host terminal,
    set raw, to its master; the agent never holds the host terminal, so it cannot push input into the user's
@@ -29,12 +32,15 @@ import os
 import select
 import signal
 import socket
+import sqlite3
 import termios
 import threading
 import time
 import tty as ttymod
+from dataclasses import dataclass
 from pathlib import Path
 
+from ifc.monitor.egressowners import EgressOwnerLog
 from vmm.namespace_init import CLONE_NEWPID, Plan, init, libc
 from vmm.sandbox import (
     Helpers,
@@ -48,6 +54,7 @@ from vmm.sandbox import (
     start_workspace,
     trust_bundle,
 )
+from vmm.sockowner import owner, peer_text
 
 NOTICE = ("ifc run: WEAKER ISOLATION: namespaces, not a VM: the agent shares the host's kernel, so a kernel "
           "exploit escapes the sandbox (the microVM's does not); files and network are mediated as usual")
@@ -65,6 +72,7 @@ def run(spec: RunSpec) -> RunResult:
     workspace: Workspace | None = None
     pid = 0
     relays: list[socket.socket] = []
+    owners: EgressOwnerLog | None = None
     try:
         workspace = start_workspace(spec, helpers)
         root.mkdir(exist_ok=True)
@@ -81,7 +89,8 @@ def run(spec: RunSpec) -> RunResult:
             theirs.close()
             handed = receive(ours, run_dir)
             boot_seconds = time.monotonic() - started
-            relays = relay_network(handed, workspace)
+            owners = EgressOwnerLog(run_dir / "events.db") if workspace.proxy or workspace.dns else None
+            relays = relay_network(handed, workspace, Attribution(pid, owners) if owners else None)
             with terminal(handed.get("pty")):
                 ours.send(b"go")  # the agent starts only now, its terminal sized and the host's raw
                 ours.close()
@@ -99,6 +108,8 @@ def run(spec: RunSpec) -> RunResult:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+        if owners is not None:
+            owners.close()
         helpers.close()
         with contextlib.suppress(OSError):
             root.rmdir()  # the tmpfs on it lived only in the init's mount namespace
@@ -145,7 +156,27 @@ def receive(ours: socket.socket, run_dir: Path, timeout: float = 30.0) -> dict[s
 
 # ------------------------------------------------------------------------------------------ network relays
 
-def relay_network(handed: dict[str, int], workspace: Workspace) -> list[socket.socket]:
+@dataclass(frozen=True)
+class Attribution:
+    """Where a relay records who made a connection: the init's pid (its network namespace is the sandbox's)
+    and the run's log."""
+
+    ns_pid: int
+    log: EgressOwnerLog
+
+    def record(self, proto: str, client: tuple[str, int], relay_end: socket.socket) -> None:
+        """Record the sandbox process holding `client` (its address inside) under `relay_end`'s host address.
+        Attribution only: a failure loses the name, never the connection."""
+        try:
+            found = owner(self.ns_pid, proto, client[:2])
+            if found is not None:
+                self.log.record(peer_text(relay_end), found.pid, found.argv)
+        except (OSError, sqlite3.Error, ValueError):
+            pass
+
+
+def relay_network(handed: dict[str, int], workspace: Workspace,
+                  attribution: Attribution | None = None) -> list[socket.socket]:
     """Serve the listening sockets the init opened inside: each connection to the host-side address."""
     targets = {"proxy": workspace.proxy, "dns-tcp": workspace.dns, "dns-udp": workspace.dns}
     socks = []
@@ -154,26 +185,29 @@ def relay_network(handed: dict[str, int], workspace: Workspace) -> list[socket.s
             kind = socket.SOCK_DGRAM if name == "dns-udp" else socket.SOCK_STREAM
             socks.append(socket.socket(socket.AF_INET, kind, fileno=handed[name]))
             serve = serve_datagrams if kind == socket.SOCK_DGRAM else serve_connections
-            threading.Thread(target=serve, args=(socks[-1], target), daemon=True).start()
+            threading.Thread(target=serve, args=(socks[-1], target, attribution), daemon=True).start()
     return socks
 
 
-def serve_connections(listener: socket.socket, target: tuple[str, int]) -> None:
+def serve_connections(listener: socket.socket, target: tuple[str, int], attribution: Attribution | None) -> None:
     while True:
         try:
-            conn, _ = listener.accept()
+            conn, client = listener.accept()
         except OSError:  # shut down at the end of the run
             return
-        threading.Thread(target=splice, args=(conn, target), daemon=True).start()
+        threading.Thread(target=splice, args=(conn, client, target, attribution), daemon=True).start()
 
 
-def splice(conn: socket.socket, target: tuple[str, int]) -> None:
+def splice(conn: socket.socket, client: tuple[str, int], target: tuple[str, int],
+           attribution: Attribution | None) -> None:
     with conn:
         try:
             upstream = socket.create_connection(target, timeout=10)
         except OSError:
             return  # the agent sees the connection closed: the hook is gone
         with upstream:
+            if attribution is not None:  # before the hook gets a byte, so before it can log a decision
+                attribution.record("tcp", client, upstream)
             upstream.settimeout(None)
             back = threading.Thread(target=copy, args=(upstream.recv, conn), daemon=True)
             back.start()
@@ -192,7 +226,7 @@ def copy(read, dst: socket.socket) -> None:
         dst.shutdown(socket.SHUT_WR)
 
 
-def serve_datagrams(sock: socket.socket, target: tuple[str, int]) -> None:
+def serve_datagrams(sock: socket.socket, target: tuple[str, int], attribution: Attribution | None) -> None:
     while True:
         try:
             query, client = sock.recvfrom(65535)
@@ -200,13 +234,17 @@ def serve_datagrams(sock: socket.socket, target: tuple[str, int]) -> None:
             return
         if not query:  # shut down at the end of the run (an empty datagram is no query either)
             return
-        threading.Thread(target=answer, args=(sock, query, client, target), daemon=True).start()
+        threading.Thread(target=answer, args=(sock, query, client, target, attribution), daemon=True).start()
 
 
-def answer(sock: socket.socket, query: bytes, client, target: tuple[str, int]) -> None:
+def answer(sock: socket.socket, query: bytes, client, target: tuple[str, int],
+           attribution: Attribution | None) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as upstream:
         upstream.settimeout(5)
         try:
+            upstream.bind((target[0], 0))
+            if attribution is not None:
+                attribution.record("udp", client, upstream)
             upstream.sendto(query, target)
             sock.sendto(upstream.recv(65535), client)
         except OSError:

@@ -233,7 +233,7 @@ def _summary(run_dir: Path, complete: bool = True) -> None:
     them); how many secret values the sandbox saw only as sentinels; and the report command.
     Not `complete`: a helper failed (the error line after this says how), so the log lacks what followed."""
     from ifc.report.load import ReportError, load_run
-    from ifc.report.summary import cutoff_line, guest_command, hostcfg_line
+    from ifc.report.summary import cutoff_line, guest_command, hostcfg_line, shortened
     from ifc.report.svg import clean
 
     denials, hostcfg, cutoffs, sentinels = (), (), (), ()
@@ -251,6 +251,8 @@ def _summary(run_dir: Path, complete: bool = True) -> None:
         print(f"ifc run: {len(denials)} denial(s):", file=sys.stderr)
         for d in denials[:10]:
             by = f"{d.subject}, guest command {guest_command(d.guest)}" if d.guest else d.subject
+            if d.relayed_from:  # a namespace run's egress: the process that held the connection (exact)
+                by += f", command `{shortened(d.cmdline or '', 120)}` (pid {d.pid})"
             print(clean(f"  {d.op} `{d.target}` by {by}: {d.message or d.reason}"), file=sys.stderr)
         if len(denials) > 10:
             print(f"  ... and {len(denials) - 10} more", file=sys.stderr)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from ifc.match import Endpoint, PatternError
 from ifc.monitor.containment import Facts, is_ip_literal
+from ifc.monitor.egressowners import PEER_PREFIX
 from ifc.monitor.monitor import Decision, Monitor, Request
 
 log = logging.getLogger("ifc.egress")
@@ -162,7 +163,7 @@ class Egress:
     def _request(self, client: Client, op: str, target: str, facts: Facts | None = None) -> Request:
         parent = "session" if client.subject != "session" else None
         return Request(op, target, subject=client.subject, token=client.token, parent=parent, facts=facts,
-                       cmdline=f"egress from {client.peer}" if client.peer else None)
+                       cmdline=f"{PEER_PREFIX}{client.peer}" if client.peer else None)
 
     def decide(self, client: Client, op: str, target: str) -> Decision:
         return self.monitor.decide(self._request(client, op, target))

@@ -196,7 +196,8 @@ def _denials(run: Run) -> list[str]:
 def _denial(number: int, d: Denial) -> list[str]:
     facts = [
         ("when", f"{escape(iso(d.ts))} <span class=\"none\">(event {d.id})</span>"),
-        ("process", _process(d.pid, d.cmdline)),
+        ("process", _process(d.pid, d.cmdline) + (f' <span class="none">(held the connection the hook saw from '
+                                                   f'{_c(d.relayed_from)})</span>' if d.relayed_from else "")),
         *([("guest command", _c(d.guest[0]) + ' <span class="none">(matched by time'
             + (f"; also running: {', '.join(_c(shortened(g)) for g in d.guest[1:])}" if d.guest[1:] else "")
             + ")</span>")]

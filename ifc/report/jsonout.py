@@ -53,6 +53,7 @@ def _denial(d) -> dict:
         "time": iso(d.ts),
         "ts": d.ts,
         "process": {"pid": d.pid, "cmdline": d.cmdline},
+        "relayed_from": d.relayed_from,
         "guest_commands": list(d.guest),
         "subject": d.subject,
         "op": d.op,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from caps import redact
 from ifc.errors import UserError
+from ifc.monitor.egressowners import owner_of, read_egress_owners
 from ifc.monitor.events import from_sql, open_readonly, read_events, read_meta
 from ifc.monitor.guestprocs import attribute, read_guest_processes
 from ifc.monitor.provenance import Hop, draw
@@ -59,6 +60,9 @@ class Denial:
     fix_named: tuple[str, ...] = ()  # files whose blocking label the policy gives by name
     # microVM runs: the guest commands alive when it was decided, most likely first (see ifc.monitor.guestprocs)
     guest: tuple[str, ...] = ()
+    # namespace runs, egress: the hook's peer (`egress from ...`) when `pid`/`cmdline` name the sandbox process
+    # that held the connection (ifc.monitor.egressowners: exact, from the host kernel's socket table)
+    relayed_from: str | None = None
 
     @property
     def explanation(self) -> str:
@@ -251,6 +255,7 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
     meta = read_meta(db)
     policy_lines = _policy_lines(root)
     processes = read_guest_processes(db) if "guest_processes" in tables else []
+    owners = read_egress_owners(db) if "egress_owners" in tables else {}
     denials, labels, declass, tokens, hostcfg, cutoffs, others = [], [], [], [], [], [], []
     sentinels: list[SentinelsServed] = []
     counts: dict[str, int] = {}
@@ -261,6 +266,9 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
         taint = ev.taint_after or ev.taint_before
         if ev.kind == "deny":
             fix = ev.fix if isinstance(ev.fix, dict) else {}
+            owner = owner_of(owners, ev.cmdline, ev.ts)
+            if owner is not None:
+                ev = replace(ev, pid=owner.pid, cmdline=redact(owner.command))
             denials.append(Denial(
                 id=ev.id, ts=ev.ts, subject=ev.subject, op=ev.op, target=ev.target, reason=ev.reason,
                 rule=ev.rule, rule_span=ev.rule_span, rule_source=_rule_source(ev.rule_span, meta, policy_lines),
@@ -268,7 +276,8 @@ def _load(root: Path, db: sqlite3.Connection) -> Run:
                 token_id=ev.token_id, token_block=ev.token_block, pid=ev.pid, cmdline=ev.cmdline,
                 path=_hops(ev.path, ev.id, root), fix_policy=_text(fix.get("policy")), fix_mint=_text(fix.get("mint")),
                 fix_lower=_texts(fix.get("lower")), fix_named=_texts(fix.get("named")),
-                guest=tuple(redact(p.command) for p in attribute(processes, ev.ts)[:GUEST_CANDIDATES])))
+                guest=tuple(redact(p.command) for p in attribute(processes, ev.ts)[:GUEST_CANDIDATES]),
+                relayed_from=owner.peer if owner is not None else None))
         elif ev.kind == "label":
             labels.append(LabelChange(ev.id, ev.ts, ev.subject, ev.op, ev.target, ev.object_label, ev.reason,
                                       taint, ev.pid, ev.cmdline))

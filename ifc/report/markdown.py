@@ -84,7 +84,8 @@ def _meta(run: Run, s: Summary) -> list[str]:
 def _denial(number: int, d: Denial) -> list[str]:
     out = [f"### {number}. {code(d.subject)} {code(d.op)} {code(d.target)}: denied", ""]
     out.append(f"- **when:** {iso(d.ts)} (event {d.id})")
-    out.append(f"- **process:** {_process(d.pid, d.cmdline)}")
+    out.append(f"- **process:** {_process(d.pid, d.cmdline)}"
+               + (f" (held the connection the hook saw from {code(d.relayed_from)})" if d.relayed_from else ""))
     if d.guest:
         also = f"; also running: {', '.join(code(shortened(g)) for g in d.guest[1:])}" if d.guest[1:] else ""
         out.append(f"- **guest command:** {code(d.guest[0])} (matched by time{also})")
