@@ -96,9 +96,13 @@ class Pane:
         self.tmux("resize-window", "-t", "run", "-x", str(cols), "-y", str(rows))
 
     def exit_status(self) -> int | None:
-        shown = self.tmux("display-message", "-p", "-t", "run", "#{pane_dead}:#{pane_dead_status}").strip()
-        dead, status = shown.split(":")
-        return int(status) if dead == "1" else None
+        """None while the command runs; its exit status, or minus the signal that ended it."""
+        shown = self.tmux("display-message", "-p", "-t", "run",
+                          "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}").strip()
+        dead, status, signal = shown.split(":")
+        if dead != "1":
+            return None
+        return int(status) if status else -int(signal)
 
     def close(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
@@ -229,3 +233,67 @@ def test_claude_code_tui_in_microvm_and_its_kept_home(tmp_path, pane, claude_cod
         with sqlite3.connect(tmp_path / "run2" / "events.db") as db:
             started = db.execute("SELECT reason FROM events WHERE op = 'inherit'").fetchone()[0]
         assert started.startswith("the run's taint starts at `secret"), started
+
+
+# ------------------------------------------------------------------------------------------ the others, in namespaces
+
+def wider_than(width: int, marker: str) -> Callable[[str], bool]:
+    """A status line longer than `width` (Codex right-aligns its warnings in its status line: at the old width it
+    could not be this long)."""
+    return lambda screen: any(marker in line and len(line) > width for line in screen.splitlines())
+
+
+# per agent: its provider's host and scripted server, its arguments, and what a person does at its first start
+# (("choose", menu text, key) answers a menu; ("wait", text) waits for the prompt), and its redraw at 120 columns
+OTHERS = {
+    "gemini": ("generativelanguage.googleapis.com", "model_gemini:serve_gemini", "GEMINI_API_KEY", [],
+               [("choose", "Do you trust the files in this folder?", "1"),  # it restarts itself to apply it
+                ("choose", "Use Gemini API Key", "Enter"), ("choose", "Press Enter to submit", "Enter"),
+                ("wait", "Type your message")], rule(120)),
+    "codex": ("api.openai.com", "model_openai:serve_responses", "OPENAI_API_KEY", [],
+              [("choose", "Choose how you want to use Codex", "3"), ("choose", "Use Amazon Bedrock", "Enter"),
+               ("choose", "Press enter to save", "Enter"), ("choose", "Trust this folder?", "Enter"),
+               ("wait", "Ask Codex to do anything")], wider_than(100, "for shortcuts")),
+    "aider": ("api.openai.com", "model_chat:serve_chat", "OPENAI_API_KEY", ["--model", "gpt-4o"],
+              [("wait", "Repo-map:")], rule(120)),
+}
+
+
+@pytest.mark.parametrize("name", list(OTHERS))
+def test_terminal_ui_in_namespaces(tmp_path, pane, name, tmp_path_factory):
+    """Codex, Gemini CLI and aider at their prompts: first-start questions answered (the key offered is the
+    sentinel), a typed prompt answered on the screen, a resize redrawn, Ctrl-C twice ending the agent and the run."""
+    import importlib
+
+    host, server, key, args, first_start, redrawn = OTHERS[name]
+    module, function = server.split(":")
+    cache = tmp_path_factory.mktemp(f"agents-{name}")
+    install(cache, name)
+    preset = "".join(line for line in (ROOT / "policies" / f"{name}.flow").read_text().splitlines(True)
+                     if not line.startswith("secret CHATGPT_"))  # Codex's sign-in secrets: this is an API key
+    answers = [Say(f"Scripted answer {n} from the {name} model") for n in (1, 2)]
+    with provider(tmp_path, host, getattr(importlib.import_module(module), function), answers, preset) as served:
+        repo = sample_repo(tmp_path)
+        run_dir = tmp_path / "run"
+        pane.start([sys.executable, "-m", "ifc", "run", "--isolation", "namespace", "--preset", name, "--policy",
+                    str(served.policy), "--workspace", str(repo), "--run-dir", str(run_dir), "--hosts",
+                    str(served.hosts), "--upstream-ca", str(served.ca), "--", *args],
+                   {**os.environ, "IFC_AGENT_CACHE": str(cache), key: REAL_KEY}, 100, 30, tmp_path / "pane.sh")
+        for step, text, *press in first_start:
+            pane.wait(text, 120)
+            if step == "choose":
+                pane.choose(text, press[0])
+        pane.type("what is the answer?")
+        pane.wait(answers[0].text, 120)
+        assert served.model.seen and all(REAL_KEY in str(seen.headers) for seen in served.model.seen)
+        pane.resize(120, 40)
+        if name == "aider":  # it draws its rule when it reads the next line, at the width it has then
+            pane.type("and again?")
+            pane.wait(answers[1].text, 120)
+        pane.wait(redrawn, 60)
+        pane.keys("C-c")  # Codex ends at the first; the others ask for a second within a second or two
+        if "ifc run:" not in pane.screen().split("what is")[-1]:  # a second one after `ifc run` took the terminal
+            pane.keys("C-c")                                       # back would interrupt its own shutdown
+        pane.wait(lambda screen: pane.exit_status() is not None, 60)
+        assert pane.exit_status() == 0, pane.screen()
+        assert left_behind(run_dir) == []

@@ -199,6 +199,10 @@ class Helpers:
         return proc
 
     def close(self) -> None:
+        with uninterrupted():
+            self._close()
+
+    def _close(self) -> None:
         asked = time.time()
         for helper in self.supervised:
             helper.stop_asked_at = asked
@@ -219,6 +223,22 @@ class Helpers:
     def failure(self) -> str | None:
         """After `close`: the first supervised helper's failure, in one line, or None."""
         return next(filter(None, (helper.problem() for helper in self.supervised)), None)
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """Ctrl-C ignored inside (main thread only; the previous handler back after). Once the agent has ended, the
+    user's terminal is cooked again, and a Ctrl-C meant for the agent (a second one, late) reaches `ifc run`:
+    it must not cut the shutdown short (the mount daemon's last word, its final taint record for a kept home,
+    the summary) or end `ifc run` by a signal in place of the agent's status."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Supervised:

@@ -58,7 +58,8 @@ AGENTS: dict[str, AgentKind] = {a.name: a for a in (
     # price list from GitHub. aider itself still reads the repository's `.env` at start (no switch turns that off)
     AgentKind("aider", "pypi", "aider-chat", ("venv/bin/python", "-m", "aider"), "OPENAI_API_KEY",
               (".aider.chat.history.md", ".aider.input.history"),
-              {"AIDER_CHECK_UPDATE": "false", "AIDER_ANALYTICS": "false", "AIDER_GITIGNORE": "false",
+              {"AIDER_CHECK_UPDATE": "false", "AIDER_SHOW_RELEASE_NOTES": "false", "AIDER_ANALYTICS": "false",
+               "AIDER_GITIGNORE": "false",
                "AIDER_CHAT_HISTORY_FILE": "/home/agent/.aider.chat.history.md",
                "AIDER_INPUT_HISTORY_FILE": "/home/agent/.aider.input.history", "AIDER_MAP_TOKENS": "0",
                "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION"}),

@@ -102,7 +102,7 @@ def _error(message: str, help: str | None = None, code: int = FAILED) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmm.sandbox import LaunchError, RunSpec
+    from vmm.sandbox import LaunchError, RunSpec, uninterrupted
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     preset = None
@@ -203,11 +203,13 @@ def run(args: argparse.Namespace) -> int:
     except LaunchError as exc:
         return _error(exc.message, exc.help)
     except KeyboardInterrupt:
-        _summary(run_dir)
+        with uninterrupted():
+            _summary(run_dir)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _summary(run_dir, complete=result.failure is None)
+    with uninterrupted():  # the agent has ended: a late Ctrl-C does not cut the summary short
+        _summary(run_dir, complete=result.failure is None)
     if result.failure:  # fail closed: what the agent did after it was not decided or not logged
         return _error(result.failure)
     return result.status
