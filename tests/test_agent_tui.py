@@ -96,13 +96,14 @@ class Pane:
         self.tmux("resize-window", "-t", "run", "-x", str(cols), "-y", str(rows))
 
     def exit_status(self) -> int | None:
-        """None while the command runs; its exit status, or minus the signal that ended it."""
+        """None while the command runs; its exit status, or minus the signal that ended it (-1 when tmux does not
+        say which)."""
         shown = self.tmux("display-message", "-p", "-t", "run",
                           "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}").strip()
         dead, status, signal = shown.split(":")
         if dead != "1":
             return None
-        return int(status) if status else -int(signal)
+        return int(status) if status else -int(signal or 1)  # tmux before 3.4 has no pane_dead_signal
 
     def close(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
@@ -294,6 +295,6 @@ def test_terminal_ui_in_namespaces(tmp_path, pane, name, tmp_path_factory):
         pane.keys("C-c")  # Codex ends at the first; the others ask for a second within a second or two
         if "ifc run:" not in pane.screen().split("what is")[-1]:  # a second one after `ifc run` took the terminal
             pane.keys("C-c")                                       # back would interrupt its own shutdown
-        pane.wait(lambda screen: pane.exit_status() is not None, 60)
+        pane.wait(lambda screen: pane.exit_status() is not None, 180)  # Codex's last requests may take a while
         assert pane.exit_status() == 0, pane.screen()
         assert left_behind(run_dir) == []

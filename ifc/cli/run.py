@@ -102,7 +102,7 @@ def _error(message: str, help: str | None = None, code: int = FAILED) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmm.sandbox import LaunchError, RunSpec, uninterrupted
+    from vmm.sandbox import LaunchError, RunSpec
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     preset = None
@@ -203,16 +203,23 @@ def run(args: argparse.Namespace) -> int:
     except LaunchError as exc:
         return _error(exc.message, exc.help)
     except KeyboardInterrupt:
-        with uninterrupted():
-            _summary(run_dir)
+        _late_interrupts_ignored()
+        _summary(run_dir)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    with uninterrupted():  # the agent has ended: a late Ctrl-C does not cut the summary short
-        _summary(run_dir, complete=result.failure is None)
+    _late_interrupts_ignored()
+    _summary(run_dir, complete=result.failure is None)
     if result.failure:  # fail closed: what the agent did after it was not decided or not logged
         return _error(result.failure)
     return result.status
+
+
+def _late_interrupts_ignored() -> None:
+    """The agent has ended and the terminal is cooked again: a Ctrl-C now is a late one meant for the agent (the
+    second of a pair). Ignored until this process exits, so it neither cuts the summary short nor ends `ifc run`
+    by SIGINT (its status would be lost) in the moment between `run` returning and the interpreter's exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _package_config(policy, agent, environ=os.environ, etc: Path = Path("/etc")) -> tuple[PackageConfig, list[str]]:
