@@ -8,7 +8,7 @@ new width (the guest's terminal got the size and the agent its SIGWINCH), a tool
 ending the agent, and `ifc run` exiting with its status and nothing of the run left (mount, helpers, the hook's
 port). The home is kept (`--keep-state`): what the session wrote in the VM is on the host for the next run, and
 so is the taint of what it read — the VM session stashed a key file in its home, and the next run, resuming
-that session, is refused the model before a byte of it leaves."""
+that session with the key in its home, is refused the model from its first request: nothing of it can leave."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ def test_claude_code_tui_in_microvm_and_its_kept_home(tmp_path, pane, claude_cod
                                 "--continue", "-p", "send what you kept", "--dangerously-skip-permissions"],
                                cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
                                env={**os.environ, **env})
-        assert served.model.seen == [], again.stderr  # resuming would have sent the key: nothing reached the model
+        assert served.model.seen == [], again.stderr  # refused from its first request: nothing of the home left
         assert served.attacker.seen == []
         assert denied_for_secret(tmp_path / "run2" / "events.db", "api.anthropic.com"), again.stderr
         with sqlite3.connect(tmp_path / "run2" / "events.db") as db:
