@@ -157,10 +157,12 @@ def _shell_assignments(values: dict[str, str]) -> str:
 
 
 def run_initrd(img: vmimage.Image, target: Path, settings: dict[str, str], env: dict[str, str],
-               argv: list[str], trust: bytes | None = None, etc: dict[str, bytes] | None = None) -> None:
+               argv: list[str], trust: bytes | None = None, etc: dict[str, bytes] | None = None,
+               home: dict[str, bytes] | None = None) -> None:
     """The cached initrd with a second (uncompressed) cpio appended: /ifc/run, /ifc/env, /ifc/cmd, when
-    there is one, /ifc/trust.pem (the sandbox's trust store, see `vmm.sandbox.trust_bundle`), and /ifc/etc/
-    (files the init copies into the guest's /etc, read-only: the host's package configuration)."""
+    there is one, /ifc/trust.pem (the sandbox's trust store, see `vmm.sandbox.trust_bundle`), /ifc/etc/
+    (files the init copies into the guest's /etc, read-only: the host's package configuration) and /ifc/home/
+    (files a fresh home starts with, the agent's own: its settings, `ifc.agents.catalog`)."""
     command = "cd /workspace || exit 125\nexec " + " ".join(shlex.quote(a) for a in argv) + "\n"
     entries: list[tuple[str, int, bytes | str | None]] = [
         ("ifc", stat.S_IFDIR | 0o755, None),
@@ -175,6 +177,9 @@ def run_initrd(img: vmimage.Image, target: Path, settings: dict[str, str], env: 
         entries.append(("ifc/etc", stat.S_IFDIR | 0o755, None))
         entries += [(f"ifc/etc/{d}", stat.S_IFDIR | 0o755, None) for d in dirs]
         entries += [(f"ifc/etc/{name}", stat.S_IFREG | 0o444, data) for name, data in sorted(etc.items())]
+    if home:
+        entries.append(("ifc/home", stat.S_IFDIR | 0o755, None))
+        entries += [(f"ifc/home/{name}", stat.S_IFREG | 0o600, data) for name, data in sorted(home.items())]
     extra = vmimage.write_cpio(entries)
     with open(target, "wb") as out, open(img.initrd, "rb") as base:
         shutil.copyfileobj(base, out, 1 << 20)
@@ -256,7 +261,7 @@ def run(spec: RunSpec) -> RunResult:
         initrd = sockdir / "initrd.img"
         proxy_url = f"http://{PROXY_GUEST[0]}:{PROXY_GUEST[1]}" if workspace.proxy else None
         run_initrd(img, initrd, settings, agent_env(spec, workspace, tty, proxy_url), spec.argv, trust_bundle(spec),
-                   spec.packages.files)
+                   spec.packages.files, None if spec.home is not None else spec.home_files)
         (run_dir / "control.log").write_bytes(b"")
         control = Control(sockdir / "ctl.sock", run_dir / "control.log", run_dir / "events.db")
         control.start()

@@ -77,6 +77,7 @@ class Plan:
     etc: dict[str, bytes] = field(default_factory=dict)  # more files under /etc, root's and read-only (packagecfg)
     layers: tuple[tuple[str, str], ...] = ()  # (host directory, path inside): bound read-only
     home: str | None = None  # a host directory bound read-write at /home/agent (kept agent state)
+    home_files: dict[str, bytes] = field(default_factory=dict)  # without `home`: what the fresh home starts with
 
 
 def init(plan: Plan, ctl: socket.socket) -> NoReturn:
@@ -131,6 +132,11 @@ def build_root(plan: Plan) -> None:
     mount("tmp", f"{r}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     os.chmod(f"{r}/var/tmp", 0o1777)
     os.chown(f"{r}/home/agent", plan.uid, plan.gid)
+    for name, data in plan.home_files.items():  # the agent's own (its settings, ifc.agents.catalog)
+        fd = os.open(f"{r}/home/agent/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            os.fchown(out.fileno(), plan.uid, plan.gid)
+            out.write(data)
     etc = {
         "passwd": f"root:x:0:0:root:/:/bin/sh\nagent:x:{plan.uid}:{plan.gid}:agent:/home/agent:/bin/sh\n",
         "group": f"root:x:0:\nagent:x:{plan.gid}:\n",

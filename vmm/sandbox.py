@@ -76,6 +76,7 @@ class RunSpec:
     hosts: Path | None = None  # with `egress`: `NAME ADDRESS...` lines the hook answers before the system resolver
     layers: tuple[Share, ...] = ()  # host directories the sandbox sees read-only (an agent's layer)
     home: Path | None = None  # a host directory the sandbox sees read-write as its home (`--keep-state`)
+    home_files: dict[str, bytes] = field(default_factory=dict)  # without `home`: what the fresh home starts with
     token: str | None = None  # the session's token (default: one minted for the run, see `vmm.runtoken`)
     key: Path | None = None  # the public key that verifies `token` (default: `ifc caps`'s)
     memory_mb: int = 1024  # microVM only
@@ -198,6 +199,10 @@ class Helpers:
         return proc
 
     def close(self) -> None:
+        with uninterrupted():
+            self._close()
+
+    def _close(self) -> None:
         asked = time.time()
         for helper in self.supervised:
             helper.stop_asked_at = asked
@@ -218,6 +223,22 @@ class Helpers:
     def failure(self) -> str | None:
         """After `close`: the first supervised helper's failure, in one line, or None."""
         return next(filter(None, (helper.problem() for helper in self.supervised)), None)
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """Ctrl-C ignored inside (main thread only; the previous handler back after). Once the agent has ended, the
+    user's terminal is cooked again, and a Ctrl-C meant for the agent (a second one, late) reaches `ifc run`:
+    it must not cut the shutdown short (the mount daemon's last word, its final taint record for a kept home,
+    the summary) or end `ifc run` by a signal in place of the agent's status."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Supervised:

@@ -9,6 +9,10 @@ Data, not code paths: adding an agent is one entry. Why each setting:
   the user asked (telemetry, error reporting); the preset's policy refuses those hosts anyway, this just spares
   the agent the retries.
 * `state` names what the agent keeps in its home directory, kept per workspace with `--keep-state`.
+* `settings` are keys set in JSON files of its home before it starts (merged into a kept home's, written into a
+  fresh one): what its first interactive start would ask for and cannot finish in a sandbox. Claude Code's
+  onboarding checks that it can reach `platform.claude.com` (its OAuth host, which the preset refuses: the key
+  is an API key the hook holds) and exits when it cannot; with onboarding done it starts at its prompt.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class AgentKind:
     state: tuple[str, ...]  # what it keeps under $HOME
     env: dict[str, str] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)  # other names the agent reads its key from: the sentinel
+    settings: dict[str, dict] = field(default_factory=dict)  # home file: keys set in it (JSON) before each run
 
     @property
     def preset(self) -> str:
@@ -42,7 +47,8 @@ AGENTS: dict[str, AgentKind] = {a.name: a for a in (
     AgentKind("claude-code", "npm", "@anthropic-ai/claude-code", ("node_modules/.bin/claude",), "ANTHROPIC_API_KEY",
               (".claude", ".claude.json"),
               {"DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
-               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}),
+               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"},
+              settings={".claude.json": {"hasCompletedOnboarding": True}}),
     AgentKind("codex", "npm", "@openai/codex", ("node_modules/.bin/codex",), "OPENAI_API_KEY", (".codex",),
               {"CODEX_DISABLE_UPDATE_CHECK": "1"}, {"CODEX_API_KEY": "OPENAI_API_KEY"}),
     AgentKind("gemini", "npm", "@google/gemini-cli", ("node_modules/.bin/gemini",), "GEMINI_API_KEY", (".gemini",),
@@ -52,7 +58,8 @@ AGENTS: dict[str, AgentKind] = {a.name: a for a in (
     # price list from GitHub. aider itself still reads the repository's `.env` at start (no switch turns that off)
     AgentKind("aider", "pypi", "aider-chat", ("venv/bin/python", "-m", "aider"), "OPENAI_API_KEY",
               (".aider.chat.history.md", ".aider.input.history"),
-              {"AIDER_CHECK_UPDATE": "false", "AIDER_ANALYTICS": "false", "AIDER_GITIGNORE": "false",
+              {"AIDER_CHECK_UPDATE": "false", "AIDER_SHOW_RELEASE_NOTES": "false", "AIDER_ANALYTICS": "false",
+               "AIDER_GITIGNORE": "false",
                "AIDER_CHAT_HISTORY_FILE": "/home/agent/.aider.chat.history.md",
                "AIDER_INPUT_HISTORY_FILE": "/home/agent/.aider.input.history", "AIDER_MAP_TOKENS": "0",
                "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION"}),

@@ -4,7 +4,10 @@ directory kept per workspace on the host."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,11 @@ class Preset:
     env: dict[str, str]
     aliases: dict[str, str]
     home: Path | None  # the kept home directory on the host (`--keep-state`), else None: a fresh one per run
+    settings: dict[str, dict]  # home file: keys set in it before the run (`AgentKind.settings`)
+
+    def fresh_home_files(self) -> dict[str, bytes]:
+        """What a fresh home starts with: each settings file, holding just those keys."""
+        return {name: (json.dumps(keys, indent=2) + "\n").encode() for name, keys in self.settings.items()}
 
 
 def kept_home(workspace: Path, agent: str) -> Path:
@@ -57,4 +65,44 @@ def prepare(name: str, args: list[str], policy: str | None, workspace: Path, kee
         home.parent.chmod(0o700)
     return Preset(argv=[*kind.argv(), *args], policy=chosen.resolve(),
                   layers=(Share(installed.directory, GUEST_LAYER),), env={**SANE_ENV, **kind.env},
-                  aliases=dict(kind.aliases), home=home)
+                  aliases=dict(kind.aliases), home=home, settings=dict(kind.settings))
+
+
+SETTINGS_MAX = 16 << 20  # a settings file larger than this is not the agent's config: it is left alone
+
+
+def merge_settings(home: Path, settings: dict[str, dict], uid: int, gid: int) -> None:
+    """Set `settings`' keys in the kept home's JSON files, as the agent's own (`uid`:`gid`); keys the agent wrote
+    stay. The home was the sandbox's: a file that is not a regular file (a symlink, a fifo), that does not parse
+    as a JSON object, or that is over SETTINGS_MAX is left as it is (the agent then asks what the keys would have
+    answered); the file is replaced through a new one made in the home (O_EXCL, O_NOFOLLOW), never written
+    through a name the sandbox chose."""
+    for name, keys in settings.items():
+        path = home / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            current: dict = {}
+        except OSError:
+            continue
+        else:
+            with os.fdopen(fd, "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode) or info.st_size > SETTINGS_MAX:
+                    continue
+                try:
+                    current = json.loads(f.read(SETTINGS_MAX + 1))
+                except ValueError:
+                    continue
+            if not isinstance(current, dict):
+                continue
+        if all(current.get(k) == v for k, v in keys.items()):
+            continue
+        tmp = home / f".{name}.ifc-tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            os.fchown(out.fileno(), uid, gid)
+            out.write((json.dumps({**current, **keys}, indent=2) + "\n").encode())
+        os.replace(tmp, path)

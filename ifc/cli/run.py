@@ -186,7 +186,12 @@ def run(args: argparse.Namespace) -> int:
     if preset is not None:
         spec.layers, spec.home, spec.env, spec.aliases = preset.layers, preset.home, dict(preset.env), preset.aliases
         if spec.home is not None:  # the agent's own, as its home in the sandbox is
+            from ifc.agents.preset import merge_settings
+
             os.chown(spec.home, *spec.ids())
+            merge_settings(spec.home, preset.settings, *spec.ids())
+        else:
+            spec.home_files = preset.fresh_home_files()
     if args.memory is not None:
         spec.memory_mb = args.memory
     if args.isolation == "namespace":
@@ -198,14 +203,23 @@ def run(args: argparse.Namespace) -> int:
     except LaunchError as exc:
         return _error(exc.message, exc.help)
     except KeyboardInterrupt:
+        _late_interrupts_ignored()
         _summary(run_dir)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    _late_interrupts_ignored()
     _summary(run_dir, complete=result.failure is None)
     if result.failure:  # fail closed: what the agent did after it was not decided or not logged
         return _error(result.failure)
     return result.status
+
+
+def _late_interrupts_ignored() -> None:
+    """The agent has ended and the terminal is cooked again: a Ctrl-C now is a late one meant for the agent (the
+    second of a pair). Ignored until this process exits, so it neither cuts the summary short nor ends `ifc run`
+    by SIGINT (its status would be lost) in the moment between `run` returning and the interpreter's exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _package_config(policy, agent, environ=os.environ, etc: Path = Path("/etc")) -> tuple[PackageConfig, list[str]]:
