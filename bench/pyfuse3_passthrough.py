@@ -60,7 +60,7 @@ def _proc(fd: int) -> str:
 
 
 class Passthrough(pyfuse3.Operations):
-    """Inode-table passthrough: node id -> Node; (dev, ino) -> node id."""
+    """Inode-table passthrough: node id -> Node; (dev, ino) -> node id. The backing tree is one filesystem."""
 
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -73,7 +73,7 @@ class Passthrough(pyfuse3.Operations):
         st = os.fstat(fd)
         self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: Node(fd, (st.st_dev, st.st_ino), 1, st.st_mode)}
         self.ids: dict[tuple[int, int], int] = {(st.st_dev, st.st_ino): pyfuse3.ROOT_INODE}
-        self.next_id = pyfuse3.ROOT_INODE + 1
+        self.next_id = 1 << 63
         self.dirs: dict[int, Dir] = {}
 
     # ------------------------------------------------------------------ inodes
@@ -99,7 +99,12 @@ class Passthrough(pyfuse3.Operations):
             os.close(fd)
             node = self.nodes[node_id]
         else:
-            node_id, self.next_id = self.next_id, self.next_id + 1
+            # the backing inode number, as `use_ino` gives the path API: git's index, tar and cp -a compare
+            # them with what they saw natively. Never reused while we hold it: the O_PATH descriptor keeps
+            # the inode alive. Only a file numbered like the root (1) gets a number from past 2**63.
+            node_id = st.st_ino
+            if node_id == pyfuse3.ROOT_INODE or node_id in self.nodes:
+                node_id, self.next_id = self.next_id, self.next_id + 1
             node = self.nodes[node_id] = Node(fd, key, 0, st.st_mode)
             self.ids[key] = node_id
         node.lookups += 1
