@@ -10,6 +10,7 @@ it mounts, one after the other, the same backing directory as
             asked of the monitor (whose fast path answers repeats)
   nokcache  mediated, libfuse's default caching (no kernel_cache, 1 s attribute/entry timeouts)
   longttl   mediated with 86,400 s attribute/entry timeouts instead of 10 s (not in the default --modes)
+  writeback mediated with the kernel's writeback cache (not in the default --modes; see _with_writeback_cache)
 The binding `pyfuse3` (libfuse3's low-level API, bench/pyfuse3_passthrough.py) has the mode `naive` only;
 `passthrough_hp` (libfuse's C example, the path in $IFC_BENCH_PASSTHROUGH_HP) the modes `passthrough` and
 `nopassthrough`.
@@ -127,6 +128,30 @@ class Naive:
                                             "f_ffree", "f_favail", "f_namemax")}
 
 
+WRITEBACK_CACHE = 1 << 16  # FUSE_CAP_WRITEBACK_CACHE in libfuse 3's fuse_common.h
+
+
+def _with_writeback_cache(ops) -> None:
+    """The `writeback` mode (a measurement only, not the product): ask the kernel for its writeback cache at
+    init, and open the backing file as the kernel then needs — a write-only open read-write (the kernel reads
+    through any writable handle to fill partial pages) and without O_APPEND (the kernel appends itself and
+    sends absolute offsets, which pwrite on an O_APPEND descriptor would ignore)."""
+    backing_open = ops.backing.open
+
+    def open_for_writeback(rel, flags, mode=0):
+        if flags & os.O_ACCMODE == os.O_WRONLY:
+            flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+        return backing_open(rel, flags & ~os.O_APPEND, mode)
+
+    def init_with_config(conn, config):
+        if conn is not None:
+            conn.want |= WRITEBACK_CACHE
+        ops.init("/")
+
+    ops.backing.open = open_for_writeback
+    ops.init_with_config = init_with_config
+
+
 def serve(mode: str, binding_name: str, src: str, mnt: str, run_dir: str) -> None:
     if binding_name == "pyfuse3":  # the low-level API (bench/pyfuse3_passthrough.py): a passthrough only
         if mode != "naive":
@@ -159,6 +184,8 @@ def serve(mode: str, binding_name: str, src: str, mnt: str, run_dir: str) -> Non
             monitor = Monitor(policy, agent=policy.agents["coder"], labels=LabelStore(f"{run_dir}/labels.db"),
                               log=EventLog(f"{run_dir}/events.db"))
         ops = EnforcingFS(src, monitor, context=binding.context, mountpoint=mnt)
+        if mode == "writeback":
+            _with_writeback_cache(ops)
         if mode == "nokcache":
             options = MountOptions(kernel_cache=False, attr_timeout=1.0, entry_timeout=1.0)
         elif mode == "longttl":
