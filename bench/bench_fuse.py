@@ -11,7 +11,8 @@ it mounts, one after the other, the same backing directory as
   nokcache  mediated, libfuse's default caching (no kernel_cache, 1 s attribute/entry timeouts)
   longttl   mediated with 86,400 s attribute/entry timeouts instead of 10 s (not in the default --modes)
   writeback mediated with the kernel's writeback cache (not in the default --modes; see _with_writeback_cache)
-The binding `pyfuse3` (libfuse3's low-level API, bench/pyfuse3_passthrough.py) has the mode `naive` only;
+The binding `pyfuse3` (libfuse3's low-level API, bench/pyfuse3_passthrough.py) has the modes `naive` (on trio)
+and `asyncio` (the same passthrough on pyfuse3's asyncio loop);
 `passthrough_hp` (libfuse's C example, the path in $IFC_BENCH_PASSTHROUGH_HP) the modes `passthrough` and
 `nopassthrough`.
 and runs: 200 MB sequential write and read (cold: first read through the mount; warm: again), 2,000 small
@@ -154,11 +155,11 @@ def _with_writeback_cache(ops) -> None:
 
 def serve(mode: str, binding_name: str, src: str, mnt: str, run_dir: str) -> None:
     if binding_name == "pyfuse3":  # the low-level API (bench/pyfuse3_passthrough.py): a passthrough only
-        if mode != "naive":
-            raise SystemExit(f"bench_fuse: binding pyfuse3 has only the mode `naive`, not `{mode}`")
+        if mode not in ("naive", "asyncio"):
+            raise SystemExit(f"bench_fuse: binding pyfuse3 has the modes naive (trio) and asyncio, not `{mode}`")
         from pyfuse3_passthrough import serve as serve_lowlevel
 
-        serve_lowlevel(src, mnt)
+        serve_lowlevel(src, mnt, loop="asyncio" if mode == "asyncio" else "trio")
         return
     if binding_name == "passthrough_hp":  # libfuse's own C example daemon (see PASSTHROUGH_HP)
         if mode not in ("passthrough", "nopassthrough"):

@@ -19,11 +19,13 @@ Columns, each a fresh mount of the same backing directory (bench_fuse's daemons,
   native    the backing directory itself
   bare      `EnforcingFS` without a monitor: containment, no decisions (the binding's own cost)
   mediated  `EnforcingFS` with the reference monitor on policies/default.flow, agent `coder`
-and, named BINDING/MODE in `--columns`, any of bench_fuse's daemons: `mfusepy3/naive` is a textbook
-path-API passthrough on mfusepy, `pyfuse3/naive` the low-level-API passthrough of bench/pyfuse3_passthrough.py
-(inodes, READDIRPLUS; needs the `bench` extra's pyfuse3) — the binding's cost without containment, side by side;
-`passthrough_hp/passthrough` and `passthrough_hp/nopassthrough` are libfuse's compiled example daemon with and
-without FUSE passthrough (the binary's path in $IFC_BENCH_PASSTHROUGH_HP; libfuse >= 3.16, built from source).
+and, named BINDING/MODE in `--columns`, any of bench_fuse's daemons (each a binding's cost without
+containment): `mfusepy3/naive` a textbook path-API passthrough on mfusepy; `pyfuse3/naive` the low-level-API
+passthrough of bench/pyfuse3_passthrough.py (inodes, READDIRPLUS; the `bench` extra's pyfuse3) on trio,
+`pyfuse3/asyncio` the same on asyncio; `passthrough_hp/passthrough` and `passthrough_hp/nopassthrough`
+libfuse's compiled example daemon with and without FUSE passthrough (the binary's path in
+$IFC_BENCH_PASSTHROUGH_HP; libfuse >= 3.16, built from source); `mfusepy3/longttl` and `mfusepy3/writeback`
+mediated with 1-day timeouts or the writeback cache (docs/benchmarks.md, issue 16 part 2).
 Rounds alternate the columns, so drift on this shared machine hits all alike; the table shows medians and
 ratios to native (1.00 = native; issue 16's goal is <= 1.5). The in-VM columns are not measured here.
 `--markdown` prints the same as a Markdown table (what bench_revisions.py compares between two trees).

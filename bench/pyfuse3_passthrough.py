@@ -301,13 +301,13 @@ class Passthrough(pyfuse3.Operations):
         return out
 
 
-def serve(src: str, mnt: str, timeout: float = 10.0) -> None:
-    """Mount `src` at `mnt` and serve until SIGTERM/SIGINT, then unmount."""
-    ops = Passthrough(src, timeout)
-    options = set(pyfuse3.default_options) | {f"fsname=ifc-bench:{src}", "subtype=pyfuse3"}
-    if os.geteuid() == 0:
-        options.add("allow_other")
-    pyfuse3.init(ops, mnt, options)
+def serve(src: str, mnt: str, timeout: float = 10.0, loop: str = "trio") -> None:
+    """Mount `src` at `mnt` and serve until SIGTERM/SIGINT, then unmount; `loop` is pyfuse3's event loop,
+    trio (its default) or asyncio (`pyfuse3.asyncio`)."""
+    if loop == "asyncio":
+        _serve_asyncio(src, mnt, timeout)
+        return
+    _mount(src, mnt, timeout)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -327,13 +327,41 @@ def serve(src: str, mnt: str, timeout: float = 10.0) -> None:
         pyfuse3.close(unmount=True)
 
 
+def _mount(src: str, mnt: str, timeout: float) -> None:
+    options = set(pyfuse3.default_options) | {f"fsname=ifc-bench:{src}", "subtype=pyfuse3"}
+    if os.geteuid() == 0:
+        options.add("allow_other")
+    pyfuse3.init(Passthrough(src, timeout), mnt, options)
+
+
+def _serve_asyncio(src: str, mnt: str, timeout: float) -> None:
+    import asyncio
+
+    import pyfuse3.asyncio as pyfuse3_asyncio
+
+    pyfuse3_asyncio.enable()
+    _mount(src, mnt, timeout)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, pyfuse3.terminate)
+        await pyfuse3.main()
+
+    try:
+        asyncio.run(run())
+    finally:
+        pyfuse3.close(unmount=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src")
     parser.add_argument("mnt")
     parser.add_argument("--timeout", type=float, default=10.0, help="entry/attribute/negative timeouts, seconds")
+    parser.add_argument("--loop", choices=("trio", "asyncio"), default="trio")
     args = parser.parse_args()
-    serve(args.src, args.mnt, args.timeout)
+    serve(args.src, args.mnt, args.timeout, args.loop)
     return 0
 
 
