@@ -9,6 +9,12 @@ it mounts, one after the other, the same backing directory as
   mediated  `EnforcingFS` with the reference monitor on policies/default.flow (agent `coder`): every open
             asked of the monitor (whose fast path answers repeats)
   nokcache  mediated, libfuse's default caching (no kernel_cache, 1 s attribute/entry timeouts)
+  longttl   mediated with 86,400 s attribute/entry timeouts instead of 10 s (not in the default --modes)
+  writeback mediated with the kernel's writeback cache (not in the default --modes; see _with_writeback_cache)
+The binding `pyfuse3` (libfuse3's low-level API, bench/pyfuse3_passthrough.py) has the modes `naive` (on trio)
+and `asyncio` (the same passthrough on pyfuse3's asyncio loop);
+`passthrough_hp` (libfuse's C example, the path in $IFC_BENCH_PASSTHROUGH_HP) the modes `passthrough` and
+`nopassthrough`.
 and runs: 200 MB sequential write and read (cold: first read through the mount; warm: again), 2,000 small
 files create+write / stat / open+read / unlink (ops/s), and `git status` on a 5,000-file repository
 (median of 3, after one warm-up). It prints a table with ratios to bare passthrough and to native.
@@ -30,8 +36,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 MODES = ("naive", "bare", "mediated", "nokcache")
+# libfuse's example/passthrough_hp (C++, low-level API; built from libfuse >= 3.16's source, which Debian 12 does
+# not ship): the binding `passthrough_hp`, mode `passthrough` (FUSE passthrough: reads and writes go from the
+# kernel to the backing file, never through the daemon; 86,400 s timeouts) or `nopassthrough` (the same daemon
+# serving data itself, with the writeback cache)
+PASSTHROUGH_HP = "IFC_BENCH_PASSTHROUGH_HP"
 CHUNK = 1 << 20
 
 
@@ -99,13 +111,62 @@ class Naive:
     def chmod(self, path, mode):
         os.chmod(self._p(path), mode & 0o7777)
 
+    def chown(self, path, uid, gid):
+        os.chown(self._p(path), uid, gid, follow_symlinks=False)  # tar x as root sets every file's owner
+
+    def readlink(self, path):
+        return os.readlink(self._p(path))
+
+    def symlink(self, target, source):
+        os.symlink(source, self._p(target))
+
+    def link(self, target, source):
+        os.link(self._p(source), self._p(target))
+
     def statfs(self, path):
         sv = os.statvfs(self.root)
         return {k: getattr(sv, k) for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
                                             "f_ffree", "f_favail", "f_namemax")}
 
 
+WRITEBACK_CACHE = 1 << 16  # FUSE_CAP_WRITEBACK_CACHE in libfuse 3's fuse_common.h
+
+
+def _with_writeback_cache(ops) -> None:
+    """The `writeback` mode (a measurement only, not the product): ask the kernel for its writeback cache at
+    init, and open the backing file as the kernel then needs — a write-only open read-write (the kernel reads
+    through any writable handle to fill partial pages) and without O_APPEND (the kernel appends itself and
+    sends absolute offsets, which pwrite on an O_APPEND descriptor would ignore)."""
+    backing_open = ops.backing.open
+
+    def open_for_writeback(rel, flags, mode=0):
+        if flags & os.O_ACCMODE == os.O_WRONLY:
+            flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+        return backing_open(rel, flags & ~os.O_APPEND, mode)
+
+    def init_with_config(conn, config):
+        if conn is not None:
+            conn.want |= WRITEBACK_CACHE
+        ops.init("/")
+
+    ops.backing.open = open_for_writeback
+    ops.init_with_config = init_with_config
+
+
 def serve(mode: str, binding_name: str, src: str, mnt: str, run_dir: str) -> None:
+    if binding_name == "pyfuse3":  # the low-level API (bench/pyfuse3_passthrough.py): a passthrough only
+        if mode not in ("naive", "asyncio"):
+            raise SystemExit(f"bench_fuse: binding pyfuse3 has the modes naive (trio) and asyncio, not `{mode}`")
+        from pyfuse3_passthrough import serve as serve_lowlevel
+
+        serve_lowlevel(src, mnt, loop="asyncio" if mode == "asyncio" else "trio")
+        return
+    if binding_name == "passthrough_hp":  # libfuse's own C example daemon (see PASSTHROUGH_HP)
+        if mode not in ("passthrough", "nopassthrough"):
+            raise SystemExit(f"bench_fuse: passthrough_hp has the modes passthrough and nopassthrough, not `{mode}`")
+        exe = os.environ[PASSTHROUGH_HP]
+        extra = ["--nopassthrough"] if mode == "nopassthrough" else []
+        os.execv(exe, [exe, "--foreground", *extra, "-o", "allow_other,default_permissions", src, mnt])
     from ifc.enforce.mount import MountOptions, load_binding
     from ifc.enforce.mount import serve as serve_mount
 
@@ -124,8 +185,12 @@ def serve(mode: str, binding_name: str, src: str, mnt: str, run_dir: str) -> Non
             monitor = Monitor(policy, agent=policy.agents["coder"], labels=LabelStore(f"{run_dir}/labels.db"),
                               log=EventLog(f"{run_dir}/events.db"))
         ops = EnforcingFS(src, monitor, context=binding.context, mountpoint=mnt)
+        if mode == "writeback":
+            _with_writeback_cache(ops)
         if mode == "nokcache":
             options = MountOptions(kernel_cache=False, attr_timeout=1.0, entry_timeout=1.0)
+        elif mode == "longttl":
+            options = MountOptions(attr_timeout=86400.0, entry_timeout=86400.0)
     serve_mount(ops, mnt, binding, src, options)
 
 

@@ -1,6 +1,7 @@
 """Everyday developer workloads: native vs bare FUSE binding vs mediated mount, side by side in one run.
 
     .venv/bin/python bench/bench_workloads.py [--files 5500] [--rounds 3] [--binding mfusepy3]
+        [--columns bare,mediated,mfusepy3/naive,pyfuse3/naive]
 
 The workloads of issue 16 on a synthetic project tree (N Python-like source files in nested packages plus a
 tarball, scaled to run in minutes here), each on a backing directory on tmpfs (/dev/shm):
@@ -18,6 +19,13 @@ Columns, each a fresh mount of the same backing directory (bench_fuse's daemons,
   native    the backing directory itself
   bare      `EnforcingFS` without a monitor: containment, no decisions (the binding's own cost)
   mediated  `EnforcingFS` with the reference monitor on policies/default.flow, agent `coder`
+and, named BINDING/MODE in `--columns`, any of bench_fuse's daemons (each a binding's cost without
+containment): `mfusepy3/naive` a textbook path-API passthrough on mfusepy; `pyfuse3/naive` the low-level-API
+passthrough of bench/pyfuse3_passthrough.py (inodes, READDIRPLUS; the `bench` extra's pyfuse3) on trio,
+`pyfuse3/asyncio` the same on asyncio; `passthrough_hp/passthrough` and `passthrough_hp/nopassthrough`
+libfuse's compiled example daemon with and without FUSE passthrough (the binary's path in
+$IFC_BENCH_PASSTHROUGH_HP; libfuse >= 3.16, built from source); `mfusepy3/longttl` and `mfusepy3/writeback`
+mediated with 1-day timeouts or the writeback cache (docs/benchmarks.md, issue 16 part 2).
 Rounds alternate the columns, so drift on this shared machine hits all alike; the table shows medians and
 ratios to native (1.00 = native; issue 16's goal is <= 1.5). The in-VM columns are not measured here.
 `--markdown` prints the same as a Markdown table (what bench_revisions.py compares between two trees).
@@ -131,6 +139,8 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=5500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--binding", default="mfusepy3")
+    parser.add_argument("--columns", default="bare,mediated",
+                        help="the FUSE columns after native: MODE (with --binding) or BINDING/MODE, comma-separated")
     parser.add_argument("--quick", action="store_true", help="800 files, one round")
     parser.add_argument("--markdown", action="store_true",
                         help="a Markdown table (seconds per column; bench_revisions.py reads it)")
@@ -139,6 +149,19 @@ def main() -> int:
         args.files, args.rounds = 800, 1
     if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
         print("bench_workloads: skipped: needs root and /dev/fuse")
+        return 0
+    columns = [c if "/" in c else f"{args.binding}/{c}" for c in args.columns.split(",")]
+    if any(c.startswith("pyfuse3/") for c in columns):
+        try:
+            import pyfuse3  # noqa: F401
+        except ImportError:
+            print("bench_workloads: skipped: the pyfuse3 column needs `pip install pyfuse3` (the bench extra; "
+                  "it builds against libfuse3: `apt-get install libfuse3-dev pkg-config gcc`)")
+            return 0
+    if any(c.startswith("passthrough_hp/") for c in columns) and not os.access(
+            os.environ.get("IFC_BENCH_PASSTHROUGH_HP", ""), os.X_OK):
+        print("bench_workloads: skipped: the passthrough_hp columns need $IFC_BENCH_PASSTHROUGH_HP, the path of "
+              "libfuse's example/passthrough_hp built from libfuse >= 3.16's source (meson, ninja, g++)")
         return 0
     for tool in ("git", "tar", "rsync"):
         if not shutil.which(tool):
@@ -153,11 +176,13 @@ def main() -> int:
         inputs = make_inputs(f"{base}/inputs", args.files)
         for round_ in range(args.rounds):
             runs.setdefault("native", []).append(one_pass(src, inputs))
-            for mode in ("bare", "mediated"):
-                run_dir = tempfile.mkdtemp(prefix=f"run-{mode}-", dir=base)
-                mount = Mount(mode, args.binding, src, mnt, run_dir)
+            for column in columns:
+                binding, _, mode = column.partition("/")
+                run_dir = tempfile.mkdtemp(prefix=f"run-{binding}-{mode}-", dir=base)
+                mount = Mount(mode, binding, src, mnt, run_dir)
                 try:
-                    runs.setdefault(mode, []).append(one_pass(mnt, inputs))
+                    name = mode if binding == args.binding and mode in ("bare", "mediated") else f"{binding} {mode}"
+                    runs.setdefault(name, []).append(one_pass(mnt, inputs))
                 finally:
                     mount.close()
             print(f"  done: round {round_ + 1} of {args.rounds}", file=sys.stderr)
@@ -172,12 +197,13 @@ def table(runs: dict[str, list[dict[str, float]]], args) -> None:
     cols = list(medians)
     print(f"Workloads on a {args.files}-file tree, binding {args.binding}, median of {args.rounds} round(s); "
           "seconds, and ratio to native (lower is better)")
-    print("workload".ljust(20) + "".join(c.rjust(12) for c in cols) + "".join(f"{c}/native".rjust(18)
-                                                                         for c in cols[1:]))
+    width = {c: max(12, len(c) + 2) for c in cols}  # named columns (BINDING MODE) are wider than the numbers
+    print("workload".ljust(20) + "".join(c.rjust(width[c]) for c in cols)
+          + "".join(f"{c}/native".rjust(width[c] + 7) for c in cols[1:]))
     for name in medians["native"]:
         native = medians["native"][name]
-        cells = "".join(f"{medians[c][name]:.3f}".rjust(12) for c in cols)
-        ratios = "".join(f"{medians[c][name] / native:.2f}x".rjust(18) for c in cols[1:])
+        cells = "".join(f"{medians[c][name]:.3f}".rjust(width[c]) for c in cols)
+        ratios = "".join(f"{medians[c][name] / native:.2f}x".rjust(width[c] + 7) for c in cols[1:])
         print(name.ljust(20) + cells + ratios)
 
 

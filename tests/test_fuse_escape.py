@@ -280,6 +280,29 @@ def test_a_create_over_a_file_the_kernel_thinks_absent_is_an_open_of_that_file(b
         assert daemon.stop() == 0
 
 
+def test_a_file_the_host_replaces_during_a_run_is_read_and_decided_as_what_it_now_is(base):
+    """The kernel caches a name's entry, attributes and pages (10 s, `kernel_cache`). A host process that
+    replaces the backing file behind the mount (here: renames a hard link of a secret key over a public name)
+    must not leave the sandbox reading the old file under that name, nor the new one under the old file's
+    decision: the next open is decided for the object the name now is (its labels joined with the key's, so
+    reading it taints the run) and serves that object's content. A design that keeps inodes for cached
+    entries (libfuse's low-level API, docs/benchmarks.md "Part 2") serves the old file here."""
+    ws = os.path.join(base, "ws", "src")
+    Path(ws, "swap_key.pem").write_text("-----BEGIN SWAP KEY-----\n")
+    Path(ws, "swap.txt").write_text("public\n")
+    daemon, mnt, run = mount(base, "swap")
+    try:
+        name = os.path.join(mnt, "src", "swap.txt")
+        assert _read(name) == "public\n"  # entry, attributes and pages now cached by the kernel
+        os.link(os.path.join(ws, "swap_key.pem"), os.path.join(ws, "swap.new"))
+        os.rename(os.path.join(ws, "swap.new"), os.path.join(ws, "swap.txt"))
+        assert _read(name) == "-----BEGIN SWAP KEY-----\n"
+        Path(mnt, "src", "after_swap.txt").write_text("written after reading swap.txt\n")
+        assert "secret" in labels(run).get("src/after_swap.txt", ""), labels(run)
+    finally:
+        assert daemon.stop() == 0
+
+
 def test_per_process_token_is_its_own_subject(base):
     import caps
 
