@@ -21,7 +21,7 @@ Columns, each a fresh mount of the same backing directory (bench_fuse's daemons,
   mediated  `EnforcingFS` with the reference monitor on policies/default.flow, agent `coder`
 and, named BINDING/MODE in `--columns`, any of bench_fuse's daemons (each a binding's cost without
 containment): `mfusepy3/naive` a textbook path-API passthrough on mfusepy; `pyfuse3/naive` the low-level-API
-passthrough of bench/pyfuse3_passthrough.py (inodes, READDIRPLUS; the `bench` extra's pyfuse3) on trio,
+passthrough of bench/pyfuse3_passthrough.py (inodes, READDIRPLUS; pyfuse3, the `lowlevel` extra) on trio,
 `pyfuse3/asyncio` the same on asyncio; `passthrough_hp/passthrough` and `passthrough_hp/nopassthrough`
 libfuse's compiled example daemon with and without FUSE passthrough (the binary's path in
 $IFC_BENCH_PASSTHROUGH_HP; libfuse >= 3.16, built from source); `mfusepy3/longttl` and `mfusepy3/writeback`
@@ -155,7 +155,7 @@ def main() -> int:
         try:
             import pyfuse3  # noqa: F401
         except ImportError:
-            print("bench_workloads: skipped: the pyfuse3 column needs `pip install pyfuse3` (the bench extra; "
+            print("bench_workloads: skipped: the pyfuse3 column needs `pip install -e .[lowlevel]` (pyfuse3; "
                   "it builds against libfuse3: `apt-get install libfuse3-dev pkg-config gcc`)")
             return 0
     if any(c.startswith("passthrough_hp/") for c in columns) and not os.access(

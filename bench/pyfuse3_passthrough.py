@@ -13,7 +13,7 @@ kept across opens (`keep_cache`, as `kernel_cache`). pyfuse3 runs the handlers a
 Not a product: no monitor, no ownership of new files (they belong to the daemon's user), no xattrs; symlinks
 are created, listed and read but their own times/modes are not set. bench_workloads.py runs it as the
 `lowlevel` column (`--modes`), and bench_fuse.py's `--serve` starts it for the binding `pyfuse3`.
-Needs `pip install pyfuse3` (the `bench` extra), which builds against libfuse3's headers: on Debian
+Needs the `lowlevel` extra (`pip install -e .[lowlevel]`: pyfuse3), which builds against libfuse3's headers: on Debian
 `apt-get install libfuse3-dev pkg-config gcc`.
 """
 
