@@ -96,14 +96,16 @@ class Pane:
         self.tmux("resize-window", "-t", "run", "-x", str(cols), "-y", str(rows))
 
     def exit_status(self) -> int | None:
-        """None while the command runs; its exit status, or minus the signal that ended it (-1 when tmux does not
-        say which)."""
+        """None while the command runs; its exit status, or minus the signal that ended it. tmux calls a pane dead
+        once its terminal closes, which can come before it has reaped the command: until then it has neither a
+        status nor a signal, and the command counts as running (tmux before 3.4 never names the signal, so a
+        command a signal ended there times out the caller's wait, showing the screen)."""
         shown = self.tmux("display-message", "-p", "-t", "run",
                           "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}").strip()
         dead, status, signal = shown.split(":")
-        if dead != "1":
+        if dead != "1" or not (status or signal):
             return None
-        return int(status) if status else -int(signal or 1)  # tmux before 3.4 has no pane_dead_signal
+        return int(status) if status else -int(signal)
 
     def close(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
