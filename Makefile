@@ -27,7 +27,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@$(BIN)/ruff check -q ifc caps vmm tests bench
-	@$(BIN)/python -m pytest
+	@$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	@$(BIN)/ruff check ifc caps vmm tests bench

@@ -14,6 +14,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The modules that boot microVMs or start real agents: under pytest-xdist (`make test` runs two workers) they
+# share one worker, so two TCG guests never compete for the two cores and each agent is installed once.
+SERIAL_MODULES = ("test_vm", "test_agent")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup`, a module's tests stay together on one worker (module fixtures such as a live
+    mount or an installed agent are built once), and the heavy modules stay together on one."""
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        group = "microvm-and-agents" if module.startswith(SERIAL_MODULES) else item.nodeid.partition("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_state_dir(tmp_path_factory):
     os.environ["IFC_STATE_DIR"] = str(tmp_path_factory.mktemp("ifc-state"))

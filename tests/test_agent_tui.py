@@ -50,9 +50,12 @@ class Pane:
                               capture_output=True, text=True).stdout
 
     def start(self, argv: list[str], env: dict[str, str], cols: int, rows: int, script: Path) -> None:
-        script.write_text(f"cd {shlex.quote(str(ROOT))}\nexec env -i {shlex.join(f'{k}={v}' for k, v in env.items())}"
-                          f" {shlex.join(argv)}\n")
-        self.tmux("new-session", "-d", "-s", "run", "-x", str(cols), "-y", str(rows), "sh", str(script))
+        """bash runs the command and writes its status (128 + the signal's number when a signal ended it), which
+        tmux before 3.4 does not say; bash sees a Ctrl-C too, and ends as its command did (it waits for it)."""
+        self.status = script.with_suffix(".status")
+        script.write_text(f"cd {shlex.quote(str(ROOT))}\nenv -i {shlex.join(f'{k}={v}' for k, v in env.items())}"
+                          f" {shlex.join(argv)}\necho $? > {shlex.quote(str(self.status))}\n")
+        self.tmux("new-session", "-d", "-s", "run", "-x", str(cols), "-y", str(rows), "bash", str(script))
 
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "run")
@@ -66,8 +69,14 @@ class Pane:
             if test(screen):
                 return screen
             if time.monotonic() > deadline or self.exit_status() is not None:
-                pytest.fail(f"not on the screen after {timeout:.0f} s: {seen!r}\n{screen}")
+                pytest.fail(f"not on the screen after {timeout:.0f} s: {seen!r}\n{screen}\n{self.processes()}")
             time.sleep(0.5)
+
+    def processes(self) -> str:
+        """What still runs in the pane's session (where a command that will not end is waiting)."""
+        leader = self.tmux("display-message", "-p", "-t", "run", "#{pane_pid}").strip()
+        return subprocess.run(["ps", "-o", "pid,stat,wchan:20,args", "-s", leader], capture_output=True,
+                              text=True).stdout
 
     def keys(self, *keys: str) -> None:
         for key in keys:
@@ -96,16 +105,10 @@ class Pane:
         self.tmux("resize-window", "-t", "run", "-x", str(cols), "-y", str(rows))
 
     def exit_status(self) -> int | None:
-        """None while the command runs; its exit status, or minus the signal that ended it. tmux calls a pane dead
-        once its terminal closes, which can come before it has reaped the command: until then it has neither a
-        status nor a signal, and the command counts as running (tmux before 3.4 never names the signal, so a
-        command a signal ended there times out the caller's wait, showing the screen)."""
-        shown = self.tmux("display-message", "-p", "-t", "run",
-                          "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}").strip()
-        dead, status, signal = shown.split(":")
-        if dead != "1" or not (status or signal):
+        """None while the command runs, else its exit status (-1: bash itself was ended by a signal)."""
+        if self.tmux("display-message", "-p", "-t", "run", "#{pane_dead}").strip() != "1":
             return None
-        return int(status) if status else -int(signal)
+        return int(self.status.read_text()) if self.status.exists() else -1
 
     def close(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):

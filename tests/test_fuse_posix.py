@@ -283,11 +283,14 @@ def test_a_live_mount_is_not_mounted_over(dirs):
     src, mnt, _, run, daemon = dirs
     import sys
 
+    _write(os.path.join(mnt, "served-before"), b"kept")
     result = subprocess.run([sys.executable, "-m", "ifc", "mount", "--policy", str(POLICY), "--run-dir", run + "2",
                              src, mnt], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "already a FUSE mount" in result.stderr
-    assert daemon.proc.poll() is None and os.path.isdir(os.path.join(mnt, "posix"))
+    assert daemon.proc.poll() is None
+    with open(os.path.join(mnt, "served-before"), "rb") as served:
+        assert served.read() == b"kept"
 
 
 def _modes_under_umask(base: str, umask: int) -> dict[str, str]:
