@@ -2,13 +2,14 @@
 `ifc run --preset NAME` (no print mode), so the pane's terminal is the run's terminal; keys typed with
 `tmux send-keys`, the screen read with `tmux capture-pane`, the window resized with `tmux resize-window`.
 
-Claude Code in the microVM (TCG here; one boot): its first-start questions answered (trust the workspace, use
-the key, which is the sentinel), a prompt typed and the scripted model's answer rendered, a resize redrawn at the
-new width (the guest's terminal got the size and the agent its SIGWINCH), a tool call approved, Ctrl-C twice
-ending the agent, and `ifc run` exiting with its status and nothing of the run left (mount, helpers, the hook's
-port). The home is kept (`--keep-state`): what the session wrote in the VM is on the host for the next run, and
-so is the taint of what it read — the VM session stashed a key file in its home, and the next run, resuming
-that session with the key in its home, is refused the model from its first request: nothing of it can leave."""
+Claude Code in the microVM (TCG here; one boot): its first-start question answered (trust the workspace; the key,
+the run's sentinel, is approved by the run: tests/test_agent_key_approval.py), a prompt typed and the scripted
+model's answer rendered, a resize redrawn at the new width (the guest's terminal got the size and the agent its
+SIGWINCH), a tool call approved, Ctrl-C twice ending the agent, and `ifc run` exiting with its status and nothing of
+the run left (mount, helpers, the hook's port). The home is kept (`--keep-state`): what the session wrote in the VM
+is on the host for the next run, and so is the taint of what it read — the VM session stashed a key file in its
+home, and the next run, resuming that session with the key in its home, is refused the model from its first request:
+nothing of it can leave."""
 
 from __future__ import annotations
 
@@ -170,12 +171,12 @@ def test_claude_code_tui_in_microvm_and_its_kept_home(tmp_path, pane, claude_cod
         env = {**image_env, "IFC_AGENT_CACHE": str(claude_code), "ANTHROPIC_API_KEY": REAL_KEY}
         pane.start([*ifc, "--run-dir", str(run_dir)], env, 100, 30, tmp_path / "pane.sh")
 
-        # its first start in a fresh home: onboarding is done (the preset's settings), these two are the user's
+        # its first start in a fresh home: onboarding is done and the run's sentinel approved (the preset's
+        # settings, merged into the kept home); which folder it may work in is the user's
         pane.wait("Yes, I trust this folder", 180)
         pane.choose("Yes, I trust this folder", "1")
-        pane.wait("Do you want to use this API key?")  # the sentinel: new each run
-        pane.choose("Do you want to use this API key?", "1")
-        pane.wait("for shortcuts")
+        screen = pane.wait(lambda s: "for shortcuts" in s or "Do you want to use this API key?" in s)
+        assert "Do you want to use this API key?" not in screen, screen
         assert rule(100)(pane.screen())
 
         pane.type("what is wrong with calc?")
