@@ -13,7 +13,7 @@ log holds each denial, and `ifc report` names the command the agent ran for each
 process; egress denials carry the sandbox process that held the connection (in namespaces, from the kernel's
 socket table; in the microVM, matched by time from the guest's exec reports). Codex CLI and Gemini CLI, in
 namespaces, install the same package mid-session and follow the same issue, their presets refusing each channel by
-rule or grant."""
+rule or grant; and Codex with its built-in provider falls back from its refused websocket at once."""
 
 from __future__ import annotations
 
@@ -335,9 +335,8 @@ def test_claude_code_channels_in_microvm(tmp_path, served, claude_code, image_en
 
 # ------------------------------------------------------------------------------------------ Codex CLI
 
-# the OpenAI provider as Codex's own config defines one, without websockets: Codex would first try one for 16 s of
-# backoff (refused where the key is bound; tests/test_agents.py::test_codex covers that path), which this test
-# has no use for
+# the OpenAI provider as Codex's own config defines one, without websockets: with its built-in one Codex also looks
+# up chatgpt.com at start, retrying for ~9 s here where nothing serves it (test_codex_falls_back_at_once_... below)
 CODEX_SSE = ("-c", 'model_provider="ifc"', "-c", 'model_providers.ifc={name="OpenAI", '
              'base_url="https://api.openai.com/v1", env_key="OPENAI_API_KEY", wire_api="responses", '
              'supports_websockets=false}')
@@ -428,3 +427,25 @@ def test_gemini_channels_in_namespaces(tmp_path, gemini):
             found = [d for d in denials if d["op"] == op and d["target"].startswith(target)]
             assert found and command in (found[0]["process"]["cmdline"] or ""), (op, target, found,
                                                                                   [d["target"] for d in denials])
+
+
+def test_codex_falls_back_at_once_from_its_refused_websocket(tmp_path, codex):
+    """Codex with its built-in OpenAI provider tries the Responses websocket first. The hook refuses an `Upgrade`
+    where the key is bound (it could neither swap nor scrub inside it) with 426, which Codex takes as "use HTTP": one
+    attempt, then its request over SSE with the real key swapped in. (With a 403 it retried six more times over
+    ~10 s first.) The upstream never hears of the upgrade (tests/test_http_codec.py)."""
+    preset = "".join(line for line in (ROOT / "policies" / "codex.flow").read_text().splitlines(True)
+                     if not line.startswith("secret CHATGPT_"))
+    with provider(tmp_path, "api.openai.com", serve_responses, [Say("done")], preset) as served:
+        repo = sample_repo(tmp_path)
+        proc = subprocess.run([sys.executable, "-m", "ifc", "run", "--isolation", "namespace", "--preset", "codex",
+                               "--policy", str(served.policy), "--workspace", str(repo), "--run-dir",
+                               str(tmp_path / "run"), "--hosts", str(served.hosts), "--upstream-ca", str(served.ca),
+                               "--", "exec", "--skip-git-repo-check", "say done"], cwd=ROOT, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=300,
+                              env={**os.environ, "IFC_AGENT_CACHE": str(codex), "OPENAI_API_KEY": REAL_KEY})
+        assert proc.returncode == 0, proc.stderr
+        assert [r.path for r in served.model.seen] == ["/v1/responses"], served.model.seen  # the POST, no upgrade
+        assert served.model.seen[0].headers.get("authorization") == f"Bearer {REAL_KEY}"
+    upgrades = [d for d in report(tmp_path / "run")["denials"] if d["target"].startswith("GET https://api.openai.com")]
+    assert len(upgrades) == 1 and "`Upgrade: websocket`" in upgrades[0]["reason"], upgrades
