@@ -39,11 +39,14 @@ pytestmark = [pytest.mark.integration,
 
 class Pane:
     """One tmux window on a private server (its own socket), whose pane runs a command; the pane stays after the
-    command exits, so its exit status can be read."""
+    command exits, so its exit status can be read. The pane's shell writes that status to a file: tmux (3.3a
+    here) marks a pane dead when its terminal closes and at times never fills in the status of a command that
+    exited 0 (seen with `strace`: `ifc run` exited 0, tmux showed neither a status nor a signal)."""
 
     def __init__(self, where: Path):
         self.socket = f"ifc-tui-{uuid.uuid4().hex[:8]}"
         self.conf = where / "tmux.conf"
+        self.status = where / "pane.status"
         self.conf.write_text("set -g remain-on-exit on\nset -g history-limit 5000\n")
 
     def tmux(self, *args: str) -> str:
@@ -51,8 +54,11 @@ class Pane:
                               capture_output=True, text=True).stdout
 
     def start(self, argv: list[str], env: dict[str, str], cols: int, rows: int, script: Path) -> None:
-        script.write_text(f"cd {shlex.quote(str(ROOT))}\nexec env -i {shlex.join(f'{k}={v}' for k, v in env.items())}"
-                          f" {shlex.join(argv)}\n")
+        # the shell outlives a Ctrl-C meant for the command (a trap, not an ignore: the command gets the default)
+        script.write_text(f"cd {shlex.quote(str(ROOT))}\ntrap true INT\n"
+                          f"env -i {shlex.join(f'{k}={v}' for k, v in env.items())} {shlex.join(argv)}\n"
+                          f"echo $? > {shlex.quote(str(self.status))}.tmp && mv {shlex.quote(str(self.status))}.tmp "
+                          f"{shlex.quote(str(self.status))}\n")
         self.tmux("new-session", "-d", "-s", "run", "-x", str(cols), "-y", str(rows), "sh", str(script))
 
     def screen(self) -> str:
@@ -97,14 +103,18 @@ class Pane:
         self.tmux("resize-window", "-t", "run", "-x", str(cols), "-y", str(rows))
 
     def exit_status(self) -> int | None:
-        """None while the command runs; its exit status, or minus the signal that ended it (-1 when tmux does not
-        say which)."""
+        """None while the command runs; its exit status (128+N: ended by signal N), or minus the signal that ended
+        the pane's shell (-1 when tmux does not say which)."""
+        if self.status.exists():
+            return int(self.status.read_text())
         shown = self.tmux("display-message", "-p", "-t", "run",
                           "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}").strip()
-        dead, status, signal = shown.split(":")
+        dead, _, signal = shown.split(":")
         if dead != "1":
             return None
-        return int(status) if status else -int(signal or 1)  # tmux before 3.4 has no pane_dead_signal
+        if self.status.exists():  # written just before the shell ended
+            return int(self.status.read_text())
+        return -int(signal or 1)  # tmux before 3.4 has no pane_dead_signal
 
     def close(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
