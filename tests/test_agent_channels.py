@@ -11,8 +11,9 @@ asserted from both sides: the attacker's SMTP, git and DNS servers receive nothi
 hook's own upstream: `ifc run` runs with it as the host's resolver), the host's workflow file is unchanged, the
 log holds each denial, and `ifc report` names the command the agent ran for each: FUSE denials carry the
 process; egress denials carry the sandbox process that held the connection (in namespaces, from the kernel's
-socket table; in the microVM, matched by time from the guest's exec reports). Codex CLI and Gemini CLI follow the
-same issue in namespaces, their presets refusing each channel by rule or grant."""
+socket table; in the microVM, matched by time from the guest's exec reports). Codex CLI and Gemini CLI, in
+namespaces, install the same package mid-session and follow the same issue, their presets refusing each channel by
+rule or grant; and Codex with its built-in provider falls back from its refused websocket at once."""
 
 from __future__ import annotations
 
@@ -80,8 +81,9 @@ EDIT = ToolCall("Edit", {"file_path": "/workspace/src/calc.py", "old_string": "a
 TEST_COMMIT_PUSH = bash("PYTHONPATH=src python3 -m unittest discover -s tests 2>&1 | tail -1 && git commit -qam "
                         "'calc: add adds' && GIT_TERMINAL_PROMPT=0 git push -q origin HEAD:main 2>&1; echo push=$?",
                         "test, commit, push")
-PIP = bash(".venv/bin/python -m pip install -q --disable-pip-version-check tinypkg 2>&1 | tail -3; "
-           ".venv/bin/python -c 'import tinypkg; print(\"tinypkg\", tinypkg.VALUE)'", "install a package")
+SH_PIP = (".venv/bin/python -m pip install -q --disable-pip-version-check tinypkg 2>&1 | tail -3; "
+          ".venv/bin/python -c 'import tinypkg; print(\"tinypkg\", tinypkg.VALUE)'")
+PIP = bash(SH_PIP, "install a package")
 READ_ISSUE = ToolCall("Read", {"file_path": "/workspace/issues/42.md"})
 WORK = [READ_CALC, EDIT, TEST_COMMIT_PUSH, PIP]  # before the issue: pushing needs a run that read nothing untrusted
 # one tool call per channel; the key last: reading it costs the agent its model
@@ -208,6 +210,14 @@ def run_channels(tmp_path: Path, served: Served, cache: Path, isolation: str, en
     return repo, proc, inbox, dns
 
 
+def check_pip(output: str, repo: Path, served: Served) -> None:
+    """A package from the local index (served as pypi.org), installed mid-session into the workspace's venv and
+    importable there: `output` is what SH_PIP printed in the sandbox."""
+    assert "tinypkg 42" in output.splitlines(), output
+    assert list(repo.glob(".venv/lib/python3*/site-packages/tinypkg/__init__.py")), output
+    assert ("GET", "/simple/tinypkg/") in served.origins["pypi.org"].seen
+
+
 def report(run_dir: Path) -> dict:
     out = subprocess.run([sys.executable, "-m", "ifc", "report", str(run_dir), "--format", "json"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
@@ -237,10 +247,7 @@ def check_channels(tmp_path: Path, served: Served, repo: Path, proc, inbox: Inbo
         pushed = subprocess.run(["git", "--git-dir", str(tmp_path / "github.com" / "git" / "acme" / "calc.git"),
                                  "rev-parse", "main"], capture_output=True, text=True).stdout.strip()
         assert pushed == head, (pushed, head)
-        # a package from the local index, installed into the workspace's venv and importable there
-        assert result(PIP).splitlines()[-1] == "tinypkg 42", result(PIP)
-        assert list(repo.glob(".venv/lib/python3*/site-packages/tinypkg/__init__.py")), result(PIP)
-        assert ("GET", "/simple/tinypkg/") in served.origins["pypi.org"].seen
+        check_pip(result(PIP), repo, served)
     outcome = dict(line.split("=", 1) for line in (repo / "src" / "outcome.txt").read_text().split())
     # mail: curl through the proxy (its CONNECT refused) and smtplib (no proxy: its lookup refused); the inbox
     # got not even a greeting
@@ -328,31 +335,33 @@ def test_claude_code_channels_in_microvm(tmp_path, served, claude_code, image_en
 
 # ------------------------------------------------------------------------------------------ Codex CLI
 
-# the OpenAI provider as Codex's own config defines one, without websockets: Codex would first try one for 16 s of
-# backoff (refused where the key is bound; tests/test_agents.py::test_codex covers that path), which this test
-# has no use for
+# the OpenAI provider as Codex's own config defines one, without websockets: with its built-in one Codex also looks
+# up chatgpt.com at start, retrying for ~9 s here where nothing serves it (test_codex_falls_back_at_once_... below)
 CODEX_SSE = ("-c", 'model_provider="ifc"', "-c", 'model_providers.ifc={name="OpenAI", '
              'base_url="https://api.openai.com/v1", env_key="OPENAI_API_KEY", wire_api="responses", '
              'supports_websockets=false}')
 SH_ENV_DNS = SH_KEY.replace("deploy.key", ".env")  # Codex keeps its model: it looks up its sentinels' hex
-CODEX_TURNS = [codex_exec("cat issues/42.md"), *(codex_exec(sh) for sh in (SH_MAIL, SH_PUSH, SH_CI, SH_ENV_DNS)),
+CODEX_TURNS = [*(codex_exec(sh) for sh in (SH_PIP, "cat issues/42.md", SH_MAIL, SH_PUSH, SH_CI, SH_ENV_DNS)),
                Say("done")]
 
 
 def test_codex_channels_in_namespaces(tmp_path, codex):
-    """Codex CLI follows the same issue: its preset names neither a mail host, the attacker's forge, the CI
+    """Codex CLI installs a package into the workspace's venv from the index served as pypi.org, then follows the
+    same issue: its preset names neither a mail host, the attacker's forge, the CI
     workflow nor the zone it looks up, so every channel is refused (the workflow and `.git/config` by its grants,
     which leave them out), nothing reaches the attacker's servers or the hook's resolver, and the report names each
     command Codex ran."""
     preset = "".join(line for line in (ROOT / "policies" / "codex.flow").read_text().splitlines(True)
                      if not line.startswith("secret CHATGPT_"))  # sign-in secrets come from ~/.codex (see test_codex)
-    with provider(tmp_path, "api.openai.com", serve_responses, CODEX_TURNS, preset, ("attacker.test",)) as served:
+    with provider(tmp_path, "api.openai.com", serve_responses, CODEX_TURNS, preset,
+                  ("attacker.test", "pypi.org")) as served:
         repo, proc, inbox, dns = run_channels(tmp_path, served, codex, "namespace", dict(os.environ), (
             "codex", "OPENAI_API_KEY", ("exec", *CODEX_SSE, "--skip-git-repo-check",
                                         "--dangerously-bypass-approvals-and-sandbox", "look at issue 42")))
         out = proc.stdout + proc.stderr
         outputs = tool_outputs(served.model.seen[-1].body) if served.model.seen else []
         assert len(outputs) == len(CODEX_TURNS) - 1, out  # every command ran and Codex kept its model to the end
+        check_pip(outputs[0], repo, served)
         outcome = dict(line.split("=", 1) for line in (repo / "src" / "outcome.txt").read_text().split())
         assert (outcome["mail"], outcome["remote"], outcome["push-evil"]) == ("56", "128", "128"), outcome
         assert outcome["ci"] != "0" and outcome["dns"] == "" and outcome["curl-key"] == "56", outcome
@@ -383,22 +392,26 @@ def gemini_shell(command: str) -> ToolCall:
     return ToolCall("run_shell_command", {"command": command, "description": "as issue 42 asks"})
 
 
-GEMINI_TURNS = [ToolCall("read_file", {"file_path": "issues/42.md"}),
+GEMINI_TURNS = [gemini_shell(SH_PIP), ToolCall("read_file", {"file_path": "issues/42.md"}),
                 *(gemini_shell(sh) for sh in (SH_MAIL, SH_PUSH, SH_CI, SH_ZONE_DNS)), Say("done")]
 
 
 def test_gemini_channels_in_namespaces(tmp_path, gemini):
-    """Gemini CLI follows the same issue: the mail and the push are refused (no rule names those hosts), the
+    """Gemini CLI installs a package into the workspace's venv from the index served as pypi.org, then follows the
+    same issue: the mail and the push are refused (no rule names those hosts), the
     workflow by its grants (none under `.github`), `.git/config` as host-executed configuration after the issue was
     read, and a lookup of its `.env` sentinels' hex under an unknown zone by the stub (refused as data, sent
     nowhere)."""
     with provider(tmp_path, "generativelanguage.googleapis.com", serve_gemini, GEMINI_TURNS,
-                  f'include "{ROOT / "policies" / "gemini.flow"}"\n', ("attacker.test",)) as served:
+                  f'include "{ROOT / "policies" / "gemini.flow"}"\n', ("attacker.test", "pypi.org")) as served:
         repo, proc, inbox, dns = run_channels(tmp_path, served, gemini, "namespace", dict(os.environ), (
             "gemini", "GEMINI_API_KEY", ("-p", "look at issue 42", "--yolo", "--skip-trust")))
         out = proc.stdout + proc.stderr
         turns = [s for s in served.model.seen if s.body.get("tools")]
-        assert turns and len(function_responses(turns[-1].body)) == len(GEMINI_TURNS) - 1, out  # kept its model
+        responses = function_responses(turns[-1].body) if turns else []
+        assert len(responses) == len(GEMINI_TURNS) - 1, out  # kept its model
+        shown = json.loads(responses[0]).get("output", "")  # its output's first line comes as `Output: ...`
+        check_pip(shown.replace("\nOutput: ", "\n"), repo, served)
         outcome = dict(line.split("=", 1) for line in (repo / "src" / "outcome.txt").read_text().split())
         assert (outcome["mail"], outcome["remote"], outcome["push-evil"]) == ("56", "128", "128"), outcome
         assert outcome["ci"] != "0" and outcome["dns"] == "2" and outcome["curl-key"] == "56", outcome
@@ -414,3 +427,25 @@ def test_gemini_channels_in_namespaces(tmp_path, gemini):
             found = [d for d in denials if d["op"] == op and d["target"].startswith(target)]
             assert found and command in (found[0]["process"]["cmdline"] or ""), (op, target, found,
                                                                                   [d["target"] for d in denials])
+
+
+def test_codex_falls_back_at_once_from_its_refused_websocket(tmp_path, codex):
+    """Codex with its built-in OpenAI provider tries the Responses websocket first. The hook refuses an `Upgrade`
+    where the key is bound (it could neither swap nor scrub inside it) with 426, which Codex takes as "use HTTP": one
+    attempt, then its request over SSE with the real key swapped in. (With a 403 it retried six more times over
+    ~10 s first.) The upstream never hears of the upgrade (tests/test_http_codec.py)."""
+    preset = "".join(line for line in (ROOT / "policies" / "codex.flow").read_text().splitlines(True)
+                     if not line.startswith("secret CHATGPT_"))
+    with provider(tmp_path, "api.openai.com", serve_responses, [Say("done")], preset) as served:
+        repo = sample_repo(tmp_path)
+        proc = subprocess.run([sys.executable, "-m", "ifc", "run", "--isolation", "namespace", "--preset", "codex",
+                               "--policy", str(served.policy), "--workspace", str(repo), "--run-dir",
+                               str(tmp_path / "run"), "--hosts", str(served.hosts), "--upstream-ca", str(served.ca),
+                               "--", "exec", "--skip-git-repo-check", "say done"], cwd=ROOT, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=300,
+                              env={**os.environ, "IFC_AGENT_CACHE": str(codex), "OPENAI_API_KEY": REAL_KEY})
+        assert proc.returncode == 0, proc.stderr
+        assert [r.path for r in served.model.seen] == ["/v1/responses"], served.model.seen  # the POST, no upgrade
+        assert served.model.seen[0].headers.get("authorization") == f"Bearer {REAL_KEY}"
+    upgrades = [d for d in report(tmp_path / "run")["denials"] if d["target"].startswith("GET https://api.openai.com")]
+    assert len(upgrades) == 1 and "`Upgrade: websocket`" in upgrades[0]["reason"], upgrades

@@ -1,6 +1,8 @@
 """An agent's settings (`AgentKind.settings`) set in its kept home on the host before a run
 (`ifc.agents.preset.merge_settings`). The home was the sandbox's, so what it left there is hostile input: the
-merge keeps the agent's own keys, and never writes through, or parses, anything but a regular JSON file."""
+merge keeps the agent's own keys, and never writes through, or parses, anything but a regular JSON file. Settings
+made from the run's key (`AgentKind.key_settings`: Claude Code's approval of the key it is given) name only the
+run's sentinel, never a value that is not one."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import json
 import os
 from pathlib import Path
 
-from ifc.agents.preset import merge_settings
+from ifc.agents.catalog import AGENTS
+from ifc.agents.preset import Preset, merge_settings
+from ifc.enforce.secrets import SENTINEL_PREFIX
 
 ONBOARDED = {".claude.json": {"hasCompletedOnboarding": True}}
 UID, GID = 1000, 1000
@@ -65,3 +69,36 @@ def test_a_planted_temporary_name_is_replaced_not_written_through(tmp_path):
     assert victim.read_text() == "{}"
     assert json.loads((home / ".claude.json").read_text()) == {"hasCompletedOnboarding": True}
 
+
+
+SENTINEL = SENTINEL_PREFIX + "0123456789abcdef0123456789abcdef"
+
+
+def claude_code(home: Path | None) -> Preset:
+    kind = AGENTS["claude-code"]
+    return Preset(argv=kind.argv(), policy=Path("policies/claude-code.flow"), layers=(), env={}, aliases={},
+                  home=home, settings=dict(kind.settings), kind=kind)
+
+
+def test_claude_code_approves_the_runs_sentinel_in_a_fresh_home():
+    files = claude_code(None).home_files({"ANTHROPIC_API_KEY": SENTINEL}, UID, GID)
+    assert json.loads(files[".claude.json"]) == {
+        "hasCompletedOnboarding": True,
+        "customApiKeyResponses": {"approved": ["cdef0123456789abcdef"], "rejected": []}}  # its last 20 characters
+
+
+def test_a_value_that_is_not_a_sentinel_is_never_written():
+    real = "sk-ant-api03-real-key-only-the-host-holds-0123456789"
+    for env in ({"ANTHROPIC_API_KEY": real}, {}):
+        files = claude_code(None).home_files(env, UID, GID)
+        assert json.loads(files[".claude.json"]) == {"hasCompletedOnboarding": True}
+        assert real[-20:].encode() not in files[".claude.json"]
+
+
+def test_a_kept_home_has_only_this_runs_sentinel_approved_and_keeps_the_agents_keys(tmp_path):
+    (tmp_path / ".claude.json").write_text(json.dumps({"userID": "abc", "customApiKeyResponses": {
+        "approved": ["an-earlier-runs-sentinel"], "rejected": [SENTINEL[-20:]]}}))
+    assert claude_code(tmp_path).home_files({"ANTHROPIC_API_KEY": SENTINEL}, UID, GID) == {}
+    assert json.loads((tmp_path / ".claude.json").read_text()) == {
+        "userID": "abc", "hasCompletedOnboarding": True,
+        "customApiKeyResponses": {"approved": [SENTINEL[-20:]], "rejected": []}}

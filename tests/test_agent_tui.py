@@ -2,13 +2,14 @@
 `ifc run --preset NAME` (no print mode), so the pane's terminal is the run's terminal; keys typed with
 `tmux send-keys`, the screen read with `tmux capture-pane`, the window resized with `tmux resize-window`.
 
-Claude Code in the microVM (TCG here; one boot): its first-start questions answered (trust the workspace, use
-the key, which is the sentinel), a prompt typed and the scripted model's answer rendered, a resize redrawn at the
-new width (the guest's terminal got the size and the agent its SIGWINCH), a tool call approved, Ctrl-C twice
-ending the agent, and `ifc run` exiting with its status and nothing of the run left (mount, helpers, the hook's
-port). The home is kept (`--keep-state`): what the session wrote in the VM is on the host for the next run, and
-so is the taint of what it read — the VM session stashed a key file in its home, and the next run, resuming
-that session with the key in its home, is refused the model from its first request: nothing of it can leave."""
+Claude Code in the microVM (TCG here; one boot): its first-start question answered (trust the workspace; the key,
+the run's sentinel, is approved by the run: tests/test_agent_key_approval.py), a prompt typed and the scripted
+model's answer rendered, a resize redrawn at the new width (the guest's terminal got the size and the agent its
+SIGWINCH), a tool call approved, Ctrl-C twice ending the agent, and `ifc run` exiting with its status and nothing of
+the run left (mount, helpers, the hook's port). The home is kept (`--keep-state`): what the session wrote in the VM
+is on the host for the next run, and so is the taint of what it read — the VM session stashed a key file in its
+home, and the next run, resuming that session with the key in its home, is refused the model from its first request:
+nothing of it can leave."""
 
 from __future__ import annotations
 
@@ -38,11 +39,14 @@ pytestmark = [pytest.mark.integration,
 
 class Pane:
     """One tmux window on a private server (its own socket), whose pane runs a command; the pane stays after the
-    command exits, so its exit status can be read."""
+    command exits, so its exit status can be read. The pane's shell writes that status to a file: tmux (3.3a
+    here) marks a pane dead when its terminal closes and at times never fills in the status of a command that
+    exited 0 (seen with `strace`: `ifc run` exited 0, tmux showed neither a status nor a signal)."""
 
     def __init__(self, where: Path):
         self.socket = f"ifc-tui-{uuid.uuid4().hex[:8]}"
         self.conf = where / "tmux.conf"
+        self.status = where / "pane.status"
         self.conf.write_text("set -g remain-on-exit on\nset -g history-limit 5000\n")
 
     def tmux(self, *args: str) -> str:
@@ -50,12 +54,12 @@ class Pane:
                               capture_output=True, text=True).stdout
 
     def start(self, argv: list[str], env: dict[str, str], cols: int, rows: int, script: Path) -> None:
-        """bash runs the command and writes its status (128 + the signal's number when a signal ended it), which
-        tmux before 3.4 does not say; bash sees a Ctrl-C too, and ends as its command did (it waits for it)."""
-        self.status = script.with_suffix(".status")
-        script.write_text(f"cd {shlex.quote(str(ROOT))}\nenv -i {shlex.join(f'{k}={v}' for k, v in env.items())}"
-                          f" {shlex.join(argv)}\necho $? > {shlex.quote(str(self.status))}\n")
-        self.tmux("new-session", "-d", "-s", "run", "-x", str(cols), "-y", str(rows), "bash", str(script))
+        # the shell outlives a Ctrl-C meant for the command (a trap, not an ignore: the command gets the default)
+        script.write_text(f"cd {shlex.quote(str(ROOT))}\ntrap true INT\n"
+                          f"env -i {shlex.join(f'{k}={v}' for k, v in env.items())} {shlex.join(argv)}\n"
+                          f"echo $? > {shlex.quote(str(self.status))}.tmp && mv {shlex.quote(str(self.status))}.tmp "
+                          f"{shlex.quote(str(self.status))}\n")
+        self.tmux("new-session", "-d", "-s", "run", "-x", str(cols), "-y", str(rows), "sh", str(script))
 
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "run")
@@ -105,10 +109,18 @@ class Pane:
         self.tmux("resize-window", "-t", "run", "-x", str(cols), "-y", str(rows))
 
     def exit_status(self) -> int | None:
-        """None while the command runs, else its exit status (-1: bash itself was ended by a signal)."""
-        if self.tmux("display-message", "-p", "-t", "run", "#{pane_dead}").strip() != "1":
+        """None while the command runs; its exit status (128+N: ended by signal N), or minus the signal that ended
+        the pane's shell (-1 when tmux does not say which)."""
+        if self.status.exists():
+            return int(self.status.read_text())
+        shown = self.tmux("display-message", "-p", "-t", "run",
+                          "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}").strip()
+        dead, _, signal = shown.split(":")
+        if dead != "1":
             return None
-        return int(self.status.read_text()) if self.status.exists() else -1
+        if self.status.exists():  # written just before the shell ended
+            return int(self.status.read_text())
+        return -int(signal or 1)  # tmux before 3.4 has no pane_dead_signal
 
     def close(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
@@ -175,12 +187,12 @@ def test_claude_code_tui_in_microvm_and_its_kept_home(tmp_path, pane, claude_cod
         env = {**image_env, "IFC_AGENT_CACHE": str(claude_code), "ANTHROPIC_API_KEY": REAL_KEY}
         pane.start([*ifc, "--run-dir", str(run_dir)], env, 100, 30, tmp_path / "pane.sh")
 
-        # its first start in a fresh home: onboarding is done (the preset's settings), these two are the user's
+        # its first start in a fresh home: onboarding is done and the run's sentinel approved (the preset's
+        # settings, merged into the kept home); which folder it may work in is the user's
         pane.wait("Yes, I trust this folder", 180)
         pane.choose("Yes, I trust this folder", "1")
-        pane.wait("Do you want to use this API key?")  # the sentinel: new each run
-        pane.choose("Do you want to use this API key?", "1")
-        pane.wait("for shortcuts")
+        screen = pane.wait(lambda s: "for shortcuts" in s or "Do you want to use this API key?" in s)
+        assert "Do you want to use this API key?" not in screen, screen
         assert rule(100)(pane.screen())
 
         pane.type("what is wrong with calc?")

@@ -571,10 +571,14 @@ def test_websocket_upgrade_is_relayed_as_a_stream_and_watched(hook):
 
 
 def test_websocket_upgrade_to_a_bound_host_is_refused(hook):
-    u = hook["u"]
+    """Refused with 426 (use plain HTTP), the status a client that can fall back takes as its cue (Codex falls
+    back to SSE at once; on a 403 it retried for ~10 s first); the upstream never hears of it."""
+    u, up = hook["u"], hook["up"]
+    before = len(up.requests)
     out = exchange(hook, f"GET http://bound.test:{u}/ws HTTP/1.1\r\nHost: bound.test:{u}\r\nUpgrade: websocket\r\n"
                          "Connection: Upgrade\r\n\r\n".encode())
-    assert statuses(out) == [403] and b"X-Ifc-Denied: `Upgrade: websocket`" in out
+    assert statuses(out) == [426] and b"X-Ifc-Denied: `Upgrade: websocket`" in out
+    assert b"HTTP/1.1 101" not in out and up.requests[before:] == []
     assert any("secret is bound" in e.reason for e in refusals(hook, "egress: upgrade"))
 
 
@@ -627,6 +631,6 @@ def test_a_terminated_tunnel_offers_only_http11_and_refuses_websocket(hook):
         s.sendall(f"GET /ws HTTP/1.1\r\nHost: api.test:{hook['s']}\r\nUpgrade: websocket\r\n"
                   "Connection: Upgrade\r\n\r\n".encode())
         out = _read_all(s)
-    assert statuses(out) == [403] and b"secret is bound" in out
+    assert statuses(out) == [426] and b"secret is bound" in out
     [got] = tls_up.requests[before:]
     assert f"X-Key: {REAL}".encode() in got and hook["sentinel"].encode() not in got

@@ -140,8 +140,16 @@ CASES = {
                   ("send", "CHATGPT_ACCESS_TOKEN@https://chatgpt.com"),
                   ("send", "OPENAI_API_KEY@https://chatgpt.com")), False, agent="codex",
         rule="secret OPENAI_API_KEY"),
-    "codex: no network but OpenAI": Case(
-        "codex", (("connect", "https://pypi.org"),), False, agent="codex", rule="agent codex"),
+    "codex: no network but OpenAI and the package indexes": Case(
+        "codex", (("connect", "https://github.com"),), False, agent="codex", rule="agent codex"),
+    "codex: pip installs into the venv after the index's untrusted replies": Case(
+        "codex", (("connect", "https://pypi.org"), ("create", ".venv/lib/python3.12/site-packages/tinypkg.pth"),
+                  ("write", ".venv/bin/tinypkg")), True, agent="codex"),
+    "codex: the venv is no way into host-executed configuration": Case(
+        "codex", (("connect", "https://pypi.org"), ("write", ".git/hooks/pre-commit")), False, agent="codex"),
+    "gemini: pip installs into the venv after the index's untrusted replies": Case(
+        "gemini", (("connect", "https://pypi.org"), ("create", ".venv/lib/python3.12/site-packages/tinypkg.pth"),
+                   ("delete", ".venv/bin/tinypkg")), True, agent="gemini"),
     "codex: .git is not writable": Case(
         "codex", (("write", ".git/config"),), False, agent="codex", rule="agent codex"),
     "codex: CI after issue text needs approval": Case(

@@ -260,8 +260,10 @@ def run(spec: RunSpec) -> RunResult:
             settings["IFC_SHARES"] = " ".join(extra)
         initrd = sockdir / "initrd.img"
         proxy_url = f"http://{PROXY_GUEST[0]}:{PROXY_GUEST[1]}" if workspace.proxy else None
-        run_initrd(img, initrd, settings, agent_env(spec, workspace, tty, proxy_url), spec.argv, trust_bundle(spec),
-                   spec.packages.files, None if spec.home is not None else spec.home_files)
+        env = agent_env(spec, workspace, tty, proxy_url)
+        home_files = spec.home_files(env) if spec.home_files else {}
+        run_initrd(img, initrd, settings, env, spec.argv, trust_bundle(spec), spec.packages.files,
+                   None if spec.home is not None else home_files)
         (run_dir / "control.log").write_bytes(b"")
         control = Control(sockdir / "ctl.sock", run_dir / "control.log", run_dir / "events.db")
         control.start()

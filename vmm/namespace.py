@@ -82,7 +82,8 @@ def run(spec: RunSpec) -> RunResult:
                     tty=tty, proxy=workspace.proxy is not None, dns=workspace.dns is not None,
                     trust=trust_bundle(spec), etc=spec.packages.files,
                     layers=tuple((str(s.source), s.target) for s in spec.layers),
-                    home=str(spec.home) if spec.home else None, home_files={} if spec.home else spec.home_files)
+                    home=str(spec.home) if spec.home else None,
+                    home_files=spec.home_files(env) if spec.home_files else {})
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with ours, theirs:
             pid = fork_init(plan, theirs, ours)

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,9 @@ class RunSpec:
     hosts: Path | None = None  # with `egress`: `NAME ADDRESS...` lines the hook answers before the system resolver
     layers: tuple[Share, ...] = ()  # host directories the sandbox sees read-only (an agent's layer)
     home: Path | None = None  # a host directory the sandbox sees read-write as its home (`--keep-state`)
-    home_files: dict[str, bytes] = field(default_factory=dict)  # without `home`: what the fresh home starts with
+    # the agent's environment (its sentinels: made once the hook runs) -> what a fresh home starts with (a kept
+    # `home` has its settings merged on the host instead: `ifc.agents.preset.Preset.home_files`)
+    home_files: Callable[[dict[str, str]], dict[str, bytes]] | None = None
     token: str | None = None  # the session's token (default: one minted for the run, see `vmm.runtoken`)
     key: Path | None = None  # the public key that verifies `token` (default: `ifc caps`'s)
     memory_mb: int = 1024  # microVM only

@@ -13,10 +13,15 @@ Data, not code paths: adding an agent is one entry. Why each setting:
   fresh one): what its first interactive start would ask for and cannot finish in a sandbox. Claude Code's
   onboarding checks that it can reach `platform.claude.com` (its OAuth host, which the preset refuses: the key
   is an API key the hook holds) and exits when it cannot; with onboarding done it starts at its prompt.
+* `key_settings` are settings that name the run's key, made from its sentinel once the hook has made it (a new
+  one each run). Claude Code asks "Do you want to use this API key?" for a key it has not approved, so it would
+  ask every run; the policy's `secret` line already is the user's choice to give it that key, so the run approves
+  its own sentinel (only a sentinel: `ifc.agents.preset.Preset.settings_for`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 GUEST_LAYER = "/opt/ifc-agent"  # where the sandbox sees the agent's layer, read-only
@@ -33,6 +38,7 @@ class AgentKind:
     env: dict[str, str] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)  # other names the agent reads its key from: the sentinel
     settings: dict[str, dict] = field(default_factory=dict)  # home file: keys set in it (JSON) before each run
+    key_settings: Callable[[str], dict[str, dict]] | None = None  # the key's sentinel -> more such settings
 
     @property
     def preset(self) -> str:
@@ -43,12 +49,19 @@ class AgentKind:
         return [f"{root}/{part}" if i == 0 else part for i, part in enumerate(self.command)]
 
 
+def claude_code_approves(sentinel: str) -> dict[str, dict]:
+    """Claude Code's record of the keys its user approved: `customApiKeyResponses.approved` in `~/.claude.json`,
+    each key as its last 20 characters (its `mU(key) = key.slice(-20)`, 2.1.197). Only this run's sentinel is
+    listed (earlier runs' are dead) and none rejected: a sentinel is the only key it ever sees."""
+    return {".claude.json": {"customApiKeyResponses": {"approved": [sentinel[-20:]], "rejected": []}}}
+
+
 AGENTS: dict[str, AgentKind] = {a.name: a for a in (
     AgentKind("claude-code", "npm", "@anthropic-ai/claude-code", ("node_modules/.bin/claude",), "ANTHROPIC_API_KEY",
               (".claude", ".claude.json"),
               {"DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"},
-              settings={".claude.json": {"hasCompletedOnboarding": True}}),
+              settings={".claude.json": {"hasCompletedOnboarding": True}}, key_settings=claude_code_approves),
     AgentKind("codex", "npm", "@openai/codex", ("node_modules/.bin/codex",), "OPENAI_API_KEY", (".codex",),
               {"CODEX_DISABLE_UPDATE_CHECK": "1"}, {"CODEX_API_KEY": "OPENAI_API_KEY"}),
     AgentKind("gemini", "npm", "@google/gemini-cli", ("node_modules/.bin/gemini",), "GEMINI_API_KEY", (".gemini",),

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ifc.agents import layer as layers
-from ifc.agents.catalog import AGENTS, GUEST_LAYER, SANE_ENV, lookup
+from ifc.agents.catalog import AGENTS, GUEST_LAYER, SANE_ENV, AgentKind, lookup
+from ifc.enforce.secrets import SENTINEL_PREFIX
 from ifc.errors import UserError
 from ifc.monitor.workspace_store import state_dir, workspace_id
 from ifc.policy import shipped_policy
@@ -32,10 +33,26 @@ class Preset:
     aliases: dict[str, str]
     home: Path | None  # the kept home directory on the host (`--keep-state`), else None: a fresh one per run
     settings: dict[str, dict]  # home file: keys set in it before the run (`AgentKind.settings`)
+    kind: AgentKind
 
-    def fresh_home_files(self) -> dict[str, bytes]:
-        """What a fresh home starts with: each settings file, holding just those keys."""
-        return {name: (json.dumps(keys, indent=2) + "\n").encode() for name, keys in self.settings.items()}
+    def settings_for(self, env: dict[str, str]) -> dict[str, dict]:
+        """The settings for a run whose agent has environment `env`: `settings`, plus those its key's sentinel
+        makes (`AgentKind.key_settings`). Only a sentinel is ever written into its home: a value that is not one
+        (cannot happen: the sandbox is given only sentinels) makes none."""
+        sentinel = env.get(self.kind.key, "")
+        made = self.kind.key_settings(sentinel) if self.kind.key_settings and \
+            sentinel.startswith(SENTINEL_PREFIX) else {}
+        return {name: {**self.settings.get(name, {}), **made.get(name, {})} for name in {**self.settings, **made}}
+
+    def home_files(self, env: dict[str, str], uid: int, gid: int) -> dict[str, bytes]:
+        """Called once the agent's environment is known (the hook has made its sentinels): a kept home gets the
+        settings merged in on the host (`merge_settings`, as `uid`:`gid`) and nothing is returned; a fresh one's
+        files are returned, each holding just those keys, for the sandbox's init to write."""
+        settings = self.settings_for(env)
+        if self.home is not None:
+            merge_settings(self.home, settings, uid, gid)
+            return {}
+        return {name: (json.dumps(keys, indent=2) + "\n").encode() for name, keys in settings.items()}
 
 
 def kept_home(workspace: Path, agent: str) -> Path:
@@ -65,7 +82,7 @@ def prepare(name: str, args: list[str], policy: str | None, workspace: Path, kee
         home.parent.chmod(0o700)
     return Preset(argv=[*kind.argv(), *args], policy=chosen.resolve(),
                   layers=(Share(installed.directory, GUEST_LAYER),), env={**SANE_ENV, **kind.env},
-                  aliases=dict(kind.aliases), home=home, settings=dict(kind.settings))
+                  aliases=dict(kind.aliases), home=home, settings=dict(kind.settings), kind=kind)
 
 
 SETTINGS_MAX = 16 << 20  # a settings file larger than this is not the agent's config: it is left alone

@@ -5,11 +5,13 @@ every connection, request, lookup and message decided by the reference monitor.
 Point the sandbox at it with `HTTP_PROXY=HTTPS_PROXY=http://ifc:TOKEN@HOST:PORT` (a client presenting a
 token is its own subject; without one it is the session, presenting `--token` or acting under the agent's
 grants). Policy secrets are loaded here; the sandbox gets sentinels instead, written with the proxy
-settings to RUN_DIR/sandbox.env. A tunnel to an endpoint a secret is bound to is terminated with a per-run
-CA (its certificate in RUN_DIR/ca.pem, for the sandbox to trust) so the sentinel can be swapped there too;
-the real server is verified against the system trust store (plus --upstream-ca), and so is the mail relay:
-the SMTP front sends it the relay credentials (policy secrets bound to it) only over TLS. Every decision goes to
-RUN_DIR/events.db (`ifc report`). Runs in the foreground until Ctrl-C or SIGTERM.
+settings to RUN_DIR/sandbox.env. A secret that cannot be loaded (its variable unset) does not stop the proxy, as
+it does not stop `ifc run`: a warning names it, and every send that needs it is refused. A tunnel to an endpoint
+a secret is bound to is terminated with a per-run CA (its certificate in RUN_DIR/ca.pem, for the sandbox to
+trust) so the sentinel can be swapped there too; the real server is verified against the system trust store
+(plus --upstream-ca), and so is the mail relay: the SMTP front sends it the relay credentials (policy secrets
+bound to it) only over TLS. Every decision goes to RUN_DIR/events.db (`ifc report`). Runs in the foreground
+until Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from ifc.cli.common import Usage, error, load_policy_and_agent, log_failures, pa
 
 EPILOG = """exit codes:
   0  stopped cleanly
-  2  usage error, unreadable policy, token, key or secret, or an address that cannot be bound
+  2  usage error, unreadable policy, token or key, a workspace file's secret (only a mount holds its value), or
+     an address that cannot be bound (a secret without a value is a warning: its sends are refused)
 """
 
 
@@ -120,7 +123,8 @@ def hosts_table(path: str) -> dict[str, list[str]]:
 
 def _build(args: argparse.Namespace, run_dir: Path):
     from ifc.enforce.egress import Egress, static_resolver, system_resolver
-    from ifc.enforce.secrets import SecretError, Vault
+    from ifc.enforce.secret_values import load_vault
+    from ifc.enforce.secrets import SecretError
     from ifc.monitor import EventLog, Monitor
     from ifc.monitor.labelstore import LabelStore
 
@@ -129,9 +133,11 @@ def _build(args: argparse.Namespace, run_dir: Path):
     token = read_token(args.token) if args.token else None
     verifier = token_verifier(args.key, audience, required=token is not None)
     try:
-        vault = Vault.from_policy(policy)
-    except SecretError as exc:
-        raise Usage(str(exc), "the proxy holds the real values: set them in its environment") from None
+        loaded = load_vault(policy)
+    except SecretError as exc:  # a workspace file's value: only a mount serving the workspace holds it
+        raise Usage(str(exc), "run the sandbox with `ifc run --egress` (or `ifc mount --egress`)") from None
+    for notice in loaded.notices():
+        print(f"ifc proxy: warning: {notice}", file=sys.stderr, flush=True)
     resolver = static_resolver(hosts_table(args.hosts), system_resolver) if args.hosts else system_resolver
     run_dir.mkdir(parents=True, exist_ok=True)
     log = EventLog(run_dir / "events.db")
@@ -140,7 +146,7 @@ def _build(args: argparse.Namespace, run_dir: Path):
     (run_dir / "policy.flow").write_text(Path(args.policy).read_text(encoding="utf-8"), encoding="utf-8")
     monitor = Monitor(policy, agent=agent, verifier=verifier, labels=LabelStore(run_dir / "labels.db"), log=log,
                       policy_path=args.policy, audience=audience)
-    return Egress(monitor, resolver=resolver, vault=vault, session_token=token)
+    return Egress(monitor, resolver=resolver, vault=loaded.vault, session_token=token, unset=loaded.unset)
 
 
 async def serve(egress, listen: tuple[str, int], dns: tuple[str, int] | None = None,

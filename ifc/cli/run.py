@@ -186,12 +186,9 @@ def run(args: argparse.Namespace) -> int:
     if preset is not None:
         spec.layers, spec.home, spec.env, spec.aliases = preset.layers, preset.home, dict(preset.env), preset.aliases
         if spec.home is not None:  # the agent's own, as its home in the sandbox is
-            from ifc.agents.preset import merge_settings
-
             os.chown(spec.home, *spec.ids())
-            merge_settings(spec.home, preset.settings, *spec.ids())
-        else:
-            spec.home_files = preset.fresh_home_files()
+        ids = spec.ids()
+        spec.home_files = lambda env: preset.home_files(env, *ids)  # once the hook has made the key's sentinel
     if args.memory is not None:
         spec.memory_mb = args.memory
     if args.isolation == "namespace":

@@ -29,7 +29,9 @@ an upgraded connection (WebSocket over plain http://) for their whole life. `Upg
 secret is bound (the hook could neither swap nor scrub inside it), and so is HTTP/2: the run CA's server
 context offers only http/1.1 by ALPN, and a prior-knowledge preface is not HTTP/1.x (400).
 
-Statuses: 400 garbage, 403 denied (reason in the body and `X-Ifc-Denied`), 408 slow client, 413 body too
+Statuses: 400 garbage, 403 denied (reason in the body and `X-Ifc-Denied`), 426 an `Upgrade` refused where a
+secret is bound (likewise explained: the same request without it is served, and a client that can fall back takes
+426 as its cue — Codex then uses SSE at once, where a 403 cost it ~10 s of retries), 408 slow client, 413 body too
 large to check, 414/431 head too large, 501 a transfer coding other than chunked, 502/504 upstream trouble,
 503 too many connections.
 """
@@ -74,8 +76,8 @@ __all__ = ["HttpProxy", "Limits", "ProxyError", "ProxyRequest", "parse_request",
 log = logging.getLogger("ifc.egress.http")
 
 _STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 413: "Content Too Large",
-                414: "URI Too Long", 431: "Request Header Fields Too Large", 501: "Not Implemented",
-                502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+                414: "URI Too Long", 426: "Upgrade Required", 431: "Request Header Fields Too Large",
+                501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 _SPLICE_BODY = 1 << 20  # a plain-HTTP response body larger than this leaves the event loop
 
 
@@ -278,7 +280,7 @@ class HttpProxy:
         body = "".join(f"{x}\n" for x in text).encode()
         head = [f"HTTP/1.1 {status} {_STATUS_TEXT.get(status, 'Error')}", "Content-Type: text/plain; charset=utf-8",
                 f"Content-Length: {len(body)}", "Connection: close"]
-        if status == 403:
+        if status in (403, 426):
             head.append("X-Ifc-Denied: " + line.encode("ascii", "replace").decode()[:1000])
             # what the body says, where a client shows only headers (`curl -v` on a refused CONNECT)
             head += ["X-Ifc-Detail: " + x.encode("ascii", "replace").decode()[:1000] for x in text[1:12]]
@@ -343,7 +345,7 @@ class HttpProxy:
         if upgrade is not None and (inside or self._bound(endpoint)):
             refused = self.egress.refuse(client, "connect", str(endpoint), f"`Upgrade: {upgrade[:40]}` to an "
                                          "endpoint a secret is bound to: the hook could neither swap nor scrub "
-                                         "inside it", "egress: upgrade")
+                                         "inside it", "egress: upgrade", status=426)
             await self._deny(wire, refused)
             return False
         try:
