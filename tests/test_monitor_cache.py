@@ -112,3 +112,50 @@ def test_changing_a_returned_decision_changes_no_later_answer():
     assert again.allowed and again.reason != "scribbled on by a caller" and again.step == first.step + 1
     again.reason = "scribbled again"
     assert m.decide(request).reason == Monitor(pol, agent=pol.agents["coder"]).decide(request).reason
+
+
+def test_a_repeat_is_not_answered_past_a_label_another_run_raised(tmp_path):
+    """Two runs on one workspace share its label store: a read the first run's cache holds must see a raise the
+    second run committed since (before, the repeat was answered from the cache without looking at the store,
+    so the first run's taint stayed below what it had just read)."""
+    from ifc.monitor import LabelStore
+    from ifc.policy.labels import Label
+
+    pol = policy()
+    first = Monitor(pol, agent=pol.agents["coder"], labels=LabelStore(tmp_path / "labels.db"))
+    second = LabelStore(tmp_path / "labels.db")
+    request = Request("read", "src/notes.txt")
+    assert "secret" not in first.decide(request).taint_after
+    assert first.decide(request).taint_after == first.decide(request).taint_after  # a cached repeat
+    second.raise_to("src/notes.txt", Label(frozenset({"secret"}), pol.lattice.bottom.integrity))
+    again = first.decide(request)
+    assert again.allowed and "secret" in first.run.taint.secrecy, again
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_steps)
+def test_the_fast_path_cache_never_changes_a_decision_with_the_sqlite_store(tmp_path_factory, steps):
+    """As above, with each monitor's labels in a SQLite store (as `ifc run` keeps them): deletions and renames of
+    names without a label leave the store's version alone, and cached decisions must still match."""
+    from ifc.monitor import LabelStore
+
+    tmp = tmp_path_factory.mktemp("cache-sqlite")
+    pol = policy()
+    runs = []
+    for name in ("cached", "full"):
+        run = Run(tmp, name)
+        run.monitor = Monitor(pol, agent=pol.agents["coder"], verifier=run.verifier, log=run.log,
+                              labels=LabelStore(tmp / f"{name}-labels.db"), clock=run.monitor.clock)
+        runs.append(run)
+    cached, full = runs
+    try:
+        for request, repeats, advance in steps:
+            for _ in range(repeats):
+                full.monitor._fast.clear()
+                assert cached.monitor.decide(request) == full.monitor.decide(request), request
+            cached.now += advance
+            full.now += advance
+        assert cached.state() == full.state()
+    finally:
+        cached.log.close()
+        full.log.close()

@@ -20,6 +20,10 @@ belongs to a labelled object is adopted into it. A reused inode can over-label a
 safe direction, and `ifc labels --lower` undoes it.
 
 `version` counts changes, so a decision that depended on labels can be cached exactly until it moves.
+`consistent()` gives one decision one view of the store: other processes' commits are picked up once, when it
+starts (so a cached decision keyed by `version` is never answered past a label another run raised), and every
+lookup inside it sees the same labels. A change that finds nothing to change (deleting or renaming a name
+that has no label, the common case) is no transaction and leaves `version` alone.
 """
 
 from __future__ import annotations
@@ -122,6 +126,12 @@ class LabelStore:
         self._names: dict[str, int] = {}
         self._objects: dict[int, Label] = {}
         self._inodes: dict[tuple[int, int], int] = {}
+        # bookkeeping for the hot paths, derived from the three maps above (`_index`): how many names each
+        # object has, the inodes each object owns, and how many names lie beneath each directory prefix
+        self._refs: dict[int, int] = {}
+        self._inodes_of: dict[int, set[tuple[int, int]]] = {}
+        self._beneath: dict[str, int] = {}
+        self._pinned = 0
         self._next = 1
         self.version = 0
         self.root = None if root is None else os.fspath(root)
@@ -150,7 +160,8 @@ class LabelStore:
     # ------------------------------------------------------------------------------------ reading
     def get(self, path: str) -> Label | None:
         with self._lock:
-            self._sync()
+            if not self._pinned:
+                self._sync()
             oid = self._names.get(path)
             if oid is None and self._inodes and self.root is not None:
                 oid = self._adopt(path)
@@ -159,6 +170,25 @@ class LabelStore:
     def object_of(self, path: str) -> int | None:
         """The object `path` names (names of one object share its label and its history)."""
         return self._names.get(path)
+
+    @contextlib.contextmanager
+    def consistent(self):
+        """One view of the store for a whole decision: other processes' commits are read once, here (one
+        `PRAGMA data_version` instead of one per lookup), and no lookup inside sees a commit made meanwhile.
+        Changes inside still join with what the database holds under its write lock (`_transaction`)."""
+        with self._lock:
+            self._sync()
+            self._pinned += 1
+            try:
+                yield self
+            finally:
+                self._pinned -= 1
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Several changes as one transaction (one commit, one `version` step): all of them or none."""
+        with self._lock, self._transaction():
+            yield self
 
     def snapshot(self) -> dict[str, Label]:
         with self._lock:
@@ -203,9 +233,9 @@ class LabelStore:
 
         Renaming a name onto itself, or onto another name of the same object, changes nothing (POSIX)."""
         with self._lock:
-            self._sync()
-            if src not in self._names and dst not in self._names \
-                    and not any(p.startswith(src + "/") for p in self._names):
+            if not self._pinned:
+                self._sync()
+            if src not in self._names and dst not in self._names and src + "/" not in self._beneath:
                 return  # nothing labelled moves: no transaction (most renames in a workspace)
         with self._lock, self._transaction():
             if src == dst or (src in self._names and self._names.get(dst) == self._names[src]):
@@ -214,7 +244,8 @@ class LabelStore:
             oid = self._names.get(src)
             if oid is not None:
                 self._del_name(src)
-            for child in [p for p in self._names if p.startswith(src + "/")]:  # a directory's contents move too
+            children = [p for p in self._names if p.startswith(src + "/")] if src + "/" in self._beneath else ()
+            for child in children:  # a directory's contents move too
                 moved, coid = dst + child[len(src):], self._names[child]
                 self._del_name(child)
                 self._put_name(moved, coid)
@@ -234,6 +265,11 @@ class LabelStore:
             self._log("link", dst, oid, None, self._objects.get(oid), why, reason=f"to {src}")
 
     def delete(self, path: str) -> None:
+        with self._lock:
+            if not self._pinned:
+                self._sync()
+            if path not in self._names:
+                return  # nothing labelled goes: no transaction (most deletions in a workspace)
         with self._lock, self._transaction():
             self._drop(path)
 
@@ -316,26 +352,59 @@ class LabelStore:
                 self._inodes[(dev, ino)] = oid
             self._next = max(self._next, oid + 1)
         self._names = {from_sql(path): oid for path, oid in self._db.execute("SELECT path, object FROM names")}
+        self._index()
         self._seen = self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _index(self) -> None:
+        """Rebuild the bookkeeping of `_refs`, `_inodes_of` and `_beneath` from the maps (after a reload)."""
+        self._refs, self._inodes_of, self._beneath = {}, {}, {}
+        for path, oid in self._names.items():
+            self._count(path, oid, 1)
+        for inode, oid in self._inodes.items():
+            self._inodes_of.setdefault(oid, set()).add(inode)
+
+    def _count(self, path: str, oid: int, step: int) -> None:
+        self._refs[oid] = self._refs.get(oid, 0) + step
+        if not self._refs[oid]:
+            del self._refs[oid]
+        cut = path.find("/")
+        while cut != -1:
+            prefix = path[:cut + 1]
+            left = self._beneath.get(prefix, 0) + step
+            if left:
+                self._beneath[prefix] = left
+            else:
+                del self._beneath[prefix]
+            cut = path.find("/", cut + 1)
 
     def _new_object(self) -> int:
         oid, self._next = self._next, self._next + 1
         return oid
 
     def _put_name(self, path: str, oid: int) -> None:
+        old = self._names.get(path)
+        if old is not None:
+            self._count(path, old, -1)
         self._names[path] = oid
+        self._count(path, oid, 1)
         if self._db is not None:
             self._db.execute("INSERT OR REPLACE INTO names VALUES (?, ?)", (to_sql(path), oid))
 
     def _del_name(self, path: str) -> None:
-        self._names.pop(path, None)
+        old = self._names.pop(path, None)
+        if old is not None:
+            self._count(path, old, -1)
         if self._db is not None:
             self._db.execute("DELETE FROM names WHERE path = ?", (to_sql(path),))
 
     def _put_object(self, oid: int, label: Label, inode: tuple[int, int] | None) -> None:
         self._objects[oid] = label
         if inode is not None:
+            before = self._inodes.get(inode)
+            if before is not None and before != oid:
+                self._inodes_of.get(before, set()).discard(inode)
             self._inodes[inode] = oid
+            self._inodes_of.setdefault(oid, set()).add(inode)
         if self._db is not None:
             self._db.execute("INSERT INTO objects (id, secrecy, integrity, dev, ino) VALUES (?, ?, ?, ?, ?) "
                              "ON CONFLICT (id) DO UPDATE SET secrecy = excluded.secrecy, integrity = "
@@ -349,13 +418,15 @@ class LabelStore:
         if oid is None:
             return
         self._del_name(path)
-        if oid in self._names.values():
+        if self._refs.get(oid):
             return
         st = self._stat(path)
         if st is not None and st.st_nlink > 1 and (st.st_dev, st.st_ino) in self._inodes:
             return
         self._objects.pop(oid, None)
-        self._inodes = {k: v for k, v in self._inodes.items() if v != oid}
+        for inode in self._inodes_of.pop(oid, ()):
+            if self._inodes.get(inode) == oid:
+                del self._inodes[inode]
         if self._db is not None:
             self._db.execute("DELETE FROM objects WHERE id = ?", (oid,))
 

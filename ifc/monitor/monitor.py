@@ -259,7 +259,9 @@ class Monitor:
 
     # ------------------------------------------------------------------------------------ decide
     def decide(self, request: Request) -> Decision:
-        with self._lock:
+        # one view of the label store per decision: another run's commits are read once, before the cache key
+        # (which holds the store's version) is made, so a repeat is never answered past a label raised elsewhere
+        with self._lock, self.labels.consistent():
             self.steps += 1
             problem = _malformed(request)
             if problem is not None:
@@ -493,12 +495,15 @@ class Monitor:
         elif op in ("rename", "link"):
             content = self.label_of(target)
             why = self._why(req, state, content)
-            # the content takes its full label (its old name's policy label included) to the new name
-            self.labels.raise_to(target, content, why)
-            if op == "link":
-                self.labels.link(target, dest, why=why)
-            else:
-                self.labels.rename(target, dest, why=why)
+            # the content takes its full label (its old name's policy label included) to the new name; the
+            # raise and the move are one transaction (a crash leaves both or neither)
+            with self.labels.batch():
+                self.labels.raise_to(target, content, why)
+                if op == "link":
+                    self.labels.link(target, dest, why=why)
+                else:
+                    self.labels.rename(target, dest, why=why)
+            if op == "rename":
                 self.graph.rename(node("file", target), node("file", dest))
             self._edge(node("file", target), op, node("file", dest), now, None,
                               parts=self._parts(content))
