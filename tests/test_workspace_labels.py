@@ -422,6 +422,7 @@ def test_one_decision_sees_one_view_of_the_store(tmp_path):
     """Inside `consistent()` a commit by another process is not seen half-way (one decision, one set of labels);
     the next view picks it up, and its version moves (the monitor's cached decisions are keyed by it)."""
     mine, other = LabelStore(tmp_path / "l.db"), LabelStore(tmp_path / "l.db")
+    assert mine._shm is not None, "the WAL header is mapped: looks for other runs' commits skip the pragma"
     with mine.consistent():
         assert mine.get("f") is None
         other.raise_to("f", SECRET)
@@ -429,3 +430,38 @@ def test_one_decision_sees_one_view_of_the_store(tmp_path):
     version = mine.version
     with mine.consistent():
         assert mine.get("f") == SECRET and mine.version > version
+
+
+def test_every_commit_by_another_process_is_seen_at_the_next_look(tmp_path):
+    """The look for other runs' commits reads SQLite's WAL header and asks `PRAGMA data_version` only when it
+    moved: a commit by another process (here a child, one commit at a time) is seen by the very next lookup,
+    including after the WAL was checkpointed and restarted."""
+    mine = LabelStore(tmp_path / "l.db")
+    child = textwrap.dedent(f"""
+        import sys
+        from ifc.monitor.labelstore import LabelStore
+        from ifc.policy.labels import Label
+        store = LabelStore({str(tmp_path / 'l.db')!r})
+        for line in sys.stdin:
+            if line.strip() == "checkpoint":
+                store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            else:
+                store.raise_to(line.strip(), Label(frozenset({{"secret"}}), 1))
+            print("done", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        for i in range(20):
+            if i % 7 == 6:
+                proc.stdin.write("checkpoint\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline().strip() == "done"
+            assert mine.get(f"f{i}") is None
+            proc.stdin.write(f"f{i}\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "done"
+            assert mine.get(f"f{i}") == Label(frozenset({"secret"}), 1), i
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
