@@ -1,12 +1,13 @@
 """The monitor's fast-path cache never changes an answer (hypothesis).
 
-Two monitors on the shipped default policy see the same random request sequence: one answers repeats from
-its fast-path cache, the other has that cache emptied before every decision, so it decides everything in
-full. Sequences mix subjects (some children of others), every operation, secret, untrusted and plain files,
-known and unknown endpoints, and capability tokens — one expiring mid-sequence on the monitor's clock and one
-revoked mid-sequence — so taint rises, labels float, move and are forgotten, and tokens lapse between
-repeats. After each step the two must agree on the whole Decision (step, reason, labels, provenance), and
-at the end on every subject's taint, every floated label, the provenance graph and the allow counts.
+Two monitors on the shipped default policy see the same random request sequence: one answers repeats from its
+fast-path cache (and its memo of write verdicts), the other has both emptied before every decision, so it
+decides everything in full. Sequences mix subjects (some children of others), every operation, secret,
+untrusted and plain files, known and unknown endpoints, and capability tokens — one expiring mid-sequence on
+the monitor's clock and one revoked mid-sequence — so taint rises, labels float, move and are forgotten, and
+tokens lapse between repeats. After each step the two must agree on the whole Decision (step, reason, labels,
+provenance), and at the end on every subject's taint, every floated label, the provenance graph and the allow
+counts.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def test_the_fast_path_cache_never_changes_a_decision(tmp_path_factory, steps, r
                 full.revoke()
             for _ in range(repeats):
                 full.monitor._fast.clear()  # every decision in full
+                full.monitor._write_verdicts.clear()
                 assert cached.monitor.decide(request) == full.monitor.decide(request), request
             cached.now += advance
             full.now += advance
@@ -152,6 +154,7 @@ def test_the_fast_path_cache_never_changes_a_decision_with_the_sqlite_store(tmp_
         for request, repeats, advance in steps:
             for _ in range(repeats):
                 full.monitor._fast.clear()
+                full.monitor._write_verdicts.clear()
                 assert cached.monitor.decide(request) == full.monitor.decide(request), request
             cached.now += advance
             full.now += advance

@@ -29,7 +29,6 @@ that has no label, the common case) is no transaction and leaves `version` alone
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import sqlite3
 import threading
@@ -71,25 +70,22 @@ def _retry_locked(step, seconds: float = BUSY_TIMEOUT_MS / 1000):
 _WAL_HEADER = 48  # bytes: the first copy of SQLite's WalIndexHdr at the start of the -shm file
 
 
-def _wal_header(db_path: Path) -> mmap.mmap | None:
-    """The WAL index header of the store (SQLite's `-shm` file, https://sqlite.org/walformat.html), mapped
-    read-only; None if it cannot be (the store then asks `PRAGMA data_version` on every look).
+def _wal_header(db_path: Path) -> int | None:
+    """A descriptor of the store's WAL index (SQLite's `-shm` file, https://sqlite.org/walformat.html), whose
+    header is read with pread; None if it cannot be opened (the store then asks `PRAGMA data_version` on every
+    look). Read, not mapped: SQLite truncates the file when it rebuilds it, and a mapped page past the end
+    would kill the daemon with SIGBUS; a short read just means "ask".
 
     Why: every decision looks for other runs' commits, and `PRAGMA data_version` costs a statement and two
     lock system calls (~3.6 µs) each time. Every commit, by any connection, rewrites this header (its change
     counter `iChange` and `mxFrame` move), so while its bytes are what they were at the last look, nothing was
     committed and there is nothing to ask; when they differ, the pragma decides as before. A commit that lands
-    while the header is read is either seen now or at the next look, like one landing just after it."""
+    while the header is read is either seen now or at the next look, like one landing just after it. SQLite
+    replaces the file only when its last connection closes, and this store keeps its own open."""
     try:
-        fd = os.open(f"{db_path}-shm", os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(f"{db_path}-shm", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    try:
-        return mmap.mmap(fd, _WAL_HEADER, mmap.MAP_SHARED, mmap.PROT_READ)
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
 
 
 class LabelStoreError(Exception):
@@ -181,7 +177,7 @@ class LabelStore:
         self._inodes_of: dict[int, set[tuple[int, int]]] = {}
         self._beneath: dict[str, int] = {}
         self._pinned = 0
-        self._shm: mmap.mmap | None = None  # the WAL index's header, read to skip `PRAGMA data_version`
+        self._shm: int | None = None  # the WAL index (its header is read to skip `PRAGMA data_version`)
         self._shm_seen = b""
         self._view = _View(self)
         self._next = 1
@@ -349,7 +345,7 @@ class LabelStore:
                 self._record_inodes()
             finally:
                 if self._shm is not None:
-                    self._shm.close()
+                    os.close(self._shm)
                     self._shm = None
                 self._db.close()
                 self._db = None
@@ -387,8 +383,8 @@ class LabelStore:
         if self._db is None:
             return
         if self._shm is not None:  # nobody committed since the last look: nothing to ask SQLite (see _wal_header)
-            header = self._shm[:_WAL_HEADER]
-            if header == self._shm_seen:
+            header = os.pread(self._shm, _WAL_HEADER, 0)
+            if len(header) == _WAL_HEADER and header == self._shm_seen:
                 return
             self._shm_seen = header  # read before the pragma: a commit after this read shows at the next look
         seen = self._db.execute("PRAGMA data_version").fetchone()[0]
