@@ -263,9 +263,7 @@ class Monitor:
 
     # ------------------------------------------------------------------------------------ decide
     def decide(self, request: Request) -> Decision:
-        # one view of the label store per decision: another run's commits are read once, before the cache key
-        # (which holds the store's version) is made, so a repeat is never answered past a label raised elsewhere
-        with self._lock, self.labels.consistent():
+        with self._lock:
             self.steps += 1
             problem = _malformed(request)
             if problem is not None:
@@ -273,12 +271,17 @@ class Monitor:
                                                           False, f"malformed request: {problem}", subject="?"))
             before = ""
             try:
+                # one look at the label store per decision: another run's commits are read before the cache key
+                # (which holds the store's version) is made, so a repeat is never answered past a label raised
+                # elsewhere; a decided-in-full one sees that one view throughout (`pinned`)
+                labels = self.labels
+                labels.refresh()
                 state = self.subjects.get(request.subject)
                 if state is None:
                     state = self.subject(request.subject, request.parent)
                 taint = state.taint  # by its parts: a Label (a dataclass) would hash and compare in Python
                 key = (request.subject, taint.secrecy, taint.integrity, request.op, request.target, request.dest,
-                       request.token, self.labels.version, request.facts)
+                       request.token, labels.version, request.facts)
                 hit = self._fast.get(key)
                 if hit is not None:
                     cached, edges, validity = hit
@@ -291,8 +294,9 @@ class Monitor:
                     del self._fast[key]  # the token's window or the revocation list moved on
                 before = self.policy.lattice.describe(state.taint)
                 self._trace = []
-                decision = self._decide(request, state, before)
-                self._remember(key, decision, state, request)
+                with labels.pinned():
+                    decision = self._decide(request, state, before)
+                    self._remember(key, decision, state, request)
             except Exception as exc:  # fail closed, and say why
                 decision = Decision(self.steps, request.op, request.target, False,
                                     f"internal error, denied: {type(exc).__name__}: {exc}",
