@@ -33,6 +33,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +181,7 @@ class LabelStore:
         self._beneath: dict[str, int] = {}
         self._pinned = 0
         self._shm: int | None = None  # the WAL index (its header is read to skip `PRAGMA data_version`)
+        self._shm_close: weakref.finalize | None = None  # closes it with the store, closed or dropped
         self._shm_seen = b""
         self._view, self._pinned_view = _View(self, True), _View(self, False)
         self._next = 1
@@ -205,6 +207,8 @@ class LabelStore:
                 self._load()
                 self._record_inodes()
                 self._shm = _wal_header(self.path) if str(mode).lower() == "wal" else None
+                if self._shm is not None:
+                    self._shm_close = weakref.finalize(self, os.close, self._shm)
             except sqlite3.Error as exc:
                 raise LabelStoreError(f"cannot open the label store `{path}`: {exc}") from None
 
@@ -356,9 +360,9 @@ class LabelStore:
             try:
                 self._record_inodes()
             finally:
-                if self._shm is not None:
-                    os.close(self._shm)
-                    self._shm = None
+                if self._shm_close is not None:
+                    self._shm_close()
+                    self._shm_close = self._shm = None
                 self._db.close()
                 self._db = None
 
