@@ -20,10 +20,11 @@ belongs to a labelled object is adopted into it. A reused inode can over-label a
 safe direction, and `ifc labels --lower` undoes it.
 
 `version` counts changes, so a decision that depended on labels can be cached exactly until it moves.
-`consistent()` gives one decision one view of the store: other processes' commits are picked up once, when it
-starts (so a cached decision keyed by `version` is never answered past a label another run raised), and every
-lookup inside it sees the same labels. A change that finds nothing to change (deleting or renaming a name
-that has no label, the common case) is no transaction and leaves `version` alone.
+The monitor looks for other processes' commits once per decision (`refresh()`, before it keys its cache of
+repeated decisions by `version`, so a repeat is never answered past a label another run raised) and then
+`pinned()` keeps that one view for the whole decision (`consistent()` is both). A change that finds nothing to
+change (deleting or renaming a name that has no label, the common case) is no transaction and leaves
+`version` alone.
 """
 
 from __future__ import annotations
