@@ -202,10 +202,14 @@ def _mounted(mnt: str) -> bool:
 
 
 class Mount:
-    def __init__(self, mode, binding, src, mnt, run_dir):
+    """One daemon in its own process, mounted at `mnt` until `close()`. `daemon`: the command that serves
+    (`serve(mode, binding, src, mnt, run_dir)` at its end), if not this file's `--serve`."""
+
+    def __init__(self, mode, binding, src, mnt, run_dir, daemon: list[str] | None = None):
         self.mnt = mnt
+        daemon = daemon or [sys.executable, __file__, "--serve"]
         with open(f"{run_dir}/daemon.log", "ab") as err:
-            self.proc = subprocess.Popen([sys.executable, __file__, "--serve", mode, binding, src, mnt, run_dir],
+            self.proc = subprocess.Popen([*daemon, mode, binding, src, mnt, run_dir],
                                          stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 60
         while not _mounted(mnt):

@@ -1,12 +1,13 @@
 """The monitor's fast-path cache never changes an answer (hypothesis).
 
-Two monitors on the shipped default policy see the same random request sequence: one answers repeats from
-its fast-path cache, the other has that cache emptied before every decision, so it decides everything in
-full. Sequences mix subjects (some children of others), every operation, secret, untrusted and plain files,
-known and unknown endpoints, and capability tokens — one expiring mid-sequence on the monitor's clock and one
-revoked mid-sequence — so taint rises, labels float, move and are forgotten, and tokens lapse between
-repeats. After each step the two must agree on the whole Decision (step, reason, labels, provenance), and
-at the end on every subject's taint, every floated label, the provenance graph and the allow counts.
+Two monitors on the shipped default policy see the same random request sequence: one answers repeats from its
+fast-path cache (and its memo of write verdicts), the other has both emptied before every decision, so it
+decides everything in full. Sequences mix subjects (some children of others), every operation, secret,
+untrusted and plain files, known and unknown endpoints, and capability tokens — one expiring mid-sequence on
+the monitor's clock and one revoked mid-sequence — so taint rises, labels float, move and are forgotten, and
+tokens lapse between repeats. After each step the two must agree on the whole Decision (step, reason, labels,
+provenance), and at the end on every subject's taint, every floated label, the provenance graph and the allow
+counts.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def test_the_fast_path_cache_never_changes_a_decision(tmp_path_factory, steps, r
                 full.revoke()
             for _ in range(repeats):
                 full.monitor._fast.clear()  # every decision in full
+                full.monitor._write_verdicts.clear()
                 assert cached.monitor.decide(request) == full.monitor.decide(request), request
             cached.now += advance
             full.now += advance
@@ -112,3 +114,51 @@ def test_changing_a_returned_decision_changes_no_later_answer():
     assert again.allowed and again.reason != "scribbled on by a caller" and again.step == first.step + 1
     again.reason = "scribbled again"
     assert m.decide(request).reason == Monitor(pol, agent=pol.agents["coder"]).decide(request).reason
+
+
+def test_a_repeat_is_not_answered_past_a_label_another_run_raised(tmp_path):
+    """Two runs on one workspace share its label store: a read the first run's cache holds must see a raise the
+    second run committed since (before, the repeat was answered from the cache without looking at the store,
+    so the first run's taint stayed below what it had just read)."""
+    from ifc.monitor import LabelStore
+    from ifc.policy.labels import Label
+
+    pol = policy()
+    first = Monitor(pol, agent=pol.agents["coder"], labels=LabelStore(tmp_path / "labels.db"))
+    second = LabelStore(tmp_path / "labels.db")
+    request = Request("read", "src/notes.txt")
+    assert "secret" not in first.decide(request).taint_after
+    assert first.decide(request).taint_after == first.decide(request).taint_after  # a cached repeat
+    second.raise_to("src/notes.txt", Label(frozenset({"secret"}), pol.lattice.bottom.integrity))
+    again = first.decide(request)
+    assert again.allowed and "secret" in first.run.taint.secrecy, again
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_steps)
+def test_the_fast_path_cache_never_changes_a_decision_with_the_sqlite_store(tmp_path_factory, steps):
+    """As above, with each monitor's labels in a SQLite store (as `ifc run` keeps them): deletions and renames of
+    names without a label leave the store's version alone, and cached decisions must still match."""
+    from ifc.monitor import LabelStore
+
+    tmp = tmp_path_factory.mktemp("cache-sqlite")
+    pol = policy()
+    runs = []
+    for name in ("cached", "full"):
+        run = Run(tmp, name)
+        run.monitor = Monitor(pol, agent=pol.agents["coder"], verifier=run.verifier, log=run.log,
+                              labels=LabelStore(tmp / f"{name}-labels.db"), clock=run.monitor.clock)
+        runs.append(run)
+    cached, full = runs
+    try:
+        for request, repeats, advance in steps:
+            for _ in range(repeats):
+                full.monitor._fast.clear()
+                full.monitor._write_verdicts.clear()
+                assert cached.monitor.decide(request) == full.monitor.decide(request), request
+            cached.now += advance
+            full.now += advance
+        assert cached.state() == full.state()
+    finally:
+        cached.log.close()
+        full.log.close()

@@ -164,7 +164,7 @@ class Backing:
         """A FUSE path (`/a/b`) as a path relative to the root (`a/b`); refuses `..` and NULs outright, and a
         reserved name (every operation that serves one handles it before asking for its backing path)."""
         rel = path.lstrip("/")
-        if "\0" in rel or any(part == ".." for part in rel.split("/")):
+        if "\0" in rel or (".." in rel and ".." in rel.split("/")):
             raise Denied(errno.EACCES, f"path `{path}` climbs out of the workspace")
         if rel in self.reserved:
             raise Reserved(rel)
@@ -971,7 +971,7 @@ class EnforcingFS:
             # name at a time, so it is refused like on a filesystem without it (callers fall back)
             raise OSError(errno.EINVAL, "only RENAME_NOREPLACE is supported")
         moved, replaced = self._rename_preflight(src, dst, flags)
-        self._keep_served_name("rename", src, dst, moved, dst)
+        self._keep_served_name("rename", src, dst, moved)
         restored = self._restore_for(src, dst, moved)
 
         def apply():
@@ -1031,16 +1031,16 @@ class EnforcingFS:
             raise Denied(errno.EACCES, str(exc)) from None
         return restored if restored != content else None
 
-    def _keep_served_name(self, op: str, src: str, dst: str, st: os.stat_result, new_name: str | None) -> None:
-        """A file served with sentinels gets no name under which it would be served as it is: a hard link (a file
-        with two names is served as it is) or a rename to a name of no recognised format or without `secret`
-        would hand the sandbox its real values (refused, logged as `secret files`). `new_name`: the name it
-        takes (rename), None for a link."""
+    def _keep_served_name(self, op: str, src: str, dst: str, st: os.stat_result) -> None:
+        """A file served with sentinels gets no name under which it would be served as it is: a hard link (`op`
+        "link": a file with two names is served as it is) or a rename to `dst` when that name is of no
+        recognised format or without `secret` would hand the sandbox its real values (refused, logged as
+        `secret files`)."""
         if self.secret_files is None or not stat_mod.S_ISREG(st.st_mode) or not self.secret_files.eligible(src):
             return
-        if new_name is not None and self.secret_files.eligible(new_name):
+        if op == "rename" and self.secret_files.eligible(dst):
             return
-        how = "a second name" if new_name is None else f"the name `{new_name}`"
+        how = "a second name" if op == "link" else f"the name `{dst}`"
         reason = (f"`{src}` is served with sentinels in place of its values; under {how} it would be served as it "
                   "is, real values included")
         request = self._request(self._caller(), op, src, dst)
@@ -1087,7 +1087,7 @@ class EnforcingFS:
             pass
         else:
             raise OSError(errno.EEXIST, "file exists")
-        self._keep_served_name("link", src, dst, st, None)
+        self._keep_served_name("link", src, dst, st)
         facts = None
         if st.st_nlink > 1 and self.monitor is not None:
             caller = self._caller()
