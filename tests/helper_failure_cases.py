@@ -6,7 +6,6 @@ writes through the mount), so the failure lands mid-run, never before the agent 
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import re
 import signal
@@ -129,21 +128,9 @@ agent coder {{ read "**" write "/src/" create "/src/" connect "http://127.0.0.1:
 def unset_secret(run: Run, tmp_path: Path) -> None:
     """A secret whose variable is unset: the run starts (and says so at once), the agent has the secret's
     sentinel, a request that carries it is refused saying why, one that does not reaches the server."""
-    from sandbox_cases import agent_workspace, serving
+    from sandbox_cases import Recorder, agent_workspace, serving
 
-    class Recorder(http.server.BaseHTTPRequestHandler):
-        seen: list[str] = []
-
-        def do_GET(self):
-            Recorder.seen.append(f"{self.path} {self.headers.get('Authorization')}")
-            self.send_response(200)
-            self.send_header("Content-Length", "3")
-            self.end_headers()
-            self.wfile.write(b"ok\n")
-
-        def log_message(self, *args):
-            pass
-
+    Recorder.seen = []
     ws = agent_workspace(tmp_path, {"README.md": "# x\n"})
     assert "IFC_TEST_UNSET_API_KEY" not in os.environ
     with serving(Recorder) as port:
@@ -158,7 +145,7 @@ def unset_secret(run: Run, tmp_path: Path) -> None:
     assert lines[0] == "has-sentinel", proc.stdout
     assert lines[1] == "ifc: secret `API_KEY` had no value when the run started (environment variable " \
                        "`IFC_TEST_UNSET_API_KEY` is not set)", proc.stdout
-    assert lines[-1] == "ok" and Recorder.seen == ["/without None"], (proc.stdout, Recorder.seen)
+    assert lines[-1] == "ok" and Recorder.seen == [("/without", None)], (proc.stdout, Recorder.seen)
     notice = "ifc run: secret `API_KEY` has no value (environment variable `IFC_TEST_UNSET_API_KEY` is not set): " \
              "the sandbox gets its sentinel, and every send that needs it is refused"
     assert notice in proc.stderr.splitlines(), proc.stderr

@@ -59,6 +59,22 @@ def serving(handler=http.server.SimpleHTTPRequestHandler, tls: ssl.SSLContext | 
         server.shutdown()
 
 
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers every GET `ok`, recording its path and Authorization header in `seen` (a test resets it)."""
+
+    seen: list[tuple[str, str | None]] = []
+
+    def do_GET(self):
+        Recorder.seen.append((self.path, self.headers.get("Authorization")))
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+    def log_message(self, *args):
+        pass
+
+
 def tester_workspace(tmp_path: Path) -> tuple[Path, Path, Path]:
     """(workspace, policy, run dir) for the basic cases: a source file, a README and a `.env` secret."""
     ws = agent_workspace(tmp_path, {"README.md": "# demo\n", ".env": "API_KEY=sk-secret\n"})

@@ -86,7 +86,11 @@ class Run:
 @given(steps=_steps, revoke_at=st.integers(0, 40))
 def test_the_fast_path_cache_never_changes_a_decision(tmp_path_factory, steps, revoke_at):
     tmp = tmp_path_factory.mktemp("cache")
-    cached, full = Run(tmp, "cached"), Run(tmp, "full")
+    _replay(Run(tmp, "cached"), Run(tmp, "full"), steps, revoke_at)
+
+
+def _replay(cached: Run, full: Run, steps, revoke_at: int | None = None) -> None:
+    """The same steps through both monitors, `full` deciding each in full: every answer and the end state agree."""
     try:
         for index, (request, repeats, advance) in enumerate(steps):
             if index == revoke_at:
@@ -149,16 +153,4 @@ def test_the_fast_path_cache_never_changes_a_decision_with_the_sqlite_store(tmp_
         run.monitor = Monitor(pol, agent=pol.agents["coder"], verifier=run.verifier, log=run.log,
                               labels=LabelStore(tmp / f"{name}-labels.db"), clock=run.monitor.clock)
         runs.append(run)
-    cached, full = runs
-    try:
-        for request, repeats, advance in steps:
-            for _ in range(repeats):
-                full.monitor._fast.clear()
-                full.monitor._write_verdicts.clear()
-                assert cached.monitor.decide(request) == full.monitor.decide(request), request
-            cached.now += advance
-            full.now += advance
-        assert cached.state() == full.state()
-    finally:
-        cached.log.close()
-        full.log.close()
+    _replay(*runs, steps)

@@ -5,13 +5,12 @@ a secret that is set is still swapped in on the same proxy. Through the real pro
 
 from __future__ import annotations
 
-import http.server
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from sandbox_cases import serving
+from sandbox_cases import Recorder, serving
 
 from ifc.monitor import EventLog
 
@@ -24,22 +23,6 @@ secret SET_KEY from env "IFC_TEST_SET_KEY" to "http://127.0.0.1:{port}"
 secret UNSET_KEY from env "IFC_TEST_UNSET_KEY" to "http://127.0.0.1:{port}"
 agent coder {{ read "**" connect "http://127.0.0.1:{port}" }}
 """
-
-
-class Recorder(http.server.BaseHTTPRequestHandler):
-    """Every request's path and Authorization header, answered 200 `ok`."""
-
-    seen: list[tuple[str, str | None]] = []
-
-    def do_GET(self):
-        type(self).seen.append((self.path, self.headers.get("Authorization")))
-        self.send_response(200)
-        self.send_header("Content-Length", "3")
-        self.end_headers()
-        self.wfile.write(b"ok\n")
-
-    def log_message(self, *args):
-        pass
 
 
 def test_proxy_starts_without_a_secret_and_refuses_only_its_sends(tmp_path):

@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import shlex
 import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from caps import redact
+from ifc.monitor.attribution_log import AttributionLog, redacted_argv
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS egress_owners (
@@ -47,24 +46,15 @@ class EgressOwner:
         return shlex.join(self.argv) if self.argv else f"(pid {self.pid})"
 
 
-class EgressOwnerLog:
+class EgressOwnerLog(AttributionLog):
     """The writer, used by the relay threads of `ifc run --isolation namespace` (one connection, locked)."""
 
     def __init__(self, path: str | Path):
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        super().__init__(path, SCHEMA)
 
     def record(self, peer: str, pid: int, argv: Sequence[str], ts: float | None = None) -> None:
-        with self._lock:
-            self._db.execute("INSERT INTO egress_owners (peer, pid, argv, ts) VALUES (?, ?, ?, ?)",
-                             (peer, pid, json.dumps([redact(a) for a in argv]), time.time() if ts is None else ts))
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._execute("INSERT INTO egress_owners (peer, pid, argv, ts) VALUES (?, ?, ?, ?)",
+                      (peer, pid, redacted_argv(argv), time.time() if ts is None else ts))
 
 
 def read_egress_owners(db: sqlite3.Connection) -> dict[str, list[EgressOwner]]:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import shlex
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from caps import redact
+from ifc.monitor.attribution_log import AttributionLog, redacted_argv
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS guest_processes (
@@ -59,37 +58,25 @@ class GuestProcess:
         return self.started <= ts + ARRIVAL_SLACK and (self.ended is None or self.ended >= ts)
 
 
-class GuestProcessLog:
+class GuestProcessLog(AttributionLog):
     """The writer, used by `ifc run`'s control-channel thread (its own connection to the run's log)."""
 
     def __init__(self, path: str | Path):
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        super().__init__(path, SCHEMA)
 
     def started(self, pid: int, ppid: int | None, uid: int | None, argv: Sequence[str], ts: float | None = None):
-        with self._lock:
-            self._db.execute("INSERT INTO guest_processes (pid, ppid, uid, argv, started) VALUES (?, ?, ?, ?, ?)",
-                             (pid, ppid, uid, json.dumps([redact(a) for a in argv]),
-                              time.time() if ts is None else ts))
+        self._execute("INSERT INTO guest_processes (pid, ppid, uid, argv, started) VALUES (?, ?, ?, ?, ?)",
+                      (pid, ppid, uid, redacted_argv(argv), time.time() if ts is None else ts))
 
     def ended(self, pid: int, status: int, ts: float | None = None) -> None:
-        with self._lock:
-            self._db.execute("UPDATE guest_processes SET ended = ?, status = ? WHERE id = (SELECT max(id) FROM "
-                             "guest_processes WHERE pid = ? AND ended IS NULL)",
-                             (time.time() if ts is None else ts, status, pid))
+        self._execute("UPDATE guest_processes SET ended = ?, status = ? WHERE id = (SELECT max(id) FROM "
+                      "guest_processes WHERE pid = ? AND ended IS NULL)",
+                      (time.time() if ts is None else ts, status, pid))
 
     def lost(self) -> None:
         """The guest kernel dropped process events: say so in the run's meta, which every report shows."""
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('guest_process_reports', ?)",
-                             ("incomplete: the guest dropped process events, so some commands are missing",))
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._execute("INSERT OR REPLACE INTO meta VALUES ('guest_process_reports', ?)",
+                      ("incomplete: the guest dropped process events, so some commands are missing",))
 
 
 def read_guest_processes(db: sqlite3.Connection) -> list[GuestProcess]:
