@@ -2,7 +2,7 @@
 # Installs the Debian packages the project needs, only those missing, only when root.
 # Not root: prints the exact command to run and fails, so nothing half-works silently.
 set -eu
-PKGS="python3 python3-venv python3-pip libfuse2 fuse3 git chromium fonts-dejavu-core qemu-system-x86 busybox-static kmod gcc libc6-dev lz4 rsync tmux"
+PKGS="python3 python3-venv python3-pip libfuse2 fuse3 git chromium fonts-dejavu-core qemu-system-x86 busybox-static kmod gcc libc6-dev lz4 rsync tmux jq"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

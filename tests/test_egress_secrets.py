@@ -7,9 +7,11 @@ import contextlib
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -20,6 +22,8 @@ from ifc.enforce.http_proxy import HttpProxy
 from ifc.enforce.secrets import SENTINEL_PREFIX, SecretError, SentinelWatch, StreamScrubber, Vault, load_value
 from ifc.monitor import EventLog, Monitor
 from ifc.policy import compile_text
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.integration
 
@@ -175,6 +179,38 @@ def test_loading_values(monkeypatch, tmp_path):
     with pytest.raises(SecretError, match="not set"):
         load_value("env", "IFC_TEST_SECRET", "K")
     assert os.environ.get("IFC_TEST_SECRET") is None
+
+
+def test_a_commands_home_is_the_users_and_an_empty_value_is_none(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "token").write_text("from-home\n")
+    assert load_value("command", "cat ~/token", "K") == b"from-home"
+    monkeypatch.setenv("IFC_TEST_SECRET", "")
+    (tmp_path / "empty").write_text("\n")
+    for source, ref in (("env", "IFC_TEST_SECRET"), ("file", str(tmp_path / "empty")), ("command", "true")):
+        with pytest.raises(SecretError, match="empty value"):
+            load_value(source, ref, "K")
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed (scripts/sysdeps.sh)")
+@pytest.mark.parametrize(("auth", "loaded"), [
+    ({"tokens": {"access_token": "at-123", "refresh_token": "rt-456"}}, {"CHATGPT_ACCESS_TOKEN": b"at-123",
+                                                                        "CHATGPT_REFRESH_TOKEN": b"rt-456"}),
+    ({"OPENAI_API_KEY": "sk-x", "tokens": None}, {}),  # an API-key login: no ChatGPT tokens, not the text `null`
+])
+def test_the_codex_presets_chatgpt_tokens_come_from_its_auth_file(monkeypatch, tmp_path, auth, loaded):
+    from ifc.enforce.secret_values import load_vault
+    from ifc.policy import load_policy
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-real")
+    (tmp_path / ".codex").mkdir()
+    (tmp_path / ".codex" / "auth.json").write_text(json.dumps(auth))
+    vault = load_vault(load_policy(ROOT / "policies" / "codex.flow"))
+    chatgpt = {h.name: h.value for h in vault.vault.held if h.name.startswith("CHATGPT_") and
+               h.name not in vault.unset}
+    assert chatgpt == loaded
+    assert set(vault.unset) == {"CHATGPT_ACCESS_TOKEN", "CHATGPT_REFRESH_TOKEN"} - set(loaded)
 
 
 def test_stream_scrubber_splits_anywhere():

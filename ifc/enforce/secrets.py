@@ -50,7 +50,15 @@ class Held:
 
 def load_value(source: str, ref: str, name: str, key: str | None = None) -> bytes:
     """The real value of one secret: an environment variable, a host file's content (or with `key`, one value
-    of it), or a command's output."""
+    of it), or a command's output. An empty value is no value: swapped in, it would send an empty credential,
+    and every send needing the secret is refused instead (`ifc.enforce.secret_values`)."""
+    value = _load(source, ref, name, key)
+    if not value:
+        raise SecretError(name, f"{source} `{ref}` gives an empty value")
+    return value
+
+
+def _load(source: str, ref: str, name: str, key: str | None) -> bytes:
     if source == "file" and key is not None:
         return _file_key(ref, name, key)
     if source == "env":
@@ -65,7 +73,9 @@ def load_value(source: str, ref: str, name: str, key: str | None = None) -> byte
             raise SecretError(name, f"cannot read `{ref}`: {(exc.strerror or str(exc)).lower()}") from None
     if source == "command":
         try:
-            out = subprocess.run(shlex.split(ref), capture_output=True, timeout=30, check=True)
+            # no shell, but `~` at the start of a word is the user's home, as a shell would read `cat ~/token`
+            argv = [os.path.expanduser(word) if word.startswith("~") else word for word in shlex.split(ref)]
+            out = subprocess.run(argv, capture_output=True, timeout=30, check=True)
         except (OSError, subprocess.SubprocessError) as exc:
             raise SecretError(name, f"command `{ref}` failed: {exc}") from None
         return out.stdout.strip()
