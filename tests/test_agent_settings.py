@@ -77,7 +77,7 @@ SENTINEL = SENTINEL_PREFIX + "0123456789abcdef0123456789abcdef"
 def claude_code(home: Path | None) -> Preset:
     kind = AGENTS["claude-code"]
     return Preset(argv=kind.argv(), policy=Path("policies/claude-code.flow"), layers=(), env={}, aliases={},
-                  home=home, settings=dict(kind.settings), kind=kind)
+                  home=home, kind=kind)
 
 
 def test_claude_code_approves_the_runs_sentinel_in_a_fresh_home():

@@ -419,16 +419,19 @@ def test_the_stores_indexes_always_match_its_names(ops):
 
 
 def test_one_decision_sees_one_view_of_the_store(tmp_path):
-    """Inside `consistent()` a commit by another process is not seen half-way (one decision, one set of labels);
-    the next view picks it up, and its version moves (the monitor's cached decisions are keyed by it)."""
+    """As the monitor decides: one `refresh()`, then inside `pinned()` a commit by another process is not seen
+    half-way (one decision, one set of labels); the next refresh picks it up, and its version moves (the
+    monitor's cached decisions are keyed by it)."""
     mine, other = LabelStore(tmp_path / "l.db"), LabelStore(tmp_path / "l.db")
     assert mine._shm is not None, "the WAL header is mapped: looks for other runs' commits skip the pragma"
-    with mine.consistent():
+    mine.refresh()
+    with mine.pinned():
         assert mine.get("f") is None
         other.raise_to("f", SECRET)
         assert mine.get("f") is None
     version = mine.version
-    with mine.consistent():
+    mine.refresh()
+    with mine.pinned():
         assert mine.get("f") == SECRET and mine.version > version
 
 

@@ -32,17 +32,17 @@ class Preset:
     env: dict[str, str]
     aliases: dict[str, str]
     home: Path | None  # the kept home directory on the host (`--keep-state`), else None: a fresh one per run
-    settings: dict[str, dict]  # home file: keys set in it before the run (`AgentKind.settings`)
-    kind: AgentKind
+    kind: AgentKind  # its settings: keys set in home files before the run (`AgentKind.settings`, `key_settings`)
 
     def settings_for(self, env: dict[str, str]) -> dict[str, dict]:
-        """The settings for a run whose agent has environment `env`: `settings`, plus those its key's sentinel
-        makes (`AgentKind.key_settings`). Only a sentinel is ever written into its home: a value that is not one
-        (cannot happen: the sandbox is given only sentinels) makes none."""
+        """The settings for a run whose agent has environment `env`: the kind's `settings`, plus those its key's
+        sentinel makes (`AgentKind.key_settings`). Only a sentinel is ever written into its home: a value that is
+        not one (cannot happen: the sandbox is given only sentinels) makes none."""
         sentinel = env.get(self.kind.key, "")
         made = self.kind.key_settings(sentinel) if self.kind.key_settings and \
             sentinel.startswith(SENTINEL_PREFIX) else {}
-        return {name: {**self.settings.get(name, {}), **made.get(name, {})} for name in {**self.settings, **made}}
+        fixed = self.kind.settings
+        return {name: {**fixed.get(name, {}), **made.get(name, {})} for name in {**fixed, **made}}
 
     def home_files(self, env: dict[str, str], uid: int, gid: int) -> dict[str, bytes]:
         """Called once the agent's environment is known (the hook has made its sentinels): a kept home gets the
@@ -82,7 +82,7 @@ def prepare(name: str, args: list[str], policy: str | None, workspace: Path, kee
         home.parent.chmod(0o700)
     return Preset(argv=[*kind.argv(), *args], policy=chosen.resolve(),
                   layers=(Share(installed.directory, GUEST_LAYER),), env={**SANE_ENV, **kind.env},
-                  aliases=dict(kind.aliases), home=home, settings=dict(kind.settings), kind=kind)
+                  aliases=dict(kind.aliases), home=home, kind=kind)
 
 
 SETTINGS_MAX = 16 << 20  # a settings file larger than this is not the agent's config: it is left alone

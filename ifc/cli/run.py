@@ -185,9 +185,9 @@ def run(args: argparse.Namespace) -> int:
                    hosts=Path(os.path.realpath(args.hosts)) if args.hosts else None)
     if preset is not None:
         spec.layers, spec.home, spec.env, spec.aliases = preset.layers, preset.home, dict(preset.env), preset.aliases
-        if spec.home is not None:  # the agent's own, as its home in the sandbox is
-            os.chown(spec.home, *spec.ids())
         ids = spec.ids()
+        if spec.home is not None:  # the agent's own, as its home in the sandbox is
+            os.chown(spec.home, *ids)
         spec.home_files = lambda env: preset.home_files(env, *ids)  # once the hook has made the key's sentinel
     if args.memory is not None:
         spec.memory_mb = args.memory

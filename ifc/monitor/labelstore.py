@@ -22,7 +22,7 @@ safe direction, and `ifc labels --lower` undoes it.
 `version` counts changes, so a decision that depended on labels can be cached exactly until it moves.
 The monitor looks for other processes' commits once per decision (`refresh()`, before it keys its cache of
 repeated decisions by `version`, so a repeat is never answered past a label another run raised) and then
-`pinned()` keeps that one view for the whole decision (`consistent()` is both). A change that finds nothing to
+`pinned()` keeps that one view for the whole decision. A change that finds nothing to
 change (deleting or renaming a name that has no label, the common case) is no transaction and leaves
 `version` alone.
 """
@@ -137,26 +137,18 @@ def decode(text: str | None) -> Label | None:
     return Label(frozenset(filter(None, secrecy.split(","))), int(integrity))
 
 
-class _View:
-    """`LabelStore.consistent()` and `pinned()`: a class, not a generator, since it wraps decisions (~0.4 µs,
-    not ~3)."""
+class _Pinned:
+    """`LabelStore.pinned()`: a class, not a generator, since it wraps decisions (~0.4 µs, not ~3)."""
 
-    __slots__ = ("look", "store")
+    __slots__ = ("store",)
 
-    def __init__(self, store: LabelStore, look: bool):
-        self.store, self.look = store, look
+    def __init__(self, store: LabelStore):
+        self.store = store
 
     def __enter__(self) -> LabelStore:
-        store = self.store
-        store._lock.acquire()
-        try:
-            if self.look:
-                store._sync()
-        except BaseException:
-            store._lock.release()
-            raise
-        store._pinned += 1
-        return store
+        self.store._lock.acquire()
+        self.store._pinned += 1
+        return self.store
 
     def __exit__(self, *exc) -> None:
         self.store._pinned -= 1
@@ -184,7 +176,7 @@ class LabelStore:
         self._shm: int | None = None  # the WAL index (its header is read to skip `PRAGMA data_version`)
         self._shm_close: weakref.finalize | None = None  # closes it with the store, closed or dropped
         self._shm_seen = b""
-        self._view, self._pinned_view = _View(self, True), _View(self, False)
+        self._pinned_view = _Pinned(self)
         self._next = 1
         self.version = 0
         self.root = None if root is None else os.fspath(root)
@@ -227,20 +219,16 @@ class LabelStore:
         """The object `path` names (names of one object share its label and its history)."""
         return self._names.get(path)
 
-    def consistent(self) -> _View:
-        """One view of the store for a whole decision (a context manager): other processes' commits are read
-        once, on entry (one look instead of one per lookup), and no lookup inside sees a commit made meanwhile.
-        Changes inside still join with what the database holds under its write lock (`_transaction`)."""
-        return self._view
-
     def refresh(self) -> None:
         """Pick up what other processes committed (cheap when nothing was: see `_wal_header`)."""
         if self._db is not None:
             with self._lock:
                 self._sync()
 
-    def pinned(self) -> _View:
-        """Like `consistent()` without the look: for a caller that has just called `refresh()`."""
+    def pinned(self) -> _Pinned:
+        """One view of the store for a whole decision (a context manager), for a caller that has just called
+        `refresh()`: no lookup inside looks for other processes' commits again, so none sees one made meanwhile.
+        Changes inside still join with what the database holds under its write lock (`_transaction`)."""
         return self._pinned_view
 
     @contextlib.contextmanager
