@@ -88,6 +88,12 @@ def test_bad_patterns_are_located_inside_the_string():
     assert "unknown scheme" in errs[1].message
 
 
+def test_a_secret_command_that_does_not_split_is_an_error_at_its_string():
+    [e] = errors('secret K from command "cat \'~/token" to "https://a.com"')
+    assert e.code == "bad-secret" and "does not parse: no closing quotation" in e.message
+    assert (e.span.line, e.span.column) == (2, 23) and e.help
+
+
 def test_delegate_must_be_covered_by_own_grants():
     [e] = errors('agent a { read "src/**" delegate read "**" }')
     assert e.code == "delegate-widens"

@@ -190,6 +190,8 @@ def test_a_commands_home_is_the_users_and_an_empty_value_is_none(monkeypatch, tm
     for source, ref in (("env", "IFC_TEST_SECRET"), ("file", str(tmp_path / "empty")), ("command", "true")):
         with pytest.raises(SecretError, match="empty value"):
             load_value(source, ref, "K")
+    with pytest.raises(SecretError, match="No closing quotation"):  # no traceback: the secret has no value
+        load_value("command", "cat 'unclosed", "K")
 
 
 @pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed (scripts/sysdeps.sh)")

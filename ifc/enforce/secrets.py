@@ -76,7 +76,7 @@ def _load(source: str, ref: str, name: str, key: str | None) -> bytes:
             # no shell, but `~` at the start of a word is the user's home, as a shell would read `cat ~/token`
             argv = [os.path.expanduser(word) if word.startswith("~") else word for word in shlex.split(ref)]
             out = subprocess.run(argv, capture_output=True, timeout=30, check=True)
-        except (OSError, subprocess.SubprocessError) as exc:
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:  # ValueError: an unclosed quote
             raise SecretError(name, f"command `{ref}` failed: {exc}") from None
         return out.stdout.strip()
     raise SecretError(name, f"unknown source `{source}`")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,6 +333,12 @@ class _Compiler:
                 self._err("bad-secret", f"secret `{decl.name.text}` has an empty {decl.source} reference",
                           decl.ref.span)
             ref = self._secret_file(decl) if decl.source == "file" and decl.ref.text else decl.ref.text
+            if decl.source == "command" and ref:
+                try:
+                    shlex.split(ref)  # how it runs: without a shell, split as a shell would (ifc.enforce.secrets)
+                except ValueError as exc:
+                    self._err("bad-secret", f"secret `{decl.name.text}`: its command does not parse: "
+                              f"{str(exc).lower()}", decl.ref.span, help="close the quote, or escape it with `\\`")
             if decl.key is not None and decl.source != "file":
                 self._err("secret-key", f"`key` names a value of a file, and secret `{decl.name.text}` comes "
                           f"from {decl.source}", decl.key.span,
