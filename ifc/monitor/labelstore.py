@@ -323,9 +323,11 @@ class LabelStore:
     def lower(self, path: str, label: Label, who: str, reason: str) -> Label:
         """A declassification a person makes: set `path`'s object to `label` (below what it has), recorded.
         Returns the old label. Raises `LabelStoreError` when `path` has no floated label or `label` is
-        not below it (that would be a raise, which only writes make)."""
-        with self._lock:
-            self._sync()
+        not below it (that would be a raise, which only writes make).
+
+        Checked and made in one transaction, on the label as committed: a raise another run commits meanwhile is
+        part of the returned (printed, recorded) old label, or lands on top of the new one, never dropped unseen."""
+        with self._lock, self._transaction():
             oid = self._names.get(path)
             if oid is None and self.root is not None:
                 oid = self._adopt(path)
@@ -334,10 +336,9 @@ class LabelStore:
                 raise LabelStoreError(f"`{path}` has no floated label")
             if not label.flows_to(old):
                 raise LabelStoreError(f"`{path}`: the new label is not below the current one")
-            with self._transaction():
-                self._put_object(oid, label, None)
-                self._log("lower", path, oid, old, label, Why(who=who, reason=reason))
-            return old
+            self._put_object(oid, label, None)
+            self._log("lower", path, oid, old, label, Why(who=who, reason=reason))
+        return old
 
     def set_meta(self, **values: str) -> None:
         if self._db is not None:
@@ -392,23 +393,38 @@ class LabelStore:
             if len(header) == _WAL_HEADER and header == self._shm_seen:
                 return
             self._shm_seen = header  # read before the pragma: a commit after this read shows at the next look
-        seen = self._db.execute("PRAGMA data_version").fetchone()[0]
-        if seen != self._seen:
-            self._load()
-            self._seen = seen
+        if self._db.execute("PRAGMA data_version").fetchone()[0] != self._seen:
+            self._load()  # records the version of the snapshot it read
             self.version += 1
 
     def _load(self) -> None:
-        self._objects, self._inodes, self._next = {}, {}, 1
-        for oid, secrecy, integrity, dev, ino in self._db.execute(
-                "SELECT id, secrecy, integrity, dev, ino FROM objects"):
-            self._objects[oid] = Label(frozenset(filter(None, secrecy.split(","))), integrity)
-            if dev is not None:
-                self._inodes[(dev, ino)] = oid
-            self._next = max(self._next, oid + 1)
-        self._names = {from_sql(path): oid for path, oid in self._db.execute("SELECT path, object FROM names")}
+        """Replace the in-memory view with the database's, every table read from one snapshot.
+
+        Why one: outside a transaction each statement is its own snapshot, and another run's commit landing
+        between the read of `objects` and that of `names` gave a view with a name but not its object. The name
+        read as unlabelled, and with no lock to re-sync under (the version read last already counted the commit)
+        the object's id was handed out again to this run's next new object, whose raise then overwrote the other
+        run's label (`test_a_store_opened_while_another_run_commits_never_lowers_a_label`)."""
+        own = not self._db.in_transaction
+        if own:
+            self._db.execute("BEGIN")  # deferred: a read transaction, the snapshot every statement below sees
+        try:
+            objects: dict[int, Label] = {}
+            inodes: dict[tuple[int, int], int] = {}
+            for oid, secrecy, integrity, dev, ino in self._db.execute(
+                    "SELECT id, secrecy, integrity, dev, ino FROM objects"):
+                objects[oid] = Label(frozenset(filter(None, secrecy.split(","))), integrity)
+                if dev is not None:
+                    inodes[(dev, ino)] = oid
+            names = {from_sql(path): oid for path, oid in self._db.execute("SELECT path, object FROM names")}
+            seen = self._db.execute("PRAGMA data_version").fetchone()[0]
+        finally:
+            if own:
+                self._db.execute("COMMIT")  # ends the read; nothing was written
+        self._objects, self._inodes, self._names = objects, inodes, names
+        self._next = max(objects, default=0) + 1
         self._index()
-        self._seen = self._db.execute("PRAGMA data_version").fetchone()[0]
+        self._seen = seen
 
     def _index(self) -> None:
         """Rebuild the bookkeeping of `_refs`, `_inodes_of` and `_beneath` from the maps (after a reload)."""
@@ -486,28 +502,45 @@ class LabelStore:
             self._db.execute("DELETE FROM objects WHERE id = ?", (oid,))
 
     def _adopt(self, path: str) -> int | None:
-        """A name the store does not know whose inode a labelled object has: renamed or linked outside."""
+        """A name the store does not know whose inode a labelled object has: renamed or linked outside.
+
+        Looked up again inside the transaction: the view it was found in may predate another run's commit (a
+        pinned decision's), which may have deleted that object or given the name one of its own."""
         inode = self._inode(path)
-        oid = None if inode is None else self._inodes.get(inode)
-        if oid is not None and oid in self._objects:
-            with self._transaction():
-                self._put_name(path, oid)
-                self._log("adopt", path, oid, None, self._objects[oid], None,
-                          reason="same file (inode) as a labelled object: renamed or linked outside the sandbox")
+        if inode is None or inode not in self._inodes:
+            return None
+        with self._transaction():
+            oid = self._names.get(path)
+            if oid is not None:
+                return oid
+            oid = self._inodes.get(inode)
+            if oid is None or oid not in self._objects:
+                return None
+            self._put_name(path, oid)
+            self._log("adopt", path, oid, None, self._objects[oid], None,
+                      reason="same file (inode) as a labelled object: renamed or linked outside the sandbox")
         return oid
 
     def _record_inodes(self) -> None:
-        """Fill in inodes for objects that had none (a raise decided before the file existed)."""
+        """Fill in inodes for objects that had none (a raise decided before the file existed).
+
+        Found again inside the transaction: in a view older than another run's rename, a name can belong to an
+        object it no longer names, and the inode found there (now another object's file) written to the stale
+        object would send that file, renamed on the host later, to the stale object's label when adopted."""
         if self.root is None or self._db is None:
             return
         with self._lock:
-            missing = self._objects.keys() - set(self._inodes.values())
-            found = [(oid, inode) for path, oid in self._names.items() if oid in missing
-                     for inode in [self._inode(path)] if inode is not None]
-            if found:
-                with self._transaction():
-                    for oid, inode in found:
-                        self._put_object(oid, self._objects[oid], inode)
+            if not self._missing_inodes():
+                return
+            with self._transaction():
+                for oid, inode in self._missing_inodes():
+                    self._put_object(oid, self._objects[oid], inode)
+
+    def _missing_inodes(self) -> list[tuple[int, tuple[int, int]]]:
+        """(object, inode found at one of its names) for each object with no inode recorded."""
+        missing = self._objects.keys() - set(self._inodes.values())
+        return [(oid, inode) for path, oid in self._names.items() if oid in missing
+                for inode in [self._inode(path)] if inode is not None]
 
     def _stat(self, path: str) -> os.stat_result | None:
         if self.root is None:
