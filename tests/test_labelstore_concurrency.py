@@ -220,3 +220,154 @@ def test_an_adoption_checks_the_inode_map_as_committed(tmp_path, op):
     assert interleave.done
     assert found in (None, SECRET)
     assert LabelStore(db, root=ws).snapshot() == {}
+
+
+# ------------------------------------------------------------------------------------------ SQLite's locks
+_DMS = 128  # the byte of the -shm file whose read lock says "in use" (os_unix.c: UNIX_SHM_DMS, (22 + 8) * 4 + 8)
+_PROBE = """
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+flock = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, int(sys.argv[2]), 1, 0))
+kind, _, _, _, pid = struct.unpack("hhqqi4x", flock)
+print({fcntl.F_UNLCK: "none", fcntl.F_RDLCK: "shared", fcntl.F_WRLCK: "exclusive"}[kind], pid)
+"""
+
+
+def _dms_lock(db: Path) -> tuple[str, int]:
+    """The lock another process sees on the WAL index's in-use byte, and who holds it (F_GETLK only reports
+    other processes' locks, hence the child)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PROBE, f"{db}-shm", str(_DMS)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return out[0], int(out[1])
+
+
+def test_closing_a_store_keeps_the_locks_of_the_others_in_the_process(tmp_path):
+    """POSIX drops every lock a process holds on a file when any descriptor of that file is closed. Each store
+    read the WAL index through a descriptor of its own and closed it with the store, so closing (or dropping)
+    one store took away the locks SQLite held for the process's other connections: the next process to open the
+    database took itself for the first, truncated the index under the live mapping and rebuilt it (SIGBUS in
+    the store's process; found by the stress test below)."""
+    import gc
+
+    db = tmp_path / "l.db"
+    kept = LabelStore(db)
+    kept.raise_to("f", SECRET)
+    assert _dms_lock(db) == ("shared", os.getpid()), "SQLite's claim on the index is not where it should be"
+    LabelStore(db).close()
+    assert _dms_lock(db) == ("shared", os.getpid()), "closing one store dropped the other's lock"
+    dropped = LabelStore(db)
+    dropped.get("f")
+    del dropped
+    gc.collect()
+    assert _dms_lock(db) == ("shared", os.getpid()), "dropping one store dropped the other's lock"
+    assert kept.get("f") == SECRET
+    kept.close()
+
+
+# ------------------------------------------------------------------------------------------ processes
+WRITER = """
+import random, sys
+from ifc.monitor.labelstore import LabelStore
+from ifc.policy.labels import Label
+from tests.test_labelstore_concurrency import CHURN, STICKY, TAGS
+db, seed, count, acks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), open(sys.argv[4], "a", buffering=1)
+rng = random.Random(seed)
+store = LabelStore(db)
+for i in range(count):
+    kind, tag = rng.choice(KINDS := ("raise", "save", "save", "churn", "rename", "delete", "link", "reopen")), \\
+        Label(frozenset({rng.choice(TAGS)}), 1)
+    name, churn, other = rng.choice(STICKY), rng.choice(CHURN), rng.choice(CHURN + STICKY)
+    if kind == "raise":
+        store.raise_to(name, tag)
+    elif kind == "save":  # an editor's save: the content (its old label and more) written aside, renamed over
+        with store.batch():
+            old = store.get(name)
+            store.raise_to(f"tmp-{seed}-{i}", tag if old is None else old.join(tag))
+            store.rename(f"tmp-{seed}-{i}", name)
+    elif kind == "churn":
+        store.raise_to(churn, tag)
+    elif kind == "rename":
+        store.rename(churn, rng.choice(CHURN))
+    elif kind == "delete":
+        store.delete(churn)
+    elif kind == "link":  # never replaces a name: onto a sticky one only while it has none
+        store.link(churn, other)
+    else:  # a new run on the workspace opens the store while the others commit
+        store.close()
+        store = LabelStore(db)
+    if kind in ("raise", "save"):
+        acks.write(f"{name} {sorted(tag.secrecy)[0]}\\n")  # acknowledged: it must hold from now on
+"""
+STICKY = [f"s{i}" for i in range(8)]  # only raised, saved over with their label and more, or linked to
+CHURN = [f"c{i}" for i in range(6)]  # raised, renamed among themselves, deleted, linked anywhere
+TAGS = ["internal", "secret", "customer", "pii", "key"]
+
+
+@pytest.mark.integration
+def test_runs_racing_on_one_store_never_lower_a_label(tmp_path):
+    """Four writer processes change overlapping names (raises, saves over, renames, deletes, links, reopening the
+    store as a new run does) while this process looks at the store the way a monitor does (`refresh()`, then one
+    pinned view) and now and then opens it afresh as `ifc labels` does; writers are killed with SIGKILL at random
+    points and replaced. A name that is only ever raised must never be seen lower than it was seen before, and
+    every raise a writer saw committed must be in the final store."""
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    db, rng = tmp_path / "l.db", random.Random(5)
+    LabelStore(db).close()
+    env = {**os.environ, "PYTHONPATH": str(root)}
+
+    def start(n: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(rng.randrange(1 << 30)), "1500",
+                                 str(tmp_path / f"acks{n}")], cwd=root, env=env)
+
+    writers, started, kills = [start(n) for n in range(4)], 4, 0
+    seen: dict[str, Label] = {}
+    looks = 0
+
+    def observe(get: Callable[[str], Label | None], how: str) -> None:
+        for name in STICKY:
+            label, before = get(name), seen.get(name)
+            assert before is None or (label is not None and before.flows_to(label)), \
+                f"look {looks} ({how}): `{name}` went from {before} to {label}"
+            if label is not None:
+                seen[name] = label
+
+    mine = LabelStore(db)
+    try:
+        while any(w.poll() is None for w in writers):
+            looks += 1
+            mine.refresh()
+            with mine.pinned():
+                observe(mine.get, "refresh, pinned")
+            if looks % 20 == 0:
+                fresh = LabelStore(db)
+                observe(fresh.snapshot().get, "a fresh open")
+                fresh.close()
+            if kills < 8 and rng.random() < 0.01:
+                victim = rng.randrange(len(writers))
+                if writers[victim].poll() is None:
+                    writers[victim].send_signal(signal.SIGKILL)
+                    writers[victim].wait()
+                    kills += 1
+                writers[victim], started = start(started), started + 1
+        assert all(w.returncode in (0, -signal.SIGKILL) for w in writers), [w.returncode for w in writers]
+    finally:
+        for w in writers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    final = LabelStore(db).snapshot()
+    observe(final.get, "the end")
+    acked = [line.split() for n in range(started) if (tmp_path / f"acks{n}").exists()  # none if killed early
+             for line in (tmp_path / f"acks{n}").read_text().splitlines()]
+    assert len(acked) > 1000 and kills >= 1, (len(acked), kills)  # the race was run, not skipped
+    for name, tag in (a for a in acked if len(a) == 2):
+        assert tag in final[name].secrecy, f"`{name}` lost `{tag}`, acknowledged by a writer: {final[name]}"
+    assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchall() == [("ok",)]

@@ -38,6 +38,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from ifc.monitor import wal_index
 from ifc.monitor.events import from_sql, to_sql
 from ifc.policy.labels import Label
 
@@ -69,25 +70,14 @@ def _retry_locked(step, seconds: float = BUSY_TIMEOUT_MS / 1000):
             time.sleep(0.01)
 
 
-_WAL_HEADER = 48  # bytes: the first copy of SQLite's WalIndexHdr at the start of the -shm file
-
-
-def _wal_header(db_path: Path) -> int | None:
-    """A descriptor of the store's WAL index (SQLite's `-shm` file, https://sqlite.org/walformat.html), whose
-    header is read with pread; None if it cannot be opened (the store then asks `PRAGMA data_version` on every
-    look). Read, not mapped: SQLite truncates the file when it rebuilds it, and a mapped page past the end
-    would kill the daemon with SIGBUS; a short read just means "ask".
-
-    Why: every decision looks for other runs' commits, and `PRAGMA data_version` costs a statement and two
-    lock system calls (~3.6 µs) each time. Every commit, by any connection, rewrites this header (its change
-    counter `iChange` and `mxFrame` move), so while its bytes are what they were at the last look, nothing was
-    committed and there is nothing to ask; when they differ, the pragma decides as before. A commit that lands
-    while the header is read is either seen now or at the next look, like one landing just after it. SQLite
-    replaces the file only when its last connection closes, and this store keeps its own open."""
+def _close(db: sqlite3.Connection, wal: wal_index.WalIndex | None) -> None:
+    """Close a store's connection, then let go of its WAL index: in that order, since closing the index's
+    descriptor while the connection is open would drop the connection's locks (see `ifc.monitor.wal_index`)."""
     try:
-        return os.open(f"{db_path}-shm", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
+        db.close()
+    finally:
+        if wal is not None:
+            wal_index.release(wal)
 
 
 class LabelStoreError(Exception):
@@ -173,9 +163,10 @@ class LabelStore:
         self._inodes_of: dict[int, set[tuple[int, int]]] = {}
         self._beneath: dict[str, int] = {}
         self._pinned = 0
-        self._shm: int | None = None  # the WAL index (its header is read to skip `PRAGMA data_version`)
-        self._shm_close: weakref.finalize | None = None  # closes it with the store, closed or dropped
+        self._wal: wal_index.WalIndex | None = None  # its header is read to skip `PRAGMA data_version`
+        self._shm: int | None = None  # the WAL index's descriptor, read on every look
         self._shm_seen = b""
+        self._closer: weakref.finalize | None = None  # closes the connection, then the index: closed or dropped
         self._pinned_view = _Pinned(self)
         self._next = 1
         self.version = 0
@@ -199,9 +190,9 @@ class LabelStore:
                     self._db.execute(f"ALTER TABLE objects ADD COLUMN {column} INTEGER")
                 self._load()
                 self._record_inodes()
-                self._shm = _wal_header(self.path) if str(mode).lower() == "wal" else None
-                if self._shm is not None:
-                    self._shm_close = weakref.finalize(self, os.close, self._shm)
+                self._wal = wal_index.acquire(self.path) if str(mode).lower() == "wal" else None
+                self._shm = None if self._wal is None else self._wal.fd
+                self._closer = weakref.finalize(self, _close, self._db, self._wal)
             except sqlite3.Error as exc:
                 raise LabelStoreError(f"cannot open the label store `{path}`: {exc}") from None
 
@@ -220,7 +211,7 @@ class LabelStore:
         return self._names.get(path)
 
     def refresh(self) -> None:
-        """Pick up what other processes committed (cheap when nothing was: see `_wal_header`)."""
+        """Pick up what other processes committed (cheap when nothing was: see `_sync`)."""
         if self._db is not None:
             with self._lock:
                 self._sync()
@@ -350,11 +341,9 @@ class LabelStore:
             try:
                 self._record_inodes()
             finally:
-                if self._shm_close is not None:
-                    self._shm_close()
-                    self._shm_close = self._shm = None
-                self._db.close()
-                self._db = None
+                self._db = self._shm = None
+                if self._closer is not None:
+                    self._closer()
 
     # ------------------------------------------------------------------------------------ internals
     @contextlib.contextmanager
@@ -385,12 +374,23 @@ class LabelStore:
         self.version += 1
 
     def _sync(self) -> None:
-        """Reload when another process committed since we last looked (runs share the workspace's store)."""
+        """Reload when another process committed since we last looked (runs share the workspace's store).
+
+        Every decision looks, and `PRAGMA data_version` costs a statement and two lock system calls (~3.6 µs),
+        so the look first reads the header of SQLite's WAL index (https://sqlite.org/walformat.html; pread, not
+        mapped: SQLite truncates the file when it rebuilds it, and a mapped page past the end would kill the
+        daemon with SIGBUS). Every commit, by any connection, rewrites the header (its change counter `iChange`
+        and `mxFrame` move); while its bytes are what they were at the last look, nothing was committed and
+        there is nothing to ask; when they differ, the pragma decides. Both copies are compared: a writer
+        writes the second first, so one killed between the two leaves a committed transaction with the first
+        copy unchanged (the next reader's recovery rebuilds the header; the pragma is what starts one). A commit
+        landing while the header is read is seen now or at the next look, like one landing just after it. A
+        short read just means "ask"."""
         if self._db is None:
             return
-        if self._shm is not None:  # nobody committed since the last look: nothing to ask SQLite (see _wal_header)
-            header = os.pread(self._shm, _WAL_HEADER, 0)
-            if len(header) == _WAL_HEADER and header == self._shm_seen:
+        if self._shm is not None:  # nobody committed since the last look: nothing to ask SQLite
+            header = os.pread(self._shm, wal_index.HEADER, 0)
+            if len(header) == wal_index.HEADER and header == self._shm_seen:
                 return
             self._shm_seen = header  # read before the pragma: a commit after this read shows at the next look
         if self._db.execute("PRAGMA data_version").fetchone()[0] != self._seen:
