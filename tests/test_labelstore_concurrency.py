@@ -267,6 +267,29 @@ def test_closing_a_store_keeps_the_locks_of_the_others_in_the_process(tmp_path):
     kept.close()
 
 
+def test_a_commit_whose_writer_died_between_the_header_copies_is_seen(tmp_path):
+    """SQLite writes the WAL index's header twice at a commit, the second copy first. A writer killed between
+    the two leaves a committed transaction (its frames are in the WAL) with the first copy as it was; the next
+    reader that asks SQLite finds the copies differ and rebuilds the header. A look comparing the first copy
+    only skipped asking, and missed that commit until another connection started a transaction. The state is
+    made here as the kill leaves it (a child writes the old first copy back), since the window is a few
+    instructions wide."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "l.db"
+    mine, other = LabelStore(db), LabelStore(db)
+    other.raise_to("warm", INTERNAL)
+    assert mine.get("warm") == INTERNAL
+    first = os.pread(mine._shm, 48, 0)  # the first copy as mine last saw it (not a new descriptor: see above)
+    other.raise_to("f", SECRET)
+    subprocess.run([sys.executable, "-c", "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY); "
+                    "os.pwrite(fd, bytes.fromhex(sys.argv[2]), 0)", f"{db}-shm", first.hex()], check=True)
+    assert os.pread(mine._shm, 48, 0) == first and os.pread(mine._shm, 96, 0)[48:] != first
+    assert mine.get("f") == SECRET, "a committed raise was not seen"
+    assert LabelStore(db).snapshot() == {"warm": INTERNAL, "f": SECRET}
+
+
 # ------------------------------------------------------------------------------------------ processes
 WRITER = """
 import random, sys
