@@ -222,6 +222,29 @@ def test_an_adoption_checks_the_inode_map_as_committed(tmp_path, op):
     assert LabelStore(db, root=ws).snapshot() == {}
 
 
+def test_a_look_that_failed_is_made_again(tmp_path):
+    """A look whose question to SQLite fails (an I/O error, a lock held past the timeout) fails that decision
+    (the monitor denies it); the next look must ask again. The header it had read was kept as seen before
+    asking, so the next look found it unchanged and kept the old view until some later commit."""
+    db = tmp_path / "l.db"
+    mine, other = LabelStore(db), LabelStore(db)
+    assert mine.get("f") is None
+    other.raise_to("f", SECRET)
+    failing = [True]
+
+    def deny_once(action: int, arg: str | None, *_) -> int:
+        if action == sqlite3.SQLITE_PRAGMA and arg == "data_version" and failing:
+            failing.clear()
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    mine._db.set_authorizer(deny_once)
+    with pytest.raises(sqlite3.DatabaseError):
+        mine.get("f")
+    assert not failing, "the look did not ask SQLite: nothing was tested"
+    assert mine.get("f") == SECRET, "a look after a failed one kept the view from before the commit"
+
+
 # ------------------------------------------------------------------------------------------ SQLite's locks
 _DMS = 128  # the byte of the -shm file whose read lock says "in use" (os_unix.c: UNIX_SHM_DMS, (22 + 8) * 4 + 8)
 _PROBE = """

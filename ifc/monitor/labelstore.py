@@ -388,14 +388,17 @@ class LabelStore:
         short read just means "ask"."""
         if self._db is None:
             return
+        header = b""
         if self._shm is not None:  # nobody committed since the last look: nothing to ask SQLite
             header = os.pread(self._shm, wal_index.HEADER, 0)
             if len(header) == wal_index.HEADER and header == self._shm_seen:
                 return
-            self._shm_seen = header  # read before the pragma: a commit after this read shows at the next look
         if self._db.execute("PRAGMA data_version").fetchone()[0] != self._seen:
             self._load()  # records the version of the snapshot it read
             self.version += 1
+        # the header read before the pragma (a commit after that read shows at the next look), and kept only once
+        # the view is current: a look that failed asks again (`test_a_look_that_failed_is_made_again`)
+        self._shm_seen = header
 
     def _load(self) -> None:
         """Replace the in-memory view with the database's, every table read from one snapshot.
