@@ -374,6 +374,10 @@ def test_runs_racing_on_one_store_never_lower_a_label(tmp_path):
                                  str(tmp_path / f"acks{n}")], cwd=root, env=env)
 
     writers, started, kills = [start(n) for n in range(4)], 4, 0
+    ids = list(range(4))  # which writer (its acks file) runs in each slot
+    # the first eight writers are killed once they have acknowledged this many bytes of raises (~5 KB in a
+    # whole run): mid-change, at a point the schedulers pick
+    kill_at = {n: rng.randrange(100, 3000) for n in range(8)}
     seen: dict[str, Label] = {}
     looks = 0
 
@@ -396,13 +400,13 @@ def test_runs_racing_on_one_store_never_lower_a_label(tmp_path):
                 fresh = LabelStore(db)
                 observe(fresh.snapshot().get, "a fresh open")
                 fresh.close()
-            if kills < 8 and rng.random() < 0.01:
-                victim = rng.randrange(len(writers))
-                if writers[victim].poll() is None:
-                    writers[victim].send_signal(signal.SIGKILL)
-                    writers[victim].wait()
+            for slot, writer in enumerate(writers):
+                acks = tmp_path / f"acks{ids[slot]}"
+                if ids[slot] in kill_at and acks.exists() and acks.stat().st_size >= kill_at[ids[slot]]:
+                    writer.send_signal(signal.SIGKILL)
+                    writer.wait()
                     kills += 1
-                writers[victim], started = start(started), started + 1
+                    writers[slot], ids[slot], started = start(started), started, started + 1
         assert all(w.returncode in (0, -signal.SIGKILL) for w in writers), [w.returncode for w in writers]
     finally:
         for w in writers:
