@@ -322,9 +322,9 @@ from tests.test_labelstore_concurrency import CHURN, STICKY, TAGS
 db, seed, count, acks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), open(sys.argv[4], "a", buffering=1)
 rng = random.Random(seed)
 store = LabelStore(db)
+kinds = ("raise", "save", "save", "churn", "rename", "delete", "link", "reopen")
 for i in range(count):
-    kind, tag = rng.choice(KINDS := ("raise", "save", "save", "churn", "rename", "delete", "link", "reopen")), \\
-        Label(frozenset({rng.choice(TAGS)}), 1)
+    kind, tag = rng.choice(kinds), Label(frozenset({rng.choice(TAGS)}), 1)
     name, churn, other = rng.choice(STICKY), rng.choice(CHURN), rng.choice(CHURN + STICKY)
     if kind == "raise":
         store.raise_to(name, tag)
