@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from ifc.monitor.labelstore import LabelStore, LabelStoreError
 from ifc.policy.labels import Label
@@ -243,6 +245,83 @@ def test_a_look_that_failed_is_made_again(tmp_path):
         mine.get("f")
     assert not failing, "the look did not ask SQLite: nothing was tested"
     assert mine.get("f") == SECRET, "a look after a failed one kept the view from before the commit"
+
+
+_RACE_NAMES = ("a", "b", "c", "d/e")
+_race_op = st.one_of(
+    st.tuples(st.just("raise"), st.sampled_from(_RACE_NAMES), st.sampled_from((SECRET, INTERNAL, CUSTOMER))),
+    st.tuples(st.sampled_from(("rename", "link", "save")), st.sampled_from((*_RACE_NAMES, "d")),
+              st.sampled_from(_RACE_NAMES)),
+    st.tuples(st.just("delete"), st.sampled_from(_RACE_NAMES), st.none()),
+    st.tuples(st.just("lower"), st.sampled_from(_RACE_NAMES), st.sampled_from((INTERNAL, CUSTOMER))))
+
+
+def _apply(store: LabelStore, op: tuple, reason: str = "race") -> Label | None:
+    """One change as a run (or `ifc labels --lower`) makes it; a refused lower is an outcome, not a failure.
+    Returns the label a lower replaced."""
+    kind, a, b = op
+    try:
+        if kind == "raise":
+            store.raise_to(a, b)
+        elif kind == "rename":
+            store.rename(a, b)
+        elif kind == "link":
+            store.link(a, b)
+        elif kind == "save":  # the monitor's rename: the content's raise and the move, one transaction
+            with store.batch():
+                store.raise_to(a, store.get(a) or INTERNAL)
+                store.rename(a, b)
+        elif kind == "delete":
+            store.delete(a)
+        else:
+            return store.lower(a, b, who="alice", reason=reason)
+    except LabelStoreError as exc:
+        if "locked" in str(exc):
+            raise
+    return None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_race_op, max_size=6), _race_op, _race_op)
+@example([("raise", "a", SECRET)], ("lower", "a", INTERNAL), ("raise", "a", CUSTOMER))  # `ifc labels` and a run
+@example([("raise", "a", SECRET), ("raise", "b", CUSTOMER)], ("rename", "a", "b"), ("save", "b", "a"))
+def test_two_changes_racing_end_as_one_after_the_other(before, mine_op, other_op):
+    """Whichever gap of one store's change another store's change lands in (each in turn), the store ends as if
+    one had been made after the other (each change is one transaction, checked on what is committed), a lower
+    records the label it replaced in that order, and the first store's view is that state at its next look.
+    Compared with both serial orders replayed on in-memory stores."""
+    import tempfile
+
+    def replay(first: tuple, second: tuple, mine_first: bool) -> tuple[dict[str, Label], Label | None]:
+        store = LabelStore()
+        for op in before:
+            _apply(store, op)
+        replaced = _apply(store, first)
+        later = _apply(store, second)
+        return store.snapshot(), replaced if mine_first else later
+
+    serial = (replay(mine_op, other_op, True), replay(other_op, mine_op, False))
+    for at in range(64):
+        with tempfile.TemporaryDirectory() as d:
+            db = Path(d) / "l.db"
+            other, mine = LabelStore(db), LabelStore(db)
+            for op in before:
+                _apply(other, op)
+            interleave = Interleave(other, lambda store: _apply(store, other_op, "other"), at)
+            mine._db.set_trace_callback(interleave)
+            replaced = _apply(mine, mine_op, "mine")
+            mine._db.set_trace_callback(None)
+            after_all = not interleave.done  # every gap was tried: this time the other change came after
+            interleave.finish()
+            found = LabelStore(db).snapshot()
+            recorded = [c.old for c in LabelStore(db).history() if c.kind == "lower" and c.reason == "mine"]
+            assert recorded == ([] if replaced is None else [replaced]), at
+            assert (found, replaced) in serial, (at, found, replaced, serial)
+            assert mine.snapshot() == found, at
+            other.close()
+            mine.close()
+        if after_all:
+            break
 
 
 # ------------------------------------------------------------------------------------------ SQLite's locks
