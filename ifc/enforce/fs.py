@@ -13,7 +13,7 @@ deciding is denied, and the monitor logs it (`Monitor.error`).
     write     re-decided when the run's taint rose since the last decision on that descriptor,
               so the file's label still floats (also for mmap writes, which reach FUSE as writes)
     readlink  readlink (containment only: where the symlink leads)
-    getattr, readdir, statfs, flush, fsync, release: no decision
+    getattr, readdir, statfs, flush, fsync, fsyncdir, release: no decision
 
 The denials file: `/.ifc-denials` (DENIALS_NAME) is served by the daemon, not the backing directory — the run's
 newest denials with reason, rule and hint (`Monitor.denials_text`), so the agent can learn why it got EACCES
@@ -860,6 +860,23 @@ class EnforcingFS:
             os.fdatasync(fh)
         else:
             os.fsync(fh)
+        return 0
+
+    @_refusals_logged
+    def fsyncdir(self, path, datasync, fh):
+        """fsync(2) of a directory: makes the names created, renamed and removed in it durable (sqlite's journal,
+        git, editors' atomic saves, pip rely on it). Without it the kernel's first FUSE_FSYNCDIR gets ENOSYS, and
+        from then on it answers every directory fsync with success itself — a promise nobody kept. Like fsync,
+        no decision: nothing moves between labels. The directory is reached by name (no opendir handle here),
+        beneath the backing root like every other path; the root itself is the backing root."""
+        fd = self.backing.open(self.backing.relative(path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if datasync:
+                os.fdatasync(fd)
+            else:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         return 0
 
     def release(self, path, fh):
