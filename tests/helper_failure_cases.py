@@ -24,7 +24,7 @@ READY = "echo ready > src/ready"
 ERROR = re.compile(r"^ifc run: error: (?P<what>.+)$")
 
 
-def _when_ready(ws: Path, act: Callable[[], None]) -> threading.Thread:
+def when_ready(ws: Path, act: Callable[[], None]) -> threading.Thread:
     def wait_then_act() -> None:
         deadline = time.monotonic() + 90
         while not (ws / "src" / "ready").exists():
@@ -69,7 +69,7 @@ def killed_mount_daemon(run: Run, ws: Path, policy: Path, run_dir: Path) -> None
         os.kill(mount_daemon_of(run_dir), signal.SIGKILL)
         killed.append(time.time())
 
-    killer = _when_ready(ws, kill)
+    killer = when_ready(ws, kill)
     proc = run(ws, policy, run_dir, script, (), {})
     killer.join()
     assert killed, proc.stderr
@@ -102,7 +102,7 @@ def unwritable_event_log(run: Run, ws: Path, policy: Path, run_dir: Path) -> Non
         holder.execute("ROLLBACK")
         holder.close()
 
-    locker = _when_ready(ws, lock_then_release)
+    locker = when_ready(ws, lock_then_release)
     proc = run(ws, policy, run_dir, script, (), {})
     locker.join()
     assert held, proc.stderr

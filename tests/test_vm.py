@@ -5,6 +5,7 @@ Ctrl-C). One boot per test (~3-6 s under TCG)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -310,6 +311,32 @@ def test_labels_floated_in_one_run_hold_in_the_next(vm_run, tmp_path):
 def test_a_killed_mount_daemon_fails_the_run_and_says_why(vm_run, workspace):
     """The microVM shares the namespace path's supervision (`vmm.sandbox.Supervised`): one case is enough."""
     helper_failure_cases.killed_mount_daemon(vm_run, *workspace)
+
+
+def test_a_dead_virtiofsd_stops_the_run_instead_of_hanging_it(image_env, workspace):
+    """The workspace's virtiofsd dying mid-run left the guest's requests to it waiting for ever (a benchmark's
+    `ifc run` hung 19 minutes): the run is stopped at once, fails, and says which share's server died."""
+    ws, policy, run_dir = workspace
+    killed: list[int] = []
+
+    def kill() -> None:
+        source = f"source={run_dir / 'mnt'}".encode()
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                if b"virtiofsd" in argv[0] and source in argv:
+                    os.kill(int(entry), signal.SIGKILL)
+                    killed.append(int(entry))
+
+    killer = helper_failure_cases.when_ready(ws, kill)
+    proc = ifc_run(image_env, ws, policy, run_dir, "sh", "-c",
+                   f"{helper_failure_cases.READY}; while cat src/main.py >/dev/null; do sleep 0.05; done")
+    killer.join()
+    assert killed, proc.stderr
+    assert proc.returncode == 125, proc.stderr
+    assert "ifc run: error: virtiofsd for the workspace exited during the run (signal 9)" in proc.stderr
+    assert _leftovers(run_dir) == []
+    assert (ws / "src" / "main.py").read_text() == "print('hello')\n"
 
 
 def test_a_secret_whose_variable_is_unset_costs_only_the_sends_that_need_it(vm_run, tmp_path):

@@ -8,7 +8,8 @@ What `run()` does, in order (each helper is a child that dies with this process,
 2. **The FUSE daemon** (`python -m ifc mount`, the same Monitor / EventLog in the run dir, the workspace's LabelStore)
    serves the workspace at `RUN_DIR/mnt`.
 3. **Two virtiofsd**: one exports a read-only bind of the host's `/usr` (cache=always), one exports the FUSE
-   mount (cache=none: every open and attribute reaches the monitor's mount).
+   mount (cache=none: every open is direct I/O and reaches the monitor's mount; names and attributes are kept
+   in the guest for 1 s).
 4. **QEMU `microvm`**: KVM when a probe boot passed (cached per kernel, QEMU and host kernel), else TCG with
    `tsc_early_khz`; the serial console goes to `RUN_DIR/console.log`, the command's stdio is a virtio
    console on this process's stdin/stdout (a terminal passes through: size, resizes, Ctrl-C), and a
@@ -17,7 +18,8 @@ What `run()` does, in order (each helper is a child that dies with this process,
    most the forwards to the egress hook (`10.0.2.100:3128` the proxy, `:53` its DNS stub).
 5. **Watchdogs**: the guest must say `ready` within the boot timeout; after `done` (the workspace synced and
    unmounted) QEMU is stopped at once, and without it QEMU must exit within the shutdown timeout after
-   `exit N`; otherwise it is killed and `LaunchError` says where to look.
+   `exit N`; otherwise it is killed and `LaunchError` says where to look. A share's virtiofsd that ends while
+   the command runs stops the VM at once (the guest would wait for its replies for ever) and fails the run.
 """
 
 from __future__ import annotations
@@ -231,23 +233,32 @@ def run(spec: RunSpec) -> RunResult:
         helpers.mounts.insert(0, str(usr))  # before binding: a half-made bind is unmounted too
         bind_readonly("/usr", str(usr))
         virtiofsd = find_virtiofsd()
-        shares = {"usr": (str(usr), "always"), "ws": (str(workspace.mountpoint), "none")}
+        # -o options per share. The workspace: cache=none (every open is direct I/O, reaching the monitor's
+        # mount, and the guest has no shared writable mappings of it) with entries and attributes kept for 1 s
+        # (the mount's own kernel cache keeps them 10 s for virtiofsd anyway; docs/benchmarks.md, issue 16 part 4)
+        shares = {"usr": (str(usr), ["cache=always"]), "ws": (str(workspace.mountpoint), ["cache=none", "timeout=1"])}
         extra = []  # `tag:path:mode` for the guest init: an agent's layer read-only, a kept home read-write
+        named = {"usr": "/usr", "ws": "the workspace"}  # what each share is, for a watchdog's message
         for i, layer in enumerate(spec.layers):
             view = sockdir / f"ro{i}"
             view.mkdir()
             helpers.mounts.insert(0, str(view))
             bind_readonly(str(layer.source), str(view))
-            shares[f"ro{i}"] = (str(view), "always")
+            shares[f"ro{i}"] = (str(view), ["cache=always"])
             extra.append(f"ro{i}:{layer.target}:ro")
+            named[f"ro{i}"] = layer.target
         if spec.home is not None:
-            shares["home"] = (str(spec.home), "auto")
+            shares["home"] = (str(spec.home), ["cache=auto"])
             extra.append("home:/home/agent:rw")
-        for tag, (source, cache) in shares.items():
+            named["home"] = "the kept home"
+        servers = {}
+        for tag, (source, options) in shares.items():
             sock = sockdir / f"{tag}.sock"
             proc = helpers.spawn([virtiofsd, f"--socket-path={sock}", "-o", f"source={source}",
-                                  "-o", f"cache={cache}", "-o", "log_level=warn"], "virtiofsd.log")
+                                  *(arg for option in options for arg in ("-o", option)), "-o", "log_level=warn"],
+                                 "virtiofsd.log")
             wait_for(sock.exists, 10, proc, f"virtiofsd for `{tag}`", run_dir / "virtiofsd.log")
+            servers[named[tag]] = proc
 
         # 4. QEMU
         tty = os.isatty(0) and os.isatty(1)
@@ -296,8 +307,8 @@ def run(spec: RunSpec) -> RunResult:
         # 5. watchdogs, and the terminal's size following the user's window
         boot_timeout = spec.boot_timeout or (20.0 if accel == "kvm" else 60.0)
         with saved_terminal(0), _forward_resizes(control, tty):
-            status, boot_seconds = _supervise(qemu, control, boot_start, boot_timeout, spec.shutdown_timeout,
-                                              run_dir)
+            status, boot_seconds = _supervise(qemu, control, servers, boot_start, boot_timeout,
+                                              spec.shutdown_timeout, run_dir)
         result = RunResult(status, accel, boot_seconds, time.monotonic() - started)
     finally:
         if control is not None:
@@ -313,6 +324,14 @@ def run(spec: RunSpec) -> RunResult:
     return result
 
 
+def _exits_soon(proc: subprocess.Popen, grace: float = 1.0) -> bool:
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def _forward_resizes(control: Control, tty: bool):
     """While the guest runs, each SIGWINCH sends the new size down the control channel."""
@@ -326,8 +345,11 @@ def _forward_resizes(control: Control, tty: bool):
         signal.signal(signal.SIGWINCH, previous)
 
 
-def _supervise(qemu: subprocess.Popen, control: Control, boot_start: float, boot_timeout: float,
-               shutdown_timeout: float, run_dir: Path) -> tuple[int, float]:
+def _supervise(qemu: subprocess.Popen, control: Control, servers: dict[str, subprocess.Popen], boot_start: float,
+               boot_timeout: float, shutdown_timeout: float, run_dir: Path) -> tuple[int, float]:
+    """Until QEMU exits: its status and the boot's seconds. `servers`: the virtiofsd of each share, by what it
+    serves. One that ends while QEMU runs stops the run: the guest's requests to it would wait for ever (the
+    guest's virtiofs has no timeout), so the agent, and `ifc run` with it, would hang."""
     where = f"see {run_dir / 'console.log'} and {run_dir / 'qemu.log'}"
     while True:
         returncode = qemu.poll()
@@ -339,6 +361,17 @@ def _supervise(qemu: subprocess.Popen, control: Control, boot_start: float, boot
             if control.status is None:
                 raise LaunchError(f"QEMU exited ({returncode}) before the command finished", where)
             return control.status, (control.ready_at or control.exit_at or boot_start) - boot_start
+        gone = next(((what, proc.returncode) for what, proc in servers.items() if proc.poll() is not None), None)
+        if gone is not None and control.exit_at is None and not _exits_soon(qemu):
+            # (a virtiofsd ends by itself only once QEMU closed its socket, i.e. while QEMU exits; after the
+            # command's `exit`, the shutdown watchdog below covers a guest stuck syncing)
+            qemu.kill()
+            qemu.wait()
+            what, code = gone
+            how = f"signal {-code}" if code < 0 else f"status {code}"
+            raise LaunchError(f"virtiofsd for {what} exited during the run ({how}): the guest's file operations "
+                              "there could never complete, so the VM was stopped",
+                              f"see {run_dir / 'virtiofsd.log'} and {run_dir / 'console.log'}")
         now = time.monotonic()
         if control.ready_at is None and now - boot_start > boot_timeout:
             qemu.kill()

@@ -837,7 +837,7 @@ class Monitor:
         fix = self._rule_fix(verdict, base, culprits, endpoint)
         # where the blocking data came from: a label a write floated up is lowered by a person (`ifc labels`); a
         # label the policy gives by name only by a policy change
-        stored = self.labels.get if self.labels is not None else (lambda path: None)
+        stored = self.labels.get
         paths = {s.split(":", 1)[1] for p in culprits if (s := state.sources.get(p, "")).startswith("file:")}
         lower = lowering_commands(self.policy, {p: stored(p) for p in paths}, culprits, state.sources,
                                   self.workspace)
