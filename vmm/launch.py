@@ -8,8 +8,7 @@ What `run()` does, in order (each helper is a child that dies with this process,
 2. **The FUSE daemon** (`python -m ifc mount`, the same Monitor / EventLog in the run dir, the workspace's LabelStore)
    serves the workspace at `RUN_DIR/mnt`.
 3. **Two virtiofsd**: one exports a read-only bind of the host's `/usr` (cache=always), one exports the FUSE
-   mount (cache=none: every open is direct I/O and reaches the monitor's mount; names and attributes are kept
-   in the guest for 1 s).
+   mount (cache=none: every open and attribute reaches the monitor's mount).
 4. **QEMU `microvm`**: KVM when a probe boot passed (cached per kernel, QEMU and host kernel), else TCG with
    `tsc_early_khz`; the serial console goes to `RUN_DIR/console.log`, the command's stdio is a virtio
    console on this process's stdin/stdout (a terminal passes through: size, resizes, Ctrl-C), and a
@@ -233,10 +232,7 @@ def run(spec: RunSpec) -> RunResult:
         helpers.mounts.insert(0, str(usr))  # before binding: a half-made bind is unmounted too
         bind_readonly("/usr", str(usr))
         virtiofsd = find_virtiofsd()
-        # -o options per share. The workspace: cache=none (every open is direct I/O, reaching the monitor's
-        # mount, and the guest has no shared writable mappings of it) with entries and attributes kept for 1 s
-        # (the mount's own kernel cache keeps them 10 s for virtiofsd anyway; docs/benchmarks.md, issue 16 part 4)
-        shares = {"usr": (str(usr), ["cache=always"]), "ws": (str(workspace.mountpoint), ["cache=none", "timeout=1"])}
+        shares = {"usr": (str(usr), "always"), "ws": (str(workspace.mountpoint), "none")}
         extra = []  # `tag:path:mode` for the guest init: an agent's layer read-only, a kept home read-write
         named = {"usr": "/usr", "ws": "the workspace"}  # what each share is, for a watchdog's message
         for i, layer in enumerate(spec.layers):
@@ -244,19 +240,18 @@ def run(spec: RunSpec) -> RunResult:
             view.mkdir()
             helpers.mounts.insert(0, str(view))
             bind_readonly(str(layer.source), str(view))
-            shares[f"ro{i}"] = (str(view), ["cache=always"])
+            shares[f"ro{i}"] = (str(view), "always")
             extra.append(f"ro{i}:{layer.target}:ro")
             named[f"ro{i}"] = layer.target
         if spec.home is not None:
-            shares["home"] = (str(spec.home), ["cache=auto"])
+            shares["home"] = (str(spec.home), "auto")
             extra.append("home:/home/agent:rw")
             named["home"] = "the kept home"
         servers = {}
-        for tag, (source, options) in shares.items():
+        for tag, (source, cache) in shares.items():
             sock = sockdir / f"{tag}.sock"
             proc = helpers.spawn([virtiofsd, f"--socket-path={sock}", "-o", f"source={source}",
-                                  *(arg for option in options for arg in ("-o", option)), "-o", "log_level=warn"],
-                                 "virtiofsd.log")
+                                  "-o", f"cache={cache}", "-o", "log_level=warn"], "virtiofsd.log")
             wait_for(sock.exists, 10, proc, f"virtiofsd for `{tag}`", run_dir / "virtiofsd.log")
             servers[named[tag]] = proc
 
