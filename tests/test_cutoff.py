@@ -210,8 +210,8 @@ def test_the_lowering_a_403_offers_for_a_floated_label_works_for_the_next_run(up
     assert "the run read: `notes.txt` (`secret`)" in lines
     (tmp_path / "p.flow").write_text(POLICY.replace("{T}", str(upstream["t"])))  # names the labels `--to` takes
     [command] = [line.strip() for line in lines if "ifc labels" in line]
-    assert command == f"ifc labels {shlex.quote(str(ws))} --lower notes.txt --to internal " \
-                      "--reason 'WHY THIS DATA MAY GO THERE'"
+    assert command == f"ifc labels {shlex.quote(str(ws))} --lower notes.txt --from 'secret, trusted' " \
+                      "--to internal --reason 'WHY THIS DATA MAY GO THERE'"
     argv = shlex.split(command)
     argv[argv.index("--reason") + 1] = "checked: notes.txt holds no secret"
     lowered = subprocess.run([sys.executable, "-m", "ifc", *argv[1:], "--policy", str(tmp_path / "p.flow")],

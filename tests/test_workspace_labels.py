@@ -258,9 +258,36 @@ def test_ifc_labels_lists_explains_and_lowers(tmp_path, ws):
     assert open_store(ws).get("f").secrecy == frozenset({"internal"})
 
 
+def test_a_lowering_from_a_reviewed_label_refuses_a_label_a_run_raised_since(tmp_path, ws):
+    """The person reviewed `f` as `secret`; before their command runs, a run copies customer data into it. A
+    lowering `--from secret` lowers nothing and says what the label is now; `--from` what it is now lowers."""
+    (ws / "f").write_text("secret")
+    store = open_store(ws)
+    store.raise_to("f", SECRET)
+    store.close()
+    policy = str(ROOT / "policies" / "default.flow")
+    reviewed = json.loads(_ifc("labels", str(ws), "--policy", policy, "--format", "json").stdout)["labels"][0]
+    run = open_store(ws)  # another run, meanwhile
+    run.raise_to("f", CUSTOMER)
+    run.close()
+    proc = _ifc("labels", str(ws), "--policy", policy, "--lower", "f", "--from", reviewed["label"],
+                "--to", "internal", "--reason", "reviewed: a test key")
+    assert proc.returncode == 2, proc.stderr
+    assert f"is labelled `secret + customer, trusted`, not `{reviewed['label']}` as --from says" in proc.stderr
+    assert "nothing was lowered" in proc.stderr and "Traceback" not in proc.stderr
+    assert open_store(ws).get("f").secrecy >= {"secret", "customer"}
+    assert not [c for c in open_store(ws).history("f") if c.kind == "lower"]
+    proc = _ifc("labels", str(ws), "--policy", policy, "--lower", "f", "--from", "secret + customer, trusted",
+                "--to", "internal", "--reason", "reviewed both: test data")
+    assert proc.returncode == 0, proc.stderr
+    assert open_store(ws).get("f").secrecy == frozenset({"internal"})
+
+
 @pytest.mark.parametrize("args, message", [
     (["--lower", "f", "--to", "internal"], "needs --to LABEL and --reason TEXT"),
     (["--to", "internal"], "only with --lower"),
+    (["--from", "secret"], "only with --lower"),
+    (["--lower", "f", "--from", "topsecret", "--to", "internal", "--reason", "r"], "`topsecret` is not a label"),
     (["--lower", "f", "--to", "topsecret", "--reason", "r"], "`topsecret` is not a label"),
     (["--lower", "nothing-here", "--to", "internal", "--reason", "r"], "has no floated label"),
     (["--lower", "f", "--to", "secret + customer", "--reason", "r"], "not below"),

@@ -2,9 +2,11 @@
 each with why (which run, when, which subject running which command, carrying data from where), and every
 declassification made by hand.
 
-`ifc labels WORKSPACE --lower PATH --to LABEL --reason TEXT`: lower PATH's floated label to LABEL (a
-policy label expression: `internal`, `secret + customer`, `public, trusted`; without an integrity level it
-keeps the current one). A declassification a person makes: recorded with who, when, the old and new
+`ifc labels WORKSPACE --lower PATH [--from LABEL] --to LABEL --reason TEXT`: lower PATH's floated label to
+LABEL (a policy label expression: `internal`, `secret + customer`, `public, trusted`; without an integrity
+level it keeps the current one). With `--from`, only if PATH's label is still exactly that one: a run may
+raise it between your review and the command, and what you never saw is then not lowered with it (the
+commands a denial suggests carry it). A declassification a person makes: recorded with who, when, the old and new
 label and the reason, shown by `ifc labels`, and in force from the next run on. It cannot lower below
 the label the policy gives PATH by name, and it cannot raise.
 
@@ -26,7 +28,8 @@ from ifc.cli.common import Usage, error, load_policy_and_agent
 
 EPILOG = """exit codes:
   0  listed, or lowered
-  2  usage error: no such workspace, no label to lower, a label the policy does not know, an unreadable store
+  2  usage error: no such workspace, no label to lower, a label the policy does not know, an unreadable store,
+     a label that is no longer what --from says
 """
 
 
@@ -39,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="names labels and parses --to (default: the policy of the workspace's last run)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--lower", metavar="PATH", help="the file (relative to WORKSPACE) whose label to lower")
+    p.add_argument("--from", dest="expect", metavar="LABEL",
+                   help="with --lower: the label you reviewed; nothing is lowered if the file's is another now")
     p.add_argument("--to", metavar="LABEL", help="with --lower: the new label")
     p.add_argument("--reason", metavar="TEXT", help="with --lower: why this is safe to release (recorded)")
     p.set_defaults(func=run)
@@ -69,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_lowering(args: argparse.Namespace) -> bool:
-    given = [flag for flag, value in (("--to", args.to), ("--reason", args.reason)) if value is not None]
+    given = [flag for flag, value in (("--from", args.expect), ("--to", args.to), ("--reason", args.reason))
+             if value is not None]
     if args.lower is None:
         if given:
             raise Usage(f"{', '.join(given)}: only with --lower PATH")
@@ -116,13 +122,21 @@ def parse_label(text: str, lattice, keep_integrity: int):
 
 
 def _lower(args, store, lattice) -> int:
+    from ifc.monitor.labelstore import LabelChanged
+
     path = args.lower.strip("/")
     current = store.get(path)
     if current is None:
         raise Usage(f"`{path}` has no floated label in `{args.workspace}`", "see `ifc labels WORKSPACE`")
     new = parse_label(args.to, lattice, current.integrity)
+    expect = None if args.expect is None else parse_label(args.expect, lattice, current.integrity)
     who = os.environ.get("SUDO_USER") or getpass.getuser()
-    old = store.lower(path, new, who=who, reason=args.reason.strip())
+    try:
+        old = store.lower(path, new, who=who, reason=args.reason.strip(), expect=expect)
+    except LabelChanged as exc:
+        raise Usage(f"`{path}` is labelled `{_describe(exc.current, lattice, None)}`, not "
+                    f"`{_describe(expect, lattice, None)}` as --from says: a run raised it since; nothing was lowered",
+                    f"review it (`ifc labels {args.workspace}`) and lower again with --from what it is now") from None
     print(f"ifc labels: {path}: `{_describe(old, lattice, None)}` -> `{_describe(new, lattice, None)}` "
           f"(by {who}, recorded)")
     return ExitCode.OK

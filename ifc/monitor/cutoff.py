@@ -78,8 +78,10 @@ def lowering_commands(policy: Policy, stored: dict[str, Label | None], culprits:
         to = Label(floated.secrecy & base.secrecy, max(floated.integrity, base.integrity))
         # without an integrity level `--to` keeps the current one: named only when it changes
         text = lattice.describe(to) if to.integrity != floated.integrity else lattice.describe_tags(to.secrecy)
+        # `--from` the label this denial saw: a raise after it is not lowered unseen by a copied command
         out.append(f"ifc labels {shlex.quote(workspace or 'WORKSPACE')} --lower {shlex.quote(path)} "
-                   f"--to {shlex.quote(text)} --reason 'WHY THIS DATA MAY GO THERE'")
+                   f"--from {shlex.quote(lattice.describe(floated))} --to {shlex.quote(text)} "
+                   "--reason 'WHY THIS DATA MAY GO THERE'")
     return out
 
 

@@ -84,6 +84,14 @@ class LabelStoreError(Exception):
     """The store cannot be opened or a change cannot be made (the caller fails closed)."""
 
 
+class LabelChanged(LabelStoreError):
+    """A lowering's expected label is not the file's: `current` is what it has now."""
+
+    def __init__(self, path: str, current: Label):
+        super().__init__(f"`{path}` is no longer labelled as expected")
+        self.path, self.current = path, current
+
+
 @dataclass(frozen=True)
 class Why:
     """Provenance of a label change, stored with it: who wrote, running what, carrying data from where."""
@@ -311,13 +319,15 @@ class LabelStore:
         with self._lock, self._transaction():
             self._drop(path)
 
-    def lower(self, path: str, label: Label, who: str, reason: str) -> Label:
+    def lower(self, path: str, label: Label, who: str, reason: str, expect: Label | None = None) -> Label:
         """A declassification a person makes: set `path`'s object to `label` (below what it has), recorded.
         Returns the old label. Raises `LabelStoreError` when `path` has no floated label or `label` is
         not below it (that would be a raise, which only writes make).
 
         Checked and made in one transaction, on the label as committed: a raise another run commits meanwhile is
-        part of the returned (printed, recorded) old label, or lands on top of the new one, never dropped unseen."""
+        part of the returned (printed, recorded) old label, or lands on top of the new one, never dropped unseen.
+        `expect`: the label the person reviewed; when the file's is another (a run raised it since), nothing is
+        lowered (`LabelChanged`), so what they never saw is not declassified with what they did."""
         with self._lock, self._transaction():
             oid = self._names.get(path)
             if oid is None and self.root is not None:
@@ -325,6 +335,8 @@ class LabelStore:
             old = None if oid is None else self._objects.get(oid)
             if old is None:
                 raise LabelStoreError(f"`{path}` has no floated label")
+            if expect is not None and old != expect:
+                raise LabelChanged(path, old)
             if not label.flows_to(old):
                 raise LabelStoreError(f"`{path}`: the new label is not below the current one")
             self._put_object(oid, label, None)
