@@ -11,6 +11,7 @@ import os
 import socket
 import sqlite3
 import ssl
+import stat
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -210,6 +211,23 @@ def git_and_python(workspace: tuple[Path, Path, Path], run: Run) -> None:
     proc = run(ws, policy, run_dir, 'git status && python3 -c "print(1)"', ("--agent", "none"), {})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "On branch" in proc.stdout and proc.stdout.endswith("1\n")
+
+
+def set_id_bits_cleared_on_write(workspace: tuple[Path, Path, Path], run: Run) -> None:
+    """The agent edits set-user-ID and set-group-ID programs of the workspace: on the host they are set-ID no
+    longer (the kernel's rule for a writer without CAP_FSETID), so the host never runs an agent-edited program
+    with their privileges. Through the mount's kernel path in namespaces, through virtiofsd's in the VM."""
+    ws, policy, run_dir = workspace
+    for name, mode in (("tool", 0o4775), ("gtool", 0o2775)):
+        (ws / "src" / name).write_text("#!/bin/sh\n")
+        os.chown(ws / "src" / name, 1000, 1000)
+        os.chmod(ws / "src" / name, mode)
+    proc = run(ws, policy, run_dir, "printf 'echo edited\\n' >> src/tool && printf 'echo edited\\n' >> src/gtool",
+               ("--agent", "none"), {})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (ws / "src" / "tool").read_text().endswith("echo edited\n")
+    modes = {name: oct(stat.S_IMODE((ws / "src" / name).stat().st_mode)) for name in ("tool", "gtool")}
+    assert modes == {"tool": oct(0o775), "gtool": oct(0o775)}
 
 
 def root_owned_checkout(tmp_path: Path, run: Run) -> None:

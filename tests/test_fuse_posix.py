@@ -313,6 +313,29 @@ def _modes_under_umask(base: str, umask: int) -> dict[str, str]:
     return {name: oct(stat.S_IMODE(os.lstat(os.path.join(d, name)).st_mode)) for name in sorted(os.listdir(d))}
 
 
+def _modes_after_a_write_by_another_user(base: str) -> dict[str, str]:
+    """Set-ID files (world-writable) written by a user without CAP_FSETID: the kernel clears set-user-ID, and
+    set-group-ID (pjdfstest's write cases; the guard that a setuid program in the
+    workspace edited by the agent does not stay setuid for the host to run)."""
+    d = os.path.join(base, "setid-write")
+    os.mkdir(d, 0o777)
+    os.chmod(d, 0o777)
+    # (not set-group-ID without group execute, which grants nothing at exec: the kernel's FUSE code keeps it, where
+    # 6.x's native code clears it for a writer outside the group)
+    for name, mode in (("suid", 0o4777), ("sgid-x", 0o2777), ("both", 0o6777)):
+        _write(os.path.join(d, name), b"#!/bin/sh\n")
+        os.chmod(os.path.join(d, name), mode)
+        assert _as_nobody(["sh", "-c", f"printf x >> {d}/{name}"]) == 0
+    return {name: oct(stat.S_IMODE(os.lstat(os.path.join(d, name)).st_mode)) for name in sorted(os.listdir(d))}
+
+
+def test_a_write_by_another_user_clears_set_id_bits_as_natively(dirs):
+    _, mnt, native, _, _ = dirs
+    expected = _modes_after_a_write_by_another_user(native)
+    assert expected["suid"] == oct(0o777)  # the native kernel (6.x clears set-group-ID for a non-member anyway)
+    assert _modes_after_a_write_by_another_user(mnt) == expected
+
+
 @pytest.mark.parametrize("umask", [0o000, 0o027, 0o077])
 def test_the_callers_umask_alone_shapes_new_modes(dirs, umask):
     _, mnt, native, _, _ = dirs

@@ -370,6 +370,10 @@ def test_git_and_python_work_in_a_git_workspace(vm_run, workspace):
     sandbox_cases.git_and_python(workspace, vm_run)
 
 
+def test_set_id_programs_the_agent_edits_are_set_id_no_longer(vm_run, workspace):
+    sandbox_cases.set_id_bits_cleared_on_write(workspace, vm_run)
+
+
 def test_a_root_owned_checkout_is_the_agents_own(vm_run, tmp_path):
     sandbox_cases.root_owned_checkout(tmp_path, vm_run)
 
