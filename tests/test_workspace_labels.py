@@ -91,6 +91,20 @@ def test_concurrent_processes_do_not_corrupt_the_store(tmp_path):
         assert tags == {"a", "b"}, (i, labels)
 
 
+def test_a_deleted_objects_id_is_not_given_to_a_later_file(tmp_path, ws):
+    """The newest labelled file deleted, a new file labelled after the store is opened again: its history is its
+    own, not the deleted file's (ids came from the highest one alive, so the deleted one's was reused)."""
+    store = LabelStore(tmp_path / "l.db", root=ws)
+    store.raise_to("kept", SECRET)
+    store.raise_to("gone", CUSTOMER, Why(command="cp customers.csv gone"))
+    store.delete("gone")
+    store.close()
+    store = LabelStore(tmp_path / "l.db", root=ws)
+    store.raise_to("new", SECRET, Why(command="cp .env new"))
+    assert [(c.kind, c.path, c.command) for c in store.history("new")] == [("raise", "new", "cp .env new")]
+    assert [c.path for c in store.history() if c.kind == "raise"] == ["kept", "gone", "new"]
+
+
 def test_renames_and_links_made_on_the_host_are_found_by_inode(tmp_path, ws):
     (ws / "copy").write_text("secret")
     (ws / "gone").write_text("secret")

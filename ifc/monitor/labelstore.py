@@ -432,12 +432,14 @@ class LabelStore:
                 if dev is not None:
                     inodes[(dev, ino)] = oid
             names = {from_sql(path): oid for path, oid in self._db.execute("SELECT path, object FROM names")}
+            # ids are never reused: a deleted object's history stays its own, not a later file's
+            recorded = self._db.execute("SELECT MAX(object) FROM history").fetchone()[0] or 0
             seen = self._db.execute("PRAGMA data_version").fetchone()[0]
         finally:
             if own:
                 self._db.execute("COMMIT")  # ends the read; nothing was written
         self._objects, self._inodes, self._names = objects, inodes, names
-        self._next = max(objects, default=0) + 1
+        self._next = max(max(objects, default=0), recorded) + 1
         self._index()
         self._seen = seen
 
