@@ -369,6 +369,49 @@ def test_closing_a_store_keeps_the_locks_of_the_others_in_the_process(tmp_path):
     kept.close()
 
 
+def test_a_store_finalized_while_another_opens_does_not_hang(tmp_path, monkeypatch):
+    """A store is closed by its finalizer when dropped, and the collector runs finalizers wherever an allocation
+    happens: once inside `wal_index.acquire`, which held the module's lock that the finalizer's release then
+    waited for in the same thread. The suite hung there for good (py-spy: in
+    `test_one_look_never_sees_half_of_another_runs_commit`). Here the last reference goes at that very point."""
+    import gc
+    import threading
+
+    from ifc.monitor import wal_index
+
+    db = tmp_path / "l.db"
+    kept = LabelStore(db)
+    kept.raise_to("f", SECRET)
+    doomed = [LabelStore(db)]
+
+    class DropsInsideAcquire:
+        """`os` for `wal_index`, whose `stat` of the index lets go of the doomed store first."""
+
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def stat(self, name, *args, **kwargs):
+            if doomed:
+                doomed.clear()
+                gc.collect()  # the doomed store's finalizer runs here, in the middle of `acquire`
+            return os.stat(name, *args, **kwargs)
+
+    monkeypatch.setattr(wal_index, "os", DropsInsideAcquire())
+    opened: list[LabelStore] = []
+    opener = threading.Thread(target=lambda: opened.append(LabelStore(db)), daemon=True)
+    opener.start()
+    opener.join(30)
+    assert not opener.is_alive(), "opening a store hung on a finalizer run inside wal_index.acquire"
+    assert not doomed and opened, "the store was not dropped inside acquire, or the open failed"
+    monkeypatch.undo()
+    opened[0].raise_to("g", INTERNAL)
+    kept.refresh()
+    assert kept.get("g") == INTERNAL and opened[0].get("f") == SECRET
+    opened[0].close()
+    kept.close()
+    assert not wal_index._open, "an index descriptor outlived every store that used it"
+
+
 def test_a_commit_whose_writer_died_between_the_header_copies_is_seen(tmp_path):
     """SQLite writes the WAL index's header twice at a commit, the second copy first. A writer killed between
     the two leaves a committed transaction (its frames are in the WAL) with the first copy as it was; the next

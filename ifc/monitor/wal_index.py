@@ -14,12 +14,19 @@ So a process holds one descriptor per index file, shared by all its stores on th
 after the last of those stores has closed its connection. While a store's connection is open SQLite neither
 truncates nor replaces the file (the store's connection holds the locks that say it is in use), so the
 descriptor keeps reading the file SQLite uses.
+
+A store is also closed by its finalizer, which the garbage collector may run in any thread at any allocation,
+including one made while this module holds its lock (in `acquire`). The lock is not reentrant, and making it so
+would let that release close the very index `acquire` is handing out; so a release made inside the critical
+section is queued and done as the section ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,13 +48,28 @@ class WalIndex:
 
 _lock = threading.Lock()
 _open: dict[tuple[int, int], WalIndex] = {}
+_inside = threading.local()  # `held` while this thread is in the critical section
+_pending: list[WalIndex] = []  # releases made from inside it (by a finalizer), done as it ends
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    with _lock:
+        _inside.held = True
+        try:
+            yield
+        finally:
+            # a finalizer run by a collection inside the loop queues its release here too, and is done with it
+            while _pending:
+                _release(_pending.pop())
+            _inside.held = False
 
 
 def acquire(db_path: Path) -> WalIndex | None:
     """The WAL index of the database at `db_path`, for a store whose connection has it open (so it exists and
     stays the file SQLite uses). None if it cannot be opened: the store then asks SQLite on every look."""
     name = f"{db_path}-shm"
-    with _lock:
+    with _locked():
         try:
             st = os.stat(name)
             index = _open.get((st.st_dev, st.st_ino))
@@ -66,10 +88,17 @@ def acquire(db_path: Path) -> WalIndex | None:
 
 def release(index: WalIndex) -> None:
     """A store is done with `index` (its connection already closed): the last user closes the descriptor."""
-    with _lock:
-        index.users -= 1
-        if index.users:
-            return
-        del _open[index.key]
-        for fd in index.fds:
-            os.close(fd)
+    if getattr(_inside, "held", False):
+        _pending.append(index)
+        return
+    with _locked():
+        _release(index)
+
+
+def _release(index: WalIndex) -> None:
+    index.users -= 1
+    if index.users:
+        return
+    del _open[index.key]
+    for fd in index.fds:
+        os.close(fd)
