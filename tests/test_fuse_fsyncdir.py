@@ -2,57 +2,31 @@
 
 The caller alone cannot tell: without fsyncdir the daemon answers the kernel's first FUSE_FSYNCDIR with ENOSYS,
 and the kernel then answers every directory fsync with success itself. So the live test runs the real daemon
-with its syncs recorded (tests/fsync_recording_mount.py) and reads what it synced."""
+with its syncs recorded (tests/recording_mount.py) and reads what it synced."""
 
 from __future__ import annotations
 
 import errno
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from fuse_support import FUSE, POLICY, REAL_MOUNTS, ROOT
+from fuse_support import REAL_MOUNTS, recording_mount
 
 from ifc.enforce.fs import Denied, EnforcingFS
-from ifc.enforce.mount import is_stale, mounted_at
 
 pytestmark = REAL_MOUNTS
 
 
 @pytest.fixture
 def recorded_mount():
-    """(backing dir, mount point, fsync log) of a live mount whose daemon records what it syncs."""
-    base = tempfile.mkdtemp(prefix="ifc-fsyncdir-", dir="/dev/shm")
-    os.chmod(base, 0o755)
-    src, mnt, run, log = (os.path.join(base, n) for n in ("src", "mnt", "run", "fsync.log"))
-    for path in (src, mnt):
-        os.mkdir(path)
-    with open(os.path.join(base, "daemon.log"), "wb") as err:
-        child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fsync_recording_mount.py"), log,
-                                  "--policy", str(POLICY), "--agent", "none", "--fuse", FUSE, "--run-dir", run,
-                                  src, mnt], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        deadline = time.monotonic() + 60
-        while not (mounted_at(mnt) or "").startswith("fuse") or is_stale(mnt):
-            assert child.poll() is None and time.monotonic() < deadline, Path(base, "daemon.log").read_text()
-            time.sleep(0.02)
-        yield src, mnt, log
-    finally:
-        child.send_signal(signal.SIGTERM)
-        status = child.wait(30)
-        shutil.rmtree(base, ignore_errors=True)
-    assert status == 0
+    with recording_mount("fsyncdir") as mounted:
+        yield mounted
 
 
 def _synced(log: str) -> list[str]:
-    return Path(log).read_text().splitlines() if os.path.exists(log) else []
+    lines = Path(log).read_text().splitlines() if os.path.exists(log) else []
+    return [line for line in lines if line.startswith(("fsync ", "fdatasync "))]
 
 
 def _sync_dir(path: str, sync=os.fsync) -> None:

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -236,7 +237,25 @@ def check_fuse_available() -> str | None:
 
 # ------------------------------------------------------------------------------------------ serving
 
-def _serving(fuse_cls, rename_flags: bool, mfusepy: bool = False):
+_worker = threading.local()  # `kept` in the thread state of a libfuse worker once it is kept
+
+
+def _keep_thread_state() -> None:
+    """Keep the calling libfuse worker's Python thread state for the life of the thread.
+
+    libfuse calls the binding from threads Python did not start. ctypes makes a thread state for each such
+    callback and deletes it when the callback returns (`PyGILState_Ensure`/`Release`), so every FUSE request
+    paid for a new thread state, a fresh 16 KiB frame stack (an `mmap` and a `munmap`) and a `gettid` — 119,000
+    of each for 118,000 replies (strace of the daemon, `tar x` + `rm -rf` of 300 files; docs/benchmarks.md,
+    issue 16 part 5). One more `PyGILState_Ensure` that is never released keeps the state's count above zero:
+    ctypes' own release then only lets go of the GIL. The workers live as long as the mount (no idle worker is
+    destroyed: `max_idle_threads` = `max_threads`), so the states are kept 10 at most."""
+    if not getattr(_worker, "kept", False):  # the state made for this callback: from now on, this thread's
+        ctypes.pythonapi.PyGILState_Ensure()
+        _worker.kept = True
+
+
+def _serving(fuse_cls, mfusepy: bool, libfuse3: bool):
     """The binding's FUSE class with what it lacks: FOPEN_DIRECT_IO for the files the filesystem asks it for
     (`ops.direct_io(path)`: the denials file changes under one inode, and `kernel_cache` would serve a stale
     page), for mfusepy on libfuse3 rename's flags (it drops them), so RENAME_NOREPLACE is honoured, and for
@@ -245,6 +264,11 @@ def _serving(fuse_cls, rename_flags: bool, mfusepy: bool = False):
     (~10 % of the daemon's time in `tar x`, docs/benchmarks.md)."""
 
     class FUSE(fuse_cls):
+        if mfusepy and libfuse3:  # libfuse2 ends idle workers and starts new ones: no state kept for those
+            def _wrapper(self, func, *args, **kwargs):
+                _keep_thread_state()
+                return super()._wrapper(func, *args, **kwargs)
+
         def open(self, path, fip):
             result = super().open(path, fip)
             wants = getattr(self.operations, "direct_io", None)
@@ -258,7 +282,7 @@ def _serving(fuse_cls, rename_flags: bool, mfusepy: bool = False):
                 fi.fh = self.operations.create(path.decode(self.encoding, self.errors), mode, fi.flags)
                 return 0
 
-        if rename_flags:
+        if mfusepy and libfuse3:
             def rename_fuse_3(self, old, new, flags):
                 return self.operations.rename(old.decode(self.encoding, self.errors),
                                               new.decode(self.encoding, self.errors), flags)
@@ -289,7 +313,7 @@ def serve(ops, mountpoint: str, binding: Binding, source: str, options: MountOpt
     prepare_mountpoint(mountpoint)
     kwargs = options.fuse_kwargs(binding, source)
     mfusepy = binding.name.startswith("mfusepy")
-    fuse_cls = _serving(binding.FUSE, mfusepy and binding.libfuse == 3, mfusepy)
+    fuse_cls = _serving(binding.FUSE, mfusepy, binding.libfuse == 3)
     operations = _Fusepy(ops) if binding.name == "fusepy" else ops
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
