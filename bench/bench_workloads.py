@@ -1,7 +1,7 @@
 """Everyday developer workloads: native vs bare FUSE binding vs mediated mount, side by side in one run.
 
     .venv/bin/python bench/bench_workloads.py [--files 5500] [--rounds 3] [--binding mfusepy3] [--backing DIR]
-        [--columns bare,mediated,vm/plain,vm/mediated,mfusepy3/naive,pyfuse3/naive]
+        [--columns bare,mediated,vm/plain,vm/mediated,mfusepy3/naive,pyfuse3/naive] [--only "tar x,rm -rf"]
 
 The workloads of issue 16 on a synthetic project tree (N Python-like source files in nested packages plus a
 tarball, scaled to run in minutes here), each on a backing directory on tmpfs (/dev/shm; `--backing DIR` for
@@ -34,6 +34,9 @@ mediated with 1-day timeouts or the writeback cache (docs/benchmarks.md, issue 1
 Rounds alternate the columns, so drift on this shared machine hits all alike; the table shows medians and
 ratios to native (1.00 = native; issue 16's goal is <= 1.5), and mediated to its baseline (bare, vm plain).
 `--markdown` prints the same as a Markdown table (what bench_revisions.py compares between two trees).
+`--only` runs some workloads, in the order above, for more rounds in the same time (a VM round is a boot, and
+the guest's noise needs many); include what a workload needs: `find|grep` and `rsync -a` the tree `tar x` makes,
+the git workloads `git clone`.
 """
 
 from __future__ import annotations
@@ -141,12 +144,14 @@ def workloads(root: str, inputs: dict[str, str]) -> list[tuple[str, Callable[[],
     ]
 
 
-def one_pass(root: str, inputs: dict[str, str]) -> dict[str, float]:
+def one_pass(root: str, inputs: dict[str, str], only: list[str] | None = None) -> dict[str, float]:
     w = f"{root}/src/w"
     shutil.rmtree(w, ignore_errors=True)  # through the same view the pass measures
     os.makedirs(w)
     out = {}
     for name, step in workloads(root, inputs):
+        if only is not None and name not in only:
+            continue
         t = time.perf_counter()
         step()
         out[name] = time.perf_counter() - t
@@ -154,7 +159,7 @@ def one_pass(root: str, inputs: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def vm_pass(mode: str, src: str, inputs: str, run_dir: str) -> dict[str, float]:
+def vm_pass(mode: str, src: str, inputs: str, run_dir: str, only: list[str] | None = None) -> dict[str, float]:
     """One pass inside a microVM booted as `ifc run` boots it (QEMU, virtiofsd, the guest init, the agent's
     uid), the workloads run by this file in the guest. `mediated`: the workspace is the mount daemon's view
     (`ifc mount`, default policy, agent `coder`) exported over virtiofs, as in every run; `plain`: the same VM
@@ -164,7 +169,8 @@ def vm_pass(mode: str, src: str, inputs: str, run_dir: str) -> dict[str, float]:
     from vmm import launch
     from vmm.sandbox import Share, Workspace
 
-    spec = launch.RunSpec(argv=["/usr/bin/python3", f"{GUEST_BENCH}/{Path(__file__).name}", "--guest", GUEST_INPUTS],
+    argv = ["/usr/bin/python3", f"{GUEST_BENCH}/{Path(__file__).name}", "--guest", GUEST_INPUTS]
+    spec = launch.RunSpec(argv=argv + (["--only", ",".join(only)] if only else []),
                           workspace=Path(src), run_dir=Path(run_dir), policy=POLICY, agent="coder", uid=VM_UID,
                           gid=VM_UID, layers=(Share(HERE, GUEST_BENCH), Share(Path(inputs), GUEST_INPUTS)),
                           notice=lambda line: None)
@@ -198,10 +204,17 @@ def main() -> int:
                         help="the directory the backing tree and inputs are made in (its filesystem is native's)")
     parser.add_argument("--markdown", action="store_true",
                         help="a Markdown table (seconds per column; bench_revisions.py reads it)")
+    parser.add_argument("--only", metavar="NAMES", help="only these workloads, comma-separated (names as in the "
+                                                         "table; the others' steps are not run)")
     parser.add_argument("--guest", metavar="INPUTS", help=argparse.SUPPRESS)  # in the VM: one pass on /workspace
     args = parser.parse_args()
+    only = args.only.split(",") if args.only else None
+    known = [name for name, _ in workloads("/", input_paths("/"))]
+    if only is not None and not set(only) <= set(known):
+        parser.error(f"--only: no workload named {', '.join(sorted(set(only) - set(known)))} "
+                     f"(the workloads: {', '.join(known)})")
     if args.guest:
-        times = one_pass("/workspace", input_paths(args.guest))
+        times = one_pass("/workspace", input_paths(args.guest), only)
         Path("/workspace", GUEST_TIMES).write_text(json.dumps(times))
         return 0
     if args.quick:
@@ -249,17 +262,17 @@ def main() -> int:
         if any(c.startswith("vm/") for c in columns):  # the agent in the VM is never root: it owns the tree
             subprocess.run(["chown", "-R", f"{VM_UID}:{VM_UID}", src, f"{base}/inputs"], check=True)
         for round_ in range(args.rounds):
-            runs.setdefault("native", []).append(one_pass(src, inputs))
+            runs.setdefault("native", []).append(one_pass(src, inputs, only))
             for column in columns:
                 binding, _, mode = column.partition("/")
                 run_dir = tempfile.mkdtemp(prefix=f"run-{binding}-{mode}-", dir=base)
                 if binding == "vm":
-                    runs.setdefault(f"vm {mode}", []).append(vm_pass(mode, src, f"{base}/inputs", run_dir))
+                    runs.setdefault(f"vm {mode}", []).append(vm_pass(mode, src, f"{base}/inputs", run_dir, only))
                     continue
                 mount = Mount(mode, binding, src, mnt, run_dir)
                 try:
                     name = mode if binding == args.binding and mode in ("bare", "mediated") else f"{binding} {mode}"
-                    runs.setdefault(name, []).append(one_pass(mnt, inputs))
+                    runs.setdefault(name, []).append(one_pass(mnt, inputs, only))
                 finally:
                     mount.close()
             print(f"  done: round {round_ + 1} of {args.rounds}", file=sys.stderr)
