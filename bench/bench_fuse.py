@@ -11,6 +11,9 @@ it mounts, one after the other, the same backing directory as
   nokcache  mediated, libfuse's default caching (no kernel_cache, 1 s attribute/entry timeouts)
   longttl   mediated with 86,400 s attribute/entry timeouts instead of 10 s (not in the default --modes)
   writeback mediated with the kernel's writeback cache (not in the default --modes; see _with_writeback_cache)
+  nofast    mediated with every request answered in Python (no `ifc.enforce.fastpath`; not in the default
+            --modes): what the compiled fast path buys
+  barenofast bare, likewise
 The binding `pyfuse3` (libfuse3's low-level API, bench/pyfuse3_passthrough.py) has the modes `naive` (on trio)
 and `asyncio` (the same passthrough on pyfuse3's asyncio loop);
 `passthrough_hp` (libfuse's C example, the path in $IFC_BENCH_PASSTHROUGH_HP) the modes `passthrough` and
@@ -180,7 +183,7 @@ def serve(mode: str, binding_name: str, src: str, mnt: str, run_dir: str) -> Non
         from ifc.policy import load_policy
 
         monitor = None
-        if mode != "bare":
+        if mode not in ("bare", "barenofast"):
             policy = load_policy(ROOT / "policies" / "default.flow")
             monitor = Monitor(policy, agent=policy.agents["coder"], labels=LabelStore(f"{run_dir}/labels.db"),
                               log=EventLog(f"{run_dir}/events.db"))
@@ -191,6 +194,8 @@ def serve(mode: str, binding_name: str, src: str, mnt: str, run_dir: str) -> Non
             options = MountOptions(kernel_cache=False, attr_timeout=1.0, entry_timeout=1.0)
         elif mode == "longttl":
             options = MountOptions(attr_timeout=86400.0, entry_timeout=86400.0)
+        elif mode in ("nofast", "barenofast"):
+            options = MountOptions(fast_path=False)
     serve_mount(ops, mnt, binding, src, options)
 
 

@@ -29,9 +29,10 @@ REAL_MOUNTS = [
 
 
 @contextlib.contextmanager
-def recording_mount(name: str) -> Iterator[tuple[str, str, str]]:
-    """(backing dir, mount point, log) of a live `ifc mount` under the default policy whose daemon records what
-    it does into the log (tests/recording_mount.py); the daemon must end cleanly when the block is left."""
+def recording_mount(name: str, *extra: str) -> Iterator[tuple[str, str, str]]:
+    """(backing dir, mount point, log) of a live `ifc mount` under the default policy (more arguments: `extra`)
+    whose daemon records what it does into the log (tests/recording_mount.py); the daemon must end cleanly when
+    the block is left."""
     base = tempfile.mkdtemp(prefix=f"ifc-{name}-", dir="/dev/shm")
     os.chmod(base, 0o755)
     src, mnt, run, log = (os.path.join(base, n) for n in ("src", "mnt", "run", "record.log"))
@@ -40,7 +41,7 @@ def recording_mount(name: str) -> Iterator[tuple[str, str, str]]:
     with open(os.path.join(base, "daemon.log"), "wb") as err:
         child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "recording_mount.py"), log,
                                   "--policy", str(POLICY), "--agent", "none", "--fuse", FUSE, "--run-dir", run,
-                                  src, mnt], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                  *extra, src, mnt], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         deadline = time.monotonic() + 60

@@ -6,6 +6,8 @@ Each line appended to LOG is one of:
   `fsync PATH`, `fdatasync PATH`  a sync the daemon made that succeeded, PATH being what the descriptor was open
                                   on (tests/test_fuse_fsyncdir.py: a directory fsync through the mount answers
                                   success whether or not the daemon synced anything, so the caller cannot tell)
+  `call OP`                       a request answered by `EnforcingFS.OP` in Python, not by the compiled fast path
+                                  (tests/test_fuse_fastpath.py)
   `state TID`                     a request served in a Python thread state no earlier request ran in, on the
                                   thread TID (tests/test_fuse_threads.py: how many states the daemon makes)
 """
@@ -34,16 +36,19 @@ def recording(sync: Callable[[int], None], name: str, log: str) -> Callable[[int
     return recorded
 
 
-def states_recorded(getattr_: Callable, log: str) -> Callable:
-    """`EnforcingFS.getattr` (the most frequent request) noting each thread state it first runs in: a
-    `threading.local` is kept per thread state, so it is empty exactly in a state no request used before."""
-    state = threading.local()
+RECORDED = ("getattr", "read", "write", "flush", "fsync", "release", "readdir", "getxattr", "open", "create")
 
-    def recorded(self, path, fh=None):
+
+def calls_recorded(method: Callable, log: str, state: threading.local) -> Callable:
+    """`EnforcingFS.<method>` noting each call, and each thread state it first runs in: a `threading.local` is
+    kept per thread state, so it is empty exactly in a state no request used before."""
+
+    def recorded(self, *args, **kwargs):
         if not getattr(state, "seen", False):
             state.seen = True
             _append(log, f"state {threading.get_native_id()}\n")
-        return getattr_(self, path, fh)
+        _append(log, f"call {method.__name__}\n")
+        return method(self, *args, **kwargs)
 
     return recorded
 
@@ -53,7 +58,9 @@ def main(log: str, args: list[str]) -> int:
     os.fdatasync = recording(os.fdatasync, "fdatasync", log)
     from ifc.enforce.fs import EnforcingFS
 
-    EnforcingFS.getattr = states_recorded(EnforcingFS.getattr, log)
+    state = threading.local()
+    for name in RECORDED:
+        setattr(EnforcingFS, name, calls_recorded(getattr(EnforcingFS, name), log, state))
     from ifc.cli import main as ifc
 
     return ifc(["mount", *args])

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ifc import native
 from ifc.errors import UserError
 from vmm import pvh
 
@@ -65,8 +66,7 @@ class Image:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ifc-sandbox" / "vm"
+    return native.cache_root() / "vm"
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -168,17 +168,10 @@ def write_cpio(entries: Iterable[tuple[str, int, bytes | str | None]]) -> bytes:
 
 def compile_guestd(target: Path) -> bytes:
     """The guest daemon as a static binary (it runs before any library is mounted in the guest)."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise ImageError("no C compiler to build the guest daemon", "install gcc and libc6-dev (scripts/sysdeps.sh)")
-    tmp = target.with_suffix(".tmp")
-    proc = subprocess.run([compiler, "-static", "-Os", "-s", "-o", str(tmp), str(GUEST_DIR / "ifc-guestd.c")],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        first = (proc.stderr.strip().splitlines() or ["no output"])[0]
-        raise ImageError(f"cannot compile the guest daemon: {first}",
-                         "a static build needs libc6-dev (scripts/sysdeps.sh)")
-    os.replace(tmp, target)
+    try:
+        native.compile_c(GUEST_DIR / "ifc-guestd.c", target, ["-static", "-Os", "-s"], "the guest daemon")
+    except native.BuildError as exc:
+        raise ImageError(exc.message, exc.help) from None
     return target.read_bytes()
 
 

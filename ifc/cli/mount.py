@@ -68,6 +68,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fuse", default=None, metavar="BINDING",
                    help="mfusepy3 (default), mfusepy2 or fusepy")
     p.add_argument("--background", action="store_true", help="return once mounted; the daemon keeps serving")
+    p.add_argument("--no-fast-path", action="store_true",
+                   help="answer every request in Python, none in the compiled fast path (slower: for comparison)")
     p.add_argument("--egress", metavar="HOST:PORT",
                    help="also serve the egress proxy here, with the same monitor: a file read through the mount "
                    "taints what the proxy lets out (one session across both exits)")
@@ -133,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         return code
     from ifc.enforce.fs import DENIALS_NAME, Backing, EnforcingFS
     from ifc.enforce.identity import Identities
-    from ifc.enforce.mount import load_binding, serve
+    from ifc.enforce.mount import MountOptions, load_binding, serve
     from ifc.secretfiles.workspace import SecretFileError, SecretFiles
 
     files = SecretFiles(monitor.policy, Backing(source).read)
@@ -155,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
                           secret_files=files)
         print(f"ifc mount: {source} on {mountpoint} ({binding.name}), run dir {run_dir}; why a denial: "
               f"{os.path.join(mountpoint, DENIALS_NAME)}", file=sys.stderr)
-        serve(ops, mountpoint, binding, source)
+        serve(ops, mountpoint, binding, source, MountOptions(fast_path=not args.no_fast_path))
     except (MountError, Usage) as exc:
         monitor.close()
         code = fail(exc.message, exc.help)
@@ -300,7 +302,7 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
             return _usage(exc.message, exc.help)
         if problem := token_problem(token, args.key, args.audience or run_dir.name):
             return _usage(f"--token: {problem[0]}", problem[1])
-    argv += ["--verbose"] * args.verbose + [args.source, args.mountpoint]
+    argv += ["--verbose"] * args.verbose + ["--no-fast-path"] * args.no_fast_path + [args.source, args.mountpoint]
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "mount.log", "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)

@@ -62,6 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+from ifc.enforce import fastpath
 from ifc.enforce.identity import Caller, Identities
 from ifc.monitor import Monitor, Request
 from ifc.monitor.containment import Facts, symlink_walk, xattr_namespace
@@ -282,11 +283,13 @@ def _refusals_logged(method):
 
 @dataclass(slots=True)
 class _Handle:
-    """A descriptor opened for writing: whose it is and the taint its last write decision was made at."""
+    """A descriptor opened for writing: whose it is and the taint its last write decision was made at (and the
+    fast path's taint generation, read before that taint: `fastpath`)."""
 
     caller: Caller
     path: str
     taint: object
+    generation: int
 
 
 @dataclass(eq=False)
@@ -377,6 +380,19 @@ class EnforcingFS:
         self._view_fh: dict[int, _View] = {}
         self._shown: dict[tuple[int, int], bytes | None] = {}  # what the kernel may cache: a view's bytes, or raw
         self._view_lock = threading.Lock()
+        self.fast: fastpath.Off = fastpath.OFF
+
+    def attach_fast(self, fast: fastpath.FastPath, fh_offset: int) -> None:
+        """Let `fast` answer the requests that decide nothing (`ifc.enforce.fastpath`), before serving."""
+        from ifc.secretfiles.registry import FORMATS
+
+        fast.configure(self.backing.fd, self.backing.dev, fh_offset, track_links=self.invalidate is not None,
+                       views=self.secret_files is not None,
+                       ids=(*self._owner, *self._agent) if self._agent is not None else None,
+                       reserved=self.backing.reserved, formats=tuple(p for p, _ in FORMATS))
+        self.fast = fast
+        if self.monitor is not None:
+            self.monitor.on_taint.append(fast.taint_moved)
 
     # ------------------------------------------------------------------------------------ deciding
     def _caller(self) -> Caller:
@@ -475,6 +491,7 @@ class EnforcingFS:
         if st.st_nlink <= 1 or stat_mod.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
             self._epochs[key] = self._epochs.get(key, 0) + 1
+            self.fast.died(*key, self._epochs[key])
 
     def _attrs(self, st: os.stat_result) -> dict:
         uid, gid = st.st_uid, st.st_gid
@@ -577,6 +594,26 @@ class EnforcingFS:
 
     @_refusals_logged
     def open(self, path, flags):
+        return self._handed(self._open(path, flags))
+
+    def _handed(self, fd: int) -> int:
+        """`fd` goes to the kernel: tell the fast path what it may answer on it (a number closed earlier may
+        come back as a view's, so every descriptor handed out is marked, none left as it was)."""
+        if fd in self._virtual or fd in self._view_fh:
+            self.fast.mark(fd, fastpath.NONE)
+        elif self.monitor is None:
+            self.fast.mark(fd, fastpath.WRITE_FREE)
+        elif (handle := self._handles.get(fd)) is not None:
+            self.fast.mark(fd, fastpath.WRITE_CHECKED, handle.path, handle.generation)
+        else:
+            self.fast.mark(fd, fastpath.PLAIN)
+        return fd
+
+    def _handle(self, caller: Caller, rel: str) -> _Handle:
+        generation = self.fast.generation()  # before the taint: a rise in between sends the next write to Python
+        return _Handle(caller, rel, self.monitor.taint_of(caller.subject), generation)
+
+    def _open(self, path, flags):
         if self._is_denials(path):
             return self._open_denials(flags)
         rel = self.backing.relative(path)
@@ -609,7 +646,7 @@ class EnforcingFS:
             if truncate:
                 os.truncate(f"/proc/self/fd/{fd}", 0)  # the descriptor may be read-only (O_RDONLY | O_TRUNC)
             if "write" in ops:
-                self._handles[fd] = _Handle(caller, rel, self.monitor.taint_of(caller.subject))
+                self._handles[fd] = self._handle(caller, rel)
             if self.secret_files is not None and self.secret_files.eligible(rel):
                 self._show(path, (st.st_dev, st.st_ino), None)  # served as it is: no view's pages may stay
         except BaseException:
@@ -666,12 +703,13 @@ class EnforcingFS:
                 view = self._views.setdefault(key, view)
                 view.opens += 1
                 self._view_fh[fd] = view
+                self.fast.view(*key, view.opens)
             if flags & os.O_TRUNC and "write" in ops:
                 with view.lock:
                     view.data.clear()
                     view.dirty = True
             if "write" in ops:
-                self._handles[fd] = _Handle(caller, rel, self.monitor.taint_of(caller.subject))
+                self._handles[fd] = self._handle(caller, rel)
             with view.lock:
                 shown = bytes(view.data)
             self._show(path, key, shown)
@@ -687,8 +725,10 @@ class EnforcingFS:
     def _drop_view(self, fh: int, view: _View) -> None:
         with self._view_lock:
             view.opens -= 1
-            if view.opens <= 0 and self._views.get(view.key) is view:
-                del self._views[view.key]
+            if self._views.get(view.key) is view:
+                self.fast.view(*view.key, max(view.opens, 0))
+                if view.opens <= 0:
+                    del self._views[view.key]
 
     def _write_back(self, fh: int, view: _View) -> None:
         """Store what the sandbox wrote to a view, its sentinels back to real bytes; refused (EACCES, the file
@@ -738,8 +778,8 @@ class EnforcingFS:
             os.close(fd)
             raise
         if caller is not None:
-            self._handles[fd] = _Handle(caller, rel, self.monitor.taint_of(caller.subject))
-        return fd
+            self._handles[fd] = self._handle(caller, rel)
+        return self._handed(fd)
 
     def read(self, path, size, offset, fh):
         text = self._virtual.get(fh)
@@ -755,16 +795,16 @@ class EnforcingFS:
         handle = self._handles.get(fh)
         if handle is None or self.monitor is None:
             return
-        taint = self.monitor.taint_of(handle.caller.subject)
-        if taint == handle.taint:
-            rel = handle.path if path is None else self.backing.relative(path)
-            if rel == handle.path:
-                return
+        generation = self.fast.generation()
         rel = handle.path if path is None else self.backing.relative(path)
-        self.stats.write_redecisions += 1
-        self._guard("write", rel, lambda: self._check(handle.caller, "write", rel))
-        handle.path = rel
-        handle.taint = self.monitor.taint_of(handle.caller.subject)
+        if self.monitor.taint_of(handle.caller.subject) != handle.taint or rel != handle.path:
+            self.stats.write_redecisions += 1
+            self._guard("write", rel, lambda: self._check(handle.caller, "write", rel))
+            handle.path = rel
+            handle.taint = self.monitor.taint_of(handle.caller.subject)
+        if generation != handle.generation:  # decided at the present taint: the fast path may write again
+            handle.generation = generation
+            self._handed(fh)
 
     def write(self, path, data, offset, fh):
         if fh in self._virtual:
@@ -880,6 +920,7 @@ class EnforcingFS:
         return 0
 
     def release(self, path, fh):
+        self.fast.closed(fh)  # before the number can be handed out again
         if self._virtual.pop(fh, None) is not None:
             return 0
         view = self._view_fh.pop(fh, None)
@@ -1287,6 +1328,7 @@ class EnforcingFS:
         """Remember a name of a multi-link file the kernel has looked up (its attributes are cached per name)."""
         names = self._link_names.setdefault((st.st_dev, st.st_ino), set())
         names.add(path)
+        self.fast.links_seen()  # flush pushes a change to the other names: Python's from now on
 
     def _changed(self, st: os.stat_result, skip: str | None = None) -> None:
         """The inode `st` changed (link count, mode, owner, times): drop what the kernel cached for its

@@ -16,6 +16,7 @@ dead mount back into a plain directory that a still-running agent could write to
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
 import errno
 import importlib
@@ -127,6 +128,8 @@ class MountOptions:
     # (a host process writing the backing directory) is at worst hidden for this long — and a create over
     # it is served as an open of the existing file (EnforcingFS.create)
     negative_timeout: float = 10.0
+    # requests that decide nothing answered in C (`ifc.enforce.fastpath`; mfusepy on libfuse3 only)
+    fast_path: bool = True
     extra: dict = field(default_factory=dict)
 
     def fuse_kwargs(self, binding: Binding, source: str) -> dict:
@@ -290,6 +293,43 @@ def _serving(fuse_cls, mfusepy: bool, libfuse3: bool):
     return FUSE
 
 
+def _fast_path(ops, binding: Binding, options: MountOptions):
+    """The compiled fast path attached to `ops`, where the binding's operation table can take it."""
+    from ifc.enforce import fastpath
+
+    if not (options.fast_path and binding.name == "mfusepy3" and hasattr(ops, "attach_fast")):
+        return fastpath.OFF
+    fast = fastpath.load()
+    if fast.enabled:
+        try:
+            ops.attach_fast(fast, binding.module.fuse_file_info.fh.offset)
+        except RuntimeError as exc:  # a second mount in this process
+            log.warning("the mount serves every request in Python: %s", exc)
+            return fastpath.OFF
+    return fast
+
+
+@contextlib.contextmanager
+def _installed(module, fast):
+    """While mfusepy mounts: its operation table, just before `fuse_main_real` hands it to libfuse (which
+    copies it), gets the fast path's functions. mfusepy builds the table inside `FUSE.__init__` and passes it
+    straight on, so its module's `fuse_main_real` is the one place to reach it."""
+    if not fast.enabled:
+        yield
+        return
+    real = module.fuse_main_real
+
+    def main(argc, argv, operations, size, context):
+        fast.install(operations.contents)
+        return real(argc, argv, operations, size, context)
+
+    module.fuse_main_real = main
+    try:
+        yield
+    finally:
+        module.fuse_main_real = real
+
+
 class _Fusepy:
     """fusepy calls `operations(name, *args)`; forward to the methods."""
 
@@ -315,7 +355,8 @@ def serve(ops, mountpoint: str, binding: Binding, source: str, options: MountOpt
     mfusepy = binding.name.startswith("mfusepy")
     fuse_cls = _serving(binding.FUSE, mfusepy, binding.libfuse == 3)
     operations = _Fusepy(ops) if binding.name == "fusepy" else ops
-    with warnings.catch_warnings():
+    fast = _fast_path(ops, binding, options)
+    with warnings.catch_warnings(), _installed(binding.module, fast):
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             fuse_cls(operations, mountpoint, **kwargs)

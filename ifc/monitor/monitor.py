@@ -220,6 +220,9 @@ class Monitor:
         self.run = RunState(policy.lattice.bottom)
         self.subjects: dict[str, RunState] = {}  # every name maps to `self.run`
         self.streams: set[Stream] = set()
+        # called, under the monitor's lock, each time the run's taint rises (the mount's fast path: a write
+        # decided at the old taint must be decided again)
+        self.on_taint: list[Callable[[], None]] = []
         self.steps = 0
         self._tokens_seen: set[str] = set()
         self._cutoffs: set[int] = set()  # model endpoint rules whose loss this run has logged
@@ -665,6 +668,8 @@ class Monitor:
         if parts:
             state.provenance = None
             state.taint = state.taint.join(label)
+            for moved in self.on_taint:
+                moved()
             if self.streams:
                 self._recheck_streams(req)
 

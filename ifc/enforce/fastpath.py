@@ -1,0 +1,171 @@
+"""The mount daemon's requests that decide nothing, answered in C (`fastpath.c`) without entering Python.
+
+Every FUSE request through mfusepy costs a Python call: the GIL, ctypes' marshalling, the adapter. Most
+requests decide nothing — attributes for each LOOKUP and GETATTR, the `security.capability` probe the kernel
+makes before each write, reads and writes on descriptors already decided, flush, the release of a read-only
+descriptor, listings: three quarters of the requests of sqlite's commits, about half of those of `tar x`,
+`rsync -a` and `rm -rf` (docs/benchmarks.md, issue 16 part 6). `install` points those
+entries of libfuse's operation table at `fastpath.c`'s functions, which answer the plain case with the same
+system calls `EnforcingFS` makes and hand anything else to the Python callback they replaced.
+
+Python stays the authority: `EnforcingFS` marks each descriptor it hands the kernel (`mark`: read only,
+writable without a monitor, or writable as decided at the run's taint generation for one name), unmarks it
+before closing it, mirrors its inode incarnations and open secret-file views, and the monitor bumps the taint
+generation (`taint_moved`) whenever the run's taint rises — so a write after a rise, or after a rename, reaches
+Python and is decided again exactly as before. The library is compiled on first use (`ifc.native`); where
+that is not possible the mount serves everything in Python (`OFF`), as it did before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import resource
+from pathlib import Path
+
+from ifc import native
+
+log = logging.getLogger("ifc.enforce.fastpath")
+
+SOURCE = Path(__file__).with_name("fastpath.c")
+ARGS = ["-O2", "-shared", "-fPIC", "-pthread", "-Wall"]
+NONE, PLAIN, WRITE_FREE, WRITE_CHECKED = 0, 1, 2, 3  # as fastpath.c's `enum kind`
+# libfuse operations answered in C, and the C function for each
+# (fsync and fsyncdir stay in Python: on a disk the sync itself costs far more, and tests/test_fuse_fsyncdir.py
+# sees the daemon's syncs there)
+OPERATIONS = {"getattr": "ifc_fast_getattr", "read": "ifc_fast_read", "write": "ifc_fast_write",
+              "flush": "ifc_fast_flush", "getxattr": "ifc_fast_getxattr", "release": "ifc_fast_release",
+              "readdir": "ifc_fast_readdir"}
+MAX_FDS = 1 << 20  # descriptors above this (or above the hard limit) are always Python's
+
+
+class Off:
+    """No fast path: every request is answered in Python (another binding, or no compiler here)."""
+
+    enabled = False
+
+    def generation(self) -> int:
+        return 0
+
+    def mark(self, fh: int, kind: int, rel: str = "", generation: int = 0) -> None:
+        pass
+
+    def closed(self, fh: int) -> None:
+        pass
+
+    def died(self, dev: int, ino: int, epoch: int) -> None:
+        pass
+
+    def view(self, dev: int, ino: int, opens: int) -> None:
+        pass
+
+    def links_seen(self) -> None:
+        pass
+
+    def taint_moved(self) -> None:
+        pass
+
+
+OFF = Off()
+
+
+class FastPath(Off):
+    """The compiled fast path of one mount (the library's state is per process: one mount per daemon)."""
+
+    enabled = True
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib = lib
+        u64, i = ctypes.c_uint64, ctypes.c_int
+        lib.ifc_fast_configure.argtypes = [i, u64, ctypes.c_size_t, ctypes.c_size_t, i, i]
+        lib.ifc_fast_open.argtypes = [u64, i, ctypes.c_char_p, u64]
+        lib.ifc_fast_close.argtypes = [u64]
+        lib.ifc_fast_close.restype = None
+        lib.ifc_fast_generation.restype = u64
+        lib.ifc_fast_taint_moved.restype = lib.ifc_fast_links_seen.restype = None
+        lib.ifc_fast_epoch.argtypes = lib.ifc_fast_view.argtypes = [u64, u64, u64]
+        lib.ifc_fast_ids.argtypes = [ctypes.c_uint32] * 4
+        lib.ifc_fast_ids.restype = None
+        lib.ifc_fast_reserve.argtypes = lib.ifc_fast_format.argtypes = [ctypes.c_char_p]
+        lib.ifc_fast_fallbacks.argtypes = [ctypes.c_void_p] * len(OPERATIONS)
+        lib.ifc_fast_fallbacks.restype = None
+        self._configured = False
+
+    def configure(self, root_fd: int, dev: int, fh_offset: int, *, track_links: bool, views: bool,
+                  ids: tuple[int, int, int, int] | None, reserved: frozenset[str], formats: tuple[str, ...]) -> None:
+        """What `EnforcingFS` serves that the C side must know: the backing root, whose files appear as the
+        agent's, which names it serves itself, and (with secret-file views) which names may be views."""
+        if any(set(p) & set("?[]\\") for p in formats):
+            raise ValueError("fastpath.c matches `*` globs only")
+        max_fds = min(MAX_FDS, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        status = self.lib.ifc_fast_configure(root_fd, dev, fh_offset, max_fds, int(track_links), int(views))
+        if status == -2:
+            raise RuntimeError("the fast path serves one mount per process")
+        if status != 0:
+            raise MemoryError("no memory for the descriptor table")
+        if ids is not None:
+            self.lib.ifc_fast_ids(*ids)
+        for name in reserved:
+            if self.lib.ifc_fast_reserve(name.encode()) != 0:
+                raise ValueError("too many reserved names")
+        for pattern in formats:
+            if self.lib.ifc_fast_format(pattern.encode()) != 0:
+                raise ValueError("too many secret-file formats")
+        self._configured = True
+
+    def install(self, operations: ctypes.Structure) -> None:
+        """Point libfuse's operation table (mfusepy's, before `fuse_main_real` copies it) at the C functions,
+        each falling back to the Python callback it replaces. mfusepy's table object keeps those callbacks
+        alive for the whole mount."""
+        if not self._configured:
+            raise RuntimeError("configure the fast path before installing it")
+        fallbacks = []
+        for name, symbol in OPERATIONS.items():
+            prototype = dict((f[0], f[1]) for f in type(operations)._fields_)[name]
+            python = getattr(operations, name)
+            if not python:
+                raise RuntimeError(f"`{name}` has no Python callback to fall back to")
+            fallbacks.append(ctypes.cast(python, ctypes.c_void_p))
+            setattr(operations, name, ctypes.cast(getattr(self.lib, symbol), prototype))
+        self.lib.ifc_fast_fallbacks(*fallbacks)
+
+    def generation(self) -> int:
+        return self.lib.ifc_fast_generation()
+
+    def mark(self, fh: int, kind: int, rel: str = "", generation: int = 0) -> None:
+        if self.lib.ifc_fast_open(fh, kind, rel.encode("utf-8", "surrogateescape"), generation) != 0:
+            self.lib.ifc_fast_close(fh)  # no memory for the name: Python answers this descriptor
+
+    def closed(self, fh: int) -> None:
+        self.lib.ifc_fast_close(fh)
+
+    def died(self, dev: int, ino: int, epoch: int) -> None:
+        if self.lib.ifc_fast_epoch(dev, ino, epoch) != 0:
+            raise MemoryError("no memory for an inode incarnation")
+
+    def view(self, dev: int, ino: int, opens: int) -> None:
+        if self.lib.ifc_fast_view(dev, ino, opens) != 0:
+            raise MemoryError("no memory for an open view")
+
+    def links_seen(self) -> None:
+        self.lib.ifc_fast_links_seen()
+
+    def taint_moved(self) -> None:
+        self.lib.ifc_fast_taint_moved()
+
+
+_loaded: list[FastPath] = []
+
+
+def load() -> Off:
+    """The fast path (the library compiled if needed), or `OFF` with a warning when it cannot be built. Its
+    state is the process's: one mount per process (as `ifc mount` is)."""
+    if _loaded:
+        return _loaded[0]
+    try:
+        path = native.built(SOURCE, ARGS, "the mount's fast path")
+        _loaded.append(FastPath(ctypes.CDLL(str(path))))
+    except (native.BuildError, OSError) as exc:
+        log.warning("the mount serves every request in Python: %s", getattr(exc, "message", exc))
+        return OFF
+    return _loaded[0]

@@ -1,0 +1,49 @@
+"""C built on the machine that runs it, with the system's compiler: the mount daemon's fast path (a shared
+library, `ifc.enforce.fastpath`) and the microVM's guest daemon (a static binary, `vmm.image`).
+
+Nothing compiled is shipped or fetched: a fresh checkout builds what it needs the first time (about a
+second), into the user's cache, named by the hash of the source and the compiler's arguments, so a changed
+source is rebuilt and an unchanged one is found at once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ifc.errors import UserError
+
+
+class BuildError(UserError):
+    """A C part cannot be compiled here; the message says why, `help` what to do."""
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ifc-sandbox"
+
+
+def compile_c(source: Path, target: Path, args: list[str], what: str) -> None:
+    """Compile `source` into `target` (replaced atomically: a concurrent user sees the old file or the new)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise BuildError(f"no C compiler to build {what}", "install gcc and libc6-dev (scripts/sysdeps.sh)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    proc = subprocess.run([compiler, *args, "-o", str(tmp), str(source)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        first = (proc.stderr.strip().splitlines() or ["no output"])[0]
+        raise BuildError(f"cannot compile {what}: {first}", "it needs gcc and libc6-dev (scripts/sysdeps.sh)")
+    os.replace(tmp, target)
+
+
+def built(source: Path, args: list[str], what: str) -> Path:
+    """`source` compiled with `args`, from the cache when the same source was built with the same arguments."""
+    digest = hashlib.sha256(source.read_bytes() + "\0".join(args).encode()).hexdigest()[:16]
+    target = cache_root() / "native" / f"{source.stem}-{digest}{'.so' if '-shared' in args else ''}"
+    if not target.exists():
+        compile_c(source, target, args, what)
+    return target
