@@ -261,10 +261,11 @@ def _keep_thread_state() -> None:
 def _serving(fuse_cls, mfusepy: bool, libfuse3: bool):
     """The binding's FUSE class with what it lacks: FOPEN_DIRECT_IO for the files the filesystem asks it for
     (`ops.direct_io(path)`: the denials file changes under one inode, and `kernel_cache` would serve a stale
-    page), for mfusepy on libfuse3 rename's flags (it drops them), so RENAME_NOREPLACE is honoured, and for
-    mfusepy a `create` that hands the open flags straight to `ops.create(path, mode, flags)`: mfusepy's own
-    calls `inspect.signature` on the operations' method on every create to choose between two signatures
-    (~10 % of the daemon's time in `tar x`, docs/benchmarks.md)."""
+    page), FOPEN_NOFLUSH for the descriptors whose flush does nothing (`ops.needs_flush(fh)`), for mfusepy on
+    libfuse3 rename's flags (it drops them), so RENAME_NOREPLACE is honoured, and for mfusepy a `create` that
+    hands the open flags straight to `ops.create(path, mode, flags)`: mfusepy's own calls `inspect.signature`
+    on the operations' method on every create to choose between two signatures (~10 % of the daemon's time in
+    `tar x`, docs/benchmarks.md)."""
 
     class FUSE(fuse_cls):
         if mfusepy and libfuse3:  # libfuse2 ends idle workers and starts new ones: no state kept for those
@@ -277,12 +278,22 @@ def _serving(fuse_cls, mfusepy: bool, libfuse3: bool):
             wants = getattr(self.operations, "direct_io", None)
             if result == 0 and wants is not None and wants(path.decode(self.encoding, self.errors)):
                 fip.contents.direct_io = 1
+            if result == 0:
+                self._quiet(fip.contents)
             return result
+
+        def _quiet(self, fi) -> None:
+            """FOPEN_NOFLUSH (libfuse ≥ 3.11) for a descriptor whose flush does nothing: close(2) then makes no
+            round trip to the daemon."""
+            needs = getattr(self.operations, "needs_flush", None)
+            if needs is not None and hasattr(fi, "noflush") and not needs(fi.fh):
+                fi.noflush = 1
 
         if mfusepy:
             def create(self, path, mode, fip):
                 fi = fip.contents
                 fi.fh = self.operations.create(path.decode(self.encoding, self.errors), mode, fi.flags)
+                self._quiet(fi)
                 return 0
 
         if mfusepy and libfuse3:
