@@ -115,19 +115,18 @@ class FastPath(Off):
 
     def install(self, operations: ctypes.Structure) -> None:
         """Point libfuse's operation table (mfusepy's, before `fuse_main_real` copies it) at the C functions,
-        each falling back to the Python callback it replaces. mfusepy's table object keeps those callbacks
-        alive for the whole mount."""
+        each falling back to the Python callback it replaces. All or nothing: the fallbacks are in place before
+        the first entry changes. mfusepy's table object keeps the Python callbacks alive for the whole mount."""
         if not self._configured:
             raise RuntimeError("configure the fast path before installing it")
-        fallbacks = []
+        prototypes = {f[0]: f[1] for f in type(operations)._fields_}
+        python = {name: getattr(operations, name) for name in OPERATIONS}
+        missing = [name for name, callback in python.items() if not callback]
+        if missing:
+            raise RuntimeError(f"no Python callback to fall back to for {', '.join(missing)}")
+        self.lib.ifc_fast_fallbacks(*(ctypes.cast(python[name], ctypes.c_void_p) for name in OPERATIONS))
         for name, symbol in OPERATIONS.items():
-            prototype = dict((f[0], f[1]) for f in type(operations)._fields_)[name]
-            python = getattr(operations, name)
-            if not python:
-                raise RuntimeError(f"`{name}` has no Python callback to fall back to")
-            fallbacks.append(ctypes.cast(python, ctypes.c_void_p))
-            setattr(operations, name, ctypes.cast(getattr(self.lib, symbol), prototype))
-        self.lib.ifc_fast_fallbacks(*fallbacks)
+            setattr(operations, name, ctypes.cast(getattr(self.lib, symbol), prototypes[name]))
 
     def generation(self) -> int:
         return self.lib.ifc_fast_generation()

@@ -1,0 +1,48 @@
+"""C parts built on first use (`ifc.native`): cached by source and arguments, rebuilt when either changes, and a
+missing compiler or a compile error is one line saying what to install — never a traceback."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from ifc import native
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_a_build_is_reused_until_its_source_or_arguments_change(tmp_path):
+    source = tmp_path / "x.c"
+    source.write_text("int ifc_x(void) { return 1; }\n")
+    first = native.built(source, ["-shared", "-fPIC"], "x")
+    stamp = first.stat().st_mtime_ns
+    assert native.built(source, ["-shared", "-fPIC"], "x") == first and first.stat().st_mtime_ns == stamp
+    assert native.built(source, ["-shared", "-fPIC", "-O2"], "x") != first
+    source.write_text("int ifc_x(void) { return 2; }\n")
+    assert native.built(source, ["-shared", "-fPIC"], "x") != first
+    assert not list(first.parent.glob(".*.tmp"))  # nothing half-written left behind
+
+
+def test_a_compile_error_is_one_line_with_what_to_do(tmp_path):
+    source = tmp_path / "bad.c"
+    source.write_text("this is not C\n")
+    with pytest.raises(native.BuildError) as raised:
+        native.built(source, ["-shared", "-fPIC"], "the bad part")
+    assert raised.value.message.startswith("cannot compile the bad part: ") and "\n" not in raised.value.message
+    assert "gcc" in raised.value.help
+
+
+def test_no_compiler_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    source = tmp_path / "x.c"
+    source.write_text("int x;\n")
+    with pytest.raises(native.BuildError, match="no C compiler to build x") as raised:
+        native.built(source, ["-shared", "-fPIC"], "x")
+    assert "gcc" in raised.value.help
