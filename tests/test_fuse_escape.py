@@ -355,6 +355,20 @@ def test_a_dead_daemon_fails_closed_and_is_recovered(base):
     assert mounted_at(mnt) is None
 
 
+def test_waiting_for_a_daemon_never_takes_the_bare_directory_for_its_mount(monkeypatch, tmp_path):
+    """A dead mount read from mountinfo just before the new daemon detaches it: `is_stale` then asks the bare
+    directory beneath, which answers. Waiting must not stop there (the test above read ENOENT from the empty
+    mount point, under load, and its SIGTERM found a daemon not yet serving)."""
+    from ifc.enforce import mount as mount_module
+
+    stale = iter([True])
+    monkeypatch.setattr(mount_module, "_mount_entry", lambda path: ("41", "fuse.ifc"))  # always the old entry
+    monkeypatch.setattr(mount_module, "is_stale", lambda path: next(stale, False))  # dead, then the bare dir
+    monkeypatch.setattr(mount_module, "mounted_at", lambda path: None)  # detached meanwhile
+    with pytest.raises(mount_module.MountError, match="exited"):  # the daemon (bad arguments) ends: no mount
+        Daemon(["--no-such-option"], str(tmp_path), timeout=30)
+
+
 def test_monitor_errors_deny(tmp_path):
     """A monitor whose decide raises: every operation is denied, nothing happens on disk, the error is logged."""
     from ifc.monitor import EventLog, Monitor

@@ -409,7 +409,10 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while True:  # until a live FUSE mount is on top (a dead one that was there is detached by the daemon)
             entry = _mount_entry(self.mountpoint)
-            if entry and entry[1].startswith("fuse") and not is_stale(self.mountpoint):
+            # and still one after `is_stale` answered: a dead mount read from mountinfo just before the daemon
+            # detached it leaves `is_stale` asking the bare directory beneath, which answers
+            if entry and entry[1].startswith("fuse") and not is_stale(self.mountpoint) \
+                    and (mounted_at(self.mountpoint) or "").startswith("fuse"):
                 break
             if self.proc.poll() is not None:
                 raise MountError(f"the mount daemon exited with status {self.proc.returncode}"
