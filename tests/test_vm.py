@@ -321,12 +321,18 @@ def test_a_dead_virtiofsd_stops_the_run_instead_of_hanging_it(image_env, workspa
 
     def kill() -> None:
         source = f"source={run_dir / 'mnt'}".encode()
+        found = []
         for entry in filter(str.isdigit, os.listdir("/proc")):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, IndexError, ValueError):
                 argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
                 if b"virtiofsd" in argv[0] and source in argv:
-                    os.kill(int(entry), signal.SIGKILL)
-                    killed.append(int(entry))
+                    started = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[19])
+                    found.append((started, int(entry)))
+        # oldest first: virtiofsd forks its sandboxed server, and a parent outliving its killed child exits with
+        # status 1 (after a PID wrap-around the child can have the lower number)
+        for _started, pid in sorted(found):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
 
     killer = helper_failure_cases.when_ready(ws, kill)
     proc = ifc_run(image_env, ws, policy, run_dir, "sh", "-c",
