@@ -7,9 +7,11 @@ source is rebuilt and an unchanged one is found at once."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -37,6 +39,7 @@ def compile_c(source: Path, target: Path, args: list[str], what: str) -> None:
         tmp.unlink(missing_ok=True)
         first = (proc.stderr.strip().splitlines() or ["no output"])[0]
         raise BuildError(f"cannot compile {what}: {first}", "it needs gcc and libc6-dev (scripts/sysdeps.sh)")
+    os.chmod(tmp, 0o755)  # whatever the umask: `load_library` loads only what no one else can write
     os.replace(tmp, target)
 
 
@@ -47,3 +50,19 @@ def built(source: Path, args: list[str], what: str) -> Path:
     if not target.exists():
         compile_c(source, target, args, what)
     return target
+
+
+def load_library(path: Path) -> ctypes.CDLL:
+    """The shared library at `path`, loaded only if it is this user's alone: the mount daemon runs as root, and
+    a cache another user can write (a HOME or XDG_CACHE_HOME kept across sudo) would hand it their code. Loaded
+    through the very descriptor checked (no symlink followed), so the file cannot be swapped in between."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise BuildError(f"`{path}` is not this user's alone (owner {st.st_uid}, mode {st.st_mode & 0o7777:o}): "
+                             "not loaded", "remove it (it is rebuilt on next use), or point XDG_CACHE_HOME at a "
+                             "directory only you can write")
+        return ctypes.CDLL(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)

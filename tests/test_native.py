@@ -3,6 +3,7 @@ missing compiler or a compile error is one line saying what to install — never
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -46,3 +47,22 @@ def test_no_compiler_says_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(native.BuildError, match="no C compiler to build x") as raised:
         native.built(source, ["-shared", "-fPIC"], "x")
     assert "gcc" in raised.value.help
+
+
+def test_a_library_someone_else_could_have_written_is_not_loaded(tmp_path):
+    """The mount daemon runs as root and loads the fast path from the cache: a cache another user can write (a
+    HOME or XDG_CACHE_HOME kept across sudo) could hand it their code."""
+    source = tmp_path / "x.c"
+    source.write_text("int ifc_x(void) { return 7; }\n")
+    built = native.built(source, ["-shared", "-fPIC"], "x")
+    assert native.load_library(built).ifc_x() == 7
+    for harm in (lambda: built.chmod(0o666), lambda: os.chown(built, 1000, 1000)):
+        harm()
+        with pytest.raises(native.BuildError, match="not this user's alone"):
+            native.load_library(built)
+        os.chown(built, os.geteuid(), os.getegid())
+        built.chmod(0o755)
+    link = tmp_path / "link.so"
+    link.symlink_to(built)
+    with pytest.raises(OSError):  # not through a symlink either
+        native.load_library(link)

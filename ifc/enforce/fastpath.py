@@ -162,8 +162,7 @@ def load() -> Off:
     if _loaded:
         return _loaded[0]
     try:
-        path = native.built(SOURCE, ARGS, "the mount's fast path")
-        _loaded.append(FastPath(ctypes.CDLL(str(path))))
+        _loaded.append(FastPath(native.load_library(native.built(SOURCE, ARGS, "the mount's fast path"))))
     except (native.BuildError, OSError) as exc:
         log.warning("the mount serves every request in Python: %s", getattr(exc, "message", exc))
         return OFF
