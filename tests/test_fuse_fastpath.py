@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import os
 import re
 import shutil
@@ -207,7 +208,7 @@ def pair():
         shutil.rmtree(base, ignore_errors=True)
 
 
-_case = iter(range(1 << 30))
+_case = itertools.count()
 
 
 @needs_fast

@@ -84,7 +84,7 @@ static _Atomic int links_seen;
 struct map {
     pthread_mutex_t lock;
     size_t cap, used;
-    uint64_t *dev, *ino, *val; /* val 0 = empty slot (a stored 0 is a removal) */
+    uint64_t *dev, *ino, *val; /* val 0 = empty slot (every value stored is at least 1) */
 };
 static struct map epochs = {.lock = PTHREAD_MUTEX_INITIALIZER};
 static struct map views = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -229,17 +229,13 @@ int ifc_fast_view(uint64_t dev, uint64_t ino, uint64_t opens) { return map_set(&
 
 /* ------------------------------------------------------------------------------------------ helpers */
 
-static int kind_of(void *fi) {
-    uint64_t fh;
-    memcpy(&fh, (char *)fi + cfg.fh_offset, sizeof fh);
-    return fh < nhandles ? atomic_load(&handles[fh].kind) : NONE;
-}
-
 static uint64_t fh_of(void *fi) {
     uint64_t fh;
     memcpy(&fh, (char *)fi + cfg.fh_offset, sizeof fh);
     return fh;
 }
+
+static int kind_of(uint64_t fh) { return fh < nhandles ? atomic_load(&handles[fh].kind) : NONE; }
 
 /* A FUSE path as Python's Backing.relative makes it, or NULL when Python must answer it: `..` as a component,
    a reserved name, or longer than one openat2 takes. */
@@ -329,7 +325,7 @@ int ifc_fast_getattr(const char *path, struct stat *out, void *fi) {
     int rc;
     const char *rel = path ? relative(path) : NULL;
     if (fi) {
-        if (kind_of(fi) == NONE)
+        if (kind_of(fh_of(fi)) == NONE)
             return cfg.py_getattr(path, out, fi);
         rc = fstat((int)fh_of(fi), &st) ? -errno : 0;
     } else {
@@ -361,7 +357,7 @@ int ifc_fast_getattr(const char *path, struct stat *out, void *fi) {
 }
 
 int ifc_fast_read(const char *path, char *buf, size_t size, off_t offset, void *fi) {
-    if (kind_of(fi) == NONE)
+    if (kind_of(fh_of(fi)) == NONE)
         return cfg.py_read(path, buf, size, offset, fi);
     ssize_t n = pread((int)fh_of(fi), buf, size, offset);
     return n < 0 ? -errno : (int)n;
@@ -370,7 +366,7 @@ int ifc_fast_read(const char *path, char *buf, size_t size, off_t offset, void *
 /* A write on a descriptor whose write was decided at the run's present taint, for the name it has now. */
 int ifc_fast_write(const char *path, const char *buf, size_t size, off_t offset, void *fi) {
     uint64_t fh = fh_of(fi);
-    int kind = kind_of(fi);
+    int kind = kind_of(fh);
     if (kind == WRITE_CHECKED) {
         pthread_mutex_lock(&rel_lock);
         struct handle *h = &handles[fh];
@@ -387,7 +383,7 @@ int ifc_fast_write(const char *path, const char *buf, size_t size, off_t offset,
 }
 
 int ifc_fast_flush(const char *path, void *fi) {
-    if (kind_of(fi) == NONE || atomic_load(&links_seen))
+    if (kind_of(fh_of(fi)) == NONE || atomic_load(&links_seen))
         return cfg.py_flush(path, fi);
     return 0;
 }
@@ -419,10 +415,10 @@ int ifc_fast_getxattr(const char *path, const char *name, char *value, size_t si
 
 /* A descriptor Python keeps nothing for (read only, or any without a monitor): closed here. */
 int ifc_fast_release(const char *path, void *fi) {
-    int kind = kind_of(fi);
+    uint64_t fh = fh_of(fi);
+    int kind = kind_of(fh);
     if (kind != PLAIN && kind != WRITE_FREE)
         return cfg.py_release(path, fi);
-    uint64_t fh = fh_of(fi);
     ifc_fast_close(fh); /* before the number can be handed out again */
     return close((int)fh) ? -errno : 0;
 }
