@@ -246,3 +246,16 @@ def test_the_c_filter_names_exactly_the_files_python_could_serve_as_views(name):
     lib.lib.ifc_fast_secret_format.argtypes = [ctypes.c_char_p]
     rel = name.lstrip("/")
     assert lib.lib.ifc_fast_secret_format(rel.encode("utf-8", "surrogateescape")) == (format_of(rel) is not None)
+
+
+@needs_fast
+def test_what_the_c_side_cannot_take_leaves_the_mount_all_python(tmp_path):
+    """A secret-file glob with more than `*` (the C matcher's one metacharacter) is refused before anything is
+    configured, as the one error the mount answers by serving everything in Python (not a traceback)."""
+    fast, root = fastpath.load(), os.open(tmp_path, os.O_PATH)
+    try:
+        with pytest.raises(RuntimeError, match="globs"):
+            fast.configure(root, 0, 16, track_links=False, views=True, ids=None, reserved=frozenset(),
+                           formats=("*.env", "config.y?ml"))
+    finally:
+        os.close(root)

@@ -94,23 +94,24 @@ class FastPath(Off):
     def configure(self, root_fd: int, dev: int, fh_offset: int, *, track_links: bool, views: bool,
                   ids: tuple[int, int, int, int] | None, reserved: frozenset[str], formats: tuple[str, ...]) -> None:
         """What `EnforcingFS` serves that the C side must know: the backing root, whose files appear as the
-        agent's, which names it serves itself, and (with secret-file views) which names may be views."""
+        agent's, which names it serves itself, and (with secret-file views) which names may be views. Raises
+        RuntimeError when the C side cannot take it: the mount then serves everything in Python."""
         if any(set(p) & set("?[]\\") for p in formats):
-            raise ValueError("fastpath.c matches `*` globs only")
+            raise RuntimeError("fastpath.c matches `*` globs only")
         max_fds = min(MAX_FDS, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         status = self.lib.ifc_fast_configure(root_fd, dev, fh_offset, max_fds, int(track_links), int(views))
         if status == -2:
             raise RuntimeError("the fast path serves one mount per process")
         if status != 0:
-            raise MemoryError("no memory for the descriptor table")
+            raise RuntimeError("no memory for the descriptor table")
         if ids is not None:
             self.lib.ifc_fast_ids(*ids)
         for name in reserved:
             if self.lib.ifc_fast_reserve(name.encode()) != 0:
-                raise ValueError("too many reserved names")
+                raise RuntimeError("too many reserved names")
         for pattern in formats:
             if self.lib.ifc_fast_format(pattern.encode()) != 0:
-                raise ValueError("too many secret-file formats")
+                raise RuntimeError("too many secret-file formats")
         self._configured = True
 
     def install(self, operations: ctypes.Structure) -> None:

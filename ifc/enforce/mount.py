@@ -314,7 +314,7 @@ def _fast_path(ops, binding: Binding, options: MountOptions):
     if fast.enabled:
         try:
             ops.attach_fast(fast, binding.module.fuse_file_info.fh.offset)
-        except RuntimeError as exc:  # a second mount in this process
+        except RuntimeError as exc:  # a second mount in this process, a configuration the C side cannot take
             log.warning("the mount serves every request in Python: %s", exc)
             return fastpath.OFF
     return fast
