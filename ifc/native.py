@@ -55,7 +55,10 @@ def built(source: Path, args: list[str], what: str) -> Path:
 def load_library(path: Path) -> ctypes.CDLL:
     """The shared library at `path`, loaded only if it is this user's alone: the mount daemon runs as root, and
     a cache another user can write (a HOME or XDG_CACHE_HOME kept across sudo) would hand it their code. Loaded
-    through the very descriptor checked (no symlink followed), so the file cannot be swapped in between."""
+    through the very descriptor checked (no symlink followed), so the file cannot be swapped in between. The
+    descriptor stays open for the process's life, as the library stays loaded: the dynamic loader knows a
+    library by its name, and a `/proc/self/fd/N` whose number came back for another file would be answered with
+    the library loaded under that name before."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
@@ -64,5 +67,6 @@ def load_library(path: Path) -> ctypes.CDLL:
                              "not loaded", "remove it (it is rebuilt on next use), or point XDG_CACHE_HOME at a "
                              "directory only you can write")
         return ctypes.CDLL(f"/proc/self/fd/{fd}")
-    finally:
+    except BaseException:
         os.close(fd)
+        raise

@@ -66,3 +66,15 @@ def test_a_library_someone_else_could_have_written_is_not_loaded(tmp_path):
     link.symlink_to(built)
     with pytest.raises(OSError):  # not through a symlink either
         native.load_library(link)
+
+
+def test_two_libraries_loaded_one_after_the_other_are_each_themselves(tmp_path):
+    """The loader knows a library by its name: were the descriptor a library was loaded through closed, the next
+    library loaded through the same `/proc/self/fd/N` would be answered with the first (a fresh-clone run found
+    `undefined symbol`)."""
+    loaded = []
+    for value in (1, 2, 3):
+        source = tmp_path / f"lib{value}.c"
+        source.write_text(f"int ifc_value{value}(void) {{ return {value}; }}\n")
+        loaded.append(native.load_library(native.built(source, ["-shared", "-fPIC"], "a library")))
+    assert [getattr(lib, f"ifc_value{v}")() for v, lib in zip((1, 2, 3), loaded, strict=True)] == [1, 2, 3]
