@@ -17,7 +17,7 @@ import hashlib
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from caps.chain import block_message, proof_ok, revocation_id, signature_ok
@@ -229,6 +229,8 @@ class Verifier:
             raise ValueError("a verifier needs at least one host public key")
         self.audience = audience
         self._revocations = revocations or RevocationList()
+        # called when a newer list is installed: answers cached outside the verifier may no longer hold
+        self.on_revocations: list[Callable[[], None]] = []
         self._revoked = self._revocations.revoked
         self._tokens = _LRU(cache_size)
         self._prefixes = _LRU(memo_size)
@@ -248,6 +250,8 @@ class Verifier:
             )
         self._revocations = revocations
         self._revoked = revocations.revoked
+        for moved in self.on_revocations:
+            moved()
 
     # --------------------------------------------------------------------------------- verification
 

@@ -18,6 +18,7 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,111 @@ def test_without_the_fast_path_python_answers_everything_and_a_read_only_close_m
         calls = _calls(log)
     assert {"getattr", "read", "release"} <= set(calls)
     assert calls.count("flush") == flushes  # read only: FOPEN_NOFLUSH, the kernel sends no FLUSH
+
+
+# ------------------------------------------------------------------------------------------ warm opens
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+
+
+@needs_fast
+def test_an_open_the_monitor_says_repeats_is_served_warm_without_python():
+    """The first read of a file raises the run's taint (decided in Python), the second is a repeat the monitor says
+    changes nothing (decided in Python, then handed to C); every later open by this thread is C's alone."""
+    with recording_mount("warm") as (src, mnt, log):
+        Path(src, "f.txt").write_text("hello")
+        path = os.path.join(mnt, "f.txt")
+        for _ in range(3):
+            assert _read(path) == b"hello"
+        before = _calls(log).count("open")
+        for _ in range(30):
+            assert _read(path) == b"hello"
+        assert _calls(log).count("open") == before
+        assert before <= 3
+
+
+@needs_fast
+def test_a_thread_the_fast_path_was_not_told_of_is_decided_in_python():
+    """The C side knows a caller's subject only per thread, from a pidfd Python hands it after deciding for that
+    thread: an open from any other thread (another process, a new thread) goes to Python first."""
+    with recording_mount("warm-threads") as (src, mnt, log):
+        Path(src, "f.txt").write_text("hello")
+        path = os.path.join(mnt, "f.txt")
+        for _ in range(3):
+            _read(path)
+        before = _calls(log).count("open")
+        worker = threading.Thread(target=lambda: [_read(path) for _ in range(10)])
+        worker.start()
+        worker.join()
+        after = _calls(log).count("open")
+        assert after == before + 1  # its first open; the rest were warm for that thread too
+
+
+@needs_fast
+def test_warm_opens_end_when_the_run_reads_a_secret():
+    """A rise of the run's taint moves the decision generation: the next open of a warm file is decided again."""
+    with recording_mount("warm-rise") as (src, mnt, log):
+        Path(src, "f.txt").write_text("hello")
+        Path(src, "secrets").mkdir()
+        Path(src, "secrets", "key").write_text("k")
+        path = os.path.join(mnt, "f.txt")
+        for _ in range(3):
+            _read(path)
+        before = _calls(log).count("open")
+        _read(os.path.join(mnt, "secrets", "key"))  # the run is secret now
+        for _ in range(10):
+            _read(path)
+        assert _calls(log).count("open") == before + 2  # the secret's open, and f.txt's first after the rise
+
+
+@needs_fast
+def test_a_label_another_run_commits_reaches_the_next_warm_open():
+    """Another run on the same workspace raises `f.txt` to secret in the shared label store: no generation moves
+    in this daemon, but the store's WAL header does, so the next open of the warm file is decided in Python and
+    taints this run (a file it writes afterwards is recorded secret; one written before is not)."""
+    from ifc.monitor.workspace_store import open_store
+    from ifc.policy.labels import Label
+
+    with recording_mount("warm-other-run") as (src, mnt, log):
+        Path(src, "f.txt").write_text("hello")
+        path = os.path.join(mnt, "f.txt")
+        for _ in range(3):
+            _read(path)
+        Path(mnt, "before.txt").write_text("x")
+        before = _calls(log).count("open")
+        for _ in range(5):
+            _read(path)
+        assert _calls(log).count("open") == before  # warm
+        other = open_store(src, run="another run")
+        try:
+            other.raise_to("f.txt", Label(frozenset({"internal", "secret"}), 1))
+            assert _read(path) == b"hello"
+            assert _calls(log).count("open") == before + 1
+            Path(mnt, "after.txt").write_text("x")
+            other.refresh()
+            assert "secret" in (other.get("after.txt") or Label(frozenset(), 1)).secrecy
+            assert "secret" not in (other.get("before.txt") or Label(frozenset(), 1)).secrecy
+        finally:
+            other.close()
+
+
+def test_warm_opens_are_counted_in_the_event_log(base):
+    """Served in C, counted in the monitor all the same: the run's allow count for the read is every open."""
+    with mounted(base, "count") as (ws, mnt, run):
+        (ws / "src" / "f.txt").write_text("hello")
+        for _ in range(40):
+            assert _read(str(mnt / "src" / "f.txt")) == b"hello"
+    db = open_readonly(run / "events.db")
+    try:
+        rows = db.execute("SELECT count FROM allows WHERE op = 'read' AND object = 'src/f.txt'").fetchall()
+    finally:
+        db.close()
+    assert [row[0] for row in rows] == [40]
 
 
 # ------------------------------------------------------------------------------------------ it decides nothing
@@ -255,7 +361,7 @@ def test_what_the_c_side_cannot_take_leaves_the_mount_all_python(tmp_path):
     fast, root = fastpath.load(), os.open(tmp_path, os.O_PATH)
     try:
         with pytest.raises(RuntimeError, match="globs"):
-            fast.configure(root, 0, 16, track_links=False, views=True, ids=None, reserved=frozenset(),
-                           formats=("*.env", "config.y?ml"))
+            fast.configure(root, 0, fastpath.Layout(16), track_links=False, views=True, ids=None,
+                           reserved=frozenset(), formats=("*.env", "config.y?ml"), one_subject=True)
     finally:
         os.close(root)

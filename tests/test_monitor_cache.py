@@ -12,6 +12,8 @@ counts.
 
 from __future__ import annotations
 
+import math
+import os
 from functools import cache
 
 from hypothesis import HealthCheck, example, given, settings
@@ -89,8 +91,9 @@ def test_the_fast_path_cache_never_changes_a_decision(tmp_path_factory, steps, r
     _replay(Run(tmp, "cached"), Run(tmp, "full"), steps, revoke_at)
 
 
-def _replay(cached: Run, full: Run, steps, revoke_at: int | None = None) -> None:
-    """The same steps through both monitors, `full` deciding each in full: every answer and the end state agree."""
+def _replay(cached: Run, full: Run, steps, revoke_at: int | None = None, warm: Warm | None = None) -> None:
+    """The same steps through both monitors, `full` deciding each in full: every answer and the end state agree.
+    With `warm`, `cached`'s reads are first offered to it, as the mount's fast path is asked before Python."""
     try:
         for index, (request, repeats, advance) in enumerate(steps):
             if index == revoke_at:
@@ -99,13 +102,100 @@ def _replay(cached: Run, full: Run, steps, revoke_at: int | None = None) -> None
             for _ in range(repeats):
                 full.monitor._fast.clear()  # every decision in full
                 full.monitor._write_verdicts.clear()
+                if warm is not None and warm.serve(request, cached.now):
+                    decision = full.monitor.decide(request)  # what deciding it in full answers instead
+                    assert decision.allowed and decision.taint_after == decision.taint_before, (request, decision)
+                    continue
+                generation = warm.generation if warm is not None else 0
                 assert cached.monitor.decide(request) == full.monitor.decide(request), request
+                if warm is not None:
+                    warm.record(request, generation)
             cached.now += advance
             full.now += advance
         assert cached.state() == full.state()
     finally:
         cached.log.close()
         full.log.close()
+
+
+class Warm:
+    """The mount's warm opens (`ifc.enforce.fastpath`), modelled: a read the monitor called repeatable is served
+    without asking it while the decision generation it was recorded at still holds (moved by the monitor's
+    `on_taint`, the label store's `on_change` and the verifier's `on_revocations`), the time is inside its window
+    and the label store's WAL header is unchanged; its hits are handed back with `repeated`."""
+
+    def __init__(self, monitor: Monitor):
+        self.monitor = monitor
+        self.generation = 1
+        self.entries: dict[tuple, tuple] = {}
+        self.hits: dict[tuple, int] = {}
+        self.served = 0
+        monitor.on_taint.append(self.stale)
+        monitor.labels.on_change.append(self.stale)
+        monitor.verifier.on_revocations.append(self.stale)
+
+    def stale(self) -> None:
+        self.generation += 1
+
+    @staticmethod
+    def key(request: Request) -> tuple:
+        return (request.subject, request.token, request.target)
+
+    def record(self, request: Request, generation: int) -> None:
+        repeat = self.monitor.repeatable(request) if request.op == "read" else None
+        if repeat is not None and generation == self.generation:
+            self.entries[self.key(request)] = (generation, repeat, request)
+
+    def serve(self, request: Request, now: float) -> bool:
+        entry = self.entries.get(self.key(request)) if request.op == "read" else None
+        if entry is None or entry[0] != self.generation or not entry[1].window[0] <= now < entry[1].window[1]:
+            return False
+        if entry[1].labels is not None:
+            fd, header = entry[1].labels
+            if os.pread(fd, len(header), 0) != header:
+                return False
+        self.served += 1
+        self.monitor.repeated(entry[2], entry[1], 1, now)
+        return True
+
+
+@example(steps=[(Request("read", "src/notes.txt", subject="s1"), 3, 0.0), (Request("read", ".env"), 1, 0.0),
+                (Request("read", "src/notes.txt", subject="s1"), 2, 0.0),
+                (Request("read", "src/notes.txt", token=SHORT), 3, 20.0),
+                (Request("read", "src/notes.txt", token=SHORT), 2, 20.0)], revoke_at=40)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_steps, revoke_at=st.integers(0, 40))
+def test_a_read_served_warm_is_one_the_monitor_would_allow_without_a_change(tmp_path_factory, steps, revoke_at):
+    """Reads the monitor called repeatable (`Monitor.repeatable`), served without asking it while nothing they
+    depend on moved (the mount's warm opens, modelled by `Warm`), are each allowed by a full decision that raises
+    no taint, and once counted back (`Monitor.repeated`) leave the taint, labels, graph and allow counts as
+    deciding every one in full does."""
+    tmp = tmp_path_factory.mktemp("warm")
+    cached = Run(tmp, "cached")
+    _replay(cached, Run(tmp, "full"), steps, revoke_at, Warm(cached.monitor))
+
+
+def test_repeatable_says_how_long_and_only_once_a_repeat_changes_nothing(tmp_path):
+    run = Run(tmp_path, "run")
+    m = run.monitor
+    first = Request("read", "src/notes.txt")
+    assert m.decide(first).allowed and m.repeatable(first) is None  # the read raised the taint: not a repeat
+    assert m.decide(first).allowed
+    repeat = m.repeatable(first)
+    assert repeat is not None and repeat.window == (-math.inf, math.inf) and repeat.target == "src/notes.txt"
+    assert repeat.edges and repeat.labels is None  # counted in the graph; a store in memory has nothing to watch
+    assert m.repeatable(Request("read", "src/other.txt")) is None  # never decided
+    token = Request("read", "src/notes.txt", token=LONG)
+    m.decide(token)
+    assert m.repeatable(token).window == (NOW, NOW + 3600)
+    run.now += 3600
+    assert m.repeatable(token) is None  # the token expired
+    moved = []
+    m.verifier.on_revocations.append(lambda: moved.append("revocations"))
+    m.labels.on_change.append(lambda: moved.append("labels"))
+    run.revoke()
+    m.labels.raise_to("src/notes.txt", m.policy.lattice.bottom)
+    assert moved == ["revocations", "labels"] and m.repeatable(first) is None  # the label store moved on
 
 
 def test_changing_a_returned_decision_changes_no_later_answer():
@@ -154,3 +244,58 @@ def test_the_fast_path_cache_never_changes_a_decision_with_the_sqlite_store(tmp_
                               labels=LabelStore(tmp / f"{name}-labels.db"), clock=run.monitor.clock)
         runs.append(run)
     _replay(*runs, steps)
+
+
+def test_the_warm_model_serves_what_nothing_moved_under_and_nothing_else(tmp_path):
+    notes, secret = Request("read", "src/notes.txt", subject="s1"), Request("read", ".env")
+    short = Request("read", "src/notes.txt", token=SHORT)
+    cached = Run(tmp_path, "cached")
+    warm = Warm(cached.monitor)
+    # notes: decided (it raises the taint), decided again (now repeatable), served; the secret's read moves the
+    # taint, so notes is decided once more (repeatable at once: it raises nothing now), then served twice; the
+    # short token's read likewise, until the token has expired
+    steps = [(notes, 3, 0.0), (secret, 1, 0.0), (notes, 3, 0.0), (short, 3, 40.0), (short, 2, 0.0)]
+    _replay(cached, Run(tmp_path, "full"), steps, None, warm)
+    assert warm.served == 1 + 2 + 2
+
+
+def test_a_warm_read_is_not_served_past_a_label_another_run_committed(tmp_path):
+    """The label store is the workspace's, shared by concurrent runs: a raise another run commits changes no
+    generation in this process, so a warm read is served only while the store's WAL header is as the monitor last
+    saw it — the next read is decided, and taints the run."""
+    from ifc.monitor import LabelStore
+    from ifc.policy.labels import Label
+
+    pol = policy()
+    run = Run(tmp_path, "run")
+    run.monitor = Monitor(pol, agent=pol.agents["coder"], verifier=run.verifier, log=run.log,
+                          labels=LabelStore(tmp_path / "labels.db"), clock=run.monitor.clock)
+    warm, other = Warm(run.monitor), LabelStore(tmp_path / "labels.db")
+    request = Request("read", "src/notes.txt")
+    for _ in range(2):
+        generation = warm.generation
+        run.monitor.decide(request)
+        warm.record(request, generation)
+    assert warm.serve(request, run.now) and run.monitor.repeatable(request).labels is not None
+    other.raise_to("src/notes.txt", Label(frozenset({"secret"}), pol.lattice.bottom.integrity))
+    assert not warm.serve(request, run.now)
+    assert run.monitor.decide(request).allowed and "secret" in run.monitor.run.taint.secrecy
+    other.close()
+    run.log.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_steps, revoke_at=st.integers(0, 40))
+def test_reads_served_warm_with_the_sqlite_store_change_no_answer(tmp_path_factory, steps, revoke_at):
+    """As the warm test above, with the labels in a SQLite store: its WAL header is part of what must not move."""
+    from ifc.monitor import LabelStore
+
+    tmp = tmp_path_factory.mktemp("warm-sqlite")
+    pol = policy()
+    runs = []
+    for name in ("cached", "full"):
+        run = Run(tmp, name)
+        run.monitor = Monitor(pol, agent=pol.agents["coder"], verifier=run.verifier, log=run.log,
+                              labels=LabelStore(tmp / f"{name}-labels.db"), clock=run.monitor.clock)
+        runs.append(run)
+    _replay(*runs, steps, revoke_at, Warm(runs[0].monitor))

@@ -4,17 +4,22 @@
    callback; `ifc.enforce.fastpath` swaps some for the functions here, which answer what needs no decision —
    attributes (every LOOKUP and GETATTR), the `security.*`/`system.*` xattrs the kernel probes before each write,
    reads and writes on descriptors the monitor already decided, flush, the release of a descriptor Python keeps
-   nothing for, directory listings — and hand everything else to the
-   Python callback they replaced (`py_*`), with the same arguments. What the daemon decides, creates, renames or
-   deletes is never answered here.
+   nothing for, directory listings, and the *warm* read-only open: a name the monitor already allowed this
+   subject to read, at the same taint, label store and token window, when it said the answer repeats — and
+   hand everything else to the Python callback they replaced (`py_*`), with the same arguments. What the daemon
+   creates, renames or deletes, and every first decision, is never answered here.
 
    The rule for every function: answer only the plain case whose Python answer is a system call with no state
    of the daemon's behind it; in any other case (a reserved name, `..`, a long path, a file with several names,
    a name of a secret-file format, a descriptor Python did not mark, a run whose taint moved, an EACCES/EPERM
-   that Python logs as a refusal) call Python, which is the authority. Python marks descriptors (`ifc_fast_open`)
+   that Python logs as a refusal) call Python, which is the authority. Python marks descriptors (`ifc_fast_mark`)
    and unmarks them before it closes them (`ifc_fast_close`); it keeps the inode incarnations (`ifc_fast_epoch`)
    and open views (`ifc_fast_view`) mirrored here, and bumps the taint generation (`ifc_fast_taint_moved`)
-   whenever the run's taint rises. docs/benchmarks.md (issue 16, part 6) has why and what it buys. */
+   whenever the run's taint rises. Warm opens (`ifc_fast_warm`) are Python's answers too: it records each one the
+   monitor says repeats, with which caller threads are which subject (`ifc_fast_caller`, a pidfd per thread, as
+   ifc.enforce.identity keeps them), and bumps the decision generation (`ifc_fast_stale`) whenever any answer may
+   have changed: the taint rose, the label store or the revocation list moved. docs/benchmarks.md (issue 16,
+   parts 6 and 7) has why and what it buys. */
 
 #define _GNU_SOURCE
 #include <errno.h>
@@ -30,6 +35,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef int (*getattr_fn)(const char *, struct stat *, void *);
@@ -39,11 +45,21 @@ typedef int (*flush_fn)(const char *, void *);
 typedef int (*getxattr_fn)(const char *, const char *, char *, size_t);
 typedef int (*fill_fn)(void *, const char *, const struct stat *, off_t, int);
 typedef int (*readdir_fn)(const char *, void *, fill_fn, off_t, void *, int);
+typedef int (*open_fn)(const char *, void *);
+struct context { void *fuse; uid_t uid; gid_t gid; pid_t pid; }; /* the head of libfuse's struct fuse_context */
+typedef struct context *(*context_fn)(void);
+typedef void (*hit_fn)(int, const char *, uint64_t, int64_t);
 
 #define RESOLVE (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
 #define PATH_PIECE 3072 /* as ifc.enforce.fs._PATH_PIECE: longer paths are Python's (it walks them in pieces) */
 #define EPOCH_SHIFT 48  /* as ifc.enforce.fs._EPOCH_SHIFT */
 #define MAX_NAMES 16
+#define FMODE_EXEC 0x20 /* as ifc.enforce.fs.FMODE_EXEC */
+#define OPEN_KEEP (O_ACCMODE | O_APPEND | O_NONBLOCK | O_DSYNC | O_SYNC | O_DIRECT | O_LARGEFILE | O_DIRECTORY | \
+                   O_NOFOLLOW | O_NOATIME | O_CLOEXEC | O_ASYNC) /* fs._VALID_FLAGS & fs._OPEN_MASK, no creation */
+#define WAL_HEADER 96 /* as ifc.monitor.wal_index.HEADER */
+#define MAX_WARM (1u << 17) /* warm table slots; full: Python drains and clears it */
+#define MAX_CALLERS 1024
 
 enum kind { NONE = 0, PLAIN = 1, WRITE_FREE = 2, WRITE_CHECKED = 3 };
 
@@ -72,6 +88,11 @@ static struct {
     flush_fn py_flush, py_release;
     getxattr_fn py_getxattr;
     readdir_fn py_readdir;
+    open_fn py_open;
+    context_fn context;
+    int one_subject;         /* every caller is one subject (slot 0): no thread is looked up */
+    size_t noflush_byte;     /* where FOPEN_NOFLUSH is in struct fuse_file_info (0: not there) */
+    unsigned char noflush_mask;
 } cfg = {.root = -1};
 
 static struct handle *handles;
@@ -143,11 +164,62 @@ static int map_set(struct map *m, uint64_t dev, uint64_t ino, uint64_t val) {
     return rc;
 }
 
+/* Warm opens: (subject slot, name) -> the inode the monitor's repeatable answer was for, the decision generation
+   it was made at and the token window it holds in; with the hits Python has not yet counted in the monitor. */
+struct warm_entry {
+    char *rel; /* NULL: empty */
+    int slot;
+    uint64_t dev, ino, generation;
+    double not_before, expires;
+    _Atomic uint64_t hits;
+    _Atomic int64_t last_ns;
+};
+static struct {
+    pthread_rwlock_t lock;
+    struct warm_entry *slots; /* MAX_WARM of them */
+    size_t used;
+    int watch;                          /* the label store is a database: its WAL index header must be unchanged */
+    int shm_fd;                         /* the store's own descriptor (never closed here: SQLite's locks ride on it) */
+    unsigned char seen[WAL_HEADER];     /* the header as Python last saw it, its answers current with it */
+} warm = {.lock = PTHREAD_RWLOCK_INITIALIZER, .shm_fd = -1};
+static _Atomic uint64_t decisions = 1; /* the decision generation: bumped when any answer may have changed */
+static _Atomic uint64_t unseen_hits;  /* warm opens Python has not counted yet */
+
+/* Caller threads -> subject slot, each kept by a pidfd of that very thread (signal 0 through it says the thread
+   still exists; a pidfd never names a later thread with the same id). */
+static struct {
+    pthread_mutex_t lock;
+    pid_t tid[MAX_CALLERS];
+    int pidfd[MAX_CALLERS], slot[MAX_CALLERS]; /* pidfd -1: empty (set so by ifc_fast_configure) */
+    size_t used;
+} callers = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static size_t warm_index(int slot, const char *rel) {
+    uint64_t h = 0xcbf29ce484222325ull ^ (uint64_t)(unsigned)slot;
+    for (const unsigned char *p = (const unsigned char *)rel; *p; p++)
+        h = (h ^ *p) * 0x100000001b3ull;
+    size_t i = (size_t)(h ^ (h >> 29)) & (MAX_WARM - 1);
+    while (warm.slots[i].rel && (warm.slots[i].slot != slot || strcmp(warm.slots[i].rel, rel) != 0))
+        i = (i + 1) & (MAX_WARM - 1);
+    return i;
+}
+
+static size_t caller_index(pid_t tid) {
+    size_t i = ((uint32_t)tid * 2654435761u) & (MAX_CALLERS - 1);
+    while (callers.pidfd[i] >= 0 && callers.tid[i] != tid)
+        i = (i + 1) & (MAX_CALLERS - 1);
+    return i;
+}
+
 /* ------------------------------------------------------------------------------------------ set up (Python) */
 
 int ifc_fast_configure(int root, uint64_t dev, size_t fh_offset, size_t max_fds, int track_links, int views_on) {
     if (cfg.root != -1)
         return -2; /* one mount per process */
+    if (!(warm.slots = calloc(MAX_WARM, sizeof *warm.slots)))
+        return -1;
+    for (size_t i = 0; i < MAX_CALLERS; i++)
+        callers.pidfd[i] = -1;
     cfg.root = root;
     cfg.dev = (dev_t)dev;
     cfg.fh_offset = fh_offset;
@@ -179,15 +251,24 @@ int ifc_fast_format(const char *pattern) {
     return 0;
 }
 
+/* For warm opens: libfuse's fuse_get_context, whether every caller is one subject, and where FOPEN_NOFLUSH is. */
+void ifc_fast_callers(context_fn context, int one_subject, size_t noflush_byte, unsigned noflush_bit) {
+    cfg.context = context;
+    cfg.one_subject = one_subject;
+    cfg.noflush_byte = noflush_byte;
+    cfg.noflush_mask = (unsigned char)(1u << noflush_bit);
+}
+
 /* The Python callbacks, in the order of ifc.enforce.fastpath.OPERATIONS. */
-void ifc_fast_fallbacks(getattr_fn g, read_fn r, write_fn w, flush_fn f, getxattr_fn x, flush_fn rl, readdir_fn rd) {
+void ifc_fast_fallbacks(getattr_fn g, read_fn r, write_fn w, flush_fn f, getxattr_fn x, flush_fn rl, readdir_fn rd,
+                        open_fn o) {
     cfg.py_getattr = g, cfg.py_read = r, cfg.py_write = w, cfg.py_flush = f, cfg.py_getxattr = x;
-    cfg.py_release = rl, cfg.py_readdir = rd;
+    cfg.py_release = rl, cfg.py_readdir = rd, cfg.py_open = o;
 }
 
 /* A descriptor Python opened and decided: PLAIN (read only), WRITE_FREE (no monitor), or WRITE_CHECKED at
    taint generation `gen` for name `rel` (called again after every write Python decided anew). */
-int ifc_fast_open(uint64_t fh, int kind, const char *rel, uint64_t gen) {
+int ifc_fast_mark(uint64_t fh, int kind, const char *rel, uint64_t gen) {
     if (fh >= nhandles)
         return 0; /* not marked: Python answers it */
     struct handle *h = &handles[fh];
@@ -226,6 +307,89 @@ int ifc_fast_epoch(uint64_t dev, uint64_t ino, uint64_t epoch) { return map_set(
 
 /* Open views of an inode: 1 + how many (an entry is never removed; 1 means none). */
 int ifc_fast_view(uint64_t dev, uint64_t ino, uint64_t opens) { return map_set(&views, dev, ino, opens + 1); }
+
+/* ------------------------------------------------------------------------------------------ warm opens (Python) */
+
+uint64_t ifc_fast_decisions(void) { return atomic_load(&decisions); }
+
+/* Any answer given before may not hold now: the taint rose, a label or the revocation list changed. */
+void ifc_fast_stale(void) { atomic_fetch_add(&decisions, 1); }
+
+/* Thread `tid` is subject `slot` while the thread that `pidfd` names lives; the pidfd is this side's now. */
+void ifc_fast_caller(pid_t tid, int pidfd, int slot) {
+    pthread_mutex_lock(&callers.lock);
+    if (callers.used * 2 >= MAX_CALLERS) { /* full: forget all; Python tells again as threads call */
+        for (size_t i = 0; i < MAX_CALLERS; i++)
+            if (callers.pidfd[i] >= 0)
+                close(callers.pidfd[i]), callers.pidfd[i] = -1;
+        callers.used = 0;
+    }
+    size_t i = caller_index(tid);
+    if (callers.pidfd[i] >= 0)
+        close(callers.pidfd[i]);
+    else
+        callers.used++;
+    callers.tid[i] = tid, callers.pidfd[i] = pidfd, callers.slot[i] = slot;
+    pthread_mutex_unlock(&callers.lock);
+}
+
+/* The label store as Python last saw it: its WAL index descriptor and header (fd -1: no database, nothing to
+   watch beyond the generation). */
+void ifc_fast_labels(int shm_fd, const unsigned char *header) {
+    pthread_rwlock_wrlock(&warm.lock);
+    warm.watch = shm_fd >= 0;
+    warm.shm_fd = shm_fd;
+    if (shm_fd >= 0)
+        memcpy(warm.seen, header, WAL_HEADER);
+    pthread_rwlock_unlock(&warm.lock);
+}
+
+/* The monitor allowed subject `slot` to read `rel`, inode (dev, ino), at decision generation `gen`, and says the
+   answer repeats in [not_before, expires). -1: the table is full (Python drains and clears it, then retries). */
+int ifc_fast_warm(int slot, const char *rel, uint64_t dev, uint64_t ino, uint64_t gen, double not_before,
+                  double expires) {
+    int rc = 0;
+    pthread_rwlock_wrlock(&warm.lock);
+    size_t i = warm_index(slot, rel);
+    struct warm_entry *e = &warm.slots[i];
+    if (!e->rel) {
+        char *copy = (warm.used + 1) * 2 > MAX_WARM ? NULL : strdup(rel);
+        if (!copy) {
+            rc = -1;
+            goto out;
+        }
+        e->rel = copy, e->slot = slot;
+        atomic_store(&e->hits, 0);
+        warm.used++;
+    }
+    e->dev = dev, e->ino = ino, e->generation = gen, e->not_before = not_before, e->expires = expires;
+out:
+    pthread_rwlock_unlock(&warm.lock);
+    return rc;
+}
+
+uint64_t ifc_fast_unseen_hits(void) { return atomic_load(&unseen_hits); }
+
+/* Hand every entry's uncounted hits to `fn` (slot, name, hits, last hit in ns), zeroing them; with `clear`, empty
+   the table too. `fn` must not call back into this file's warm functions (the table is locked). */
+void ifc_fast_drain(hit_fn fn, int clear) {
+    pthread_rwlock_wrlock(&warm.lock);
+    for (size_t i = 0; i < MAX_WARM; i++) {
+        struct warm_entry *e = &warm.slots[i];
+        if (!e->rel)
+            continue;
+        uint64_t hits = atomic_exchange(&e->hits, 0);
+        if (hits) {
+            atomic_fetch_sub(&unseen_hits, hits);
+            fn(e->slot, e->rel, hits, atomic_load(&e->last_ns));
+        }
+        if (clear)
+            free(e->rel), memset(e, 0, sizeof *e);
+    }
+    if (clear)
+        warm.used = 0;
+    pthread_rwlock_unlock(&warm.lock);
+}
 
 /* ------------------------------------------------------------------------------------------ helpers */
 
@@ -489,4 +653,78 @@ int ifc_fast_readdir(const char *path, void *buf, fill_fn fill, off_t offset, vo
 done:
     closedir(dir);
     return rc;
+}
+
+/* The caller's subject slot, or -1 when Python must find it (a thread it has not told of, or one that is gone). */
+static int caller_slot(void) {
+    if (cfg.one_subject)
+        return 0;
+    struct context *ctx = cfg.context ? cfg.context() : NULL;
+    if (!ctx || ctx->pid <= 0)
+        return -1;
+    int slot = -1;
+    pthread_mutex_lock(&callers.lock);
+    size_t i = caller_index(ctx->pid);
+    if (callers.pidfd[i] >= 0 && syscall(SYS_pidfd_send_signal, callers.pidfd[i], 0, NULL, 0) == 0)
+        slot = callers.slot[i];
+    pthread_mutex_unlock(&callers.lock);
+    return slot;
+}
+
+/* Is the label store as Python last saw it? (Called with the warm table locked.) */
+static int labels_unchanged(void) {
+    if (!warm.watch)
+        return 1;
+    unsigned char now[WAL_HEADER];
+    return pread(warm.shm_fd, now, WAL_HEADER, 0) == WAL_HEADER && memcmp(now, warm.seen, WAL_HEADER) == 0;
+}
+
+/* A read-only open of a name the monitor already allowed this subject to read, with nothing changed since: the
+   open Python would make (openat2 beneath the root), of the same single-name regular file, marked PLAIN. */
+static int warm_open(const char *path, void *fi) {
+    int flags;
+    memcpy(&flags, fi, sizeof flags); /* struct fuse_file_info starts with the open flags */
+    if ((flags & O_ACCMODE) != O_RDONLY || (flags & (O_TRUNC | O_CREAT | FMODE_EXEC)) || !cfg.py_open)
+        return 0;
+    const char *rel = relative(path);
+    if (!rel || !*rel || (cfg.views && ifc_fast_secret_format(rel)))
+        return 0;
+    int slot = caller_slot();
+    if (slot < 0)
+        return 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    int fd = -1;
+    pthread_rwlock_rdlock(&warm.lock);
+    struct warm_entry *e = warm.slots ? &warm.slots[warm_index(slot, rel)] : NULL;
+    if (e && e->rel && e->generation == atomic_load(&decisions) && e->not_before <= now && now < e->expires &&
+        labels_unchanged()) {
+        fd = openat2_beneath(cfg.root, rel, flags & OPEN_KEEP);
+        struct stat st;
+        if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
+                        (uint64_t)st.st_dev != e->dev || (uint64_t)st.st_ino != e->ino ||
+                        (uint64_t)fd >= nhandles || e->generation != atomic_load(&decisions))) {
+            close(fd);
+            fd = -1;
+        }
+        if (fd >= 0) {
+            atomic_fetch_add(&e->hits, 1);
+            atomic_fetch_add(&unseen_hits, 1);
+            atomic_store(&e->last_ns, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec);
+        }
+    }
+    pthread_rwlock_unlock(&warm.lock);
+    if (fd < 0)
+        return 0;
+    ifc_fast_mark((uint64_t)fd, PLAIN, NULL, 0);
+    uint64_t fh = (uint64_t)fd;
+    memcpy((char *)fi + cfg.fh_offset, &fh, sizeof fh);
+    if (cfg.noflush_byte)
+        ((unsigned char *)fi)[cfg.noflush_byte] |= cfg.noflush_mask; /* reading only: close(2) asks nothing */
+    return 1;
+}
+
+int ifc_fast_open_file(const char *path, void *fi) {
+    return warm_open(path, fi) ? 0 : cfg.py_open(path, fi);
 }

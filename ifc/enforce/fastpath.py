@@ -4,23 +4,33 @@ Every FUSE request through mfusepy costs a Python call: the GIL, ctypes' marshal
 requests decide nothing — attributes for each LOOKUP and GETATTR, the `security.capability` probe the kernel
 makes before each write, reads and writes on descriptors already decided, flush, the release of a read-only
 descriptor, listings: three quarters of the requests of sqlite's commits, about half of those of `tar x`,
-`rsync -a` and `rm -rf` (docs/benchmarks.md, issue 16 part 6). `install` points those
-entries of libfuse's operation table at `fastpath.c`'s functions, which answer the plain case with the same
-system calls `EnforcingFS` makes and hand anything else to the Python callback they replaced.
+`rsync -a` and `rm -rf` (docs/benchmarks.md, issue 16 part 6). And many opens repeat a decision already made: a
+build or `git status` reads the same files again and again (part 7). `install` points those entries of
+libfuse's operation table at `fastpath.c`'s functions, which answer the plain case with the same system calls
+`EnforcingFS` makes and hand anything else to the Python callback they replaced.
 
 Python stays the authority: `EnforcingFS` marks each descriptor it hands the kernel (`mark`: read only,
 writable without a monitor, or writable as decided at the run's taint generation for one name), unmarks it
 before closing it, mirrors its inode incarnations and open secret-file views, and the monitor bumps the taint
 generation (`taint_moved`) whenever the run's taint rises — so a write after a rise, or after a rename, reaches
-Python and is decided again exactly as before. The library is compiled on first use (`ifc.native`); where
-that is not possible the mount serves everything in Python (`OFF`), as it did before.
+Python and is decided again exactly as before. A warm open is one the monitor itself said repeats
+(`Monitor.repeatable`): `EnforcingFS` records it (`warm`) with the decision generation read before the decision,
+which `stale` bumps whenever the taint, the label store or the revocation list moves, and the C side serves it
+only while that generation, the label store's WAL header and the token's window all still hold, for the
+same subject (each caller thread's, told by `caller` with a pidfd of that thread), the same name and the same
+inode. The hits are counted in the monitor later (`drain`), as its own cached answers are.
+
+The library is compiled on first use (`ifc.native`); where that is not possible the mount serves everything in
+Python (`OFF`), as it did before.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import resource
+from dataclasses import dataclass
 from pathlib import Path
 
 from ifc import native
@@ -35,8 +45,10 @@ NONE, PLAIN, WRITE_FREE, WRITE_CHECKED = 0, 1, 2, 3  # as fastpath.c's `enum kin
 # sees the daemon's syncs there)
 OPERATIONS = {"getattr": "ifc_fast_getattr", "read": "ifc_fast_read", "write": "ifc_fast_write",
               "flush": "ifc_fast_flush", "getxattr": "ifc_fast_getxattr", "release": "ifc_fast_release",
-              "readdir": "ifc_fast_readdir"}
+              "readdir": "ifc_fast_readdir", "open": "ifc_fast_open_file"}
 MAX_FDS = 1 << 20  # descriptors above this (or above the hard limit) are always Python's
+DRAIN_EVERY = 4096  # warm hits not yet counted in the monitor before Python counts them
+HIT = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_int64)
 
 
 class Off:
@@ -65,6 +77,25 @@ class Off:
     def taint_moved(self) -> None:
         pass
 
+    def decisions(self) -> int:
+        return 0
+
+    def stale(self) -> None:
+        pass
+
+    def caller(self, tid: int, pidfd: int, slot: int) -> None:
+        os.close(pidfd)
+
+    def warm(self, slot: int, rel: str, dev: int, ino: int, generation: int, window: tuple[float, float],
+             labels: tuple[int, bytes] | None) -> bool:
+        return False
+
+    def pending(self) -> int:
+        return 0
+
+    def drain(self, clear: bool = False) -> list[tuple[int, str, int, int]]:
+        return []
+
 
 OFF = Off()
 
@@ -78,7 +109,7 @@ class FastPath(Off):
         self.lib = lib
         u64, i = ctypes.c_uint64, ctypes.c_int
         lib.ifc_fast_configure.argtypes = [i, u64, ctypes.c_size_t, ctypes.c_size_t, i, i]
-        lib.ifc_fast_open.argtypes = [u64, i, ctypes.c_char_p, u64]
+        lib.ifc_fast_mark.argtypes = [u64, i, ctypes.c_char_p, u64]
         lib.ifc_fast_close.argtypes = [u64]
         lib.ifc_fast_close.restype = None
         lib.ifc_fast_generation.restype = u64
@@ -89,17 +120,27 @@ class FastPath(Off):
         lib.ifc_fast_reserve.argtypes = lib.ifc_fast_format.argtypes = [ctypes.c_char_p]
         lib.ifc_fast_fallbacks.argtypes = [ctypes.c_void_p] * len(OPERATIONS)
         lib.ifc_fast_fallbacks.restype = None
+        lib.ifc_fast_callers.argtypes = [ctypes.c_void_p, i, ctypes.c_size_t, ctypes.c_uint]
+        lib.ifc_fast_decisions.restype = lib.ifc_fast_unseen_hits.restype = u64
+        lib.ifc_fast_stale.restype = lib.ifc_fast_caller.restype = lib.ifc_fast_labels.restype = None
+        lib.ifc_fast_caller.argtypes = [i, i, i]
+        lib.ifc_fast_labels.argtypes = [i, ctypes.c_char_p]
+        lib.ifc_fast_warm.argtypes = [i, ctypes.c_char_p, u64, u64, u64, ctypes.c_double, ctypes.c_double]
+        lib.ifc_fast_drain.argtypes = [HIT, i]
+        lib.ifc_fast_drain.restype = None
         self._configured = False
 
-    def configure(self, root_fd: int, dev: int, fh_offset: int, *, track_links: bool, views: bool,
-                  ids: tuple[int, int, int, int] | None, reserved: frozenset[str], formats: tuple[str, ...]) -> None:
+    def configure(self, root_fd: int, dev: int, layout: Layout, *, track_links: bool, views: bool,
+                  ids: tuple[int, int, int, int] | None, reserved: frozenset[str], formats: tuple[str, ...],
+                  one_subject: bool) -> None:
         """What `EnforcingFS` serves that the C side must know: the backing root, whose files appear as the
-        agent's, which names it serves itself, and (with secret-file views) which names may be views. Raises
-        RuntimeError when the C side cannot take it: the mount then serves everything in Python."""
+        agent's, which names it serves itself, (with secret-file views) which names may be views, and whether
+        every caller is one subject. Raises RuntimeError when the C side cannot take it: the mount then serves
+        everything in Python."""
         if any(set(p) & set("?[]\\") for p in formats):
             raise RuntimeError("fastpath.c matches `*` globs only")
         max_fds = min(MAX_FDS, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-        status = self.lib.ifc_fast_configure(root_fd, dev, fh_offset, max_fds, int(track_links), int(views))
+        status = self.lib.ifc_fast_configure(root_fd, dev, layout.fh_offset, max_fds, int(track_links), int(views))
         if status == -2:
             raise RuntimeError("the fast path serves one mount per process")
         if status != 0:
@@ -112,6 +153,7 @@ class FastPath(Off):
         for pattern in formats:
             if self.lib.ifc_fast_format(pattern.encode()) != 0:
                 raise RuntimeError("too many secret-file formats")
+        self.lib.ifc_fast_callers(layout.context, int(one_subject), *layout.noflush)
         self._configured = True
 
     def install(self, operations: ctypes.Structure) -> None:
@@ -133,7 +175,7 @@ class FastPath(Off):
         return self.lib.ifc_fast_generation()
 
     def mark(self, fh: int, kind: int, rel: str = "", generation: int = 0) -> None:
-        if self.lib.ifc_fast_open(fh, kind, rel.encode("utf-8", "surrogateescape"), generation) != 0:
+        if self.lib.ifc_fast_mark(fh, kind, rel.encode("utf-8", "surrogateescape"), generation) != 0:
             self.lib.ifc_fast_close(fh)  # no memory for the name: Python answers this descriptor
 
     def closed(self, fh: int) -> None:
@@ -152,6 +194,60 @@ class FastPath(Off):
 
     def taint_moved(self) -> None:
         self.lib.ifc_fast_taint_moved()
+
+    def decisions(self) -> int:
+        return self.lib.ifc_fast_decisions()
+
+    def stale(self) -> None:
+        self.lib.ifc_fast_stale()
+
+    def caller(self, tid: int, pidfd: int, slot: int) -> None:
+        """Thread `tid` is subject `slot` while it lives; `pidfd` (a pidfd of that thread) is the C side's now."""
+        self.lib.ifc_fast_caller(tid, pidfd, slot)
+
+    def warm(self, slot: int, rel: str, dev: int, ino: int, generation: int, window: tuple[float, float],
+             labels: tuple[int, bytes] | None) -> bool:
+        """Serve later read-only opens of `rel` by subject `slot` in C while the decision generation is still
+        `generation`, the time inside `window` and the label store's WAL index (descriptor, header) unchanged
+        (None: the store is not a database). False: the table is full (`drain(clear=True)` empties it)."""
+        if self.lib.ifc_fast_warm(slot, rel.encode("utf-8", "surrogateescape"), dev, ino, generation, *window) != 0:
+            return False
+        self.lib.ifc_fast_labels(*(labels if labels is not None else (-1, None)))
+        return True
+
+    def pending(self) -> int:
+        """Warm opens served since the last `drain`."""
+        return self.lib.ifc_fast_unseen_hits()
+
+    def drain(self, clear: bool = False) -> list[tuple[int, str, int, int]]:
+        """The warm opens served since the last drain: (subject slot, name, how many, last one in ns); with
+        `clear`, the table is emptied as well."""
+        hits: list[tuple[int, str, int, int]] = []
+
+        def seen(slot: int, rel: bytes, count: int, last: int) -> None:
+            hits.append((slot, rel.decode("utf-8", "surrogateescape"), count, last))
+
+        self.lib.ifc_fast_drain(HIT(seen), int(clear))
+        return hits
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the C side needs of the binding: where `fh` is in struct fuse_file_info, the address of libfuse's
+    `fuse_get_context` (0: none, so no warm opens), and (byte, bit) of FOPEN_NOFLUSH ((0, 0): not there)."""
+
+    fh_offset: int
+    context: int = 0
+    noflush: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def of(cls, module) -> Layout:
+        """The layout of mfusepy's structures (libfuse 3)."""
+        info = module.fuse_file_info
+        noflush = getattr(info, "noflush", None)
+        bits = (0, 0) if noflush is None else divmod(noflush.offset * 8 + (noflush.size & 0xFFFF), 8)
+        context = ctypes.cast(module._libfuse.fuse_get_context, ctypes.c_void_p).value or 0
+        return cls(info.fh.offset, context, bits)
 
 
 _loaded: list[FastPath] = []

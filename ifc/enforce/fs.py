@@ -43,8 +43,10 @@ sends them with the request (`Request.facts`). Hard links found on disk share on
 `Monitor.share_label`; labels a failed operation moved are put back through `Monitor.restore_labels`. This
 module never touches the label store or the event log.
 
-No decision cache here: every open asks the monitor, whose own fast path answers repeats (and knows about
-token expiry and revocation, label changes and taint).
+No decision cache of its own here: every open asks the monitor, whose own fast path answers repeats (and knows
+about token expiry and revocation, label changes and taint); an open the monitor says repeats is handed to the
+compiled fast path (`_warm`), which serves the same subject's next opens of that name while nothing it
+depends on has moved.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from ifc.enforce import fastpath
 from ifc.enforce.identity import Caller, Identities
 from ifc.monitor import Monitor, Request
 from ifc.monitor.containment import Facts, symlink_walk, xattr_namespace
+from ifc.monitor.monitor import Repeat
 from ifc.secretfiles.workspace import MAX_VIEW
 
 log = logging.getLogger("ifc.enforce.fs")
@@ -381,18 +384,26 @@ class EnforcingFS:
         self._shown: dict[tuple[int, int], bytes | None] = {}  # what the kernel may cache: a view's bytes, or raw
         self._view_lock = threading.Lock()
         self.fast: fastpath.Off = fastpath.OFF
+        self._slots: dict[tuple[str, str | None], int] = {}  # a subject (and its token) → its number in the fast path
+        self._repeats: dict[tuple[int, str], tuple[Request, Repeat]] = {}  # what the fast path's warm opens repeat
+        self._warm_lock = threading.Lock()
 
-    def attach_fast(self, fast: fastpath.FastPath, fh_offset: int) -> None:
-        """Let `fast` answer the requests that decide nothing (`ifc.enforce.fastpath`), before serving."""
+    def attach_fast(self, fast: fastpath.FastPath, layout: fastpath.Layout) -> None:
+        """Let `fast` answer the requests that decide nothing, and the opens the monitor says repeat
+        (`ifc.enforce.fastpath`), before serving."""
         from ifc.secretfiles.registry import FORMATS
 
-        fast.configure(self.backing.fd, self.backing.dev, fh_offset, track_links=self.invalidate is not None,
+        fast.configure(self.backing.fd, self.backing.dev, layout, track_links=self.invalidate is not None,
                        views=self.secret_files is not None,
                        ids=(*self._owner, *self._agent) if self._agent is not None else None,
-                       reserved=self.backing.reserved, formats=tuple(p for p, _ in FORMATS))
+                       reserved=self.backing.reserved, formats=tuple(p for p, _ in FORMATS),
+                       one_subject=self.identities.env_var is None)
         self.fast = fast
         if self.monitor is not None:
-            self.monitor.on_taint.append(fast.taint_moved)
+            self.monitor.on_taint.extend((fast.taint_moved, fast.stale))
+            self.monitor.labels.on_change.append(fast.stale)
+            if self.monitor.verifier is not None:
+                self.monitor.verifier.on_revocations.append(fast.stale)
 
     # ------------------------------------------------------------------------------------ deciding
     def _caller(self) -> Caller:
@@ -624,11 +635,11 @@ class EnforcingFS:
             fd = self._open_view(path, rel, flags, ops, caller)
             if fd is not None:
                 return fd
-        if self.monitor is not None:
-            caller = caller or self._caller()
-            self._guard("open", rel, lambda: [self._check(caller, op, rel) for op in ops])
         if self.monitor is None:
             return self.backing.open(rel, flags & _OPEN_MASK)
+        caller = caller or self._caller()
+        decided = self.fast.decisions()  # before deciding: an answer that moves meanwhile is never served warm
+        self._guard("open", rel, lambda: [self._check(caller, op, rel) for op in ops])
         # O_TRUNC waits until the file is known to be the workspace's alone (a truncation is a write)
         truncate = bool(flags & os.O_TRUNC) and "write" in ops
         fd = self.backing.open(rel, flags & _OPEN_MASK & ~(os.O_TRUNC if truncate else 0))
@@ -649,10 +660,50 @@ class EnforcingFS:
                 self._handles[fd] = self._handle(caller, rel)
             if self.secret_files is not None and self.secret_files.eligible(rel):
                 self._show(path, (st.st_dev, st.st_ino), None)  # served as it is: no view's pages may stay
+            elif ops == ("read",) and st.st_nlink == 1 and stat_mod.S_ISREG(st.st_mode) and self.fast.enabled:
+                self._warm(caller, rel, st, decided)
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    def _warm(self, caller: Caller, rel: str, st: os.stat_result, decided: int) -> None:
+        """If the monitor would answer this read the same way again (`Monitor.repeatable`), let the fast path
+        serve the caller's next opens of `rel` — this inode, at the decision generation read before it was
+        decided — without entering Python (issue 16's warm paths)."""
+        request = self._request(caller, "read", rel)
+        repeat = self._guard("open", rel, lambda: self.monitor.repeatable(request))
+        if repeat is None:
+            return
+        with self._warm_lock:
+            slot = self._slots.setdefault(caller.key, len(self._slots))
+        if self.identities.env_var is not None:  # the C side knows a thread's subject while that thread lives
+            tid = self.context()[2]
+            pinned = self.identities.pin(tid)
+            if pinned is None:
+                return
+            if pinned[1].key != caller.key:
+                os.close(pinned[0])
+                return
+            self.fast.caller(tid, pinned[0], slot)
+        with self._warm_lock:
+            self._repeats[(slot, rel)] = (request, repeat)
+            if not self.fast.warm(slot, rel, st.st_dev, st.st_ino, decided, repeat.window, repeat.labels):
+                self._count_repeats(self.fast.drain(clear=True))  # the table is full: start it again
+                self.fast.warm(slot, rel, st.st_dev, st.st_ino, decided, repeat.window, repeat.labels)
+            if self.fast.pending() >= fastpath.DRAIN_EVERY:
+                self._count_repeats(self.fast.drain())
+
+    def _count_repeats(self, hits: list[tuple[int, str, int, int]]) -> None:
+        """Count the opens the fast path served warm in the monitor, as its own cached answers are counted."""
+        for slot, rel, count, last_ns in hits:
+            known = self._repeats.get((slot, rel))
+            if known is None:
+                continue
+            try:
+                self.monitor.repeated(known[0], known[1], count, last_ns / 1e9)
+            except Exception as exc:  # the opens were served; only their count is lost
+                self._error(None, "open", rel, exc)
 
     def _show(self, path: str, key: tuple[int, int], data: bytes | None) -> None:
         """The kernel is about to read `data` (None: the file itself) for this inode: if it may hold pages of
@@ -1406,6 +1457,8 @@ class EnforcingFS:
     def destroy(self, path):
         self.identities.close()
         if self.monitor is not None:
+            with self._warm_lock:
+                self._count_repeats(self.fast.drain())
             try:
                 self.monitor.flush()
             except Exception as exc:

@@ -157,6 +157,16 @@ class Identities:
                     os.close(pidfd)
         return caller
 
+    def pin(self, tid: int) -> tuple[int, Caller] | None:
+        """A pidfd of thread `tid` (a new descriptor, the caller's to close) and the caller that thread is known
+        as for its lifetime, or None when its answer is not kept by a pidfd (`caller` reads /proc for it again):
+        what lets the mount's fast path tell a thread's subject without asking here."""
+        with self._lock:
+            live = self._live.get(tid)
+            if live is None or not _alive(live[0]):
+                return None
+            return os.dup(live[0]), live[1]
+
     def _resolve(self, tid: int) -> tuple[Caller, bool]:
         """The caller from /proc, and whether it may be kept for the thread's lifetime (False: it is a
         fallback because the thread or its process could not be read)."""

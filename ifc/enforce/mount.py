@@ -313,7 +313,7 @@ def _fast_path(ops, binding: Binding, options: MountOptions):
     fast = fastpath.load()
     if fast.enabled:
         try:
-            ops.attach_fast(fast, binding.module.fuse_file_info.fh.offset)
+            ops.attach_fast(fast, fastpath.Layout.of(binding.module))
         except RuntimeError as exc:  # a second mount in this process, a configuration the C side cannot take
             log.warning("the mount serves every request in Python: %s", exc)
             return fastpath.OFF

@@ -172,13 +172,13 @@ class EventLog:
                 raise
             return int(cursor.lastrowid)
 
-    def count_allow(self, subject: str, op: str, obj: str, ts: float | None = None) -> None:
+    def count_allow(self, subject: str, op: str, obj: str, ts: float | None = None, count: int = 1) -> None:
         ts = time.time() if ts is None else ts
         key = (subject, op, obj)
         with self._lock:
             entry = self._pending.get(key)
-            self._pending[key] = (1, ts, ts) if entry is None else (entry[0] + 1, entry[1], ts)
-            self._pending_count += 1
+            self._pending[key] = (count, ts, ts) if entry is None else (entry[0] + count, entry[1], ts)
+            self._pending_count += count
             if self._pending_count >= self.flush_every:
                 try:
                     self._flush_locked()
@@ -187,7 +187,7 @@ class EventLog:
                         del self._pending[key]
                     else:
                         self._pending[key] = entry
-                    self._pending_count -= 1
+                    self._pending_count -= count
                     raise
 
     def flush(self) -> None:

@@ -35,6 +35,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,6 +179,7 @@ class LabelStore:
         self._pinned_view = _Pinned(self)
         self._next = 1
         self.version = 0
+        self.on_change: list[Callable[[], None]] = []  # called, under the store's lock, whenever `version` moves
         self.root = None if root is None else os.fspath(root)
         self.run = run
         self.path = None if path is None else Path(path)
@@ -223,6 +225,24 @@ class LabelStore:
         if self._db is not None:
             with self._lock:
                 self._sync()
+
+    def watch(self) -> tuple[int, bytes] | None:
+        """How a reader outside this object tells that nobody has committed since the store last looked: the WAL
+        index's descriptor and its header at that look (`_sync`; the descriptor is the store's, never to be
+        closed by the reader), or None when the store has no database (then only this process changes it, and
+        `on_change` says when). Raises LookupError for a database whose index cannot be read: such a store asks
+        SQLite on every look, which nothing outside it can do."""
+        with self._lock:
+            if self._db is None:
+                return None
+            if self._shm is None or len(self._shm_seen) != wal_index.HEADER:
+                raise LookupError("the label store's WAL index cannot be read")
+            return self._shm, self._shm_seen
+
+    def _moved(self) -> None:
+        self.version += 1
+        for moved in self.on_change:
+            moved()
 
     def pinned(self) -> _Pinned:
         """One view of the store for a whole decision (a context manager), for a caller that has just called
@@ -383,7 +403,7 @@ class LabelStore:
             raise
         finally:
             self._depth = 0
-        self.version += 1
+        self._moved()
 
     def _sync(self) -> None:
         """Reload when another process committed since we last looked (runs share the workspace's store).
@@ -407,7 +427,7 @@ class LabelStore:
                 return
         if self._db.execute("PRAGMA data_version").fetchone()[0] != self._seen:
             self._load()  # records the version of the snapshot it read
-            self.version += 1
+            self._moved()
         # the header read before the pragma (a commit after that read shows at the next look), and kept only once
         # the view is current: a look that failed asks again (`test_a_look_that_failed_is_made_again`)
         self._shm_seen = header

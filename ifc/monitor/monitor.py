@@ -29,6 +29,7 @@ committed to the log before `decide` returns. It never raises: an internal error
 from __future__ import annotations
 
 import contextlib
+import math
 import shlex
 import threading
 import time
@@ -186,6 +187,16 @@ class RunState:
 
 
 
+@dataclass(frozen=True)
+class Repeat:
+    """A decision the monitor would answer again from its cache (`Monitor.repeatable`)."""
+
+    target: str  # as the decision named it (normalised)
+    window: tuple[float, float]  # when it holds: the token's validity (not before, expires), else unbounded
+    edges: tuple  # the provenance edges each repeat records
+    labels: tuple[int, bytes] | None  # the label store's WAL index (descriptor, header) as of the decision
+
+
 @dataclass(eq=False)
 class Stream:
     """An open egress stream the monitor allowed: re-decided whenever the run's taint rises.
@@ -282,9 +293,7 @@ class Monitor:
                 state = self.subjects.get(request.subject)
                 if state is None:
                     state = self.subject(request.subject, request.parent)
-                taint = state.taint  # by its parts: a Label (a dataclass) would hash and compare in Python
-                key = (request.subject, taint.secrecy, taint.integrity, request.op, request.target, request.dest,
-                       request.token, labels.version, request.facts)
+                key = self._key(request, state)
                 hit = self._fast.get(key)
                 if hit is not None:
                     cached, edges, validity = hit
@@ -305,6 +314,51 @@ class Monitor:
                                     f"internal error, denied: {type(exc).__name__}: {exc}",
                                     taint_before=before, taint_after=before, subject=request.subject)
             return self._log_safely(request, decision)
+
+    def _key(self, request: Request, state: RunState) -> tuple:
+        """What a repeated decision depends on, as the key of `_fast`."""
+        taint = state.taint  # by its parts: a Label (a dataclass) would hash and compare in Python
+        return (request.subject, taint.secrecy, taint.integrity, request.op, request.target, request.dest,
+                request.token, self.labels.version, request.facts)
+
+    def repeatable(self, request: Request) -> Repeat | None:
+        """How long `request`, if asked again now, would be answered from the monitor's own cache (allowed, its
+        repetition changing nothing but counters): what lets an enforcement point answer repeats itself — the
+        mount's warm opens (`ifc.enforce.fastpath`). None when it would be decided in full.
+
+        The answer holds while the run's taint, the label store and the revocation list stay as they are
+        (`on_taint`, `labels.on_change`, the verifier's `on_revocations` say when they move; `Repeat.labels` is
+        how to see another process's commit) and the time is inside `Repeat.window`. The repeats must be handed
+        back (`repeated`), to be counted as the cache's own hits are."""
+        with self._lock:
+            labels = self.labels
+            try:
+                labels.refresh()
+                watch = labels.watch()
+            except LookupError:
+                return None
+            state = self.subjects.get(request.subject)
+            hit = None if state is None else self._fast.get(self._key(request, state))
+            if hit is None:
+                return None
+            cached, edges, validity = hit
+            window = (-math.inf, math.inf)
+            if validity is not None:
+                if self.verifier is None or self.verifier.revocations.epoch != validity[2] \
+                        or not validity[0] <= self.clock() < validity[1]:
+                    return None
+                window = (validity[0], validity[1])
+            return Repeat(cached["target"], window, edges, watch)
+
+    def repeated(self, request: Request, repeat: Repeat, count: int, when: float) -> None:
+        """`count` repeats of `repeat` an enforcement point answered itself, the last at `when`: counted in the
+        provenance graph and the event log as the cache's own hits are."""
+        with self._lock:
+            self.steps += count
+            for source, op, target in repeat.edges:
+                self.graph.record(source, op, target, when, None, count=count)
+            if self.log is not None:
+                self.log.count_allow(request.subject, request.op, repeat.target, when, count=count)
 
     FAST_LIMIT = 65536
 

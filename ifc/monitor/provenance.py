@@ -56,11 +56,13 @@ class ProvenanceGraph:
         # node -> part -> hop that first brought it; per node, so a delete or rename touches only its own
         self.origin: dict[str, dict[str, Hop]] = {}
 
-    def record(self, source: str, op: str, target: str, ts: float, event: int | None, parts=()) -> None:
-        """Add (or merge) an edge; `parts` are the label parts that flowed along it."""
+    def record(self, source: str, op: str, target: str, ts: float, event: int | None, parts=(), count: int = 1) -> None:
+        """Add (or merge) an edge, seen `count` times (the last at `ts`); `parts` are the label parts that flowed
+        along it."""
         key = (source, target, op)
         data = self.edges.get(key)
-        self.edges[key] = (1, ts, ts, event, event) if data is None else (data[0] + 1, data[1], ts, data[3], event)
+        self.edges[key] = (count, ts, ts, event, event) if data is None else \
+            (data[0] + count, data[1], ts, data[3], event)
         if parts:
             known = self.origin.setdefault(target, {})
             for part in parts:
