@@ -182,6 +182,28 @@ def test_warm_opens_end_when_the_run_reads_a_secret():
 
 
 @needs_fast
+def test_a_rename_elsewhere_costs_the_warm_files_one_python_open_in_all():
+    """A rename commits to the label store (so the store's WAL header moves: the next warm open goes to Python,
+    which sees the commit was this run's own) but changes only the labels of its two names: the other warm files
+    stay warm, one Python open in all instead of one per file (git renames its index on every `git status`)."""
+    with recording_mount("warm-rename") as (src, mnt, log):
+        paths = []
+        for i in range(5):
+            Path(src, f"f{i}.txt").write_text(str(i))
+            paths.append(os.path.join(mnt, f"f{i}.txt"))
+        Path(src, "a.txt").write_text("a")
+        for _ in range(2):
+            for path in paths:
+                _read(path)
+        before = _calls(log).count("open")
+        os.rename(os.path.join(mnt, "a.txt"), os.path.join(mnt, "b.txt"))
+        for _ in range(3):
+            for i, path in enumerate(paths):
+                assert _read(path) == str(i).encode()
+        assert _calls(log).count("open") == before + 1
+
+
+@needs_fast
 def test_a_label_another_run_commits_reaches_the_next_warm_open():
     """Another run on the same workspace raises `f.txt` to secret in the shared label store: no generation moves
     in this daemon, but the store's WAL header does, so the next open of the warm file is decided in Python and

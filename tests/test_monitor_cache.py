@@ -61,13 +61,17 @@ def policy() -> Policy:
 class Run:
     """One monitor with its own clock, verifier and log."""
 
-    def __init__(self, tmp, name: str):
+    def __init__(self, tmp, name: str, sqlite: bool = False):
+        """`sqlite`: the labels in a SQLite store, `<name>-labels.db` (as `ifc run` keeps them), not in memory."""
+        from ifc.monitor import LabelStore
+
         self.now = NOW
         self.verifier = Verifier([HOST.public], audience=AUDIENCE)
         self.log = EventLog(tmp / f"{name}.db")
         pol = policy()
         self.monitor = Monitor(pol, agent=pol.agents["coder"], verifier=self.verifier, log=self.log,
-                               clock=lambda: self.now)
+                               clock=lambda: self.now,
+                               labels=LabelStore(tmp / f"{name}-labels.db") if sqlite else None)
 
     def revoke(self) -> None:
         self.verifier.set_revocations(revoke(REVOKED, self.verifier.revocations))
@@ -106,10 +110,10 @@ def _replay(cached: Run, full: Run, steps, revoke_at: int | None = None, warm: W
                     decision = full.monitor.decide(request)  # what deciding it in full answers instead
                     assert decision.allowed and decision.taint_after == decision.taint_before, (request, decision)
                     continue
-                generation = warm.generation if warm is not None else 0
+                tick = warm.tick if warm is not None else 0
                 assert cached.monitor.decide(request) == full.monitor.decide(request), request
                 if warm is not None:
-                    warm.record(request, generation)
+                    warm.record(request, tick)
             cached.now += advance
             full.now += advance
         assert cached.state() == full.state()
@@ -119,43 +123,55 @@ def _replay(cached: Run, full: Run, steps, revoke_at: int | None = None, warm: W
 
 
 class Warm:
-    """The mount's warm opens (`ifc.enforce.fastpath`), modelled: a read the monitor called repeatable is served
-    without asking it while the decision generation it was recorded at still holds (moved by the monitor's
-    `on_taint`, the label store's `on_change` and the verifier's `on_revocations`), the time is inside its window
-    and the label store's WAL header is unchanged; its hits are handed back with `repeated`."""
+    """The mount's warm opens (`ifc.enforce.fastpath`, `fastpath.c`), modelled as the C side keeps them: a read the
+    monitor called repeatable is recorded with the clock tick read before it was decided, and served without
+    asking the monitor while no later tick covers it — one for every name (the monitor's `on_taint`, the
+    verifier's `on_revocations`, the label store's `on_change` without names) or for its name (`on_change` with
+    names) — the time is inside its window, and the label store's WAL header is what the latest record saw; its
+    hits are handed back with `repeated`. Names the mount never sees (with `..`) are not modelled."""
 
     def __init__(self, monitor: Monitor):
         self.monitor = monitor
-        self.generation = 1
+        self.tick, self.floor = 1, 1
+        self.stale_at: dict[str, int] = {}
         self.entries: dict[tuple, tuple] = {}
-        self.hits: dict[tuple, int] = {}
+        self.seen: tuple[int, bytes] | None = None
         self.served = 0
         monitor.on_taint.append(self.stale)
         monitor.labels.on_change.append(self.stale)
         monitor.verifier.on_revocations.append(self.stale)
 
-    def stale(self) -> None:
-        self.generation += 1
+    def stale(self, names: frozenset[str] | None = None) -> None:
+        self.tick += 1
+        if names is None:
+            self.floor = self.tick
+        for name in names or ():
+            self.stale_at[name] = self.tick
 
     @staticmethod
-    def key(request: Request) -> tuple:
-        return (request.subject, request.token, request.target)
+    def modelled(request: Request) -> bool:
+        return request.op == "read" and ".." not in request.target.split("/")
 
-    def record(self, request: Request, generation: int) -> None:
-        repeat = self.monitor.repeatable(request) if request.op == "read" else None
-        if repeat is not None and generation == self.generation:
-            self.entries[self.key(request)] = (generation, repeat, request)
+    def record(self, request: Request, tick: int) -> None:
+        repeat = self.monitor.repeatable(request) if self.modelled(request) else None
+        if repeat is not None and repeat.target == request.target:
+            self.entries[(request.subject, request.token, request.target)] = (tick, repeat, request)
+            self.seen = repeat.labels
 
     def serve(self, request: Request, now: float) -> bool:
-        entry = self.entries.get(self.key(request)) if request.op == "read" else None
-        if entry is None or entry[0] != self.generation or not entry[1].window[0] <= now < entry[1].window[1]:
+        entry = self.entries.get((request.subject, request.token, request.target)) if self.modelled(request) \
+            else None
+        if entry is None:
             return False
-        if entry[1].labels is not None:
-            fd, header = entry[1].labels
-            if os.pread(fd, len(header), 0) != header:
-                return False
+        tick, repeat, _ = entry
+        if tick < self.floor or self.stale_at.get(request.target, 0) > tick:
+            return False
+        if not repeat.window[0] <= now < repeat.window[1]:
+            return False
+        if self.seen is not None and os.pread(self.seen[0], len(self.seen[1]), 0) != self.seen[1]:
+            return False
         self.served += 1
-        self.monitor.repeated(entry[2], entry[1], 1, now)
+        self.monitor.repeated(entry[2], repeat, 1, now)
         return True
 
 
@@ -192,10 +208,10 @@ def test_repeatable_says_how_long_and_only_once_a_repeat_changes_nothing(tmp_pat
     assert m.repeatable(token) is None  # the token expired
     moved = []
     m.verifier.on_revocations.append(lambda: moved.append("revocations"))
-    m.labels.on_change.append(lambda: moved.append("labels"))
+    m.labels.on_change.append(lambda names: moved.append(names))
     run.revoke()
     m.labels.raise_to("src/notes.txt", m.policy.lattice.bottom)
-    assert moved == ["revocations", "labels"] and m.repeatable(first) is None  # the label store moved on
+    assert moved == ["revocations", frozenset({"src/notes.txt"})] and m.repeatable(first) is None
 
 
 def test_changing_a_returned_decision_changes_no_later_answer():
@@ -233,17 +249,8 @@ def test_a_repeat_is_not_answered_past_a_label_another_run_raised(tmp_path):
 def test_the_fast_path_cache_never_changes_a_decision_with_the_sqlite_store(tmp_path_factory, steps):
     """As above, with each monitor's labels in a SQLite store (as `ifc run` keeps them): deletions and renames of
     names without a label leave the store's version alone, and cached decisions must still match."""
-    from ifc.monitor import LabelStore
-
     tmp = tmp_path_factory.mktemp("cache-sqlite")
-    pol = policy()
-    runs = []
-    for name in ("cached", "full"):
-        run = Run(tmp, name)
-        run.monitor = Monitor(pol, agent=pol.agents["coder"], verifier=run.verifier, log=run.log,
-                              labels=LabelStore(tmp / f"{name}-labels.db"), clock=run.monitor.clock)
-        runs.append(run)
-    _replay(*runs, steps)
+    _replay(Run(tmp, "cached", sqlite=True), Run(tmp, "full", sqlite=True), steps)
 
 
 def test_the_warm_model_serves_what_nothing_moved_under_and_nothing_else(tmp_path):
@@ -267,15 +274,13 @@ def test_a_warm_read_is_not_served_past_a_label_another_run_committed(tmp_path):
     from ifc.policy.labels import Label
 
     pol = policy()
-    run = Run(tmp_path, "run")
-    run.monitor = Monitor(pol, agent=pol.agents["coder"], verifier=run.verifier, log=run.log,
-                          labels=LabelStore(tmp_path / "labels.db"), clock=run.monitor.clock)
-    warm, other = Warm(run.monitor), LabelStore(tmp_path / "labels.db")
+    run = Run(tmp_path, "run", sqlite=True)
+    warm, other = Warm(run.monitor), LabelStore(tmp_path / "run-labels.db")
     request = Request("read", "src/notes.txt")
     for _ in range(2):
-        generation = warm.generation
+        tick = warm.tick
         run.monitor.decide(request)
-        warm.record(request, generation)
+        warm.record(request, tick)
     assert warm.serve(request, run.now) and run.monitor.repeatable(request).labels is not None
     other.raise_to("src/notes.txt", Label(frozenset({"secret"}), pol.lattice.bottom.integrity))
     assert not warm.serve(request, run.now)
@@ -288,14 +293,21 @@ def test_a_warm_read_is_not_served_past_a_label_another_run_committed(tmp_path):
 @given(steps=_steps, revoke_at=st.integers(0, 40))
 def test_reads_served_warm_with_the_sqlite_store_change_no_answer(tmp_path_factory, steps, revoke_at):
     """As the warm test above, with the labels in a SQLite store: its WAL header is part of what must not move."""
-    from ifc.monitor import LabelStore
-
     tmp = tmp_path_factory.mktemp("warm-sqlite")
-    pol = policy()
-    runs = []
-    for name in ("cached", "full"):
-        run = Run(tmp, name)
-        run.monitor = Monitor(pol, agent=pol.agents["coder"], verifier=run.verifier, log=run.log,
-                              labels=LabelStore(tmp / f"{name}-labels.db"), clock=run.monitor.clock)
-        runs.append(run)
-    _replay(*runs, steps, revoke_at, Warm(runs[0].monitor))
+    cached = Run(tmp, "cached", sqlite=True)
+    _replay(cached, Run(tmp, "full", sqlite=True), steps, revoke_at, Warm(cached.monitor))
+
+
+def test_a_rename_elsewhere_leaves_a_warm_read_standing_and_one_onto_its_name_does_not(tmp_path):
+    """Every rename commits to the label store (the content takes its label to the new name), but only the two
+    names change label: a warm read of a third name stays warm; a rename onto the warm name makes its next read
+    a decision again — which taints the run with what was moved there."""
+    notes = Request("read", "src/notes.txt")
+    elsewhere = Request("rename", "src/a.txt", dest="src/b.txt")
+    onto = Request("rename", ".env", dest="src/notes.txt")
+    cached = Run(tmp_path, "cached")
+    warm = Warm(cached.monitor)
+    steps = [(notes, 2, 0.0), (elsewhere, 1, 0.0), (notes, 2, 0.0), (onto, 1, 0.0), (notes, 1, 0.0)]
+    _replay(cached, Run(tmp_path, "full"), steps, None, warm)
+    assert warm.served == 2
+    assert "secret" in cached.monitor.run.taint.secrecy

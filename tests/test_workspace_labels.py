@@ -450,10 +450,10 @@ def test_the_stores_indexes_always_match_its_names(ops):
                 assert not untouched or store.version == version, "a delete of nothing labelled committed"
             else:
                 LabelStore(Path(d) / "labels.db").raise_to("e", INTERNAL)  # another process's commit
-            refs, beneath, inodes_of = dict(store._refs), dict(store._beneath), \
+            named, beneath, inodes_of = {k: set(v) for k, v in store._named.items()}, dict(store._beneath), \
                 {k: set(v) for k, v in store._inodes_of.items() if v}
             store._index()
-            assert (refs, beneath, inodes_of) == (store._refs, store._beneath,
+            assert (named, beneath, inodes_of) == (store._named, store._beneath,
                                                   {k: v for k, v in store._inodes_of.items() if v})
             assert store.snapshot() == LabelStore(Path(d) / "labels.db").snapshot()
         store.close()

@@ -17,8 +17,10 @@
    and open views (`ifc_fast_view`) mirrored here, and bumps the taint generation (`ifc_fast_taint_moved`)
    whenever the run's taint rises. Warm opens (`ifc_fast_warm`) are Python's answers too: it records each one the
    monitor says repeats, with which caller threads are which subject (`ifc_fast_caller`, a pidfd per thread, as
-   ifc.enforce.identity keeps them), and bumps the decision generation (`ifc_fast_stale`) whenever any answer may
-   have changed: the taint rose, the label store or the revocation list moved. docs/benchmarks.md (issue 16,
+   ifc.enforce.identity keeps them), and says when answers may have changed: all of them (`ifc_fast_stale`: the
+   taint rose, the revocation list or the label store as a whole moved) or those for one name
+   (`ifc_fast_stale_name`: its label changed). Each is a tick of one clock; an answer is recorded with the tick
+   Python read before deciding it, and served only while no tick that covers it came later. docs/benchmarks.md (issue 16,
    parts 6 and 7) has why and what it buys. */
 
 #define _GNU_SOURCE
@@ -60,6 +62,7 @@ typedef void (*hit_fn)(int, const char *, uint64_t, int64_t);
 #define WAL_HEADER 96 /* as ifc.monitor.wal_index.HEADER */
 #define MAX_WARM (1u << 17) /* warm table slots; full: Python drains and clears it */
 #define MAX_CALLERS 1024
+#define MAX_STALE 8192 /* names whose label changed, remembered; full: every answer goes stale instead */
 
 enum kind { NONE = 0, PLAIN = 1, WRITE_FREE = 2, WRITE_CHECKED = 3 };
 
@@ -164,12 +167,13 @@ static int map_set(struct map *m, uint64_t dev, uint64_t ino, uint64_t val) {
     return rc;
 }
 
-/* Warm opens: (subject slot, name) -> the inode the monitor's repeatable answer was for, the decision generation
-   it was made at and the token window it holds in; with the hits Python has not yet counted in the monitor. */
+/* Warm opens: (subject slot, name) -> the inode the monitor's repeatable answer was for, the clock tick read
+   before it was decided and the token window it holds in; with the hits Python has not yet counted in the
+   monitor. */
 struct warm_entry {
     char *rel; /* NULL: empty */
     int slot;
-    uint64_t dev, ino, generation;
+    uint64_t dev, ino, tick;
     double not_before, expires;
     _Atomic uint64_t hits;
     _Atomic int64_t last_ns;
@@ -181,8 +185,12 @@ static struct {
     int watch;                          /* the label store is a database: its WAL index header must be unchanged */
     int shm_fd;                         /* the store's own descriptor (never closed here: SQLite's locks ride on it) */
     unsigned char seen[WAL_HEADER];     /* the header as Python last saw it, its answers current with it */
+    char *stale[MAX_STALE];             /* names whose label changed (NULL: empty) ... */
+    uint64_t stale_at[MAX_STALE];       /* ... and the tick it changed at */
+    size_t nstale;
 } warm = {.lock = PTHREAD_RWLOCK_INITIALIZER, .shm_fd = -1};
-static _Atomic uint64_t decisions = 1; /* the decision generation: bumped when any answer may have changed */
+static _Atomic uint64_t ticks = 1; /* the clock: one tick per change that may move an answer */
+static _Atomic uint64_t floor_tick = 1; /* answers decided before this tick are all stale */
 static _Atomic uint64_t unseen_hits;  /* warm opens Python has not counted yet */
 
 /* Caller threads -> subject slot, each kept by a pidfd of that very thread (signal 0 through it says the thread
@@ -310,10 +318,48 @@ int ifc_fast_view(uint64_t dev, uint64_t ino, uint64_t opens) { return map_set(&
 
 /* ------------------------------------------------------------------------------------------ warm opens (Python) */
 
-uint64_t ifc_fast_decisions(void) { return atomic_load(&decisions); }
+/* The clock's tick now: read before a decision, recorded with its answer. */
+uint64_t ifc_fast_decisions(void) { return atomic_load(&ticks); }
 
-/* Any answer given before may not hold now: the taint rose, a label or the revocation list changed. */
-void ifc_fast_stale(void) { atomic_fetch_add(&decisions, 1); }
+/* No answer given before may hold now: the taint rose, the revocation list or the label store as a whole moved. */
+void ifc_fast_stale(void) { atomic_store(&floor_tick, atomic_fetch_add(&ticks, 1) + 1); }
+
+static size_t stale_index(const char *rel) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const unsigned char *p = (const unsigned char *)rel; *p; p++)
+        h = (h ^ *p) * 0x100000001b3ull;
+    size_t i = (size_t)(h ^ (h >> 29)) & (MAX_STALE - 1);
+    while (warm.stale[i] && strcmp(warm.stale[i], rel) != 0)
+        i = (i + 1) & (MAX_STALE - 1);
+    return i;
+}
+
+/* The label of `rel` changed: answers about it decided before now are stale. */
+void ifc_fast_stale_name(const char *rel) {
+    pthread_rwlock_wrlock(&warm.lock);
+    uint64_t tick = atomic_fetch_add(&ticks, 1) + 1;
+    size_t i = stale_index(rel);
+    char *copy = warm.stale[i] ? warm.stale[i] : (warm.nstale + 1) * 2 > MAX_STALE ? NULL : strdup(rel);
+    if (copy) {
+        if (!warm.stale[i])
+            warm.nstale++;
+        warm.stale[i] = copy, warm.stale_at[i] = tick;
+    } else { /* full (or no memory): forget the names, and every answer with them */
+        for (size_t j = 0; j < MAX_STALE; j++)
+            free(warm.stale[j]), warm.stale[j] = NULL;
+        warm.nstale = 0;
+        atomic_store(&floor_tick, tick);
+    }
+    pthread_rwlock_unlock(&warm.lock);
+}
+
+/* Is the answer for `rel` recorded at `tick` still current? (Called with the warm table locked.) */
+static int current(const char *rel, uint64_t tick) {
+    if (tick < atomic_load(&floor_tick))
+        return 0;
+    size_t i = stale_index(rel);
+    return !warm.stale[i] || warm.stale_at[i] <= tick;
+}
 
 /* Thread `tid` is subject `slot` while the thread that `pidfd` names lives; the pidfd is this side's now. */
 void ifc_fast_caller(pid_t tid, int pidfd, int slot) {
@@ -344,9 +390,9 @@ void ifc_fast_labels(int shm_fd, const unsigned char *header) {
     pthread_rwlock_unlock(&warm.lock);
 }
 
-/* The monitor allowed subject `slot` to read `rel`, inode (dev, ino), at decision generation `gen`, and says the
-   answer repeats in [not_before, expires). -1: the table is full (Python drains and clears it, then retries). */
-int ifc_fast_warm(int slot, const char *rel, uint64_t dev, uint64_t ino, uint64_t gen, double not_before,
+/* The monitor allowed subject `slot` to read `rel`, inode (dev, ino), deciding after clock tick `tick`, and says
+   the answer repeats in [not_before, expires). -1: the table is full (Python drains and clears it, then retries). */
+int ifc_fast_warm(int slot, const char *rel, uint64_t dev, uint64_t ino, uint64_t tick, double not_before,
                   double expires) {
     int rc = 0;
     pthread_rwlock_wrlock(&warm.lock);
@@ -362,7 +408,7 @@ int ifc_fast_warm(int slot, const char *rel, uint64_t dev, uint64_t ino, uint64_
         atomic_store(&e->hits, 0);
         warm.used++;
     }
-    e->dev = dev, e->ino = ino, e->generation = gen, e->not_before = not_before, e->expires = expires;
+    e->dev = dev, e->ino = ino, e->tick = tick, e->not_before = not_before, e->expires = expires;
 out:
     pthread_rwlock_unlock(&warm.lock);
     return rc;
@@ -698,13 +744,12 @@ static int warm_open(const char *path, void *fi) {
     int fd = -1;
     pthread_rwlock_rdlock(&warm.lock);
     struct warm_entry *e = warm.slots ? &warm.slots[warm_index(slot, rel)] : NULL;
-    if (e && e->rel && e->generation == atomic_load(&decisions) && e->not_before <= now && now < e->expires &&
-        labels_unchanged()) {
+    if (e && e->rel && current(rel, e->tick) && e->not_before <= now && now < e->expires && labels_unchanged()) {
         fd = openat2_beneath(cfg.root, rel, flags & OPEN_KEEP);
         struct stat st;
         if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
                         (uint64_t)st.st_dev != e->dev || (uint64_t)st.st_ino != e->ino ||
-                        (uint64_t)fd >= nhandles || e->generation != atomic_load(&decisions))) {
+                        (uint64_t)fd >= nhandles || !current(rel, e->tick))) {
             close(fd);
             fd = -1;
         }

@@ -14,11 +14,12 @@ writable without a monitor, or writable as decided at the run's taint generation
 before closing it, mirrors its inode incarnations and open secret-file views, and the monitor bumps the taint
 generation (`taint_moved`) whenever the run's taint rises — so a write after a rise, or after a rename, reaches
 Python and is decided again exactly as before. A warm open is one the monitor itself said repeats
-(`Monitor.repeatable`): `EnforcingFS` records it (`warm`) with the decision generation read before the decision,
-which `stale` bumps whenever the taint, the label store or the revocation list moves, and the C side serves it
-only while that generation, the label store's WAL header and the token's window all still hold, for the
+(`Monitor.repeatable`): `EnforcingFS` records it (`warm`) with the clock tick read before the decision; `stale`
+ticks the clock whenever the taint, the labels or the revocation list move, and the C side serves the answer
+only while no later tick covers it and the label store's WAL header and the token's window still hold, for the
 same subject (each caller thread's, told by `caller` with a pidfd of that thread), the same name and the same
-inode. The hits are counted in the monitor later (`drain`), as its own cached answers are.
+inode. A tick covers one name (`stale(names)`: its label changed — a rename elsewhere leaves the other answers
+standing) or all of them. The hits are counted in the monitor later (`drain`), as its own cached answers are.
 
 The library is compiled on first use (`ifc.native`); where that is not possible the mount serves everything in
 Python (`OFF`), as it did before.
@@ -80,7 +81,7 @@ class Off:
     def decisions(self) -> int:
         return 0
 
-    def stale(self) -> None:
+    def stale(self, names: frozenset[str] | None = None) -> None:
         pass
 
     def caller(self, tid: int, pidfd: int, slot: int) -> None:
@@ -124,6 +125,8 @@ class FastPath(Off):
         lib.ifc_fast_decisions.restype = lib.ifc_fast_unseen_hits.restype = u64
         lib.ifc_fast_stale.restype = lib.ifc_fast_caller.restype = lib.ifc_fast_labels.restype = None
         lib.ifc_fast_caller.argtypes = [i, i, i]
+        lib.ifc_fast_stale_name.argtypes = [ctypes.c_char_p]
+        lib.ifc_fast_stale_name.restype = None
         lib.ifc_fast_labels.argtypes = [i, ctypes.c_char_p]
         lib.ifc_fast_warm.argtypes = [i, ctypes.c_char_p, u64, u64, u64, ctypes.c_double, ctypes.c_double]
         lib.ifc_fast_drain.argtypes = [HIT, i]
@@ -198,8 +201,14 @@ class FastPath(Off):
     def decisions(self) -> int:
         return self.lib.ifc_fast_decisions()
 
-    def stale(self) -> None:
-        self.lib.ifc_fast_stale()
+    def stale(self, names: frozenset[str] | None = None) -> None:
+        """Answers recorded before now may not hold: all of them, or (`names`) those for these names, whose
+        label changed."""
+        if names is None:
+            self.lib.ifc_fast_stale()
+            return
+        for name in names:
+            self.lib.ifc_fast_stale_name(name.encode("utf-8", "surrogateescape"))
 
     def caller(self, tid: int, pidfd: int, slot: int) -> None:
         """Thread `tid` is subject `slot` while it lives; `pidfd` (a pidfd of that thread) is the C side's now."""

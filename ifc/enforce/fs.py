@@ -638,7 +638,7 @@ class EnforcingFS:
         if self.monitor is None:
             return self.backing.open(rel, flags & _OPEN_MASK)
         caller = caller or self._caller()
-        decided = self.fast.decisions()  # before deciding: an answer that moves meanwhile is never served warm
+        decided = self.fast.decisions()  # the tick before deciding: an answer that moves meanwhile is never served warm
         self._guard("open", rel, lambda: [self._check(caller, op, rel) for op in ops])
         # O_TRUNC waits until the file is known to be the workspace's alone (a truncation is a write)
         truncate = bool(flags & os.O_TRUNC) and "write" in ops
@@ -669,11 +669,11 @@ class EnforcingFS:
 
     def _warm(self, caller: Caller, rel: str, st: os.stat_result, decided: int) -> None:
         """If the monitor would answer this read the same way again (`Monitor.repeatable`), let the fast path
-        serve the caller's next opens of `rel` — this inode, at the decision generation read before it was
+        serve the caller's next opens of `rel` — this inode, recorded with the clock tick read before it was
         decided — without entering Python (issue 16's warm paths)."""
         request = self._request(caller, "read", rel)
         repeat = self._guard("open", rel, lambda: self.monitor.repeatable(request))
-        if repeat is None:
+        if repeat is None or repeat.target != rel:  # the C side keys on the name, label changes on the target
             return
         with self._warm_lock:
             slot = self._slots.setdefault(caller.key, len(self._slots))

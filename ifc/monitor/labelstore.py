@@ -166,9 +166,9 @@ class LabelStore:
         self._names: dict[str, int] = {}
         self._objects: dict[int, Label] = {}
         self._inodes: dict[tuple[int, int], int] = {}
-        # bookkeeping for the hot paths, derived from the three maps above (`_index`): how many names each
-        # object has, the inodes each object owns, and how many names lie beneath each directory prefix
-        self._refs: dict[int, int] = {}
+        # bookkeeping for the hot paths, derived from the three maps above (`_index`): the names each object
+        # has, the inodes each object owns, and how many names lie beneath each directory prefix
+        self._named: dict[int, set[str]] = {}
         self._inodes_of: dict[int, set[tuple[int, int]]] = {}
         self._beneath: dict[str, int] = {}
         self._pinned = 0
@@ -179,7 +179,10 @@ class LabelStore:
         self._pinned_view = _Pinned(self)
         self._next = 1
         self.version = 0
-        self.on_change: list[Callable[[], None]] = []  # called, under the store's lock, whenever `version` moves
+        # called, under the store's lock, whenever `version` moves: with the names whose label may have changed, or
+        # None when any may have (another process's commit was loaded)
+        self.on_change: list[Callable[[frozenset[str] | None], None]] = []
+        self._touched: set[str] = set()  # names whose label the transaction under way changes
         self.root = None if root is None else os.fspath(root)
         self.run = run
         self.path = None if path is None else Path(path)
@@ -239,10 +242,10 @@ class LabelStore:
                 raise LookupError("the label store's WAL index cannot be read")
             return self._shm, self._shm_seen
 
-    def _moved(self) -> None:
+    def _moved(self, names: frozenset[str] | None) -> None:
         self.version += 1
         for moved in self.on_change:
-            moved()
+            moved(names)
 
     def pinned(self) -> _Pinned:
         """One view of the store for a whole decision (a context manager), for a caller that has just called
@@ -386,6 +389,7 @@ class LabelStore:
             yield
             return
         self._depth = 1
+        self._touched = set()
         try:
             if self._db is not None:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -403,7 +407,7 @@ class LabelStore:
             raise
         finally:
             self._depth = 0
-        self._moved()
+        self._moved(frozenset(self._touched))
 
     def _sync(self) -> None:
         """Reload when another process committed since we last looked (runs share the workspace's store).
@@ -427,7 +431,7 @@ class LabelStore:
                 return
         if self._db.execute("PRAGMA data_version").fetchone()[0] != self._seen:
             self._load()  # records the version of the snapshot it read
-            self._moved()
+            self._moved(None)
         # the header read before the pragma (a commit after that read shows at the next look), and kept only once
         # the view is current: a look that failed asks again (`test_a_look_that_failed_is_made_again`)
         self._shm_seen = header
@@ -464,17 +468,21 @@ class LabelStore:
         self._seen = seen
 
     def _index(self) -> None:
-        """Rebuild the bookkeeping of `_refs`, `_inodes_of` and `_beneath` from the maps (after a reload)."""
-        self._refs, self._inodes_of, self._beneath = {}, {}, {}
+        """Rebuild the bookkeeping of `_named`, `_inodes_of` and `_beneath` from the maps (after a reload)."""
+        self._named, self._inodes_of, self._beneath = {}, {}, {}
         for path, oid in self._names.items():
             self._count(path, oid, 1)
         for inode, oid in self._inodes.items():
             self._inodes_of.setdefault(oid, set()).add(inode)
 
     def _count(self, path: str, oid: int, step: int) -> None:
-        self._refs[oid] = self._refs.get(oid, 0) + step
-        if not self._refs[oid]:
-            del self._refs[oid]
+        names = self._named.setdefault(oid, set())
+        if step > 0:
+            names.add(path)
+        else:
+            names.discard(path)
+        if not names:
+            del self._named[oid]
         cut = path.find("/")
         while cut != -1:
             prefix = path[:cut + 1]
@@ -495,6 +503,7 @@ class LabelStore:
             self._count(path, old, -1)
         self._names[path] = oid
         self._count(path, oid, 1)
+        self._touched.add(path)
         if self._db is not None:
             self._db.execute("INSERT OR REPLACE INTO names VALUES (?, ?)", (to_sql(path), oid))
 
@@ -502,10 +511,13 @@ class LabelStore:
         old = self._names.pop(path, None)
         if old is not None:
             self._count(path, old, -1)
+            self._touched.add(path)
         if self._db is not None:
             self._db.execute("DELETE FROM names WHERE path = ?", (to_sql(path),))
 
     def _put_object(self, oid: int, label: Label, inode: tuple[int, int] | None) -> None:
+        if self._objects.get(oid) != label:
+            self._touched.update(self._named.get(oid, ()))
         self._objects[oid] = label
         if inode is not None:
             before = self._inodes.get(inode)
@@ -526,7 +538,7 @@ class LabelStore:
         if oid is None:
             return
         self._del_name(path)
-        if self._refs.get(oid):
+        if self._named.get(oid):
             return
         st = self._stat(path)
         if st is not None and st.st_nlink > 1 and (st.st_dev, st.st_ino) in self._inodes:
