@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from caps import HostKey, Verifier, mint, revoke
 from ifc.monitor import EventLog, Monitor, Request
+from ifc.monitor.monitor import Repeat
 from ifc.policy import Policy, load_policy, shipped_policy
 
 NOW = 1_800_000_000.0
@@ -110,10 +111,13 @@ def _replay(cached: Run, full: Run, steps, revoke_at: int | None = None, warm: W
                     decision = full.monitor.decide(request)  # what deciding it in full answers instead
                     assert decision.allowed and decision.taint_after == decision.taint_before, (request, decision)
                     continue
-                tick = warm.tick if warm is not None else 0
-                assert cached.monitor.decide(request) == full.monitor.decide(request), request
-                if warm is not None:
-                    warm.record(request, tick)
+                if warm is None:
+                    assert cached.monitor.decide(request) == full.monitor.decide(request), request
+                    continue
+                tick = warm.tick
+                decision, repeat = cached.monitor.decide_repeatable(request)
+                assert decision == full.monitor.decide(request), request
+                warm.record(request, tick, repeat)
             cached.now += advance
             full.now += advance
         assert cached.state() == full.state()
@@ -152,10 +156,9 @@ class Warm:
     def modelled(request: Request) -> bool:
         return request.op == "read" and ".." not in request.target.split("/")
 
-    def record(self, request: Request, tick: int) -> None:
-        repeat = self.monitor.repeatable(request) if self.modelled(request) else None
-        if repeat is not None and repeat.target == request.target:
-            self.entries[(request.subject, request.token, request.target)] = (tick, repeat, request)
+    def record(self, request: Request, tick: int, repeat: Repeat | None) -> None:
+        if repeat is not None and self.modelled(request) and repeat.target == request.target:
+            self.entries[(request.subject, request.token, request.target)] = (tick, repeat)
             self.seen = repeat.labels
 
     def serve(self, request: Request, now: float) -> bool:
@@ -163,7 +166,7 @@ class Warm:
             else None
         if entry is None:
             return False
-        tick, repeat, _ = entry
+        tick, repeat = entry
         if tick < self.floor or self.stale_at.get(request.target, 0) > tick:
             return False
         if not repeat.window[0] <= now < repeat.window[1]:
@@ -171,7 +174,7 @@ class Warm:
         if self.seen is not None and os.pread(self.seen[0], len(self.seen[1]), 0) != self.seen[1]:
             return False
         self.served += 1
-        self.monitor.repeated(entry[2], repeat, 1, now)
+        self.monitor.repeated(repeat, 1, now)
         return True
 
 
@@ -191,27 +194,30 @@ def test_a_read_served_warm_is_one_the_monitor_would_allow_without_a_change(tmp_
     _replay(cached, Run(tmp, "full"), steps, revoke_at, Warm(cached.monitor))
 
 
-def test_repeatable_says_how_long_and_only_once_a_repeat_changes_nothing(tmp_path):
+def test_a_decision_repeats_once_asking_again_would_change_nothing_and_says_for_how_long(tmp_path):
     run = Run(tmp_path, "run")
     m = run.monitor
     first = Request("read", "src/notes.txt")
-    assert m.decide(first).allowed and m.repeatable(first) is None  # the read raised the taint: not a repeat
-    assert m.decide(first).allowed
-    repeat = m.repeatable(first)
-    assert repeat is not None and repeat.window == (-math.inf, math.inf) and repeat.target == "src/notes.txt"
+    decision, repeat = m.decide_repeatable(first)
+    assert decision.allowed and repeat is None  # the read raised the taint: asked again, it is decided in full
+    decision, repeat = m.decide_repeatable(first)
+    assert decision.allowed and repeat.window == (-math.inf, math.inf) and repeat.target == "src/notes.txt"
+    assert (repeat.subject, repeat.op) == ("session", "read")
     assert repeat.edges and repeat.labels is None  # counted in the graph; a store in memory has nothing to watch
-    assert m.repeatable(Request("read", "src/other.txt")) is None  # never decided
+    assert m.decide_repeatable(Request("write", "src/notes.txt"))[1] is not None  # any repeat: the mount asks reads
     token = Request("read", "src/notes.txt", token=LONG)
-    m.decide(token)
-    assert m.repeatable(token).window == (NOW, NOW + 3600)
+    assert m.decide_repeatable(token)[1].window == (NOW, NOW + 3600)
     run.now += 3600
-    assert m.repeatable(token) is None  # the token expired
+    assert m.decide_repeatable(token)[1] is None  # expired: denied
     moved = []
     m.verifier.on_revocations.append(lambda: moved.append("revocations"))
     m.labels.on_change.append(lambda names: moved.append(names))
     run.revoke()
     m.labels.raise_to("src/notes.txt", m.policy.lattice.bottom)
-    assert moved == ["revocations", frozenset({"src/notes.txt"})] and m.repeatable(first) is None
+    assert moved == ["revocations", frozenset({"src/notes.txt"})]
+    count = m.steps
+    m.repeated(repeat, 5, NOW + 1)
+    assert m.steps == count + 5 and m.graph.edges[(*repeat.edges[0][::2], "read")][0] >= 7
 
 
 def test_changing_a_returned_decision_changes_no_later_answer():
@@ -279,9 +285,8 @@ def test_a_warm_read_is_not_served_past_a_label_another_run_committed(tmp_path):
     request = Request("read", "src/notes.txt")
     for _ in range(2):
         tick = warm.tick
-        run.monitor.decide(request)
-        warm.record(request, tick)
-    assert warm.serve(request, run.now) and run.monitor.repeatable(request).labels is not None
+        warm.record(request, tick, run.monitor.decide_repeatable(request)[1])
+    assert warm.serve(request, run.now) and warm.seen is not None
     other.raise_to("src/notes.txt", Label(frozenset({"secret"}), pol.lattice.bottom.integrity))
     assert not warm.serve(request, run.now)
     assert run.monitor.decide(request).allowed and "secret" in run.monitor.run.taint.secrecy

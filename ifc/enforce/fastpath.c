@@ -62,6 +62,8 @@ typedef void (*hit_fn)(int, const char *, uint64_t, int64_t);
 #define WAL_HEADER 96 /* as ifc.monitor.wal_index.HEADER */
 #define MAX_WARM (1u << 17) /* warm table slots; full: Python drains and clears it */
 #define MAX_CALLERS 1024
+#define FULL (-1)          /* ifc_fast_warm: the table is full */
+#define UNKNOWN_THREAD (-2) /* ifc_fast_warm: recorded, but the caller's thread is not known as that subject */
 #define MAX_STALE 8192 /* names whose label changed, remembered; full: every answer goes stale instead */
 
 enum kind { NONE = 0, PLAIN = 1, WRITE_FREE = 2, WRITE_CHECKED = 3 };
@@ -379,42 +381,46 @@ void ifc_fast_caller(pid_t tid, int pidfd, int slot) {
     pthread_mutex_unlock(&callers.lock);
 }
 
-/* The label store as Python last saw it: its WAL index descriptor and header (fd -1: no database, nothing to
-   watch beyond the generation). */
-void ifc_fast_labels(int shm_fd, const unsigned char *header) {
-    pthread_rwlock_wrlock(&warm.lock);
-    warm.watch = shm_fd >= 0;
-    warm.shm_fd = shm_fd;
-    if (shm_fd >= 0)
-        memcpy(warm.seen, header, WAL_HEADER);
-    pthread_rwlock_unlock(&warm.lock);
+/* Is thread `tid` known as subject `slot`, and alive? */
+static int caller_is(pid_t tid, int slot) {
+    pthread_mutex_lock(&callers.lock);
+    size_t i = caller_index(tid);
+    int known = callers.pidfd[i] >= 0 && callers.slot[i] == slot &&
+                syscall(SYS_pidfd_send_signal, callers.pidfd[i], 0, NULL, 0) == 0;
+    pthread_mutex_unlock(&callers.lock);
+    return known;
 }
 
-/* The monitor allowed subject `slot` to read `rel`, inode (dev, ino), deciding after clock tick `tick`, and says
-   the answer repeats in [not_before, expires). -1: the table is full (Python drains and clears it, then retries). */
+/* The monitor allowed subject `slot` (the subject of thread `tid`) to read `rel`, inode (dev, ino), deciding after
+   clock tick `tick`; it says the answer repeats in [not_before, expires) while the label store's WAL index
+   (`shm_fd`, -1: the store is no database) has the `header` it saw. Returns how many warm opens Python has not
+   counted yet, or FULL (nothing recorded: Python drains and clears the table, then asks again), or
+   UNKNOWN_THREAD (recorded, but this side does not know `tid` as `slot`: Python tells it, `ifc_fast_caller`). */
 int ifc_fast_warm(int slot, const char *rel, uint64_t dev, uint64_t ino, uint64_t tick, double not_before,
-                  double expires) {
-    int rc = 0;
+                  double expires, int shm_fd, const unsigned char *header, pid_t tid) {
     pthread_rwlock_wrlock(&warm.lock);
     size_t i = warm_index(slot, rel);
     struct warm_entry *e = &warm.slots[i];
     if (!e->rel) {
         char *copy = (warm.used + 1) * 2 > MAX_WARM ? NULL : strdup(rel);
         if (!copy) {
-            rc = -1;
-            goto out;
+            pthread_rwlock_unlock(&warm.lock);
+            return FULL;
         }
         e->rel = copy, e->slot = slot;
         atomic_store(&e->hits, 0);
         warm.used++;
     }
     e->dev = dev, e->ino = ino, e->tick = tick, e->not_before = not_before, e->expires = expires;
-out:
+    warm.watch = shm_fd >= 0;
+    warm.shm_fd = shm_fd;
+    if (shm_fd >= 0)
+        memcpy(warm.seen, header, WAL_HEADER);
     pthread_rwlock_unlock(&warm.lock);
-    return rc;
+    if (!cfg.one_subject && !caller_is(tid, slot))
+        return UNKNOWN_THREAD;
+    return (int)(atomic_load(&unseen_hits) < INT32_MAX ? atomic_load(&unseen_hits) : INT32_MAX);
 }
-
-uint64_t ifc_fast_unseen_hits(void) { return atomic_load(&unseen_hits); }
 
 /* Hand every entry's uncounted hits to `fn` (slot, name, hits, last hit in ns), zeroing them; with `clear`, empty
    the table too. `fn` must not call back into this file's warm functions (the table is locked). */

@@ -14,7 +14,7 @@ writable without a monitor, or writable as decided at the run's taint generation
 before closing it, mirrors its inode incarnations and open secret-file views, and the monitor bumps the taint
 generation (`taint_moved`) whenever the run's taint rises — so a write after a rise, or after a rename, reaches
 Python and is decided again exactly as before. A warm open is one the monitor itself said repeats
-(`Monitor.repeatable`): `EnforcingFS` records it (`warm`) with the clock tick read before the decision; `stale`
+(`Monitor.decide_repeatable`): `EnforcingFS` records it (`warm`) with the clock tick read before the decision; `stale`
 ticks the clock whenever the taint, the labels or the revocation list move, and the C side serves the answer
 only while no later tick covers it and the label store's WAL header and the token's window still hold, for the
 same subject (each caller thread's, told by `caller` with a pidfd of that thread), the same name and the same
@@ -49,6 +49,7 @@ OPERATIONS = {"getattr": "ifc_fast_getattr", "read": "ifc_fast_read", "write": "
               "readdir": "ifc_fast_readdir", "open": "ifc_fast_open_file"}
 MAX_FDS = 1 << 20  # descriptors above this (or above the hard limit) are always Python's
 DRAIN_EVERY = 4096  # warm hits not yet counted in the monitor before Python counts them
+FULL, UNKNOWN_THREAD = -1, -2  # what `warm` may answer besides the count of uncounted hits (as fastpath.c's)
 HIT = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_int64)
 
 
@@ -87,11 +88,8 @@ class Off:
     def caller(self, tid: int, pidfd: int, slot: int) -> None:
         os.close(pidfd)
 
-    def warm(self, slot: int, rel: str, dev: int, ino: int, generation: int, window: tuple[float, float],
-             labels: tuple[int, bytes] | None) -> bool:
-        return False
-
-    def pending(self) -> int:
+    def warm(self, slot: int, rel: str, dev: int, ino: int, tick: int, window: tuple[float, float],
+             labels: tuple[int, bytes] | None, tid: int) -> int:
         return 0
 
     def drain(self, clear: bool = False) -> list[tuple[int, str, int, int]]:
@@ -122,13 +120,13 @@ class FastPath(Off):
         lib.ifc_fast_fallbacks.argtypes = [ctypes.c_void_p] * len(OPERATIONS)
         lib.ifc_fast_fallbacks.restype = None
         lib.ifc_fast_callers.argtypes = [ctypes.c_void_p, i, ctypes.c_size_t, ctypes.c_uint]
-        lib.ifc_fast_decisions.restype = lib.ifc_fast_unseen_hits.restype = u64
-        lib.ifc_fast_stale.restype = lib.ifc_fast_caller.restype = lib.ifc_fast_labels.restype = None
+        lib.ifc_fast_decisions.restype = u64
+        lib.ifc_fast_stale.restype = lib.ifc_fast_caller.restype = None
         lib.ifc_fast_caller.argtypes = [i, i, i]
         lib.ifc_fast_stale_name.argtypes = [ctypes.c_char_p]
         lib.ifc_fast_stale_name.restype = None
-        lib.ifc_fast_labels.argtypes = [i, ctypes.c_char_p]
-        lib.ifc_fast_warm.argtypes = [i, ctypes.c_char_p, u64, u64, u64, ctypes.c_double, ctypes.c_double]
+        lib.ifc_fast_warm.argtypes = [i, ctypes.c_char_p, u64, u64, u64, ctypes.c_double, ctypes.c_double, i,
+                                      ctypes.c_char_p, i]
         lib.ifc_fast_drain.argtypes = [HIT, i]
         lib.ifc_fast_drain.restype = None
         self._configured = False
@@ -214,19 +212,16 @@ class FastPath(Off):
         """Thread `tid` is subject `slot` while it lives; `pidfd` (a pidfd of that thread) is the C side's now."""
         self.lib.ifc_fast_caller(tid, pidfd, slot)
 
-    def warm(self, slot: int, rel: str, dev: int, ino: int, generation: int, window: tuple[float, float],
-             labels: tuple[int, bytes] | None) -> bool:
-        """Serve later read-only opens of `rel` by subject `slot` in C while the decision generation is still
-        `generation`, the time inside `window` and the label store's WAL index (descriptor, header) unchanged
-        (None: the store is not a database). False: the table is full (`drain(clear=True)` empties it)."""
-        if self.lib.ifc_fast_warm(slot, rel.encode("utf-8", "surrogateescape"), dev, ino, generation, *window) != 0:
-            return False
-        self.lib.ifc_fast_labels(*(labels if labels is not None else (-1, None)))
-        return True
-
-    def pending(self) -> int:
-        """Warm opens served since the last `drain`."""
-        return self.lib.ifc_fast_unseen_hits()
+    def warm(self, slot: int, rel: str, dev: int, ino: int, tick: int, window: tuple[float, float],
+             labels: tuple[int, bytes] | None, tid: int) -> int:
+        """Serve later read-only opens of `rel` by subject `slot` in C while no clock tick after `tick` covers it,
+        the time is inside `window` and the label store's WAL index (descriptor, header) is unchanged (None: the
+        store is not a database). Returns how many warm opens are not yet counted (`drain`), or FULL (nothing
+        recorded: `drain(clear=True)` empties the table), or UNKNOWN_THREAD (recorded, but thread `tid` must be
+        told first: `caller`)."""
+        fd, header = labels if labels is not None else (-1, None)
+        return self.lib.ifc_fast_warm(slot, rel.encode("utf-8", "surrogateescape"), dev, ino, tick, *window, fd,
+                                      header, tid)
 
     def drain(self, clear: bool = False) -> list[tuple[int, str, int, int]]:
         """The warm opens served since the last drain: (subject slot, name, how many, last one in ns); with

@@ -385,7 +385,7 @@ class EnforcingFS:
         self._view_lock = threading.Lock()
         self.fast: fastpath.Off = fastpath.OFF
         self._slots: dict[tuple[str, str | None], int] = {}  # a subject (and its token) → its number in the fast path
-        self._repeats: dict[tuple[int, str], tuple[Request, Repeat]] = {}  # what the fast path's warm opens repeat
+        self._repeats: dict[tuple[int, str], Repeat] = {}  # what the fast path's warm opens repeat
         self._warm_lock = threading.Lock()
 
     def attach_fast(self, fast: fastpath.FastPath, layout: fastpath.Layout) -> None:
@@ -416,13 +416,19 @@ class EnforcingFS:
                        pid=caller.pid or None, cmdline=partial(self.identities.cmdline, caller.pid), facts=facts)
 
     def _check(self, caller: Caller, op: str, target: str, dest: str | None = None,
-               facts: Facts | None = None) -> None:
-        """Ask the monitor whether `caller` may do `op`; raise `Denied` (its errno) if not."""
+               facts: Facts | None = None, repeatable: bool = False) -> Repeat | None:
+        """Ask the monitor whether `caller` may do `op`; raise `Denied` (its errno) if not. With `repeatable`,
+        say how long the answer would repeat (`Monitor.decide_repeatable`)."""
         monitor = self.monitor
         if monitor is None:
-            return
+            return None
+        repeat = None
         try:
-            decision = monitor.decide(self._request(caller, op, target, dest, facts))
+            request = self._request(caller, op, target, dest, facts)
+            if repeatable:
+                decision, repeat = monitor.decide_repeatable(request)
+            else:
+                decision = monitor.decide(request)
         except Exception as exc:  # decide never raises; if it ever does, deny
             self._error(caller, op, target, exc)
             raise Denied(errno.EACCES, "monitor error") from None
@@ -432,6 +438,7 @@ class EnforcingFS:
             log.info("denied %s %s for %s (pid %s): %s", op, target, caller.subject, caller.pid, decision.reason)
             code = errno.EPERM if op in EPERM_OPS or decision.rule in EPERM_RULES else errno.EACCES
             raise Denied(code, decision.reason)
+        return repeat
 
     def _error(self, caller: Caller | None, op: str, target: str, exc: BaseException) -> None:
         self.stats.errors += 1
@@ -639,7 +646,11 @@ class EnforcingFS:
             return self.backing.open(rel, flags & _OPEN_MASK)
         caller = caller or self._caller()
         decided = self.fast.decisions()  # the tick before deciding: an answer that moves meanwhile is never served warm
-        self._guard("open", rel, lambda: [self._check(caller, op, rel) for op in ops])
+        repeat = None
+        if ops == ("read",) and self.fast.enabled:
+            repeat = self._guard("open", rel, lambda: self._check(caller, "read", rel, repeatable=True))
+        else:
+            self._guard("open", rel, lambda: [self._check(caller, op, rel) for op in ops])
         # O_TRUNC waits until the file is known to be the workspace's alone (a truncation is a write)
         truncate = bool(flags & os.O_TRUNC) and "write" in ops
         fd = self.backing.open(rel, flags & _OPEN_MASK & ~(os.O_TRUNC if truncate else 0))
@@ -660,48 +671,48 @@ class EnforcingFS:
                 self._handles[fd] = self._handle(caller, rel)
             if self.secret_files is not None and self.secret_files.eligible(rel):
                 self._show(path, (st.st_dev, st.st_ino), None)  # served as it is: no view's pages may stay
-            elif ops == ("read",) and st.st_nlink == 1 and stat_mod.S_ISREG(st.st_mode) and self.fast.enabled:
-                self._warm(caller, rel, st, decided)
+            elif repeat is not None and st.st_nlink == 1 and stat_mod.S_ISREG(st.st_mode):
+                self._warm(caller, rel, st, decided, repeat)
         except BaseException:
             os.close(fd)
             raise
         return fd
 
-    def _warm(self, caller: Caller, rel: str, st: os.stat_result, decided: int) -> None:
-        """If the monitor would answer this read the same way again (`Monitor.repeatable`), let the fast path
-        serve the caller's next opens of `rel` — this inode, recorded with the clock tick read before it was
-        decided — without entering Python (issue 16's warm paths)."""
-        request = self._request(caller, "read", rel)
-        repeat = self._guard("open", rel, lambda: self.monitor.repeatable(request))
-        if repeat is None or repeat.target != rel:  # the C side keys on the name, label changes on the target
+    def _warm(self, caller: Caller, rel: str, st: os.stat_result, decided: int, repeat: Repeat) -> None:
+        """The monitor would answer this read the same way again (`repeat`): let the fast path serve the caller's
+        next opens of `rel` — this inode, recorded with the clock tick read before it was decided — without
+        entering Python (issue 16's warm paths)."""
+        if repeat.target != rel:  # the C side keys on the name, label changes on the target
             return
+        slot = self._slots.get(caller.key)
+        if slot is None:
+            with self._warm_lock:
+                slot = self._slots.setdefault(caller.key, len(self._slots))
+        tid = self.context()[2] if self.identities.env_var is not None else 0
+        args = (slot, rel, st.st_dev, st.st_ino, decided, repeat.window, repeat.labels, tid)
         with self._warm_lock:
-            slot = self._slots.setdefault(caller.key, len(self._slots))
-        if self.identities.env_var is not None:  # the C side knows a thread's subject while that thread lives
-            tid = self.context()[2]
-            pinned = self.identities.pin(tid)
-            if pinned is None:
-                return
-            if pinned[1].key != caller.key:
-                os.close(pinned[0])
-                return
-            self.fast.caller(tid, pinned[0], slot)
-        with self._warm_lock:
-            self._repeats[(slot, rel)] = (request, repeat)
-            if not self.fast.warm(slot, rel, st.st_dev, st.st_ino, decided, repeat.window, repeat.labels):
-                self._count_repeats(self.fast.drain(clear=True))  # the table is full: start it again
-                self.fast.warm(slot, rel, st.st_dev, st.st_ino, decided, repeat.window, repeat.labels)
-            if self.fast.pending() >= fastpath.DRAIN_EVERY:
+            self._repeats[(slot, rel)] = repeat
+            status = self.fast.warm(*args)
+            if status == fastpath.FULL:
+                self._count_repeats(self.fast.drain(clear=True))  # start the table again
+                status = self.fast.warm(*args)
+            if status >= fastpath.DRAIN_EVERY:
                 self._count_repeats(self.fast.drain())
+        if status == fastpath.UNKNOWN_THREAD:  # the C side knows a thread's subject while that thread lives
+            pinned = self.identities.pin(tid)
+            if pinned is not None and pinned[1].key == caller.key:
+                self.fast.caller(tid, pinned[0], slot)
+            elif pinned is not None:
+                os.close(pinned[0])
 
     def _count_repeats(self, hits: list[tuple[int, str, int, int]]) -> None:
         """Count the opens the fast path served warm in the monitor, as its own cached answers are counted."""
         for slot, rel, count, last_ns in hits:
-            known = self._repeats.get((slot, rel))
-            if known is None:
+            repeat = self._repeats.get((slot, rel))
+            if repeat is None:
                 continue
             try:
-                self.monitor.repeated(known[0], known[1], count, last_ns / 1e9)
+                self.monitor.repeated(repeat, count, last_ns / 1e9)
             except Exception as exc:  # the opens were served; only their count is lost
                 self._error(None, "open", rel, exc)
 

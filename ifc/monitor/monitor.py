@@ -189,8 +189,10 @@ class RunState:
 
 @dataclass(frozen=True)
 class Repeat:
-    """A decision the monitor would answer again from its cache (`Monitor.repeatable`)."""
+    """A decision the monitor would answer again from its cache (`Monitor.decide_repeatable`)."""
 
+    subject: str
+    op: str
     target: str  # as the decision named it (normalised)
     window: tuple[float, float]  # when it holds: the token's validity (not before, expires), else unbounded
     edges: tuple  # the provenance edges each repeat records
@@ -321,36 +323,38 @@ class Monitor:
         return (request.subject, taint.secrecy, taint.integrity, request.op, request.target, request.dest,
                 request.token, self.labels.version, request.facts)
 
-    def repeatable(self, request: Request) -> Repeat | None:
-        """How long `request`, if asked again now, would be answered from the monitor's own cache (allowed, its
-        repetition changing nothing but counters): what lets an enforcement point answer repeats itself — the
-        mount's warm opens (`ifc.enforce.fastpath`). None when it would be decided in full.
+    def decide_repeatable(self, request: Request) -> tuple[Decision, Repeat | None]:
+        """`decide`, and how long the same request asked again would be answered from the monitor's own cache
+        (allowed, its repetition changing nothing but counters): what lets an enforcement point answer repeats
+        itself — the mount's warm opens (`ifc.enforce.fastpath`). None when it would be decided in full (the
+        first read of a file, which raised the taint, is not a repeat; the second is).
 
-        The answer holds while the run's taint, the label store and the revocation list stay as they are
-        (`on_taint`, `labels.on_change`, the verifier's `on_revocations` say when they move; `Repeat.labels` is
-        how to see another process's commit) and the time is inside `Repeat.window`. The repeats must be handed
-        back (`repeated`), to be counted as the cache's own hits are."""
-        with self._lock:
-            labels = self.labels
+        The answer holds while the run's taint, the labels and the revocation list stay as they are (`on_taint`,
+        `labels.on_change`, the verifier's `on_revocations` say when they move; `Repeat.labels` is how to see
+        another process's commit) and the time is inside `Repeat.window`. The repeats must be handed back
+        (`repeated`), to be counted as the cache's own hits are."""
+        with self._lock:  # the decision's own look at the label store is the one the answer is current with
+            decision = self.decide(request)
+            if not decision.allowed:
+                return decision, None
             try:
-                labels.refresh()
-                watch = labels.watch()
+                watch = self.labels.watch()
             except LookupError:
-                return None
+                return decision, None
             state = self.subjects.get(request.subject)
             hit = None if state is None else self._fast.get(self._key(request, state))
             if hit is None:
-                return None
+                return decision, None
             cached, edges, validity = hit
             window = (-math.inf, math.inf)
             if validity is not None:
                 if self.verifier is None or self.verifier.revocations.epoch != validity[2] \
                         or not validity[0] <= self.clock() < validity[1]:
-                    return None
+                    return decision, None
                 window = (validity[0], validity[1])
-            return Repeat(cached["target"], window, edges, watch)
+            return decision, Repeat(request.subject, request.op, cached["target"], window, edges, watch)
 
-    def repeated(self, request: Request, repeat: Repeat, count: int, when: float) -> None:
+    def repeated(self, repeat: Repeat, count: int, when: float) -> None:
         """`count` repeats of `repeat` an enforcement point answered itself, the last at `when`: counted in the
         provenance graph and the event log as the cache's own hits are."""
         with self._lock:
@@ -358,7 +362,7 @@ class Monitor:
             for source, op, target in repeat.edges:
                 self.graph.record(source, op, target, when, None, count=count)
             if self.log is not None:
-                self.log.count_allow(request.subject, request.op, repeat.target, when, count=count)
+                self.log.count_allow(repeat.subject, repeat.op, repeat.target, when, count=count)
 
     FAST_LIMIT = 65536
 
