@@ -381,8 +381,14 @@ void ifc_fast_caller(pid_t tid, int pidfd, int slot) {
     pthread_mutex_unlock(&callers.lock);
 }
 
-/* Is thread `tid` known as subject `slot`, and alive? */
-static int caller_is(pid_t tid, int slot) {
+/* Is the thread of the request being served known as subject `slot`, and alive? */
+static int caller_is(int slot) {
+    if (cfg.one_subject)
+        return 1;
+    struct context *ctx = cfg.context ? cfg.context() : NULL;
+    if (!ctx || ctx->pid <= 0)
+        return 0;
+    pid_t tid = ctx->pid;
     pthread_mutex_lock(&callers.lock);
     size_t i = caller_index(tid);
     int known = callers.pidfd[i] >= 0 && callers.slot[i] == slot &&
@@ -391,13 +397,14 @@ static int caller_is(pid_t tid, int slot) {
     return known;
 }
 
-/* The monitor allowed subject `slot` (the subject of thread `tid`) to read `rel`, inode (dev, ino), deciding after
-   clock tick `tick`; it says the answer repeats in [not_before, expires) while the label store's WAL index
-   (`shm_fd`, -1: the store is no database) has the `header` it saw. Returns how many warm opens Python has not
-   counted yet, or FULL (nothing recorded: Python drains and clears the table, then asks again), or
-   UNKNOWN_THREAD (recorded, but this side does not know `tid` as `slot`: Python tells it, `ifc_fast_caller`). */
+/* The monitor allowed subject `slot` (the subject of the thread whose request is being served) to read `rel`,
+   inode (dev, ino), deciding after clock tick `tick`; it says the answer repeats in [not_before, expires) while the
+   label store's WAL index (`shm_fd`, -1: the store is no database) has the `header` it saw. Returns how many
+   warm opens Python has not counted yet, or FULL (nothing recorded: Python drains and clears the table, then asks
+   again), or UNKNOWN_THREAD (recorded, but this side does not know the caller's thread as `slot`: Python tells
+   it, `ifc_fast_caller`). */
 int ifc_fast_warm(int slot, const char *rel, uint64_t dev, uint64_t ino, uint64_t tick, double not_before,
-                  double expires, int shm_fd, const unsigned char *header, pid_t tid) {
+                  double expires, int shm_fd, const unsigned char *header) {
     pthread_rwlock_wrlock(&warm.lock);
     size_t i = warm_index(slot, rel);
     struct warm_entry *e = &warm.slots[i];
@@ -417,7 +424,7 @@ int ifc_fast_warm(int slot, const char *rel, uint64_t dev, uint64_t ino, uint64_
     if (shm_fd >= 0)
         memcpy(warm.seen, header, WAL_HEADER);
     pthread_rwlock_unlock(&warm.lock);
-    if (!cfg.one_subject && !caller_is(tid, slot))
+    if (!caller_is(slot))
         return UNKNOWN_THREAD;
     return (int)(atomic_load(&unseen_hits) < INT32_MAX ? atomic_load(&unseen_hits) : INT32_MAX);
 }

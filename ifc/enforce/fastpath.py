@@ -89,7 +89,7 @@ class Off:
         os.close(pidfd)
 
     def warm(self, slot: int, rel: str, dev: int, ino: int, tick: int, window: tuple[float, float],
-             labels: tuple[int, bytes] | None, tid: int) -> int:
+             labels: tuple[int, bytes] | None) -> int:
         return 0
 
     def drain(self, clear: bool = False) -> list[tuple[int, str, int, int]]:
@@ -126,7 +126,7 @@ class FastPath(Off):
         lib.ifc_fast_stale_name.argtypes = [ctypes.c_char_p]
         lib.ifc_fast_stale_name.restype = None
         lib.ifc_fast_warm.argtypes = [i, ctypes.c_char_p, u64, u64, u64, ctypes.c_double, ctypes.c_double, i,
-                                      ctypes.c_char_p, i]
+                                      ctypes.c_char_p]
         lib.ifc_fast_drain.argtypes = [HIT, i]
         lib.ifc_fast_drain.restype = None
         self._configured = False
@@ -213,15 +213,16 @@ class FastPath(Off):
         self.lib.ifc_fast_caller(tid, pidfd, slot)
 
     def warm(self, slot: int, rel: str, dev: int, ino: int, tick: int, window: tuple[float, float],
-             labels: tuple[int, bytes] | None, tid: int) -> int:
+             labels: tuple[int, bytes] | None) -> int:
         """Serve later read-only opens of `rel` by subject `slot` in C while no clock tick after `tick` covers it,
         the time is inside `window` and the label store's WAL index (descriptor, header) is unchanged (None: the
-        store is not a database). Returns how many warm opens are not yet counted (`drain`), or FULL (nothing
-        recorded: `drain(clear=True)` empties the table), or UNKNOWN_THREAD (recorded, but thread `tid` must be
-        told first: `caller`)."""
+        store is not a database). Called while serving a request of the caller's thread (libfuse's context names
+        it). Returns how many warm opens are not yet counted (`drain`), or FULL (nothing recorded:
+        `drain(clear=True)` empties the table), or UNKNOWN_THREAD (recorded, but the caller's thread must be told
+        first: `caller`)."""
         fd, header = labels if labels is not None else (-1, None)
         return self.lib.ifc_fast_warm(slot, rel.encode("utf-8", "surrogateescape"), dev, ino, tick, *window, fd,
-                                      header, tid)
+                                      header)
 
     def drain(self, clear: bool = False) -> list[tuple[int, str, int, int]]:
         """The warm opens served since the last drain: (subject slot, name, how many, last one in ns); with

@@ -688,8 +688,7 @@ class EnforcingFS:
         if slot is None:
             with self._warm_lock:
                 slot = self._slots.setdefault(caller.key, len(self._slots))
-        tid = self.context()[2] if self.identities.env_var is not None else 0
-        args = (slot, rel, st.st_dev, st.st_ino, decided, repeat.window, repeat.labels, tid)
+        args = (slot, rel, st.st_dev, st.st_ino, decided, repeat.window, repeat.labels)
         with self._warm_lock:
             self._repeats[(slot, rel)] = repeat
             status = self.fast.warm(*args)
@@ -699,6 +698,7 @@ class EnforcingFS:
             if status >= fastpath.DRAIN_EVERY:
                 self._count_repeats(self.fast.drain())
         if status == fastpath.UNKNOWN_THREAD:  # the C side knows a thread's subject while that thread lives
+            tid = self.context()[2]
             pinned = self.identities.pin(tid)
             if pinned is not None and pinned[1].key == caller.key:
                 self.fast.caller(tid, pinned[0], slot)
