@@ -388,23 +388,34 @@ static int caller_is(int slot) {
     struct context *ctx = cfg.context ? cfg.context() : NULL;
     if (!ctx || ctx->pid <= 0)
         return 0;
-    pid_t tid = ctx->pid;
     pthread_mutex_lock(&callers.lock);
-    size_t i = caller_index(tid);
-    int known = callers.pidfd[i] >= 0 && callers.slot[i] == slot &&
-                syscall(SYS_pidfd_send_signal, callers.pidfd[i], 0, NULL, 0) == 0;
+    size_t i = caller_index(ctx->pid);
+    int known = callers.pidfd[i] >= 0 && callers.slot[i] == slot; /* a dead one's slot is -1 (caller_slot) */
     pthread_mutex_unlock(&callers.lock);
     return known;
 }
 
 /* The monitor allowed subject `slot` (the subject of the thread whose request is being served) to read `rel`,
    inode (dev, ino), deciding after clock tick `tick`; it says the answer repeats in [not_before, expires) while the
-   label store's WAL index (`shm_fd`, -1: the store is no database) has the `header` it saw. Returns how many
-   warm opens Python has not counted yet, or FULL (nothing recorded: Python drains and clears the table, then asks
-   again), or UNKNOWN_THREAD (recorded, but this side does not know the caller's thread as `slot`: Python tells
-   it, `ifc_fast_caller`). */
-int ifc_fast_warm(int slot, const char *rel, uint64_t dev, uint64_t ino, uint64_t tick, double not_before,
-                  double expires, int shm_fd, const unsigned char *header) {
+   label store's WAL index (`shm_fd`, -1: the store is no database) has the `header` it saw. One packed record
+   (ifc.enforce.fastpath.RECORD: little-endian int32 slot, int32 shm_fd, uint64 dev, ino, tick, double not_before,
+   expires, the header's WAL_HEADER bytes, then the name and its NUL), not ten arguments: ctypes converts each
+   argument in Python, and a record is made for every read the daemon decides. Returns how many warm opens Python
+   has not counted yet, or FULL (nothing recorded: Python drains and clears the table, then asks again), or
+   UNKNOWN_THREAD (recorded, but this side does not know the caller's thread as `slot`: Python tells it,
+   `ifc_fast_caller`). */
+int ifc_fast_warm(const unsigned char *record, size_t len) {
+    int32_t slot, shm_fd;
+    uint64_t dev, ino, tick;
+    double not_before, expires;
+    size_t head = 8 + 24 + 16 + WAL_HEADER;
+    if (len <= head || record[len - 1] != '\0')
+        return FULL; /* malformed: nothing recorded (Python never sends one) */
+    memcpy(&slot, record, 4), memcpy(&shm_fd, record + 4, 4);
+    memcpy(&dev, record + 8, 8), memcpy(&ino, record + 16, 8), memcpy(&tick, record + 24, 8);
+    memcpy(&not_before, record + 32, 8), memcpy(&expires, record + 40, 8);
+    const unsigned char *header = record + 48;
+    const char *rel = (const char *)record + head;
     pthread_rwlock_wrlock(&warm.lock);
     size_t i = warm_index(slot, rel);
     struct warm_entry *e = &warm.slots[i];
@@ -724,8 +735,12 @@ static int caller_slot(void) {
     int slot = -1;
     pthread_mutex_lock(&callers.lock);
     size_t i = caller_index(ctx->pid);
-    if (callers.pidfd[i] >= 0 && syscall(SYS_pidfd_send_signal, callers.pidfd[i], 0, NULL, 0) == 0)
-        slot = callers.slot[i];
+    if (callers.pidfd[i] >= 0 && callers.slot[i] >= 0) {
+        if (syscall(SYS_pidfd_send_signal, callers.pidfd[i], 0, NULL, 0) == 0)
+            slot = callers.slot[i];
+        else
+            callers.slot[i] = -1; /* that thread is gone: one with its id is Python's until Python tells again */
+    }
     pthread_mutex_unlock(&callers.lock);
     return slot;
 }

@@ -31,10 +31,12 @@ import ctypes
 import logging
 import os
 import resource
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from ifc import native
+from ifc.monitor.wal_index import HEADER as WAL_HEADER
 
 log = logging.getLogger("ifc.enforce.fastpath")
 
@@ -50,6 +52,9 @@ OPERATIONS = {"getattr": "ifc_fast_getattr", "read": "ifc_fast_read", "write": "
 MAX_FDS = 1 << 20  # descriptors above this (or above the hard limit) are always Python's
 DRAIN_EVERY = 4096  # warm hits not yet counted in the monitor before Python counts them
 FULL, UNKNOWN_THREAD = -1, -2  # what `warm` may answer besides the count of uncounted hits (as fastpath.c's)
+# one warm answer for fastpath.c's ifc_fast_warm: slot, label store descriptor, dev, ino, tick, window, WAL header
+# (the name follows, NUL-terminated)
+RECORD = struct.Struct(f"<iiQQQdd{WAL_HEADER}s")
 HIT = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_int64)
 
 
@@ -125,8 +130,7 @@ class FastPath(Off):
         lib.ifc_fast_caller.argtypes = [i, i, i]
         lib.ifc_fast_stale_name.argtypes = [ctypes.c_char_p]
         lib.ifc_fast_stale_name.restype = None
-        lib.ifc_fast_warm.argtypes = [i, ctypes.c_char_p, u64, u64, u64, ctypes.c_double, ctypes.c_double, i,
-                                      ctypes.c_char_p]
+        lib.ifc_fast_warm.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         lib.ifc_fast_drain.argtypes = [HIT, i]
         lib.ifc_fast_drain.restype = None
         self._configured = False
@@ -220,9 +224,10 @@ class FastPath(Off):
         it). Returns how many warm opens are not yet counted (`drain`), or FULL (nothing recorded:
         `drain(clear=True)` empties the table), or UNKNOWN_THREAD (recorded, but the caller's thread must be told
         first: `caller`)."""
-        fd, header = labels if labels is not None else (-1, None)
-        return self.lib.ifc_fast_warm(slot, rel.encode("utf-8", "surrogateescape"), dev, ino, tick, *window, fd,
-                                      header)
+        fd, header = labels if labels is not None else (-1, bytes(WAL_HEADER))
+        record = RECORD.pack(slot, fd, dev, ino, tick, *window, header) + rel.encode("utf-8", "surrogateescape") \
+            + b"\0"
+        return self.lib.ifc_fast_warm(record, len(record))
 
     def drain(self, clear: bool = False) -> list[tuple[int, str, int, int]]:
         """The warm opens served since the last drain: (subject slot, name, how many, last one in ns); with
