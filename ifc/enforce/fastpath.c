@@ -20,8 +20,8 @@
    ifc.enforce.identity keeps them), and says when answers may have changed: all of them (`ifc_fast_stale`: the
    taint rose, the revocation list or the label store as a whole moved) or those for one name
    (`ifc_fast_stale_name`: its label changed). Each is a tick of one clock; an answer is recorded with the tick
-   Python read before deciding it, and served only while no tick that covers it came later. docs/benchmarks.md (issue 16,
-   parts 6 and 7) has why and what it buys. */
+   Python read before deciding it, and served only while no tick that covers it came later.
+   docs/benchmarks.md (issue 16, parts 6 and 7) has why and what it buys. */
 
 #define _GNU_SOURCE
 #include <errno.h>
@@ -204,11 +204,16 @@ static struct {
     size_t used;
 } callers = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-static size_t warm_index(int slot, const char *rel) {
-    uint64_t h = 0xcbf29ce484222325ull ^ (uint64_t)(unsigned)slot;
+/* FNV-1a of a name, from `seed`, folded: where an open-addressing table starts looking for it. */
+static uint64_t name_hash(uint64_t seed, const char *rel) {
+    uint64_t h = 0xcbf29ce484222325ull ^ seed;
     for (const unsigned char *p = (const unsigned char *)rel; *p; p++)
         h = (h ^ *p) * 0x100000001b3ull;
-    size_t i = (size_t)(h ^ (h >> 29)) & (MAX_WARM - 1);
+    return h ^ (h >> 29);
+}
+
+static size_t warm_index(int slot, const char *rel) {
+    size_t i = (size_t)name_hash((uint64_t)(unsigned)slot, rel) & (MAX_WARM - 1);
     while (warm.slots[i].rel && (warm.slots[i].slot != slot || strcmp(warm.slots[i].rel, rel) != 0))
         i = (i + 1) & (MAX_WARM - 1);
     return i;
@@ -327,10 +332,7 @@ uint64_t ifc_fast_decisions(void) { return atomic_load(&ticks); }
 void ifc_fast_stale(void) { atomic_store(&floor_tick, atomic_fetch_add(&ticks, 1) + 1); }
 
 static size_t stale_index(const char *rel) {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (const unsigned char *p = (const unsigned char *)rel; *p; p++)
-        h = (h ^ *p) * 0x100000001b3ull;
-    size_t i = (size_t)(h ^ (h >> 29)) & (MAX_STALE - 1);
+    size_t i = (size_t)name_hash(0, rel) & (MAX_STALE - 1);
     while (warm.stale[i] && strcmp(warm.stale[i], rel) != 0)
         i = (i + 1) & (MAX_STALE - 1);
     return i;
@@ -381,15 +383,21 @@ void ifc_fast_caller(pid_t tid, int pidfd, int slot) {
     pthread_mutex_unlock(&callers.lock);
 }
 
-/* Is the thread of the request being served known as subject `slot`, and alive? */
+/* The thread id of the request being served (libfuse's context), or 0 when there is none. */
+static pid_t caller_tid(void) {
+    struct context *ctx = cfg.context ? cfg.context() : NULL;
+    return ctx && ctx->pid > 0 ? ctx->pid : 0;
+}
+
+/* Is the thread of the request being served known as subject `slot` (and not found gone since)? */
 static int caller_is(int slot) {
     if (cfg.one_subject)
         return 1;
-    struct context *ctx = cfg.context ? cfg.context() : NULL;
-    if (!ctx || ctx->pid <= 0)
+    pid_t tid = caller_tid();
+    if (!tid)
         return 0;
     pthread_mutex_lock(&callers.lock);
-    size_t i = caller_index(ctx->pid);
+    size_t i = caller_index(tid);
     int known = callers.pidfd[i] >= 0 && callers.slot[i] == slot; /* a dead one's slot is -1 (caller_slot) */
     pthread_mutex_unlock(&callers.lock);
     return known;
@@ -729,12 +737,12 @@ done:
 static int caller_slot(void) {
     if (cfg.one_subject)
         return 0;
-    struct context *ctx = cfg.context ? cfg.context() : NULL;
-    if (!ctx || ctx->pid <= 0)
+    pid_t tid = caller_tid();
+    if (!tid)
         return -1;
     int slot = -1;
     pthread_mutex_lock(&callers.lock);
-    size_t i = caller_index(ctx->pid);
+    size_t i = caller_index(tid);
     if (callers.pidfd[i] >= 0 && callers.slot[i] >= 0) {
         if (syscall(SYS_pidfd_send_signal, callers.pidfd[i], 0, NULL, 0) == 0)
             slot = callers.slot[i];

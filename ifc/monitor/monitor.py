@@ -306,8 +306,7 @@ class Monitor:
                 if hit is not None:
                     cached, edges, validity = hit
                     now = self.clock()
-                    if validity is None or (validity[0] <= now < validity[1]
-                                            and self.verifier.revocations.epoch == validity[2]):
+                    if self._holds(validity, now):
                         for source, op, target in edges:  # the repeat still counts in the provenance graph
                             self.graph.record(source, op, target, now, None)
                         return self._log_safely(request, _restep(cached, self.steps)), key
@@ -323,6 +322,12 @@ class Monitor:
                                     f"internal error, denied: {type(exc).__name__}: {exc}",
                                     taint_before=before, taint_after=before, subject=request.subject)
             return self._log_safely(request, decision), key
+
+    def _holds(self, validity: tuple | None, now: float) -> bool:
+        """Does a cached answer's token validity (`_remember`: not before, expires, revocation epoch; None: no
+        token) still hold at `now`?"""
+        return validity is None or (validity[0] <= now < validity[1]
+                                    and self.verifier.revocations.epoch == validity[2])
 
     def _key(self, request: Request, state: RunState) -> tuple:
         """What a repeated decision depends on, as the key of `_fast`."""
@@ -351,12 +356,9 @@ class Monitor:
             except LookupError:
                 return decision, None
             cached, edges, validity = hit
-            window = (-math.inf, math.inf)
-            if validity is not None:
-                if self.verifier is None or self.verifier.revocations.epoch != validity[2] \
-                        or not validity[0] <= self.clock() < validity[1]:
-                    return decision, None
-                window = (validity[0], validity[1])
+            if not self._holds(validity, self.clock()):
+                return decision, None
+            window = (-math.inf, math.inf) if validity is None else (validity[0], validity[1])
             return decision, Repeat(request.subject, request.op, cached["target"], window, edges, watch)
 
     def repeated(self, repeat: Repeat, count: int, when: float) -> None:
