@@ -417,3 +417,41 @@ def test_every_open_asks_the_monitor_and_old_descriptors_float(tmp_path):
     fs.release(None, fd)
     assert fs.stats.write_redecisions == 1
     assert "secret" in policy.lattice.describe(monitor.label_of("src/app.py"))
+
+
+@pytest.mark.parametrize("how", ["create", "open"])
+def test_a_taint_rise_while_a_write_is_decided_still_floats_into_the_file(tmp_path, how):
+    """`cat api.key | base64 > out`: the shell opens `out` while `cat` reads the key on another thread, so the
+    run's taint can rise between the decision for `out` and the descriptor's record. The first write must then be
+    decided again and float the secret into `out`. Before, the record took the risen taint as already decided,
+    and `out` stayed unlabelled: the next run could send it anywhere (a flaky failure of
+    test_workspace_labels.py::test_labels_floated_in_one_run_hold_in_the_next)."""
+    from ifc.monitor import Monitor, Request
+    from ifc.policy import load_policy
+
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / ".env").write_text("API_KEY=sk-secret\n")
+    (ws / "src" / "out").write_text("")
+
+    class Concurrent(Monitor):
+        """Another thread's read of `.env` lands right after the decision for `src/out`."""
+
+        def decide(self, request):
+            decision = super().decide(request)
+            if request.target == "src/out" and not self.run.taint.secrecy & {"secret"}:
+                super().decide(Request("read", ".env"))
+            return decision
+
+    policy = load_policy(POLICY)
+    monitor = Concurrent(policy, agent=policy.agents["coder"])
+    fs = EnforcingFS(str(ws), monitor)
+    if how == "create":
+        os.unlink(ws / "src" / "out")
+        fd = fs.create("/src/out", 0o644, os.O_WRONLY)
+    else:
+        fd = fs.open("/src/out", os.O_WRONLY)
+    assert "secret" in monitor.run.taint.secrecy  # the rise happened after the decision
+    fs.write("/src/out", b"c2stc2VjcmV0", 0, fd)
+    fs.release("/src/out", fd)
+    assert "secret" in (monitor.labels.get("src/out") or policy.lattice.bottom).secrecy

@@ -628,6 +628,10 @@ class EnforcingFS:
         return fd
 
     def _handle(self, caller: Caller, rel: str) -> _Handle:
+        """A writable descriptor's record, made *before* its write is decided: the taint it holds is then at most
+        the one the decision saw, so a rise while deciding (another thread reading a secret: `cat key | base64 >
+        out` opens `out` as `cat` reads) sends the first write to be decided again, floating the label, instead
+        of being taken as already decided at the risen taint."""
         generation = self.fast.generation()  # before the taint: a rise in between sends the next write to Python
         return _Handle(caller, rel, self.monitor.taint_of(caller.subject), generation)
 
@@ -646,6 +650,7 @@ class EnforcingFS:
             return self.backing.open(rel, flags & _OPEN_MASK)
         caller = caller or self._caller()
         decided = self.fast.decisions()  # the tick before deciding: an answer that moves meanwhile is never served warm
+        handle = self._handle(caller, rel) if "write" in ops else None  # before deciding (`_handle`)
         repeat = None
         if ops == ("read",) and self.fast.enabled:
             repeat = self._guard("open", rel, lambda: self._check(caller, "read", rel, repeatable=True))
@@ -667,8 +672,8 @@ class EnforcingFS:
                         self._guard("open", rel, lambda op=op: self._check(caller, op, rel, facts=facts))
             if truncate:
                 os.truncate(f"/proc/self/fd/{fd}", 0)  # the descriptor may be read-only (O_RDONLY | O_TRUNC)
-            if "write" in ops:
-                self._handles[fd] = self._handle(caller, rel)
+            if handle is not None:
+                self._handles[fd] = handle
             if self.secret_files is not None and self.secret_files.eligible(rel):
                 self._show(path, (st.st_dev, st.st_ino), None)  # served as it is: no view's pages may stay
             elif repeat is not None and st.st_nlink == 1 and stat_mod.S_ISREG(st.st_mode):
@@ -749,6 +754,7 @@ class EnforcingFS:
                     os.close(fd)  # does not parse: the ordinary open, under the full label
                     return None
             facts = Facts(sentinels=True)
+            handle = self._handle(caller, rel) if "write" in ops else None  # before deciding (`_handle`)
             for op in ops:  # decided before any sentinel is made: a refused open serves and registers nothing
                 self._guard("open", rel, lambda op=op: self._check(caller, op, rel,
                                                                    facts=facts if op == "read" else None))
@@ -770,8 +776,8 @@ class EnforcingFS:
                 with view.lock:
                     view.data.clear()
                     view.dirty = True
-            if "write" in ops:
-                self._handles[fd] = self._handle(caller, rel)
+            if handle is not None:
+                self._handles[fd] = handle
             with view.lock:
                 shown = bytes(view.data)
             self._show(path, key, shown)
@@ -817,9 +823,10 @@ class EnforcingFS:
     @_refusals_logged
     def create(self, path, mode, flags=None):
         rel = self.backing.relative(path)
-        caller = None
+        caller = handle = None
         if self.monitor is not None:
             caller = self._caller()
+            handle = self._handle(caller, rel)  # before deciding (`_handle`)
             self._guard("create", rel, lambda: self._check(caller, "create", rel))
         if flags is None:  # fusepy does not pass the flags: open read-write (the kernel enforces the caller's mode)
             flags = os.O_RDWR
@@ -839,8 +846,8 @@ class EnforcingFS:
         except BaseException:
             os.close(fd)
             raise
-        if caller is not None:
-            self._handles[fd] = self._handle(caller, rel)
+        if handle is not None:
+            self._handles[fd] = handle
         return self._handed(fd)
 
     def read(self, path, size, offset, fh):
