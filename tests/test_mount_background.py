@@ -4,8 +4,8 @@ proxy (with the same flags as in the foreground), and stopping it unmounts."""
 from __future__ import annotations
 
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,13 +35,16 @@ def test_background_daemon_serves_the_mount_and_the_hook(tmp_path):
     mnt.mkdir()
     (source / "notes.md").write_text("hello\n")
     (tmp_path / "p.flow").write_text(POLICY)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    run_dir.mkdir()
+    (run_dir / "mount.log").write_text("ifc mount: egress http on 127.0.0.1:1\n")
     proc = subprocess.run([sys.executable, "-m", "ifc", "mount", "--background", "--policy", str(tmp_path / "p.flow"),
-                           "--run-dir", str(run_dir), "--egress", f"127.0.0.1:{port}", str(source), str(mnt)],
+                           "--run-dir", str(run_dir), "--egress", "127.0.0.1:0", str(source), str(mnt)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+    # port 0: any free port, and the caller is told which (only this daemon's line, not the log's older one)
+    said = re.findall(r"^ifc mount: egress http on 127\.0\.0\.1:(\d+)$", proc.stderr, re.M)
+    assert len(said) == 1 and said[0] != "1", proc.stderr
+    port = int(said[0])
     pid = int((run_dir / "mount.pid").read_text())
     try:
         assert (mnt / "notes.md").read_text() == "hello\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ifc.enforce.health import Reporter, read_health
-from vmm.sandbox import Helpers, Supervised
+from vmm.sandbox import Helpers, LaunchError, Supervised
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,6 +30,9 @@ SAY = textwrap.dedent("""
             health.log_failed(time.time(), "OperationalError: disk I/O error")
         elif word == "finish":
             health.finished(2)
+        elif word.startswith("listen"):  # listenNAME:PORT
+            name, port = word[6:].split(":")
+            health.listening(name, "127.0.0.1", int(port))
         elif word == "hang":
             time.sleep(60)
         elif word.startswith("term"):
@@ -123,3 +126,19 @@ def test_the_report_survives_lines_that_are_not_ours(tmp_path):
     with os.fdopen(read, "rb") as pipe:
         health = read_health(pipe)
     assert health.finished and health.log_failures == 4 and health.first_log_failure.reason == "first"
+
+
+def test_where_the_hook_listens_is_heard_from_the_daemon(tmp_path):
+    """`ifc run` asks for port 0 and learns the ports from the daemon: a port the launcher picked could be bound
+    by anything else before the daemon binds it (CI saw "address already in use" under two workers)."""
+    helpers, helper = _supervise(tmp_path, "listenhttp:0", "listenhttp:41234", "listendns:70000", "listendns:41235",
+                                 "term0")
+    assert helper.listening(("http", "dns"), 30) == {"http": ("127.0.0.1", 41234), "dns": ("127.0.0.1", 41235)}
+    assert _stopped(helpers, helper) is None
+
+
+def test_a_daemon_that_ends_before_its_hook_listens_is_a_launch_error(tmp_path):
+    helpers, helper = _supervise(tmp_path, "listenhttp:41234", "exit1")
+    with pytest.raises(LaunchError, match="ended before the egress hook listened"):
+        helper.listening(("http", "dns"), 30)
+    helpers.close()

@@ -22,7 +22,6 @@ import ctypes
 import errno
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -164,12 +163,6 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen | None, what: str
         time.sleep(0.01)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def is_fuse_mount(path: str) -> bool:
     from ifc.enforce.mount import is_stale, mounted_at
 
@@ -261,13 +254,34 @@ class Supervised:
         self.health = Health()
         self.ended_at: float | None = None  # when the pipe ended: the daemon's exit or death
         self.stop_asked_at: float | None = None
+        self._heard = threading.Condition()
+        self._listening: dict[str, tuple[str, int]] = {}
         self._thread = threading.Thread(target=self._watch, args=(health_fd,), daemon=True)
         self._thread.start()
 
     def _watch(self, fd: int) -> None:
         with os.fdopen(fd, "rb") as pipe:
-            self.health = read_health(pipe, self.say)
-        self.ended_at = time.time()
+            self.health = read_health(pipe, self.say, self._bound)
+        with self._heard:
+            self.ended_at = time.time()
+            self._heard.notify_all()
+
+    def _bound(self, health: Health) -> None:
+        with self._heard:
+            self._listening = dict(health.listening)
+            self._heard.notify_all()
+
+    def listening(self, names: tuple[str, ...], timeout: float) -> dict[str, tuple[str, int]]:
+        """Where the egress hook's servers listen (it was asked for port 0), once it has said so for `names`;
+        a LaunchError when the daemon ended or took longer than `timeout` seconds."""
+        with self._heard:
+            if not self._heard.wait_for(lambda: set(names) <= set(self._listening) or self.ended_at is not None,
+                                        timeout):
+                raise LaunchError(f"{self.what}: did not say where the egress hook listens within {timeout:.0f} s "
+                                  f"— see {self.log}")
+            if not set(names) <= set(self._listening):
+                raise LaunchError(f"{self.what} ended before the egress hook listened — see {self.log}")
+            return dict(self._listening)
 
     def start_failure(self, error: LaunchError) -> LaunchError:
         """`error` (the mount did not appear) with the daemon's own reason when it sent one before exiting."""
@@ -331,9 +345,8 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
     if spec.agent:
         argv += ["--agent", spec.agent]
     proxy, dns = spec.proxy, None
-    if spec.egress:
-        proxy, dns = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
-        argv += ["--egress", f"{proxy[0]}:{proxy[1]}", "--egress-dns", f"{dns[0]}:{dns[1]}"]
+    if spec.egress:  # any free ports: the daemon binds them and says which (a port picked here could be taken)
+        argv += ["--egress", "127.0.0.1:0", "--egress-dns", "127.0.0.1:0"]
         upstream_ca = _upstream_roots(spec)
         if upstream_ca:
             argv += ["--upstream-ca", str(upstream_ca)]
@@ -366,6 +379,9 @@ def start_workspace(spec: RunSpec, helpers: Helpers) -> Workspace:
     except LaunchError as exc:
         raise supervised.start_failure(exc) from None
     helpers.mounts.append(str(mnt))
+    if spec.egress:  # the hook listens before the mount is served: its lines are in the pipe by now
+        bound = supervised.listening(("http", "dns"), 10)
+        proxy, dns = bound["http"], bound["dns"]
     return Workspace(mnt, proxy, dns, run.token if run else None)
 
 

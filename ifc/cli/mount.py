@@ -272,6 +272,8 @@ def _start_egress(monitor, listen: str, dns: str | None, token: str | None, run_
         raise Usage(f"the egress proxy cannot listen on {listen}: {problem}")
     for name, host, port in listening:
         print(f"ifc mount: egress {name} on {host}:{port}", file=sys.stderr)
+        if health is not None:  # asked for port 0, the launcher learns the port here (ifc.enforce.health)
+            health.listening(name, host, port)
 
     class Handle:
         def stop(self) -> None:
@@ -305,6 +307,7 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
     argv += ["--verbose"] * args.verbose + ["--no-fast-path"] * args.no_fast_path + [args.source, args.mountpoint]
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "mount.log", "ab") as out:
+        start = out.tell()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -312,12 +315,24 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
             (run_dir / "mount.pid").write_text(f"{proc.pid}\n")
             print(f"ifc mount: daemon {proc.pid} serving {mountpoint}, run dir {run_dir}; why a denial: "
                   f"{os.path.join(mountpoint, DENIALS_NAME)}", file=sys.stderr)
+            _relay_listening(run_dir / "mount.log", start)
             return ExitCode.OK
         if proc.poll() is not None:
             return _usage(f"the mount daemon exited ({proc.returncode}); see {run_dir / 'mount.log'}")
         time.sleep(0.05)
     proc.terminate()
     return _usage(f"`{mountpoint}` was not mounted within 30 s; see {run_dir / 'mount.log'}")
+
+
+def _relay_listening(log: Path, start: int) -> None:
+    """The daemon's "egress ... on HOST:PORT" lines (written before it mounted): with port 0 they are the only
+    way the caller learns where the hook listens."""
+    with contextlib.suppress(OSError), open(log, "rb") as lines:
+        lines.seek(start)
+        for line in lines:
+            text = line.decode(errors="replace").rstrip()
+            if text.startswith("ifc mount: egress "):
+                print(text, file=sys.stderr)
 
 
 def _ids(text: str) -> tuple[int, int]:

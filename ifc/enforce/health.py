@@ -7,15 +7,18 @@ otherwise: `ifc run` exits non-zero and says why. The daemon reports over a pipe
 
     {"log_failed": {"ts": ..., "reason": "OperationalError: database is locked"}}   the first log failure
     {"notice": {"text": "secret `K` has no value (...)"}}                              said at once by `ifc run`
+    {"listening": {"name": "http", "host": "127.0.0.1", "port": 41234}}               where the egress hook is
     {"fatal": {"reason": "`RUN/mnt` is already a mount point ..."}}                   why it could not serve
     {"finished": {"log_failures": N}}                                                  the daemon's last word
 
 A daemon that cannot start (a mount point in use, the hook's address taken) says why in `fatal` before it
 exits, so `ifc run`'s own error line carries the reason, not only a pointer to `mount.log`.
 
-The egress hook (`ifc mount --egress`) needs no line of its own: it runs in the daemon's process, on an
+The egress hook (`ifc mount --egress`) needs no health of its own: it runs in the daemon's process, on an
 event loop that ends only when the daemon stops it, so the hook dies with the daemon, and its decisions go
-through the same monitor and log.
+through the same monitor and log. It does say where it listens: `ifc run` asks for port 0 and learns the
+port the daemon bound. A port the launcher picked and the daemon bound later could be taken in between by
+anything else on the host (another run starting at the same moment): the run would fail to start.
 
 Why a pipe and not the exit status alone or a file in the run directory: the exit status says *that*
 something failed, not when or why; a file could not be written when the failure is the run directory's disk
@@ -49,6 +52,7 @@ class Health:
     finished: bool = False  # the daemon said its last word (it did not die)
     fatal: str | None = None  # why it could not start or serve
     notices: list[str] = field(default_factory=list)
+    listening: dict[str, tuple[str, int]] = field(default_factory=dict)  # the hook's servers: name -> address
 
 
 class Reporter:
@@ -67,6 +71,9 @@ class Reporter:
     def notice(self, text: str) -> None:
         self._send({"notice": {"text": text}})
 
+    def listening(self, name: str, host: str, port: int) -> None:
+        self._send({"listening": {"name": name, "host": host, "port": port}})
+
     def fatal(self, reason: str) -> None:
         self._send({"fatal": {"reason": reason}})
 
@@ -80,8 +87,10 @@ class Reporter:
             os.write(self._fd, (json.dumps(message) + "\n").encode())
 
 
-def read_health(lines: Iterable[bytes], on_notice: Callable[[str], None] | None = None) -> Health:
-    """Fold the daemon's lines into a `Health`; `on_notice` hears each notice as it arrives. A line that is not
+def read_health(lines: Iterable[bytes], on_notice: Callable[[str], None] | None = None,
+                on_listening: Callable[[Health], None] | None = None) -> Health:
+    """Fold the daemon's lines into a `Health`; `on_notice` hears each notice as it arrives, `on_listening` is
+    called after each address the hook bound. A line that is not
     one of ours is skipped: it would be a bug in our own daemon, and dropping the lines after it would hide the
     failure they report."""
     health = Health()
@@ -102,6 +111,13 @@ def read_health(lines: Iterable[bytes], on_notice: Callable[[str], None] | None 
                 health.notices.append(text)
                 if on_notice is not None:
                     on_notice(text)
+            elif kind == "listening":
+                port = int(body["port"])
+                if not 0 < port < 65536:
+                    continue
+                health.listening[str(body["name"])] = (str(body["host"]), port)
+                if on_listening is not None:
+                    on_listening(health)
         except (ValueError, TypeError, KeyError, AttributeError, StopIteration):
             continue
     return health
