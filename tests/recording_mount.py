@@ -36,7 +36,8 @@ def recording(sync: Callable[[int], None], name: str, log: str) -> Callable[[int
     return recorded
 
 
-RECORDED = ("getattr", "read", "write", "flush", "fsync", "release", "readdir", "getxattr", "open", "create")
+RECORDED = ("getattr", "read", "write", "flush", "fsync", "release", "readdir", "getxattr", "open", "create", "chmod",
+            "chown", "utimens")
 
 
 def calls_recorded(method: Callable, log: str, state: threading.local) -> Callable:

@@ -19,6 +19,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -248,6 +249,89 @@ def test_warm_opens_are_counted_in_the_event_log(base):
     assert [row[0] for row in rows] == [40]
 
 
+def _chmod_allows(run: Path, name: str) -> list[int]:
+    db = open_readonly(run / "events.db")
+    try:
+        return [row[0] for row in db.execute("SELECT count FROM allows WHERE op = 'chmod' AND object = ?", (name,))]
+    finally:
+        db.close()
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+UTIME_OMIT = (1 << 30) - 2
+
+
+def _utimensat(path: str, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    """utimensat(2) itself: Python's os.utime cannot leave one of the times as it is (UTIME_OMIT)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.utimensat(-100, os.fsencode(path), (_Timespec * 2)(_Timespec(*atime), _Timespec(*mtime)), 0) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), path)
+
+
+@needs_fast
+def test_a_new_files_owner_mode_and_times_are_set_without_python_once_the_monitor_says_they_repeat():
+    """As `tar x` and `rsync -a` do for every file: create, then chown, chmod and utimensat, each a `chmod`
+    decision. Once the monitor says the answer repeats, the rest are made in C — and made as Python makes them."""
+    with recording_mount("change") as (src, mnt, log):
+        uid, gid = os.getuid(), os.getgid()
+        for i in range(20):
+            path = os.path.join(mnt, f"f{i}")
+            Path(path).write_text("x")
+            before = len(_calls(log))
+            os.chown(path, uid, gid)
+            os.chmod(path, 0o640)
+            os.utime(path, ns=(1_000_000_007, 2_000_000_011))
+            os.chmod(path, 0o604)
+            os.utime(path, ns=(3_000_000_013, 4_000_000_017))
+            changes = [c for c in _calls(log)[before:] if c in ("chmod", "chown", "utimens")]
+            assert len(changes) <= 2, changes  # the first is decided in full, the second said to repeat
+            st = os.stat(os.path.join(src, f"f{i}"))
+            assert (stat.S_IMODE(st.st_mode), st.st_atime_ns, st.st_mtime_ns) == (0o604, 3_000_000_013, 4_000_000_017)
+        before = len(_calls(log))
+        os.utime(path, ns=(5, 6))
+        _utimensat(path, (7, 0), (0, UTIME_OMIT))  # the mtime left as it is
+        st = os.stat(os.path.join(src, "f19"))
+        assert (st.st_atime_ns, st.st_mtime_ns) == (7_000_000_000, 6)
+        os.utime(path, None)  # both: UTIME_NOW
+        st = os.stat(os.path.join(src, "f19"))
+        assert abs(st.st_mtime_ns - time.time_ns()) < 5 * 10**9 and st.st_atime_ns == st.st_mtime_ns
+        assert "utimens" not in _calls(log)[before:]
+        assert "chown" in _calls(log)  # the recording works: the first change of each new file is Python's
+
+
+def test_warm_changes_end_when_the_taint_rises_and_are_counted(base):
+    """`ci/**` takes writes (and mode changes) from a trusted run only: chmods of `ci/deploy.sh` served in C while
+    the run is trusted are refused once it reads untrusted mail; every one allowed is in the event log."""
+    with mounted(base, "chmod-rise") as (ws, mnt, run):
+        for i in range(30):
+            os.chmod(mnt / "ci" / "deploy.sh", 0o700 if i % 2 else 0o755)
+        assert (mnt / "inbox" / "mail").read_text().startswith("ignore")
+        for _ in range(3):
+            with pytest.raises(PermissionError):
+                os.chmod(mnt / "ci" / "deploy.sh", 0o777)
+        assert stat.S_IMODE((ws / "ci" / "deploy.sh").stat().st_mode) == 0o700
+    assert _chmod_allows(run, "ci/deploy.sh") == [30]
+
+
+def test_every_change_to_host_executed_configuration_is_an_event_however_often_it_repeats(base):
+    """The monitor logs each change to a file a host tool runs (`hostcfg`), allowed or not: such a change is
+    never a warm answer, or the owner would see only the first chmod of a git hook."""
+    with mounted(base, "hostcfg") as (ws, mnt, run):
+        (ws / ".git" / "hooks").mkdir(parents=True)
+        (ws / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\n")
+        for i in range(10):
+            os.chmod(mnt / ".git" / "hooks" / "pre-commit", 0o755 if i % 2 else 0o700)
+    db = open_readonly(run / "events.db")
+    try:
+        events = [e for e in read_events(db, "hostcfg") if e.op == "chmod"]
+    finally:
+        db.close()
+    assert [e.target for e in events] == [".git/hooks/pre-commit"] * 10 and all(e.allowed for e in events)
+
+
 # ------------------------------------------------------------------------------------------ it decides nothing
 
 def test_a_write_on_a_descriptor_opened_before_the_taint_rose_is_decided_again(base):
@@ -287,7 +371,8 @@ def test_a_descriptor_number_that_comes_back_for_a_view_is_never_read_past_it(ba
 
 NAMES = st.sampled_from(["a", "b.txt", ".env", "c.json", "d/e", "d/.env.local", "d", "f.pem"])
 OPS = st.lists(st.tuples(st.sampled_from(["write", "append", "read", "stat", "rename", "link", "unlink", "mkdir",
-                                          "symlink", "list", "truncate", "chmod"]), NAMES, NAMES,
+                                          "symlink", "list", "truncate", "chmod", "chown",
+                                          "utime"]), NAMES, NAMES,
                          st.binary(max_size=64)), min_size=1, max_size=12)
 
 
@@ -321,6 +406,12 @@ def _apply(root: Path, op: str, name: str, other: str, data: bytes):
             os.truncate(path, len(data))
         elif op == "chmod":
             os.chmod(path, 0o600 | len(data) % 8 << 6)
+        elif op == "chown":
+            os.chown(path, 1000 + len(data) % 2, 1000)
+            return os.stat(path).st_uid
+        elif op == "utime":
+            os.utime(path, ns=(len(data), 10**9 + len(data)))
+            return os.stat(path).st_mtime_ns
         return "ok"
     except OSError as exc:
         return errno.errorcode.get(exc.errno, exc.errno)

@@ -127,12 +127,13 @@ def _replay(cached: Run, full: Run, steps, revoke_at: int | None = None, warm: W
 
 
 class Warm:
-    """The mount's warm opens (`ifc.enforce.fastpath`, `fastpath.c`), modelled as the C side keeps them: a read the
-    monitor called repeatable is recorded with the clock tick read before it was decided, and served without
-    asking the monitor while no later tick covers it — one for every name (the monitor's `on_taint`, the
-    verifier's `on_revocations`, the label store's `on_change` without names) or for its name (`on_change` with
-    names) — the time is inside its window, and the label store's WAL header is what the latest record saw; its
-    hits are handed back with `repeated`. Names the mount never sees (with `..`) are not modelled."""
+    """The mount's warm answers (`ifc.enforce.fastpath`, `fastpath.c`), modelled as the C side keeps them: a read (an
+    open) or a chmod (a change of mode, owner or times) the monitor called repeatable is recorded with the clock
+    tick read before it was decided, and served without asking the monitor while no later tick covers it — one
+    for every name (the monitor's `on_taint`, the verifier's `on_revocations`, the label store's `on_change`
+    without names) or for its name (`on_change` with names) — the time is inside its window, and the label
+    store's WAL header is what the latest record saw; its hits are handed back with `repeated`. Names the mount
+    never sees (with `..`) are not modelled."""
 
     def __init__(self, monitor: Monitor):
         self.monitor = monitor
@@ -154,16 +155,16 @@ class Warm:
 
     @staticmethod
     def modelled(request: Request) -> bool:
-        return request.op == "read" and ".." not in request.target.split("/")
+        return request.op in ("read", "chmod") and ".." not in request.target.split("/")
 
     def record(self, request: Request, tick: int, repeat: Repeat | None) -> None:
         if repeat is not None and self.modelled(request) and repeat.target == request.target:
-            self.entries[(request.subject, request.token, request.target)] = (tick, repeat)
+            self.entries[(request.subject, request.token, request.op, request.target)] = (tick, repeat)
             self.seen = repeat.labels
 
     def serve(self, request: Request, now: float) -> bool:
-        entry = self.entries.get((request.subject, request.token, request.target)) if self.modelled(request) \
-            else None
+        key = (request.subject, request.token, request.op, request.target)
+        entry = self.entries.get(key) if self.modelled(request) else None
         if entry is None:
             return False
         tick, repeat = entry
@@ -184,11 +185,11 @@ class Warm:
                 (Request("read", "src/notes.txt", token=SHORT), 2, 20.0)], revoke_at=40)
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=_steps, revoke_at=st.integers(0, 40))
-def test_a_read_served_warm_is_one_the_monitor_would_allow_without_a_change(tmp_path_factory, steps, revoke_at):
-    """Reads the monitor called repeatable (`Monitor.repeatable`), served without asking it while nothing they
-    depend on moved (the mount's warm opens, modelled by `Warm`), are each allowed by a full decision that raises
-    no taint, and once counted back (`Monitor.repeated`) leave the taint, labels, graph and allow counts as
-    deciding every one in full does."""
+def test_what_is_served_warm_is_what_the_monitor_would_allow_without_a_change(tmp_path_factory, steps, revoke_at):
+    """Reads and chmods the monitor called repeatable (`Monitor.repeatable`), served without asking it while nothing
+    they depend on moved (the mount's warm opens, modelled by `Warm`), are each allowed by a full decision that
+    raises no taint, and once counted back (`Monitor.repeated`) leave the taint, labels, graph and allow counts
+    as deciding every one in full does."""
     tmp = tmp_path_factory.mktemp("warm")
     cached = Run(tmp, "cached")
     _replay(cached, Run(tmp, "full"), steps, revoke_at, Warm(cached.monitor))

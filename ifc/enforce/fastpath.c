@@ -4,8 +4,9 @@
    callback; `ifc.enforce.fastpath` swaps some for the functions here, which answer what needs no decision —
    attributes (every LOOKUP and GETATTR), the `security.*`/`system.*` xattrs the kernel probes before each write,
    reads and writes on descriptors the monitor already decided, flush, the release of a descriptor Python keeps
-   nothing for, directory listings, and the *warm* read-only open: a name the monitor already allowed this
-   subject to read, at the same taint, label store and token window, when it said the answer repeats — and
+   nothing for, directory listings, and the *warm* answers: a read-only open of a name, or a change of its mode,
+   owner or times, that the monitor already allowed this subject, at the same taint, label store and token
+   window, when it said the answer repeats — and
    hand everything else to the Python callback they replaced (`py_*`), with the same arguments. What the daemon
    creates, renames or deletes, and every first decision, is never answered here.
 
@@ -48,6 +49,9 @@ typedef int (*getxattr_fn)(const char *, const char *, char *, size_t);
 typedef int (*fill_fn)(void *, const char *, const struct stat *, off_t, int);
 typedef int (*readdir_fn)(const char *, void *, fill_fn, off_t, void *, int);
 typedef int (*open_fn)(const char *, void *);
+typedef int (*chmod_fn)(const char *, mode_t, void *);
+typedef int (*chown_fn)(const char *, uid_t, gid_t, void *);
+typedef int (*utimens_fn)(const char *, const struct timespec *, void *);
 struct context { void *fuse; uid_t uid; gid_t gid; pid_t pid; }; /* the head of libfuse's struct fuse_context */
 typedef struct context *(*context_fn)(void);
 typedef void (*hit_fn)(int, const char *, uint64_t, int64_t);
@@ -65,6 +69,7 @@ typedef void (*hit_fn)(int, const char *, uint64_t, int64_t);
 #define FULL (-1)          /* ifc_fast_warm: the table is full */
 #define UNKNOWN_THREAD (-2) /* ifc_fast_warm: recorded, but the caller's thread is not known as that subject */
 #define MAX_STALE 8192 /* names whose label changed, remembered; full: every answer goes stale instead */
+#define CHANGES (1 << 30) /* warm table key of a subject's metadata changes (its slot | CHANGES): as fastpath.CHANGES */
 
 enum kind { NONE = 0, PLAIN = 1, WRITE_FREE = 2, WRITE_CHECKED = 3 };
 
@@ -94,6 +99,9 @@ static struct {
     getxattr_fn py_getxattr;
     readdir_fn py_readdir;
     open_fn py_open;
+    chmod_fn py_chmod;
+    chown_fn py_chown;
+    utimens_fn py_utimens;
     context_fn context;
     int one_subject;         /* every caller is one subject (slot 0): no thread is looked up */
     size_t noflush_byte;     /* where FOPEN_NOFLUSH is in struct fuse_file_info (0: not there) */
@@ -169,9 +177,10 @@ static int map_set(struct map *m, uint64_t dev, uint64_t ino, uint64_t val) {
     return rc;
 }
 
-/* Warm opens: (subject slot, name) -> the inode the monitor's repeatable answer was for, the clock tick read
+/* Warm answers: (subject slot, name) -> the inode the monitor's repeatable answer was for, the clock tick read
    before it was decided and the token window it holds in; with the hits Python has not yet counted in the
-   monitor. */
+   monitor. The slot is the subject's for read-only opens (`read`), its slot | CHANGES for changes of mode,
+   owner and times (`chmod`). */
 struct warm_entry {
     char *rel; /* NULL: empty */
     int slot;
@@ -276,9 +285,10 @@ void ifc_fast_callers(context_fn context, int one_subject, size_t noflush_byte, 
 
 /* The Python callbacks, in the order of ifc.enforce.fastpath.OPERATIONS. */
 void ifc_fast_fallbacks(getattr_fn g, read_fn r, write_fn w, flush_fn f, getxattr_fn x, flush_fn rl, readdir_fn rd,
-                        open_fn o) {
+                        open_fn o, chmod_fn cm, chown_fn co, utimens_fn ut) {
     cfg.py_getattr = g, cfg.py_read = r, cfg.py_write = w, cfg.py_flush = f, cfg.py_getxattr = x;
     cfg.py_release = rl, cfg.py_readdir = rd, cfg.py_open = o;
+    cfg.py_chmod = cm, cfg.py_chown = co, cfg.py_utimens = ut;
 }
 
 /* A descriptor Python opened and decided: PLAIN (read only), WRITE_FREE (no monitor), or WRITE_CHECKED at
@@ -443,7 +453,7 @@ int ifc_fast_warm(const unsigned char *record, size_t len) {
     if (shm_fd >= 0)
         memcpy(warm.seen, header, WAL_HEADER);
     pthread_rwlock_unlock(&warm.lock);
-    if (!caller_is(slot))
+    if (!caller_is(slot & ~CHANGES))
         return UNKNOWN_THREAD;
     return (int)(atomic_load(&unseen_hits) < INT32_MAX ? atomic_load(&unseen_hits) : INT32_MAX);
 }
@@ -761,19 +771,13 @@ static int labels_unchanged(void) {
     return pread(warm.shm_fd, now, WAL_HEADER, 0) == WAL_HEADER && memcmp(now, warm.seen, WAL_HEADER) == 0;
 }
 
-/* A read-only open of a name the monitor already allowed this subject to read, with nothing changed since: the
-   open Python would make (openat2 beneath the root), of the same single-name regular file, marked PLAIN. */
-static int warm_open(const char *path, void *fi) {
-    int flags;
-    memcpy(&flags, fi, sizeof flags); /* struct fuse_file_info starts with the open flags */
-    if ((flags & O_ACCMODE) != O_RDONLY || (flags & (O_TRUNC | O_CREAT | FMODE_EXEC)) || !cfg.py_open)
-        return 0;
-    const char *rel = relative(path);
-    if (!rel || !*rel || (cfg.views && ifc_fast_secret_format(rel)))
-        return 0;
-    int slot = caller_slot();
-    if (slot < 0)
-        return 0;
+typedef int (*warm_act)(int fd, const void *arg);
+
+/* The warm answer of subject key `slot` for `rel`, if it still holds: the name opened as Python would (openat2
+   beneath the root, `flags`) is the same single-name regular file, and `act` on it succeeded; the hit counted.
+   The descriptor, or -1 (nothing done: Python answers). `act` runs with the table locked, so a hit is counted
+   only for what was done, and only while the answer was current. */
+static int warm_serve(int slot, const char *rel, int flags, warm_act act, const void *arg) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
@@ -781,11 +785,11 @@ static int warm_open(const char *path, void *fi) {
     pthread_rwlock_rdlock(&warm.lock);
     struct warm_entry *e = warm.slots ? &warm.slots[warm_index(slot, rel)] : NULL;
     if (e && e->rel && current(rel, e->tick) && e->not_before <= now && now < e->expires && labels_unchanged()) {
-        fd = openat2_beneath(cfg.root, rel, flags & OPEN_KEEP);
+        fd = openat2_beneath(cfg.root, rel, flags);
         struct stat st;
         if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
                         (uint64_t)st.st_dev != e->dev || (uint64_t)st.st_ino != e->ino ||
-                        (uint64_t)fd >= nhandles || !current(rel, e->tick))) {
+                        !current(rel, e->tick) || act(fd, arg) != 0)) {
             close(fd);
             fd = -1;
         }
@@ -796,6 +800,34 @@ static int warm_open(const char *path, void *fi) {
         }
     }
     pthread_rwlock_unlock(&warm.lock);
+    return fd;
+}
+
+/* The name a warm answer may be for (not a reserved name, not one that may be a secret-file view), or NULL. */
+static const char *warm_name(const char *path) {
+    const char *rel = path ? relative(path) : NULL;
+    if (!rel || !*rel || (cfg.views && ifc_fast_secret_format(rel)))
+        return NULL;
+    return rel;
+}
+
+static int handle_fits(int fd, const void *arg) {
+    (void)arg;
+    return (uint64_t)fd < nhandles ? 0 : -1;
+}
+
+/* A read-only open of a name the monitor already allowed this subject to read, with nothing changed since: the
+   open Python would make, marked PLAIN. */
+static int warm_open(const char *path, void *fi) {
+    int flags;
+    memcpy(&flags, fi, sizeof flags); /* struct fuse_file_info starts with the open flags */
+    if ((flags & O_ACCMODE) != O_RDONLY || (flags & (O_TRUNC | O_CREAT | FMODE_EXEC)) || !cfg.py_open)
+        return 0;
+    const char *rel = warm_name(path);
+    int slot = rel ? caller_slot() : -1;
+    if (slot < 0)
+        return 0;
+    int fd = warm_serve(slot, rel, flags & OPEN_KEEP, handle_fits, NULL);
     if (fd < 0)
         return 0;
     ifc_fast_mark((uint64_t)fd, PLAIN, NULL, 0);
@@ -804,6 +836,64 @@ static int warm_open(const char *path, void *fi) {
     if (cfg.noflush_byte)
         ((unsigned char *)fi)[cfg.noflush_byte] |= cfg.noflush_mask; /* reading only: close(2) asks nothing */
     return 1;
+}
+
+/* A change of mode, owner or times (the monitor's `chmod`), as EnforcingFS.chmod, chown and utimens make it on
+   the O_PATH descriptor they open. */
+struct change {
+    enum { MODE, OWNER, TIMES } what;
+    mode_t mode;
+    uid_t uid;
+    gid_t gid;
+    const struct timespec *times; /* NULL: both now; UTIME_NOW and UTIME_OMIT as utimensat(2) takes them */
+};
+
+static int apply_change(int fd, const void *arg) {
+    const struct change *c = arg;
+    char proc[32];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    switch (c->what) {
+    case MODE:
+        return fchmodat(AT_FDCWD, proc, c->mode & 07777, 0);
+    case OWNER:
+        return fchownat(fd, "", c->uid, c->gid, AT_EMPTY_PATH);
+    case TIMES:
+        return utimensat(AT_FDCWD, proc, c->times, 0);
+    }
+    return -1;
+}
+
+/* A change the monitor already allowed this subject on this name, with nothing changed since: made here. Any
+   failure (EPERM of an immutable file, ...) is Python's to make again and log. */
+static int warm_change(const char *path, const struct change *c) {
+    const char *rel = warm_name(path);
+    int slot = rel ? caller_slot() : -1;
+    if (slot < 0)
+        return 0;
+    int fd = warm_serve(slot | CHANGES, rel, O_PATH, apply_change, c);
+    if (fd < 0)
+        return 0;
+    close(fd);
+    return 1;
+}
+
+int ifc_fast_chmod(const char *path, mode_t mode, void *fi) {
+    struct change c = {.what = MODE, .mode = mode};
+    return warm_change(path, &c) ? 0 : cfg.py_chmod(path, mode, fi);
+}
+
+int ifc_fast_chown(const char *path, uid_t uid, gid_t gid, void *fi) {
+    struct change c = {.what = OWNER, .uid = uid, .gid = gid};
+    if (cfg.map_ids) { /* the agent giving a file to itself gives it to the workspace's owner (as Python) */
+        c.uid = uid == cfg.agent_uid ? cfg.owner_uid : uid;
+        c.gid = gid == cfg.agent_gid ? cfg.owner_gid : gid;
+    }
+    return warm_change(path, &c) ? 0 : cfg.py_chown(path, uid, gid, fi);
+}
+
+int ifc_fast_utimens(const char *path, const struct timespec tv[2], void *fi) {
+    struct change c = {.what = TIMES, .times = tv};
+    return warm_change(path, &c) ? 0 : cfg.py_utimens(path, tv, fi);
 }
 
 int ifc_fast_open_file(const char *path, void *fi) {

@@ -1,23 +1,25 @@
 """The mount daemon's requests that decide nothing, answered in C (`fastpath.c`) without entering Python.
 
-Every FUSE request through mfusepy costs a Python call: the GIL, ctypes' marshalling, the adapter. Most
-requests decide nothing — attributes for each LOOKUP and GETATTR, the `security.capability` probe the kernel
-makes before each write, reads and writes on descriptors already decided, flush, the release of a read-only
-descriptor, listings: three quarters of the requests of sqlite's commits, about half of those of `tar x`,
-`rsync -a` and `rm -rf` (docs/benchmarks.md, issue 16 part 6). And many opens repeat a decision already made: a
-build or `git status` reads the same files again and again (part 7). `install` points those entries of
-libfuse's operation table at `fastpath.c`'s functions, which answer the plain case with the same system calls
-`EnforcingFS` makes and hand anything else to the Python callback they replaced.
+Every FUSE request through mfusepy costs a Python call: the GIL, ctypes' marshalling, the adapter. Most requests
+decide nothing — attributes for each LOOKUP and GETATTR, the `security.capability` probe the kernel makes before
+each write, reads and writes on descriptors already decided, flush, the release of a read-only descriptor,
+listings: three quarters of the requests of sqlite's commits, about half of those of `tar x`, `rsync -a` and `rm
+-rf` (docs/benchmarks.md, issue 16 part 6). And many opens repeat a decision already made: a build or `git status`
+reads the same files again and again (part 7), and `tar x` or `rsync -a` set a new file's owner, mode and times one
+request each, every one a `chmod` decision that repeats the first. `install` points those entries of libfuse's
+operation table at `fastpath.c`'s functions, which answer the plain case with the same system calls `EnforcingFS`
+makes and hand anything else to the Python callback they replaced.
 
-Python stays the authority: `EnforcingFS` marks each descriptor it hands the kernel (`mark`: read only,
-writable without a monitor, or writable as decided at the run's taint generation for one name), unmarks it
-before closing it, mirrors its inode incarnations and open secret-file views, and the monitor bumps the taint
-generation (`taint_moved`) whenever the run's taint rises — so a write after a rise, or after a rename, reaches
-Python and is decided again exactly as before. A warm open is one the monitor itself said repeats
-(`Monitor.decide_repeatable`): `EnforcingFS` records it (`warm`) with the clock tick read before the decision; `stale`
-ticks the clock whenever the taint, the labels or the revocation list move, and the C side serves the answer
-only while no later tick covers it and the label store's WAL header and the token's window still hold, for the
-same subject (each caller thread's, told by `caller` with a pidfd of that thread), the same name and the same
+Python stays the authority: `EnforcingFS` marks each descriptor it hands the kernel (`mark`: read only, writable
+without a monitor, or writable as decided at the run's taint generation for one name), unmarks it before closing
+it, mirrors its inode incarnations and open secret-file views, and the monitor bumps the taint generation
+(`taint_moved`) whenever the run's taint rises — so a write after a rise, or after a rename, reaches Python and is
+decided again exactly as before. A warm open is one the monitor itself said repeats (`Monitor.decide_repeatable`);
+so is a warm change of a file's mode, owner or times (keyed by the subject's slot | `CHANGES`, as the monitor
+decides all three as `chmod`). `EnforcingFS` records each (`warm`) with the clock tick read before the decision;
+`stale` ticks the clock whenever the taint, the labels or the revocation list move, and the C side serves the
+answer only while no later tick covers it and the label store's WAL header and the token's window still hold, for
+the same subject (each caller thread's, told by `caller` with a pidfd of that thread), the same name and the same
 inode. A tick covers one name (`stale(names)`: its label changed — a rename elsewhere leaves the other answers
 standing) or all of them. The hits are counted in the monitor later (`drain`), as its own cached answers are.
 
@@ -48,10 +50,12 @@ NONE, PLAIN, WRITE_FREE, WRITE_CHECKED = 0, 1, 2, 3  # as fastpath.c's `enum kin
 # sees the daemon's syncs there)
 OPERATIONS = {"getattr": "ifc_fast_getattr", "read": "ifc_fast_read", "write": "ifc_fast_write",
               "flush": "ifc_fast_flush", "getxattr": "ifc_fast_getxattr", "release": "ifc_fast_release",
-              "readdir": "ifc_fast_readdir", "open": "ifc_fast_open_file"}
+              "readdir": "ifc_fast_readdir", "open": "ifc_fast_open_file", "chmod": "ifc_fast_chmod",
+              "chown": "ifc_fast_chown", "utimens": "ifc_fast_utimens"}
 MAX_FDS = 1 << 20  # descriptors above this (or above the hard limit) are always Python's
 DRAIN_EVERY = 4096  # warm hits not yet counted in the monitor before Python counts them
 FULL, UNKNOWN_THREAD = -1, -2  # what `warm` may answer besides the count of uncounted hits (as fastpath.c's)
+CHANGES = 1 << 30  # a subject's slot | CHANGES: the warm table's key for its changes of mode, owner and times
 # one warm answer for fastpath.c's ifc_fast_warm: slot, label store descriptor, dev, ino, tick, window, WAL header
 # (the name follows, NUL-terminated)
 RECORD = struct.Struct(f"<iiQQQdd{WAL_HEADER}s")
@@ -218,7 +222,8 @@ class FastPath(Off):
 
     def warm(self, slot: int, rel: str, dev: int, ino: int, tick: int, window: tuple[float, float],
              labels: tuple[int, bytes] | None) -> int:
-        """Serve later read-only opens of `rel` by subject `slot` in C while no clock tick after `tick` covers it,
+        """Serve later read-only opens of `rel` by subject `slot` (changes of its mode, owner and times by
+        `slot | CHANGES`) in C while no clock tick after `tick` covers it,
         the time is inside `window` and the label store's WAL index (descriptor, header) is unchanged (None: the
         store is not a database). Called while serving a request of the caller's thread (libfuse's context names
         it). Returns how many warm opens are not yet counted (`drain`), or FULL (nothing recorded:
@@ -230,7 +235,7 @@ class FastPath(Off):
         return self.lib.ifc_fast_warm(record, len(record))
 
     def drain(self, clear: bool = False) -> list[tuple[int, str, int, int]]:
-        """The warm opens served since the last drain: (subject slot, name, how many, last one in ns); with
+        """The warm answers served since the last drain: (subject key, name, how many, last one in ns); with
         `clear`, the table is emptied as well."""
         hits: list[tuple[int, str, int, int]] = []
 

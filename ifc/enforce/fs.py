@@ -385,7 +385,7 @@ class EnforcingFS:
         self._view_lock = threading.Lock()
         self.fast: fastpath.Off = fastpath.OFF
         self._slots: dict[tuple[str, str | None], int] = {}  # a subject (and its token) → its number in the fast path
-        self._repeats: dict[tuple[int, str], Repeat] = {}  # what the fast path's warm opens repeat
+        self._repeats: dict[tuple[int, str], Repeat] = {}  # what the fast path's warm answers repeat (by its key)
         self._warm_lock = threading.Lock()
 
     def attach_fast(self, fast: fastpath.FastPath, layout: fastpath.Layout) -> None:
@@ -683,19 +683,21 @@ class EnforcingFS:
             raise
         return fd
 
-    def _warm(self, caller: Caller, rel: str, st: os.stat_result, decided: int, repeat: Repeat) -> None:
-        """The monitor would answer this read the same way again (`repeat`): let the fast path serve the caller's
-        next opens of `rel` — this inode, recorded with the clock tick read before it was decided — without
-        entering Python (issue 16's warm paths)."""
+    def _warm(self, caller: Caller, rel: str, st: os.stat_result, decided: int, repeat: Repeat,
+              kind: int = 0) -> None:
+        """The monitor would answer this read (with `kind` fastpath.CHANGES: this change of mode, owner or times)
+        the same way again (`repeat`): let the fast path serve the caller's next ones on `rel` — this inode,
+        recorded with the clock tick read before it was decided — without entering Python (issue 16's warm
+        paths)."""
         if repeat.target != rel:  # the C side keys on the name, label changes on the target
             return
         slot = self._slots.get(caller.key)
         if slot is None:
             with self._warm_lock:
                 slot = self._slots.setdefault(caller.key, len(self._slots))
-        args = (slot, rel, st.st_dev, st.st_ino, decided, repeat.window, repeat.labels)
+        args = (slot | kind, rel, st.st_dev, st.st_ino, decided, repeat.window, repeat.labels)
         with self._warm_lock:
-            self._repeats[(slot, rel)] = repeat
+            self._repeats[(slot | kind, rel)] = repeat
             status = self.fast.warm(*args)
             if status == fastpath.FULL:
                 self._count_repeats(self.fast.drain(clear=True))  # start the table again
@@ -711,7 +713,7 @@ class EnforcingFS:
                 os.close(pinned[0])
 
     def _count_repeats(self, hits: list[tuple[int, str, int, int]]) -> None:
-        """Count the opens the fast path served warm in the monitor, as its own cached answers are counted."""
+        """Count what the fast path served warm in the monitor, as its own cached answers are counted."""
         for slot, rel, count, last_ns in hits:
             repeat = self._repeats.get((slot, rel))
             if repeat is None:
@@ -1257,43 +1259,60 @@ class EnforcingFS:
         if self._link_names:
             self._changed(self.backing.lstat(rel), skip=path)
 
+    def _change(self, path: str, change: Callable[[str], None]) -> int:
+        """A change of the mode, owner or times of the inode at `path` (`change(rel)` makes it), decided as
+        `chmod` and made on this name's own inode (`_own_inode`). When the monitor says the answer repeats, the
+        same subject's next changes of this file are the fast path's (`_warm`): `tar x` and `rsync -a` set a new
+        file's owner, mode and times in a request each."""
+        rel = self.backing.relative(path)
+        caller = None if self.monitor is None else self._caller()
+        decided = self.fast.decisions()  # the tick before deciding (as in `_open`)
+        repeat = None if caller is None else self._guard(
+            "chmod", rel, lambda: self._check(caller, "chmod", rel, repeatable=self.fast.enabled))
+        self._own_inode(caller, rel)
+        change(rel)
+        self._done(path, rel)
+        if repeat is not None:
+            st = self.backing.lstat(rel)
+            if st.st_nlink == 1 and stat_mod.S_ISREG(st.st_mode):
+                self._warm(caller, rel, st, decided, repeat, fastpath.CHANGES)
+        return 0
+
     @_refusals_logged
     def chmod(self, path, mode):
-        rel = self._metadata("chmod", path)
-        fd = self.backing.open(rel, os.O_PATH)
-        try:
-            os.chmod(f"/proc/self/fd/{fd}", stat_mod.S_IMODE(mode))
-        finally:
-            os.close(fd)
-        self._done(path, rel)
-        return 0
+        def change(rel: str) -> None:
+            fd = self.backing.open(rel, os.O_PATH)
+            try:
+                os.chmod(f"/proc/self/fd/{fd}", stat_mod.S_IMODE(mode))
+            finally:
+                os.close(fd)
+
+        return self._change(path, change)
 
     @_refusals_logged
     def chown(self, path, uid, gid):
-        rel = self._metadata("chmod", path)
         if self._agent is not None:  # the agent giving a file to itself gives it to the workspace's owner
             uid = self._owner[0] if uid == self._agent[0] else uid
             gid = self._owner[1] if gid == self._agent[1] else gid
-        self.backing.at(rel, lambda d, n: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False))
-        self._done(path, rel)
-        return 0
+        return self._change(path, lambda rel: self.backing.at(
+            rel, lambda d, n: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False)))
 
     @_refusals_logged
     def utimens(self, path, times=None):
-        rel = self._metadata("chmod", path)
-        now = time.time_ns()
-        if times is None:
-            ns = (now, now)
-        else:
-            atime, mtime = times
-            if UTIME_OMIT in (atime, mtime):
-                st = self.backing.lstat(rel)
-                atime = st.st_atime_ns if atime == UTIME_OMIT else atime
-                mtime = st.st_mtime_ns if mtime == UTIME_OMIT else mtime
-            ns = (now if atime == UTIME_NOW else atime, now if mtime == UTIME_NOW else mtime)
-        self.backing.at(rel, lambda d, n: os.utime(n, ns=ns, dir_fd=d, follow_symlinks=False))
-        self._done(path, rel)
-        return 0
+        def change(rel: str) -> None:
+            now = time.time_ns()
+            if times is None:
+                ns = (now, now)
+            else:
+                atime, mtime = times
+                if UTIME_OMIT in (atime, mtime):
+                    st = self.backing.lstat(rel)
+                    atime = st.st_atime_ns if atime == UTIME_OMIT else atime
+                    mtime = st.st_mtime_ns if mtime == UTIME_OMIT else mtime
+                ns = (now if atime == UTIME_NOW else atime, now if mtime == UTIME_NOW else mtime)
+            self.backing.at(rel, lambda d, n: os.utime(n, ns=ns, dir_fd=d, follow_symlinks=False))
+
+        return self._change(path, change)
 
     # ------------------------------------------------------------------------------------ xattrs
     def _xattr_path(self, rel: str, fn: Callable[[str], object]):

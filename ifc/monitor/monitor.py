@@ -349,8 +349,8 @@ class Monitor:
             decision, key = self._decide_keyed(request)
             # kept only if nothing moved while it was decided (`_remember`): then its key is the current one
             hit = self._fast.get(key) if decision.allowed and key is not None else None
-            if hit is None:
-                return decision, None
+            if hit is None or hostcfg.touched(request.op, request.target, request.dest):
+                return decision, None  # (a change to host-executed configuration is an event each time: `_log`)
             try:
                 watch = self.labels.watch()
             except LookupError:
