@@ -120,6 +120,22 @@ def test_writes_keep_the_real_values_the_sandbox_left(mounted):
     assert (ws / ".env").read_bytes() == DOTENV + b"DEBUG=0\n" and REAL not in (mnt / ".env").read_bytes()
 
 
+def test_an_fsync_of_a_view_writes_it_back_before_the_file_is_closed(mounted):
+    """A view's content is the daemon's until written back: fsync(2) and fdatasync(2) merge it into the file, real
+    values kept, while the file is still open (sqlite and editors sync before they close)."""
+    ws, mnt, _run = mounted
+    fd = os.open(mnt / ".env", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b"DEBUG=1\n")
+        os.fsync(fd)
+        assert (ws / ".env").read_bytes() == DOTENV + b"DEBUG=1\n"
+        os.write(fd, b"TRACE=0\n")
+        os.fdatasync(fd)
+        assert (ws / ".env").read_bytes() == DOTENV + b"DEBUG=1\nTRACE=0\n"
+    finally:
+        os.close(fd)
+
+
 def test_a_sentinel_written_into_a_key_is_refused_and_the_file_kept(mounted):
     ws, mnt, run = mounted
     served = (mnt / ".env").read_bytes()
