@@ -105,6 +105,31 @@ def test_a_deleted_objects_id_is_not_given_to_a_later_file(tmp_path, ws):
     assert [c.path for c in store.history() if c.kind == "raise"] == ["kept", "gone", "new"]
 
 
+def test_a_deletion_does_not_wait_for_the_disk_and_every_raise_does(tmp_path, ws):
+    """A workspace's store syncs each raise (it must survive power loss) but not a deletion: forgetting a label
+    lost to a power cut leaves a label on a name that is gone, the safe direction, and `rm -rf` of what a
+    tainted run wrote paid one fsync per file. The deletion is committed all the same, and the next raise
+    waits for the disk again."""
+    store = LabelStore(tmp_path / "l.db", root=ws, durable=True)
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    store.raise_to("a", SECRET)
+    store.raise_to("b", SECRET)
+    assert not [s for s in statements if "synchronous" in s]
+    statements.clear()
+    store.delete("a")
+    lazy = statements[statements.index("PRAGMA synchronous=NORMAL"):]
+    assert lazy[1] == "BEGIN IMMEDIATE" and lazy[-2:] == ["COMMIT", "PRAGMA synchronous=FULL"], statements
+    statements.clear()
+    store.raise_to("c", SECRET)
+    assert not [s for s in statements if "synchronous" in s]
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    other = LabelStore(tmp_path / "l.db", root=ws)
+    assert other.snapshot() == {"b": SECRET, "c": SECRET}
+    store.close()
+    other.close()
+
+
 def test_renames_and_links_made_on_the_host_are_found_by_inode(tmp_path, ws):
     (ws / "copy").write_text("secret")
     (ws / "gone").write_text("secret")
