@@ -1,10 +1,10 @@
 """Where a workspace's floated labels should live, measured: `trusted.*` xattrs on the backing files, or
 the SQLite store under the user's state directory (`ifc.monitor.workspace_store`, the one we use).
 
-    sudo .venv/bin/python bench/bench_labels.py [--labels N] [--ops K] [--dir DIR]
+    sudo .venv/bin/python bench/bench_labels.py [--labels N] [--ops K] [--dir DIR] [--markdown]
 
 Per operation, the cost the label store adds on top of the filesystem operation itself (the rename or
-link(2) happens either way): raise (durable and not), rename, link, lookup of a labelled and of an
+link(2) happens either way): raise (durable and not), rename, link, delete, lookup of a labelled and of an
 unlabelled path (first lookup in a fresh process state = cold, repeated = warm), then opening a store
 holding N labels at the start of a run and listing all N (`ifc labels`). Median µs per op over K ops.
 The tree lives in DIR (default: a temporary directory on the same filesystem as /tmp). Needs root
@@ -80,6 +80,7 @@ def xattr_rows(root: Path, names: list[str], ops: int) -> dict[str, float | str]
     rows["raise (durable: + fsync)"] = _per_op(durable, full[ops:2 * ops])
     rows["rename (store's share)"] = "0 (rides the inode)"
     rows["link (store's share)"] = "0 (rides the inode)"
+    rows["delete (store's share)"] = "0 (goes with the file)"
     for p in full:
         os.setxattr(p, ATTR, value)
     rows["lookup labelled, cold"] = _per_op(_xattr_get, full[:ops])
@@ -115,6 +116,7 @@ def sqlite_rows(root: Path, db: Path, names: list[str], ops: int) -> dict[str, f
     moved = names[ops:2 * ops]
     rows["rename (store's share)"] = _per_op(lambda n: store.rename(n, n + ".moved"), moved)
     rows["link (store's share)"] = _per_op(lambda n: store.link(n + ".moved", n), moved)
+    rows["delete (store's share)"] = _per_op(store.delete, [n + ".moved" for n in moved])  # the link keeps it
     store.close()
     fresh = LabelStore(db, root=root, durable=True)
     rows["lookup labelled, cold"] = _per_op(fresh.get, names[2 * ops:3 * ops])
@@ -131,7 +133,7 @@ def sqlite_rows(root: Path, db: Path, names: list[str], ops: int) -> dict[str, f
 
 NOTES = [
     ("kill -9 mid-change", "each setxattr is atomic", "one transaction per change (tested)"),
-    ("power loss", "needs fsync of each file", "synchronous=FULL: fsync per commit"),
+    ("power loss", "needs fsync of each file", "FULL: fsync per commit, not a delete's"),
     ("rename/link on host", "followed (inode)", "followed: adopted by inode"),
     ("inode reused", "n/a (attr dies with inode)", "over-labels (safe); --lower"),
     ("fs without xattrs", "no labels: must refuse", "any filesystem"),
@@ -140,11 +142,16 @@ NOTES = [
 ]
 
 
+def cell(v) -> str:
+    return f"{v:.1f}" if isinstance(v, float) else v
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", type=int, default=10_000)
     parser.add_argument("--ops", type=int, default=1000)
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table (bench_revisions.py)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_labels: skipped: trusted.* xattrs need root")
@@ -155,11 +162,13 @@ def main() -> None:
         names = _tree(root, args.labels)
         xattr = xattr_rows(root, names, args.ops)
         sqlite = sqlite_rows(root, Path(tmp) / "labels.db", names, args.ops)
+    if args.markdown:
+        print("| operation | trusted.* xattr | SQLite, state dir |\n|---|---:|---:|")
+        for key in xattr:
+            print(f"| {key} | {cell(xattr[key])} | {cell(sqlite[key])} |")
+        return
     print(f"label store: {args.labels} labelled files, median µs per op over {args.ops} ops (ms where marked)\n")
     width = max(map(len, xattr)) + 2
-
-    def cell(v) -> str:
-        return f"{v:.1f}" if isinstance(v, float) else v
 
     print("".ljust(width) + "trusted.* xattr".rjust(28) + "SQLite, state dir".rjust(34))
     for key in xattr:
