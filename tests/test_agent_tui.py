@@ -77,10 +77,21 @@ class Pane:
             time.sleep(0.5)
 
     def processes(self) -> str:
-        """What still runs in the pane's session (where a command that will not end is waiting)."""
-        leader = self.tmux("display-message", "-p", "-t", "run", "#{pane_pid}").strip()
-        return subprocess.run(["ps", "-o", "pid,stat,wchan:20,args", "-s", leader], capture_output=True,
-                              text=True).stdout
+        """What still runs in the pane's session (where a command that will not end is waiting), and which
+        processes hold the pane's terminal open: tmux marks a pane dead only once nobody does, so a helper that
+        kept it would leave a finished run looking unfinished."""
+        leader, tty, dead = self.tmux("display-message", "-p", "-t", "run",
+                                      "#{pane_pid} #{pane_tty} #{pane_dead}").split()
+        holders = set()
+        for fd in Path("/proc").glob("[0-9]*/fd/*"):
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == tty:
+                    holders.add(fd.parts[2])
+        session = subprocess.run(["ps", "-o", "pid,stat,wchan:20,args", "-s", leader], capture_output=True,
+                                 text=True).stdout
+        held = subprocess.run(["ps", "-o", "pid,sid,stat,args", "-p", ",".join(sorted(holders)) or "0"],
+                              capture_output=True, text=True).stdout
+        return f"{session}pane {tty} (dead: {dead}) held open by:\n{held}"
 
     def keys(self, *keys: str) -> None:
         for key in keys:
