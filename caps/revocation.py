@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,3 +134,71 @@ def revoke_in_file(path: str | os.PathLike[str], ids: Iterable[str]) -> Revocati
         if updated is not current or not target.exists():
             updated.save(target)
     return updated
+
+
+class Watch:
+    """A revocation list file followed while an enforcement point runs: `ifc caps revoke` rewrites it (atomically),
+    and the verifier has the new list within `interval` seconds. A list that cannot be read any more — corrupt,
+    unreadable, or removed after it existed — hides revocations, so the verifier then honours no token until it
+    can be read again (`Verifier.revocations_lost`); one with an older epoch than the loaded list (an old copy put
+    back) is refused and the loaded one kept."""
+
+    def __init__(self, path: str | os.PathLike[str], verifier, interval: float = 0.25):
+        self.path = Path(path)
+        self.verifier = verifier
+        self.interval = interval
+        self._seen: tuple | None = None
+        self._existed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> None:
+        """Load the file if it changed since the last look (also the first look)."""
+        try:
+            st = os.stat(self.path)
+            seen: tuple = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            seen = ("missing",)
+        except OSError as exc:
+            seen = ("error", exc.errno)
+        if seen == self._seen:
+            return
+        self._seen = seen
+        try:
+            if seen == ("missing",) and self._existed:
+                raise RevocationListError(f"revocation list `{self.path}` was removed")
+            loaded = RevocationList.load(self.path, missing_ok=True)
+        except RevocationListError as exc:
+            _log.error("%s: no token is honoured until it can be read", exc)
+            self.verifier.revocations_lost(str(exc))
+            return
+        self._existed = self._existed or seen != ("missing",)
+        current = self.verifier.revocations
+        if loaded.epoch < current.epoch:
+            _log.warning("revocation list `%s` is at epoch %d, older than the loaded %d: kept the loaded one",
+                         self.path, loaded.epoch, current.epoch)
+            return
+        # revocations only accumulate: a list that dropped an id at the same epoch does not bring a token back, and
+        # one that added ids without a newer epoch still moves the epoch (answers cached under it must not hold)
+        revoked = loaded.revoked | current.revoked
+        epoch = loaded.epoch if loaded.epoch > current.epoch else current.epoch + (revoked != current.revoked)
+        if (epoch, revoked) != (current.epoch, current.revoked) or self.verifier.revocations_unreadable:
+            self.verifier.set_revocations(RevocationList(epoch, revoked))
+
+    def start(self) -> Watch:
+        self.check()
+        self._thread = threading.Thread(target=self._run, name="ifc-revocations", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.check()
+
+
+_log = logging.getLogger("caps.revocation")

@@ -232,6 +232,7 @@ class Verifier:
         # called when a newer list is installed: answers cached outside the verifier may no longer hold
         self.on_revocations: list[Callable[[], None]] = []
         self._revoked = self._revocations.revoked
+        self._unreadable: str | None = None  # why the revocation list could not be read (`revocations_lost`)
         self._tokens = _LRU(cache_size)
         self._prefixes = _LRU(memo_size)
         self.stats = VerifierStats()
@@ -250,6 +251,18 @@ class Verifier:
             )
         self._revocations = revocations
         self._revoked = revocations.revoked
+        self._unreadable = None
+        for moved in self.on_revocations:
+            moved()
+
+    @property
+    def revocations_unreadable(self) -> bool:
+        return self._unreadable is not None
+
+    def revocations_lost(self, reason: str) -> None:
+        """The revocation list can no longer be read (corrupt, removed, unreadable): a revocation in it may be
+        hidden, so no token verifies until a list is installed again (fail closed)."""
+        self._unreadable = reason
         for moved in self.on_revocations:
             moved()
 
@@ -274,6 +287,9 @@ class Verifier:
         # Checked on every call, cached or not: the cache holds nothing that time or revocation changes.
         if not _finite(now):  # NaN compares false with everything: it would pass both time checks
             raise TokenError(Reason.EXPIRED, "the current time given to the verifier is not a number")
+        if self._unreadable is not None:
+            raise TokenError(Reason.REVOKED, f"the revocation list cannot be read ({self._unreadable}): no token "
+                                             "is honoured until it can")
         if not self._revoked.isdisjoint(entry.revocation_ids):
             raise TokenError(Reason.REVOKED, "token has been revoked")
         if now < entry.not_before:

@@ -90,3 +90,58 @@ def test_a_revoked_session_token_stops_the_next_read(base):
         assert child.wait(30) == 0
     assert mounted_at(mnt) is None
     assert any(e.target == "notes.txt" and "revoked" in e.reason for e in denials(run))
+
+
+def _refused_within(path: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            Path(path).read_text()
+        except PermissionError as exc:
+            assert exc.errno == errno.EACCES
+            return
+        assert time.monotonic() < deadline, f"{path} still readable after {seconds} s"
+        time.sleep(0.05)
+
+
+def test_ifc_caps_revoke_stops_a_live_mount_and_a_list_it_cannot_read_stops_every_token(base):
+    """End to end from the command line: `ifc caps revoke` on the list the mount follows (`--revocations`)
+    refuses the token's next open — a warm one, answered by the monitor's cache and the compiled fast path
+    until then. A list the mount can no longer read hides revocations: nothing is honoured until it reads again."""
+    host = caps.HostKey.generate()
+    caps.write_key(os.path.join(base, "host.key"), host)
+    revoked = os.path.join(base, "revoked.json")
+    token = caps.mint(host, rights=["read **"], audience="run-live", expires=int(time.time()) + 3600)
+    other = caps.mint(host, rights=["read **"], audience="run-live", expires=int(time.time()) + 3600)
+    mnt, run = os.path.join(base, "mnt"), os.path.join(base, "run")
+    daemon = Daemon(["--policy", str(POLICY), "--token", token, "--key", os.path.join(base, "host.key.pub"),
+                     "--revocations", revoked, "--audience", "run-live", "--run-dir", run, os.path.join(base, "ws"),
+                     mnt], mnt, log_path=os.path.join(base, "daemon.log"))
+    notes = os.path.join(mnt, "notes.txt")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        for _ in range(3):
+            assert Path(notes).read_text() == "notes\n"
+        proc = subprocess.run([sys.executable, "-m", "ifc", "caps", "revoke", "-", "--list", revoked], input=token,
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+        assert proc.returncode == 0 and "revoked" in proc.stdout, proc.stderr
+        _refused_within(notes, 5)
+        # the process with its own token still reads (its token was not revoked) ...
+        read = [sys.executable, "-c", f"print(open({notes!r}).read(), end='')"]
+        assert subprocess.run(read, env={**env, "IFC_TOKEN": other}, capture_output=True, text=True,
+                              timeout=60).stdout == "notes\n"
+        Path(revoked).write_text("{ damaged")  # ... until the list cannot be read
+        deadline = time.monotonic() + 5
+        while subprocess.run(read, env={**env, "IFC_TOKEN": other}, capture_output=True, timeout=60).returncode == 0:
+            assert time.monotonic() < deadline, "a token was honoured while the revocation list was unreadable"
+            time.sleep(0.05)
+        caps.RevocationList(1, frozenset(caps.revocation_ids(token)[-1:])).save(revoked)
+        deadline = time.monotonic() + 5
+        while subprocess.run(read, env={**env, "IFC_TOKEN": other}, capture_output=True, timeout=60).returncode:
+            assert time.monotonic() < deadline, "the list is readable again, but the token is still refused"
+            time.sleep(0.05)
+        _read_refused(notes)  # the revoked one stays revoked
+    finally:
+        assert daemon.stop() == 0
+    reasons = [e.reason for e in denials(run) if e.target == "notes.txt"]
+    assert any("revoked" in r for r in reasons) and any("cannot be read" in r for r in reasons), reasons

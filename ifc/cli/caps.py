@@ -39,6 +39,11 @@ def default_key_path() -> Path:
     return base / "ifc" / "host.key"
 
 
+def default_revocations_path() -> Path:
+    """The revocation list `ifc caps revoke` writes and every enforcement point follows, next to the host key."""
+    return default_key_path().with_name("revoked.json")
+
+
 # ------------------------------------------------------------------------------------------- parsers
 
 
@@ -188,7 +193,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("token", nargs="?", metavar="TOKEN", help="the token, `-` for stdin or `@FILE`")
-    p.add_argument("--list", required=True, metavar="FILE", help="revocation list file (created if missing)")
+    p.add_argument("--list", metavar="FILE", help="revocation list file, created if missing (default: the one "
+                   "`ifc mount`, `ifc proxy` and `ifc run` follow, next to the host key)")
     p.add_argument(
         "--family",
         action="store_true",
@@ -517,6 +523,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 @_guarded
 def run_revoke(args: argparse.Namespace) -> int:
+    args.list = args.list or str(default_revocations_path())
     ids = list(args.id)
     if args.token is not None:
         all_ids = caps.revocation_ids(read_token(args.token))

@@ -33,13 +33,18 @@ def log_failures(prog: str, log) -> int:
                  "operations it could not log were denied and are missing from the report", code=LOG_FAILED)
 
 
-def token_problem(token: str, key: str | None, audience: str) -> tuple[str, str | None] | None:
+REVOCATIONS_HELP = ("the revocation list to follow while serving (default: `ifc caps revoke`'s, next to the host "
+                    "key): a token revoked there stops verifying within a second")
+
+
+def token_problem(token: str, key: str | None, audience: str,
+                  revocations: str | None = None) -> tuple[str, str | None] | None:
     """(problem, help) when `token` would not verify for `audience` now, else None: `ifc run` and `ifc mount`
     check before anything starts, so a bad token is a one-line error and not a daemon that denies everything."""
     import caps
 
     try:
-        token_verifier(key, audience, required=True).verify(token, now=time.time())
+        token_verifier(key, audience, required=True, revocations=revocations).verify(token, now=time.time())
     except Usage as exc:
         return exc.message, exc.help
     except caps.CapsError as exc:
@@ -98,12 +103,13 @@ def read_token(arg: str) -> str:
     return text
 
 
-def token_verifier(key: str | None, audience: str, required: bool):
-    """A verifier for `audience` with the host public key `key` (default: `ifc caps`'s key), or None when
-    there is no key and no token needs one."""
+def token_verifier(key: str | None, audience: str, required: bool, revocations: str | None = None):
+    """A verifier for `audience` with the host public key `key` (default: `ifc caps`'s key) and the revocation
+    list `revocations` as it is now (default: `ifc caps revoke`'s; missing: nothing revoked), or None when
+    there is no key and no token needs one. `watch_revocations` follows the list after that."""
     import caps
     from caps.keys import public_key_path
-    from ifc.cli.caps import default_key_path
+    from ifc.cli.caps import default_key_path, default_revocations_path
 
     if key:
         path = Path(key)
@@ -120,4 +126,18 @@ def token_verifier(key: str | None, audience: str, required: bool):
         public = caps.load_public_key(path)
     except caps.CapsError as exc:
         raise Usage(f"cannot load the host key `{path}`: {exc}") from None
-    return caps.Verifier([public], audience=audience)
+    try:
+        revoked = caps.RevocationList.load(revocations or default_revocations_path(), missing_ok=True)
+    except caps.RevocationListError as exc:
+        raise Usage(str(exc), "repair it, or pass another with --revocations") from None
+    return caps.Verifier([public], audience=audience, revocations=revoked)
+
+
+def watch_revocations(verifier, revocations: str | None):
+    """Follow the revocation list (`caps.revocation.Watch`, started) while serving; None without a verifier."""
+    if verifier is None:
+        return None
+    from caps.revocation import Watch
+    from ifc.cli.caps import default_revocations_path
+
+    return Watch(revocations or default_revocations_path(), verifier).start()

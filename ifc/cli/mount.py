@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ifc.cli import ExitCode
 from ifc.cli.common import (
+    REVOCATIONS_HELP,
     Usage,
     error,
     load_policy_and_agent,
@@ -37,6 +38,7 @@ from ifc.cli.common import (
     read_token,
     token_problem,
     token_verifier,
+    watch_revocations,
 )
 from ifc.cli.proxy import HOSTS_HELP, UPSTREAM_CA_HELP
 
@@ -61,6 +63,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", required=True, metavar="P")
     p.add_argument("--token", metavar="T", help="the session's capability token: the token, `-` (stdin) or @FILE")
     p.add_argument("--key", metavar="FILE", help="host public key that verifies tokens (default: as `ifc caps`)")
+    p.add_argument("--revocations", metavar="FILE", help=REVOCATIONS_HELP)
     p.add_argument("--audience", metavar="A", help="the audience tokens must name (default: the run dir's name)")
     p.add_argument("--agent", metavar="NAME",
                    help="whose grants apply without a token (default: the policy's first agent; `none`: flows only)")
@@ -147,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc), "the policy binds it by file and key: the file must be in the workspace, parse, "
                       "and hold the key")
     egress = None
+    revocations = watch_revocations(monitor.verifier, args.revocations)
     try:
         if args.egress:
             egress = _start_egress(monitor, args.egress, args.egress_dns, token, run_dir, args.upstream_ca, health,
@@ -167,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if egress is not None:
             egress.stop()
+        if revocations is not None:
+            revocations.stop()
     denials = ops.stats.denials
     if carry is not None:  # only a clean end records less than "anything": the home holds at most this
         from ifc.monitor import carried
@@ -213,9 +219,9 @@ def _monitor(args: argparse.Namespace, run_dir: Path, source: str, mountpoint: s
     policy, agent = load_policy_and_agent(args.policy, args.agent)
     token = read_token(args.token) if args.token else None
     audience = args.audience or run_dir.name
-    if token is not None and (problem := token_problem(token, args.key, audience)):
+    if token is not None and (problem := token_problem(token, args.key, audience, args.revocations)):
         raise Usage(f"--token: {problem[0]}", problem[1])
-    verifier = token_verifier(args.key, audience, required=token is not None)
+    verifier = token_verifier(args.key, audience, required=token is not None, revocations=args.revocations)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:  # the workspace's labels: what earlier runs floated stays floated
         labels = open_store(source, run=str(run_dir))
@@ -290,8 +296,8 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
     from ifc.enforce.mount import is_stale, mounted_at
 
     argv = [sys.executable, "-m", "ifc", "mount", "--run-dir", str(run_dir)]
-    for flag in ("policy", "token", "key", "audience", "agent", "fuse", "egress", "egress_dns", "upstream_ca",
-                 "hosts"):
+    for flag in ("policy", "token", "key", "revocations", "audience", "agent", "fuse", "egress", "egress_dns",
+                 "upstream_ca", "hosts"):
         value = getattr(args, flag)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", value]
@@ -302,7 +308,7 @@ def _background(args: argparse.Namespace, run_dir: Path, mountpoint: str) -> int
             token = read_token(args.token)
         except Usage as exc:
             return _usage(exc.message, exc.help)
-        if problem := token_problem(token, args.key, args.audience or run_dir.name):
+        if problem := token_problem(token, args.key, args.audience or run_dir.name, args.revocations):
             return _usage(f"--token: {problem[0]}", problem[1])
     argv += ["--verbose"] * args.verbose + ["--no-fast-path"] * args.no_fast_path + [args.source, args.mountpoint]
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,17 @@ import time
 from pathlib import Path
 
 from ifc.cli import ExitCode
-from ifc.cli.common import Usage, error, load_policy_and_agent, log_failures, parse_address, read_token, token_verifier
+from ifc.cli.common import (
+    REVOCATIONS_HELP,
+    Usage,
+    error,
+    load_policy_and_agent,
+    log_failures,
+    parse_address,
+    read_token,
+    token_verifier,
+    watch_revocations,
+)
 
 EPILOG = """exit codes:
   0  stopped cleanly
@@ -58,6 +68,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="whose grants apply without a token (default: the policy's first agent; `none`: flows only)")
     p.add_argument("--token", metavar="T", help="the session's capability token: the token or @FILE")
     p.add_argument("--key", metavar="FILE", help="host public key that verifies tokens (default: as `ifc caps`)")
+    p.add_argument("--revocations", metavar="FILE", help=REVOCATIONS_HELP)
     p.add_argument("--audience", metavar="A", help="the audience tokens must name (default: the run dir's name)")
     p.add_argument("--hosts", metavar="FILE", help=HOSTS_HELP)
     p.add_argument("--upstream-ca", metavar="FILE", help=UPSTREAM_CA_HELP)
@@ -131,7 +142,7 @@ def _build(args: argparse.Namespace, run_dir: Path):
     policy, agent = load_policy_and_agent(args.policy, args.agent)
     audience = args.audience or run_dir.name
     token = read_token(args.token) if args.token else None
-    verifier = token_verifier(args.key, audience, required=token is not None)
+    verifier = token_verifier(args.key, audience, required=token is not None, revocations=args.revocations)
     try:
         loaded = load_vault(policy)
     except SecretError as exc:  # a workspace file's value: only a mount serving the workspace holds it
@@ -214,11 +225,15 @@ def run(args: argparse.Namespace) -> int:
         await serve(egress, listen, dns, smtp, args.smtp_relay, ready=ready, stop=stop, tls=tls,
                     upstream_ca=args.upstream_ca)
 
+    revocations = watch_revocations(egress.monitor.verifier, args.revocations)
     try:
         asyncio.run(main())
     except OSError as exc:
         egress.monitor.close()
         return _usage(f"cannot listen: {(exc.strerror or str(exc)).lower()}")
+    finally:
+        if revocations is not None:
+            revocations.stop()
     refusals = egress.refusals
     with contextlib.suppress(Exception):
         egress.monitor.close()

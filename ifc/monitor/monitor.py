@@ -327,7 +327,8 @@ class Monitor:
         """Does a cached answer's token validity (`_remember`: not before, expires, revocation epoch; None: no
         token) still hold at `now`?"""
         return validity is None or (validity[0] <= now < validity[1]
-                                    and self.verifier.revocations.epoch == validity[2])
+                                    and self.verifier.revocations.epoch == validity[2]
+                                    and not self.verifier.revocations_unreadable)
 
     def _key(self, request: Request, state: RunState) -> tuple:
         """What a repeated decision depends on, as the key of `_fast`."""
