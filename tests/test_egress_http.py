@@ -446,3 +446,40 @@ def test_ifc_proxy_command(world, tmp_path):
     log = EventLog(run_dir / "events.db")
     assert any(e.target.startswith("GET http://evil.example:80/") for e in log.events("deny"))  # the request
     log.close()
+
+
+def test_ifc_proxy_follows_the_revocation_list(world, tmp_path):
+    """`ifc proxy --revocations`: a token revoked with `ifc caps revoke` on that list is refused at its next
+    request (the proxy's monitor answered it from its cache until then)."""
+    a = world["ports"]["A"]
+    policy = tmp_path / "p.flow"
+    policy.write_text(POLICY.replace("{A}", str(a)).replace("{B}", "1").replace("{T}", "2"))
+    (tmp_path / "hosts").write_text("pypi.test 127.0.0.1\n")
+    host = caps.HostKey.generate()
+    caps.write_key(tmp_path / "host.key", host)
+    tok = caps.mint(host, rights=[f"connect http://pypi.test:{a}"], audience="run", ttl=600)
+    revoked = tmp_path / "revoked.json"
+    proc = subprocess.Popen([sys.executable, "-m", "ifc", "proxy", "--policy", str(policy), "--listen", "127.0.0.1:0",
+                             "--agent", "none", "--hosts", str(tmp_path / "hosts"), "--key",
+                             str(tmp_path / "host.key.pub"), "--revocations", str(revoked), "--run-dir",
+                             str(tmp_path / "run")], stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stderr.readline().rsplit(":", 1)[1])
+
+        def status() -> str:
+            return subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-x",
+                                   f"http://ifc:{tok}@127.0.0.1:{port}", f"http://pypi.test:{a}/echo"],
+                                  capture_output=True, text=True, timeout=30).stdout
+
+        assert status() == "200" and status() == "200"
+        caps.revoke_in_file(revoked, [caps.revocation_ids(tok)[-1]])
+        deadline = time.monotonic() + 5
+        while status() != "403":
+            assert time.monotonic() < deadline, "the revoked token still connects"
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    log = EventLog(tmp_path / "run" / "events.db")
+    assert any("revoked" in e.reason for e in log.events("deny"))
+    log.close()
