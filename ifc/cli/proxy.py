@@ -25,18 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ifc.cli import ExitCode
-from ifc.cli.common import (
-    REVOCATIONS_HELP,
-    Usage,
-    error,
-    load_policy_and_agent,
-    log_failures,
-    parse_address,
-    read_token,
-    token_verifier,
-    watch_revocations,
-)
+from ifc.cli import ExitCode, common
+from ifc.cli.common import Usage, error, load_policy_and_agent, log_failures, parse_address, read_token, token_verifier
 
 EPILOG = """exit codes:
   0  stopped cleanly
@@ -68,7 +58,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="whose grants apply without a token (default: the policy's first agent; `none`: flows only)")
     p.add_argument("--token", metavar="T", help="the session's capability token: the token or @FILE")
     p.add_argument("--key", metavar="FILE", help="host public key that verifies tokens (default: as `ifc caps`)")
-    p.add_argument("--revocations", metavar="FILE", help=REVOCATIONS_HELP)
+    p.add_argument("--revocations", metavar="FILE", help=common.REVOCATIONS_HELP)
     p.add_argument("--audience", metavar="A", help="the audience tokens must name (default: the run dir's name)")
     p.add_argument("--hosts", metavar="FILE", help=HOSTS_HELP)
     p.add_argument("--upstream-ca", metavar="FILE", help=UPSTREAM_CA_HELP)
@@ -225,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         await serve(egress, listen, dns, smtp, args.smtp_relay, ready=ready, stop=stop, tls=tls,
                     upstream_ca=args.upstream_ca)
 
-    revocations = watch_revocations(egress.monitor.verifier, args.revocations)
+    revocations = common.watch_revocations(egress.monitor.verifier, args.revocations)
     try:
         asyncio.run(main())
     except OSError as exc:
