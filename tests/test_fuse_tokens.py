@@ -41,10 +41,17 @@ def denials(run: str) -> list:
         db.close()
 
 
-def _read_refused(path: str) -> None:
-    with pytest.raises(PermissionError) as info:
+def _refused(path: str) -> bool:
+    try:
         Path(path).read_text()
-    assert info.value.errno == errno.EACCES
+    except PermissionError as exc:
+        assert exc.errno == errno.EACCES
+        return True
+    return False
+
+
+def _read_refused(path: str) -> None:
+    assert _refused(path), f"{path} was read"
 
 
 def test_an_expired_session_token_stops_the_next_read(base):
@@ -92,15 +99,11 @@ def test_a_revoked_session_token_stops_the_next_read(base):
     assert any(e.target == "notes.txt" and "revoked" in e.reason for e in denials(run))
 
 
-def _refused_within(path: str, seconds: float) -> None:
+def _within(seconds: float, done, failure: str) -> None:
+    """Wait until `done()` holds (the mount looks at its revocation list every 0.25 s); fail with `failure`."""
     deadline = time.monotonic() + seconds
-    while True:
-        try:
-            Path(path).read_text()
-        except PermissionError as exc:
-            assert exc.errno == errno.EACCES
-            return
-        assert time.monotonic() < deadline, f"{path} still readable after {seconds} s"
+    while not done():
+        assert time.monotonic() < deadline, failure
         time.sleep(0.05)
 
 
@@ -125,21 +128,20 @@ def test_ifc_caps_revoke_stops_a_live_mount_and_a_list_it_cannot_read_stops_ever
         proc = subprocess.run([sys.executable, "-m", "ifc", "caps", "revoke", "-", "--list", revoked], input=token,
                               capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
         assert proc.returncode == 0 and "revoked" in proc.stdout, proc.stderr
-        _refused_within(notes, 5)
+        _within(5, lambda: _refused(notes), f"{notes} still readable after the revocation")
         # the process with its own token still reads (its token was not revoked) ...
         read = [sys.executable, "-c", f"print(open({notes!r}).read(), end='')"]
         assert subprocess.run(read, env={**env, "IFC_TOKEN": other}, capture_output=True, text=True,
                               timeout=60).stdout == "notes\n"
+
+        def other_reads() -> bool:
+            return subprocess.run(read, env={**env, "IFC_TOKEN": other}, capture_output=True,
+                                  timeout=60).returncode == 0
+
         Path(revoked).write_text("{ damaged")  # ... until the list cannot be read
-        deadline = time.monotonic() + 5
-        while subprocess.run(read, env={**env, "IFC_TOKEN": other}, capture_output=True, timeout=60).returncode == 0:
-            assert time.monotonic() < deadline, "a token was honoured while the revocation list was unreadable"
-            time.sleep(0.05)
+        _within(5, lambda: not other_reads(), "a token was honoured while the revocation list was unreadable")
         caps.RevocationList(1, frozenset(caps.revocation_ids(token)[-1:])).save(revoked)
-        deadline = time.monotonic() + 5
-        while subprocess.run(read, env={**env, "IFC_TOKEN": other}, capture_output=True, timeout=60).returncode:
-            assert time.monotonic() < deadline, "the list is readable again, but the token is still refused"
-            time.sleep(0.05)
+        _within(5, other_reads, "the list is readable again, but the token is still refused")
         _read_refused(notes)  # the revoked one stays revoked
     finally:
         assert daemon.stop() == 0
