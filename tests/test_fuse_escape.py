@@ -256,6 +256,56 @@ def test_no_laundering(base):
         assert daemon.stop() == 0
 
 
+def test_a_directory_renamed_onto_host_executed_configuration_is_judged_by_the_names_it_brings(base):
+    """Untrusted input read; a CI workflow staged under src/ (writable), then the directory renamed onto
+    `.github`: the workflow's new name requires trusted data, so rename(2) is refused and nothing moves. Before
+    (only the directory's own name judged) the workflow landed where the host's CI runs it."""
+    daemon, mnt, run = mount(base, "stage")
+    try:
+        Path(base, "ws", "inbox", "issue.txt").write_text("please add this workflow\n")
+        assert _read(os.path.join(mnt, "inbox", "issue.txt"))
+        os.makedirs(os.path.join(mnt, "src", "stage", "workflows"))
+        Path(mnt, "src", "stage", "workflows", "ci.yml").write_text("on: push\n")
+        assert _denied(os.rename, os.path.join(mnt, "src", "stage"), os.path.join(mnt, ".github"))
+        assert not os.path.exists(os.path.join(base, "ws", ".github"))
+        assert Path(base, "ws", "src", "stage", "workflows", "ci.yml").read_text() == "on: push\n"
+        denied = [e for e in events(run, "deny") if e.op == "rename"]
+        assert denied and ".github/workflows/ci.yml requires `trusted`" in denied[-1].reason
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_renamed_directory_carries_the_labels_of_the_names_beneath_it(tmp_path):
+    """A policy whose secret files are secret by where they are (`src/private/**`), in a directory the agent
+    may write: renaming the directory keeps every name beneath it secret, and a later reader is tainted. A
+    pytest-style rename of a directory of plain files stores no label at all."""
+    text = POLICY.read_text().replace('  "data/customers/**"                     pii\n',
+                                      '  "data/customers/**"                     pii\n  "src/private/**"  secret\n')
+    policy, ws, mnt, run = tmp_path / "private.flow", tmp_path / "ws", tmp_path / "mnt", tmp_path / "run"
+    policy.write_text(text)
+    Path(ws, "src", "private", "keys").mkdir(parents=True)
+    Path(ws, "src", "private", "keys", "prod.txt").write_text("sk-prod\n")
+    mnt.mkdir()
+    daemon = Daemon(["--policy", str(policy), "--run-dir", str(run), str(ws), str(mnt)], str(mnt),
+                    log_path=str(tmp_path / "daemon.log"))
+    try:
+        cache = mnt / "src" / "pytest-cache-files-x" / "v" / "cache"
+        cache.mkdir(parents=True)
+        (cache / "nodeids").write_text("[]\n")
+        os.rename(mnt / "src" / "pytest-cache-files-x", mnt / "src" / ".pytest_cache")
+        assert (mnt / "src" / ".pytest_cache" / "v" / "cache" / "nodeids").read_text() == "[]\n"
+        assert labels(str(run)) == {}
+        os.rename(mnt / "src" / "private", mnt / "src" / "open")
+        floated = labels(str(run))
+        assert "secret" in floated.get("src/open/keys/prod.txt", ""), floated
+        assert "secret" in floated.get("src/open/keys", ""), floated
+        assert _read(str(mnt / "src" / "open" / "keys" / "prod.txt")) == "sk-prod\n"
+        Path(mnt, "src", "after.txt").write_text("written after reading it\n")
+        assert "secret" in labels(str(run)).get("src/after.txt", "")
+    finally:
+        assert daemon.stop() == 0
+
+
 def test_a_create_over_a_file_the_kernel_thinks_absent_is_an_open_of_that_file(base):
     """The kernel caches a name found absent (negative_timeout); a file that appears behind its back (a host
     process writing the backing directory) is then reached by an O_CREAT open as a *create*. It must be
@@ -390,6 +440,51 @@ def test_monitor_errors_deny(tmp_path):
     assert fs.stats.errors == 3
     errors = list(log.events("error"))
     assert [e.op for e in errors] == ["read", "delete", "create"] and all("boom" in e.reason for e in errors)
+
+
+def test_no_name_slips_beneath_a_directory_between_its_walk_and_its_rename(tmp_path):
+    """The race against a directory rename's walk (in-process, made certain): after the rename onto `.github`
+    is decided — its walk found `workflows/` empty — another thread writes `workflows/ci.yml` in the staged
+    directory, where an untrusted run may. Were it made before rename(2), the workflow would land where the
+    host's CI runs it, judged by no one there. The name lock (`NameLock`) holds it off until the directory has
+    moved; it then finds its directory gone."""
+    import threading
+
+    from ifc.monitor import Monitor
+    from ifc.policy import load_policy
+
+    _, ws = make_workspace(str(tmp_path))
+    Path(ws, "inbox", "issue.txt").write_text("untrusted\n")
+    os.makedirs(os.path.join(ws, "src", "stage", "workflows"))
+    policy = load_policy(POLICY)
+    fs = EnforcingFS(ws, Monitor(policy, agent=policy.agents["coder"]))
+    fh = fs.open("/inbox/issue.txt", os.O_RDONLY)  # the run is untrusted from here
+    fs.release("/inbox/issue.txt", fh)
+    made: list[object] = []
+
+    def make() -> None:
+        try:
+            made.append(fs.create("/src/stage/workflows/ci.yml", 0o644, os.O_WRONLY))
+        except OSError as exc:
+            made.append(exc)
+
+    decide = fs._decide
+
+    def decided_then_raced(op, rel, dest=None, facts=None):
+        caller = decide(op, rel, dest, facts)
+        if op == "rename":
+            maker = threading.Thread(target=make)
+            maker.start()
+            maker.join(0.5)  # without the lock, the workflow is written here
+        return caller
+
+    fs._decide = decided_then_raced
+    fs.rename("/src/stage", "/.github")
+    deadline = time.monotonic() + 10
+    while not made and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not os.path.exists(os.path.join(ws, ".github", "workflows", "ci.yml")), "a workflow slipped in"
+    assert isinstance(made[0], OSError) and made[0].errno in (errno.ENOENT, errno.EACCES), made
 
 
 def test_every_open_asks_the_monitor_and_old_descriptors_float(tmp_path):

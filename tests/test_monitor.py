@@ -7,11 +7,15 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from functools import cache
+from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from caps import HostKey, Verifier, attenuate, mint
 from ifc.monitor import EventLog, LabelStore, Monitor, Request
+from ifc.monitor.containment import Facts
 from ifc.monitor.events import open_readonly, read_events
 from ifc.policy import Policy, compile_text, load_policy, shipped_policy
 
@@ -306,6 +310,94 @@ def test_renaming_a_directory_moves_the_labels_beneath_it():
     _float_secret(m, "src/dir/a.txt")
     assert m.decide(Request("rename", "src/dir", dest="src/moved")).allowed
     assert describe(m, "src/moved/a.txt") == "secret, trusted"
+
+
+def private_monitor(**kwargs) -> Monitor:
+    """The default policy with `src/private/**` secret: a directory the agent may write whose names are secret
+    by where they are, not by what they are called (a directory rename must carry that)."""
+    text = (Path(__file__).resolve().parent.parent / "policies" / "default.flow").read_text()
+    text = text.replace('  "data/customers/**"                     pii\n',
+                        '  "data/customers/**"                     pii\n  "src/private/**"  secret\n')
+    pol = compile_text(text, "private.flow").policy
+    return Monitor(pol, agent=pol.agents["coder"], **kwargs)
+
+
+def test_a_directory_rename_carries_the_labels_its_names_had_by_where_they_were(log):
+    m = private_monitor(log=log)
+    assert describe(m, "src/private/keys/prod.txt") == "secret, trusted"
+    d = m.decide(Request("rename", "src/private", dest="src/open",
+                         facts=Facts(beneath=("keys", "keys/prod.txt", "notes.md"))))
+    assert d.allowed
+    for name in ("src/open/keys", "src/open/keys/prod.txt", "src/open/notes.md"):
+        assert describe(m, name) == "secret, trusted", name
+    assert {e.target for e in log.events("label")} >= {"src/open/keys/prod.txt", "src/open/notes.md"}
+    d = m.decide(Request("read", "src/open/keys/prod.txt", subject="s2"))
+    assert d.taint_after == "secret, trusted"
+    # without the names beneath (an enforcement point that did not walk), only the directory would carry it
+    m = private_monitor()
+    m.decide(Request("rename", "src/private", dest="src/open"))
+    assert describe(m, "src/open/keys/prod.txt") == "internal, trusted"
+
+
+def test_a_directory_rename_is_judged_name_by_name_where_the_names_land():
+    """Untrusted input read, a workflow staged under src/ (allowed there) and the directory renamed onto
+    `.github`: the workflow's new name requires trusted data, so the rename is refused, naming it."""
+    m = coder_monitor()
+    m.decide(Request("read", "inbox/issue.txt"))
+    assert m.decide(Request("create", "src/stage/workflows/ci.yml")).allowed
+    beneath = Facts(beneath=("workflows", "workflows/ci.yml"))
+    d = m.decide(Request("rename", "src/stage", dest=".github", facts=beneath))
+    assert not d.allowed and ".github/workflows/ci.yml requires `trusted`" in d.reason
+    assert not [name for name in m.labels.snapshot() if name.startswith(".github")]
+    # a run that read nothing untrusted may (the rule asks for trusted data, not for no renames)
+    assert coder_monitor().decide(Request("rename", "src/stage", dest=".github", facts=beneath)).allowed
+
+
+def test_authority_over_a_directory_covers_the_names_beneath_it(verifier):
+    """Why a directory's rename checks no authority name by name: a grant or a token's right that matches a
+    name covers what lies beneath it, so its names are covered whenever the directory is."""
+    for rights in (["create src/new/*"], ["create src/new/d"], ["create src/**/d"]):
+        m = coder_monitor(verifier=verifier, clock=lambda: NOW)
+        tok = token(rights)
+        assert m.decide(Request("create", "src/new/d", token=tok)).allowed
+        assert m.decide(Request("create", "src/new/d/deep/a.py", token=tok)).allowed
+    assert coder_monitor().agent.allows("write", ".pytest_cache/v/cache/nodeids")  # `/*.*` matches the directory
+
+
+@pytest.mark.parametrize("sub", ["../../.env", "/etc/passwd", "a/../../x", "a\x00b"])
+def test_names_beneath_a_renamed_directory_that_are_not_beneath_it_are_refused(sub):
+    d = coder_monitor().decide(Request("rename", "src/d", dest="src/e", facts=Facts(beneath=("ok", sub))))
+    assert not d.allowed and "bad path" in d.reason
+
+
+def test_a_rename_within_its_names_label_stores_nothing():
+    """rsync and editors write a temporary name and rename it: nothing the store must keep (no transaction)."""
+    m = coder_monitor()
+    version = m.labels.version
+    assert m.decide(Request("rename", "src/.a.py.tmp", dest="src/a.py")).allowed
+    assert m.decide(Request("rename", "src/d", dest="tests/d", facts=Facts(beneath=("x.py",)))).allowed
+    assert m.labels.snapshot() == {} and m.labels.version == version
+    assert m.decide(Request("rename", "src/k.pem", dest="src/k.txt")).allowed  # a secret name: stored
+    assert describe(m, "src/k.txt") == "secret, trusted"
+
+
+NAMES = st.lists(st.sampled_from(["a", "b", ".env", "k.pem", "secrets", "private", "docs", "x.py", "README",
+                                  ".git", "config", "hooks", "workflows", ".github"]), min_size=1, max_size=3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(src=NAMES, dst=NAMES, beneath=st.lists(NAMES, max_size=6), tainted=st.booleans())
+def test_a_directory_rename_never_lowers_a_label_beneath_it(src, dst, beneath, tainted):
+    src, dst = "/".join(["src", *src]), "/".join(["src", *dst])
+    assume(src != dst and not dst.startswith(src + "/") and not src.startswith(dst + "/"))
+    subs = tuple(dict.fromkeys("/".join(sub) for sub in beneath))
+    m = private_monitor()
+    if tainted:
+        m.decide(Request("read", "inbox/mail.txt"))
+    before = {sub: m.label_of(f"{src}/{sub}") for sub in subs}
+    if m.decide(Request("rename", src, dest=dst, facts=Facts(beneath=subs))).allowed:
+        for sub, label in before.items():
+            assert label.flows_to(m.label_of(f"{dst}/{sub}")), sub
 
 
 def test_a_hard_link_shares_the_label_both_ways():

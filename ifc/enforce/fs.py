@@ -8,7 +8,8 @@ deciding is denied, and the monitor logs it (`Monitor.error`).
 
     open      O_RDONLY → read, O_WRONLY → write, O_RDWR → read + write, O_TRUNC → write, exec → exec
     create    create            mkdir, mknod, symlink → create       unlink, rmdir → delete
-    rename    rename (dest)     link → link (dest)                   chmod, chown, utimens → chmod
+    rename    rename (dest; a directory's every name beneath it too)  link → link (dest)
+    chmod, chown, utimens → chmod
     truncate  write             setxattr, removexattr → write        getxattr (user.*) → read
     write     re-decided when the run's taint rose since the last decision on that descriptor,
               so the file's label still floats (also for mmap writes, which reach FUSE as writes)
@@ -154,6 +155,53 @@ def renameat2(olddirfd: int, old: str, newdirfd: int, new: str, flags: int) -> N
         raise OSError(code, os.strerror(code), old)
 
 
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+class NameLock:
+    """Shared by every operation that makes a name, exclusive for a directory's rename: the names beneath a
+    directory are decided before it moves, so none may appear beneath it between that walk and rename(2).
+    A waiting rename goes before new sharers (it cannot starve under a stream of creates)."""
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self):
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._exclusive or self._shared:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 class Backing:
     """The backing directory, reached only through descriptors resolved beneath its root."""
 
@@ -229,6 +277,16 @@ class Backing:
         finally:
             if owned:
                 os.close(dfd)
+
+    def beneath(self, rel: str) -> tuple[str, ...]:
+        """Every name beneath the directory `rel`, relative to it (symlinks as names, never followed)."""
+        fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return tuple(f"{top[2:]}/{name}" if top != "." else name
+                         for top, dirs, files, _ in os.fwalk(".", dir_fd=fd, follow_symlinks=False, onerror=_raise)
+                         for name in (*dirs, *files))
+        finally:
+            os.close(fd)
 
     def at(self, rel: str, fn: Callable[[int, str], object]):
         """Run `fn(dirfd, name)` on the last component of `rel`, its parent resolved beneath the root."""
@@ -387,6 +445,7 @@ class EnforcingFS:
         self._slots: dict[tuple[str, str | None], int] = {}  # a subject (and its token) → its number in the fast path
         self._repeats: dict[tuple[int, str], Repeat] = {}  # what the fast path's warm answers repeat (by its key)
         self._warm_lock = threading.Lock()
+        self._names = NameLock()
 
     def attach_fast(self, fast: fastpath.FastPath, layout: fastpath.Layout) -> None:
         """Let `fast` answer the requests that decide nothing, and the opens the monitor says repeat
@@ -824,6 +883,10 @@ class EnforcingFS:
 
     @_refusals_logged
     def create(self, path, mode, flags=None):
+        with self._names.shared():
+            return self._create(path, mode, flags)
+
+    def _create(self, path, mode, flags):
         rel = self.backing.relative(path)
         caller = handle = None
         if self.monitor is not None:
@@ -1027,7 +1090,6 @@ class EnforcingFS:
 
     def _create_node(self, rel: str, mode: int, make, facts: Facts | None = None) -> int:
         """Decide `create`, make the node with `make(dir_fd, name)`, and give it to the caller."""
-        self._decide("create", rel, facts=facts)
 
         def made(d, n):
             make(d, n)
@@ -1035,7 +1097,9 @@ class EnforcingFS:
                              lambda uid, gid: os.chown(n, uid, gid, dir_fd=d, follow_symlinks=False),
                              lambda m: _chmod_at(d, n, m))
 
-        self.backing.at(rel, made)
+        with self._names.shared():
+            self._decide("create", rel, facts=facts)
+            self.backing.at(rel, made)
         return 0
 
     @_refusals_logged
@@ -1061,6 +1125,8 @@ class EnforcingFS:
         labels its decision moved or dropped (labels only go up: a name keeps at least what it had)."""
         monitor = self.monitor
         names = (rel,) if dest is None else (rel, dest)
+        if facts is not None:
+            names += tuple(f"{rel}/{sub}" for sub in facts.beneath)
         saved = self._guard(op, rel, lambda: monitor.stored_labels(*names)) if monitor is not None else {}
         caller = self._decide(op, rel, dest, facts)
         try:
@@ -1105,7 +1171,20 @@ class EnforcingFS:
             # RENAME_EXCHANGE would swap two contents under two names; the label store can only move one
             # name at a time, so it is refused like on a filesystem without it (callers fall back)
             raise OSError(errno.EINVAL, "only RENAME_NOREPLACE is supported")
-        moved, replaced = self._rename_preflight(src, dst, flags)
+        exclusive = False
+        while True:  # a file moves under the shared lock; a directory, found there, again under the exclusive one
+            with self._names.exclusive() if exclusive else self._names.shared():
+                moved, replaced = self._rename_preflight(src, dst, flags)
+                directory = stat_mod.S_ISDIR(moved.st_mode) and src != dst
+                if directory and not exclusive:
+                    exclusive = True
+                    continue
+                facts = Facts(beneath=beneath) if directory and (beneath := self.backing.beneath(src)) else None
+                return self._rename(old, new, src, dst, flags, moved, replaced, facts)
+
+    def _rename(self, old, new, src, dst, flags, moved, replaced, facts: Facts | None):
+        """rename(2) of `src` (what `moved` is) to `dst` (`replaced`), decided with the names beneath a moved
+        directory (`facts.beneath`: each is judged, and keeps its label, as if it moved alone)."""
         self._keep_served_name("rename", src, dst, moved)
         restored = self._restore_for(src, dst, moved)
 
@@ -1132,7 +1211,7 @@ class EnforcingFS:
                 if sowned:
                     os.close(sd)
 
-        self._undoable("rename", src, dst, apply)
+        self._undoable("rename", src, dst, apply, facts)
         if replaced is not None and (replaced.st_dev, replaced.st_ino) != (moved.st_dev, moved.st_ino):
             self._died(replaced)
         if replaced is not None and replaced.st_nlink > 1:
@@ -1212,6 +1291,10 @@ class EnforcingFS:
     @_refusals_logged
     def link(self, target, source):
         """`ln source target`: a hard link named `target` to the file `source`."""
+        with self._names.shared():
+            return self._link(target, source)
+
+    def _link(self, target, source):
         src, dst = self.backing.relative(source), self.backing.relative(target)
         st = self.backing.lstat(src)
         if stat_mod.S_ISDIR(st.st_mode):

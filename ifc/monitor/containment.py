@@ -65,6 +65,7 @@ class Facts:
     addresses: tuple[str, ...] | None = None  # what the request's host resolved to
     inspected: bool = False  # the hook decides every request on this connection again (method and path)
     sentinels: bool = False  # a read returns the file served with sentinels for its values (`ifc.secretfiles`)
+    beneath: tuple[str, ...] = ()  # a renamed directory's every name, relative to it: each moves with it
 
 
 @dataclass(frozen=True, slots=True)

@@ -303,15 +303,19 @@ class LabelStore:
             self._put_object(oid, new, self._inode(path))
             self._log("raise", path, oid, old, new, why)
 
+    def moves(self, src: str, dst: str) -> bool:
+        """Whether renaming `src` to `dst` changes what the store holds (a label on either name or beneath `src`)."""
+        with self._lock:
+            if not self._pinned:
+                self._sync()
+            return src in self._names or dst in self._names or src + "/" in self._beneath
+
     def rename(self, src: str, dst: str, dst_label: Label | None = None, why: Why | None = None) -> None:
         """Move the name; the object (and its label) goes with it. Renaming over a file drops that name.
 
         Renaming a name onto itself, or onto another name of the same object, changes nothing (POSIX)."""
-        with self._lock:
-            if not self._pinned:
-                self._sync()
-            if src not in self._names and dst not in self._names and src + "/" not in self._beneath:
-                return  # nothing labelled moves: no transaction (most renames in a workspace)
+        if not self.moves(src, dst):
+            return  # nothing labelled moves: no transaction (most renames in a workspace)
         with self._lock, self._transaction():
             if src == dst or (src in self._names and self._names.get(dst) == self._names[src]):
                 return

@@ -55,6 +55,7 @@ FILE_OPS = ("read", "write", "create", "delete", "exec", "chmod")
 TWO_PATH_OPS = ("rename", "link")
 NET_OPS = ("connect", "dns", "send")
 ALL_OPS = (*FILE_OPS, *TWO_PATH_OPS, *NET_OPS, *CONTAINMENT_OPS)
+_MOVES = frozenset({"rename", "link"})
 _AUTHORITY_OP = {"chmod": "write", "rename": "write", "link": "create", "dns": "connect", "send": "connect"}
 
 
@@ -146,6 +147,20 @@ def _endpoint(text: str, facts: Facts | None) -> Endpoint:
     if facts is not None and facts.inspected and endpoint.path is None and endpoint.scheme in HTTP_SCHEMES:
         return replace(endpoint, inspected=True)
     return endpoint
+
+
+def _moves(target: str, dest: str, beneath: tuple[str, ...]) -> tuple[tuple[str, str], ...] | None:
+    """(old, new) of every name beneath a directory renamed from `target` to `dest`; None if one of `beneath`
+    does not stay beneath (an enforcement point's walk gives plain relative names: anything else fails closed)."""
+    moves = []
+    for sub in beneath:
+        try:
+            if not isinstance(sub, str) or not sub or sub.startswith("/") or normalise_path(sub) != sub:
+                return None
+        except PatternError:
+            return None
+        moves.append((f"{target}/{sub}", f"{dest}/{sub}"))
+    return tuple(moves)
 
 
 def _malformed(request: Request) -> str | None:
@@ -382,8 +397,8 @@ class Monitor:
         trace, self._trace = self._trace, None
         verified, self._verified = self._verified, None
         if not decision.allowed or decision.capabilities_used or key[1] != state.taint.secrecy \
-                or key[2] != state.taint.integrity or key[7] != self.labels.version:
-            return
+                or key[2] != state.taint.integrity or key[7] != self.labels.version or request.op in _MOVES:
+            return  # a move renames the provenance graph's node, which a repeat from here would not
         validity = None
         if request.token is not None:
             if verified is None or self.verifier is None:
@@ -438,6 +453,12 @@ class Monitor:
             if not target:
                 return Decision(allowed=False, reason="the workspace root is a directory, not a file", **base)
             base["target"] = target if dest is None else f"{target} -> {dest}"
+        moves = ()
+        if op == "rename" and req.facts is not None and req.facts.beneath:
+            moves = _moves(target, dest, req.facts.beneath)
+            if moves is None:
+                return Decision(allowed=False, reason="bad path: a name beneath the directory is not beneath it",
+                                **base)
         endpoint = None
         secret_name = None
         if op in NET_OPS or op == "resolve":
@@ -487,7 +508,7 @@ class Monitor:
                             rule_span=str(rule.span) if rule else None, object_label=described,
                             tainted_by=self._provenance(state), **base)
         if op in ("write", "create", "delete", "chmod", "rename", "link"):
-            return self._write_like(req, state, base, target, dest, subject_node, now, verified)
+            return self._write_like(req, state, base, target, dest, subject_node, now, verified, moves)
         if op == "dns":
             return self._dns(state, base, target)
         if op == "send":
@@ -496,7 +517,9 @@ class Monitor:
 
     # ------------------------------------------------------------------------------------ authority
     def _authority(self, req: Request, op: str, target: str, dest: str | None, endpoint):
-        """(verified token or None, None when allowed else (reason, rule, rule span, token block))."""
+        """(verified token or None, None when allowed else (reason, rule, rule span, token block)). A grant or
+        right covers what lies beneath the names it matches (like .gitignore), so moving a directory needs no
+        more authority than its two names; its names' flows are judged one by one (`_write_like`)."""
         needed = _AUTHORITY_OP.get(op, op)
         objects: list[str | Endpoint] = [target] if op not in NET_OPS else [endpoint] if endpoint else []
         if op in TWO_PATH_OPS:
@@ -546,7 +569,7 @@ class Monitor:
                             cmdline=_cmdline(req))
 
     # ------------------------------------------------------------------------------------ effects
-    def _write_like(self, req, state, base, target, dest, subject_node, now, verified) -> Decision:
+    def _write_like(self, req, state, base, target, dest, subject_node, now, verified, moves=()) -> Decision:
         lattice = self.policy.lattice
         op = req.op
         written = dest if op in ("rename", "link") else target
@@ -559,6 +582,14 @@ class Monitor:
         if verdict.allowed and op == "rename":
             verdict_src = self._check_write(state.taint, target, held)
             verdict = verdict_src if not verdict_src.allowed else verdict
+        for old, new in moves:  # a directory moves every name beneath it: each is judged as if it moved alone
+            if not verdict.allowed:
+                break
+            written = new
+            verdict = self._check_write(state.taint.join(self.label_of(old)), new, held)
+            if verdict.allowed:
+                verdict_src = self._check_write(state.taint, old, held)
+                verdict = verdict_src if not verdict_src.allowed else verdict
         if not verdict.allowed:
             return self._from_verdict(state, base, verdict, lattice.describe(self.label_of(written)),
                                       sink=node("file", written), part_hint=None)
@@ -571,22 +602,32 @@ class Monitor:
             self._edge(subject_node, "chmod", node("file", target), now, None)
         elif op in ("rename", "link"):
             content = self.label_of(target)
-            why = self._why(req, state, content)
-            # the content takes its full label (its old name's policy label included) to the new name; the
-            # raise and the move are one transaction (a crash leaves both or neither)
-            with self.labels.batch():
-                self.labels.raise_to(target, content, why)
-                if op == "link":
-                    self.labels.link(target, dest, why=why)
-                else:
-                    self.labels.rename(target, dest, why=why)
+            # the content takes its full label (its old name's policy label included) to the new name, and so
+            # does everything beneath a directory; a rename stores it only where the new name's policy label
+            # does not hold it already (most renames: no transaction), a link always (its names share one
+            # object, so a later raise through either is seen through both). The raises and the move are one
+            # transaction (a crash leaves both or neither).
+            carried = [(old, new, label) for old, new, label in
+                       ((target, dest, content), *((old, new, self.label_of(old)) for old, new in moves))
+                       if op == "link" or not label.flows_to(self.policy.file_label(new).label)]
+            if carried or self.labels.moves(target, dest):
+                why = self._why(req, state, content)
+                with self.labels.batch():
+                    for old, _, label in carried:
+                        self.labels.raise_to(old, label, why)
+                    if op == "link":
+                        self.labels.link(target, dest, why=why)
+                    else:
+                        self.labels.rename(target, dest, why=why)
             if op == "rename":
                 self.graph.rename(node("file", target), node("file", dest))
             self._edge(node("file", target), op, node("file", dest), now, None,
                               parts=self._parts(content))
+            for name in (dest, *(new for _, new, _ in carried if new != dest)):
+                moved = self.label_of(name)
+                if moved != self.policy.file_label(name).label:
+                    self._label_event(req, name, moved, f"{op} from {target}")
             moved = self.label_of(dest)
-            if moved != self.policy.file_label(dest).label:
-                self._label_event(req, dest, moved, f"{op} from {target}")
             reason = f"{dest} carries `{lattice.describe(moved)}` from {target}"
         else:
             # The raise belongs to the content (the stored object label travels with renames and links),
