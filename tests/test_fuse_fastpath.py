@@ -275,9 +275,11 @@ def _utimensat(path: str, atime: tuple[int, int], mtime: tuple[int, int]) -> Non
 
 
 @needs_fast
-def test_a_new_files_owner_mode_and_times_are_set_without_python_once_the_monitor_says_they_repeat():
-    """As `tar x` and `rsync -a` do for every file: create, then chown, chmod and utimensat, each a `chmod`
-    decision. Once the monitor says the answer repeats, the rest are made in C — and made as Python makes them."""
+def test_a_new_files_owner_mode_and_times_are_set_without_python():
+    """As `tar x` and `rsync -a` do for every file and directory they make: create, then chown, chmod and
+    utimensat, each a `chmod` decision. The monitor decided that change when the file was made (`anticipate`,
+    without effect), so every one is made in C — and made as Python makes them. A file made behind the mount
+    has its first change decided in Python, the rest in C (the monitor then says it repeats)."""
     with recording_mount("change") as (src, mnt, log):
         uid, gid = os.getuid(), os.getgid()
         for i in range(20):
@@ -290,11 +292,21 @@ def test_a_new_files_owner_mode_and_times_are_set_without_python_once_the_monito
             os.chmod(path, 0o604)
             os.utime(path, ns=(3_000_000_013, 4_000_000_017))
             changes = [c for c in _calls(log)[before:] if c in ("chmod", "chown", "utimens")]
-            assert len(changes) <= 2, changes  # the first is decided in full, the second said to repeat
+            assert changes == [], changes
             st = os.stat(os.path.join(src, f"f{i}"))
             assert (stat.S_IMODE(st.st_mode), st.st_atime_ns, st.st_mtime_ns) == (0o604, 3_000_000_013, 4_000_000_017)
+        for i in range(5):  # a directory's times are set once its files are in (tar x, rsync -a, cp -a)
+            path = os.path.join(mnt, f"d{i}")
+            os.mkdir(path)
+            Path(path, "inside").write_text("x")
+            before = len(_calls(log))
+            os.chmod(path, 0o750)
+            os.utime(path, ns=(5_000_000_019, 6_000_000_023))
+            assert [c for c in _calls(log)[before:] if c in ("chmod", "chown", "utimens")] == []
+            st = os.stat(os.path.join(src, f"d{i}"))
+            assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o750, 6_000_000_023)
         before = len(_calls(log))
-        os.utime(path, ns=(5, 6))
+        os.utime(path := os.path.join(mnt, "f19"), ns=(5, 6))
         _utimensat(path, (7, 0), (0, UTIME_OMIT))  # the mtime left as it is
         st = os.stat(os.path.join(src, "f19"))
         assert (st.st_atime_ns, st.st_mtime_ns) == (7_000_000_000, 6)
@@ -302,7 +314,26 @@ def test_a_new_files_owner_mode_and_times_are_set_without_python_once_the_monito
         st = os.stat(os.path.join(src, "f19"))
         assert abs(st.st_mtime_ns - time.time_ns()) < 5 * 10**9 and st.st_atime_ns == st.st_mtime_ns
         assert "utimens" not in _calls(log)[before:]
-        assert "chown" in _calls(log)  # the recording works: the first change of each new file is Python's
+        Path(src, "behind").write_text("x")  # made on the backing directory: nothing was anticipated
+        before = len(_calls(log))
+        for mode in (0o600, 0o640, 0o644):
+            os.chmod(os.path.join(mnt, "behind"), mode)
+        assert _calls(log)[before:].count("chmod") == 1, _calls(log)[before:]
+
+
+@needs_fast
+def test_an_anticipated_change_counts_only_when_it_is_made(base):
+    """The change decided when a file is made is no decision of the run's until it happens: a file never
+    changed has no `chmod` in the event log, one changed twice has two."""
+    with mounted(base, "anticipated") as (_ws, mnt, run):
+        for name in ("kept", "changed"):
+            (mnt / "src" / name).write_text("x")
+        os.mkdir(mnt / "src" / "dir")
+        for _ in range(2):
+            os.utime(mnt / "src" / "changed", ns=(1, 2))
+            os.utime(mnt / "src" / "dir", ns=(1, 2))
+    assert _chmod_allows(run, "src/kept") == []
+    assert _chmod_allows(run, "src/changed") == [2] and _chmod_allows(run, "src/dir") == [2]
 
 
 def test_warm_changes_end_when_the_taint_rises_and_are_counted(base):

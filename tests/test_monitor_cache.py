@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from functools import cache
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -118,6 +120,9 @@ def _replay(cached: Run, full: Run, steps, revoke_at: int | None = None, warm: W
                 decision, repeat = cached.monitor.decide_repeatable(request)
                 assert decision == full.monitor.decide(request), request
                 warm.record(request, tick, repeat)
+                if request.op == "create" and decision.allowed:  # as the mount does: the new file's change
+                    change, tick = replace(request, op="chmod"), warm.tick
+                    warm.record(change, tick, cached.monitor.anticipate(change))
             cached.now += advance
             full.now += advance
         assert cached.state() == full.state()
@@ -186,10 +191,11 @@ class Warm:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=_steps, revoke_at=st.integers(0, 40))
 def test_what_is_served_warm_is_what_the_monitor_would_allow_without_a_change(tmp_path_factory, steps, revoke_at):
-    """Reads and chmods the monitor called repeatable (`Monitor.repeatable`), served without asking it while nothing
-    they depend on moved (the mount's warm opens, modelled by `Warm`), are each allowed by a full decision that
-    raises no taint, and once counted back (`Monitor.repeated`) leave the taint, labels, graph and allow counts
-    as deciding every one in full does."""
+    """Reads and chmods the monitor called repeatable (`Monitor.repeatable`), or anticipated when a file was made
+    (`Monitor.anticipate`), served without asking it while nothing they depend on moved (the mount's warm opens,
+    modelled by `Warm`), are each allowed by a full decision that raises no taint, and once counted back
+    (`Monitor.repeated`) leave the taint, labels, graph and allow counts as deciding every one in full does
+    (an anticipated change never made leaves nothing)."""
     tmp = tmp_path_factory.mktemp("warm")
     cached = Run(tmp, "cached")
     _replay(cached, Run(tmp, "full"), steps, revoke_at, Warm(cached.monitor))
@@ -219,6 +225,28 @@ def test_a_decision_repeats_once_asking_again_would_change_nothing_and_says_for_
     count = m.steps
     m.repeated(repeat, 5, NOW + 1)
     assert m.steps == count + 5 and m.graph.edges[(*repeat.edges[0][::2], "read")][0] >= 7
+
+
+def test_an_anticipated_change_is_decided_without_effect(tmp_path):
+    """`anticipate` answers what `decide_repeatable` would of a change the mount expects, and changes nothing:
+    no allow count, edge or event until the change is made and handed back (`repeated`)."""
+    run = Run(tmp_path, "run")
+    m = run.monitor
+    assert m.decide(Request("create", "src/new.py")).allowed
+    before = run.state()
+    repeat = m.anticipate(Request("chmod", "src/new.py"))
+    assert repeat is not None and (repeat.op, repeat.target) == ("chmod", "src/new.py") and repeat.edges
+    assert run.state() == before
+    m.repeated(repeat, 1, NOW)
+    assert run.state() != before and ("session", "chmod", "src/new.py", 1) in run.state()[4]
+    assert m.anticipate(Request("chmod", ".git/hooks/pre-commit")) is None  # an event each time
+    assert m.anticipate(Request("chmod", "secrets/k")) is None  # denied (no grant)
+    assert m.decide(Request("read", "inbox/mail")).allowed
+    before = run.state()
+    assert m.anticipate(Request("chmod", ".github/workflows/ci.yml")) is None  # untrusted now: denied
+    assert run.state() == before  # and the denial is no event: nothing was asked
+    with pytest.raises(ValueError):
+        m.anticipate(Request("read", "src/new.py"))
 
 
 def test_changing_a_returned_decision_changes_no_later_answer():

@@ -773,8 +773,15 @@ static int labels_unchanged(void) {
 
 typedef int (*warm_act)(int fd, const void *arg);
 
+/* What a warm answer may be for: a single-name regular file; for a change of mode, owner or times, also a
+   directory (it has one name). */
+static int warm_kind(int slot, const struct stat *st) {
+    return (S_ISREG(st->st_mode) && st->st_nlink == 1) || ((slot & CHANGES) && S_ISDIR(st->st_mode));
+}
+
 /* The warm answer of subject key `slot` for `rel`, if it still holds: the name opened as Python would (openat2
-   beneath the root, `flags`) is the same single-name regular file, and `act` on it succeeded; the hit counted.
+   beneath the root, `flags`) is the same inode, of a kind `warm_kind` allows, and `act` on it succeeded; the hit
+   counted.
    The descriptor, or -1 (nothing done: Python answers). `act` runs with the table locked, so a hit is counted
    only for what was done, and only while the answer was current. */
 static int warm_serve(int slot, const char *rel, int flags, warm_act act, const void *arg) {
@@ -787,7 +794,7 @@ static int warm_serve(int slot, const char *rel, int flags, warm_act act, const 
     if (e && e->rel && current(rel, e->tick) && e->not_before <= now && now < e->expires && labels_unchanged()) {
         fd = openat2_beneath(cfg.root, rel, flags);
         struct stat st;
-        if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
+        if (fd >= 0 && (fstat(fd, &st) != 0 || !warm_kind(slot, &st) ||
                         (uint64_t)st.st_dev != e->dev || (uint64_t)st.st_ino != e->ino ||
                         !current(rel, e->tick) || act(fd, arg) != 0)) {
             close(fd);

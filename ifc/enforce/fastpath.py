@@ -15,8 +15,9 @@ without a monitor, or writable as decided at the run's taint generation for one 
 it, mirrors its inode incarnations and open secret-file views, and the monitor bumps the taint generation
 (`taint_moved`) whenever the run's taint rises — so a write after a rise, or after a rename, reaches Python and is
 decided again exactly as before. A warm open is one the monitor itself said repeats (`Monitor.decide_repeatable`);
-so is a warm change of a file's mode, owner or times (keyed by the subject's slot | `CHANGES`, as the monitor
-decides all three as `chmod`). `EnforcingFS` records each (`warm`) with the clock tick read before the decision;
+so is a warm change of a file's or directory's mode, owner or times (keyed by the subject's slot | `CHANGES`, as
+the monitor decides all three as `chmod`), also the first change of one just made, which the monitor decided
+without effect when it was made (`Monitor.anticipate`). `EnforcingFS` records each (`warm`) with the clock tick read before the decision;
 `stale` ticks the clock whenever the taint, the labels or the revocation list move, and the C side serves the
 answer only while no later tick covers it and the label store's WAL header and the token's window still hold, for
 the same subject (each caller thread's, told by `caller` with a pidfd of that thread), the same name and the same

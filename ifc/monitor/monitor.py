@@ -267,6 +267,7 @@ class Monitor:
         self._write_verdicts: dict[tuple, FlowVerdict] = {}
         self._trace: list | None = None
         self._verified = None
+        self._dry = False  # deciding without effect (`anticipate`): no step, edge, count, event or note
         self._lock = threading.RLock()
         self.denials = denials.RecentDenials()  # what the sandbox may read about its own denials
 
@@ -322,7 +323,7 @@ class Monitor:
                     cached, edges, validity = hit
                     now = self.clock()
                     if self._holds(validity, now):
-                        for source, op, target in edges:  # the repeat still counts in the provenance graph
+                        for source, op, target in () if self._dry else edges:  # a repeat counts in the graph
                             self.graph.record(source, op, target, now, None)
                         return self._log_safely(request, _restep(cached, self.steps)), key
                     del self._fast[key]  # the token's window or the revocation list moved on
@@ -363,19 +364,38 @@ class Monitor:
         (`repeated`), to be counted as the cache's own hits are."""
         with self._lock:  # the decision's own look at the label store is the one the answer is current with
             decision, key = self._decide_keyed(request)
-            # kept only if nothing moved while it was decided (`_remember`): then its key is the current one
-            hit = self._fast.get(key) if decision.allowed and key is not None else None
-            if hit is None or hostcfg.touched(request.op, request.target, request.dest):
-                return decision, None  # (a change to host-executed configuration is an event each time: `_log`)
+            return decision, self._repeat(request, decision, key)
+
+    def anticipate(self, request: Request) -> Repeat | None:
+        """What `decide_repeatable` would say of a change of mode, owner or times (`chmod`) the enforcement point
+        expects next — `tar x`, `rsync -a` and `cp -a` set each new file's and directory's times right after
+        making it — decided now without effect: no graph edge, no count, no event. The request is not made;
+        when it is, the enforcement point answers it from here as a repeat (`repeated` then records it as the
+        decision would have). None when it would not be answered from the cache (denied, an event each time)."""
+        if request.op != "chmod":
+            raise ValueError("only a change of mode, owner or times is anticipated")
+        with self._lock:
+            self._dry, steps = True, self.steps
             try:
-                watch = self.labels.watch()
-            except LookupError:
-                return decision, None
-            cached, edges, validity = hit
-            if not self._holds(validity, self.clock()):
-                return decision, None
-            window = (-math.inf, math.inf) if validity is None else (validity[0], validity[1])
-            return decision, Repeat(request.subject, request.op, cached["target"], window, edges, watch)
+                decision, key = self._decide_keyed(request)
+            finally:
+                self._dry, self.steps = False, steps  # not a step of the run's
+            return self._repeat(request, decision, key)
+
+    def _repeat(self, request: Request, decision: Decision, key: tuple | None) -> Repeat | None:
+        # kept only if nothing moved while it was decided (`_remember`): then its key is the current one
+        hit = self._fast.get(key) if decision.allowed and key is not None else None
+        if hit is None or hostcfg.touched(request.op, request.target, request.dest):
+            return None  # (a change to host-executed configuration is an event each time: `_log`)
+        try:
+            watch = self.labels.watch()
+        except LookupError:
+            return None
+        cached, edges, validity = hit
+        if not self._holds(validity, self.clock()):
+            return None
+        window = (-math.inf, math.inf) if validity is None else (validity[0], validity[1])
+        return Repeat(request.subject, request.op, cached["target"], window, edges, watch)
 
     def repeated(self, repeat: Repeat, count: int, when: float) -> None:
         """`count` repeats of `repeat` an enforcement point answered itself, the last at `when`: counted in the
@@ -410,13 +430,16 @@ class Monitor:
         self._fast[key] = (dict(decision.__dict__), tuple(trace or ()), validity)
 
     def _edge(self, source: str, op: str, target: str, now: float, event, parts=()) -> None:
-        self.graph.record(source, op, target, now, event, parts=parts)
+        if not self._dry:
+            self.graph.record(source, op, target, now, event, parts=parts)
         if self._trace is not None:
             self._trace.append((source, op, target))
 
     def _log_safely(self, request: Request, decision: Decision) -> Decision:
         """Log the decision; if the log itself fails, the answer is a denial that says so. A denial is also
-        kept for the sandbox to read (`denials_text`)."""
+        kept for the sandbox to read (`denials_text`). A decision made without effect (`anticipate`) is not logged."""
+        if self._dry:
+            return decision
         try:
             decision = self._log(request, decision)
         except Exception as exc:
@@ -562,7 +585,7 @@ class Monitor:
 
     def _note_token(self, verified, req: Request) -> None:
         token_id = getattr(verified, "token_id", None)
-        if token_id and token_id not in self._tokens_seen and self.log is not None:
+        if token_id and token_id not in self._tokens_seen and self.log is not None and not self._dry:
             self._tokens_seen.add(token_id)
             self.log.record(kind="token", subject=req.subject, op="use", target=token_id, allowed=True,
                             reason="first use of this token in the run", token_id=token_id, pid=req.pid,
@@ -1001,7 +1024,7 @@ class Monitor:
                             taint_after=taint, pid=req.pid, cmdline=_cmdline(req))
 
     def _capability_event(self, req: Request, capability: str, target: str) -> None:
-        if self.log is not None:
+        if self.log is not None and not self._dry:
             cap = self.policy.capabilities.get(capability)
             kind = cap.kind if cap else "declassify"
             self.log.record(kind=kind, subject=req.subject, op=req.op, target=target, allowed=True,
