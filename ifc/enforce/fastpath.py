@@ -11,18 +11,19 @@ operation table at `fastpath.c`'s functions, which answer the plain case with th
 makes and hand anything else to the Python callback they replaced.
 
 Python stays the authority: `EnforcingFS` marks each descriptor it hands the kernel (`mark`: read only, writable
-without a monitor, or writable as decided at the run's taint generation for one name), unmarks it before closing
-it, mirrors its inode incarnations and open secret-file views, and the monitor bumps the taint generation
+without a monitor, or writable as decided at the run's taint generation for one name), unmarks it before closing it,
+mirrors its inode incarnations and open secret-file views, and the monitor bumps the taint generation
 (`taint_moved`) whenever the run's taint rises — so a write after a rise, or after a rename, reaches Python and is
 decided again exactly as before. A warm open is one the monitor itself said repeats (`Monitor.decide_repeatable`);
-so is a warm change of a file's or directory's mode, owner or times (keyed by the subject's slot | `CHANGES`, as
-the monitor decides all three as `chmod`), also the first change of one just made, which the monitor decided
-without effect when it was made (`Monitor.anticipate`). `EnforcingFS` records each (`warm`) with the clock tick read before the decision;
-`stale` ticks the clock whenever the taint, the labels or the revocation list move, and the C side serves the
-answer only while no later tick covers it and the label store's WAL header and the token's window still hold, for
-the same subject (each caller thread's, told by `caller` with a pidfd of that thread), the same name and the same
-inode. A tick covers one name (`stale(names)`: its label changed — a rename elsewhere leaves the other answers
-standing) or all of them. The hits are counted in the monitor later (`drain`), as its own cached answers are.
+so is a warm change of a file's or directory's mode, owner or times (keyed by the subject's slot | `CHANGES`, as the
+monitor decides all three as `chmod`), also the first change of one just made, which the monitor decided without
+effect when it was made (`Monitor.anticipate`). `EnforcingFS` records each (`warm`) with the clock tick read before
+the decision; `stale` ticks the clock whenever the taint, the labels or the revocation list move, and the C side
+serves the answer only while no later tick covers it and the label store's WAL header and the token's window still
+hold, for the same subject (each caller thread's, told by `caller` with a pidfd of that thread), the same name and
+the same inode. A tick covers one name (`stale(names)`: its label changed — a rename elsewhere leaves the other
+answers standing) or all of them. The hits are counted in the monitor later (`drain`), as its own cached answers
+are.
 
 The library is compiled on first use (`ifc.native`); where that is not possible the mount serves everything in
 Python (`OFF`), as it did before.
