@@ -8,7 +8,8 @@ Each tree runs its *own* copy of the benchmark (a benchmark may use APIs the oth
 own code first on `sys.path` (and so in every `python -m ifc` it starts), `--markdown` added. The rounds
 alternate base, current, base, current, ... so a slow moment of this shared machine hits both sides. Rows are
 matched by their text; the table shows each side's median and current/base. A row only one side has shows a
-dash on the other. No thresholds: the benchmarks print their goals.
+dash on the other. No thresholds: the benchmarks print their goals. Stopped (Ctrl-C, or SIGTERM from `timeout`),
+it prints the table of the rounds both sides completed, so a long run that is cut short still says something.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -80,14 +82,25 @@ def main() -> int:
         return 2
     samples: dict[str, dict[str, list[str]]] = {"base": {}, "current": {}}
     order: list[str] = []
-    for _ in range(ns.rounds):
-        for side, tree in (("base", base), ("current", HERE)):
-            for what, value in run_once(tree, ns.script, args).items():
-                samples[side].setdefault(what, []).append(value)
-                if what not in order:
-                    order.append(what)
+    rounds = 0
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        for _ in range(ns.rounds):
+            for side, tree in (("base", base), ("current", HERE)):
+                for what, value in run_once(tree, ns.script, args).items():
+                    samples[side].setdefault(what, []).append(value)
+                    if what not in order:
+                        order.append(what)
+            rounds += 1
+    except KeyboardInterrupt:
+        print(f"bench_revisions: stopped after {rounds} complete round(s) of {ns.rounds}", file=sys.stderr)
+        if not rounds:
+            return 1
+        for side in samples.values():  # a round one side did not finish is left out
+            for what in side:
+                del side[what][rounds:]
     head = git_head(base), git_head(HERE)
-    print(f"_{ns.script} {' '.join(args)}: base {head[0]} vs current {head[1]}, {ns.rounds} alternating "
+    print(f"_{ns.script} {' '.join(args)}: base {head[0]} vs current {head[1]}, {rounds} alternating "
           "rounds each, median shown_\n")
     print("| measurement | base | current | current/base |")
     print("|---|---:|---:|---:|")
@@ -100,6 +113,10 @@ def main() -> int:
             ratio = f"{number(ct) / number(bt):.2f}"
         print(f"| {what} | {bt} | {ct} | {ratio} |")
     return 0
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (`timeout`) stops as Ctrl-C does: with the rounds so far
 
 
 def _unit(text: str) -> str:
