@@ -333,6 +333,8 @@ def test_a_directory_rename_carries_the_labels_its_names_had_by_where_they_were(
     assert {e.target for e in log.events("label")} >= {"src/open/keys/prod.txt", "src/open/notes.md"}
     d = m.decide(Request("read", "src/open/keys/prod.txt", subject="s2"))
     assert d.taint_after == "secret, trusted"
+    d = private_monitor().decide(Request("rename", "src/d", dest="src/e", facts=Facts(beneath=("k.pem",))))
+    assert d.object_label == "internal, trusted"  # the directory's label, not its last name's
     # without the names beneath (an enforcement point that did not walk), only the directory would carry it
     m = private_monitor()
     m.decide(Request("rename", "src/private", dest="src/open"))

@@ -781,9 +781,8 @@ static int warm_kind(int slot, const struct stat *st) {
 
 /* The warm answer of subject key `slot` for `rel`, if it still holds: the name opened as Python would (openat2
    beneath the root, `flags`) is the same inode, of a kind `warm_kind` allows, and `act` on it succeeded; the hit
-   counted.
-   The descriptor, or -1 (nothing done: Python answers). `act` runs with the table locked, so a hit is counted
-   only for what was done, and only while the answer was current. */
+   counted. The descriptor, or -1 (nothing done: Python answers). `act` runs with the table locked, so a hit is
+   counted only for what was done, and only while the answer was current. */
 static int warm_serve(int slot, const char *rel, int flags, warm_act act, const void *arg) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

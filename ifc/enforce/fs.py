@@ -162,6 +162,13 @@ def _walk_error(exc: OSError) -> None:
         raise exc
 
 
+def _warm_kind(st: os.stat_result, kind: int) -> bool:
+    """What the fast path serves warm (as fastpath.c's `warm_kind`): a single-name regular file; for a change of
+    mode, owner or times (`fastpath.CHANGES`), also a directory (it has one name)."""
+    return (stat_mod.S_ISREG(st.st_mode) and st.st_nlink == 1) or (kind == fastpath.CHANGES
+                                                                    and stat_mod.S_ISDIR(st.st_mode))
+
+
 class NameLock:
     """Shared by every operation that makes a name, exclusive for a directory's rename: the names beneath a
     directory are decided before it moves, so none may appear beneath it between that walk and rename(2).
@@ -738,7 +745,7 @@ class EnforcingFS:
                 self._handles[fd] = handle
             if self.secret_files is not None and self.secret_files.eligible(rel):
                 self._show(path, (st.st_dev, st.st_ino), None)  # served as it is: no view's pages may stay
-            elif repeat is not None and st.st_nlink == 1 and stat_mod.S_ISREG(st.st_mode):
+            elif repeat is not None:
                 self._warm(caller, rel, st, decided, repeat)
         except BaseException:
             os.close(fd)
@@ -750,8 +757,8 @@ class EnforcingFS:
         """The monitor would answer this read (with `kind` fastpath.CHANGES: this change of mode, owner or times)
         the same way again (`repeat`): let the fast path serve the caller's next ones on `rel` — this inode,
         recorded with the clock tick read before it was decided — without entering Python (issue 16's warm
-        paths)."""
-        if repeat.target != rel:  # the C side keys on the name, label changes on the target
+        paths), for what the C side serves warm (`_warm_kind`)."""
+        if repeat.target != rel or not _warm_kind(st, kind):  # the C side keys on the name, labels on the target
             return
         slot = self._slots.get(caller.key)
         if slot is None:
@@ -1380,9 +1387,7 @@ class EnforcingFS:
         change(rel)
         self._done(path, rel)
         if repeat is not None:
-            st = self.backing.lstat(rel)
-            if (st.st_nlink == 1 and stat_mod.S_ISREG(st.st_mode)) or stat_mod.S_ISDIR(st.st_mode):
-                self._warm(caller, rel, st, decided, repeat, fastpath.CHANGES)
+            self._warm(caller, rel, self.backing.lstat(rel), decided, repeat, fastpath.CHANGES)
         return 0
 
     @_refusals_logged

@@ -597,25 +597,24 @@ class Monitor:
         op = req.op
         written = dest if op in ("rename", "link") else target
         held = self._held(verified)
-        # a rename/link moves the content's label to the new name; the new name's rules must accept it
-        data = state.taint
-        if op in ("rename", "link"):
-            data = data.join(self.label_of(target))
-        verdict = self._check_write(data, written, held)
-        if verdict.allowed and op == "rename":
-            verdict_src = self._check_write(state.taint, target, held)
-            verdict = verdict_src if not verdict_src.allowed else verdict
-        for old, new in moves:  # a directory moves every name beneath it: each is judged as if it moved alone
-            if not verdict.allowed:
-                break
-            written = new
-            verdict = self._check_write(state.taint.join(self.label_of(old)), new, held)
-            if verdict.allowed:
+        # a rename/link moves the content's label to the new name, and a directory's rename every name beneath it:
+        # (old name, new name, content) of each, judged as if it moved alone — the new name's rules must accept
+        # the content, and a rename's old name must let the run remove it
+        moving = tuple((old, new, self.label_of(old)) for old, new in ((target, dest), *moves)) \
+            if op in ("rename", "link") else ((None, target, None),)
+        verdicts = []
+        for old, new, content in moving:
+            verdict = self._check_write(state.taint if content is None else state.taint.join(content), new, held)
+            if verdict.allowed and op == "rename":
                 verdict_src = self._check_write(state.taint, old, held)
                 verdict = verdict_src if not verdict_src.allowed else verdict
-        if not verdict.allowed:
-            return self._from_verdict(state, base, verdict, lattice.describe(self.label_of(written)),
-                                      sink=node("file", written), part_hint=None)
+            if not verdict.allowed:
+                return self._from_verdict(state, base, verdict, lattice.describe(self.label_of(new)),
+                                          sink=node("file", new), part_hint=None)
+            verdicts.append(verdict)
+        verdict = verdicts[0]  # the name asked about; the capabilities any move used are all used
+        used = verdict.capabilities_used if len(verdicts) == 1 else \
+            tuple(dict.fromkeys(cap for v in verdicts for cap in v.capabilities_used))
         reason = verdict.reason
         if op == "delete":
             self.labels.delete(target)
@@ -624,14 +623,13 @@ class Monitor:
         elif op == "chmod":
             self._edge(subject_node, "chmod", node("file", target), now, None)
         elif op in ("rename", "link"):
-            content = self.label_of(target)
+            content = moving[0][2]
             # the content takes its full label (its old name's policy label included) to the new name, and so
             # does everything beneath a directory; a rename stores it only where the new name's policy label
             # does not hold it already (most renames: no transaction), a link always (its names share one
             # object, so a later raise through either is seen through both). The raises and the move are one
             # transaction (a crash leaves both or neither).
-            carried = [(old, new, label) for old, new, label in
-                       ((target, dest, content), *((old, new, self.label_of(old)) for old, new in moves))
+            carried = [(old, new, label) for old, new, label in moving
                        if op == "link" or not label.flows_to(self.policy.file_label(new).label)]
             if carried or self.labels.moves(target, dest):
                 why = self._why(req, state, content)
@@ -675,13 +673,13 @@ class Monitor:
                 self._label_event(req, target, new, f"written by {req.subject}")
                 if new != old:
                     reason = f"{target} floats up to `{lattice.describe(new)}`"
-        for cap in verdict.capabilities_used:
+        for cap in used:
             self._capability_event(req, cap, written)
         base["taint_after"] = lattice.describe(state.taint)
         return Decision(allowed=True, reason=reason, rule=verdict.rule,
                         rule_span=None if verdict.span is None else str(verdict.span),
                         object_label=lattice.describe(self.label_of(written)),
-                        capabilities_used=verdict.capabilities_used, tainted_by=self._provenance(state), **base)
+                        capabilities_used=used, tainted_by=self._provenance(state), **base)
 
     def _check_write(self, data: Label, path: str, held: frozenset[str]) -> FlowVerdict:
         """`check_write`, memoised on all it reads besides the fixed policy: the data's label, the path and the
