@@ -205,6 +205,31 @@ def test_a_served_file_gets_no_name_under_which_it_would_be_served_as_it_is(moun
     assert (ws / ".env").read_bytes() == DOTENV
 
 
+def test_a_directory_rename_gives_no_served_file_a_name_under_which_it_would_be_served_as_it_is(mounted):
+    """`config/svc.json` is served because of `config/*.json`: renaming `config` — to another name, or beneath
+    another directory (the pattern is anchored) — would serve it as it is, real values included. Refused and
+    logged like the file's own rename, naming the directory; nothing moves. A directory whose served files stay
+    served (`.env*` matches at any depth) moves."""
+    ws, mnt, run = mounted
+    (mnt / "outer").mkdir()
+    for new in (mnt / "settings", mnt / "outer" / "config"):
+        with pytest.raises(PermissionError):
+            os.rename(mnt / "config", new)
+    assert (ws / "config" / "svc.json").exists() and not (ws / "settings").exists()
+    assert not (ws / "outer" / "config").exists() and REAL not in (mnt / "config" / "svc.json").read_bytes()
+    refused = [e for e in _events(run, "deny") if e.rule == "secret files"]
+    assert [(e.op, e.target) for e in refused] == [("rename", "config")] * 2, refused
+    for event, name in zip(refused, ("settings/svc.json", "outer/config/svc.json"), strict=True):
+        assert f"`config/svc.json` is served with sentinels in place of its values; under the name `{name}` " \
+               "(renaming the directory `config`)" in event.reason, event.reason
+    (mnt / "deep" / "a").mkdir(parents=True)
+    (mnt / "deep" / "a" / ".env").write_bytes(b"TOKEN=mine\n")
+    (mnt / "deep" / "a" / "notes.txt").write_text("n")
+    os.rename(mnt / "deep", mnt / "deeper")
+    assert (ws / "deeper" / "a" / ".env").read_bytes() == b"TOKEN=mine\n"
+    assert b"mine" not in (mnt / "deeper" / "a" / ".env").read_bytes()
+
+
 def test_after_untrusted_input_no_environment_file_changes_under_the_shipped_policy(tmp_path):
     """The leak this closes: a `.env` served as it is (here: a line that is no dotenv) shows the real values; a
     session that then read untrusted input (an issue in `inbox/`) must not move a key to `NEXT_PUBLIC_*`, which the

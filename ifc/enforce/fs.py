@@ -1201,6 +1201,8 @@ class EnforcingFS:
         """rename(2) of `src` (what `moved` is) to `dst` (`replaced`), decided with the names beneath a moved
         directory (`facts.beneath`: each is judged, and keeps its label, as if it moved alone)."""
         self._keep_served_name("rename", src, dst, moved)
+        for sub in facts.beneath if facts is not None else ():  # a directory's files move with it
+            self._keep_served_name("rename", f"{src}/{sub}", f"{dst}/{sub}", None, directory=(src, dst))
         restored = self._restore_for(src, dst, moved)
 
         def apply():
@@ -1260,19 +1262,24 @@ class EnforcingFS:
             raise Denied(errno.EACCES, str(exc)) from None
         return restored if restored != content else None
 
-    def _keep_served_name(self, op: str, src: str, dst: str, st: os.stat_result) -> None:
+    def _keep_served_name(self, op: str, src: str, dst: str, st: os.stat_result | None,
+                          directory: tuple[str, str] | None = None) -> None:
         """A file served with sentinels gets no name under which it would be served as it is: a hard link (`op`
         "link": a file with two names is served as it is) or a rename to `dst` when that name is of no
         recognised format or without `secret` would hand the sandbox its real values (refused, logged as
-        `secret files`)."""
-        if self.secret_files is None or not stat_mod.S_ISREG(st.st_mode) or not self.secret_files.eligible(src):
+        `secret files`) — also when the file moves because a `directory` it is in is renamed (`config/` out of
+        `config/*.json`: the request refused is the directory's; `st` None: looked up here, for a served name)."""
+        if self.secret_files is None or not self.secret_files.eligible(src):
             return
         if op == "rename" and self.secret_files.eligible(dst):
             return
+        if not stat_mod.S_ISREG((st or self.backing.lstat(src)).st_mode):
+            return
         how = "a second name" if op == "link" else f"the name `{dst}`"
-        reason = (f"`{src}` is served with sentinels in place of its values; under {how} it would be served as it "
-                  "is, real values included")
-        request = self._request(self._caller(), op, src, dst)
+        by = f" (renaming the directory `{directory[0]}`)" if directory else ""
+        reason = (f"`{src}` is served with sentinels in place of its values; under {how}{by} it would be served "
+                  "as it is, real values included")
+        request = self._request(self._caller(), op, *(directory or (src, dst)))
         self._guard(op, src, lambda: self.monitor.refuse(request, reason, "secret files"))
         raise Denied(errno.EACCES, reason)
 
