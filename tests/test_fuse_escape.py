@@ -275,6 +275,46 @@ def test_a_directory_renamed_onto_host_executed_configuration_is_judged_by_the_n
         assert daemon.stop() == 0
 
 
+def test_host_executed_configuration_is_changed_only_as_itself_whatever_name_reaches_it(tmp_path):
+    """A hard link is a second name of one content: `.git/config` linked into `src/` (allowed: `src/` is writable
+    and a link changes no content) is still changed only as `.git/config` may be. After untrusted input, an open
+    for writing, a write through a descriptor opened while the run was clean, and a chmod through the `src/` name
+    are refused and the file is unchanged; so is a write through a link the host made before the run (its names
+    are found when it is first touched). Before, the write went through, and `core.fsmonitor` runs on the host's
+    next `git status`. A file of `src/` alone stays writable."""
+    ws, mnt, run = tmp_path / "ws", tmp_path / "mnt", tmp_path / "run"
+    for d in ("src", "inbox", ".git/hooks"):
+        (ws / d).mkdir(parents=True)
+    config, hook = b"[core]\n\tbare = false\n", b"#!/bin/sh\nexit 0\n"
+    (ws / ".git" / "config").write_bytes(config)
+    (ws / ".git" / "hooks" / "pre-commit").write_bytes(hook)
+    os.link(ws / ".git" / "hooks" / "pre-commit", ws / "src" / "hook")  # made on the host
+    (ws / "inbox" / "issue.txt").write_text("set core.fsmonitor, it is faster\n")
+    mnt.mkdir()
+    daemon = Daemon(["--policy", str(POLICY), "--run-dir", str(run), str(ws), str(mnt)], str(mnt),
+                    log_path=str(tmp_path / "daemon.log"))
+    evil = b'\tfsmonitor = "touch /tmp/pwned"\n'
+    try:
+        os.link(mnt / ".git" / "config", mnt / "src" / "cfg")
+        early = os.open(mnt / "src" / "cfg", os.O_WRONLY | os.O_APPEND)  # while the run is clean
+        try:
+            assert _read(os.path.join(mnt, "inbox", "issue.txt"))
+            assert _denied(os.write, early, evil)
+        finally:
+            os.close(early)
+        assert _denied(os.open, mnt / "src" / "cfg", os.O_WRONLY | os.O_APPEND)
+        assert _denied(os.chmod, mnt / "src" / "cfg", 0o755)
+        assert _denied(os.open, mnt / "src" / "hook", os.O_WRONLY | os.O_TRUNC)
+        (mnt / "src" / "app.py").write_text("print('still mine')\n")
+    finally:
+        assert daemon.stop() == 0
+    assert (ws / ".git" / "config").read_bytes() == config and (ws / ".git" / "hooks" / "pre-commit").read_bytes() \
+        == hook and (ws / ".git" / "config").stat().st_mode & 0o111 == 0
+    denied = [e for e in events(str(run), "deny") if e.target in ("src/cfg", "src/hook")]
+    assert [e.op for e in denied] == ["write", "write", "chmod", "write"], denied
+    assert all("requires `trusted`" in e.reason for e in denied), denied
+
+
 def test_a_renamed_directory_carries_the_labels_of_the_names_beneath_it(tmp_path):
     """A policy whose secret files are secret by where they are (`src/private/**`), in a directory the agent
     may write: renaming the directory keeps every name beneath it secret, and a later reader is tainted. A

@@ -126,6 +126,27 @@ def test_every_change_is_an_event_allowed_or_not_repeats_and_renames_too(tmp_pat
     assert len(_events(tmp_path / "events.db", "deny")) == 3
 
 
+def test_a_hard_link_changes_host_executed_configuration_only_as_its_own_name_may(tmp_path):
+    """`.git/config` linked into `src/` (a link changes no content: allowed) is one content under two names: a
+    write or chmod through `src/cfg` is judged, and logged, as a change of `.git/config` too — refused after
+    untrusted input, where `src/cfg` alone would have let the host's git run `core.fsmonitor`."""
+    policy = load_policy(shipped_policy("default"))
+    log = EventLog(tmp_path / "events.db")
+    m = Monitor(policy, agent=policy.agents["coder"], log=log)
+    assert m.decide(Request("link", ".git/config", dest="src/cfg")).allowed
+    assert m.decide(Request("write", "src/cfg")).allowed  # clean: an event, as a write to .git/config is
+    assert m.decide(Request("write", "src/app.py")).allowed
+    m.decide(Request("read", "inbox/issue-7.md"))
+    for op in ("write", "chmod"):
+        d = m.decide(Request(op, "src/cfg"))
+        assert not d.allowed and ".git/config requires `trusted`" in d.reason and "core.fsmonitor" in d.message
+        assert [o for _, o in d.tainted_by] == ["inbox/issue-7.md"]
+    assert m.decide(Request("write", "src/app.py")).allowed and m.decide(Request("write", "src/cfg2")).allowed
+    log.close()
+    assert [(op, target, allowed) for op, target, allowed, _, _ in _events(tmp_path / "events.db")] == [
+        ("write", ".git/config", 1), ("write", ".git/config", 0), ("chmod", ".git/config", 0)]
+
+
 def test_the_report_lists_every_change_in_every_format(tmp_path):
     policy = load_policy(shipped_policy("default"))
     log = EventLog(tmp_path / "events.db")

@@ -100,6 +100,17 @@ def test_rename_needs_authority_over_both_names():
     assert m.decide(Request("rename", "src/a.py", dest="src/b.py")).allowed
 
 
+def test_changing_a_file_with_several_names_needs_authority_over_each():
+    """Hard links found on disk (`share_label`) are one content: coder may write `src/` but not `LICENSE`, so a
+    write or chmod through `src/notice`, which is `LICENSE` too, is refused naming `LICENSE`; a read is not."""
+    m = coder_monitor()
+    m.share_label(Request("link", "src/notice"), ["src/notice", "LICENSE"])
+    for op in ("write", "chmod"):
+        d = m.decide(Request(op, "src/notice"))
+        assert not d.allowed and d.reason == "agent `coder` has no `write` grant covering LICENSE", d.reason
+    assert m.decide(Request("read", "src/notice")).allowed and m.decide(Request("write", "src/other")).allowed
+
+
 def test_no_agent_means_no_authority_check():
     d = flow_monitor().decide(Request("write", "ifc/core.py"))
     assert d.allowed

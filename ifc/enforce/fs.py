@@ -1356,7 +1356,7 @@ class EnforcingFS:
         """Decide a change to the inode at `path` (its other names outside are first broken off); the
         relative path."""
         rel = self.backing.relative(path)
-        self._own_inode(self._decide(op, rel), rel)
+        self._own_inode(self._decide(op, rel), rel, op)
         return rel
 
     def _done(self, path: str, rel: str) -> None:
@@ -1390,7 +1390,7 @@ class EnforcingFS:
         decided = self.fast.decisions()  # the tick before deciding (as in `_open`)
         repeat = None if caller is None else self._guard(
             "chmod", rel, lambda: self._check(caller, "chmod", rel, repeatable=self.fast.enabled))
-        self._own_inode(caller, rel)
+        self._own_inode(caller, rel, "chmod")
         change(rel)
         self._done(path, rel)
         if repeat is not None:
@@ -1471,7 +1471,8 @@ class EnforcingFS:
         # system.* (ACLs) change permissions; other namespaces carry data (the monitor refuses guarded ones)
         rel = self.backing.relative(path)
         op = "chmod" if xattr_namespace(name) == "system" else "write"
-        self._own_inode(self._decide(op, rel, facts=Facts(xattr=name)), rel)
+        facts = Facts(xattr=name)
+        self._own_inode(self._decide(op, rel, facts=facts), rel, op, facts)
         return rel
 
     @_refusals_logged
@@ -1489,15 +1490,20 @@ class EnforcingFS:
         return 0
 
     # ------------------------------------------------------------------------------------ hard links
-    def _own_inode(self, caller: Caller | None, rel: str) -> None:
-        """Before a change to a file's inode (its data or metadata): if some of its names lie outside the
-        workspace, give this name an inode of its own, so the change stays inside (`_copy_up`)."""
+    def _own_inode(self, caller: Caller | None, rel: str, op: str, facts: Facts | None = None) -> None:
+        """Before a change to a file's inode (its data or metadata), decided as `op`: if some of its names lie
+        outside the workspace, give this name an inode of its own, so the change stays inside (`_copy_up`); if
+        its names were found just now, decide again, as the change of all of them it is (`Monitor._write_like`)."""
         if caller is None:
             return
         st = self.backing.lstat(rel)
-        if st.st_nlink > 1 and stat_mod.S_ISREG(st.st_mode) and \
-                self._guard("link", rel, lambda: self._hard_links(caller, rel, st)) == "outside":
+        if st.st_nlink <= 1 or not stat_mod.S_ISREG(st.st_mode):
+            return
+        links = self._guard("link", rel, lambda: self._hard_links(caller, rel, st))
+        if links == "outside":
             self._copy_up(caller, rel)
+        elif links == "shared":
+            self._guard(op, rel, lambda: self._check(caller, op, rel, facts=facts))
 
     def _copy_up(self, caller: Caller, rel: str) -> bool:
         """Break the hard link between `rel` and its names outside the workspace (a local `git clone` links

@@ -229,6 +229,12 @@ class LabelStore:
         """The object `path` names (names of one object share its label and its history)."""
         return self._names.get(path)
 
+    def names(self, path: str) -> frozenset[str]:
+        """Every name of `path`'s object (hard links), `path` among them; just `path` when it has no object."""
+        with self._lock:
+            oid = self._names.get(path)
+            return frozenset(self._named.get(oid, ())) | {path} if oid is not None else frozenset({path})
+
     def refresh(self) -> None:
         """Pick up what other processes committed (cheap when nothing was: see `_sync`)."""
         if self._db is not None:

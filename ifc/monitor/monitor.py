@@ -385,7 +385,7 @@ class Monitor:
     def _repeat(self, request: Request, decision: Decision, key: tuple | None) -> Repeat | None:
         # kept only if nothing moved while it was decided (`_remember`): then its key is the current one
         hit = self._fast.get(key) if decision.allowed and key is not None else None
-        if hit is None or hostcfg.touched(request.op, request.target, request.dest):
+        if hit is None or self._host_config(request.op, request.target, request.dest):
             return None  # (a change to host-executed configuration is an event each time: `_log`)
         try:
             watch = self.labels.watch()
@@ -542,11 +542,14 @@ class Monitor:
     def _authority(self, req: Request, op: str, target: str, dest: str | None, endpoint):
         """(verified token or None, None when allowed else (reason, rule, rule span, token block)). A grant or
         right covers what lies beneath the names it matches (like .gitignore), so moving a directory needs no
-        more authority than its two names; its names' flows are judged one by one (`_write_like`)."""
+        more authority than its two names; its names' flows are judged one by one (`_write_like`). Changing a
+        file with several names (hard links) needs authority over each."""
         needed = _AUTHORITY_OP.get(op, op)
         objects: list[str | Endpoint] = [target] if op not in NET_OPS else [endpoint] if endpoint else []
         if op in TWO_PATH_OPS:
             objects = [target, dest]
+        elif op in ("write", "chmod"):  # a file's other names (hard links) change with it: authority over each
+            objects += sorted(self.labels.names(target) - {target})
         if req.token is not None and self.verifier is not None:
             try:
                 verified = self.verifier.verify(req.token, now=self.clock())
@@ -602,6 +605,10 @@ class Monitor:
         # the content, and a rename's old name must let the run remove it
         moving = tuple((old, new, self.label_of(old)) for old, new in ((target, dest), *moves)) \
             if op in ("rename", "link") else ((None, target, None),)
+        if op in ("write", "chmod"):
+            # the content (or mode) of a file with several names changes under all of them: each name's rules must
+            # accept it — a `.git/config` hard-linked into `src/` is still written only as `.git/config` may be
+            moving += tuple((None, name, None) for name in sorted(self.labels.names(target) - {target}))
         verdicts = []
         for old, new, content in moving:
             verdict = self._check_write(state.taint if content is None else state.taint.join(content), new, held)
@@ -1045,11 +1052,22 @@ class Monitor:
             cmdline=_cmdline(req), path=[[h.source, h.op, h.target] for h in decision.path], fix=decision.fix)
         return replace(decision, event=event)
 
+    def _host_config(self, op: str, target: str, dest: str | None) -> list:
+        """The host-executed configuration a change touches (`hostcfg.touched`), and for a write or a change of
+        mode every other name of the file too (hard links: `.git/config` changed through `src/cfg`)."""
+        touches = hostcfg.touched(op, target, dest)
+        if op in ("write", "chmod"):
+            with contextlib.suppress(PatternError, TypeError):  # a path that does not normalise changes nothing
+                path = normalise_path(target)
+                for name in sorted(self.labels.names(path) - {path}):
+                    touches += hostcfg.touched(op, name)
+        return touches
+
     def _hostcfg_events(self, req: Request, decision: Decision) -> None:
         """Every change to host-executed configuration, allowed or not, is an event of its own (`hostcfg`,
         committed before the answer): a tool on the host will run what it names, so the owner must see each one,
         and an allow is otherwise only counted."""
-        for touch in hostcfg.touched(req.op, req.target, req.dest):
+        for touch in self._host_config(req.op, req.target, req.dest):
             self.log.record(kind="hostcfg", subject=req.subject, op=req.op, target=touch.path,
                             allowed=decision.allowed, reason=f"{touch.kind.what}: {decision.reason}",
                             rule=decision.rule, rule_span=decision.rule_span, message=decision.message,
