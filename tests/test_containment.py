@@ -90,6 +90,37 @@ def test_the_walk_is_by_name_and_absolute_targets_have_none():
     assert rules.symlink_walk("a/link", "/usr/bin") == []
 
 
+@pytest.mark.parametrize("rel, target, symlinks, leads", [
+    ("src/link", "app.py", (), "src/app.py"), ("a/b/link", "../c/./d", (), "a/c/d"), ("a/link", "..", (), ""),
+    (".git/hooks/pre-commit", "../../scripts/hook", (), "scripts/hook"), ("src/link", "/workspace/docs", (), "docs"),
+    ("src/link", "/workspace", (), ""), ("src/link", "/usr/bin/../bin/true", (), "/usr/bin/true"),
+    ("src/link", "dir_link/x", ("src/dir_link",), None),  # past another symlink: unknown
+])
+def test_where_a_symlink_leads_by_name(rel, target, symlinks, leads):
+    """What a symlink at a guarded name is judged by (`Monitor._symlink_guard`): the workspace name it leads to, a
+    system tree's path, or None."""
+    assert rules.symlink_destination(rel, link_facts(target, symlinks=symlinks)) == leads
+
+
+@pytest.mark.parametrize("at, to, allowed", [
+    (".git/config", "../src/cfg", False), (".git/hooks/pre-commit", "../../scripts/hook", False),
+    (".envrc", "/workspace/src/env", False), (".git", "src/g", False), (".git/hooks", "../hooks2", False),
+    (".git/hooks/pre-commit", "dir_link/x", False),  # unknown: past another symlink
+    (".git/hooks/pre-push", "pre-commit", True), (".git/hooks/pre-commit", "/usr/bin/true", True),
+    ("src/link", "../.git/config", True),  # reached through it, a write is a write of `.git/config`
+])
+def test_a_symlink_at_a_name_the_host_runs_leads_only_where_writes_require_as_much(at, to, allowed):
+    """Made while the run is trusted, `.git/config -> ../src/cfg` would let a write to `src/cfg` after untrusted
+    input set `core.fsmonitor`: refused whatever the taint, with git's message and a fix."""
+    policy = load_policy(shipped_policy("default"))
+    d = Monitor(policy, agent=policy.agents["coder"]).decide(
+        Request("create", at, facts=link_facts(to, symlinks=("src/dir_link", ".git/hooks/dir_link"))))
+    assert d.allowed == allowed, d.reason
+    if not allowed:
+        assert d.reason.startswith(f"a symlink at {at} (writes require trusted) would lead to ") and d.fix
+        assert d.rule.endswith("writes require trusted") and d.rule_span
+
+
 def test_every_system_prefix_is_a_real_tree_and_root_is_never_one():
     assert "/usr" in rules.SYSTEM_PREFIXES
     assert rules.symlink("l", Facts(symlink_target="/", backing_root=ROOT)) is not None

@@ -315,6 +315,45 @@ def test_host_executed_configuration_is_changed_only_as_itself_whatever_name_rea
     assert all("requires `trusted`" in e.reason for e in denied), denied
 
 
+def test_a_symlink_is_judged_where_a_rename_puts_it(tmp_path):
+    """A relative symlink means something else from another directory: `src/a/b/l -> ../../../README` stays in
+    the workspace, but renamed to `src/l` (or carried there by its directory's rename) it leads out of it, where
+    a host tool writing `src/l` after the run would write. Refused like making it there; a move that keeps every
+    target inside goes through. And a symlink at a name what the host runs (a git hook) may lead only where writes
+    require as much: `.git/hooks/pre-commit -> ../../src/cfg`, made there or renamed there, would let a later
+    write to `src/cfg` after untrusted input change the hook."""
+    ws, mnt, run = tmp_path / "ws", tmp_path / "mnt", tmp_path / "run"
+    for d in ("src/a/b", "src/x/y", "src/q", ".git/hooks"):
+        (ws / d).mkdir(parents=True)
+    (ws / "README").write_text("hi\n")
+    mnt.mkdir()
+    daemon = Daemon(["--policy", str(POLICY), "--run-dir", str(run), str(ws), str(mnt)], str(mnt),
+                    log_path=str(tmp_path / "daemon.log"))
+    try:
+        os.symlink("../../../README", mnt / "src" / "a" / "b" / "l")
+        assert _denied(os.rename, mnt / "src" / "a" / "b" / "l", mnt / "src" / "l")
+        os.symlink("../../../README", mnt / "src" / "x" / "y" / "m")
+        os.symlink("../y/m", mnt / "src" / "x" / "y" / "inner")
+        assert _denied(os.rename, mnt / "src" / "x" / "y", mnt / "src" / "yy")
+        os.rename(mnt / "src" / "x" / "y", mnt / "src" / "x" / "z")  # the same depth: every target the same
+        assert (mnt / "src" / "x" / "z" / "m").read_text() == "hi\n"
+        assert _denied(os.symlink, "../../src/cfg", mnt / ".git" / "hooks" / "pre-commit")
+        os.symlink("../../src/cfg", mnt / "src" / "q" / "hook")  # leads to `src/cfg` from `.git/hooks/` too
+        assert _denied(os.rename, mnt / "src" / "q" / "hook", mnt / ".git" / "hooks" / "pre-commit")
+        os.symlink("pre-commit", mnt / ".git" / "hooks" / "pre-push")  # to a name guarded as much: fine
+    finally:
+        assert daemon.stop() == 0
+    assert not (ws / "src" / "l").is_symlink() and not (ws / "src" / "yy").exists()
+    assert not (ws / ".git" / "hooks" / "pre-commit").is_symlink()
+    reasons = [e.reason for e in events(str(run), "deny")]
+    assert len(reasons) == 4, reasons
+    assert reasons[0] == "moved to `src/l`, a symlink to `../../../README` climbs out of the workspace"
+    assert reasons[1] == "moved to `src/yy/m`, a symlink to `../../../README` climbs out of the workspace"
+    assert reasons[2] == reasons[3] == ("a symlink at .git/hooks/pre-commit (writes require trusted) would lead to "
+                                        "`src/cfg`, which requires less: what is written there would be what the host "
+                                        "runs")
+
+
 def test_a_renamed_directory_carries_the_labels_of_the_names_beneath_it(tmp_path):
     """A policy whose secret files are secret by where they are (`src/private/**`), in a directory the agent
     may write: renaming the directory keeps every name beneath it secret, and a later reader is tainted. A

@@ -1194,8 +1194,30 @@ class EnforcingFS:
                 if directory and not exclusive:
                     exclusive = True
                     continue
-                facts = Facts(beneath=beneath) if directory and (beneath := self.backing.beneath(src)) else None
+                beneath = self.backing.beneath(src) if directory else ()
+                links = self._moved_symlinks(src, dst, moved, beneath)
+                facts = Facts(beneath=beneath, moved_symlinks=links) if beneath or links else None
                 return self._rename(old, new, src, dst, flags, moved, replaced, facts)
+
+    def _moved_symlinks(self, src: str, dst: str, moved: os.stat_result,
+                        beneath: tuple[str, ...]) -> tuple[tuple[str, Facts], ...]:
+        """Each symlink a rename of `src` to `dst` moves (`moved` itself, or one beneath it), with the facts of the
+        symlink rule at its new name: a relative target leads elsewhere from there (out of the workspace, or to
+        what the host runs), and the rule judges where."""
+        subs = ("",) if stat_mod.S_ISLNK(moved.st_mode) else beneath
+
+        def now(name: str) -> str:  # where a name of the new place is before the move
+            return src + name[len(dst):] if name == dst or name.startswith(dst + "/") else name
+
+        out = []
+        for sub in subs:
+            old, new = (f"{src}/{sub}", f"{dst}/{sub}") if sub else (src, dst)
+            try:
+                target = self.backing.at(old, lambda d, n: os.readlink(n, dir_fd=d))
+            except OSError:  # not a symlink (EINVAL), or gone
+                continue
+            out.append((new, self._symlink_facts(new, target, now)))
+        return tuple(out)
 
     def _rename(self, old, new, src, dst, flags, moved, replaced, facts: Facts | None):
         """rename(2) of `src` (what `moved` is) to `dst` (`replaced`), decided with the names beneath a moved
@@ -1566,13 +1588,14 @@ class EnforcingFS:
                 self._link_names.pop((st.st_dev, st.st_ino), None)
 
     # ------------------------------------------------------------------------------------ containment facts
-    def _symlink_facts(self, rel: str, target: str) -> Facts:
+    def _symlink_facts(self, rel: str, target: str, now: Callable[[str], str] = str) -> Facts:
         """What the symlink rule needs: the target, which names on its way are symlinks, where the workspace
-        really is and where the sandbox sees it."""
+        really is and where the sandbox sees it. `now`: where a name on the way is before a rename that makes
+        `rel` (`_moved_symlinks`)."""
         on_walk = []
         for name in symlink_walk(rel, target):
             with contextlib.suppress(OSError):  # a name that is not there (or lies past a symlink) is no symlink
-                if stat_mod.S_ISLNK(self.backing.lstat(name).st_mode):
+                if stat_mod.S_ISLNK(self.backing.lstat(now(name)).st_mode):
                     on_walk.append(name)
         return Facts(symlink_target=target, symlinks_on_walk=frozenset(on_walk), backing_root=self.root,
                      mountpoint=self.mountpoint)

@@ -66,6 +66,9 @@ class Facts:
     inspected: bool = False  # the hook decides every request on this connection again (method and path)
     sentinels: bool = False  # a read returns the file served with sentinels for its values (`ifc.secretfiles`)
     beneath: tuple[str, ...] = ()  # a renamed directory's every name, relative to it: each moves with it
+    # a rename: each symlink it moves (the moved name itself, or one beneath a moved directory), as its new name and
+    # the facts of the symlink rule there — a relative target means something else from another directory
+    moved_symlinks: tuple[tuple[str, Facts], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,10 @@ def check(policy: Policy, op: str, target: str, endpoint: Endpoint | None, facts
         refusal = symlink(target, facts)
         if refusal is not None:
             return refusal
+    for name, moved in facts.moved_symlinks:
+        refusal = symlink(name, moved)
+        if refusal is not None:
+            return Refusal(refusal.rule, f"moved to `{name}`, a {refusal.reason}")
     if facts.outside_links and op in INODE_CHANGES:
         return Refusal("containment: hard link",
                        f"`{target}` has hard links outside the workspace and the link could not be broken: "
@@ -158,6 +165,23 @@ def symlink(rel: str, facts: Facts) -> Refusal | None:
         if step == "enter" and not walked_link:
             walked_link = path in facts.symlinks_on_walk
     return None
+
+
+def symlink_destination(rel: str, facts: Facts) -> str | None:
+    """Where a contained symlink at `rel` (`check` allowed it) leads by name: the workspace name ("" for the root),
+    an absolute path (a read-only system tree), or None when unknown (its walk passes another symlink)."""
+    link_target = facts.symlink_target or ""
+    if link_target.startswith("/"):
+        norm = os.path.normpath(link_target)
+        if facts.mountpoint and inside(norm, facts.mountpoint):
+            return os.path.relpath(norm, facts.mountpoint).removeprefix(".")
+        return norm
+    where = "/".join(p for p in rel.split("/")[:-1] if p)
+    for step, path in _walk(rel, link_target):
+        if step == "enter" and path in facts.symlinks_on_walk:
+            return None
+        where = path if step == "enter" else where.rpartition("/")[0]
+    return where
 
 
 def xattr_namespace(name: str) -> str:

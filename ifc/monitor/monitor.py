@@ -610,6 +610,12 @@ class Monitor:
             # accept it — a `.git/config` hard-linked into `src/` is still written only as `.git/config` may be
             moving += tuple((None, name, None) for name in sorted(self.labels.names(target) - {target}))
         verdicts = []
+        links = () if req.facts is None else ((target, req.facts),) if op == "create" and \
+            req.facts.symlink_target is not None else req.facts.moved_symlinks if op == "rename" else ()
+        for name, facts in links:  # a symlink made, or moved, at a name what the host runs
+            refused = self._symlink_guard(state, base, name, facts)
+            if refused is not None:
+                return refused
         for old, new, content in moving:
             verdict = self._check_write(state.taint if content is None else state.taint.join(content), new, held)
             if verdict.allowed and op == "rename":
@@ -687,6 +693,30 @@ class Monitor:
                         rule_span=None if verdict.span is None else str(verdict.span),
                         object_label=lattice.describe(self.label_of(written)),
                         capabilities_used=used, tainted_by=self._provenance(state), **base)
+
+    def _symlink_guard(self, state, base, target: str, facts: Facts) -> Decision | None:
+        """A symlink made at a name whose writes require integrity (`.git/config`, a hook) hands what the host runs
+        there to the name it leads to: refused unless writes there require as much (or it leads to a system tree,
+        which the sandbox cannot write) — else `.git/config → ../src/cfg`, made while the run is trusted, lets a
+        later write to `src/cfg` after untrusted input set `core.fsmonitor`."""
+        required, guard = self.policy.write_requirement(target)
+        if guard is None:
+            return None
+        leads = containment.symlink_destination(target, facts)
+        if leads is not None and (leads.startswith("/") or self.policy.write_requirement(leads)[0] >= required):
+            return None
+        where = f"`{leads}`" if leads is not None else "a place past another symlink"
+        level = self.policy.lattice.integrity_levels[required]
+        kind = hostcfg.kind_of(target)
+        return Decision(allowed=False, reason=f"a symlink at {target} (writes require {level}) would lead to {where}, "
+                        f"which requires less: what is written there would be what the host runs",
+                        rule=f"files: {guard.globs_text} {guard.label_text} writes require {level}",
+                        rule_span=str(guard.span), message=kind.message if kind else None,
+                        object_label=self.policy.lattice.describe(self.label_of(target)),
+                        tainted_by=self._provenance(state),
+                        fix={"policy": f"make {target} a file of its own, not a symlink; or make the link on the "
+                                       "host, outside the sandbox"},
+                        **base)
 
     def _check_write(self, data: Label, path: str, held: frozenset[str]) -> FlowVerdict:
         """`check_write`, memoised on all it reads besides the fixed policy: the data's label, the path and the
