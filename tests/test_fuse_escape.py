@@ -354,6 +354,51 @@ def test_a_symlink_is_judged_where_a_rename_puts_it(tmp_path):
                                         "runs")
 
 
+def test_names_a_secret_run_made_taint_the_next_run_that_reads_them(tmp_path):
+    """Run 1 reads a key and spells it in names: one empty file per bit in `src/bits` (whether a name is there is the
+    bit). Run 2, a new mount and a clean run, that only stats those names (no listing, no read of a file) is
+    tainted `secret`: what it writes floats to secret. Run 3 lists and stats where no secret run made names, and
+    stays clean."""
+    ws = tmp_path / "ws"
+    for d in ("src/bits", "docs"):
+        (ws / d).mkdir(parents=True)
+    (ws / "src" / "app.py").write_text("print('hi')\n")
+    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+
+    def run(n: int, work) -> str:
+        mnt, run = tmp_path / f"mnt{n}", tmp_path / f"run{n}"
+        mnt.mkdir()
+        daemon = Daemon(["--policy", str(POLICY), "--run-dir", str(run), str(ws), str(mnt)], str(mnt),
+                        log_path=str(tmp_path / f"daemon{n}.log"))
+        try:
+            work(mnt)
+        finally:
+            assert daemon.stop() == 0
+        return str(run)
+
+    def spell(mnt: Path) -> None:
+        key = (mnt / "deploy.pem").read_bytes()
+        for i, bit in enumerate(format(key[28], "08b")):
+            if bit == "1":
+                (mnt / "src" / "bits" / str(i)).touch()
+
+    def probe(mnt: Path) -> None:
+        assert [(mnt / "src" / "bits" / str(i)).exists() for i in range(8)] == [b == "1" for b in format(ord("M"),
+                                                                                                       "08b")]
+        (mnt / "docs" / "out2.md").write_text("learnt\n")
+
+    def clean(mnt: Path) -> None:
+        assert sorted(os.listdir(mnt / "src")) == ["app.py", "bits"] and (mnt / "src" / "app.py").exists()
+        (mnt / "src" / "out3.py").write_text("nothing learnt\n")
+
+    run(1, spell)
+    floated = labels(run(2, probe))
+    # run 2 made a name in docs/ while secret: docs/ is now what src/bits is
+    assert floated["src/bits"] == floated["docs"] == "secret" and "secret" in floated["docs/out2.md"], floated
+    floated = labels(run(3, clean))
+    assert "src/out3.py" not in floated and "src" not in floated, floated
+
+
 def test_a_renamed_directory_carries_the_labels_of_the_names_beneath_it(tmp_path):
     """A policy whose secret files are secret by where they are (`src/private/**`), in a directory the agent
     may write: renaming the directory keeps every name beneath it secret, and a later reader is tainted. A

@@ -255,6 +255,45 @@ def test_a_new_run_sees_the_floated_label():
     assert d.tainted_by == (("secret", "src/notes.txt"),)
 
 
+@pytest.mark.parametrize("make", [
+    Request("create", "src/sk_live_51HxReal"), Request("create", "sk_live_51HxReal.txt"),
+    Request("rename", "src/a.py", dest="src/sk_live_51HxReal"),
+    Request("link", "src/a.py", dest="src/sk_live_51HxReal"),
+])
+def test_names_a_secret_run_makes_are_secret_to_whoever_reads_them_later(make):
+    """A name spells data (`src/sk_live_…`, or one file per bit): the directory a secret run makes a name in takes
+    the run's secrecy beyond its own policy label, and a later run that lists that directory, or looks a name up in
+    it, reads it — so it cannot send what it learnt. Names a clean run made, and the policy labels of directories
+    (`ls inbox/` reads no message), taint nobody."""
+    m = coder_monitor()
+    assert m.decide(Request("read", "src/a.py")).allowed and m.decide(Request("create", "src/plain.py")).allowed
+    directory = (make.dest or make.target).rpartition("/")[0]
+    assert m.labels.get(directory) is None
+    m.decide(Request("read", "id_rsa"))
+    assert m.decide(make).allowed
+    expected = {"secret"}  # beyond `src`'s label; at the root (no label of its own), beyond the name's
+    assert m.labels.get(directory).secrecy == expected
+    m2 = next_run(m)
+    for clean in ("docs", "inbox", "src/sub"):
+        assert m2.decide(Request("list", clean)).allowed
+    assert taint(m2) == "public, trusted"
+    d = m2.decide(Request("list", directory))
+    assert d.allowed and m2.taint_of("session").secrecy == expected and ("secret", directory or "/") in d.tainted_by
+    assert not m2.decide(Request("connect", "https://api.anthropic.com")).allowed
+
+
+def test_names_within_their_own_label_float_nothing():
+    """An `internal` run making `src/x.py`, `docs/new.md` (`docs/**` labels what is inside; the directory is `**`'s),
+    or `.pytest_cache` at the root (which has no label of its own: a name there counts by its own) writes nothing
+    into the directory; `README.team` at the root (public, `/README*`) does."""
+    m = coder_monitor()
+    m.decide(Request("read", "src/a.py"))
+    for name in ("src/x.py", ".pytest_cache", "pyproject.toml", "docs/new.md"):
+        assert m.decide(Request("create", name)).allowed
+    assert set(m.labels.snapshot()) == {"docs/new.md"}  # its content's label, as before: no directory's
+    assert m.decide(Request("create", "README.team")).allowed and m.labels.get("").secrecy == {"internal"}
+
+
 def test_every_subject_shares_the_runs_taint():
     """Inside one sandbox any process can hand data to any other: no subject of the run starts clean, and
     what any of them reads taints them all."""
@@ -303,7 +342,8 @@ def test_rename_moves_the_floated_label(log):
     assert d.allowed and d.target == "src/a.txt -> src/b.txt"
     assert describe(m, "src/b.txt") == "secret, trusted"
     assert describe(m, "src/a.txt") == "internal, trusted", "a new file under the old name starts from the policy"
-    assert [e.target for e in log.events("label")] == ["src/a.txt", "src/b.txt"]
+    # and the new name, made by a secret run, is data of `src`'s (`_name_made`)
+    assert [e.target for e in log.events("label")] == ["src/a.txt", "src/b.txt", "src"]
     assert m.decide(Request("read", "src/b.txt", subject="s2")).taint_after == "secret, trusted"
 
 
@@ -852,7 +892,8 @@ def test_every_denial_and_label_change_is_logged_with_its_fields(verifier, tmp_p
     assert authority.rule == "agent coder" and authority.rule_span and authority.fix["mint"].startswith("ifc caps")
     labels = list(read_events(other, "label"))
     assert [(e.target, e.object_label, e.op) for e in labels] == [
-        ("src/notes.txt", "secret, trusted", "write"), ("tests/notes.txt", "secret, trusted", "rename")]
+        ("src/notes.txt", "secret, trusted", "write"), ("tests/notes.txt", "secret, trusted", "rename"),
+        ("tests", "secret, trusted", "rename")]  # a name a secret run made: its directory's (`_name_made`)
     for e in labels:
         assert e.reason and e.pid and e.cmdline and e.subject == "session" and e.allowed
     log.close()

@@ -162,8 +162,10 @@ def _listing(store, lattice) -> dict:
         oid = store.object_of(path)
         history = by_object.get(oid, [])
         named = next((c.label for c in reversed(history) if c.label and c.new == label), None)
-        exists = os.path.lexists(os.path.join(store.root, path))  # gone: renamed or deleted outside a run
+        full = os.path.join(store.root, path)
+        exists = os.path.lexists(full)  # gone: renamed or deleted outside a run
         labels.append({"path": path, "label": _describe(label, lattice, named), "exists": exists,
+                       "directory": os.path.isdir(full) and not os.path.islink(full),
                        "tags": sorted(label.secrecy),
                        "integrity": label.integrity, "why": [_change(c, lattice) for c in history]})
     declassified = [_change(c, lattice) for c in changes if c.kind == "lower"]
@@ -190,7 +192,8 @@ def _print(args, listing: dict) -> int:
         print(f"{listing['workspace']}: no floated labels")
     for entry in listing["labels"]:
         gone = "" if entry["exists"] else " (no such file now: kept, a file made there later gets it)"
-        print(f"{entry['path']}: {entry['label']}{gone}")
+        names = " (a directory: listing it reads this)" if entry["directory"] else ""
+        print(f"{entry['path'] or '/'}: {entry['label']}{gone}{names}")
         for c in entry["why"]:
             print("  " + _sentence(c))
     if listing["declassified"]:

@@ -123,6 +123,15 @@ struct map {
 static struct map epochs = {.lock = PTHREAD_MUTEX_INITIALIZER};
 static struct map views = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
+/* Directories whose names a tainted run made (Python's `listed`): a listing of one, or a lookup of a name in one,
+   is a read the monitor decides (ifc.monitor.Monitor._list), so it is Python's. More than fit: all are Python's. */
+#define MAX_LISTED 4096
+static struct {
+    pthread_rwlock_t lock;
+    char *names[MAX_LISTED];
+    _Atomic int used; /* 0: none (the common case, checked without the lock); -1: too many, every one is Python's */
+} listed = {.lock = PTHREAD_RWLOCK_INITIALIZER};
+
 static size_t slot(const struct map *m, uint64_t dev, uint64_t ino) {
     uint64_t h = (ino * 0x9E3779B97F4A7C15ull) ^ (dev * 0xC2B2AE3D27D4EB4Full);
     size_t i = (size_t)(h >> 17) & (m->cap - 1);
@@ -367,6 +376,45 @@ void ifc_fast_stale_name(const char *rel) {
     pthread_rwlock_unlock(&warm.lock);
 }
 
+static size_t listed_index(const char *rel, size_t len) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t k = 0; k < len; k++)
+        h = (h ^ (unsigned char)rel[k]) * 0x100000001b3ull;
+    size_t i = (size_t)(h ^ (h >> 29)) & (MAX_LISTED - 1);
+    while (listed.names[i] && (strncmp(listed.names[i], rel, len) != 0 || listed.names[i][len] != '\0'))
+        i = (i + 1) & (MAX_LISTED - 1);
+    return i;
+}
+
+/* The directories whose names are decided reads, all of them: `count` names, each NUL-terminated, one after the
+   other in `names` ("" is the root). Replaces the set; more than half the table: every directory is. */
+void ifc_fast_listed(const char *names, size_t count) {
+    pthread_rwlock_wrlock(&listed.lock);
+    for (size_t i = 0; i < MAX_LISTED; i++)
+        free(listed.names[i]), listed.names[i] = NULL;
+    int used = 0;
+    for (size_t k = 0; k < count && used >= 0; k++, names += strlen(names) + 1) {
+        size_t i = listed_index(names, strlen(names));
+        if (listed.names[i])
+            continue;
+        listed.names[i] = (used + 1) * 2 > MAX_LISTED ? NULL : strdup(names);
+        used = listed.names[i] ? used + 1 : -1;
+    }
+    atomic_store(&listed.used, used);
+    pthread_rwlock_unlock(&listed.lock);
+}
+
+/* Are the names of the directory `rel[:len]` a decided read? */
+static int is_listed(const char *rel, size_t len) {
+    int used = atomic_load(&listed.used);
+    if (used <= 0)
+        return used < 0;
+    pthread_rwlock_rdlock(&listed.lock);
+    int hit = listed.names[listed_index(rel, len)] != NULL;
+    pthread_rwlock_unlock(&listed.lock);
+    return hit;
+}
+
 /* Is the answer for `rel` recorded at `tick` still current? (Called with the warm table locked.) */
 static int current(const char *rel, uint64_t tick) {
     if (tick < atomic_load(&floor_tick))
@@ -583,6 +631,9 @@ int ifc_fast_getattr(const char *path, struct stat *out, void *fi) {
     } else {
         if (!rel)
             return cfg.py_getattr(path, out, fi);
+        const char *slash = strrchr(rel, '/');
+        if (*rel && is_listed(rel, slash ? (size_t)(slash - rel) : 0))
+            return cfg.py_getattr(path, out, fi); /* a lookup in it reads its names */
         rc = lstat_beneath(rel, &st);
     }
     if (rc)
@@ -699,7 +750,7 @@ static mode_t dtype_mode(int dirfd, const struct dirent *e) {
    offset 0: libfuse keeps the listing and serves the kernel's later pieces from it). */
 int ifc_fast_readdir(const char *path, void *buf, fill_fn fill, off_t offset, void *fi, int flags) {
     const char *rel = path ? relative(path) : NULL;
-    if (!rel)
+    if (!rel || is_listed(rel, strlen(rel)))
         return cfg.py_readdir(path, buf, fill, offset, fi, flags);
     int fd = openat2_beneath(cfg.root, *rel ? rel : ".", O_RDONLY | O_DIRECTORY);
     if (fd < 0) {

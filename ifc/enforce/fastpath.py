@@ -99,6 +99,9 @@ class Off:
     def caller(self, tid: int, pidfd: int, slot: int) -> None:
         os.close(pidfd)
 
+    def listed(self, directories: list[str]) -> None:
+        pass
+
     def warm(self, slot: int, rel: str, dev: int, ino: int, tick: int, window: tuple[float, float],
              labels: tuple[int, bytes] | None) -> int:
         return 0
@@ -136,7 +139,8 @@ class FastPath(Off):
         lib.ifc_fast_caller.argtypes = [i, i, i]
         lib.ifc_fast_stale_name.argtypes = [ctypes.c_char_p]
         lib.ifc_fast_stale_name.restype = None
-        lib.ifc_fast_warm.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        lib.ifc_fast_warm.argtypes = lib.ifc_fast_listed.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        lib.ifc_fast_listed.restype = None
         lib.ifc_fast_drain.argtypes = [HIT, i]
         lib.ifc_fast_drain.restype = None
         self._configured = False
@@ -221,6 +225,12 @@ class FastPath(Off):
     def caller(self, tid: int, pidfd: int, slot: int) -> None:
         """Thread `tid` is subject `slot` while it lives; `pidfd` (a pidfd of that thread) is the C side's now."""
         self.lib.ifc_fast_caller(tid, pidfd, slot)
+
+    def listed(self, directories: list[str]) -> None:
+        """The directories (all of them; "" is the root) whose listing, and every lookup in them, Python serves:
+        their names are decided reads (`EnforcingFS._names_read`)."""
+        names = b"".join(d.encode("utf-8", "surrogateescape") + b"\0" for d in directories)
+        self.lib.ifc_fast_listed(names, len(directories))
 
     def warm(self, slot: int, rel: str, dev: int, ino: int, tick: int, window: tuple[float, float],
              labels: tuple[int, bytes] | None) -> int:

@@ -470,7 +470,8 @@ class EnforcingFS:
         self.fast = fast
         if self.monitor is not None:
             self.monitor.on_taint.extend((fast.taint_moved, fast.stale))
-            self.monitor.labels.on_change.append(fast.stale)
+            self.monitor.labels.on_change.extend((fast.stale, self._listed))
+            self._listed()
             if self.monitor.verifier is not None:
                 self.monitor.verifier.on_revocations.append(fast.stale)
 
@@ -604,6 +605,10 @@ class EnforcingFS:
         if fh in self._virtual or (fh is None and self._is_denials(path)):
             return self._denials_attrs(len(self._virtual[fh]) if fh in self._virtual else
                                        len(self.monitor.denials_text()))
+        if fh is None and self.monitor is not None:
+            rel = self.backing.relative(path)
+            if rel:
+                self._names_read(rel.rpartition("/")[0], rel)  # a lookup: that the name is there is read
         st = os.fstat(fh) if fh is not None else self.backing.lstat(self.backing.relative(path))
         if st.st_nlink > 1 and path is not None and self.invalidate is not None and not stat_mod.S_ISDIR(st.st_mode):
             self._seen(path, st)
@@ -641,9 +646,34 @@ class EnforcingFS:
         return {key: getattr(sv, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
                                                    "f_files", "f_ffree", "f_favail", "f_flag", "f_namemax")}
 
+    def _names_read(self, directory: str, name: str | None = None) -> None:
+        """The names of `directory` are read — all (a listing), or that `name` is there (a lookup): decided as
+        `list` where a tainted run made names (`Monitor._name_made`: the directory has a stored label), to taint
+        the reader with it. A lookup only of a name with a label of its own, which it reads: a name a tainted run
+        made has one (its content's), while the owner's files around it (`notes.md` at the root) are found as
+        before."""
+        stored = self.monitor.stored_labels(directory, *(name,) if name else ())
+        if all(label is not None for label in stored.values()):
+            self._decide("list", name or directory)  # a lookup reads the name's own label: the report names it
+
+    def _listed(self, names: frozenset[str] | None = None) -> None:
+        """Tell the fast path which directories' names are decided reads (`_names_read`): those with a stored
+        label, when the mount starts and when another process's commit was loaded (`names` None). This run's own
+        changes need no telling: a run that made names in a directory already holds what they carry."""
+        if names is not None:
+            return
+        dirs = []
+        for path in self.monitor.labels.snapshot():
+            with contextlib.suppress(OSError):  # gone: nothing to list
+                if not path or stat_mod.S_ISDIR(self.backing.lstat(path).st_mode):
+                    dirs.append(path)
+        self.fast.listed(dirs)
+
     @_refusals_logged
     def readdir(self, path, fh=None):
         rel = self.backing.relative(path)
+        if self.monitor is not None:
+            self._names_read(rel)
         fd = self.backing.open(rel, os.O_RDONLY | os.O_DIRECTORY)
         try:
             # names with their inode numbers and types, straight from getdents (no stat per entry)

@@ -54,7 +54,8 @@ from ifc.policy.model import Agent, Policy
 FILE_OPS = ("read", "write", "create", "delete", "exec", "chmod")
 TWO_PATH_OPS = ("rename", "link")
 NET_OPS = ("connect", "dns", "send")
-ALL_OPS = (*FILE_OPS, *TWO_PATH_OPS, *NET_OPS, *CONTAINMENT_OPS)
+LIST = "list"  # a directory's names are read (a listing, or a lookup of one of them)
+ALL_OPS = (*FILE_OPS, *TWO_PATH_OPS, *NET_OPS, *CONTAINMENT_OPS, LIST)
 _MOVES = frozenset({"rename", "link"})
 _AUTHORITY_OP = {"chmod": "write", "rename": "write", "link": "create", "dns": "connect", "send": "connect"}
 
@@ -465,6 +466,11 @@ class Monitor:
         if op not in ALL_OPS:
             return Decision(allowed=False, reason=f"unknown operation `{op}`", **base)
         dest = None
+        if op == LIST:
+            try:
+                return self._list(req, state, base, normalise_path(target))
+            except (PatternError, TypeError) as exc:
+                return Decision(allowed=False, reason=f"bad path: {getattr(exc, 'message', exc)}", **base)
         if op in FILE_OPS or op in TWO_PATH_OPS or op == "readlink":
             try:
                 target = normalise_path(target)
@@ -686,6 +692,8 @@ class Monitor:
                 self._label_event(req, target, new, f"written by {req.subject}")
                 if new != old:
                     reason = f"{target} floats up to `{lattice.describe(new)}`"
+        if op in ("create", "rename", "link"):
+            self._name_made(req, state, written)
         for cap in used:
             self._capability_event(req, cap, written)
         base["taint_after"] = lattice.describe(state.taint)
@@ -693,6 +701,40 @@ class Monitor:
                         rule_span=None if verdict.span is None else str(verdict.span),
                         object_label=lattice.describe(self.label_of(written)),
                         capabilities_used=used, tainted_by=self._provenance(state), **base)
+
+    def _name_made(self, req: Request, state: RunState, name: str) -> None:
+        """A name is data too: one a run makes (a file, a directory, a rename's or a link's new name) is written into
+        its directory, and a later run that lists the directory, or looks the name up, reads it (`_list`). So the
+        directory's stored label takes the run's secrecy beyond the directory's own policy label — else a run that
+        read a key could spell it in names (`src/sk_live_…`, or a file per bit) for the next run to `ls`."""
+        directory = name.rpartition("/")[0]
+        # the root has no policy label (`**` is what is in it): there, what the name's own label holds stays out, or
+        # every run that made `.pytest_cache` would make every later run's first lookup `internal`
+        named = self.policy.file_label(directory or name).label
+        secrecy = state.taint.secrecy - named.secrecy
+        if not secrecy:
+            return
+        names = Label(secrecy, self.policy.lattice.top_integrity)  # names carry what they spell, not trust
+        stored = self.labels.get(directory)
+        if stored is not None and names.flows_to(stored):
+            return
+        self.labels.raise_to(directory, names, self._why(req, state, names))
+        self._label_event(req, directory or "/", self.label_of(directory), f"names made in it by {req.subject}")
+
+    def _list(self, req: Request, state: RunState, base: dict, directory: str) -> Decision:
+        """Names read: a directory's (a listing), or that one name is there (a lookup of a name in a directory a
+        tainted run made names in). The reader takes what the runs that made them held (`_name_made`: the
+        directory's stored label; a name's own); the policy label stays out — names the owner made are no data of
+        the run's, and `ls inbox/` is no read of a message."""
+        stored = self.labels.get(directory)
+        if stored is not None:
+            self._absorb(state, stored, node("file", directory or "/"), node("subject", req.subject), "read",
+                         self.clock(), req)
+        base["target"] = directory or "/"
+        base["taint_after"] = self.policy.lattice.describe(state.taint)
+        return Decision(allowed=True, reason="its names join what made them into the taint" if stored else
+                        "names no tainted run made", object_label=None if stored is None else
+                        self.policy.lattice.describe(stored), tainted_by=self._provenance(state), **base)
 
     def _symlink_guard(self, state, base, target: str, facts: Facts) -> Decision | None:
         """A symlink made at a name whose writes require integrity (`.git/config`, a hook) hands what the host runs
