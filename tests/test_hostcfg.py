@@ -27,7 +27,7 @@ HOST_PATHS = (".git", "sub/.git", ".git/config", "sub/.git/config", ".git/hooks"
               ".pre-commit-config.yaml", "lefthook.yml", ".envrc", "src/.envrc", ".vscode", ".vscode/tasks.json",
               "proj.code-workspace", ".idea/workspace.xml", ".devcontainer/devcontainer.json", ".devcontainer.json",
               ".claude/settings.json", ".mcp.json", ".env", ".env.local", "web/.env.production", ".npmrc",
-              "sub/.pypirc", ".netrc")
+              "sub/.pypirc", ".netrc", ".lfsconfig", ".gemini/settings.json", ".cursor/mcp.json", ".aider.conf.yml")
 # what a coding agent writes while it works: none of it is host-executed configuration
 WORK_PATHS = ("pyproject.toml", "setup.py", "Makefile", "package.json", "src/app.py", "build/lib/a.py",
               "dist/pkg-1.0.tar.gz", ".pytest_cache/v/cache/lastfailed", "node_modules/x/index.js",

@@ -62,9 +62,10 @@ HOST_CONFIG: tuple[HostConfig, ...] = (
     HostConfig("git hooks", ("**/.git/hooks/",),
                "untrusted input must not install git hooks: git on the host runs them on commit, checkout, merge "
                "and push"),
-    HostConfig("git attributes and submodules", (".gitattributes", ".gitmodules"),
-               "untrusted input must not change git attributes or submodules: git on the host picks filter, diff "
-               "and merge drivers and submodule URLs from them"),
+    HostConfig("git attributes and submodules", (".gitattributes", ".gitmodules", ".lfsconfig"),
+               "untrusted input must not change git attributes, submodules or LFS settings: git on the host picks "
+               "filter, diff and merge drivers and submodule URLs from them, and git-lfs sends the project's large "
+               "files to the server `.lfsconfig` names on push"),
     HostConfig("commit hook managers", (".husky/", ".pre-commit-config.yaml", "lefthook*", ".lefthook*"),
                "untrusted input must not change commit hooks: the owner's `git commit` runs what husky, pre-commit "
                "and lefthook list"),
@@ -82,9 +83,11 @@ HOST_CONFIG: tuple[HostConfig, ...] = (
     HostConfig("editor and IDE settings", (".vscode/", "*.code-workspace", ".idea/"),
                "untrusted input must not change editor settings: the editor on the host runs their tasks when the "
                "folder opens and starts the interpreters, shells and tools they name"),
-    HostConfig("coding agent settings", ("/.claude/settings.json", "/.claude/settings.local.json", ".mcp.json"),
+    HostConfig("coding agent settings", ("/.claude/settings.json", "/.claude/settings.local.json", ".mcp.json",
+                                         "/.gemini/settings.json", ".cursor/", "/.aider.conf.yml"),
                "untrusted input must not change the coding agent's settings: the hooks and MCP servers they name run "
-               "as commands when the owner starts the agent on the host"),
+               "as commands when the owner starts the agent on the host (Claude Code, Gemini CLI, Cursor), and "
+               "aider runs the lint and test commands its `.aider.conf.yml` names"),
     HostConfig("dev containers", (".devcontainer/", ".devcontainer.json"),
                "untrusted input must not change the dev container: its `initializeCommand` runs on the host"),
 )
