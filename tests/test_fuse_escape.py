@@ -399,6 +399,32 @@ def test_names_a_secret_run_made_taint_the_next_run_that_reads_them(tmp_path):
     assert "src/out3.py" not in floated and "src" not in floated, floated
 
 
+def test_names_another_run_makes_meanwhile_taint_a_run_that_reads_them(tmp_path):
+    """Two runs on one workspace at once: B mounts first (nothing labelled then), A reads a key and makes a name
+    in `src/drop`; B's lookup of it, answered by the compiled fast path until then, reaches the monitor (the label
+    store moved since B looked) and taints B."""
+    ws = tmp_path / "ws"
+    (ws / "src" / "drop").mkdir(parents=True)
+    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    daemons, mounts = [], {}
+    try:
+        for name in ("b", "a"):
+            mounts[name] = tmp_path / f"mnt-{name}"
+            mounts[name].mkdir()
+            daemons.append(Daemon(["--policy", str(POLICY), "--run-dir", str(tmp_path / f"run-{name}"), str(ws),
+                                   str(mounts[name])], str(mounts[name]), log_path=str(tmp_path / f"{name}.log")))
+        assert os.listdir(mounts["b"] / "src") == ["drop"]  # served in C: nothing is labelled yet
+        (mounts["a"] / "deploy.pem").read_bytes()
+        (mounts["a"] / "src" / "drop" / "sk-MIIEvQ").touch()
+        assert (mounts["b"] / "src" / "drop" / "sk-MIIEvQ").exists()
+        (mounts["b"] / "src" / "out.py").write_text("learnt\n")
+    finally:
+        for daemon in daemons:
+            assert daemon.stop() == 0
+    floated = labels(str(tmp_path / "run-b"))
+    assert "secret" in floated.get("src/out.py", ""), floated
+
+
 def test_a_renamed_directory_carries_the_labels_of_the_names_beneath_it(tmp_path):
     """A policy whose secret files are secret by where they are (`src/private/**`), in a directory the agent
     may write: renaming the directory keeps every name beneath it secret, and a later reader is tainted. A

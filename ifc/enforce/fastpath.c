@@ -130,7 +130,9 @@ static struct {
     pthread_rwlock_t lock;
     char *names[MAX_LISTED];
     _Atomic int used; /* 0: none (the common case, checked without the lock); -1: too many, every one is Python's */
-} listed = {.lock = PTHREAD_RWLOCK_INITIALIZER};
+    int shm_fd;       /* the label store's WAL index (-1: no database), and its header when the set was made: */
+    unsigned char seen[WAL_HEADER]; /* another run's commit since may have made names, so lookups are Python's */
+} listed = {.lock = PTHREAD_RWLOCK_INITIALIZER, .shm_fd = -1};
 
 static size_t slot(const struct map *m, uint64_t dev, uint64_t ino) {
     uint64_t h = (ino * 0x9E3779B97F4A7C15ull) ^ (dev * 0xC2B2AE3D27D4EB4Full);
@@ -386,6 +388,15 @@ static size_t listed_index(const char *rel, size_t len) {
     return i;
 }
 
+/* The label store as Python last looked (`header`, WAL_HEADER bytes, of the WAL index `shm_fd`; -1: no database). */
+void ifc_fast_listed_seen(int shm_fd, const unsigned char *header) {
+    pthread_rwlock_wrlock(&listed.lock);
+    listed.shm_fd = shm_fd;
+    if (shm_fd >= 0)
+        memcpy(listed.seen, header, WAL_HEADER);
+    pthread_rwlock_unlock(&listed.lock);
+}
+
 /* The directories whose names are decided reads, all of them: `count` names, each NUL-terminated, one after the
    other in `names` ("" is the root). Replaces the set; more than half the table: every directory is. */
 void ifc_fast_listed(const char *names, size_t count) {
@@ -404,13 +415,16 @@ void ifc_fast_listed(const char *names, size_t count) {
     pthread_rwlock_unlock(&listed.lock);
 }
 
-/* Are the names of the directory `rel[:len]` a decided read? */
+/* Are the names of the directory `rel[:len]` a decided read? Also when someone committed to the label store since
+   Python made the set (another run's names: Python looks again, and says so). */
 static int is_listed(const char *rel, size_t len) {
-    int used = atomic_load(&listed.used);
-    if (used <= 0)
-        return used < 0;
+    unsigned char now[WAL_HEADER];
     pthread_rwlock_rdlock(&listed.lock);
-    int hit = listed.names[listed_index(rel, len)] != NULL;
+    int hit = listed.shm_fd >= 0 && (pread(listed.shm_fd, now, WAL_HEADER, 0) != WAL_HEADER ||
+                                     memcmp(now, listed.seen, WAL_HEADER) != 0);
+    int used = atomic_load(&listed.used);
+    if (!hit && used)
+        hit = used < 0 || listed.names[listed_index(rel, len)] != NULL;
     pthread_rwlock_unlock(&listed.lock);
     return hit;
 }

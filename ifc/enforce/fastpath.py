@@ -102,6 +102,9 @@ class Off:
     def listed(self, directories: list[str]) -> None:
         pass
 
+    def listed_seen(self, watch: tuple[int, bytes] | None) -> None:
+        pass
+
     def warm(self, slot: int, rel: str, dev: int, ino: int, tick: int, window: tuple[float, float],
              labels: tuple[int, bytes] | None) -> int:
         return 0
@@ -140,7 +143,8 @@ class FastPath(Off):
         lib.ifc_fast_stale_name.argtypes = [ctypes.c_char_p]
         lib.ifc_fast_stale_name.restype = None
         lib.ifc_fast_warm.argtypes = lib.ifc_fast_listed.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-        lib.ifc_fast_listed.restype = None
+        lib.ifc_fast_listed.restype = lib.ifc_fast_listed_seen.restype = None
+        lib.ifc_fast_listed_seen.argtypes = [i, ctypes.c_char_p]
         lib.ifc_fast_drain.argtypes = [HIT, i]
         lib.ifc_fast_drain.restype = None
         self._configured = False
@@ -231,6 +235,12 @@ class FastPath(Off):
         their names are decided reads (`EnforcingFS._names_read`)."""
         names = b"".join(d.encode("utf-8", "surrogateescape") + b"\0" for d in directories)
         self.lib.ifc_fast_listed(names, len(directories))
+
+    def listed_seen(self, watch: tuple[int, bytes] | None) -> None:
+        """The label store as Python last looked (`LabelStore.watch`; None: no database): a commit since — another
+        run's names — sends every listing and lookup to Python until it looked again."""
+        fd, header = watch if watch is not None else (-1, b"\0" * WAL_HEADER)
+        self.lib.ifc_fast_listed_seen(fd, header)
 
     def warm(self, slot: int, rel: str, dev: int, ino: int, tick: int, window: tuple[float, float],
              labels: tuple[int, bytes] | None) -> int:

@@ -456,6 +456,7 @@ class EnforcingFS:
         self._repeats: dict[tuple[int, str], Repeat] = {}  # what the fast path's warm answers repeat (by its key)
         self._warm_lock = threading.Lock()
         self._names = NameLock()
+        self._listed_watch: tuple[int, bytes] | bool | None = False  # what the fast path was told (`_listed_seen`)
 
     def attach_fast(self, fast: fastpath.FastPath, layout: fastpath.Layout) -> None:
         """Let `fast` answer the requests that decide nothing, and the opens the monitor says repeat
@@ -652,9 +653,21 @@ class EnforcingFS:
         the reader with it. A lookup only of a name with a label of its own, which it reads: a name a tainted run
         made has one (its content's), while the owner's files around it (`notes.md` at the root) are found as
         before."""
-        stored = self.monitor.stored_labels(directory, *(name,) if name else ())
+        stored = self.monitor.stored_labels(directory, *(name,) if name else ())  # looks at the store again
+        self._listed_seen()
         if all(label is not None for label in stored.values()):
             self._decide("list", name or directory)  # a lookup reads the name's own label: the report names it
+
+    def _listed_seen(self) -> None:
+        """Tell the fast path the label store as the monitor last looked, when it moved since it was told: until
+        then, listings and lookups are Python's (another run may have made names)."""
+        try:
+            watch = self.monitor.labels.watch()
+        except LookupError:  # no header to compare: every listing and lookup stays Python's
+            return
+        if watch != self._listed_watch:
+            self._listed_watch = watch
+            self.fast.listed_seen(watch)
 
     def _listed(self, names: frozenset[str] | None = None) -> None:
         """Tell the fast path which directories' names are decided reads (`_names_read`): those with a stored
@@ -668,6 +681,7 @@ class EnforcingFS:
                 if not path or stat_mod.S_ISDIR(self.backing.lstat(path).st_mode):
                     dirs.append(path)
         self.fast.listed(dirs)
+        self._listed_seen()
 
     @_refusals_logged
     def readdir(self, path, fh=None):
