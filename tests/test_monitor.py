@@ -271,7 +271,7 @@ def test_names_a_secret_run_makes_are_secret_to_whoever_reads_them_later(make):
     assert m.labels.get(directory) is None
     m.decide(Request("read", "id_rsa"))
     assert m.decide(make).allowed
-    expected = {"secret"}  # beyond `src`'s label; at the root (no label of its own), beyond the name's
+    expected = {"secret"} if directory else {"internal", "secret"}  # beyond `src`'s label; the root has none
     assert m.labels.get(directory).secrecy == expected
     m2 = next_run(m)
     for clean in ("docs", "inbox", "src/sub"):
@@ -282,16 +282,19 @@ def test_names_a_secret_run_makes_are_secret_to_whoever_reads_them_later(make):
     assert not m2.decide(Request("connect", "https://api.anthropic.com")).allowed
 
 
-def test_names_within_their_own_label_float_nothing():
-    """An `internal` run making `src/x.py`, `docs/new.md` (`docs/**` labels what is inside; the directory is `**`'s),
-    or `.pytest_cache` at the root (which has no label of its own: a name there counts by its own) writes nothing
-    into the directory; `README.team` at the root (public, `/README*`) does."""
+def test_names_within_their_directorys_label_float_nothing():
+    """An `internal` run making `src/x.py` or `docs/new.md` (`docs/**` labels what is inside; the directory is
+    `**`'s) writes nothing into the directory; at the root, which has no label of its own, `.pytest_cache` does —
+    and a later run's lookup of it, a name with no label of its own, taints nobody: only a listing of the root."""
     m = coder_monitor()
     m.decide(Request("read", "src/a.py"))
-    for name in ("src/x.py", ".pytest_cache", "pyproject.toml", "docs/new.md"):
+    for name in ("src/x.py", "docs/new.md"):
         assert m.decide(Request("create", name)).allowed
     assert set(m.labels.snapshot()) == {"docs/new.md"}  # its content's label, as before: no directory's
-    assert m.decide(Request("create", "README.team")).allowed and m.labels.get("").secrecy == {"internal"}
+    assert m.decide(Request("create", ".pytest_cache")).allowed and m.labels.get("").secrecy == {"internal"}
+    assert m.labels.get(".pytest_cache") is None  # what a lookup would read (`EnforcingFS._names_read`): nothing
+    m2 = next_run(m)
+    assert m2.decide(Request("list", "")).allowed and taint(m2) == "internal, trusted"
 
 
 def test_every_subject_shares_the_runs_taint():

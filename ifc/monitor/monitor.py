@@ -708,9 +708,10 @@ class Monitor:
         directory's stored label takes the run's secrecy beyond the directory's own policy label — else a run that
         read a key could spell it in names (`src/sk_live_…`, or a file per bit) for the next run to `ls`."""
         directory = name.rpartition("/")[0]
-        # the root has no policy label (`**` is what is in it): there, what the name's own label holds stays out, or
-        # every run that made `.pytest_cache` would make every later run's first lookup `internal`
-        named = self.policy.file_label(directory or name).label
+        # what the directory's policy label holds stays out (else every `internal` run making a file would commit a
+        # label); the root has none (`**` is what is *in* it), and a name's own label is no floor: `sk_live….pem` is
+        # `secret` as a file, but its name is read by a listing, which reads no policy label
+        named = self.policy.file_label(directory).label if directory else self.policy.lattice.bottom
         secrecy = state.taint.secrecy - named.secrecy
         if not secrecy:
             return
