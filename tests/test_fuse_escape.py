@@ -425,6 +425,45 @@ def test_names_another_run_makes_meanwhile_taint_a_run_that_reads_them(tmp_path)
     assert "secret" in floated.get("src/out.py", ""), floated
 
 
+def test_attribute_names_a_secret_run_set_taint_the_run_that_lists_them(tmp_path):
+    """`user.*` attribute names are data as their values are: a secret run names one after the key on a file it
+    may write (`src/app.py`, which floats); a later run that only lists the file's attribute names (no value
+    read) is tainted. A file without such names is listed without a decision (`ls -l` asks every file)."""
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    for name in ("app.py", "plain.py"):
+        (ws / "src" / name).write_text("print('hi')\n")
+    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+
+    def run(n: int, work) -> str:
+        mnt, run = tmp_path / f"mnt{n}", tmp_path / f"run{n}"
+        mnt.mkdir()
+        daemon = Daemon(["--policy", str(POLICY), "--run-dir", str(run), str(ws), str(mnt)], str(mnt),
+                        log_path=str(tmp_path / f"daemon{n}.log"))
+        try:
+            work(mnt)
+        finally:
+            assert daemon.stop() == 0
+        return str(run)
+
+    def spell(mnt: Path) -> None:
+        (mnt / "deploy.pem").read_bytes()
+        os.setxattr(mnt / "src" / "app.py", "user.sk-MIIEvQ", b"1")
+
+    def plain(mnt: Path) -> None:
+        assert os.listxattr(mnt / "src" / "plain.py") == []
+        (mnt / "src" / "out1.py").write_text("x\n")
+
+    def probe(mnt: Path) -> None:
+        assert os.listxattr(mnt / "src" / "app.py") == ["user.sk-MIIEvQ"]
+        (mnt / "src" / "out2.py").write_text("learnt\n")
+
+    run(1, spell)
+    assert "src/out1.py" not in labels(run(2, plain))
+    floated = labels(run(3, probe))
+    assert "secret" in floated["src/app.py"] and "secret" in floated["src/out2.py"], floated
+
+
 def test_a_renamed_directory_carries_the_labels_of_the_names_beneath_it(tmp_path):
     """A policy whose secret files are secret by where they are (`src/private/**`), in a directory the agent
     may write: renaming the directory keeps every name beneath it secret, and a later reader is tainted. A

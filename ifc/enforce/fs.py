@@ -1527,11 +1527,14 @@ class EnforcingFS:
             return []
         rel = self.backing.relative(path)
         try:
-            return self._xattr_path(rel, os.listxattr)
+            names = self._xattr_path(rel, os.listxattr)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 return []
             raise
+        if any(xattr_namespace(name) not in ("security", "system") for name in names):
+            self._decide("read", rel)  # `user.*` names carry data as their values do (`ls -l` asks every file)
+        return names
 
     def _decide_xattr(self, path: str, name: str) -> str:
         # system.* (ACLs) change permissions; other namespaces carry data (the monitor refuses guarded ones)
