@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,20 @@ def coder(base):
         yield mnt, run
     finally:
         assert daemon.stop() == 0
+
+
+def run_once(ws: Path, n: int, work: Callable[[Path], None]) -> str:
+    """Run `n` on the workspace `ws` (beside it: its mount point and run dir), under the default policy: `work` on
+    the mount point; the run dir."""
+    mnt, run = ws.parent / f"mnt{n}", ws.parent / f"run{n}"
+    mnt.mkdir()
+    daemon = Daemon(["--policy", str(POLICY), "--run-dir", str(run), str(ws), str(mnt)], str(mnt),
+                    log_path=str(ws.parent / f"daemon{n}.log"))
+    try:
+        work(mnt)
+    finally:
+        assert daemon.stop() == 0
+    return str(run)
 
 
 def _read(path: str) -> str:
@@ -365,17 +380,6 @@ def test_names_a_secret_run_made_taint_the_next_run_that_reads_them(tmp_path):
     (ws / "src" / "app.py").write_text("print('hi')\n")
     (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
 
-    def run(n: int, work) -> str:
-        mnt, run = tmp_path / f"mnt{n}", tmp_path / f"run{n}"
-        mnt.mkdir()
-        daemon = Daemon(["--policy", str(POLICY), "--run-dir", str(run), str(ws), str(mnt)], str(mnt),
-                        log_path=str(tmp_path / f"daemon{n}.log"))
-        try:
-            work(mnt)
-        finally:
-            assert daemon.stop() == 0
-        return str(run)
-
     def spell(mnt: Path) -> None:
         key = (mnt / "deploy.pem").read_bytes()
         for i, bit in enumerate(format(key[28], "08b")):
@@ -391,11 +395,11 @@ def test_names_a_secret_run_made_taint_the_next_run_that_reads_them(tmp_path):
         assert sorted(os.listdir(mnt / "src")) == ["app.py", "bits"] and (mnt / "src" / "app.py").exists()
         (mnt / "src" / "out3.py").write_text("nothing learnt\n")
 
-    run(1, spell)
-    floated = labels(run(2, probe))
+    run_once(ws, 1, spell)
+    floated = labels(run_once(ws, 2, probe))
     # run 2 made a name in docs/ while secret: docs/ is now what src/bits is
     assert floated["src/bits"] == floated["docs"] == "secret" and "secret" in floated["docs/out2.md"], floated
-    floated = labels(run(3, clean))
+    floated = labels(run_once(ws, 3, clean))
     assert "src/out3.py" not in floated and "src" not in floated, floated
 
 
@@ -435,17 +439,6 @@ def test_attribute_names_a_secret_run_set_taint_the_run_that_lists_them(tmp_path
         (ws / "src" / name).write_text("print('hi')\n")
     (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
 
-    def run(n: int, work) -> str:
-        mnt, run = tmp_path / f"mnt{n}", tmp_path / f"run{n}"
-        mnt.mkdir()
-        daemon = Daemon(["--policy", str(POLICY), "--run-dir", str(run), str(ws), str(mnt)], str(mnt),
-                        log_path=str(tmp_path / f"daemon{n}.log"))
-        try:
-            work(mnt)
-        finally:
-            assert daemon.stop() == 0
-        return str(run)
-
     def spell(mnt: Path) -> None:
         (mnt / "deploy.pem").read_bytes()
         os.setxattr(mnt / "src" / "app.py", "user.sk-MIIEvQ", b"1")
@@ -458,9 +451,9 @@ def test_attribute_names_a_secret_run_set_taint_the_run_that_lists_them(tmp_path
         assert os.listxattr(mnt / "src" / "app.py") == ["user.sk-MIIEvQ"]
         (mnt / "src" / "out2.py").write_text("learnt\n")
 
-    run(1, spell)
-    assert "src/out1.py" not in labels(run(2, plain))
-    floated = labels(run(3, probe))
+    run_once(ws, 1, spell)
+    assert "src/out1.py" not in labels(run_once(ws, 2, plain))
+    floated = labels(run_once(ws, 3, probe))
     assert "secret" in floated["src/app.py"] and "secret" in floated["src/out2.py"], floated
 
 
