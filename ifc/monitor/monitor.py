@@ -56,7 +56,9 @@ TWO_PATH_OPS = ("rename", "link")
 NET_OPS = ("connect", "dns", "send")
 LIST = "list"  # a directory's names are read (a listing, or a lookup of one of them)
 ALL_OPS = (*FILE_OPS, *TWO_PATH_OPS, *NET_OPS, *CONTAINMENT_OPS, LIST)
-_MOVES = frozenset({"rename", "link"})
+# never answered from the cache: a move renames the provenance graph's node, a deletion forgets it (a repeat from the
+# cache would only add edges; a name renamed in and deleted again left its node behind)
+_GRAPH_CHANGES = frozenset({"rename", "link", "delete"})
 _AUTHORITY_OP = {"chmod": "write", "rename": "write", "link": "create", "dns": "connect", "send": "connect"}
 
 
@@ -418,8 +420,8 @@ class Monitor:
         trace, self._trace = self._trace, None
         verified, self._verified = self._verified, None
         if not decision.allowed or decision.capabilities_used or key[1] != state.taint.secrecy \
-                or key[2] != state.taint.integrity or key[7] != self.labels.version or request.op in _MOVES:
-            return  # a move renames the provenance graph's node, which a repeat from here would not
+                or key[2] != state.taint.integrity or key[7] != self.labels.version or request.op in _GRAPH_CHANGES:
+            return  # a move renames, a deletion forgets, the provenance graph's node: a repeat from here would not
         validity = None
         if request.token is not None:
             if verified is None or self.verifier is None:
@@ -555,7 +557,7 @@ class Monitor:
         if op in TWO_PATH_OPS:
             objects = [target, dest]
         elif op in ("write", "chmod"):  # a file's other names (hard links) change with it: authority over each
-            objects += sorted(self.labels.names(target) - {target})
+            objects += self._other_names(target)
         if req.token is not None and self.verifier is not None:
             try:
                 verified = self.verifier.verify(req.token, now=self.clock())
@@ -614,7 +616,7 @@ class Monitor:
         if op in ("write", "chmod"):
             # the content (or mode) of a file with several names changes under all of them: each name's rules must
             # accept it — a `.git/config` hard-linked into `src/` is still written only as `.git/config` may be
-            moving += tuple((None, name, None) for name in sorted(self.labels.names(target) - {target}))
+            moving += tuple((None, name, None) for name in self._other_names(target))
         verdicts = []
         links = () if req.facts is None else ((target, req.facts),) if op == "create" and \
             req.facts.symlink_target is not None else req.facts.moved_symlinks if op == "rename" else ()
@@ -1125,14 +1127,17 @@ class Monitor:
             cmdline=_cmdline(req), path=[[h.source, h.op, h.target] for h in decision.path], fix=decision.fix)
         return replace(decision, event=event)
 
+    def _other_names(self, path: str) -> list[str]:
+        """The file's other names (hard links the label store knows), in order."""
+        return sorted(self.labels.names(path) - {path})
+
     def _host_config(self, op: str, target: str, dest: str | None) -> list:
         """The host-executed configuration a change touches (`hostcfg.touched`), and for a write or a change of
         mode every other name of the file too (hard links: `.git/config` changed through `src/cfg`)."""
         touches = hostcfg.touched(op, target, dest)
         if op in ("write", "chmod"):
             with contextlib.suppress(PatternError, TypeError):  # a path that does not normalise changes nothing
-                path = normalise_path(target)
-                for name in sorted(self.labels.names(path) - {path}):
+                for name in self._other_names(normalise_path(target)):
                     touches += hostcfg.touched(op, name)
         return touches
 
