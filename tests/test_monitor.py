@@ -259,6 +259,7 @@ def test_a_new_run_sees_the_floated_label():
     Request("create", "src/sk_live_51HxReal"), Request("create", "sk_live_51HxReal.txt"),
     Request("rename", "src/a.py", dest="src/sk_live_51HxReal"),
     Request("link", "src/a.py", dest="src/sk_live_51HxReal"),
+    Request("delete", "src/a.py"), Request("rename", "src/a.py", dest="build/a.py"),  # removed: src/ shows it gone
 ])
 def test_names_a_secret_run_makes_are_secret_to_whoever_reads_them_later(make):
     """A name spells data (`src/sk_live_…`, or one file per bit): the directory a secret run makes a name in takes
@@ -267,7 +268,7 @@ def test_names_a_secret_run_makes_are_secret_to_whoever_reads_them_later(make):
     (`ls inbox/` reads no message), taint nobody."""
     m = coder_monitor()
     assert m.decide(Request("read", "src/a.py")).allowed and m.decide(Request("create", "src/plain.py")).allowed
-    directory = (make.dest or make.target).rpartition("/")[0]
+    directory = (make.target if make.op in ("delete", "rename") else make.dest or make.target).rpartition("/")[0]
     assert m.labels.get(directory) is None
     m.decide(Request("read", "id_rsa"))
     assert m.decide(make).allowed

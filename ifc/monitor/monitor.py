@@ -696,6 +696,8 @@ class Monitor:
                     reason = f"{target} floats up to `{lattice.describe(new)}`"
         if op in ("create", "rename", "link"):
             self._name_made(req, state, written)
+        if op in ("delete", "rename") and target != dest:  # a name removed: the listing shows it gone
+            self._name_made(req, state, target)
         for cap in used:
             self._capability_event(req, cap, written)
         base["taint_after"] = lattice.describe(state.taint)
@@ -705,10 +707,11 @@ class Monitor:
                         capabilities_used=used, tainted_by=self._provenance(state), **base)
 
     def _name_made(self, req: Request, state: RunState, name: str) -> None:
-        """A name is data too: one a run makes (a file, a directory, a rename's or a link's new name) is written into
-        its directory, and a later run that lists the directory, or looks the name up, reads it (`_list`). So the
-        directory's stored label takes the run's secrecy beyond the directory's own policy label — else a run that
-        read a key could spell it in names (`src/sk_live_…`, or a file per bit) for the next run to `ls`."""
+        """A name is data too: one a run makes (a file, a directory, a rename's or a link's new name) or removes (a
+        deletion, a rename's old name) is written into its directory, and a later run that lists the directory, or
+        looks a name the run made up, reads it (`_list`). So the directory's stored label takes the run's secrecy
+        beyond the directory's own policy label — else a run that read a key could spell it in names (`src/sk_live_…`,
+        or a file per bit, made or deleted) for the next run to `ls`."""
         directory = name.rpartition("/")[0]
         # what the directory's policy label holds stays out (else every `internal` run making a file would commit a
         # label); the root has none (`**` is what is *in* it), and a name's own label is no floor: `sk_live….pem` is
