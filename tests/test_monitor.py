@@ -897,7 +897,8 @@ def test_every_denial_and_label_change_is_logged_with_its_fields(verifier, tmp_p
     labels = list(read_events(other, "label"))
     assert [(e.target, e.object_label, e.op) for e in labels] == [
         ("src/notes.txt", "secret, trusted", "write"), ("tests/notes.txt", "secret, trusted", "rename"),
-        ("tests", "secret, trusted", "rename")]  # a name a secret run made: its directory's (`_name_made`)
+        ("tests", "secret, trusted", "rename"), ("src", "secret, trusted", "rename")]  # names a secret run made
+    # and removed: their directories' (`_name_made`)
     for e in labels:
         assert e.reason and e.pid and e.cmdline and e.subject == "session" and e.allowed
     log.close()
