@@ -103,18 +103,20 @@ class Pane:
         time.sleep(0.3)
         self.keys("Enter")
 
-    def choose(self, menu: str, number: str, timeout: float = 60) -> None:
+    def choose(self, menu: str, number: str, again: float = 5, timeout: float = 60) -> None:
         """Answer the menu whose question is `menu` with its option `number` (a digit picks and confirms; arrow
         keys are escape sequences, and an ESC read apart from the rest of its sequence cancels the menu). Sent
-        again while the menu stays: a key that arrives before the menu listens, which under TCG takes a while
-        after it is drawn, is lost."""
+        again while the menu stays `again` seconds: a key that arrives before the menu listens, which under TCG
+        takes a while after it is drawn, is lost. A menu the agent restarts itself after needs longer: a key sent
+        again while it restarts answers the next menu (Gemini CLI's folder trust, then its sign-in choice, whose
+        first option is Google's)."""
         deadline = time.monotonic() + timeout
         while menu in self.screen():
             if time.monotonic() > deadline:
                 pytest.fail(f"could not answer {menu!r}:\n{self.screen()}")
             self.keys(number)
             with contextlib.suppress(pytest.fail.Exception):
-                self.wait(lambda screen: menu not in screen, 5)
+                self.wait(lambda screen: menu not in screen, again)
 
     def resize(self, cols: int, rows: int) -> None:
         self.tmux("resize-window", "-t", "run", "-x", str(cols), "-y", str(rows))
@@ -276,7 +278,7 @@ def wider_than(width: int, marker: str) -> Callable[[str], bool]:
 # (("choose", menu text, key) answers a menu; ("wait", text) waits for the prompt), and its redraw at 120 columns
 OTHERS = {
     "gemini": ("generativelanguage.googleapis.com", "model_gemini:serve_gemini", "GEMINI_API_KEY", [],
-               [("choose", "Do you trust the files in this folder?", "1"),  # it restarts itself to apply it
+               [("choose", "Do you trust the files in this folder?", "1", 30),  # it restarts itself to apply it
                 ("choose", "Use Gemini API Key", "Enter"), ("choose", "Press Enter to submit", "Enter"),
                 ("wait", "Type your message")], rule(120)),
     "codex": ("api.openai.com", "model_openai:serve_responses", "OPENAI_API_KEY", [],
@@ -311,7 +313,7 @@ def test_terminal_ui_in_namespaces(tmp_path, pane, name, tmp_path_factory):
         for step, text, *press in first_start:
             pane.wait(text, 120)
             if step == "choose":
-                pane.choose(text, press[0])
+                pane.choose(text, *press)
         pane.type("what is the answer?")
         pane.wait(answers[0].text, 120)
         assert served.model.seen and all(REAL_KEY in str(seen.headers) for seen in served.model.seen)
