@@ -70,6 +70,7 @@ from ifc.enforce.identity import Caller, Identities
 from ifc.monitor import Monitor, Request
 from ifc.monitor.containment import Facts, symlink_walk, xattr_namespace
 from ifc.monitor.monitor import Repeat
+from ifc.policy.labels import Label
 from ifc.secretfiles.workspace import MAX_VIEW
 
 log = logging.getLogger("ifc.enforce.fs")
@@ -457,6 +458,8 @@ class EnforcingFS:
         self._warm_lock = threading.Lock()
         self._names = NameLock()
         self._listed_watch: tuple[int, bytes] | bool | None = False  # what the fast path was told (`_listed_seen`)
+        self._listed_dirs: set[str] = set()  # the directories with a stored label (`_listed`), and the labels
+        self._listed_labels: dict[str, Label] = {}  # that were stored when each name was looked at
 
     def attach_fast(self, fast: fastpath.FastPath, layout: fastpath.Layout) -> None:
         """Let `fast` answer the requests that decide nothing, and the opens the monitor says repeat
@@ -675,12 +678,18 @@ class EnforcingFS:
         changes need no telling: a run that made names in a directory already holds what they carry."""
         if names is not None:
             return
-        dirs = []
-        for path in self.monitor.labels.snapshot():
+        snapshot = self.monitor.labels.snapshot()
+        for path in self._listed_dirs - snapshot.keys():
+            self._listed_dirs.discard(path)
+        for path, label in snapshot.items():
+            if self._listed_labels.get(path) == label:
+                continue  # looked at already (each commit of another run's would otherwise stat every name)
+            self._listed_dirs.discard(path)
             with contextlib.suppress(OSError):  # gone: nothing to list
                 if not path or stat_mod.S_ISDIR(self.backing.lstat(path).st_mode):
-                    dirs.append(path)
-        self.fast.listed(dirs)
+                    self._listed_dirs.add(path)
+        self._listed_labels = snapshot
+        self.fast.listed(sorted(self._listed_dirs))
         self._listed_seen()
 
     @_refusals_logged
