@@ -1131,8 +1131,9 @@ class Monitor:
         return replace(decision, event=event)
 
     def _other_names(self, path: str) -> list[str]:
-        """The file's other names (hard links the label store knows), in order."""
-        return sorted(self.labels.names(path) - {path})
+        """The file's other names (hard links the label store knows), in order (most files have no object: asked
+        on every write and chmod, cache hits too)."""
+        return sorted(self.labels.names(path) - {path}) if self.labels.object_of(path) is not None else []
 
     def _host_config(self, op: str, target: str, dest: str | None) -> list:
         """The host-executed configuration a change touches (`hostcfg.touched`), and for a write or a change of
