@@ -403,6 +403,49 @@ def test_names_a_secret_run_made_taint_the_next_run_that_reads_them(tmp_path):
     assert "src/out3.py" not in floated and "src" not in floated, floated
 
 
+def test_names_a_secret_run_removed_taint_the_next_run_that_looks_them_up(tmp_path):
+    """Run 1 reads a key and deletes one of the owner's eight files per set bit. Run 2 stats all eight (no listing):
+    the first absent one taints it, so it cannot send the bits. Run 3 stats only names nobody tainted removed, in
+    the same directories (`src/bits` itself too, though its label is its names'), and stays clean."""
+    ws = tmp_path / "ws"
+    (ws / "src" / "bits").mkdir(parents=True)
+    for i in range(8):
+        (ws / "src" / "bits" / str(i)).write_text("0\n")
+    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    bits = format(ord("M"), "08b")
+
+    def spell(mnt: Path) -> None:
+        assert (mnt / "deploy.pem").read_bytes()[28] == ord("M")
+        for i, bit in enumerate(bits):
+            if bit == "1":
+                (mnt / "src" / "bits" / str(i)).unlink()
+        (mnt / "src" / "note").write_text("x\n")  # a name made in src/: src/ is labelled too
+
+    def probe(mnt: Path) -> None:
+        assert [not (mnt / "src" / "bits" / str(i)).exists() for i in range(8)] == [b == "1" for b in bits]
+        (mnt / "docs").mkdir(exist_ok=True)
+
+    def clean(mnt: Path) -> None:
+        assert (mnt / "src" / "bits" / "0").exists()  # bit 0 of `M` is 0: never removed
+        (mnt / "src" / "out3.py").write_text("nothing learnt\n")
+
+    run_once(ws, 1, spell)
+    assert "secret" in labels(run_once(ws, 2, probe)).get("docs", ""), "a name made by a tainted run 2"
+    assert "src/out3.py" not in labels(run_once(ws, 3, clean))
+    # a person sees the removed names (`ifc labels`) and lowers one: looking it up reads that from then on
+    ifc = [sys.executable, "-m", "ifc", "labels", str(ws)]
+    listed = subprocess.run(ifc, capture_output=True, text=True, check=True).stdout
+    assert "names a tainted run made or removed" in listed and "  src/bits/1: secret, trusted (removed)" in listed
+    subprocess.run([*ifc, "--policy", str(POLICY), "--lower", "src/bits/1", "--to", "internal", "--reason",
+                    "checked: the bits are noise"], capture_output=True, text=True, check=True)
+
+    def lowered(mnt: Path) -> None:
+        assert not (mnt / "src" / "bits" / "1").exists()
+        (mnt / "src" / "out4.py").write_text("x\n")
+
+    assert "src/out4.py" not in labels(run_once(ws, 4, lowered))
+
+
 def test_names_another_run_makes_meanwhile_taint_a_run_that_reads_them(tmp_path):
     """Two runs on one workspace at once: B mounts first (nothing labelled then), A reads a key and makes a name
     in `src/drop`; B's lookup of it, answered by the compiled fast path until then, reaches the monitor (the label

@@ -283,19 +283,42 @@ def test_names_a_secret_run_makes_are_secret_to_whoever_reads_them_later(make):
     assert not m2.decide(Request("connect", "https://api.anthropic.com")).allowed
 
 
+def test_a_name_a_secret_run_made_or_removed_is_read_by_looking_it_up():
+    """A secret run deletes `src/a.py` and makes `src/new` (one file per bit): a later run that looks either name
+    up (finding it absent, or there) reads it; one that looks up a name nobody tainted made or removed, beside
+    them — `src` itself included, whose label is its names' — reads nothing; once a clean run makes `src/a.py`
+    again, whether it is there says nothing of the secret run any more."""
+    m = coder_monitor()
+    m.decide(Request("read", "id_rsa"))
+    assert m.decide(Request("delete", "src/a.py")).allowed and m.decide(Request("create", "src/new")).allowed
+    assert m.labels.named("src/a.py") == m.labels.named("src/new") == {"secret"}
+    for name in ("src/a.py", "src/new"):
+        m2 = next_run(m)
+        assert m2.decide(Request("lookup", "src/b.py")).allowed and m2.decide(Request("lookup", "src")).allowed
+        assert taint(m2) == "public, trusted"
+        d = m2.decide(Request("lookup", name))
+        assert d.allowed and m2.taint_of("session").secrecy == {"secret"} and ("secret", name) in d.tainted_by
+    assert next_run(m).decide(Request("create", "src/a.py")).allowed and m.labels.named("src/a.py") is None
+    m3 = next_run(m)
+    assert m3.decide(Request("lookup", "src/a.py")).allowed and taint(m3) == "public, trusted"
+
+
 def test_names_within_their_directorys_label_float_nothing():
     """An `internal` run making `src/x.py` or `docs/new.md` (`docs/**` labels what is inside; the directory is
-    `**`'s) writes nothing into the directory; at the root, which has no label of its own, `.pytest_cache` does —
-    and a later run's lookup of it, a name with no label of its own, taints nobody: only a listing of the root."""
+    `**`'s) writes nothing into the directory; at the root, which has no label of its own, `.pytest_cache` does:
+    a later run that lists the root, or looks that name up, reads `internal`; one that looks up the owner's
+    `pyproject.toml` beside it reads nothing."""
     m = coder_monitor()
     m.decide(Request("read", "src/a.py"))
     for name in ("src/x.py", "docs/new.md"):
         assert m.decide(Request("create", name)).allowed
     assert set(m.labels.snapshot()) == {"docs/new.md"}  # its content's label, as before: no directory's
+    assert m.labels.named("src/x.py") is None and m.labels.named("docs/new.md") is None
     assert m.decide(Request("create", ".pytest_cache")).allowed and m.labels.get("").secrecy == {"internal"}
-    assert m.labels.get(".pytest_cache") is None  # what a lookup would read (`EnforcingFS._names_read`): nothing
-    m2 = next_run(m)
-    assert m2.decide(Request("list", "")).allowed and taint(m2) == "internal, trusted"
+    for op, target in (("list", ""), ("lookup", ".pytest_cache")):
+        m2 = next_run(m)
+        assert m2.decide(Request("lookup", "pyproject.toml")).allowed and taint(m2) == "public, trusted"
+        assert m2.decide(Request(op, target)).allowed and taint(m2) == "internal, trusted"
 
 
 def test_every_subject_shares_the_runs_taint():

@@ -25,6 +25,7 @@ import sys
 
 from ifc.cli import ExitCode
 from ifc.cli.common import Usage, error, load_policy_and_agent
+from ifc.policy.labels import Label
 
 EPILOG = """exit codes:
   0  listed, or lowered
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         if not os.path.isdir(args.workspace):
             raise Usage(f"workspace `{args.workspace}` is not a directory")
         if not lowering and not store_path(args.workspace).exists():
-            return _print(args, {"workspace": os.path.realpath(args.workspace), "labels": [], "declassified": []})
+            return _print(args, {"workspace": os.path.realpath(args.workspace), "labels": [], "names": [],
+                                 "declassified": []})
         store = open_store(args.workspace)
     except (Usage, LabelStoreError) as exc:
         return _error(getattr(exc, "message", str(exc)), getattr(exc, "help", None))
@@ -126,6 +128,8 @@ def _lower(args, store, lattice) -> int:
 
     path = args.lower.strip("/")
     current = store.get(path)
+    if current is None and store.named(path) is not None:  # a name a tainted run made or removed
+        current = Label(store.named(path), len(lattice.integrity_levels) - 1)
     if current is None:
         raise Usage(f"`{path}` has no floated label in `{args.workspace}`", "see `ifc labels WORKSPACE`")
     new = parse_label(args.to, lattice, current.integrity)
@@ -169,8 +173,12 @@ def _listing(store, lattice) -> dict:
                        "tags": sorted(label.secrecy),
                        "integrity": label.integrity, "why": [_change(c, lattice) for c in history]})
     declassified = [_change(c, lattice) for c in changes if c.kind == "lower"]
+    top = len(lattice.integrity_levels) - 1 if lattice is not None else 1
+    names = [{"path": path, "label": _describe(Label(secrecy, top), lattice, None), "tags": sorted(secrecy),
+              "exists": os.path.lexists(os.path.join(store.root, path))}
+             for path, secrecy in sorted(store.named_snapshot().items())]
     return {"workspace": store.meta("workspace"), "store": str(store.path), "labels": labels,
-            "declassified": declassified}
+            "names": names, "declassified": declassified}
 
 
 def _change(c, lattice) -> dict:
@@ -188,7 +196,7 @@ def _print(args, listing: dict) -> int:
         json.dump(listing, sys.stdout, indent=2)
         print()
         return ExitCode.OK
-    if not listing["labels"]:
+    if not listing["labels"] and not listing["names"]:
         print(f"{listing['workspace']}: no floated labels")
     for entry in listing["labels"]:
         gone = "" if entry["exists"] else " (no such file now: kept, a file made there later gets it)"
@@ -196,6 +204,10 @@ def _print(args, listing: dict) -> int:
         print(f"{entry['path'] or '/'}: {entry['label']}{gone}{names}")
         for c in entry["why"]:
             print("  " + _sentence(c))
+    if listing["names"]:
+        print("names a tainted run made or removed (a lookup of one, finding it or not, reads this):")
+        for entry in listing["names"]:
+            print(f"  {entry['path']}: {entry['label']}" + ("" if entry["exists"] else " (removed)"))
     if listing["declassified"]:
         print("declassified by hand:")
         for c in listing["declassified"]:

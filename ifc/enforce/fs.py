@@ -651,15 +651,15 @@ class EnforcingFS:
                                                    "f_files", "f_ffree", "f_favail", "f_flag", "f_namemax")}
 
     def _names_read(self, directory: str, name: str | None = None) -> None:
-        """The names of `directory` are read — all (a listing), or that `name` is there (a lookup): decided as
-        `list` where a tainted run made names (`Monitor._name_made`: the directory has a stored label), to taint
-        the reader with it. A lookup only of a name with a label of its own, which it reads: a name a tainted run
-        made has one (its content's), while the owner's files around it (`notes.md` at the root) are found as
-        before."""
-        stored = self.monitor.stored_labels(directory, *(name,) if name else ())  # looks at the store again
+        """The names of `directory` are read — all (a listing: decided as `list` where a tainted run made or
+        removed names, `Monitor._name_made`, and the directory has a stored label), or whether `name` is there (a
+        lookup: decided as `lookup` when a tainted run made or removed that name, `LabelStore.named`), to taint the
+        reader with it. The owner's names beside them (`notes.md` at the root) are found as before."""
+        labels = self.monitor.labels  # each look syncs with the store first
+        stored = labels.named(name) if name is not None else self.monitor.stored_labels(directory)[directory]
         self._listed_seen()
-        if all(label is not None for label in stored.values()):
-            self._decide("list", name or directory)  # a lookup reads the name's own label: the report names it
+        if stored is not None:
+            self._decide("list" if name is None else "lookup", name or directory)
 
     def _listed_seen(self) -> None:
         """Tell the fast path the label store as the monitor last looked, when it moved since it was told: until

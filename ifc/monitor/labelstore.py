@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts RE
                                     run TEXT, subject TEXT, command TEXT, source TEXT, who TEXT, reason TEXT);
 CREATE INDEX IF NOT EXISTS history_object ON history (object);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS named (path TEXT PRIMARY KEY, secrecy TEXT NOT NULL);
 """
 
 BUSY_TIMEOUT_MS = 30_000  # another run's transaction is milliseconds; waiting beats failing a write
@@ -172,6 +173,8 @@ class LabelStore:
         self._names: dict[str, int] = {}
         self._objects: dict[int, Label] = {}
         self._inodes: dict[tuple[int, int], int] = {}
+        # names a tainted run made or removed, with the secrecy it held (`named`): whether they are there is its data
+        self._named_by: dict[str, frozenset[str]] = {}
         # bookkeeping for the hot paths, derived from the three maps above (`_index`): the names each object
         # has, the inodes each object owns, and how many names lie beneath each directory prefix
         self._named: dict[int, set[str]] = {}
@@ -224,6 +227,48 @@ class LabelStore:
             if oid is None and self._inodes and self.root is not None:
                 oid = self._adopt(path)
             return None if oid is None else self._objects.get(oid)
+
+    def named(self, path: str) -> frozenset[str] | None:
+        """The secrecy of the tainted run that made or removed the name `path` (`mark_named`), or None: a lookup of
+        the name, finding it there or not, reads that."""
+        with self._lock:
+            if not self._pinned:
+                self._sync()
+            return self._named_by.get(path)
+
+    def mark_named(self, path: str, secrecy: frozenset[str] | None) -> None:
+        """A run holding `secrecy` made or removed the name `path` (joined with what was recorded: never lower);
+        None: a run holding nothing beyond its directory's label made it again, so whether it is there says nothing
+        of an earlier run's any more."""
+        with self._lock:
+            if not self._pinned:
+                self._sync()
+            old = self._named_by.get(path)
+            if old == (None if secrecy is None else (old or frozenset()) | secrecy):
+                return  # nothing to record: no transaction
+        with self._lock, self._transaction():
+            old = self._named_by.get(path)
+            self._set_named(path, None if secrecy is None else (old or frozenset()) | secrecy)
+
+    def named_snapshot(self) -> dict[str, frozenset[str]]:
+        """Every name a tainted run made or removed, with what it held (`ifc labels` lists them)."""
+        with self._lock:
+            return dict(self._named_by)
+
+    def _set_named(self, path: str, secrecy: frozenset[str] | None) -> None:
+        """Record (None or nothing left: forget) what the name `path` says of the run that made or removed it; in a
+        transaction."""
+        if not secrecy:
+            self._named_by.pop(path, None)
+        else:
+            self._named_by[path] = secrecy
+        if self._db is not None:
+            if not secrecy:
+                self._db.execute("DELETE FROM named WHERE path = ?", (to_sql(path),))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO named (path, secrecy) VALUES (?, ?)",
+                                 (to_sql(path), ",".join(sorted(secrecy))))
+        self._touched.add(path)
 
     def object_of(self, path: str) -> int | None:
         """The object `path` names (names of one object share its label and its history)."""
@@ -372,6 +417,14 @@ class LabelStore:
             if oid is None and self.root is not None:
                 oid = self._adopt(path)
             old = None if oid is None else self._objects.get(oid)
+            named = self._named_by.get(path)
+            if old is None and named is not None:  # only a name a tainted run made or removed: lower that
+                old = Label(named, label.integrity)
+                if expect is not None and old != expect:
+                    raise LabelChanged(path, old)
+                self._set_named(path, named & label.secrecy)
+                self._log("lower", path, None, old, label, Why(who=who, reason=reason))
+                return old
             if old is None:
                 raise LabelStoreError(f"`{path}` has no floated label")
             if expect is not None and old != expect:
@@ -379,6 +432,8 @@ class LabelStore:
             if not label.flows_to(old):
                 raise LabelStoreError(f"`{path}`: the new label is not below the current one")
             self._put_object(oid, label, None)
+            if named is not None and not named <= label.secrecy:  # the person saw the name too: it goes as low
+                self._set_named(path, named & label.secrecy)
             self._log("lower", path, oid, old, label, Why(who=who, reason=reason))
         return old
 
@@ -482,13 +537,15 @@ class LabelStore:
                 if dev is not None:
                     inodes[(dev, ino)] = oid
             names = {from_sql(path): oid for path, oid in self._db.execute("SELECT path, object FROM names")}
+            named = {from_sql(path): frozenset(filter(None, secrecy.split(",")))
+                     for path, secrecy in self._db.execute("SELECT path, secrecy FROM named")}
             # ids are never reused: a deleted object's history stays its own, not a later file's
             recorded = self._db.execute("SELECT MAX(object) FROM history").fetchone()[0] or 0
             seen = self._db.execute("PRAGMA data_version").fetchone()[0]
         finally:
             if own:
                 self._db.execute("COMMIT")  # ends the read; nothing was written
-        self._objects, self._inodes, self._names = objects, inodes, names
+        self._objects, self._inodes, self._names, self._named_by = objects, inodes, names, named
         self._next = max(max(objects, default=0), recorded) + 1
         self._index()
         self._seen = seen

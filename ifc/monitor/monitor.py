@@ -54,8 +54,8 @@ from ifc.policy.model import Agent, Policy
 FILE_OPS = ("read", "write", "create", "delete", "exec", "chmod")
 TWO_PATH_OPS = ("rename", "link")
 NET_OPS = ("connect", "dns", "send")
-LIST = "list"  # a directory's names are read (a listing, or a lookup of one of them)
-ALL_OPS = (*FILE_OPS, *TWO_PATH_OPS, *NET_OPS, *CONTAINMENT_OPS, LIST)
+LIST, LOOKUP = "list", "lookup"  # a directory's names read (a listing); whether one name is there (a lookup)
+ALL_OPS = (*FILE_OPS, *TWO_PATH_OPS, *NET_OPS, *CONTAINMENT_OPS, LIST, LOOKUP)
 # never answered from the cache: a move renames the provenance graph's node, a deletion forgets it (a repeat from the
 # cache would only add edges; a name renamed in and deleted again left its node behind)
 _GRAPH_CHANGES = frozenset({"rename", "link", "delete"})
@@ -468,9 +468,9 @@ class Monitor:
         if op not in ALL_OPS:
             return Decision(allowed=False, reason=f"unknown operation `{op}`", **base)
         dest = None
-        if op == LIST:
+        if op in (LIST, LOOKUP):
             try:
-                return self._list(req, state, base, normalise_path(target))
+                return self._list(req, state, base, normalise_path(target), op == LOOKUP)
             except (PatternError, TypeError) as exc:
                 return Decision(allowed=False, reason=f"bad path: {getattr(exc, 'message', exc)}", **base)
         if op in FILE_OPS or op in TWO_PATH_OPS or op == "readlink":
@@ -697,7 +697,7 @@ class Monitor:
         if op in ("create", "rename", "link"):
             self._name_made(req, state, written)
         if op in ("delete", "rename") and target != dest:  # a name removed: the listing shows it gone
-            self._name_made(req, state, target)
+            self._name_made(req, state, target, removed=True)
         for cap in used:
             self._capability_event(req, cap, written)
         base["taint_after"] = lattice.describe(state.taint)
@@ -706,12 +706,14 @@ class Monitor:
                         object_label=lattice.describe(self.label_of(written)),
                         capabilities_used=used, tainted_by=self._provenance(state), **base)
 
-    def _name_made(self, req: Request, state: RunState, name: str) -> None:
+    def _name_made(self, req: Request, state: RunState, name: str, removed: bool = False) -> None:
         """A name is data too: one a run makes (a file, a directory, a rename's or a link's new name) or removes (a
         deletion, a rename's old name) is written into its directory, and a later run that lists the directory, or
-        looks a name the run made up, reads it (`_list`). So the directory's stored label takes the run's secrecy
-        beyond the directory's own policy label — else a run that read a key could spell it in names (`src/sk_live_…`,
-        or a file per bit, made or deleted) for the next run to `ls`."""
+        looks that name up (finding it there or not), reads it (`_list`). So the directory's stored label takes the
+        run's secrecy beyond the directory's own policy label, and the name is recorded with it
+        (`LabelStore.mark_named`) — else a run that read a key could spell it in names (`src/sk_live_…`, or a file
+        per bit, made or deleted) for the next run to `ls` or `stat`. A name made again by a run holding nothing
+        beyond that says nothing of the earlier run any more."""
         directory = name.rpartition("/")[0]
         # what the directory's policy label holds stays out (else every `internal` run making a file would commit a
         # label); the root has none (`**` is what is *in* it), and a name's own label is no floor: `sk_live….pem` is
@@ -719,20 +721,27 @@ class Monitor:
         named = self.policy.file_label(directory).label if directory else self.policy.lattice.bottom
         secrecy = state.taint.secrecy - named.secrecy
         if not secrecy:
+            if not removed and self.labels.named(name) is not None:
+                self.labels.mark_named(name, None)
             return
         names = Label(secrecy, self.policy.lattice.top_integrity)  # names carry what they spell, not trust
+        self.labels.mark_named(name, secrecy)
         stored = self.labels.get(directory)
         if stored is not None and names.flows_to(stored):
             return
         self.labels.raise_to(directory, names, self._why(req, state, names))
         self._label_event(req, directory or "/", self.label_of(directory), f"names made in it by {req.subject}")
 
-    def _list(self, req: Request, state: RunState, base: dict, directory: str) -> Decision:
-        """Names read: a directory's (a listing), or that one name is there (a lookup of a name in a directory a
-        tainted run made names in). The reader takes what the runs that made them held (`_name_made`: the
-        directory's stored label; a name's own); the policy label stays out — names the owner made are no data of
-        the run's, and `ls inbox/` is no read of a message."""
-        stored = self.labels.get(directory)
+    def _list(self, req: Request, state: RunState, base: dict, directory: str, lookup: bool = False) -> Decision:
+        """Names read: a directory's (a listing), or (`lookup`) whether the name `directory` is there. The reader
+        takes what the runs that made or removed them held (`_name_made`: the directory's stored label; the
+        name's record); the policy label stays out — names the owner made are no data of the run's, and `ls
+        inbox/` is no read of a message."""
+        if lookup:
+            named = self.labels.named(directory)
+            stored = None if named is None else Label(named, self.policy.lattice.top_integrity)
+        else:
+            stored = self.labels.get(directory)
         if stored is not None:
             self._absorb(state, stored, node("file", directory or "/"), node("subject", req.subject), "read",
                          self.clock(), req)
