@@ -129,7 +129,7 @@ def _lower(args, store, lattice) -> int:
     path = args.lower.strip("/")
     current = store.get(path)
     if current is None and store.named(path) is not None:  # a name a tainted run made or removed
-        current = Label(store.named(path), len(lattice.integrity_levels) - 1)
+        current = Label(store.named(path), lattice.top_integrity)
     if current is None:
         raise Usage(f"`{path}` has no floated label in `{args.workspace}`", "see `ifc labels WORKSPACE`")
     new = parse_label(args.to, lattice, current.integrity)
@@ -173,7 +173,7 @@ def _listing(store, lattice) -> dict:
                        "tags": sorted(label.secrecy),
                        "integrity": label.integrity, "why": [_change(c, lattice) for c in history]})
     declassified = [_change(c, lattice) for c in changes if c.kind == "lower"]
-    top = len(lattice.integrity_levels) - 1 if lattice is not None else 1
+    top = lattice.top_integrity if lattice is not None else 1  # names carry secrecy only
     names = [{"path": path, "label": _describe(Label(secrecy, top), lattice, None), "tags": sorted(secrecy),
               "exists": os.path.lexists(os.path.join(store.root, path))}
              for path, secrecy in sorted(store.named_snapshot().items())]

@@ -609,11 +609,11 @@ class EnforcingFS:
         if fh in self._virtual or (fh is None and self._is_denials(path)):
             return self._denials_attrs(len(self._virtual[fh]) if fh in self._virtual else
                                        len(self.monitor.denials_text()))
-        if fh is None and self.monitor is not None:
+        if fh is None:
             rel = self.backing.relative(path)
-            if rel:
+            if rel and self.monitor is not None:
                 self._names_read(rel.rpartition("/")[0], rel)  # a lookup: that the name is there is read
-        st = os.fstat(fh) if fh is not None else self.backing.lstat(self.backing.relative(path))
+        st = os.fstat(fh) if fh is not None else self.backing.lstat(rel)
         if st.st_nlink > 1 and path is not None and self.invalidate is not None and not stat_mod.S_ISDIR(st.st_mode):
             self._seen(path, st)
         attrs = self._attrs(st)
@@ -656,7 +656,7 @@ class EnforcingFS:
         lookup: decided as `lookup` when a tainted run made or removed that name, `LabelStore.named`), to taint the
         reader with it. The owner's names beside them (`notes.md` at the root) are found as before."""
         labels = self.monitor.labels  # each look syncs with the store first
-        stored = labels.named(name) if name is not None else self.monitor.stored_labels(directory)[directory]
+        stored = labels.named(name) if name is not None else labels.get(directory)
         self._listed_seen()
         if stored is not None:
             self._decide("list" if name is None else "lookup", name or directory)
@@ -679,8 +679,7 @@ class EnforcingFS:
         if names is not None:
             return
         snapshot = self.monitor.labels.snapshot()
-        for path in self._listed_dirs - snapshot.keys():
-            self._listed_dirs.discard(path)
+        self._listed_dirs &= snapshot.keys()
         for path, label in snapshot.items():
             if self._listed_labels.get(path) == label:
                 continue  # looked at already (each commit of another run's would otherwise stat every name)

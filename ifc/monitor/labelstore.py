@@ -240,15 +240,17 @@ class LabelStore:
         """A run holding `secrecy` made or removed the name `path` (joined with what was recorded: never lower);
         None: a run holding nothing beyond its directory's label made it again, so whether it is there says nothing
         of an earlier run's any more."""
+        def joined() -> frozenset[str] | None:
+            old = self._named_by.get(path)
+            return None if secrecy is None else (old or frozenset()) | secrecy
+
         with self._lock:
             if not self._pinned:
                 self._sync()
-            old = self._named_by.get(path)
-            if old == (None if secrecy is None else (old or frozenset()) | secrecy):
+            if self._named_by.get(path) == joined():
                 return  # nothing to record: no transaction
-        with self._lock, self._transaction():
-            old = self._named_by.get(path)
-            self._set_named(path, None if secrecy is None else (old or frozenset()) | secrecy)
+        with self._lock, self._transaction():  # again, on what the database holds
+            self._set_named(path, joined())
 
     def named_snapshot(self) -> dict[str, frozenset[str]]:
         """Every name a tainted run made or removed, with what it held (`ifc labels` lists them)."""

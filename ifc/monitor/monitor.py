@@ -620,7 +620,7 @@ class Monitor:
         verdicts = []
         links = () if req.facts is None else ((target, req.facts),) if op == "create" and \
             req.facts.symlink_target is not None else req.facts.moved_symlinks if op == "rename" else ()
-        for name, facts in links:  # a symlink made, or moved, at a name what the host runs
+        for name, facts in links:  # a symlink made, or moved: at a name the host runs, where it leads matters
             refused = self._symlink_guard(state, base, name, facts)
             if refused is not None:
                 return refused
