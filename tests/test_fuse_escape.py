@@ -447,11 +447,13 @@ def test_names_a_secret_run_removed_taint_the_next_run_that_looks_them_up(tmp_pa
 
 
 def test_names_another_run_makes_meanwhile_taint_a_run_that_reads_them(tmp_path):
-    """Two runs on one workspace at once: B mounts first (nothing labelled then), A reads a key and makes a name
-    in `src/drop`; B's lookup of it, answered by the compiled fast path until then, reaches the monitor (the label
-    store moved since B looked) and taints B."""
+    """Two runs on one workspace at once: B mounts first (nothing labelled then), A reads a key, sets the mtime of
+    the owner's `src/clock.py` to a byte of it and makes a name in `src/drop`; B's stat of the file, and its lookup
+    of the name, answered by the compiled fast path until then, reach the monitor (the label store moved since B
+    looked) and taint B."""
     ws = tmp_path / "ws"
     (ws / "src" / "drop").mkdir(parents=True)
+    (ws / "src" / "clock.py").write_text("")
     (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
     daemons, mounts = [], {}
     try:
@@ -460,16 +462,58 @@ def test_names_another_run_makes_meanwhile_taint_a_run_that_reads_them(tmp_path)
             mounts[name].mkdir()
             daemons.append(Daemon(["--policy", str(POLICY), "--run-dir", str(tmp_path / f"run-{name}"), str(ws),
                                    str(mounts[name])], str(mounts[name]), log_path=str(tmp_path / f"{name}.log")))
-        assert os.listdir(mounts["b"] / "src") == ["drop"]  # served in C: nothing is labelled yet
-        (mounts["a"] / "deploy.pem").read_bytes()
+        assert os.listdir(mounts["b"] / "src/drop") == []  # served in C: nothing is labelled yet
+        byte = (mounts["a"] / "deploy.pem").read_bytes()[28]
+        os.utime(mounts["a"] / "src" / "clock.py", (byte, byte))
+        assert os.stat(mounts["b"] / "src" / "clock.py").st_mtime == ord("M")
+        (mounts["b"] / "src" / "out1.py").write_text("learnt\n")
         (mounts["a"] / "src" / "drop" / "sk-MIIEvQ").touch()
         assert (mounts["b"] / "src" / "drop" / "sk-MIIEvQ").exists()
-        (mounts["b"] / "src" / "out.py").write_text("learnt\n")
+        (mounts["b"] / "src" / "out2.py").write_text("learnt\n")
     finally:
         for daemon in daemons:
             assert daemon.stop() == 0
     floated = labels(str(tmp_path / "run-b"))
-    assert "secret" in floated.get("src/out.py", ""), floated
+    assert "secret" in floated.get("src/out1.py", "") and "secret" in floated.get("src/out2.py", ""), floated
+
+
+@pytest.mark.parametrize("channel", ["mtime", "size", "mode"])
+def test_attributes_a_secret_run_changed_taint_the_next_run_that_stats_them(tmp_path, channel):
+    """Run 1 reads a key and hides a byte of it in an attribute of the owner's clean `src/a.py`: its mtime (`touch
+    -d @<byte>`), its size (as many bytes appended) or its mode (`chmod`). Run 2, a new mount and a clean run, only
+    stats the file (no read, no listing) and learns the byte: it is tainted, so what it writes floats to secret.
+    Run 3 stats the owner's untouched `src/b.py` beside it, and stays clean."""
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "docs").mkdir()
+    for name in ("a.py", "b.py"):
+        (ws / "src" / name).write_text("")
+    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    read = {"mtime": lambda st: int(st.st_mtime), "size": lambda st: st.st_size, "mode": lambda st: st.st_mode & 0o777}
+
+    def spell(mnt: Path) -> None:
+        byte = (mnt / "deploy.pem").read_bytes()[28]
+        target = mnt / "src" / "a.py"
+        if channel == "mtime":
+            os.utime(target, (byte, byte))
+        elif channel == "size":
+            with open(target, "ab") as handle:
+                handle.write(b"x" * byte)
+        else:
+            os.chmod(target, byte)
+
+    def probe(mnt: Path) -> None:
+        assert read[channel](os.stat(mnt / "src" / "a.py")) == ord("M")
+        (mnt / "docs" / "out2.md").write_text("learnt\n")
+
+    def clean(mnt: Path) -> None:
+        os.stat(mnt / "src" / "b.py")
+        (mnt / "docs" / "out3.md").write_text("nothing learnt\n")
+
+    run_once(ws, 1, spell)
+    floated = labels(run_once(ws, 2, probe))
+    assert "secret" in floated.get("docs/out2.md", ""), floated
+    assert "docs/out3.md" not in labels(run_once(ws, 3, clean))
 
 
 def test_attribute_names_a_secret_run_set_taint_the_run_that_lists_them(tmp_path):

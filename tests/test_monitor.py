@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import stat
 from functools import cache
 from pathlib import Path
 
@@ -294,13 +295,49 @@ def test_a_name_a_secret_run_made_or_removed_is_read_by_looking_it_up():
     assert m.labels.named("src/a.py") == m.labels.named("src/new") == {"secret"}
     for name in ("src/a.py", "src/new"):
         m2 = next_run(m)
-        assert m2.decide(Request("lookup", "src/b.py")).allowed and m2.decide(Request("lookup", "src")).allowed
+        directory = Facts(node_type=stat.S_IFDIR)
+        assert m2.decide(Request("lookup", "src/b.py")).allowed and \
+            m2.decide(Request("lookup", "src", facts=directory)).allowed
         assert taint(m2) == "public, trusted"
         d = m2.decide(Request("lookup", name))
-        assert d.allowed and m2.taint_of("session").secrecy == {"secret"} and ("secret", name) in d.tainted_by
+        assert d.allowed and taint(m2) == "secret, trusted" and ("secret", name) in d.tainted_by
     assert next_run(m).decide(Request("create", "src/a.py")).allowed and m.labels.named("src/a.py") is None
     m3 = next_run(m)
     assert m3.decide(Request("lookup", "src/a.py")).allowed and taint(m3) == "public, trusted"
+
+
+@pytest.mark.parametrize("change", ["chmod", "write"])
+def test_what_a_secret_run_changes_in_a_files_attributes_is_read_by_looking_it_up(change):
+    """A run that read a key changes a clean file's times, mode or owner (`chmod`: `touch -d @<bits> src/a.py`), or
+    appends as many bytes: the file's stored label takes the run's taint, and a later run that looks the name up
+    (a `stat`: the kernel's lookup brings the attributes) reads it — a directory's lookup reads only its name's
+    record (its stored label is its names', read by a listing); the owner's files beside it read nothing."""
+    m = coder_monitor()
+    m.decide(Request("read", "id_rsa"))
+    assert m.decide(Request(change, "src/a.py")).allowed
+    assert m.labels.get("src/a.py") is not None and "secret" in m.labels.get("src/a.py").secrecy
+    m2 = next_run(m)
+    regular = Facts(node_type=stat.S_IFREG)
+    assert m2.decide(Request("lookup", "src/b.py", facts=regular)).allowed and taint(m2) == "public, trusted"
+    d = m2.decide(Request("lookup", "src/a.py", facts=regular))
+    assert d.allowed and taint(m2) == "secret, trusted" and ("secret", "src/a.py") in d.tainted_by
+    m3 = next_run(m)
+    assert m3.decide(Request("chmod", "src")).allowed and taint(m3) == "public, trusted"  # a clean run: no raise
+    m.decide(Request("chmod", "docs"))  # the secret run's: a directory's stored label is read by its listing
+    m4 = next_run(m)
+    assert m4.decide(Request("lookup", "docs", facts=Facts(node_type=stat.S_IFDIR))).allowed
+    assert taint(m4) == "public, trusted"
+    assert m4.decide(Request("list", "docs")).allowed and taint(m4) == "secret, trusted"
+
+
+def test_an_anticipated_change_that_would_raise_a_label_is_left_to_be_decided():
+    """`anticipate` decides without effect: a change a tainted run would make to a clean file raises its label, so
+    it is no repeat — nothing is stored, and the change is decided in full when it comes."""
+    m = coder_monitor()
+    m.decide(Request("read", "id_rsa"))
+    assert m.anticipate(Request("chmod", "src/a.py")) is None and m.labels.get("src/a.py") is None
+    assert m.decide(Request("create", "src/new")).allowed  # made at the run's taint: its change raises nothing
+    assert m.anticipate(Request("chmod", "src/new")) is not None
 
 
 def test_names_within_their_directorys_label_float_nothing():

@@ -123,9 +123,10 @@ struct map {
 static struct map epochs = {.lock = PTHREAD_MUTEX_INITIALIZER};
 static struct map views = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-/* Directories whose names a tainted run made (Python's `listed`): a listing of one, or a lookup of a name in one,
-   is a read the monitor decides (ifc.monitor.Monitor._list), so it is Python's. More than fit: all are Python's. */
-#define MAX_LISTED 4096
+/* Names with a stored label or a record of the tainted run that made or removed them (Python's `listed`): a lookup
+   of one (that it is there, and a file's attributes), or a directory's listing, is a read the monitor decides
+   (ifc.monitor.Monitor._list), so it is Python's. More than fit: all are Python's. */
+#define MAX_LISTED (1 << 16)
 static struct {
     pthread_rwlock_t lock;
     char *names[MAX_LISTED];
@@ -397,8 +398,8 @@ void ifc_fast_listed_seen(int shm_fd, const unsigned char *header) {
     pthread_rwlock_unlock(&listed.lock);
 }
 
-/* The directories whose names are decided reads, all of them: `count` names, each NUL-terminated, one after the
-   other in `names` ("" is the root). Replaces the set; more than half the table: every directory is. */
+/* The names whose reading is decided, all of them: `count` names, each NUL-terminated, one after the other in
+   `names` ("" is the root). Replaces the set; more than half the table: every name is. */
 void ifc_fast_listed(const char *names, size_t count) {
     pthread_rwlock_wrlock(&listed.lock);
     for (size_t i = 0; i < MAX_LISTED; i++)
@@ -415,8 +416,8 @@ void ifc_fast_listed(const char *names, size_t count) {
     pthread_rwlock_unlock(&listed.lock);
 }
 
-/* Are the names of the directory `rel[:len]` a decided read? Also when someone committed to the label store since
-   Python made the set (another run's names: Python looks again, and says so). */
+/* Is reading the name `rel[:len]` (a lookup; a directory's listing) decided? Also when someone committed to the
+   label store since Python made the set (another run's names or labels: Python looks again, and says so). */
 static int is_listed(const char *rel, size_t len) {
     unsigned char now[WAL_HEADER];
     pthread_rwlock_rdlock(&listed.lock);
@@ -645,9 +646,8 @@ int ifc_fast_getattr(const char *path, struct stat *out, void *fi) {
     } else {
         if (!rel)
             return cfg.py_getattr(path, out, fi);
-        const char *slash = strrchr(rel, '/');
-        if (*rel && is_listed(rel, slash ? (size_t)(slash - rel) : 0))
-            return cfg.py_getattr(path, out, fi); /* a lookup in it reads its names */
+        if (*rel && is_listed(rel, strlen(rel)))
+            return cfg.py_getattr(path, out, fi); /* a lookup of it is a read */
         rc = lstat_beneath(rel, &st);
     }
     if (rc)

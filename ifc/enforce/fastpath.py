@@ -230,11 +230,11 @@ class FastPath(Off):
         """Thread `tid` is subject `slot` while it lives; `pidfd` (a pidfd of that thread) is the C side's now."""
         self.lib.ifc_fast_caller(tid, pidfd, slot)
 
-    def listed(self, directories: list[str]) -> None:
-        """The directories (all of them; "" is the root) whose listing, and every lookup in them, Python serves:
-        their names are decided reads (`EnforcingFS._names_read`)."""
-        names = b"".join(d.encode("utf-8", "surrogateescape") + b"\0" for d in directories)
-        self.lib.ifc_fast_listed(names, len(directories))
+    def listed(self, names: list[str]) -> None:
+        """The names (all of them; "" is the root) whose lookup, and a directory's listing, Python serves: they are
+        decided reads (`EnforcingFS._names_read`)."""
+        packed = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+        self.lib.ifc_fast_listed(packed, len(names))
 
     def listed_seen(self, watch: tuple[int, bytes] | None) -> None:
         """The label store as Python last looked (`LabelStore.watch`; None: no database): a commit since — another

@@ -70,7 +70,6 @@ from ifc.enforce.identity import Caller, Identities
 from ifc.monitor import Monitor, Request
 from ifc.monitor.containment import Facts, symlink_walk, xattr_namespace
 from ifc.monitor.monitor import Repeat
-from ifc.policy.labels import Label
 from ifc.secretfiles.workspace import MAX_VIEW
 
 log = logging.getLogger("ifc.enforce.fs")
@@ -458,8 +457,6 @@ class EnforcingFS:
         self._warm_lock = threading.Lock()
         self._names = NameLock()
         self._listed_watch: tuple[int, bytes] | bool | None = False  # what the fast path was told (`_listed_seen`)
-        self._listed_dirs: set[str] = set()  # the directories with a stored label (`_listed`), and the labels
-        self._listed_labels: dict[str, Label] = {}  # that were stored when each name was looked at
 
     def attach_fast(self, fast: fastpath.FastPath, layout: fastpath.Layout) -> None:
         """Let `fast` answer the requests that decide nothing, and the opens the monitor says repeat
@@ -609,11 +606,18 @@ class EnforcingFS:
         if fh in self._virtual or (fh is None and self._is_denials(path)):
             return self._denials_attrs(len(self._virtual[fh]) if fh in self._virtual else
                                        len(self.monitor.denials_text()))
-        if fh is None:
+        if fh is not None:
+            st = os.fstat(fh)
+        else:  # a lookup: that the name is there, and what is there, is read
             rel = self.backing.relative(path)
+            try:
+                st = self.backing.lstat(rel)
+            except OSError:
+                if rel and self.monitor is not None:
+                    self._names_read(rel, None)  # a name a tainted run removed: that it is gone is read
+                raise
             if rel and self.monitor is not None:
-                self._names_read(rel.rpartition("/")[0], rel)  # a lookup: that the name is there is read
-        st = os.fstat(fh) if fh is not None else self.backing.lstat(rel)
+                self._names_read(rel, st)
         if st.st_nlink > 1 and path is not None and self.invalidate is not None and not stat_mod.S_ISDIR(st.st_mode):
             self._seen(path, st)
         attrs = self._attrs(st)
@@ -650,16 +654,22 @@ class EnforcingFS:
         return {key: getattr(sv, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
                                                    "f_files", "f_ffree", "f_favail", "f_flag", "f_namemax")}
 
-    def _names_read(self, directory: str, name: str | None = None) -> None:
-        """The names of `directory` are read — all (a listing: decided as `list` where a tainted run made or
-        removed names, `Monitor._name_made`, and the directory has a stored label), or whether `name` is there (a
-        lookup: decided as `lookup` when a tainted run made or removed that name, `LabelStore.named`), to taint the
-        reader with it. The owner's names beside them (`notes.md` at the root) are found as before."""
+    def _names_read(self, name: str, st: os.stat_result | None, listing: bool = False) -> None:
+        """A directory's names are read (`listing`: decided as `list` where a tainted run made or removed names in
+        it, `Monitor._name_made`, so the directory has a stored label), or whether `name` is there and, if it is not
+        a directory, its attributes (`st`; None: it is not there) — decided as `lookup` where a tainted run made or
+        removed that name (`LabelStore.named`) or changed what is there (a stored label) — to taint the reader with
+        it. The owner's names and files beside them (`notes.md` at the root) are found as before."""
         labels = self.monitor.labels  # each look syncs with the store first
-        stored = labels.named(name) if name is not None else labels.get(directory)
+        if listing:
+            decided = labels.get(name) is not None
+        else:
+            decided = labels.named(name) is not None or (
+                (st is None or not stat_mod.S_ISDIR(st.st_mode)) and labels.get(name) is not None)
         self._listed_seen()
-        if stored is not None:
-            self._decide("list" if name is None else "lookup", name or directory)
+        if decided:
+            self._decide("list" if listing else "lookup", name,
+                         facts=None if listing or st is None else Facts(node_type=stat_mod.S_IFMT(st.st_mode)))
 
     def _listed_seen(self) -> None:
         """Tell the fast path the label store as the monitor last looked, when it moved since it was told: until
@@ -673,29 +683,21 @@ class EnforcingFS:
             self.fast.listed_seen(watch)
 
     def _listed(self, names: frozenset[str] | None = None) -> None:
-        """Tell the fast path which directories' names are decided reads (`_names_read`): those with a stored
-        label, when the mount starts and when another process's commit was loaded (`names` None). This run's own
-        changes need no telling: a run that made names in a directory already holds what they carry."""
+        """Tell the fast path which names' reading is decided (`_names_read`): those with a stored label (a
+        directory's names, a file's attributes) or a record of the run that made or removed them, when the mount
+        starts and when another process's commit was loaded (`names` None). This run's own changes need no
+        telling: a run that made a name or changed a file already holds what it carries."""
         if names is not None:
             return
-        snapshot = self.monitor.labels.snapshot()
-        self._listed_dirs &= snapshot.keys()
-        for path, label in snapshot.items():
-            if self._listed_labels.get(path) == label:
-                continue  # looked at already (each commit of another run's would otherwise stat every name)
-            self._listed_dirs.discard(path)
-            with contextlib.suppress(OSError):  # gone: nothing to list
-                if not path or stat_mod.S_ISDIR(self.backing.lstat(path).st_mode):
-                    self._listed_dirs.add(path)
-        self._listed_labels = snapshot
-        self.fast.listed(sorted(self._listed_dirs))
+        labels = self.monitor.labels
+        self.fast.listed(sorted({*labels.snapshot(), *labels.named_snapshot()}))
         self._listed_seen()
 
     @_refusals_logged
     def readdir(self, path, fh=None):
         rel = self.backing.relative(path)
         if self.monitor is not None:
-            self._names_read(rel)
+            self._names_read(rel, None, listing=True)
         fd = self.backing.open(rel, os.O_RDONLY | os.O_DIRECTORY)
         try:
             # names with their inode numbers and types, straight from getdents (no stat per entry)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import shlex
+import stat as stat_mod
 import threading
 import time
 from collections.abc import Callable
@@ -54,7 +55,8 @@ from ifc.policy.model import Agent, Policy
 FILE_OPS = ("read", "write", "create", "delete", "exec", "chmod")
 TWO_PATH_OPS = ("rename", "link")
 NET_OPS = ("connect", "dns", "send")
-LIST, LOOKUP = "list", "lookup"  # a directory's names read (a listing); whether one name is there (a lookup)
+# a directory's names read (a listing); whether one name is there, and the attributes of what is (a lookup)
+LIST, LOOKUP = "list", "lookup"
 ALL_OPS = (*FILE_OPS, *TWO_PATH_OPS, *NET_OPS, *CONTAINMENT_OPS, LIST, LOOKUP)
 # never answered from the cache: a move renames the provenance graph's node, a deletion forgets it (a repeat from the
 # cache would only add edges; a name renamed in and deleted again left its node behind)
@@ -641,8 +643,6 @@ class Monitor:
             self.labels.delete(target)
             self.graph.forget(node("file", target))
             self._edge(subject_node, "delete", node("file", target), now, None)
-        elif op == "chmod":
-            self._edge(subject_node, "chmod", node("file", target), now, None)
         elif op in ("rename", "link"):
             content = moving[0][2]
             # the content takes its full label (its old name's policy label included) to the new name, and so
@@ -689,9 +689,11 @@ class Monitor:
             floor = self.policy.served_label(target) if self.policy.sentinel_file(target) else named
             within_name = stored is None and state.taint.flows_to(floor)
             if raised != base_label and not within_name:
+                if self._dry:  # an anticipated change that would raise a label is no repeat: decided when made
+                    return Decision(allowed=False, reason="it would raise a label: decided when it is made", **base)
                 self.labels.raise_to(target, raised, self._why(req, state, raised))
                 new = self.label_of(target)
-                self._label_event(req, target, new, f"written by {req.subject}")
+                self._label_event(req, target, new, f"{'changed' if op == 'chmod' else 'written'} by {req.subject}")
                 if new != old:
                     reason = f"{target} floats up to `{lattice.describe(new)}`"
         if op in ("create", "rename", "link"):
@@ -733,13 +735,20 @@ class Monitor:
         self._label_event(req, directory or "/", self.label_of(directory), f"names made in it by {req.subject}")
 
     def _list(self, req: Request, state: RunState, base: dict, directory: str, lookup: bool = False) -> Decision:
-        """Names read: a directory's (a listing), or (`lookup`) whether the name `directory` is there. The reader
-        takes what the runs that made or removed them held (`_name_made`: the directory's stored label; the
-        name's record); the policy label stays out — names the owner made are no data of the run's, and `ls
-        inbox/` is no read of a message."""
+        """Names read: a directory's (a listing), or (`lookup`) whether the name `directory` is there and the
+        attributes of what is there. The reader takes what the runs that made or removed them held (`_name_made`:
+        the directory's stored label; the name's record), and a file's stored label's secrecy: its size, times and
+        mode are what the runs that wrote or changed it made them (`_write_like`) — else a run that read a key
+        could `touch -d @<bits>` a clean file, or append as many bytes, for the next run to `stat`. The policy
+        label stays out — names and attributes the owner made are no data of the run's, and `ls inbox/` is no read
+        of a message. A directory's stored label is its names' (`facts.node_type`): a listing reads it, not every
+        path walk through the directory."""
         if lookup:
-            named = self.labels.named(directory)
-            stored = None if named is None else Label(named, self.policy.lattice.top_integrity)
+            secrecy = self.labels.named(directory) or frozenset()
+            if req.facts is None or req.facts.node_type != stat_mod.S_IFDIR:
+                held = self.labels.get(directory)
+                secrecy = secrecy if held is None else secrecy | held.secrecy
+            stored = Label(secrecy, self.policy.lattice.top_integrity) if secrecy else None
         else:
             stored = self.labels.get(directory)
         if stored is not None:
