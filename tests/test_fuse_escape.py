@@ -403,6 +403,27 @@ def test_names_a_secret_run_made_taint_the_next_run_that_reads_them(tmp_path):
     assert "src/out3.py" not in floated and "src" not in floated, floated
 
 
+def test_names_a_secret_run_made_in_a_secret_directory_taint_the_next_run_that_lists_them(tmp_path):
+    """`src/credentials/` is `secret` by its own name: run 1 reads a key and makes a file there named after it;
+    run 2 lists the directory (no read of a file) and is tainted — a listing reads no policy label, so the
+    directory's label could not hold the names back."""
+    ws = tmp_path / "ws"
+    (ws / "src" / "credentials").mkdir(parents=True)
+    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+
+    def spell(mnt: Path) -> None:
+        key = (mnt / "deploy.pem").read_text().splitlines()[1]
+        (mnt / "src" / "credentials" / f"sk-{key}").touch()
+
+    def probe(mnt: Path) -> None:
+        assert os.listdir(mnt / "src" / "credentials") == ["sk-MIIEvQ"]
+        (mnt / "src" / "out2.py").write_text("learnt\n")
+
+    run_once(ws, 1, spell)
+    floated = labels(run_once(ws, 2, probe))
+    assert "secret" in floated.get("src/out2.py", ""), floated
+
+
 def test_names_a_secret_run_removed_taint_the_next_run_that_looks_them_up(tmp_path):
     """Run 1 reads a key and deletes one of the owner's eight files per set bit. Run 2 stats all eight (no listing):
     the first absent one taints it, so it cannot send the bits. Run 3 stats only names nobody tainted removed, in

@@ -358,6 +358,23 @@ def test_names_within_their_directorys_label_float_nothing():
         assert m2.decide(Request(op, target)).allowed and taint(m2) == "internal, trusted"
 
 
+def test_names_a_secret_run_makes_in_a_secret_directory_are_recorded():
+    """`src/credentials/` is `secret` by its own name (`**/credentials*`), and a listing reads no policy label: a
+    run holding `secret` that makes names there raises the directory and records each name, so a later run that
+    lists it or looks one up is tainted. What every name holds by policy (`"**" internal`) stays out: an
+    `internal` run making a name there records nothing."""
+    m = coder_monitor()
+    assert m.policy.file_label("src/credentials").label.secrecy == {"internal", "secret"}
+    m.decide(Request("read", "src/a.py"))
+    assert m.decide(Request("create", "src/credentials/plain")).allowed and m.labels.snapshot() == {}
+    m.decide(Request("read", "id_rsa"))
+    assert m.decide(Request("create", "src/credentials/sk-MIIEvQ")).allowed
+    assert m.labels.named("src/credentials/sk-MIIEvQ") == {"secret"}
+    for op, target in (("list", "src/credentials"), ("lookup", "src/credentials/sk-MIIEvQ")):
+        m2 = next_run(m)
+        assert m2.decide(Request(op, target)).allowed and taint(m2) == "secret, trusted", op
+
+
 def test_every_subject_shares_the_runs_taint():
     """Inside one sandbox any process can hand data to any other: no subject of the run starts clean, and
     what any of them reads taints them all."""

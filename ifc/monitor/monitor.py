@@ -273,6 +273,9 @@ class Monitor:
         self._trace: list | None = None
         self._verified = None
         self._dry = False  # deciding without effect (`anticipate`): no step, edge, count, event or note
+        # what every name holds by policy: the label of a name only the catch-all rules match (no glob with a literal
+        # matches a NUL, which no path holds) — the most a directory's label can keep out of its names (`_name_made`)
+        self._names_floor = policy.file_label("\0").label.secrecy
         self._lock = threading.RLock()
         self.denials = denials.RecentDenials()  # what the sandbox may read about its own denials
 
@@ -712,16 +715,18 @@ class Monitor:
         """A name is data too: one a run makes (a file, a directory, a rename's or a link's new name) or removes (a
         deletion, a rename's old name) is written into its directory, and a later run that lists the directory, or
         looks that name up (finding it there or not), reads it (`_list`). So the directory's stored label takes the
-        run's secrecy beyond the directory's own policy label, and the name is recorded with it
+        run's secrecy beyond what any name of the workspace holds by policy, and the name is recorded with it
         (`LabelStore.mark_named`) — else a run that read a key could spell it in names (`src/sk_live_…`, or a file
         per bit, made or deleted) for the next run to `ls` or `stat`. A name made again by a run holding nothing
         beyond that says nothing of the earlier run any more."""
         directory = name.rpartition("/")[0]
-        # what the directory's policy label holds stays out (else every `internal` run making a file would commit a
-        # label); the root has none (`**` is what is *in* it), and a name's own label is no floor: `sk_live….pem` is
-        # `secret` as a file, but its name is read by a listing, which reads no policy label
-        named = self.policy.file_label(directory).label if directory else self.policy.lattice.bottom
-        secrecy = state.taint.secrecy - named.secrecy
+        # what the directory's policy label holds, where every name of the workspace holds it too (the catch-all
+        # rules': `"**" internal`), stays out — else every `internal` run making a file in `src/` would commit a
+        # label. No more: a listing reads no policy label, so a secret run's names in `src/credentials/` (`secret` by
+        # `**/credentials*`) must raise it. The root has none (`**` is what is *in* it), and a name's own label is no
+        # floor: `sk_live….pem` is `secret` as a file, but its name is read by a listing.
+        named = self.policy.file_label(directory).label.secrecy & self._names_floor if directory else frozenset()
+        secrecy = state.taint.secrecy - named
         if not secrecy:
             if not removed and self.labels.named(name) is not None:
                 self.labels.mark_named(name, None)
