@@ -537,6 +537,35 @@ def test_attributes_a_secret_run_changed_taint_the_next_run_that_stats_them(tmp_
     assert "docs/out3.md" not in labels(run_once(ws, 3, clean))
 
 
+def test_a_link_a_secret_run_made_and_removed_taints_the_next_run_that_stats_the_file(tmp_path):
+    """Run 1 reads a key and, at an instant it chooses, links the owner's clean `src/a.py` and removes the link:
+    the file's change time (and, while the link lives, its link count) now says when. Run 2 only stats
+    `src/a.py` and is tainted; run 3 stats the untouched `src/b.py` and stays clean."""
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    for name in ("a.py", "b.py"):
+        (ws / "src" / name).write_text("")
+    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    before = os.stat(ws / "src" / "a.py").st_ctime_ns
+
+    def spell(mnt: Path) -> None:
+        (mnt / "deploy.pem").read_bytes()
+        os.link(mnt / "src" / "a.py", mnt / "src" / "l")
+        os.unlink(mnt / "src" / "l")
+
+    def probe(mnt: Path) -> None:
+        assert os.stat(mnt / "src" / "a.py").st_ctime_ns != before
+        (mnt / "src" / "out2.py").write_text("learnt\n")
+
+    def clean(mnt: Path) -> None:
+        os.stat(mnt / "src" / "b.py")
+        (mnt / "src" / "out3.py").write_text("nothing learnt\n")
+
+    run_once(ws, 1, spell)
+    assert "secret" in labels(run_once(ws, 2, probe)).get("src/out2.py", "")
+    assert "src/out3.py" not in labels(run_once(ws, 3, clean))
+
+
 def test_attribute_names_a_secret_run_set_taint_the_run_that_lists_them(tmp_path):
     """`user.*` attribute names are data as their values are: a secret run names one after the key on a file it
     may write (`src/app.py`, which floats); a later run that only lists the file's attribute names (no value

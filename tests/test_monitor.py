@@ -330,6 +330,22 @@ def test_what_a_secret_run_changes_in_a_files_attributes_is_read_by_looking_it_u
     assert m4.decide(Request("list", "docs")).allowed and taint(m4) == "secret, trusted"
 
 
+def test_a_link_a_secret_run_makes_or_removes_is_read_off_the_files_other_names():
+    """A link made or removed changes the link count and change time of the file's other names: a run holding
+    `secret` that links the owner's `src/a.py` (or removes a link a clean run made to `src/b.py`) raises that
+    file's label, and a later run's lookup of it is tainted; a clean run's links raise nothing."""
+    m = coder_monitor()
+    assert m.decide(Request("link", "src/b.py", dest="src/b2")).allowed  # clean: nothing beyond b.py's label
+    assert "secret" not in m.label_of("src/b.py").secrecy
+    m.decide(Request("read", "id_rsa"))
+    assert m.decide(Request("link", "src/a.py", dest="src/l")).allowed
+    assert m.decide(Request("delete", "src/b2")).allowed
+    regular = Facts(node_type=stat.S_IFREG)
+    for name in ("src/a.py", "src/b.py"):
+        m2 = next_run(m)
+        assert m2.decide(Request("lookup", name, facts=regular)).allowed and taint(m2) == "secret, trusted", name
+
+
 def test_an_anticipated_change_that_would_raise_a_label_is_left_to_be_decided():
     """`anticipate` decides without effect: a change a tainted run would make to a clean file raises its label, so
     it is no repeat — nothing is stored, and the change is decided in full when it comes."""

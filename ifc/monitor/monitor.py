@@ -643,9 +643,11 @@ class Monitor:
             tuple(dict.fromkeys(cap for v in verdicts for cap in v.capabilities_used))
         reason = verdict.reason
         if op == "delete":
+            others = self._other_names(target)
             self.labels.delete(target)
             self.graph.forget(node("file", target))
             self._edge(subject_node, "delete", node("file", target), now, None)
+            self._links_counted(req, state, others)
         elif op in ("rename", "link"):
             content = moving[0][2]
             # the content takes its full label (its old name's policy label included) to the new name, and so
@@ -666,6 +668,8 @@ class Monitor:
                         self.labels.rename(target, dest, why=why)
             if op == "rename":
                 self.graph.rename(node("file", target), node("file", dest))
+            else:
+                self._links_counted(req, state, (target,))
             self._edge(node("file", target), op, node("file", dest), now, None,
                               parts=self._parts(content))
             for name in (dest, *(new for _, new, _ in carried if new != dest)):
@@ -710,6 +714,18 @@ class Monitor:
                         rule_span=None if verdict.span is None else str(verdict.span),
                         object_label=lattice.describe(self.label_of(written)),
                         capabilities_used=used, tainted_by=self._provenance(state), **base)
+
+    def _links_counted(self, req: Request, state: RunState, names) -> None:
+        """A link made or removed changes the file's link count and change time under its other names (`names`):
+        attributes a later run's `stat` reads (`_list`), so a run holding secrecy beyond the file's label raises it
+        — else a run that read a key could `ln src/a.py x; rm x` at a chosen instant, or leave k links, for the
+        next run to read off `src/a.py`'s ctime or link count."""
+        for name in names:
+            if state.taint.secrecy <= self.label_of(name).secrecy:
+                continue
+            held = Label(state.taint.secrecy, self.policy.lattice.top_integrity)  # what it spells, not trust
+            self.labels.raise_to(name, held, self._why(req, state, held))
+            self._label_event(req, name, self.label_of(name), f"its links changed by {req.subject}")
 
     def _name_made(self, req: Request, state: RunState, name: str, removed: bool = False) -> None:
         """A name is data too: one a run makes (a file, a directory, a rename's or a link's new name) or removes (a
