@@ -537,6 +537,39 @@ def test_attributes_a_secret_run_changed_taint_the_next_run_that_stats_them(tmp_
     assert "docs/out3.md" not in labels(run_once(ws, 3, clean))
 
 
+def test_a_directorys_attributes_do_not_count_the_names_a_secret_run_made_in_it(tmp_path):
+    """Run 1 reads a key and makes as many files, and a subdirectory per set bit, in the owner's `src/` as a byte of
+    it says. Run 2 only stats `src` (no listing, no lookup of those names): its size, blocks and link count are
+    what they were before run 1 — every directory's are served as one small directory's — so it learns nothing, and
+    stays clean. (Its times still say when names changed: docs/threat-model.md.)"""
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    seen = []
+
+    def counted(st: os.stat_result) -> tuple[int, int, int]:
+        return st.st_size, st.st_blocks, st.st_nlink
+
+    def spell(mnt: Path) -> None:
+        seen.append(counted(os.stat(mnt / "src")))
+        byte = (mnt / "deploy.pem").read_bytes()[28]
+        for i in range(byte):
+            (mnt / "src" / f"f{i}").touch()
+        for i, bit in enumerate(format(byte, "08b")):
+            if bit == "1":
+                (mnt / "src" / f"d{i}").mkdir()
+
+    def probe(mnt: Path) -> None:
+        seen.append(counted(os.stat(mnt / "src")))
+        (mnt / "docs").mkdir()
+        (mnt / "docs" / "out.md").write_text("nothing learnt\n")
+
+    run_once(ws, 1, spell)
+    assert os.stat(ws / "src").st_nlink == 2 + format(ord("M"), "08b").count("1")  # the backing counts them
+    assert "docs/out.md" not in labels(run_once(ws, 2, probe))
+    assert seen[0] == seen[1] == (4096, 8, 1), seen
+
+
 def test_a_link_a_secret_run_made_and_removed_taints_the_next_run_that_stats_the_file(tmp_path):
     """Run 1 reads a key and, at an instant it chooses, links the owner's clean `src/a.py` and removes the link:
     the file's change time (and, while the link lives, its link count) now says when. Run 2 only stats

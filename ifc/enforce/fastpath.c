@@ -59,6 +59,9 @@ typedef void (*hit_fn)(int, const char *, uint64_t, int64_t);
 #define RESOLVE (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
 #define PATH_PIECE 3072 /* as ifc.enforce.fs._PATH_PIECE: longer paths are Python's (it walks them in pieces) */
 #define EPOCH_SHIFT 48  /* as ifc.enforce.fs._EPOCH_SHIFT */
+#define DIR_NLINK 1     /* a directory's link count, size and blocks: as ifc.enforce.fs.DIR_NLINK, DIR_SIZE, DIR_BLOCKS */
+#define DIR_SIZE 4096
+#define DIR_BLOCKS 8
 #define MAX_NAMES 16
 #define FMODE_EXEC 0x20 /* as ifc.enforce.fs.FMODE_EXEC */
 #define OPEN_KEEP (O_ACCMODE | O_APPEND | O_NONBLOCK | O_DSYNC | O_SYNC | O_DIRECT | O_LARGEFILE | O_DIRECTORY | \
@@ -660,12 +663,12 @@ int ifc_fast_getattr(const char *path, struct stat *out, void *fi) {
     memset(out, 0, sizeof *out);
     out->st_mode = st.st_mode;
     out->st_ino = served_ino(st.st_dev, st.st_ino);
-    out->st_nlink = st.st_nlink;
+    out->st_nlink = S_ISDIR(st.st_mode) ? DIR_NLINK : st.st_nlink; /* a directory's count its names: as fs.DIR_* */
     out->st_uid = cfg.map_ids && st.st_uid == cfg.owner_uid ? cfg.agent_uid : st.st_uid;
     out->st_gid = cfg.map_ids && st.st_gid == cfg.owner_gid ? cfg.agent_gid : st.st_gid;
-    out->st_size = st.st_size;
+    out->st_size = S_ISDIR(st.st_mode) ? DIR_SIZE : st.st_size;
     out->st_rdev = st.st_rdev;
-    out->st_blocks = st.st_blocks;
+    out->st_blocks = S_ISDIR(st.st_mode) ? DIR_BLOCKS : st.st_blocks;
     out->st_blksize = st.st_blksize;
     out->st_atim = st.st_atim;
     out->st_mtim = st.st_mtim;
