@@ -79,3 +79,14 @@ def sort_diagnostics(diagnostics) -> list[Diagnostic]:
             seen.add(d)
             out.append(d)
     return out
+
+
+def display(text: str) -> str:
+    """Text from the workspace or a run (a path, a command line) made safe for a one-line message in a terminal:
+    undecodable bytes and control characters escaped — a name holding `\\x1b[2K` must not erase or forge the
+    lines a reviewer reads."""
+    if text.isprintable():
+        return text
+    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                   for c in raw)

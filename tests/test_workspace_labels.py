@@ -342,6 +342,23 @@ def test_ifc_labels_bad_input_is_one_line_and_exit_2(ws, args, message):
     assert proc.stderr.startswith("ifc labels: error: ")
 
 
+def test_ifc_labels_escapes_what_a_run_named_so_it_cannot_rewrite_the_terminal(ws):
+    """Names and command lines in the store are a run's: one that read a key could name a file `\\x1b[2K\\r...`
+    (erase the line, write another) or run a command holding an OSC sequence. `ifc labels` prints them escaped,
+    the JSON keeps them exact."""
+    hostile = "src/\x1b[2K\rnothing here\x07"
+    store = open_store(ws, run="/runs/A")
+    store.raise_to(hostile, SECRET, Why(subject="session", command="printf '\x1b]52;c;c2VjcmV0\x07'",
+                                        source="secret from .env"))
+    store.mark_named(hostile, frozenset({"secret"}))
+    store.close()
+    text = _ifc("labels", str(ws)).stdout
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text.replace("\n", "")
+    assert "src/\\x1b[2K\\x0dnothing here\\x07: " in text and "\\x1b]52;c;c2VjcmV0\\x07" in text, text
+    listed = json.loads(_ifc("labels", str(ws), "--format", "json").stdout)
+    assert listed["labels"][0]["path"] == hostile
+
+
 def test_ifc_labels_on_a_workspace_without_labels(ws):
     proc = _ifc("labels", str(ws))
     assert proc.returncode == 0 and "no floated labels" in proc.stdout

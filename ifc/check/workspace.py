@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ifc.check.sentinels import SentinelFile, sentinel_file
-from ifc.diagnostics import Diagnostic, Related, Span, sort_diagnostics, warning
+from ifc.diagnostics import Diagnostic, Related, Span, display, sort_diagnostics, warning
 from ifc.lang.lower import encode_string
 from ifc.policy.labels import Label
 from ifc.policy.model import FileRule, Policy
@@ -365,7 +365,7 @@ class _Auditor:
 
     # --- the diagnostic -----------------------------------------------------------------------------
     def _finding(self, rel: str, label: Label, rule: FileRule | None, hit: _Hit) -> Diagnostic:
-        shown = _display(rel)
+        shown = display(rel)
         what = f"{hit.what} `{hit.preview}`" if hit.preview else hit.what
         labelled = self.lattice.describe(label, with_integrity=False)
         if rule is None:
@@ -382,22 +382,22 @@ class _Auditor:
         top = self.top
         if top is None:
             help_ = (f"declare a secrecy chain (`secrecy public < internal < secret`) and add "
-                     f"`{_display(literal)} secret` to `files {{ }}`")
+                     f"`{display(literal)} secret` to `files {{ }}`")
         elif target is None:
-            help_ = f"label it: add `{_display(literal)} {top}` to `files {{ }}`"
+            help_ = f"label it: add `{display(literal)} {top}` to `files {{ }}`"
         elif rule is not None and rule.index > target.index:
-            help_ = (f"label it: add `{_display(literal)} {top}` at the end of `files {{ }}`: the later "
+            help_ = (f"label it: add `{display(literal)} {top}` at the end of `files {{ }}`: the later "
                      f"`{rule.label_text}` rule would override an earlier `{target.label_text}` rule")
         elif any(g.matches(rel) for g in target.globs):
             help_ = (f"label it: remove the `except` that takes `{shown}` out of the `{target.label_text}` "
                      f"rule in `files {{ }}`")
         else:
-            help_ = f"label it: add `{_display(literal)}` to the `{target.label_text}` rule in `files {{ }}`"
+            help_ = f"label it: add `{display(literal)}` to the `{target.label_text}` rule in `files {{ }}`"
         if target is not None and target is not rule:
             related.append(Related(target.span, f"the `{target.label_text}` rule"))
         file = os.path.join(self.root, rel) if self.root not in ("", ".") else rel
         end = hit.end_column if hit.end_column > hit.column else 0
-        span = Span(_display(file), hit.line, hit.column, hit.line if end else 0, end)
+        span = Span(display(file), hit.line, hit.column, hit.line if end else 0, end)
         return warning(CODE, message, span, help_, related)
 
     def _target_rule(self) -> FileRule | None:
@@ -480,10 +480,3 @@ def _reason(what: str, exc: BaseException) -> str:
     return f"{what}: {detail[:1].lower()}{detail[1:]}"
 
 
-def _display(text: str) -> str:
-    """A path made safe for a one-line message: undecodable bytes and control characters escaped."""
-    if text.isprintable():
-        return text
-    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
-                   for c in raw)

@@ -25,6 +25,7 @@ import sys
 
 from ifc.cli import ExitCode
 from ifc.cli.common import Usage, error, load_policy_and_agent
+from ifc.diagnostics import display
 from ifc.policy.labels import Label
 
 EPILOG = """exit codes:
@@ -196,22 +197,20 @@ def _print(args, listing: dict) -> int:
         json.dump(listing, sys.stdout, indent=2)
         print()
         return ExitCode.OK
-    if not listing["labels"] and not listing["names"]:
-        print(f"{listing['workspace']}: no floated labels")
+    lines = [] if listing["labels"] or listing["names"] else [f"{listing['workspace']}: no floated labels"]
     for entry in listing["labels"]:
         gone = "" if entry["exists"] else " (no such file now: kept, a file made there later gets it)"
         names = " (a directory: listing it reads this)" if entry["directory"] else ""
-        print(f"{entry['path'] or '/'}: {entry['label']}{gone}{names}")
-        for c in entry["why"]:
-            print("  " + _sentence(c))
+        lines.append(f"{entry['path'] or '/'}: {entry['label']}{gone}{names}")
+        lines += ["  " + _sentence(c) for c in entry["why"]]
     if listing["names"]:
-        print("names a tainted run made or removed (a lookup of one, finding it or not, reads this):")
-        for entry in listing["names"]:
-            print(f"  {entry['path']}: {entry['label']}" + ("" if entry["exists"] else " (removed)"))
+        lines.append("names a tainted run made or removed (a lookup of one, finding it or not, reads this):")
+        lines += [f"  {e['path']}: {e['label']}" + ("" if e["exists"] else " (removed)") for e in listing["names"]]
     if listing["declassified"]:
-        print("declassified by hand:")
-        for c in listing["declassified"]:
-            print("  " + _sentence(c))
+        lines.append("declassified by hand:")
+        lines += ["  " + _sentence(c) for c in listing["declassified"]]
+    for line in lines:  # names and commands are a run's: escaped, so none can rewrite what the reviewer sees
+        print(display(line))
     return ExitCode.OK
 
 
