@@ -570,6 +570,33 @@ def test_a_directorys_attributes_do_not_count_the_names_a_secret_run_made_in_it(
     assert seen[0] == seen[1] == (4096, 8, 1), seen
 
 
+def test_a_read_leaves_no_access_time_for_a_later_run_to_read(tmp_path):
+    """Run 1 reads a key and then, at an instant it chooses, reads the owner's `src/a.py` — through read(2), mmap
+    and a listing of `src` — whose access time is older than its change time, so relatime would set it. The mount
+    reads the backing files without touching their access times (O_NOATIME), so run 2's stat shows the times
+    from before, with nothing to learn."""
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "src" / "a.py").write_text("print('hi')\n")
+    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    for name in ("src/a.py", "src"):
+        os.utime(ws / name, (1000, time.time()))
+    seen = []
+
+    def spell(mnt: Path) -> None:
+        (mnt / "deploy.pem").read_bytes()
+        assert (mnt / "src" / "a.py").read_bytes() == b"print('hi')\n" and os.listdir(mnt / "src") == ["a.py"]
+        with open(mnt / "src" / "a.py", "rb") as handle, mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ) as m:
+            assert m[:5] == b"print"
+
+    def probe(mnt: Path) -> None:
+        seen.extend(int(os.stat(mnt / name).st_atime) for name in ("src/a.py", "src"))
+
+    run_once(ws, 1, spell)
+    run_once(ws, 2, probe)
+    assert seen == [1000, 1000] and int(os.stat(ws / "src" / "a.py").st_atime) == 1000, seen
+
+
 def test_a_link_a_secret_run_made_and_removed_taints_the_next_run_that_stats_the_file(tmp_path):
     """Run 1 reads a key and, at an instant it chooses, links the owner's clean `src/a.py` and removes the link:
     the file's change time (and, while the link lives, its link count) now says when. Run 2 only stats

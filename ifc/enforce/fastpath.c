@@ -570,9 +570,18 @@ static const char *relative(const char *path) {
     return rel;
 }
 
+/* Every open but an O_PATH one leaves the access time as it was (O_NOATIME; as ifc.enforce.fs.Backing.open): the
+   instant a run reads a file is its choice, and no later run may read it off. Not the file's owner and without
+   CAP_FOWNER, the daemon may not: then as asked. */
 static int openat2_beneath(int dirfd, const char *path, int flags) {
-    struct open_how how = {.flags = (uint64_t)(flags | O_CLOEXEC), .mode = 0, .resolve = RESOLVE};
-    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    int noatime = flags & O_PATH ? 0 : O_NOATIME;
+    struct open_how how = {.flags = (uint64_t)(flags | O_CLOEXEC | noatime), .mode = 0, .resolve = RESOLVE};
+    int fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    if (fd < 0 && errno == EPERM && noatime && !(flags & O_NOATIME)) {
+        how.flags &= ~(uint64_t)O_NOATIME;
+        fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    }
+    return fd;
 }
 
 /* lstat of `rel` beneath the root, as Backing.lstat: its parent by openat2, the name by fstatat. */

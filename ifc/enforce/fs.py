@@ -268,6 +268,19 @@ class Backing:
                 os.close(fd)
 
     def open(self, rel: str, flags: int, mode: int = 0) -> int:
+        """Every open but an O_PATH one leaves the file's access time as it was (O_NOATIME): the instant a run
+        reads a file is its choice, and a later run's `stat` must not read it off (relatime sets it on the first
+        read after a change). Not the file's owner and without CAP_FOWNER, the daemon may not: then as asked."""
+        if flags & (os.O_PATH | os.O_NOATIME):
+            return self._open(rel, flags, mode)
+        try:
+            return self._open(rel, flags | os.O_NOATIME, mode)
+        except PermissionError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+            return self._open(rel, flags, mode)
+
+    def _open(self, rel: str, flags: int, mode: int) -> int:
         if len(rel) < _PATH_PIECE // 4 or len(os.fsencode(rel)) < _PATH_PIECE:
             return openat2(self.fd, rel or ".", flags, mode)
         return self.at(rel, lambda d, n: openat2(d, n, flags, mode))
