@@ -4,7 +4,6 @@ workspace labelled by policies/default.flow with the agent `coder`; and failing 
 from __future__ import annotations
 
 import errno
-import itertools
 import mmap
 import os
 import shutil
@@ -596,33 +595,6 @@ def test_a_read_leaves_no_access_time_for_a_later_run_to_read(tmp_path):
     run_once(ws, 1, spell)
     run_once(ws, 2, probe)
     assert seen == [1000, 1000] and int(os.stat(ws / "src" / "a.py").st_atime) == 1000, seen
-
-
-def test_a_new_files_inode_number_does_not_count_the_files_made_before_it(tmp_path):
-    """On the backing filesystem, files made one after another get numbers in order (tmpfs counts up, ext4 takes
-    the next free one), so a new file's number says how many were made before it: a run that read a key could
-    make as many for the next run to read off its own new file's. Served, the numbers are a permutation keyed per
-    workspace: no common step between files made in a row, and each file's number the same in the next run (git's
-    index records them)."""
-    ws = tmp_path / "ws"
-    (ws / "src").mkdir(parents=True)
-    served: list[list[int]] = []
-
-    def make(mnt: Path) -> None:
-        for i in range(16):
-            (mnt / "src" / f"f{i:02}").touch()
-        served.append([os.stat(mnt / "src" / f"f{i:02}").st_ino for i in range(16)])
-
-    def again(mnt: Path) -> None:
-        served.append([os.stat(mnt / "src" / f"f{i:02}").st_ino for i in range(16)])
-        assert {os.stat(mnt / "src").st_ino, os.stat(mnt).st_ino}.isdisjoint(served[0])
-
-    run_once(ws, 1, make)
-    run_once(ws, 2, again)
-    backing = [os.stat(ws / "src" / f"f{i:02}").st_ino for i in range(16)]
-    steps = {b - a for a, b in itertools.pairwise(served[0])}
-    assert served[0] == served[1] and len(set(served[0])) == 16 and len(steps) > 1, (served, backing)
-    assert served[0] != backing
 
 
 def test_a_link_a_secret_run_made_and_removed_taints_the_next_run_that_stats_the_file(tmp_path):

@@ -28,7 +28,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ifc.enforce import fastpath
-from ifc.enforce.inodes import InodeKey
 from ifc.enforce.mount import Daemon
 from ifc.monitor.events import open_readonly, read_events
 from ifc.secretfiles.registry import FORMATS, format_of
@@ -512,19 +511,7 @@ def test_what_the_c_side_cannot_take_leaves_the_mount_all_python(tmp_path):
     fast, root = fastpath.load(), os.open(tmp_path, os.O_PATH)
     try:
         with pytest.raises(RuntimeError, match="globs"):
-            fast.configure(root, 0, fastpath.Layout(16), inodes=InodeKey.from_bytes(bytes(32)), track_links=False,
-                           views=True, ids=None, reserved=frozenset(), formats=("*.env", "config.y?ml"),
-                           one_subject=True)
+            fast.configure(root, 0, fastpath.Layout(16), track_links=False, views=True, ids=None,
+                           reserved=frozenset(), formats=("*.env", "config.y?ml"), one_subject=True)
     finally:
         os.close(root)
-
-
-@needs_fast
-@settings(max_examples=200, deadline=None)
-@given(key=st.binary(min_size=32, max_size=32), ino=st.integers(min_value=0, max_value=2**64 - 1))
-def test_the_c_side_serves_the_inode_numbers_python_does(key, ino):
-    """getattr and listings answered in C and in Python show one number per file: the same keyed permutation."""
-    inodes = InodeKey.from_bytes(key)
-    fast = fastpath.load()
-    fast.lib.ifc_fast_inode_key(*inodes.rounds)
-    assert fast.permuted(ino) == inodes.served(ino)

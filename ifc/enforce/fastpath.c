@@ -107,7 +107,6 @@ static struct {
     utimens_fn py_utimens;
     context_fn context;
     int one_subject;         /* every caller is one subject (slot 0): no thread is looked up */
-    uint64_t ino_key[4];     /* the served inode numbers' permutation (ifc_fast_permuted) */
     size_t noflush_byte;     /* where FOPEN_NOFLUSH is in struct fuse_file_info (0: not there) */
     unsigned char noflush_mask;
 } cfg = {.root = -1};
@@ -641,29 +640,9 @@ int ifc_fast_secret_format(const char *rel) {
     return 0;
 }
 
-/* The served inode number of backing `ino`: its low 48 bits through a four-round Feistel network keyed per
-   workspace, as ifc.enforce.inodes.InodeKey.served (backing order would count the files made before it). */
-uint64_t ifc_fast_permuted(uint64_t ino) {
-    uint64_t left = (ino >> 24) & 0xFFFFFF, right = ino & 0xFFFFFF;
-    for (int i = 0; i < 4; i++) {
-        uint64_t x = right ^ cfg.ino_key[i];
-        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-        x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-        x ^= x >> 31;
-        uint64_t next = left ^ (x & 0xFFFFFF);
-        left = right, right = next;
-    }
-    return (ino & ~0xFFFFFFFFFFFFull) | (left << 24) | right;
-}
-
-void ifc_fast_inode_key(uint64_t k0, uint64_t k1, uint64_t k2, uint64_t k3) {
-    cfg.ino_key[0] = k0, cfg.ino_key[1] = k1, cfg.ino_key[2] = k2, cfg.ino_key[3] = k3;
-}
-
 static uint64_t served_ino(dev_t dev, ino_t ino) {
     uint64_t epoch = map_get(&epochs, dev, ino);
-    uint64_t served = ifc_fast_permuted((uint64_t)ino);
-    return epoch > 1 ? served ^ ((epoch - 1) << EPOCH_SHIFT) : served;
+    return epoch > 1 ? (uint64_t)ino ^ ((epoch - 1) << EPOCH_SHIFT) : (uint64_t)ino;
 }
 
 /* ------------------------------------------------------------------------------------------ the operations */

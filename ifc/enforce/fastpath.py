@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ifc import native
-from ifc.enforce.inodes import InodeKey
 from ifc.monitor.wal_index import HEADER as WAL_HEADER
 
 log = logging.getLogger("ifc.enforce.fastpath")
@@ -146,15 +145,11 @@ class FastPath(Off):
         lib.ifc_fast_warm.argtypes = lib.ifc_fast_listed.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         lib.ifc_fast_listed.restype = lib.ifc_fast_listed_seen.restype = None
         lib.ifc_fast_listed_seen.argtypes = [i, ctypes.c_char_p]
-        lib.ifc_fast_inode_key.argtypes = [u64, u64, u64, u64]
-        lib.ifc_fast_inode_key.restype = None
-        lib.ifc_fast_permuted.argtypes = [u64]
-        lib.ifc_fast_permuted.restype = u64
         lib.ifc_fast_drain.argtypes = [HIT, i]
         lib.ifc_fast_drain.restype = None
         self._configured = False
 
-    def configure(self, root_fd: int, dev: int, layout: Layout, *, inodes: InodeKey, track_links: bool, views: bool,
+    def configure(self, root_fd: int, dev: int, layout: Layout, *, track_links: bool, views: bool,
                   ids: tuple[int, int, int, int] | None, reserved: frozenset[str], formats: tuple[str, ...],
                   one_subject: bool) -> None:
         """What `EnforcingFS` serves that the C side must know: the backing root, whose files appear as the
@@ -177,13 +172,8 @@ class FastPath(Off):
         for pattern in formats:
             if self.lib.ifc_fast_format(pattern.encode()) != 0:
                 raise RuntimeError("too many secret-file formats")
-        self.lib.ifc_fast_inode_key(*inodes.rounds)
         self.lib.ifc_fast_callers(layout.context, int(one_subject), *layout.noflush)
         self._configured = True
-
-    def permuted(self, ino: int) -> int:
-        """The C side's served inode number for `ino` (no incarnation): `InodeKey.served`'s, which a test holds."""
-        return self.lib.ifc_fast_permuted(ino)
 
     def install(self, operations: ctypes.Structure) -> None:
         """Point libfuse's operation table (mfusepy's, before `fuse_main_real` copies it) at the C functions,

@@ -67,7 +67,6 @@ from functools import partial
 
 from ifc.enforce import fastpath
 from ifc.enforce.identity import Caller, Identities
-from ifc.enforce.inodes import InodeKey
 from ifc.monitor import Monitor, Request
 from ifc.monitor.containment import Facts, symlink_walk, xattr_namespace
 from ifc.monitor.monitor import Repeat
@@ -475,16 +474,14 @@ class EnforcingFS:
         self._warm_lock = threading.Lock()
         self._names = NameLock()
         self._listed_watch: tuple[int, bytes] | bool | None = False  # what the fast path was told (`_listed_seen`)
-        self._inodes = InodeKey.from_bytes(monitor.labels.secret_key("inodes") if monitor is not None else
-                                           os.urandom(32))  # the served numbers' permutation (`ifc.enforce.inodes`)
 
     def attach_fast(self, fast: fastpath.FastPath, layout: fastpath.Layout) -> None:
         """Let `fast` answer the requests that decide nothing, and the opens the monitor says repeat
         (`ifc.enforce.fastpath`), before serving."""
         from ifc.secretfiles.registry import FORMATS
 
-        fast.configure(self.backing.fd, self.backing.dev, layout, inodes=self._inodes,
-                       track_links=self.invalidate is not None, views=self.secret_files is not None,
+        fast.configure(self.backing.fd, self.backing.dev, layout, track_links=self.invalidate is not None,
+                       views=self.secret_files is not None,
                        ids=(*self._owner, *self._agent) if self._agent is not None else None,
                        reserved=self.backing.reserved, formats=tuple(p for p, _ in FORMATS),
                        one_subject=self.identities.env_var is None)
@@ -591,11 +588,9 @@ class EnforcingFS:
         file with that number died through the mount. Why: ext4 hands a freed number to the next new file at
         once (sqlite's journal, deleted and re-created on every commit), and virtiofsd identifies inodes by
         number — it took the new journal for the old, deleted one it still held and answered ESTALE in the
-        microVM. Hard links share a number, so they share an incarnation. Served permuted (`ifc.enforce.inodes`):
-        in backing order, a new file's number would count the files made before it."""
+        microVM. Hard links share a number, so they share an incarnation."""
         epoch = self._epochs.get((dev, ino))
-        served = self._inodes.served(ino)
-        return served ^ (epoch << _EPOCH_SHIFT) if epoch else served
+        return ino ^ (epoch << _EPOCH_SHIFT) if epoch else ino
 
     def _died(self, st: os.stat_result) -> None:
         """The file `st` lost its last name through the mount: the next file with its number is another one."""

@@ -175,7 +175,6 @@ class LabelStore:
         self._inodes: dict[tuple[int, int], int] = {}
         # names a tainted run made or removed, with the secrecy it held (`named`): whether they are there is its data
         self._named_by: dict[str, frozenset[str]] = {}
-        self._keys: dict[str, bytes] = {}  # `secret_key`'s, without a database
         # bookkeeping for the hot paths, derived from the three maps above (`_index`): the names each object
         # has, the inodes each object owns, and how many names lie beneath each directory prefix
         self._named: dict[int, set[str]] = {}
@@ -337,19 +336,6 @@ class LabelStore:
         rows = self._db.execute(sql + " ORDER BY seq", args).fetchall()
         return [Change(r[0], r[1], r[2], from_sql(r[3]), decode(r[4]), decode(r[5]), *map(from_sql, r[6:]))
                 for r in rows]
-
-    def secret_key(self, name: str) -> bytes:
-        """32 random bytes kept with the workspace's labels under `name`, made by the first run that asks and the
-        same for every later one (the served inode numbers' permutation: `ifc.enforce.inodes`). The sandbox never
-        reads the store; a store without a database keeps one for its own life."""
-        if self._db is None:
-            return self._keys.setdefault(name, os.urandom(32))
-        stored = self.meta(f"key:{name}")
-        if stored is None:
-            with self._lock, self._transaction():  # two runs at once: the first one's key stands
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (f"key:{name}", os.urandom(32).hex()))
-            stored = self.meta(f"key:{name}")
-        return bytes.fromhex(stored)
 
     def meta(self, key: str) -> str | None:
         if self._db is None:
