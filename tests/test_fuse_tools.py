@@ -46,6 +46,27 @@ def sh(*argv, cwd=None, **kwargs) -> str:
     return result.stdout
 
 
+def test_git_status_on_the_host_and_in_the_sandbox_keeps_one_index(ws):
+    """git's index records each file's inode number, owner and times: the mount serves the backing file's (the
+    owner's ids aside, mapped only for an agent's own uid), so a `git status` in the sandbox after one on the host,
+    and the host's after the sandbox's, finds every file as recorded and rewrites nothing — with any other
+    numbers, each switch would re-read the whole tree (docs/threat-model.md: why inode numbers are not
+    permuted)."""
+    mnt, src, _, _ = ws
+    repo = src / "host-repo"
+    repo.mkdir()
+    for i in range(50):
+        (repo / f"f{i}.txt").write_text(f"line {i}\n")
+    sh(*GIT, "init", "-q", cwd=repo)
+    sh(*GIT, "add", "-A", cwd=repo)
+    sh(*GIT, "commit", "-qm", "first", cwd=repo)
+    sh(*GIT, "status", "--short", cwd=repo)
+    index = (repo / ".git" / "index").read_bytes()
+    assert sh(*GIT, "-c", "safe.directory=*", "status", "--short", cwd=mnt / "host-repo") == ""
+    assert (repo / ".git" / "index").read_bytes() == index, "the sandbox's git refreshed every entry"
+    assert sh(*GIT, "status", "--short", cwd=repo) == "" and (repo / ".git" / "index").read_bytes() == index
+
+
 def test_git_workflow(ws):
     mnt, src, _, _ = ws
     repo = mnt / "repo"
