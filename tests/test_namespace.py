@@ -183,6 +183,15 @@ def test_a_name_that_is_not_utf8_is_denied_logged_and_shown_and_the_run_goes_on(
     assert "ifc run: 2 denial(s):" in proc.stderr and "create `\\xff` by session" in proc.stderr, proc.stderr
 
 
+def test_a_name_holding_terminal_controls_is_shown_escaped(workspace):
+    """A denied name that would erase the summary's line and write another (`\\x1b[2K\\r`) is shown escaped."""
+    ws, policy, run_dir = workspace
+    proc = _run(ws, policy, run_dir, "touch \"$(printf 'x\\033[2K\\rall clear')\" 2>/dev/null || echo denied", (), {})
+    assert proc.returncode == 0 and proc.stdout.split() == ["denied"], proc.stderr
+    assert "\x1b" not in proc.stderr and "\r" not in proc.stderr, proc.stderr
+    assert "create `x\\x1b[2K\\x0dall clear` by session" in proc.stderr, proc.stderr
+
+
 def test_every_status_passes_through_the_hook_exactly(tmp_path):
     sandbox_cases.statuses_pass_through(tmp_path, _run)
 

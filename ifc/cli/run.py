@@ -243,9 +243,9 @@ def _summary(run_dir: Path, complete: bool = True) -> None:
     guest command it was matched to; one per change to host-executed configuration, allowed or not (all of
     them); how many secret values the sandbox saw only as sentinels; and the report command.
     Not `complete`: a helper failed (the error line after this says how), so the log lacks what followed."""
+    from ifc.diagnostics import display
     from ifc.report.load import ReportError, load_run
     from ifc.report.summary import cutoff_line, guest_command, hostcfg_line, shortened
-    from ifc.report.svg import clean
 
     denials, hostcfg, cutoffs, sentinels = (), (), (), ()
     if (run_dir / "events.db").exists():
@@ -255,16 +255,16 @@ def _summary(run_dir: Path, complete: bool = True) -> None:
         except ReportError as exc:  # a log we cannot read must not hide the command's status
             print(f"ifc run: {exc.message}", file=sys.stderr)
     for cutoff in cutoffs:  # first: after this the agent could not think, whatever else it did
-        print(clean(f"ifc run: {cutoff_line(cutoff)}"), file=sys.stderr)
+        print(display(f"ifc run: {cutoff_line(cutoff)}"), file=sys.stderr)
         for step in cutoff.fix_lower:
-            print(clean(f"  a reviewer can lower the floated label for later runs: {step}"), file=sys.stderr)
+            print(display(f"  a reviewer can lower the floated label for later runs: {step}"), file=sys.stderr)
     if denials:
         print(f"ifc run: {len(denials)} denial(s):", file=sys.stderr)
         for d in denials[:10]:
             by = f"{d.subject}, guest command {guest_command(d.guest)}" if d.guest else d.subject
             if d.relayed_from:  # a namespace run's egress: the process that held the connection (exact)
                 by += f", command `{shortened(d.cmdline or '', 120)}` (pid {d.pid})"
-            print(clean(f"  {d.op} `{d.target}` by {by}: {d.message or d.reason}"), file=sys.stderr)
+            print(display(f"  {d.op} `{d.target}` by {by}: {d.message or d.reason}"), file=sys.stderr)
         if len(denials) > 10:
             print(f"  ... and {len(denials) - 10} more", file=sys.stderr)
     else:
@@ -273,11 +273,11 @@ def _summary(run_dir: Path, complete: bool = True) -> None:
         print(f"ifc run: {len(hostcfg)} change(s) to host-executed configuration (review before running git, "
               "direnv or an editor here):", file=sys.stderr)
         for change in hostcfg:
-            print(clean(f"  {hostcfg_line(change)}"), file=sys.stderr)
+            print(display(f"  {hostcfg_line(change)}"), file=sys.stderr)
     if sentinels:  # secret files the sandbox read with sentinels in place of their values (ifc.secretfiles)
         files = sorted({s.target for s in sentinels})
         shown = ", ".join(f"`{f}`" for f in files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
-        print(clean(f"ifc run: {sum(s.replaced for s in sentinels)} secret value(s) replaced by sentinels in "
+        print(display(f"ifc run: {sum(s.replaced for s in sentinels)} secret value(s) replaced by sentinels in "
                     f"{shown}"), file=sys.stderr)
     if not complete:
         print("ifc run: the log is incomplete: the run's helper failed (below)", file=sys.stderr)
