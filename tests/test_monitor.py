@@ -332,16 +332,19 @@ def test_what_a_secret_run_changes_in_a_files_attributes_is_read_by_looking_it_u
 
 def test_a_link_a_secret_run_makes_or_removes_is_read_off_the_files_other_names():
     """A link made or removed changes the link count and change time of the file's other names: a run holding
-    `secret` that links the owner's `src/a.py` (or removes a link a clean run made to `src/b.py`) raises that
-    file's label, and a later run's lookup of it is tainted; a clean run's links raise nothing."""
+    `secret` that links the owner's `src/a.py` (or removes a link a clean run made to `src/b.py`, or renames another
+    file over one made to `src/c.py`) raises that file's label, and a later run's lookup of it is tainted; a clean
+    run's links raise nothing."""
     m = coder_monitor()
     assert m.decide(Request("link", "src/b.py", dest="src/b2")).allowed  # clean: nothing beyond b.py's label
     assert "secret" not in m.label_of("src/b.py").secrecy
+    assert m.decide(Request("link", "src/c.py", dest="src/c2")).allowed
     m.decide(Request("read", "id_rsa"))
     assert m.decide(Request("link", "src/a.py", dest="src/l")).allowed
     assert m.decide(Request("delete", "src/b2")).allowed
+    assert m.decide(Request("rename", "src/new", dest="src/c2")).allowed  # renamed over c.py's other name
     regular = Facts(node_type=stat.S_IFREG)
-    for name in ("src/a.py", "src/b.py"):
+    for name in ("src/a.py", "src/b.py", "src/c.py"):
         m2 = next_run(m)
         assert m2.decide(Request("lookup", name, facts=regular)).allowed and taint(m2) == "secret, trusted", name
 

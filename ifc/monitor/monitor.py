@@ -650,6 +650,7 @@ class Monitor:
             self._links_counted(req, state, others)
         elif op in ("rename", "link"):
             content = moving[0][2]
+            replaced = [n for n in self._other_names(dest) if n != target] if op == "rename" else []
             # the content takes its full label (its old name's policy label included) to the new name, and so
             # does everything beneath a directory; a rename stores it only where the new name's policy label
             # does not hold it already (most renames: no transaction), a link always (its names share one
@@ -668,8 +669,7 @@ class Monitor:
                         self.labels.rename(target, dest, why=why)
             if op == "rename":
                 self.graph.rename(node("file", target), node("file", dest))
-            else:
-                self._links_counted(req, state, (target,))
+            self._links_counted(req, state, replaced if op == "rename" else (target,))  # a link lost, or made
             self._edge(node("file", target), op, node("file", dest), now, None,
                               parts=self._parts(content))
             for name in (dest, *(new for _, new, _ in carried if new != dest)):
@@ -716,7 +716,8 @@ class Monitor:
                         capabilities_used=used, tainted_by=self._provenance(state), **base)
 
     def _links_counted(self, req: Request, state: RunState, names) -> None:
-        """A link made or removed changes the file's link count and change time under its other names (`names`):
+        """A link made or removed (deleted, or renamed over) changes the file's link count and change time under its
+        other names (`names`):
         attributes a later run's `stat` reads (`_list`), so a run holding secrecy beyond the file's label raises it
         — else a run that read a key could `ln src/a.py x; rm x` at a chosen instant, or leave k links, for the
         next run to read off `src/a.py`'s ctime or link count."""
