@@ -597,32 +597,6 @@ def test_a_read_leaves_no_access_time_for_a_later_run_to_read(tmp_path):
     assert seen == [1000, 1000] and int(os.stat(ws / "src" / "a.py").st_atime) == 1000, seen
 
 
-def test_the_free_space_a_secret_run_used_taints_the_next_run_that_reads_it(tmp_path):
-    """Run 1 reads a key and keeps as many MiB in `src/pad.bin` as a bit of it says (a labelled file nobody need
-    read again). Run 2 only asks the free space (`df`: statfs) and is tainted. In a workspace where no tainted run
-    kept anything, `df` reads nothing."""
-    ws = tmp_path / "ws"
-    (ws / "src").mkdir(parents=True)
-    (ws / "docs").mkdir()
-    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
-
-    def clean(mnt: Path) -> None:
-        assert os.statvfs(mnt).f_bfree > 0
-        (mnt / "docs" / "out1.md").write_text("nothing learnt\n")
-
-    def spell(mnt: Path) -> None:
-        byte = (mnt / "deploy.pem").read_bytes()[28]
-        (mnt / "src" / "pad.bin").write_bytes(b"\0" * (byte & 1) * 1024 * 1024)
-
-    def probe(mnt: Path) -> None:
-        os.statvfs(mnt)
-        (mnt / "docs" / "out3.md").write_text("learnt\n")
-
-    assert "docs/out1.md" not in labels(run_once(ws, 1, clean))
-    run_once(ws, 2, spell)
-    assert "secret" in labels(run_once(ws, 3, probe)).get("docs/out3.md", "")
-
-
 def test_a_link_a_secret_run_made_and_removed_taints_the_next_run_that_stats_the_file(tmp_path):
     """Run 1 reads a key and, at an instant it chooses, links the owner's clean `src/a.py` and removes the link:
     the file's change time (and, while the link lives, its link count) now says when. Run 2 only stats

@@ -349,19 +349,6 @@ def test_a_link_a_secret_run_makes_or_removes_is_read_off_the_files_other_names(
         assert m2.decide(Request("lookup", name, facts=regular)).allowed and taint(m2) == "secret, trusted", name
 
 
-def test_the_free_space_is_read_as_what_tainted_runs_kept():
-    """`statfs` reads the workspace's free space and inodes, which move with every file a run kept or removed: a
-    run that read a key and wrote it out (or removed a name) leaves the store holding `secret`, and a later
-    run's `df` is tainted by it; in a workspace where no tainted run left anything, `df` reads nothing."""
-    m = coder_monitor()
-    assert m.decide(Request("statfs", "")).allowed and taint(m) == "public, trusted"
-    m.decide(Request("read", "id_rsa"))
-    assert m.decide(Request("write", "src/big.bin")).allowed
-    m2 = next_run(m)
-    d = m2.decide(Request("statfs", ""))
-    assert d.allowed and taint(m2) == "secret, trusted" and ("secret", "/") in d.tainted_by
-
-
 def test_an_anticipated_change_that_would_raise_a_label_is_left_to_be_decided():
     """`anticipate` decides without effect: a change a tainted run would make to a clean file raises its label, so
     it is no repeat — nothing is stored, and the change is decided in full when it comes."""

@@ -669,8 +669,6 @@ class EnforcingFS:
             os.close(fd)
 
     def statfs(self, path):
-        if self.monitor is not None:  # free space and inodes move with what runs kept: decided (`Monitor._statfs`)
-            self._decide("statfs", "")
         sv = os.statvfs(self.backing.fd)
         return {key: getattr(sv, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
                                                    "f_files", "f_ffree", "f_favail", "f_flag", "f_namemax")}

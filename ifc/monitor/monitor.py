@@ -55,10 +55,9 @@ from ifc.policy.model import Agent, Policy
 FILE_OPS = ("read", "write", "create", "delete", "exec", "chmod")
 TWO_PATH_OPS = ("rename", "link")
 NET_OPS = ("connect", "dns", "send")
-# a directory's names read (a listing); whether one name is there, and the attributes of what is (a lookup); the
-# workspace's free space and free inodes (statfs)
-LIST, LOOKUP, STATFS = "list", "lookup", "statfs"
-ALL_OPS = (*FILE_OPS, *TWO_PATH_OPS, *NET_OPS, *CONTAINMENT_OPS, LIST, LOOKUP, STATFS)
+# a directory's names read (a listing); whether one name is there, and the attributes of what is (a lookup)
+LIST, LOOKUP = "list", "lookup"
+ALL_OPS = (*FILE_OPS, *TWO_PATH_OPS, *NET_OPS, *CONTAINMENT_OPS, LIST, LOOKUP)
 # never answered from the cache: a move renames the provenance graph's node, a deletion forgets it (a repeat from the
 # cache would only add edges; a name renamed in and deleted again left its node behind)
 _GRAPH_CHANGES = frozenset({"rename", "link", "delete"})
@@ -474,8 +473,6 @@ class Monitor:
         if op not in ALL_OPS:
             return Decision(allowed=False, reason=f"unknown operation `{op}`", **base)
         dest = None
-        if op == STATFS:
-            return self._statfs(req, state, base)
         if op in (LIST, LOOKUP):
             try:
                 return self._list(req, state, base, normalise_path(target), op == LOOKUP)
@@ -783,22 +780,6 @@ class Monitor:
         base["taint_after"] = self.policy.lattice.describe(state.taint)
         return Decision(allowed=True, reason="its names join what made them into the taint" if stored else
                         "names no tainted run made", object_label=None if stored is None else
-                        self.policy.lattice.describe(stored), tainted_by=self._provenance(state), **base)
-
-    def _statfs(self, req: Request, state: RunState, base: dict) -> Decision:
-        """The workspace's free space and free inodes are read: they move with every file a run wrote and kept, or
-        removed, so the reader takes the secrecy of every stored label and name record — else a run that read a
-        key could write and keep as many blocks (labelled, never looked at again) for the next run's `df`. Only
-        where a tainted run left something: the owner's files are no run's data."""
-        secrecy = frozenset().union(*(label.secrecy for label in self.labels.snapshot().values()),
-                                    *self.labels.named_snapshot().values())
-        stored = Label(secrecy, self.policy.lattice.top_integrity) if secrecy else None
-        if stored is not None:
-            self._absorb(state, stored, node("file", "/"), node("subject", req.subject), "read", self.clock(), req)
-        base["target"] = "/"
-        base["taint_after"] = self.policy.lattice.describe(state.taint)
-        return Decision(allowed=True, reason="the free space holds what tainted runs kept" if stored else
-                        "no tainted run kept anything", object_label=None if stored is None else
                         self.policy.lattice.describe(stored), tainted_by=self._provenance(state), **base)
 
     def _symlink_guard(self, state, base, target: str, facts: Facts) -> Decision | None:
