@@ -597,6 +597,34 @@ def test_a_read_leaves_no_access_time_for_a_later_run_to_read(tmp_path):
     assert seen == [1000, 1000] and int(os.stat(ws / "src" / "a.py").st_atime) == 1000, seen
 
 
+def test_the_free_space_is_served_in_steps_a_kept_file_cannot_move(tmp_path):
+    """Free blocks and inodes move with what a run keeps: a run that read a key could keep as many KiB, in a
+    labelled file nobody need read again, for the next run's `df`. On a private 64 MiB tmpfs, where a step is
+    1 MiB: the mount serves free blocks and inodes in whole steps, within one step of the real ones, and a file
+    kept short of the next step leaves `df` as it was."""
+    fs, mnt, run = tmp_path / "fs", tmp_path / "mnt", tmp_path / "run"
+    fs.mkdir()
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=6400", "ifc-test", str(fs)], check=True)
+    try:
+        (fs / "src").mkdir()
+        daemon = Daemon(["--policy", str(POLICY), "--run-dir", str(run), str(fs), str(mnt)], str(mnt),
+                        log_path=str(tmp_path / "daemon.log"))
+        try:
+            real, served = os.statvfs(fs), os.statvfs(mnt)
+            step, inodes = real.f_blocks // 64, real.f_files // 64
+            assert served.f_bfree % step == 0 and real.f_bfree - step < served.f_bfree <= real.f_bfree
+            assert served.f_ffree % inodes == 0 and real.f_ffree - inodes < served.f_ffree <= real.f_ffree
+            room = (real.f_bfree % step) * real.f_frsize  # bytes before the served value would move
+            if room >= 8192:
+                (mnt / "src" / "pad.bin").write_bytes(b"x" * (room - 4096))
+                assert os.statvfs(fs).f_bfree < real.f_bfree and os.statvfs(mnt).f_bfree == served.f_bfree
+        finally:
+            assert daemon.stop() == 0
+    finally:
+        subprocess.run(["umount", str(fs)], check=True)
+
+
 def test_a_link_a_secret_run_made_and_removed_taints_the_next_run_that_stats_the_file(tmp_path):
     """Run 1 reads a key and, at an instant it chooses, links the owner's clean `src/a.py` and removes the link:
     the file's change time (and, while the link lives, its link count) now says when. Run 2 only stats

@@ -102,6 +102,7 @@ _EPOCH_SHIFT = 48  # an inode number's incarnation goes above the bits backing f
 # key could make as many files in the owner's `src/` for the next run's `stat src`. Served as one small directory's,
 # with btrfs's link count of 1 ("not counted": find and fts then take no leaf shortcut); fastpath.c serves the same.
 DIR_NLINK, DIR_SIZE, DIR_BLOCKS = 1, 4096, 8
+STATFS_STEPS = 64  # free blocks and inodes are served in steps of this fraction of the filesystem (`statfs`)
 
 
 class Denied(OSError):
@@ -669,9 +670,19 @@ class EnforcingFS:
             os.close(fd)
 
     def statfs(self, path):
+        """The backing filesystem's, its free blocks and inodes rounded down to a 64th of its size: they move with
+        what every run keeps, so a run that read a key could keep as many MiB (a labelled file nobody need read
+        again) for the next run's `df` — now it must keep a 64th of the disk per step, for a few bits a run at
+        most. Not decided: the guest asks at boot, and `tail -f` asks, so a decision would taint every run in a
+        workspace holding one floated file."""
         sv = os.statvfs(self.backing.fd)
-        return {key: getattr(sv, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
-                                                   "f_files", "f_ffree", "f_favail", "f_flag", "f_namemax")}
+        served = {key: getattr(sv, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                                                    "f_files", "f_ffree", "f_favail", "f_flag", "f_namemax")}
+        for total, free in (("f_blocks", ("f_bfree", "f_bavail")), ("f_files", ("f_ffree", "f_favail"))):
+            step = max(1, served[total] // STATFS_STEPS)
+            for key in free:
+                served[key] -= served[key] % step
+        return served
 
     def _names_read(self, name: str, st: os.stat_result | None, listing: bool = False) -> None:
         """A directory's names are read (`listing`: decided as `list` where a tainted run made or removed names in
