@@ -349,6 +349,60 @@ def test_a_link_a_secret_run_makes_or_removes_is_read_off_the_files_other_names(
         assert m2.decide(Request("lookup", name, facts=regular)).allowed and taint(m2) == "secret, trusted", name
 
 
+FILES = ("src/a", "src/b", "src/c", "src/d", "src/e")
+changes = st.lists(st.tuples(st.sampled_from(("create", "write", "chmod", "delete", "link", "rename")),
+                             st.sampled_from(FILES), st.sampled_from(FILES)), max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(before=changes, after=changes)
+def test_nothing_a_secret_run_changes_is_read_clean_by_a_later_lookup(before, after):
+    """Property: whatever a clean run did first (`before`, on the owner's `src/a`..`src/c`), every name a run
+    holding `secret` then made or removed, and every name of a file it wrote, changed the mode or times of,
+    renamed, or linked or unlinked (its link count and change time), taints a later run's lookup (`after`): the
+    ops as a filesystem allows them (no link onto a name that is there; a rename replaces one)."""
+    m = coder_monitor()
+    files = {name: frozenset({name}) for name in FILES[:3]}  # each name there -> every name of its file
+
+    def apply(ops, touched: set[str] | None) -> None:
+        for op, a, b in ops:
+            two = op in ("link", "rename")
+            if (op == "create") == (a in files) or (two and (a == b or (op == "link") == (b in files))):
+                continue  # not as a filesystem would do it
+            if not m.decide(Request(op, a, dest=b if two else None)).allowed:
+                continue
+            hit = {a}
+            if op == "create":
+                files[a] = frozenset({a})
+            elif op in ("write", "chmod"):
+                hit = set(files[a])
+            elif op == "link":
+                group = files[a] | {b}
+                files.update(dict.fromkeys(group, group))
+                hit = set(group)
+            else:  # delete, rename: `a` goes; a rename's file takes `b`, and a file at `b` loses that name
+                group = files.pop(a) - {a}
+                files.update(dict.fromkeys(group, group))
+                hit |= group
+                if op == "rename":
+                    lost = files.pop(b, frozenset()) - {b}
+                    files.update(dict.fromkeys(lost, lost))
+                    moved = group | {b}
+                    files.update(dict.fromkeys(moved, moved))
+                    hit |= lost | moved
+            if touched is not None:
+                touched |= hit
+
+    apply(before, None)
+    m.decide(Request("read", "id_rsa"))
+    touched: set[str] = set()
+    apply(after, touched)
+    for name in touched:
+        m2 = next_run(m)
+        assert m2.decide(Request("lookup", name, facts=Facts(node_type=stat.S_IFREG))).allowed
+        assert "secret" in m2.taint_of("session").secrecy, (name, before, after)
+
+
 def test_an_anticipated_change_that_would_raise_a_label_is_left_to_be_decided():
     """`anticipate` decides without effect: a change a tainted run would make to a clean file raises its label, so
     it is no repeat — nothing is stored, and the change is decided in full when it comes."""

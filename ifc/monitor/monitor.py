@@ -669,7 +669,9 @@ class Monitor:
                         self.labels.rename(target, dest, why=why)
             if op == "rename":
                 self.graph.rename(node("file", target), node("file", dest))
-            self._links_counted(req, state, replaced if op == "rename" else (target,))  # a link lost, or made
+            # the file's link count or change time moved: a link made, or the file renamed (its ctime) and any file
+            # it replaced (a link lost)
+            self._links_counted(req, state, (target,) if op == "link" else (dest, *replaced))
             self._edge(node("file", target), op, node("file", dest), now, None,
                               parts=self._parts(content))
             for name in (dest, *(new for _, new, _ in carried if new != dest)):
