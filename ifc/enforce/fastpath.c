@@ -672,7 +672,7 @@ int ifc_fast_getattr(const char *path, struct stat *out, void *fi) {
     memset(out, 0, sizeof *out);
     out->st_mode = st.st_mode;
     out->st_ino = served_ino(st.st_dev, st.st_ino);
-    out->st_nlink = S_ISDIR(st.st_mode) ? DIR_NLINK : st.st_nlink; /* a directory's count its names: as fs.DIR_* */
+    out->st_nlink = S_ISDIR(st.st_mode) ? DIR_NLINK : st.st_nlink; /* a directory's: as fs.DIR_* */
     out->st_uid = cfg.map_ids && st.st_uid == cfg.owner_uid ? cfg.agent_uid : st.st_uid;
     out->st_gid = cfg.map_ids && st.st_gid == cfg.owner_gid ? cfg.agent_gid : st.st_gid;
     out->st_size = S_ISDIR(st.st_mode) ? DIR_SIZE : st.st_size;
