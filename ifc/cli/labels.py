@@ -128,9 +128,9 @@ def _lower(args, store, lattice) -> int:
     from ifc.monitor.labelstore import LabelChanged
 
     path = args.lower.strip("/")
-    current = store.get(path)
-    if current is None and store.named(path) is not None:  # a name a tainted run made or removed
-        current = Label(store.named(path), lattice.top_integrity)
+    current, named = store.get(path), store.named(path)
+    if current is None and named is not None:  # a name a tainted run made or removed
+        current = Label(named, lattice.top_integrity)
     if current is None:
         raise Usage(f"`{path}` has no floated label in `{args.workspace}`", "see `ifc labels WORKSPACE`")
     new = parse_label(args.to, lattice, current.integrity)

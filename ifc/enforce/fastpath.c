@@ -382,12 +382,9 @@ void ifc_fast_stale_name(const char *rel) {
     pthread_rwlock_unlock(&warm.lock);
 }
 
-static size_t listed_index(const char *rel, size_t len) {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t k = 0; k < len; k++)
-        h = (h ^ (unsigned char)rel[k]) * 0x100000001b3ull;
-    size_t i = (size_t)(h ^ (h >> 29)) & (MAX_LISTED - 1);
-    while (listed.names[i] && (strncmp(listed.names[i], rel, len) != 0 || listed.names[i][len] != '\0'))
+static size_t listed_index(const char *rel) {
+    size_t i = (size_t)name_hash(0, rel) & (MAX_LISTED - 1);
+    while (listed.names[i] && strcmp(listed.names[i], rel) != 0)
         i = (i + 1) & (MAX_LISTED - 1);
     return i;
 }
@@ -409,7 +406,7 @@ void ifc_fast_listed(const char *names, size_t count) {
         free(listed.names[i]), listed.names[i] = NULL;
     int used = 0;
     for (size_t k = 0; k < count && used >= 0; k++, names += strlen(names) + 1) {
-        size_t i = listed_index(names, strlen(names));
+        size_t i = listed_index(names);
         if (listed.names[i])
             continue;
         listed.names[i] = (used + 1) * 2 > MAX_LISTED ? NULL : strdup(names);
@@ -419,16 +416,16 @@ void ifc_fast_listed(const char *names, size_t count) {
     pthread_rwlock_unlock(&listed.lock);
 }
 
-/* Is reading the name `rel[:len]` (a lookup; a directory's listing) decided? Also when someone committed to the
-   label store since Python made the set (another run's names or labels: Python looks again, and says so). */
-static int is_listed(const char *rel, size_t len) {
+/* Is reading the name `rel` (a lookup; a directory's listing) decided? Also when someone committed to the label
+   store since Python made the set (another run's names or labels: Python looks again, and says so). */
+static int is_listed(const char *rel) {
     unsigned char now[WAL_HEADER];
     pthread_rwlock_rdlock(&listed.lock);
     int hit = listed.shm_fd >= 0 && (pread(listed.shm_fd, now, WAL_HEADER, 0) != WAL_HEADER ||
                                      memcmp(now, listed.seen, WAL_HEADER) != 0);
     int used = atomic_load(&listed.used);
     if (!hit && used)
-        hit = used < 0 || listed.names[listed_index(rel, len)] != NULL;
+        hit = used < 0 || listed.names[listed_index(rel)] != NULL;
     pthread_rwlock_unlock(&listed.lock);
     return hit;
 }
@@ -658,7 +655,7 @@ int ifc_fast_getattr(const char *path, struct stat *out, void *fi) {
     } else {
         if (!rel)
             return cfg.py_getattr(path, out, fi);
-        if (*rel && is_listed(rel, strlen(rel)))
+        if (*rel && is_listed(rel))
             return cfg.py_getattr(path, out, fi); /* a lookup of it is a read */
         rc = lstat_beneath(rel, &st);
     }
@@ -776,7 +773,7 @@ static mode_t dtype_mode(int dirfd, const struct dirent *e) {
    offset 0: libfuse keeps the listing and serves the kernel's later pieces from it). */
 int ifc_fast_readdir(const char *path, void *buf, fill_fn fill, off_t offset, void *fi, int flags) {
     const char *rel = path ? relative(path) : NULL;
-    if (!rel || is_listed(rel, strlen(rel)))
+    if (!rel || is_listed(rel))
         return cfg.py_readdir(path, buf, fill, offset, fi, flags);
     int fd = openat2_beneath(cfg.root, *rel ? rel : ".", O_RDONLY | O_DIRECTORY);
     if (fd < 0) {

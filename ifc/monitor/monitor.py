@@ -718,11 +718,10 @@ class Monitor:
                         capabilities_used=used, tainted_by=self._provenance(state), **base)
 
     def _links_counted(self, req: Request, state: RunState, names) -> None:
-        """A link made or removed (deleted, or renamed over) changes the file's link count and change time under its
-        other names (`names`):
-        attributes a later run's `stat` reads (`_list`), so a run holding secrecy beyond the file's label raises it
-        — else a run that read a key could `ln src/a.py x; rm x` at a chosen instant, or leave k links, for the
-        next run to read off `src/a.py`'s ctime or link count."""
+        """A link made or removed (deleted, or renamed over), or a rename, changes the file's link count or change
+        time under its other names (`names`): attributes a later run's `stat` reads (`_list`), so a run holding
+        secrecy beyond the file's label raises it — else a run that read a key could `ln src/a.py x; rm x` at a
+        chosen instant, or leave k links, for the next run to read off `src/a.py`'s ctime or link count."""
         for name in names:
             if state.taint.secrecy <= self.label_of(name).secrecy:
                 continue
