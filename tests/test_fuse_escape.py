@@ -94,6 +94,9 @@ def coder(base):
         assert daemon.stop() == 0
 
 
+KEY = "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n"  # a key the tests spell: byte 28 is `M`
+
+
 def run_once(ws: Path, n: int, work: Callable[[Path], None]) -> str:
     """Run `n` on the workspace `ws` (beside it: its mount point and run dir), under the default policy: `work` on
     the mount point; the run dir."""
@@ -378,7 +381,7 @@ def test_names_a_secret_run_made_taint_the_next_run_that_reads_them(tmp_path):
     for d in ("src/bits", "docs"):
         (ws / d).mkdir(parents=True)
     (ws / "src" / "app.py").write_text("print('hi')\n")
-    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    (ws / "deploy.pem").write_text(KEY)
 
     def spell(mnt: Path) -> None:
         key = (mnt / "deploy.pem").read_bytes()
@@ -409,7 +412,7 @@ def test_names_a_secret_run_made_in_a_secret_directory_taint_the_next_run_that_l
     directory's label could not hold the names back."""
     ws = tmp_path / "ws"
     (ws / "src" / "credentials").mkdir(parents=True)
-    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    (ws / "deploy.pem").write_text(KEY)
 
     def spell(mnt: Path) -> None:
         key = (mnt / "deploy.pem").read_text().splitlines()[1]
@@ -432,7 +435,7 @@ def test_names_a_secret_run_removed_taint_the_next_run_that_looks_them_up(tmp_pa
     (ws / "src" / "bits").mkdir(parents=True)
     for i in range(8):
         (ws / "src" / "bits" / str(i)).write_text("0\n")
-    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    (ws / "deploy.pem").write_text(KEY)
     bits = format(ord("M"), "08b")
 
     def spell(mnt: Path) -> None:
@@ -475,7 +478,7 @@ def test_names_another_run_makes_meanwhile_taint_a_run_that_reads_them(tmp_path)
     ws = tmp_path / "ws"
     (ws / "src" / "drop").mkdir(parents=True)
     (ws / "src" / "clock.py").write_text("")
-    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    (ws / "deploy.pem").write_text(KEY)
     daemons, mounts = [], {}
     try:
         for name in ("b", "a"):
@@ -509,7 +512,7 @@ def test_attributes_a_secret_run_changed_taint_the_next_run_that_stats_them(tmp_
     (ws / "docs").mkdir()
     for name in ("a.py", "b.py"):
         (ws / "src" / name).write_text("")
-    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    (ws / "deploy.pem").write_text(KEY)
     read = {"mtime": lambda st: int(st.st_mtime), "size": lambda st: st.st_size, "mode": lambda st: st.st_mode & 0o777}
 
     def spell(mnt: Path) -> None:
@@ -544,7 +547,7 @@ def test_a_directorys_attributes_do_not_count_the_names_a_secret_run_made_in_it(
     stays clean. (Its times still say when names changed: docs/threat-model.md.)"""
     ws = tmp_path / "ws"
     (ws / "src").mkdir(parents=True)
-    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    (ws / "deploy.pem").write_text(KEY)
     seen = []
 
     def counted(st: os.stat_result) -> tuple[int, int, int]:
@@ -578,7 +581,7 @@ def test_a_read_leaves_no_access_time_for_a_later_run_to_read(tmp_path):
     ws = tmp_path / "ws"
     (ws / "src").mkdir(parents=True)
     (ws / "src" / "a.py").write_text("print('hi')\n")
-    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    (ws / "deploy.pem").write_text(KEY)
     for name in ("src/a.py", "src"):
         os.utime(ws / name, (1000, time.time()))
     seen = []
@@ -633,7 +636,7 @@ def test_a_link_a_secret_run_made_and_removed_taints_the_next_run_that_stats_the
     (ws / "src").mkdir(parents=True)
     for name in ("a.py", "b.py"):
         (ws / "src" / name).write_text("")
-    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    (ws / "deploy.pem").write_text(KEY)
     before = os.stat(ws / "src" / "a.py").st_ctime_ns
 
     def spell(mnt: Path) -> None:
@@ -662,7 +665,7 @@ def test_attribute_names_a_secret_run_set_taint_the_run_that_lists_them(tmp_path
     (ws / "src").mkdir(parents=True)
     for name in ("app.py", "plain.py"):
         (ws / "src" / name).write_text("print('hi')\n")
-    (ws / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n")
+    (ws / "deploy.pem").write_text(KEY)
 
     def spell(mnt: Path) -> None:
         (mnt / "deploy.pem").read_bytes()
