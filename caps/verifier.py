@@ -110,6 +110,11 @@ class VerifiedToken:
     def allows(self, op: str, target: str | Endpoint, *, tag: str | None = None) -> bool:
         return self.check(op, target, tag=tag).allowed
 
+    def path_patterns(self) -> tuple[str, ...]:
+        """Every path pattern the token's checks read (each block's rights, and what block 0 delegates)."""
+        compiled = [rights for _, rights in self._rights] + ([self._delegable] if self._delegable is not None else [])
+        return tuple(dict.fromkeys(r.pattern for rights in compiled for r in rights.rights if r.op in PATH_OPS))
+
     def _decide(self, test, what: str) -> Decision:
         try:
             return self._decide_unsafe(test, what)

@@ -7,8 +7,10 @@
    nothing for, directory listings, and the *warm* answers: a read-only open of a name, or a change of its mode,
    owner or times, that the monitor already allowed this subject, at the same taint, label store and token
    window, when it said the answer repeats — and
-   hand everything else to the Python callback they replaced (`py_*`), with the same arguments. What the daemon
-   creates, renames or deletes, and every first decision, is never answered here.
+   hand everything else to the Python callback they replaced (`py_*`), with the same arguments. Every first
+   decision, and every rename or link, is Python's; a create, a delete, or a change of mode, owner or times is
+   answered here only by *class*: as the monitor answered it for another name matching the same globs (the last
+   section, "names made and removed").
 
    The rule for every function: answer only the plain case whose Python answer is a system call with no state
    of the daemon's behind it; in any other case (a reserved name, `..`, a long path, a file with several names,
@@ -52,6 +54,10 @@ typedef int (*open_fn)(const char *, void *);
 typedef int (*chmod_fn)(const char *, mode_t, void *);
 typedef int (*chown_fn)(const char *, uid_t, gid_t, void *);
 typedef int (*utimens_fn)(const char *, const struct timespec *, void *);
+typedef int (*mkdir_fn)(const char *, mode_t);
+typedef int (*create_fn)(const char *, mode_t, void *);
+typedef int (*unlink_fn)(const char *);
+typedef void (*made_fn)(int, const char *, int64_t);
 struct context { void *fuse; uid_t uid; gid_t gid; pid_t pid; }; /* the head of libfuse's struct fuse_context */
 typedef struct context *(*context_fn)(void);
 typedef void (*hit_fn)(int, const char *, uint64_t, int64_t);
@@ -80,6 +86,7 @@ struct handle {
     _Atomic int kind;
     uint64_t generation; /* the taint generation its write decision was made at (WRITE_CHECKED) */
     char *rel;           /* the name it was decided for (WRITE_CHECKED) */
+    int made;            /* made here (a new file): the class answer it was made under (`made_handle`), else 0 */
 };
 
 static struct {
@@ -89,6 +96,7 @@ static struct {
     int map_ids;
     uid_t owner_uid, agent_uid;
     gid_t owner_gid, agent_gid;
+    int is_root;      /* the daemon runs as root: what it makes is given to the caller (settle_new) */
     int track_links;  /* multi-link files' names are tracked (invalidation): their attributes are Python's */
     int views;        /* secret-file views are served: files of a secret format are Python's */
     char *reserved[MAX_NAMES];
@@ -105,6 +113,9 @@ static struct {
     chmod_fn py_chmod;
     chown_fn py_chown;
     utimens_fn py_utimens;
+    mkdir_fn py_mkdir;
+    create_fn py_create;
+    unlink_fn py_unlink, py_rmdir;
     context_fn context;
     int one_subject;         /* every caller is one subject (slot 0): no thread is looked up */
     size_t noflush_byte;     /* where FOPEN_NOFLUSH is in struct fuse_file_info (0: not there) */
@@ -116,6 +127,9 @@ static size_t nhandles;
 static pthread_mutex_t rel_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic uint64_t generation;
 static _Atomic int links_seen;
+/* Shared by every request that makes or removes a name, exclusive for a directory's rename (ifc.enforce.fs.NameLock,
+   whose lock this is while the fast path serves): a waiting rename goes first. Set up by ifc_fast_configure. */
+static pthread_rwlock_t name_lock;
 
 /* (dev, ino) -> value, open addressing; for inode incarnations and open views. */
 struct map {
@@ -174,7 +188,8 @@ static int map_grow(struct map *m) {
     return 0;
 }
 
-/* Entries are never deleted: an incarnation only counts up, and a view's entry is 1 + its opens (1: none). */
+/* Entries are never deleted: an incarnation only counts up (`val` 0: one more), and a view's entry is 1 + its opens
+   (1: none). */
 static int map_set(struct map *m, uint64_t dev, uint64_t ino, uint64_t val) {
     int rc = 0;
     pthread_mutex_lock(&m->lock);
@@ -186,7 +201,7 @@ static int map_set(struct map *m, uint64_t dev, uint64_t ino, uint64_t val) {
             m->dev[i] = dev, m->ino[i] = ino;
             m->used++;
         }
-        m->val[i] = val;
+        m->val[i] = val ? val : (m->val[i] ? m->val[i] : 1) + 1;
     }
     pthread_mutex_unlock(&m->lock);
     return rc;
@@ -264,6 +279,12 @@ int ifc_fast_configure(int root, uint64_t dev, size_t fh_offset, size_t max_fds,
     cfg.fh_offset = fh_offset;
     cfg.track_links = track_links;
     cfg.views = views_on;
+    cfg.is_root = geteuid() == 0;
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&name_lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
     handles = calloc(max_fds, sizeof *handles);
     if (!handles)
         return -1;
@@ -300,10 +321,12 @@ void ifc_fast_callers(context_fn context, int one_subject, size_t noflush_byte, 
 
 /* The Python callbacks, in the order of ifc.enforce.fastpath.OPERATIONS. */
 void ifc_fast_fallbacks(getattr_fn g, read_fn r, write_fn w, flush_fn f, getxattr_fn x, flush_fn rl, readdir_fn rd,
-                        open_fn o, chmod_fn cm, chown_fn co, utimens_fn ut) {
+                        open_fn o, chmod_fn cm, chown_fn co, utimens_fn ut, mkdir_fn mk, create_fn cr, unlink_fn ul,
+                        unlink_fn rm) {
     cfg.py_getattr = g, cfg.py_read = r, cfg.py_write = w, cfg.py_flush = f, cfg.py_getxattr = x;
     cfg.py_release = rl, cfg.py_readdir = rd, cfg.py_open = o;
     cfg.py_chmod = cm, cfg.py_chown = co, cfg.py_utimens = ut;
+    cfg.py_mkdir = mk, cfg.py_create = cr, cfg.py_unlink = ul, cfg.py_rmdir = rm;
 }
 
 /* A descriptor Python opened and decided: PLAIN (read only), WRITE_FREE (no monitor), or WRITE_CHECKED at
@@ -319,6 +342,7 @@ int ifc_fast_mark(uint64_t fh, int kind, const char *rel, uint64_t gen) {
     char *old = h->rel;
     h->rel = copy;
     h->generation = gen;
+    h->made = 0;
     atomic_store(&h->kind, kind);
     pthread_mutex_unlock(&rel_lock);
     free(old);
@@ -333,6 +357,7 @@ void ifc_fast_close(uint64_t fh) {
     atomic_store(&h->kind, NONE);
     char *old = h->rel;
     h->rel = NULL;
+    h->made = 0;
     pthread_mutex_unlock(&rel_lock);
     free(old);
 }
@@ -342,8 +367,6 @@ uint64_t ifc_fast_generation(void) { return atomic_load(&generation); }
 void ifc_fast_taint_moved(void) { atomic_fetch_add(&generation, 1); }
 
 void ifc_fast_links_seen(void) { atomic_store(&links_seen, 1); }
-
-int ifc_fast_epoch(uint64_t dev, uint64_t ino, uint64_t epoch) { return map_set(&epochs, dev, ino, epoch + 1); }
 
 /* Open views of an inode: 1 + how many (an entry is never removed; 1 means none). */
 int ifc_fast_view(uint64_t dev, uint64_t ino, uint64_t opens) { return map_set(&views, dev, ino, opens + 1); }
@@ -570,9 +593,9 @@ static const char *relative(const char *path) {
 /* Every open but an O_PATH one leaves the access time as it was (O_NOATIME; as ifc.enforce.fs.Backing.open): the
    instant a run reads a file is its choice, and no later run may read it off. Not the file's owner and without
    CAP_FOWNER, the daemon may not: then as asked. */
-static int openat2_beneath(int dirfd, const char *path, int flags) {
+static int openat2_mode(int dirfd, const char *path, int flags, mode_t mode) {
     int noatime = flags & O_PATH ? 0 : O_NOATIME;
-    struct open_how how = {.flags = (uint64_t)(flags | O_CLOEXEC | noatime), .mode = 0, .resolve = RESOLVE};
+    struct open_how how = {.flags = (uint64_t)(flags | O_CLOEXEC | noatime), .mode = mode, .resolve = RESOLVE};
     int fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
     if (fd < 0 && errno == EPERM && noatime && !(flags & O_NOATIME)) {
         how.flags &= ~(uint64_t)O_NOATIME;
@@ -580,6 +603,8 @@ static int openat2_beneath(int dirfd, const char *path, int flags) {
     }
     return fd;
 }
+
+static int openat2_beneath(int dirfd, const char *path, int flags) { return openat2_mode(dirfd, path, flags, 0); }
 
 /* lstat of `rel` beneath the root, as Backing.lstat: its parent by openat2, the name by fstatat. */
 static int lstat_beneath(const char *rel, struct stat *st) {
@@ -928,6 +953,8 @@ struct change {
     const struct timespec *times; /* NULL: both now; UTIME_NOW and UTIME_OMIT as utimensat(2) takes them */
 };
 
+static int made_change(const char *rel, const struct change *c);
+
 static int apply_change(int fd, const void *arg) {
     const struct change *c = arg;
     char proc[32];
@@ -952,7 +979,7 @@ static int warm_change(const char *path, const struct change *c) {
         return 0;
     int fd = warm_serve(slot | CHANGES, rel, O_PATH, apply_change, c);
     if (fd < 0)
-        return 0;
+        return made_change(rel, c);
     close(fd);
     return 1;
 }
@@ -978,4 +1005,533 @@ int ifc_fast_utimens(const char *path, const struct timespec tv[2], void *fi) {
 
 int ifc_fast_open_file(const char *path, void *fi) {
     return warm_open(path, fi) ? 0 : cfg.py_open(path, fi);
+}
+
+/* ------------------------------------------------------------------------------------------ names made and removed
+
+   A new name's create, a name's deletion and a change of its mode, owner or times are decided by what the name
+   and its directory match: the policy's globs (file rules, flow and capability sinks, the agent's grants, the
+   session token's rights, host-executed configuration), the labels stored for the name (none: it is not
+   `listed`), the run's taint and the token's window. Python gives the globs (`ifc_fast_glob`, once), and after
+   the monitor decided one such request without effect — allowed, nothing raised, recorded, declassified or
+   logged but the count (Monitor.decide_made) — it records the answer for that *class*: the subject, the
+   operation, and which globs the name and its directory match (`ifc_fast_made_class`). A later request of the
+   same class is answered here while the clock says nothing moved, and noted (`made_log`) for Python to record in
+   the monitor, in order, before its next decision (`ifc_fast_made_drain`): the graph's edge, the count. A name
+   that is not plain printable ASCII, of a secret-file format, or with a label or record is Python's, as is
+   any failure. docs/benchmarks.md (issue 16, part 12) has why. */
+
+#define MAX_GLOBS 256
+#define SIG_WORDS (MAX_GLOBS / 64)
+#define MAX_TOKENS 512
+#define MAX_CLASSES 4096
+#define MAX_MADE 4096
+enum made_op { MADE_CREATE = 1, MADE_DELETE = 2, MADE_CHMOD = 3 };          /* as fastpath.MADE_OPS */
+enum token_kind { T_LIT = 1, T_SET, T_NSET, T_STAR, T_ALL, T_DIRS, T_DESC }; /* as fastpath.TOKENS */
+
+struct token {
+    unsigned char kind, c;   /* c: a literal's byte */
+    unsigned char set[32];   /* a class's bytes, as a bitmap */
+};
+static struct {
+    struct token *t[MAX_GLOBS];
+    int n[MAX_GLOBS];
+    int count;
+    _Atomic int on; /* the globs are all given: classes may be recorded */
+} globs;
+
+struct made_class {
+    int used, slot, op, root;
+    uint64_t sig[2 * SIG_WORDS]; /* the globs the directory matches, then those the name matches */
+    int id;
+    uint64_t tick, generation;
+    double not_before, expires;
+};
+static struct made_class *classes; /* MAX_CLASSES of them, under warm.lock */
+static size_t nclasses;
+
+struct made_record {
+    int id; /* 0: taken back (the request went to Python) */
+    int64_t when_ns;
+    char *rel;
+};
+static struct {
+    pthread_mutex_t lock;
+    struct made_record r[MAX_MADE];
+    size_t n;
+} made_log = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+void ifc_fast_names(int how) {
+    switch (how) {
+    case 0:
+        pthread_rwlock_rdlock(&name_lock);
+        break;
+    case 1:
+        pthread_rwlock_wrlock(&name_lock);
+        break;
+    default:
+        pthread_rwlock_unlock(&name_lock);
+    }
+}
+
+/* One glob of the policy's, as a program (fastpath.program): a kind byte per token, a literal's byte after it, a
+   class's count and bytes after it. Classes hold only ASCII; a literal outside it is 0x80 (no plain name has it).
+   Returns its number, or -1. */
+int ifc_fast_glob(const unsigned char *prog, size_t len) {
+    if (globs.count == MAX_GLOBS || atomic_load(&globs.on))
+        return -1;
+    struct token *t = calloc(len ? len : 1, sizeof *t);
+    if (!t)
+        return -1;
+    int n = 0;
+    for (size_t i = 0; i < len;) {
+        if (n == MAX_TOKENS)
+            goto bad;
+        struct token *k = &t[n++];
+        k->kind = prog[i++];
+        if (k->kind == T_LIT) {
+            if (i >= len)
+                goto bad;
+            k->c = prog[i++];
+        } else if (k->kind == T_SET || k->kind == T_NSET) {
+            if (i >= len || i + 1 + prog[i] > len)
+                goto bad;
+            for (size_t j = 0, m = prog[i++]; j < m; j++, i++)
+                k->set[prog[i] >> 3] |= (unsigned char)(1u << (prog[i] & 7));
+        } else if (k->kind < T_STAR || k->kind > T_DESC) {
+            goto bad;
+        }
+    }
+    globs.t[globs.count] = t, globs.n[globs.count] = n;
+    return globs.count++;
+bad:
+    free(t);
+    return -1;
+}
+
+/* Every glob is given: answers by class may be recorded from now on. */
+int ifc_fast_globs_done(void) {
+    if (!cfg.context || !(classes = calloc(MAX_CLASSES, sizeof *classes)))
+        return -1; /* (no context: the caller is unknown) */
+    atomic_store(&globs.on, 1);
+    return 0;
+}
+
+/* The states of one glob's automaton: i (0..n) before token i, n + 1 + i inside token i (a directory name of `**`, what
+   lies beneath a match); followed over the active ones only. */
+struct states {
+    unsigned char on[2 * MAX_TOKENS + 2];
+    int list[2 * MAX_TOKENS + 2];
+    int count;
+};
+
+static int leads_on(const struct token *t) {
+    return t->kind == T_STAR || t->kind == T_ALL || t->kind == T_DIRS || t->kind == T_DESC;
+}
+
+static void enter(struct states *s, const struct token *t, int n, int state) {
+    while (!s->on[state]) {
+        s->on[state] = 1;
+        s->list[s->count++] = state;
+        if (state < n && leads_on(&t[state])) /* a star, a double star, its directories and what lies beneath: maybe empty */
+            state++;
+        else if (state > n && t[state - n - 1].kind == T_DESC) /* beneath a match: the match goes on */
+            state = state - n;
+        else
+            return;
+    }
+}
+
+/* Does glob `g` match the whole of `s`, as ifc.match.Glob.matches does? */
+static int glob_matches(int g, const char *s) {
+    const struct token *t = globs.t[g];
+    int n = globs.n[g];
+    struct states a, b, *cur = &a, *next = &b;
+    memset(a.on, 0, (size_t)(2 * n + 2));
+    memset(b.on, 0, (size_t)(2 * n + 2));
+    a.count = b.count = 0;
+    enter(cur, t, n, 0);
+    for (const unsigned char *p = (const unsigned char *)s; *p && cur->count; p++) {
+        unsigned c = *p;
+        for (int j = 0; j < cur->count; j++) {
+            int state = cur->list[j];
+            if (state < n) {
+                const struct token *k = &t[state];
+                int in = (k->set[c >> 3] >> (c & 7)) & 1;
+                if ((k->kind == T_LIT && c == k->c) || (k->kind == T_SET && in) ||
+                    (k->kind == T_NSET && c != '/' && !in))
+                    enter(next, t, n, state + 1);
+                else if ((k->kind == T_STAR && c != '/') || k->kind == T_ALL)
+                    enter(next, t, n, state);
+                else if ((k->kind == T_DIRS && c != '/') || (k->kind == T_DESC && c == '/'))
+                    enter(next, t, n, n + 1 + state);
+            } else if (state > n) {
+                int i = state - n - 1;
+                enter(next, t, n, t[i].kind == T_DIRS && c == '/' ? i : state);
+            }
+        }
+        for (int j = 0; j < cur->count; j++)
+            cur->on[cur->list[j]] = 0;
+        cur->count = 0;
+        struct states *swap = cur;
+        cur = next, next = swap;
+    }
+    return cur->on[n];
+}
+
+/* Does glob number `g` match `s`? (-1: no such glob.) What tests/test_fuse_made.py holds against Glob.matches. */
+int ifc_fast_matches(int g, const char *s) { return g >= 0 && g < globs.count ? glob_matches(g, s) : -1; }
+
+/* A name the class answers may be for: printable ASCII (as the globs' bytes are), below one system call's size. */
+static int plain_name(const char *rel) {
+    for (const unsigned char *p = (const unsigned char *)rel; *p; p++)
+        if (*p < 0x20 || *p > 0x7e)
+            return 0;
+    return *rel != '\0';
+}
+
+static void signature(const char *s, uint64_t *sig) {
+    memset(sig, 0, SIG_WORDS * 8);
+    for (int g = 0; g < globs.count; g++)
+        if (glob_matches(g, s))
+            sig[g / 64] |= 1ull << (g % 64);
+}
+
+/* The class of (`slot`, `op`, `rel`): filled into `key` (its `used` unset). */
+static void made_key(int slot, int op, const char *rel, struct made_class *key) {
+    memset(key, 0, sizeof *key);
+    key->slot = slot, key->op = op;
+    const char *slash = strrchr(rel, '/');
+    key->root = !slash;
+    char head[PATH_PIECE];
+    size_t len = slash ? (size_t)(slash - rel) : 0;
+    memcpy(head, rel, len);
+    head[len] = '\0';
+    signature(head, key->sig);
+    signature(rel, key->sig + SIG_WORDS);
+}
+
+static size_t class_index(const struct made_class *key) {
+    uint64_t h = 0xcbf29ce484222325ull ^ (uint64_t)(unsigned)key->slot ^ ((uint64_t)key->op << 32) ^
+                 ((uint64_t)key->root << 40);
+    for (int i = 0; i < 2 * SIG_WORDS; i++)
+        h = (h ^ key->sig[i]) * 0x100000001b3ull;
+    size_t i = (size_t)(h ^ (h >> 29)) & (MAX_CLASSES - 1);
+    while (classes[i].used && (classes[i].slot != key->slot || classes[i].op != key->op ||
+                               classes[i].root != key->root || memcmp(classes[i].sig, key->sig, sizeof key->sig)))
+        i = (i + 1) & (MAX_CLASSES - 1);
+    return i;
+}
+
+/* The monitor answered `op` on `rel` for subject `slot` without effect, deciding after clock tick `tick` at taint
+   generation `generation`; the answer repeats for its class in [not_before, expires) while the label store's WAL
+   index (`shm_fd`, -1: no database) has `header`. Python numbers the answer `id` (it keeps what it records). One
+   packed record (fastpath.CLASS_RECORD, then the name and its NUL). Returns 0, UNKNOWN_THREAD (recorded, but
+   the caller's thread must be told: `ifc_fast_caller`), or FULL (not recorded: no class for it). */
+int ifc_fast_made_class(const unsigned char *record, size_t len) {
+    int32_t slot, op, id, shm_fd;
+    uint64_t tick, gen;
+    double not_before, expires;
+    size_t head = 16 + 16 + 16 + WAL_HEADER;
+    if (!atomic_load(&globs.on) || len <= head || record[len - 1] != '\0')
+        return FULL;
+    memcpy(&slot, record, 4), memcpy(&op, record + 4, 4), memcpy(&id, record + 8, 4), memcpy(&shm_fd, record + 12, 4);
+    memcpy(&tick, record + 16, 8), memcpy(&gen, record + 24, 8);
+    memcpy(&not_before, record + 32, 8), memcpy(&expires, record + 40, 8);
+    const char *rel = (const char *)record + head;
+    if (!plain_name(rel) || strlen(rel) >= PATH_PIECE || id <= 0)
+        return FULL;
+    struct made_class key;
+    made_key(slot, op, rel, &key);
+    pthread_rwlock_wrlock(&warm.lock);
+    if ((nclasses + 1) * 2 > MAX_CLASSES) { /* full: start again */
+        memset(classes, 0, MAX_CLASSES * sizeof *classes);
+        nclasses = 0;
+    }
+    struct made_class *e = &classes[class_index(&key)];
+    if (!e->used)
+        nclasses++;
+    *e = key;
+    e->used = 1, e->id = id, e->tick = tick, e->generation = gen, e->not_before = not_before, e->expires = expires;
+    warm.watch = shm_fd >= 0;
+    warm.shm_fd = shm_fd;
+    if (shm_fd >= 0)
+        memcpy(warm.seen, record + 48, WAL_HEADER);
+    pthread_rwlock_unlock(&warm.lock);
+    return caller_is(slot) ? 0 : UNKNOWN_THREAD;
+}
+
+/* The answer for `op` on `rel` by the caller of the request being served, if its class has one that holds: a
+   record in `made_log` taken for it (its index; fill `*generation` and the answer's id, `*made`), or -1: Python's. The record is taken before
+   the request's effect, so a later request on the name, decided in Python, finds it noted (`made_undo` if it
+   then goes to Python after all). */
+static long made_answer(int op, const char *rel, uint64_t *generation, int *made) {
+    if (!atomic_load(&globs.on) || !plain_name(rel) || ifc_fast_secret_format(rel) || is_listed(rel))
+        return -1;
+    int slot = caller_slot();
+    if (slot < 0)
+        return -1;
+    struct made_class key;
+    made_key(slot, op, rel, &key);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    int id = 0;
+    pthread_rwlock_rdlock(&warm.lock);
+    const struct made_class *e = &classes[class_index(&key)];
+    if (e->used && current(rel, e->tick) && e->not_before <= now && now < e->expires && labels_unchanged()) {
+        id = e->id;
+        *generation = e->generation;
+    }
+    pthread_rwlock_unlock(&warm.lock);
+    char *copy = id ? strdup(rel) : NULL;
+    if (!copy)
+        return -1;
+    long at = -1;
+    pthread_mutex_lock(&made_log.lock);
+    if (made_log.n < MAX_MADE) {
+        at = (long)made_log.n++;
+        made_log.r[at] = (struct made_record){id, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec, copy};
+    }
+    pthread_mutex_unlock(&made_log.lock);
+    if (at < 0)
+        free(copy); /* full: Python records what is noted, then answers this one */
+    *made = id;
+    return at;
+}
+
+static void made_undo(long at) {
+    pthread_mutex_lock(&made_log.lock);
+    made_log.r[at].id = 0;
+    pthread_mutex_unlock(&made_log.lock);
+}
+
+/* Hand every noted answer to `fn` (id, name, when in ns), in order, and forget them. `fn` must not call back here. */
+void ifc_fast_made_drain(made_fn fn) {
+    pthread_mutex_lock(&made_log.lock);
+    for (size_t i = 0; i < made_log.n; i++) {
+        if (made_log.r[i].id)
+            fn(made_log.r[i].id, made_log.r[i].rel, made_log.r[i].when_ns);
+        free(made_log.r[i].rel);
+    }
+    made_log.n = 0;
+    pthread_mutex_unlock(&made_log.lock);
+}
+
+/* A descriptor made here (a new file): the answer it was made under (0: none), its name into `rel` (`size`
+   bytes) and the taint generation it was decided at. */
+int ifc_fast_made_handle(uint64_t fh, char *rel, size_t size, uint64_t *gen) {
+    if (fh >= nhandles)
+        return 0;
+    pthread_mutex_lock(&rel_lock);
+    struct handle *h = &handles[fh];
+    int id = h->made && h->rel && strlen(h->rel) < size ? h->made : 0;
+    if (id) {
+        strcpy(rel, h->rel);
+        *gen = h->generation;
+    }
+    pthread_mutex_unlock(&rel_lock);
+    return id;
+}
+
+/* The directory of `rel` beneath the root (an O_PATH descriptor, or the root's own, not to be closed) and the last
+   component; -1 with errno. */
+static int parent_of(const char *rel, const char **name) {
+    const char *slash = strrchr(rel, '/');
+    *name = slash ? slash + 1 : rel;
+    if (!slash)
+        return cfg.root;
+    char head[PATH_PIECE];
+    memcpy(head, rel, (size_t)(slash - rel));
+    head[slash - rel] = '\0';
+    return openat2_beneath(cfg.root, head, O_PATH | O_DIRECTORY);
+}
+
+static void parent_done(int dfd) {
+    if (dfd != cfg.root)
+        close(dfd);
+}
+
+/* chmod of the name `name` in `dfd` that is no symlink (as ifc.enforce.fs._chmod_at). */
+static int chmod_at(int dfd, const char *name, mode_t mode) {
+    int fd = openat2_beneath(dfd, name, O_PATH | O_NOFOLLOW);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    int rc = fstat(fd, &st);
+    if (rc == 0 && !S_ISLNK(st.st_mode)) {
+        char proc[32];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+        rc = chmod(proc, mode);
+    }
+    int err = errno;
+    close(fd);
+    errno = err;
+    return rc;
+}
+
+/* Make a new object what the caller's own system call would have made, as EnforcingFS._settle_new: the caller's
+   (the agent's is the workspace owner's), in a set-gid directory the directory's group, exactly the mode the
+   kernel passed. `fd` the object (or -1: `name` in `dfd`). 0 or -errno. */
+static int settle_new(int fd, int dfd, const char *name, mode_t mode) {
+    struct stat st;
+    if (fd >= 0 ? fstat(fd, &st) : fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW))
+        return -errno;
+    mode_t want = mode & 07777;
+    if (S_ISDIR(st.st_mode))
+        want |= st.st_mode & S_ISGID; /* inherited from a set-gid parent */
+    int chowned = 0;
+    struct context *ctx = cfg.context();
+    if (cfg.is_root && ctx && ctx->uid != 0 && ctx->uid != (uid_t)-1) {
+        uid_t uid = ctx->uid;
+        gid_t gid = ctx->gid;
+        if (cfg.map_ids && uid == cfg.agent_uid)
+            uid = cfg.owner_uid, gid = cfg.owner_gid;
+        int keep_group = st.st_gid != getegid(); /* a set-gid parent gave it the parent's group */
+        gid_t to = keep_group ? (gid_t)-1 : gid;
+        if (fd >= 0 ? fchown(fd, uid, to) : fchownat(dfd, name, uid, to, AT_SYMLINK_NOFOLLOW))
+            return -errno;
+        chowned = 1;
+        if ((want & S_ISGID) && keep_group && st.st_gid != gid && !S_ISDIR(st.st_mode))
+            want &= ~(mode_t)S_ISGID;
+    }
+    if (want != (st.st_mode & 07777) || (chowned && (want & (S_ISUID | S_ISGID))))
+        if (fd >= 0 ? fchmod(fd, want) : chmod_at(dfd, name, want))
+            return -errno;
+    return 0;
+}
+
+int ifc_fast_mkdir(const char *path, mode_t mode) {
+    const char *rel = path ? relative(path) : NULL;
+    uint64_t gen;
+    int id;
+    long at;
+    if (!rel || !*rel)
+        return cfg.py_mkdir(path, mode);
+    pthread_rwlock_rdlock(&name_lock);
+    if ((at = made_answer(MADE_CREATE, rel, &gen, &id)) < 0) {
+        pthread_rwlock_unlock(&name_lock);
+        return cfg.py_mkdir(path, mode);
+    }
+    const char *name;
+    int dfd = parent_of(rel, &name), rc = -1;
+    if (dfd >= 0 && mkdirat(dfd, name, mode) == 0)
+        rc = settle_new(-1, dfd, name, mode); /* made: a failure from here is the answer */
+    if (dfd >= 0)
+        parent_done(dfd);
+    if (rc == -1)
+        made_undo(at);
+    pthread_rwlock_unlock(&name_lock);
+    return rc == -1 ? cfg.py_mkdir(path, mode) : rc; /* not made: Python decides, makes and logs it */
+}
+
+int ifc_fast_create(const char *path, mode_t mode, void *fi) {
+    const char *rel = path ? relative(path) : NULL;
+    uint64_t gen;
+    int id;
+    long at;
+    if (!rel || !*rel)
+        return cfg.py_create(path, mode, fi);
+    pthread_rwlock_rdlock(&name_lock);
+    if ((at = made_answer(MADE_CREATE, rel, &gen, &id)) < 0) {
+        pthread_rwlock_unlock(&name_lock);
+        return cfg.py_create(path, mode, fi);
+    }
+    int flags;
+    memcpy(&flags, fi, sizeof flags);
+    const char *name;
+    int dfd = parent_of(rel, &name), fd = -1, rc = -1;
+    if (dfd >= 0) {
+        fd = openat2_mode(dfd, name, (flags & OPEN_KEEP & ~O_ACCMODE) | O_CREAT | O_EXCL | O_RDWR, mode & 07777);
+        if (fd >= 0 && (uint64_t)fd >= nhandles) { /* no mark for it: Python makes it */
+            unlinkat(dfd, name, 0);
+            close(fd);
+            fd = -1;
+        }
+        if (fd >= 0 && (rc = settle_new(fd, -1, NULL, mode)) == 0) {
+            ifc_fast_mark((uint64_t)fd, WRITE_CHECKED, rel, gen);
+            pthread_mutex_lock(&rel_lock);
+            handles[fd].made = id;
+            pthread_mutex_unlock(&rel_lock);
+            uint64_t fh = (uint64_t)fd;
+            memcpy((char *)fi + cfg.fh_offset, &fh, sizeof fh);
+        } else if (fd >= 0) {
+            close(fd);
+        }
+        parent_done(dfd);
+    }
+    if (fd < 0)
+        made_undo(at);
+    pthread_rwlock_unlock(&name_lock);
+    return fd < 0 ? cfg.py_create(path, mode, fi) : rc;
+}
+
+/* The next file with this inode's number is another one (ifc.enforce.fs.EnforcingFS._died): its incarnation counts
+   up. Python asks it (`ifc_fast_epoch_of`) and counts it here too: one table for both. */
+int ifc_fast_died(uint64_t dev, uint64_t ino) { return map_set(&epochs, dev, ino, 0); }
+
+uint64_t ifc_fast_epoch_of(uint64_t dev, uint64_t ino) {
+    uint64_t v = map_get(&epochs, dev, ino);
+    return v ? v - 1 : 0;
+}
+
+/* unlink(2) (`dir` 0) or rmdir(2) of a name whose deletion the caller's class answer allows: a single-name file, a
+   symlink, or a directory, not open as a view. Nothing done, or failed before any effect: Python's. */
+static int made_delete(const char *path, int dir) {
+    const char *rel = path ? relative(path) : NULL;
+    uint64_t gen;
+    int id;
+    long at;
+    if (!rel || !*rel)
+        return 1;
+    pthread_rwlock_rdlock(&name_lock);
+    if ((at = made_answer(MADE_DELETE, rel, &gen, &id)) < 0) {
+        pthread_rwlock_unlock(&name_lock);
+        return 1;
+    }
+    const char *name;
+    struct stat st;
+    int dfd = parent_of(rel, &name), rc = 1;
+    if (dfd >= 0 && fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        (dir ? S_ISDIR(st.st_mode) : (S_ISLNK(st.st_mode) || (S_ISREG(st.st_mode) && st.st_nlink == 1))) &&
+        (dir || !cfg.views || map_get(&views, st.st_dev, st.st_ino) <= 1)) {
+        if (unlinkat(dfd, name, dir ? AT_REMOVEDIR : 0) == 0)
+            rc = ifc_fast_died(st.st_dev, st.st_ino) == 0 ? 0 : -ENOMEM;
+        else if (dir && (errno == ENOTEMPTY || errno == EEXIST))
+            rc = -ENOTEMPTY; /* as EnforcingFS.rmdir, which says so before deciding: nothing to note */
+    }
+    if (dfd >= 0)
+        parent_done(dfd);
+    if (rc > 0 || rc == -ENOTEMPTY)
+        made_undo(at);
+    pthread_rwlock_unlock(&name_lock);
+    return rc;
+}
+
+int ifc_fast_unlink(const char *path) {
+    int rc = made_delete(path, 0);
+    return rc > 0 ? cfg.py_unlink(path) : rc;
+}
+
+int ifc_fast_rmdir(const char *path) {
+    int rc = made_delete(path, 1);
+    return rc > 0 ? cfg.py_rmdir(path) : rc;
+}
+
+/* A change of mode, owner or times the caller's class answer allows (no warm answer for the name): of a
+   single-name file or a directory, made as warm_change makes it. */
+static int made_change(const char *rel, const struct change *c) {
+    uint64_t gen;
+    int id;
+    long at = made_answer(MADE_CHMOD, rel, &gen, &id);
+    if (at < 0)
+        return 0;
+    int fd = openat2_beneath(cfg.root, rel, O_PATH);
+    struct stat st;
+    int done = fd >= 0 && fstat(fd, &st) == 0 && warm_kind(CHANGES, &st) && apply_change(fd, c) == 0;
+    if (fd >= 0)
+        close(fd);
+    if (!done)
+        made_undo(at);
+    return done;
 }

@@ -25,12 +25,22 @@ the same inode. A tick covers one name (`stale(names)`: its label changed — a 
 answers standing) or all of them. The hits are counted in the monitor later (`drain`), as its own cached answers
 are.
 
+Names made and removed are answered by *class* (`Monitor.decide_made`): the monitor decides a create, a delete or a
+change of mode on a name with no stored label by what the name and its directory match — the globs
+`ifc.enforce.name_classes` collects — so once it answered one without effect, `EnforcingFS` records that answer for
+its class (`made_class`), and the C side answers every later request whose name and directory match the same globs
+(it matches them itself), makes the name as `EnforcingFS` would, and notes it; the monitor records each noted one,
+in order, before its next decision (`made_drain`, `Monitor.made`). `tar x`, `rm -rf` and sqlite's journal were the
+rows still Python's (docs/benchmarks.md, issue 16, parts 11 and 12). The name lock is the C side's then
+(`name_lock`), and so are inode incarnations (`died`, `epoch`): one table both sides count in.
+
 The library is compiled on first use (`ifc.native`); where that is not possible the mount serves everything in
 Python (`OFF`), as it did before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -53,7 +63,8 @@ NONE, PLAIN, WRITE_FREE, WRITE_CHECKED = 0, 1, 2, 3  # as fastpath.c's `enum kin
 OPERATIONS = {"getattr": "ifc_fast_getattr", "read": "ifc_fast_read", "write": "ifc_fast_write",
               "flush": "ifc_fast_flush", "getxattr": "ifc_fast_getxattr", "release": "ifc_fast_release",
               "readdir": "ifc_fast_readdir", "open": "ifc_fast_open_file", "chmod": "ifc_fast_chmod",
-              "chown": "ifc_fast_chown", "utimens": "ifc_fast_utimens"}
+              "chown": "ifc_fast_chown", "utimens": "ifc_fast_utimens", "mkdir": "ifc_fast_mkdir",
+              "create": "ifc_fast_create", "unlink": "ifc_fast_unlink", "rmdir": "ifc_fast_rmdir"}
 MAX_FDS = 1 << 20  # descriptors above this (or above the hard limit) are always Python's
 DRAIN_EVERY = 4096  # warm hits not yet counted in the monitor before Python counts them
 FULL, UNKNOWN_THREAD = -1, -2  # what `warm` may answer besides the count of uncounted hits (as fastpath.c's)
@@ -62,6 +73,31 @@ CHANGES = 1 << 30  # a subject's slot | CHANGES: the warm table's key for its ch
 # (the name follows, NUL-terminated)
 RECORD = struct.Struct(f"<iiQQQdd{WAL_HEADER}s")
 HIT = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_int64)
+# an answer by class (fastpath.c's ifc_fast_made_class): slot, operation, id, label store descriptor, tick, taint
+# generation, window, WAL header (the name follows, NUL-terminated)
+CLASS_RECORD = struct.Struct(f"<iiiiQQdd{WAL_HEADER}s")
+MADE = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_int64)
+MADE_OPS = {"create": 1, "delete": 2, "chmod": 3}  # as fastpath.c's enum made_op
+# a glob's tokens as fastpath.c's enum token_kind
+TOKENS = {"lit": 1, "set": 2, "nset": 3, "star": 4, "all": 5, "dirs": 6, "desc": 7}
+MAX_GLOBS = 256  # as fastpath.c
+
+
+def program(tokens: tuple[tuple, ...]) -> bytes:
+    """A glob's tokens (`ifc.match.glob_tokens`) as fastpath.c's matcher takes them. It matches plain names only
+    (printable ASCII): a class keeps the ASCII bytes it names, a literal beyond ASCII becomes 0x80, which no
+    plain name holds."""
+    out = bytearray()
+    for token in tokens:
+        kind = token[0]
+        if kind == "lit":
+            out += bytes((TOKENS["lit"], ord(token[1]) if ord(token[1]) < 0x80 else 0x80))
+        elif kind == "set":
+            chars = bytes(sorted(ord(c) for c in token[1] if ord(c) < 0x80))
+            out += bytes((TOKENS["nset" if token[2] else "set"], len(chars))) + chars
+        else:
+            out.append(TOKENS[kind])
+    return bytes(out)
 
 
 class Off:
@@ -78,8 +114,32 @@ class Off:
     def closed(self, fh: int) -> None:
         pass
 
-    def died(self, dev: int, ino: int, epoch: int) -> None:
-        pass
+    def __init__(self):
+        self._epochs: dict[tuple[int, int], int] = {}  # backing (dev, ino) → how many files with it died here
+
+    def died(self, dev: int, ino: int) -> None:
+        """A file with this backing inode died through the mount: the next with its number is another."""
+        self._epochs[(dev, ino)] = self._epochs.get((dev, ino), 0) + 1
+
+    def epoch(self, dev: int, ino: int) -> int:
+        return self._epochs.get((dev, ino), 0)
+
+    def name_lock(self):
+        """The lock of `ifc.enforce.fs.NameLock` the C side takes too (None: Python's own)."""
+        return None
+
+    def classes(self, globs: tuple[bytes, ...]) -> bool:
+        return False
+
+    def made_class(self, slot: int, op: str, rel: str, made_id: int, tick: int, generation: int,
+                   window: tuple[float, float], labels: tuple[int, bytes] | None) -> int:
+        return FULL
+
+    def made_drain(self) -> list[tuple[int, str, int]]:
+        return []
+
+    def made_handle(self, fh: int) -> tuple[int, str, int] | None:
+        return None
 
     def view(self, dev: int, ino: int, opens: int) -> None:
         pass
@@ -122,7 +182,11 @@ class FastPath(Off):
     enabled = True
 
     def __init__(self, lib: ctypes.CDLL):
+        super().__init__()
         self.lib = lib
+        self._made: list[tuple[int, str, int]] = []  # `made_drain`'s, filled by one callback made once
+        self._seen = MADE(lambda made_id, rel, when: self._made.append(
+            (made_id, rel.decode("utf-8", "surrogateescape"), when)))
         u64, i = ctypes.c_uint64, ctypes.c_int
         lib.ifc_fast_configure.argtypes = [i, u64, ctypes.c_size_t, ctypes.c_size_t, i, i]
         lib.ifc_fast_mark.argtypes = [u64, i, ctypes.c_char_p, u64]
@@ -130,7 +194,15 @@ class FastPath(Off):
         lib.ifc_fast_close.restype = None
         lib.ifc_fast_generation.restype = u64
         lib.ifc_fast_taint_moved.restype = lib.ifc_fast_links_seen.restype = None
-        lib.ifc_fast_epoch.argtypes = lib.ifc_fast_view.argtypes = [u64, u64, u64]
+        lib.ifc_fast_view.argtypes = [u64, u64, u64]
+        lib.ifc_fast_died.argtypes = lib.ifc_fast_epoch_of.argtypes = [u64, u64]
+        lib.ifc_fast_epoch_of.restype = u64
+        lib.ifc_fast_names.argtypes = [i]
+        lib.ifc_fast_names.restype = None
+        lib.ifc_fast_glob.argtypes = lib.ifc_fast_made_class.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        lib.ifc_fast_made_drain.argtypes = [MADE]
+        lib.ifc_fast_made_drain.restype = None
+        lib.ifc_fast_made_handle.argtypes = [u64, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(u64)]
         lib.ifc_fast_ids.argtypes = [ctypes.c_uint32] * 4
         lib.ifc_fast_ids.restype = None
         lib.ifc_fast_reserve.argtypes = lib.ifc_fast_format.argtypes = [ctypes.c_char_p]
@@ -200,9 +272,46 @@ class FastPath(Off):
     def closed(self, fh: int) -> None:
         self.lib.ifc_fast_close(fh)
 
-    def died(self, dev: int, ino: int, epoch: int) -> None:
-        if self.lib.ifc_fast_epoch(dev, ino, epoch) != 0:
+    def died(self, dev: int, ino: int) -> None:
+        if self.lib.ifc_fast_died(dev, ino) != 0:
             raise MemoryError("no memory for an inode incarnation")
+
+    def epoch(self, dev: int, ino: int) -> int:
+        return self.lib.ifc_fast_epoch_of(dev, ino)
+
+    def name_lock(self):
+        return _CNameLock(self.lib)
+
+    def classes(self, globs: tuple[bytes, ...]) -> bool:
+        """Answer names made, removed and changed by class (fastpath.c), with these globs (`program`s): every
+        glob a decision on a name may read. False (and no classes) when the C side cannot take them."""
+        if len(globs) > MAX_GLOBS or any(self.lib.ifc_fast_glob(g, len(g)) < 0 for g in globs):
+            return False
+        return self.lib.ifc_fast_globs_done() == 0
+
+    def made_class(self, slot: int, op: str, rel: str, made_id: int, tick: int, generation: int,
+                   window: tuple[float, float], labels: tuple[int, bytes] | None) -> int:
+        """The monitor answered `op` on `rel` for subject `slot` without effect (`Monitor.decide_made`): answer its
+        class in C as answer `made_id` (what `made_drain` gives back), as `warm` says of its arguments. Returns 0,
+        UNKNOWN_THREAD (recorded; tell the C side the caller's thread) or FULL (not recorded)."""
+        fd, header = labels if labels is not None else (-1, bytes(WAL_HEADER))
+        record = CLASS_RECORD.pack(slot, MADE_OPS[op], made_id, fd, tick, generation, *window, header) \
+            + rel.encode("utf-8", "surrogateescape") + b"\0"
+        return self.lib.ifc_fast_made_class(record, len(record))
+
+    def made_drain(self) -> list[tuple[int, str, int]]:
+        """What the C side answered by class since the last drain, in order: (answer id, name, when in ns)."""
+        made, self._made = self._made, []
+        self.lib.ifc_fast_made_drain(self._seen)
+        made, self._made = self._made, made
+        return made
+
+    def made_handle(self, fh: int) -> tuple[int, str, int] | None:
+        """(answer id, name, taint generation) of a descriptor the C side made (a new file), or None."""
+        buf = ctypes.create_string_buffer(4096)
+        generation = ctypes.c_uint64()
+        made_id = self.lib.ifc_fast_made_handle(fh, buf, len(buf), ctypes.byref(generation))
+        return (made_id, buf.value.decode("utf-8", "surrogateescape"), generation.value) if made_id else None
 
     def view(self, dev: int, ino: int, opens: int) -> None:
         if self.lib.ifc_fast_view(dev, ino, opens) != 0:
@@ -266,6 +375,30 @@ class FastPath(Off):
 
         self.lib.ifc_fast_drain(HIT(seen), int(clear))
         return hits
+
+
+class _CNameLock:
+    """`ifc.enforce.fs.NameLock` on fastpath.c's lock (a writer-preferring rwlock), which its creates and deletes
+    take too. ctypes lets go of the GIL while a call waits."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self._lib = lib
+
+    @contextlib.contextmanager
+    def shared(self):
+        self._lib.ifc_fast_names(0)
+        try:
+            yield
+        finally:
+            self._lib.ifc_fast_names(2)
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        self._lib.ifc_fast_names(1)
+        try:
+            yield
+        finally:
+            self._lib.ifc_fast_names(2)
 
 
 @dataclass(frozen=True)

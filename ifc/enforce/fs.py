@@ -65,11 +65,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from ifc.enforce import fastpath
+from ifc.enforce import fastpath, name_classes
 from ifc.enforce.identity import Caller, Identities
 from ifc.monitor import Monitor, Request
 from ifc.monitor.containment import Facts, symlink_walk, xattr_namespace
-from ifc.monitor.monitor import Repeat
+from ifc.monitor.monitor import MADE_OPS, Made, Repeat
 from ifc.secretfiles.workspace import MAX_VIEW
 
 log = logging.getLogger("ifc.enforce.fs")
@@ -177,7 +177,8 @@ def _warm_kind(st: os.stat_result, kind: int) -> bool:
 class NameLock:
     """Shared by every operation that makes a name, exclusive for a directory's rename: the names beneath a
     directory are decided before it moves, so none may appear beneath it between that walk and rename(2).
-    A waiting rename goes before new sharers (it cannot starve under a stream of creates)."""
+    A waiting rename goes before new sharers (it cannot starve under a stream of creates). With the compiled
+    fast path, which makes names too, its lock is the C side's (`fastpath.FastPath.name_lock`)."""
 
     def __init__(self):
         self._cond = threading.Condition(threading.Lock())
@@ -413,6 +414,9 @@ class Stats:
 
 # ------------------------------------------------------------------------------------------ the filesystem
 
+_NO_CLASSES = object()  # EnforcingFS._class_token when the fast path answers nothing by class
+
+
 class EnforcingFS:
     """FUSE operations (fusepy/mfusepy API) over `root`, each decided by `monitor` (None: bare passthrough).
 
@@ -455,7 +459,6 @@ class EnforcingFS:
         self.stats = Stats()
         self.mounted = False  # set once libfuse has started serving
         self._virtual: dict[int, bytes] = {}  # open descriptors of the denials file → the text it opened on
-        self._epochs: dict[tuple[int, int], int] = {}  # backing (dev, ino) → how many files with it died here
         self._next_virtual = _VIRTUAL_FH
         self._started = time.time_ns()
         # Secret files are served as views only where the kernel's cached pages of a name can be dropped: a
@@ -469,11 +472,16 @@ class EnforcingFS:
         self._view_fh: dict[int, _View] = {}
         self._shown: dict[tuple[int, int], bytes | None] = {}  # what the kernel may cache: a view's bytes, or raw
         self._view_lock = threading.Lock()
-        self.fast: fastpath.Off = fastpath.OFF
+        self.fast: fastpath.Off = fastpath.Off()  # (it keeps the inode incarnations: one per filesystem)
         self._slots: dict[tuple[str, str | None], int] = {}  # a subject (and its token) → its number in the fast path
         self._repeats: dict[tuple[int, str], Repeat] = {}  # what the fast path's warm answers repeat (by its key)
         self._warm_lock = threading.Lock()
         self._names = NameLock()
+        # answers by class (`Monitor.decide_made`) the fast path gives: number - 1 → (answer, the caller it was for),
+        # and the number of each kind of answer; the token callers must present (no classes: `_NO_CLASSES`)
+        self._made_answers: list[tuple[Made, Caller]] = []
+        self._made_ids: dict[tuple, int] = {}
+        self._class_token: str | object | None = _NO_CLASSES
         self._listed_watch: tuple[int, bytes] | bool | None = False  # what the fast path was told (`_listed_seen`)
 
     def attach_fast(self, fast: fastpath.FastPath, layout: fastpath.Layout) -> None:
@@ -487,12 +495,32 @@ class EnforcingFS:
                        reserved=self.backing.reserved, formats=tuple(p for p, _ in FORMATS),
                        one_subject=self.identities.env_var is None)
         self.fast = fast
+        self._names = fast.name_lock() or self._names  # the C side makes names too
         if self.monitor is not None:
             self.monitor.on_taint.extend((fast.taint_moved, fast.stale))
             self.monitor.labels.on_change.extend((fast.stale, self._listed))
             self._listed()
             if self.monitor.verifier is not None:
                 self.monitor.verifier.on_revocations.append(fast.stale)
+            self._classes(fast)
+
+    def _classes(self, fast: fastpath.FastPath) -> None:
+        """Let `fast` answer creates, deletes and changes of mode by class (`Monitor.decide_made`) for the callers
+        that present the session's token (or none): give it the globs that tell classes apart."""
+        monitor, token = self.monitor, self.identities.default.token
+        patterns: tuple[str, ...] = ()
+        if token is not None:
+            try:
+                patterns = monitor.verifier.verify(token, now=monitor.clock()).path_patterns()
+            except Exception as exc:  # no verifier, or the token does not verify: every request is Python's
+                log.info("creates and deletes are decided in Python: the session token does not verify (%s)", exc)
+                return
+        found = name_classes.globs(monitor.policy, monitor.agent, patterns)
+        if not fast.classes(tuple(fastpath.program(g.tokens) for g in found)):
+            log.info("creates and deletes are decided in Python: the C side cannot take %d globs", len(found))
+            return
+        self._class_token = token
+        monitor.on_decide.append(self._catch_up)
 
     # ------------------------------------------------------------------------------------ deciding
     def _caller(self) -> Caller:
@@ -505,9 +533,10 @@ class EnforcingFS:
                        pid=caller.pid or None, cmdline=partial(self.identities.cmdline, caller.pid), facts=facts)
 
     def _check(self, caller: Caller, op: str, target: str, dest: str | None = None,
-               facts: Facts | None = None, repeatable: bool = False) -> Repeat | None:
+               facts: Facts | None = None, repeatable: bool = False, made: bool = False) -> Repeat | Made | None:
         """Ask the monitor whether `caller` may do `op`; raise `Denied` (its errno) if not. With `repeatable`,
-        say how long the answer would repeat (`Monitor.decide_repeatable`)."""
+        say how long the answer would repeat (`Monitor.decide_repeatable`); with `made`, whether it holds for the
+        name's class (`Monitor.decide_made`)."""
         monitor = self.monitor
         if monitor is None:
             return None
@@ -516,6 +545,8 @@ class EnforcingFS:
             request = self._request(caller, op, target, dest, facts)
             if repeatable:
                 decision, repeat = monitor.decide_repeatable(request)
+            elif made:
+                decision, repeat = monitor.decide_made(request)
             else:
                 decision = monitor.decide(request)
         except Exception as exc:  # decide never raises; if it ever does, deny
@@ -590,15 +621,13 @@ class EnforcingFS:
         once (sqlite's journal, deleted and re-created on every commit), and virtiofsd identifies inodes by
         number — it took the new journal for the old, deleted one it still held and answered ESTALE in the
         microVM. Hard links share a number, so they share an incarnation."""
-        epoch = self._epochs.get((dev, ino))
+        epoch = self.fast.epoch(dev, ino)
         return ino ^ (epoch << _EPOCH_SHIFT) if epoch else ino
 
     def _died(self, st: os.stat_result) -> None:
         """The file `st` lost its last name through the mount: the next file with its number is another one."""
         if st.st_nlink <= 1 or stat_mod.S_ISDIR(st.st_mode):
-            key = (st.st_dev, st.st_ino)
-            self._epochs[key] = self._epochs.get(key, 0) + 1
-            self.fast.died(*key, self._epochs[key])
+            self.fast.died(st.st_dev, st.st_ino)
 
     def _attrs(self, st: os.stat_result) -> dict:
         uid, gid = st.st_uid, st.st_gid
@@ -844,10 +873,7 @@ class EnforcingFS:
         paths), for what the C side serves warm (`_warm_kind`)."""
         if repeat.target != rel or not _warm_kind(st, kind):  # the C side keys on the name, labels on the target
             return
-        slot = self._slots.get(caller.key)
-        if slot is None:
-            with self._warm_lock:
-                slot = self._slots.setdefault(caller.key, len(self._slots))
+        slot = self._slot(caller)
         args = (slot | kind, rel, st.st_dev, st.st_ino, decided, repeat.window, repeat.labels)
         with self._warm_lock:
             self._repeats[(slot | kind, rel)] = repeat
@@ -857,13 +883,25 @@ class EnforcingFS:
                 status = self.fast.warm(*args)
             if status >= fastpath.DRAIN_EVERY:
                 self._count_repeats(self.fast.drain())
-        if status == fastpath.UNKNOWN_THREAD:  # the C side knows a thread's subject while that thread lives
-            tid = self.context()[2]
-            pinned = self.identities.pin(tid)
-            if pinned is not None and pinned[1].key == caller.key:
-                self.fast.caller(tid, pinned[0], slot)
-            elif pinned is not None:
-                os.close(pinned[0])
+        if status == fastpath.UNKNOWN_THREAD:
+            self._tell(caller, slot)
+
+    def _slot(self, caller: Caller) -> int:
+        """The caller's subject (and token) as the fast path numbers it."""
+        slot = self._slots.get(caller.key)
+        if slot is None:
+            with self._warm_lock:
+                slot = self._slots.setdefault(caller.key, len(self._slots))
+        return slot
+
+    def _tell(self, caller: Caller, slot: int) -> None:
+        """The C side knows a thread's subject while that thread lives: tell it the caller's thread's."""
+        tid = self.context()[2]
+        pinned = self.identities.pin(tid)
+        if pinned is not None and pinned[1].key == caller.key:
+            self.fast.caller(tid, pinned[0], slot)
+        elif pinned is not None:
+            os.close(pinned[0])
 
     def _count_repeats(self, hits: list[tuple[int, str, int, int]]) -> None:
         """Count what the fast path served warm in the monitor, as its own cached answers are counted."""
@@ -985,8 +1023,9 @@ class EnforcingFS:
         caller = handle = None
         if self.monitor is not None:
             caller = self._caller()
+            decided = self.fast.decisions()  # the tick before deciding (as in `_open`)
             handle = self._handle(caller, rel)  # before deciding (`_handle`)
-            self._guard("create", rel, lambda: self._check(caller, "create", rel))
+            self._decide_class(caller, "create", rel, decided, handle.generation)
         if flags is None:  # fusepy does not pass the flags: open read-write (the kernel enforces the caller's mode)
             flags = os.O_RDWR
         try:
@@ -1021,7 +1060,7 @@ class EnforcingFS:
         return os.pread(fh, size, offset)
 
     def _write_check(self, path: str | None, fh: int) -> None:
-        handle = self._handles.get(fh)
+        handle = self._handle_of(fh)
         if handle is None or self.monitor is None:
             return
         generation = self.fast.generation()
@@ -1115,7 +1154,7 @@ class EnforcingFS:
         view = self._view_fh.get(fh)
         if view is not None and fh in self._handles:
             self._write_back(fh, view)
-        if self._link_names and fh in self._handles:  # at close(2), which waits for it (release does not)
+        if self._link_names and self._handle_of(fh) is not None:  # at close(2), which waits for it (not release)
             self._changed(os.fstat(fh), skip=path)  # written through one name: the others' size and mtime
         return 0
 
@@ -1180,8 +1219,53 @@ class EnforcingFS:
         if self.monitor is None:
             return None
         caller = self._caller()
-        self._guard(op, rel, lambda: self._check(caller, op, rel, dest, facts))
+        if op in MADE_OPS and dest is None and facts is None:
+            decided, generation = self.fast.decisions(), self.fast.generation()  # before deciding (`_handle`)
+            self._decide_class(caller, op, rel, decided, generation)
+        else:
+            self._guard(op, rel, lambda: self._check(caller, op, rel, dest, facts))
         return caller
+
+    def _decide_class(self, caller: Caller, op: str, rel: str, decided: int, generation: int) -> None:
+        """Decide `op` on `rel`; when the answer holds for the name's class (`Monitor.decide_made`), the fast path
+        answers the caller's next ones of that class itself, with the clock tick and taint generation read before
+        deciding (a new file it makes is marked with that generation: a rise since sends its first write here)."""
+        if self._class_token is _NO_CLASSES or caller.token != self._class_token:
+            self._guard(op, rel, lambda: self._check(caller, op, rel))
+            return
+        made = self._guard(op, rel, lambda: self._check(caller, op, rel, made=True))
+        self._made(caller, rel, decided, generation, made)
+
+    def _made(self, caller: Caller, rel: str, decided: int, generation: int, made: Made | None) -> None:
+        if made is None or self._class_token is _NO_CLASSES or caller.token != self._class_token:
+            return
+        slot = self._slot(caller)
+        kind = (caller.key, made.op, made.taint, made.window)
+        with self._warm_lock:
+            made_id = self._made_ids.get(kind)
+            if made_id is None:
+                self._made_answers.append((made, caller))
+                made_id = self._made_ids[kind] = len(self._made_answers)
+            status = self.fast.made_class(slot, made.op, rel, made_id, decided, generation, made.window, made.labels)
+        if status == fastpath.UNKNOWN_THREAD:
+            self._tell(caller, slot)
+
+    def _catch_up(self) -> None:
+        """Record in the monitor, in order, what the fast path answered by class since (under the monitor's lock,
+        before its next decision: a later decision on a name sees the name made or removed)."""
+        for made_id, rel, when in self.fast.made_drain():
+            self.monitor.made(self._made_answers[made_id - 1][0], rel, when / 1e9)
+            self.stats.decisions += 1
+
+    def _handle_of(self, fh: int) -> _Handle | None:
+        """The record of a descriptor opened for writing: Python's, or made from what the fast path made it under
+        (a new file: `_made`)."""
+        handle = self._handles.get(fh)
+        if handle is None and self.monitor is not None and (made := self.fast.made_handle(fh)) is not None:
+            made_id, rel, generation = made
+            answer, caller = self._made_answers[made_id - 1]
+            handle = self._handles.setdefault(fh, _Handle(caller, rel, answer.taint, generation))
+        return handle
 
     def _create_node(self, rel: str, mode: int, make, facts: Facts | None = None) -> Caller | None:
         """Decide `create`, make the node with `make(dir_fd, name)`, and give it to the caller (its `Caller`)."""
@@ -1483,6 +1567,7 @@ class EnforcingFS:
             repeat = self.monitor.anticipate(self._request(caller, "chmod", rel))
             if repeat is not None:
                 self._warm(caller, rel, stat(), decided, repeat, fastpath.CHANGES)
+                self._made(caller, rel, decided, self.fast.generation(), self.monitor.made_of(repeat))
         except Exception as exc:  # nothing is lost: the change is decided in Python when it comes
             log.warning("could not anticipate a change of %s: %s", rel, exc)
 
@@ -1501,6 +1586,7 @@ class EnforcingFS:
         self._done(path, rel)
         if repeat is not None:
             self._warm(caller, rel, self.backing.lstat(rel), decided, repeat, fastpath.CHANGES)
+            self._made(caller, rel, decided, self.fast.generation(), self.monitor.made_of(repeat))
         return 0
 
     @_refusals_logged

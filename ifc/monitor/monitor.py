@@ -220,6 +220,21 @@ class Repeat(NamedTuple):
     labels: tuple[int, bytes] | None  # the label store's WAL index (descriptor, header) as of the decision
 
 
+class Made(NamedTuple):
+    """A create, delete or change of mode an enforcement point may answer itself for every name of its class
+    (`Monitor.decide_made`): decided without effect but the provenance edge and the count, which `made` records
+    for each name it answers. Holds while the run's taint and the labels stay as they are (as `Repeat`)."""
+
+    subject: str
+    op: str
+    taint: Label  # the run's, as the decision saw it
+    window: tuple[float, float]
+    labels: tuple[int, bytes] | None
+
+
+MADE_OPS = frozenset({"create", "delete", "chmod"})
+
+
 @dataclass(eq=False)
 class Stream:
     """An open egress stream the monitor allowed: re-decided whenever the run's taint rises.
@@ -277,6 +292,9 @@ class Monitor:
         # matches a NUL, which no path holds) — the most a directory's label can keep out of its names (`_name_made`)
         self._names_floor = policy.file_label("\0").label.secrecy
         self._lock = threading.RLock()
+        # an enforcement point's answers by class (`made`) not yet recorded: recorded, in order, before every decision
+        self.on_decide: list[Callable[[], None]] = []
+        self._effect_free: tuple | None = None  # (key, token validity) of the last decision `_remember` found pure
         self.denials = denials.RecentDenials()  # what the sandbox may read about its own denials
 
     # ------------------------------------------------------------------------------------ queries
@@ -310,6 +328,14 @@ class Monitor:
         """The decision, and its key in `_fast` (None when it has none: a malformed request, an internal error)."""
         key = None
         with self._lock:
+            self._effect_free = None
+            try:  # what an enforcement point answered by class first; failing that, deny (it is not recorded)
+                for catch_up in self.on_decide:
+                    catch_up()
+            except Exception as exc:
+                return self._log_safely(request, Decision(self.steps, request.op, request.target, False,
+                                                          f"internal error, denied: {type(exc).__name__}: {exc}",
+                                                          subject=request.subject)), None
             self.steps += 1
             problem = _malformed(request)
             if problem is not None:
@@ -405,6 +431,68 @@ class Monitor:
         window = (-math.inf, math.inf) if validity is None else (validity[0], validity[1])
         return Repeat(request.subject, request.op, cached["target"], window, edges, watch)
 
+    def decide_made(self, request: Request) -> tuple[Decision, Made | None]:
+        """`decide` a create, delete or change of mode (`MADE_OPS`), and whether an enforcement point may answer
+        the same request on any name of its *class* itself (`Made`; None: not): any name that matches the same
+        globs of the policy, the agent's grants, the token's rights and host-executed configuration as this one,
+        in a directory that matches the same as its directory, and that has no stored label or record. For those
+        the decision reads nothing else: its label and write rules, its grants, the flows to it, and (a name
+        made) the floor of its directory's label are what those globs say; the run's taint, the token's window and
+        the revocation list are what `Made` holds with. It must have had no effect but its edge and count:
+        allowed, nothing raised, stored, declassified or logged on its own (host-executed configuration), no
+        facts (a symlink, a node type, names beneath). The names answered must be handed back (`made`)."""
+        with self._lock:
+            decision, key = self._decide_keyed(request)
+            free, self._effect_free = self._effect_free, None
+            if request.op not in MADE_OPS or request.facts is not None or key is None or not decision.allowed:
+                return decision, None
+            hit = self._fast.get(key)
+            if hit is not None:
+                validity = hit[2]
+            elif free is not None and free[0] == key:
+                validity = free[1]
+            else:
+                return decision, None
+            if self._host_config(request.op, request.target, request.dest) or not self._holds(validity, self.clock()) \
+                    or not self._classless(request.target):
+                return decision, None
+            try:
+                watch = self.labels.watch()
+            except LookupError:
+                return decision, None
+            window = (-math.inf, math.inf) if validity is None else (validity[0], validity[1])
+            return decision, Made(request.subject, request.op, self.run.taint, window, watch)
+
+    def made_of(self, repeat: Repeat) -> Made | None:
+        """A repeatable change of mode, owner or times (`decide_repeatable`, `anticipate`) as an answer for its
+        class (`decide_made`), when its name is one of a class's."""
+        with self._lock:
+            if repeat.op != "chmod" or not self._classless(repeat.target):
+                return None
+            return Made(repeat.subject, repeat.op, self.run.taint, repeat.window, repeat.labels)
+
+    def _classless(self, target: str) -> bool:
+        """Was a decision on `target` one for every name of its class: one with no stored label, record or other
+        name? (Else it read them: a name stored `secret` takes a secret run's write with no raise, a plain one
+        does not.)"""
+        labels = self.labels
+        return labels.get(target) is None and labels.named(target) is None and labels.object_of(target) is None
+
+    def made(self, made: Made, name: str, when: float) -> None:
+        """An enforcement point answered `made.op` on `name` by its class (`decide_made`) at `when`: record it as
+        the decision would have — the provenance edge (a deletion forgets the name's node first), the count."""
+        with self._lock:
+            self.steps += 1
+            subject, file = node("subject", made.subject), node("file", name)
+            if made.op == "delete":
+                self.graph.forget(file)
+                self.graph.record(subject, "delete", file, when, None)
+            else:
+                named = self.policy.file_label(name).label
+                self.graph.record(subject, made.op, file, when, None, parts=self._news(named, named.join(made.taint)))
+            if self.log is not None:
+                self.log.count_allow(made.subject, made.op, name, when)
+
     def repeated(self, repeat: Repeat, count: int, when: float) -> None:
         """`count` repeats of `repeat` an enforcement point answered itself, the last at `when`: counted in the
         provenance graph and the event log as the cache's own hits are."""
@@ -425,13 +513,16 @@ class Monitor:
         trace, self._trace = self._trace, None
         verified, self._verified = self._verified, None
         if not decision.allowed or decision.capabilities_used or key[1] != state.taint.secrecy \
-                or key[2] != state.taint.integrity or key[7] != self.labels.version or request.op in _GRAPH_CHANGES:
-            return  # a move renames, a deletion forgets, the provenance graph's node: a repeat from here would not
+                or key[2] != state.taint.integrity or key[7] != self.labels.version:
+            return
         validity = None
         if request.token is not None:
             if verified is None or self.verifier is None:
                 return
             validity = (verified.not_before, verified.expires, self.verifier.revocations.epoch)
+        self._effect_free = (key, validity)  # for `decide_made`: a deletion is answered by class, not repeated
+        if request.op in _GRAPH_CHANGES:
+            return  # a move renames, a deletion forgets, the provenance graph's node: a repeat from here would not
         if len(self._fast) >= self.FAST_LIMIT:
             self._fast.clear()
         # a copy of its fields: the caller gets `decision` itself, and a Decision is not frozen
@@ -1274,6 +1365,9 @@ class Monitor:
             return state.taint
 
     def flush(self) -> None:
+        with self._lock:
+            for catch_up in self.on_decide:
+                catch_up()
         if self.log is not None:
             self.log.flush()
 
