@@ -37,7 +37,7 @@ def recording(sync: Callable[[int], None], name: str, log: str) -> Callable[[int
 
 
 RECORDED = ("getattr", "read", "write", "flush", "fsync", "release", "readdir", "getxattr", "open", "create", "chmod",
-            "chown", "utimens")
+            "chown", "utimens", "mkdir", "unlink", "rmdir")
 
 
 def calls_recorded(method: Callable, log: str, state: threading.local) -> Callable:

@@ -764,10 +764,16 @@ int ifc_fast_getxattr(const char *path, const char *name, char *value, size_t si
     return err == ELOOP ? -ENODATA : -err;
 }
 
-/* A descriptor Python keeps nothing for (read only, or any without a monitor): closed here. */
+/* A descriptor Python keeps nothing for (read only, any without a monitor, a new file made here that Python never
+   asked about: `made_handle`): closed here. */
 int ifc_fast_release(const char *path, void *fi) {
     uint64_t fh = fh_of(fi);
     int kind = kind_of(fh);
+    if (kind == WRITE_CHECKED) {
+        pthread_mutex_lock(&rel_lock);
+        kind = handles[fh].made ? PLAIN : WRITE_CHECKED;
+        pthread_mutex_unlock(&rel_lock);
+    }
     if (kind != PLAIN && kind != WRITE_FREE)
         return cfg.py_release(path, fi);
     ifc_fast_close(fh); /* before the number can be handed out again */
@@ -1142,8 +1148,8 @@ static void enter(struct states *s, const struct token *t, int n, int state) {
     }
 }
 
-/* Does glob `g` match the whole of `s`, as ifc.match.Glob.matches does? */
-static int glob_matches(int g, const char *s) {
+/* Does glob `g` match the whole of `s`, as ifc.match.Glob.matches does? And (`*head`) its first `split` bytes? */
+static int glob_matches(int g, const char *s, size_t split, int *head) {
     const struct token *t = globs.t[g];
     int n = globs.n[g];
     struct states a, b, *cur = &a, *next = &b;
@@ -1151,6 +1157,7 @@ static int glob_matches(int g, const char *s) {
     memset(b.on, 0, (size_t)(2 * n + 2));
     a.count = b.count = 0;
     enter(cur, t, n, 0);
+    *head = split == 0 && cur->on[n];
     for (const unsigned char *p = (const unsigned char *)s; *p && cur->count; p++) {
         unsigned c = *p;
         for (int j = 0; j < cur->count; j++) {
@@ -1175,12 +1182,17 @@ static int glob_matches(int g, const char *s) {
         cur->count = 0;
         struct states *swap = cur;
         cur = next, next = swap;
+        if ((size_t)(p + 1 - (const unsigned char *)s) == split)
+            *head = cur->on[n];
     }
     return cur->on[n];
 }
 
 /* Does glob number `g` match `s`? (-1: no such glob.) What tests/test_fuse_made.py holds against Glob.matches. */
-int ifc_fast_matches(int g, const char *s) { return g >= 0 && g < globs.count ? glob_matches(g, s) : -1; }
+int ifc_fast_matches(int g, const char *s) {
+    int head;
+    return g >= 0 && g < globs.count ? glob_matches(g, s, 0, &head) : -1;
+}
 
 /* A name the class answers may be for: printable ASCII (as the globs' bytes are), below one system call's size. */
 static int plain_name(const char *rel) {
@@ -1190,25 +1202,29 @@ static int plain_name(const char *rel) {
     return *rel != '\0';
 }
 
-static void signature(const char *s, uint64_t *sig) {
-    memset(sig, 0, SIG_WORDS * 8);
-    for (int g = 0; g < globs.count; g++)
-        if (glob_matches(g, s))
-            sig[g / 64] |= 1ull << (g % 64);
-}
-
-/* The class of (`slot`, `op`, `rel`): filled into `key` (its `used` unset). */
+/* The class of (`slot`, `op`, `rel`): filled into `key` (its `used` unset). One pass over the name per glob: its
+   directory is its head. */
 static void made_key(int slot, int op, const char *rel, struct made_class *key) {
     memset(key, 0, sizeof *key);
     key->slot = slot, key->op = op;
     const char *slash = strrchr(rel, '/');
     key->root = !slash;
-    char head[PATH_PIECE];
-    size_t len = slash ? (size_t)(slash - rel) : 0;
-    memcpy(head, rel, len);
-    head[len] = '\0';
-    signature(head, key->sig);
-    signature(rel, key->sig + SIG_WORDS);
+    size_t k = slash ? (size_t)(slash - rel) : 0;
+    for (int g = 0, head; g < globs.count; g++) {
+        if (glob_matches(g, rel, k, &head))
+            key->sig[SIG_WORDS + g / 64] |= 1ull << (g % 64);
+        if (head)
+            key->sig[g / 64] |= 1ull << (g % 64);
+    }
+}
+
+/* What `made_key` makes of `rel`: whether it is at the root, then the globs its directory and it match (as
+   2 * SIG_WORDS words). What tests/test_fuse_made.py holds against the monitor's answers. */
+void ifc_fast_class_of(const char *rel, uint64_t *out) {
+    struct made_class key;
+    made_key(0, 0, rel, &key);
+    out[0] = (uint64_t)key.root;
+    memcpy(out + 1, key.sig, sizeof key.sig);
 }
 
 static size_t class_index(const struct made_class *key) {
@@ -1262,10 +1278,11 @@ int ifc_fast_made_class(const unsigned char *record, size_t len) {
 }
 
 /* The answer for `op` on `rel` by the caller of the request being served, if its class has one that holds: a
-   record in `made_log` taken for it (its index; fill `*generation` and the answer's id, `*made`), or -1: Python's. The record is taken before
+   record in `made_log` taken for it (its index; fill `*decided_at`, the taint generation it was decided at, and the
+   answer's id, `*made`), or -1: Python's. The record is taken before
    the request's effect, so a later request on the name, decided in Python, finds it noted (`made_undo` if it
    then goes to Python after all). */
-static long made_answer(int op, const char *rel, uint64_t *generation, int *made) {
+static long made_answer(int op, const char *rel, uint64_t *decided_at, int *made) {
     if (!atomic_load(&globs.on) || !plain_name(rel) || ifc_fast_secret_format(rel) || is_listed(rel))
         return -1;
     int slot = caller_slot();
@@ -1281,7 +1298,7 @@ static long made_answer(int op, const char *rel, uint64_t *generation, int *made
     const struct made_class *e = &classes[class_index(&key)];
     if (e->used && current(rel, e->tick) && e->not_before <= now && now < e->expires && labels_unchanged()) {
         id = e->id;
-        *generation = e->generation;
+        *decided_at = e->generation;
     }
     pthread_rwlock_unlock(&warm.lock);
     char *copy = id ? strdup(rel) : NULL;
@@ -1318,8 +1335,8 @@ void ifc_fast_made_drain(made_fn fn) {
     pthread_mutex_unlock(&made_log.lock);
 }
 
-/* A descriptor made here (a new file): the answer it was made under (0: none), its name into `rel` (`size`
-   bytes) and the taint generation it was decided at. */
+/* A descriptor made here (a new file) that Python asks about for the first time: the answer it was made under (0:
+   none, or asked before), its name into `rel` (`size` bytes) and the taint generation it was decided at. */
 int ifc_fast_made_handle(uint64_t fh, char *rel, size_t size, uint64_t *gen) {
     if (fh >= nhandles)
         return 0;
@@ -1329,6 +1346,7 @@ int ifc_fast_made_handle(uint64_t fh, char *rel, size_t size, uint64_t *gen) {
     if (id) {
         strcpy(rel, h->rel);
         *gen = h->generation;
+        h->made = 0; /* Python keeps a record of it from now on: its release is Python's */
     }
     pthread_mutex_unlock(&rel_lock);
     return id;

@@ -307,7 +307,8 @@ class FastPath(Off):
         return made
 
     def made_handle(self, fh: int) -> tuple[int, str, int] | None:
-        """(answer id, name, taint generation) of a descriptor the C side made (a new file), or None."""
+        """(answer id, name, taint generation) of a descriptor the C side made (a new file), the first time it is
+        asked (the C side leaves its release to Python from then on), else None."""
         buf = ctypes.create_string_buffer(4096)
         generation = ctypes.c_uint64()
         made_id = self.lib.ifc_fast_made_handle(fh, buf, len(buf), ctypes.byref(generation))

@@ -1261,10 +1261,14 @@ class EnforcingFS:
         """The record of a descriptor opened for writing: Python's, or made from what the fast path made it under
         (a new file: `_made`)."""
         handle = self._handles.get(fh)
-        if handle is None and self.monitor is not None and (made := self.fast.made_handle(fh)) is not None:
-            made_id, rel, generation = made
-            answer, caller = self._made_answers[made_id - 1]
-            handle = self._handles.setdefault(fh, _Handle(caller, rel, answer.taint, generation))
+        if handle is not None or self.monitor is None:
+            return handle
+        with self._warm_lock:  # the C side answers once: whoever asks second must find the record
+            handle = self._handles.get(fh)
+            if handle is None and (made := self.fast.made_handle(fh)) is not None:
+                made_id, rel, generation = made
+                answer, caller = self._made_answers[made_id - 1]
+                handle = self._handles[fh] = _Handle(caller, rel, answer.taint, generation)
         return handle
 
     def _create_node(self, rel: str, mode: int, make, facts: Facts | None = None) -> Caller | None:
