@@ -382,24 +382,24 @@ class _CNameLock:
     """`ifc.enforce.fs.NameLock` on fastpath.c's lock (a writer-preferring rwlock), which its creates and deletes
     take too. ctypes lets go of the GIL while a call waits."""
 
+    SHARED, EXCLUSIVE, RELEASE = 0, 1, 2  # as fastpath.c's ifc_fast_names takes them
+
     def __init__(self, lib: ctypes.CDLL):
         self._lib = lib
 
     @contextlib.contextmanager
-    def shared(self):
-        self._lib.ifc_fast_names(0)
+    def _held(self, how: int):
+        self._lib.ifc_fast_names(how)
         try:
             yield
         finally:
-            self._lib.ifc_fast_names(2)
+            self._lib.ifc_fast_names(self.RELEASE)
 
-    @contextlib.contextmanager
+    def shared(self):
+        return self._held(self.SHARED)
+
     def exclusive(self):
-        self._lib.ifc_fast_names(1)
-        try:
-            yield
-        finally:
-            self._lib.ifc_fast_names(2)
+        return self._held(self.EXCLUSIVE)
 
 
 @dataclass(frozen=True)
