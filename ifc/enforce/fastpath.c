@@ -87,6 +87,7 @@ struct handle {
     uint64_t generation; /* the taint generation its write decision was made at (WRITE_CHECKED) */
     char *rel;           /* the name it was decided for (WRITE_CHECKED) */
     int made;            /* made here (a new file): the class answer it was made under (`made_handle`), else 0 */
+    pid_t made_by;       /* ... and the thread whose request made it */
 };
 
 static struct {
@@ -1336,8 +1337,9 @@ void ifc_fast_made_drain(made_fn fn) {
 }
 
 /* A descriptor made here (a new file) that Python asks about for the first time: the answer it was made under (0:
-   none, or asked before), its name into `rel` (`size` bytes) and the taint generation it was decided at. */
-int ifc_fast_made_handle(uint64_t fh, char *rel, size_t size, uint64_t *gen) {
+   none, or asked before), its name into `rel` (`size` bytes), the taint generation it was decided at and the thread
+   that made it (`*by`). */
+int ifc_fast_made_handle(uint64_t fh, char *rel, size_t size, uint64_t *gen, int *by) {
     if (fh >= nhandles)
         return 0;
     pthread_mutex_lock(&rel_lock);
@@ -1346,6 +1348,7 @@ int ifc_fast_made_handle(uint64_t fh, char *rel, size_t size, uint64_t *gen) {
     if (id) {
         strcpy(rel, h->rel);
         *gen = h->generation;
+        *by = (int)h->made_by;
         h->made = 0; /* Python keeps a record of it from now on: its release is Python's */
     }
     pthread_mutex_unlock(&rel_lock);
@@ -1470,6 +1473,7 @@ int ifc_fast_create(const char *path, mode_t mode, void *fi) {
             ifc_fast_mark((uint64_t)fd, WRITE_CHECKED, rel, gen);
             pthread_mutex_lock(&rel_lock);
             handles[fd].made = id;
+            handles[fd].made_by = caller_tid();
             pthread_mutex_unlock(&rel_lock);
             uint64_t fh = (uint64_t)fd;
             memcpy((char *)fi + cfg.fh_offset, &fh, sizeof fh);

@@ -138,7 +138,7 @@ class Off:
     def made_drain(self) -> list[tuple[int, str, int]]:
         return []
 
-    def made_handle(self, fh: int) -> tuple[int, str, int] | None:
+    def made_handle(self, fh: int) -> tuple[int, str, int, int] | None:
         return None
 
     def view(self, dev: int, ino: int, opens: int) -> None:
@@ -202,7 +202,8 @@ class FastPath(Off):
         lib.ifc_fast_glob.argtypes = lib.ifc_fast_made_class.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         lib.ifc_fast_made_drain.argtypes = [MADE]
         lib.ifc_fast_made_drain.restype = None
-        lib.ifc_fast_made_handle.argtypes = [u64, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(u64)]
+        lib.ifc_fast_made_handle.argtypes = [u64, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(u64),
+                                             ctypes.POINTER(i)]
         lib.ifc_fast_ids.argtypes = [ctypes.c_uint32] * 4
         lib.ifc_fast_ids.restype = None
         lib.ifc_fast_reserve.argtypes = lib.ifc_fast_format.argtypes = [ctypes.c_char_p]
@@ -306,13 +307,15 @@ class FastPath(Off):
         made, self._made = self._made, made
         return made
 
-    def made_handle(self, fh: int) -> tuple[int, str, int] | None:
-        """(answer id, name, taint generation) of a descriptor the C side made (a new file), the first time it is
-        asked (the C side leaves its release to Python from then on), else None."""
+    def made_handle(self, fh: int) -> tuple[int, str, int, int] | None:
+        """(answer id, name, taint generation, the thread that made it) of a descriptor the C side made (a new
+        file), the first time it is asked (the C side leaves its release to Python from then on), else None."""
         buf = ctypes.create_string_buffer(4096)
-        generation = ctypes.c_uint64()
-        made_id = self.lib.ifc_fast_made_handle(fh, buf, len(buf), ctypes.byref(generation))
-        return (made_id, buf.value.decode("utf-8", "surrogateescape"), generation.value) if made_id else None
+        generation, by = ctypes.c_uint64(), ctypes.c_int()
+        made_id = self.lib.ifc_fast_made_handle(fh, buf, len(buf), ctypes.byref(generation), ctypes.byref(by))
+        if not made_id:
+            return None
+        return made_id, buf.value.decode("utf-8", "surrogateescape"), generation.value, by.value
 
     def view(self, dev: int, ino: int, opens: int) -> None:
         if self.lib.ifc_fast_view(dev, ino, opens) != 0:

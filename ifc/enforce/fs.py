@@ -62,7 +62,7 @@ import stat as stat_mod
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from ifc.enforce import fastpath, name_classes
@@ -1266,8 +1266,9 @@ class EnforcingFS:
         with self._warm_lock:  # the C side answers once: whoever asks second must find the record
             handle = self._handles.get(fh)
             if handle is None and (made := self.fast.made_handle(fh)) is not None:
-                made_id, rel, generation = made
+                made_id, rel, generation, by = made
                 answer, caller = self._made_answers[made_id - 1]
+                caller = replace(caller, pid=by or caller.pid)  # whose command line a report names
                 handle = self._handles[fh] = _Handle(caller, rel, answer.taint, generation)
         return handle
 
