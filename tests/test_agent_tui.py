@@ -109,7 +109,8 @@ class Pane:
         again while the menu stays `again` seconds: a key that arrives before the menu listens, which under TCG
         takes a while after it is drawn, is lost. A menu the agent restarts itself after needs longer: a key sent
         again while it restarts answers the next menu (Gemini CLI's folder trust, then its sign-in choice, whose
-        first option is Google's)."""
+        first option is Google's). A menu gone for a moment may be drawn again (Gemini CLI's sign-in choice,
+        redrawn once it finds the API key): it counts as answered only if still gone a second later."""
         deadline = time.monotonic() + timeout
         while menu in self.screen():
             if time.monotonic() > deadline:
@@ -117,6 +118,7 @@ class Pane:
             self.keys(number)
             with contextlib.suppress(pytest.fail.Exception):
                 self.wait(lambda screen: menu not in screen, again)
+            time.sleep(1)
 
     def resize(self, cols: int, rows: int) -> None:
         self.tmux("resize-window", "-t", "run", "-x", str(cols), "-y", str(rows))
