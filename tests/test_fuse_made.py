@@ -16,16 +16,20 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from fuse_support import POLICY as DEFAULT_POLICY
 from fuse_support import REAL_MOUNTS, recording_mount
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_fuse_fastpath import REAL, _calls, mounted, needs_fast
 
+import caps
 from ifc import native
 from ifc.enforce import fastpath, name_classes
+from ifc.enforce.mount import Daemon
 from ifc.match import Glob, PatternError
 from ifc.monitor import Monitor, Request
 from ifc.monitor.events import open_readonly
@@ -162,6 +166,57 @@ def test_a_run_that_read_a_secret_makes_no_name_by_class(base):
     for name in ("src/sk_0", "src/sk_4", "src/bit0", "src/bit4", "src/clean0"):
         assert name in out.stdout, out.stdout
     assert "src/clean1" not in out.stdout
+
+
+def _token_mount(base: Path, rights: list[str], expires: int):
+    """A mount of `base/ws` (with `w/a/` and `w/b/`) under the default policy whose session token carries `rights`."""
+    host = caps.HostKey.generate()
+    caps.write_key(str(base / "host.key"), host)
+    token = caps.mint(host, rights=rights, audience="run-classes", expires=expires)
+    for d in ("ws/w/a", "ws/w/b", "mnt", "run"):
+        (base / d).mkdir(parents=True)
+    return Daemon(["--policy", str(DEFAULT_POLICY), "--token", token, "--key", str(base / "host.key.pub"),
+                   "--audience", "run-classes", "--run-dir", str(base / "run"), str(base / "ws"), str(base / "mnt")],
+                  str(base / "mnt"), log_path=str(base / "daemon.log"))
+
+
+def _make(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+
+
+@INTEGRATION
+@MOUNTS
+@needs_fast
+def test_the_session_tokens_rights_tell_classes_apart(base):
+    """`w/a/` and `w/b/` are alike to the policy; the session token may create only in `w/a/`. After names made
+    there by class, a name in `w/b/` is still refused: the token's globs are the class's too."""
+    daemon = _token_mount(base, ["read **", "create w/a/**"], int(time.time()) + 600)
+    try:
+        for i in range(5):
+            _make(base / "mnt" / "w" / "a" / f"f{i}")
+        with pytest.raises(PermissionError):
+            _make(base / "mnt" / "w" / "b" / "f")
+    finally:
+        assert daemon.stop() == 0
+    assert sorted(p.name for p in (base / "ws" / "w" / "a").iterdir()) == [f"f{i}" for i in range(5)]
+    assert not (base / "ws" / "w" / "b" / "f").exists()
+
+
+@INTEGRATION
+@MOUNTS
+@needs_fast
+def test_answers_by_class_end_when_the_session_token_expires(base):
+    expires = int(time.time()) + 4
+    daemon = _token_mount(base, ["read **", "create w/**"], expires)
+    try:
+        for i in range(5):
+            _make(base / "mnt" / "w" / "a" / f"f{i}")
+        time.sleep(max(0.0, expires - time.time()) + 0.5)
+        with pytest.raises(PermissionError):
+            _make(base / "mnt" / "w" / "a" / "late")
+    finally:
+        assert daemon.stop() == 0
+    assert not (base / "ws" / "w" / "a" / "late").exists()
 
 
 # ------------------------------------------------------------------------------------------ without a mount
