@@ -1140,7 +1140,7 @@ static void enter(struct states *s, const struct token *t, int n, int state) {
     while (!s->on[state]) {
         s->on[state] = 1;
         s->list[s->count++] = state;
-        if (state < n && leads_on(&t[state])) /* a star, a double star, its directories and what lies beneath: maybe empty */
+        if (state < n && leads_on(&t[state])) /* stars, `**` and what lies beneath may match nothing */
             state++;
         else if (state > n && t[state - n - 1].kind == T_DESC) /* beneath a match: the match goes on */
             state = state - n;
@@ -1195,7 +1195,7 @@ int ifc_fast_matches(int g, const char *s) {
     return g >= 0 && g < globs.count ? glob_matches(g, s, 0, &head) : -1;
 }
 
-/* A name the class answers may be for: printable ASCII (as the globs' bytes are), below one system call's size. */
+/* A name the class answers may be for: printable ASCII (as the globs' bytes are; its length `relative` bounds). */
 static int plain_name(const char *rel) {
     for (const unsigned char *p = (const unsigned char *)rel; *p; p++)
         if (*p < 0x20 || *p > 0x7e)
@@ -1435,15 +1435,15 @@ int ifc_fast_mkdir(const char *path, mode_t mode) {
         return cfg.py_mkdir(path, mode);
     }
     const char *name;
-    int dfd = parent_of(rel, &name), rc = -1;
-    if (dfd >= 0 && mkdirat(dfd, name, mode) == 0)
+    int dfd = parent_of(rel, &name), made = 0, rc = 0;
+    if (dfd >= 0 && (made = mkdirat(dfd, name, mode) == 0))
         rc = settle_new(-1, dfd, name, mode); /* made: a failure from here is the answer */
     if (dfd >= 0)
         parent_done(dfd);
-    if (rc == -1)
+    if (!made)
         made_undo(at);
     pthread_rwlock_unlock(&name_lock);
-    return rc == -1 ? cfg.py_mkdir(path, mode) : rc; /* not made: Python decides, makes and logs it */
+    return made ? rc : cfg.py_mkdir(path, mode); /* not made: Python decides, makes and logs it */
 }
 
 int ifc_fast_create(const char *path, mode_t mode, void *fi) {
