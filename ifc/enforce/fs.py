@@ -1230,14 +1230,19 @@ class EnforcingFS:
         """Decide `op` on `rel`; when the answer holds for the name's class (`Monitor.decide_made`), the fast path
         answers the caller's next ones of that class itself, with the clock tick and taint generation read before
         deciding (a new file it makes is marked with that generation: a rise since sends its first write here)."""
-        if self._class_token is _NO_CLASSES or caller.token != self._class_token:
+        if not self._by_class(caller):
             self._guard(op, rel, lambda: self._check(caller, op, rel))
             return
         made = self._guard(op, rel, lambda: self._check(caller, op, rel, made=True))
         self._made(caller, rel, decided, generation, made)
 
+    def _by_class(self, caller: Caller) -> bool:
+        """Does the fast path answer this caller by class? (It presents the session's token, or none, whose globs
+        the C side matches: `_classes`.)"""
+        return self._class_token is not _NO_CLASSES and caller.token == self._class_token
+
     def _made(self, caller: Caller, rel: str, decided: int, generation: int, made: Made | None) -> None:
-        if made is None or self._class_token is _NO_CLASSES or caller.token != self._class_token:
+        if made is None or not self._by_class(caller):
             return
         slot = self._slot(caller)
         kind = (caller.key, made.op, made.taint, made.window)
@@ -1572,7 +1577,7 @@ class EnforcingFS:
             repeat = self.monitor.anticipate(self._request(caller, "chmod", rel))
             if repeat is not None:
                 self._warm(caller, rel, stat(), decided, repeat, fastpath.CHANGES)
-                self._made(caller, rel, decided, self.fast.generation(), self.monitor.made_of(repeat))
+                self._made(caller, rel, decided, 0, self.monitor.made_of(repeat))  # (a change makes no descriptor)
         except Exception as exc:  # nothing is lost: the change is decided in Python when it comes
             log.warning("could not anticipate a change of %s: %s", rel, exc)
 
@@ -1591,7 +1596,7 @@ class EnforcingFS:
         self._done(path, rel)
         if repeat is not None:
             self._warm(caller, rel, self.backing.lstat(rel), decided, repeat, fastpath.CHANGES)
-            self._made(caller, rel, decided, self.fast.generation(), self.monitor.made_of(repeat))
+            self._made(caller, rel, decided, 0, self.monitor.made_of(repeat))  # (a change makes no descriptor)
         return 0
 
     @_refusals_logged

@@ -330,8 +330,7 @@ class Monitor:
         with self._lock:
             self._effect_free = None
             try:  # what an enforcement point answered by class first; failing that, deny (it is not recorded)
-                for catch_up in self.on_decide:
-                    catch_up()
+                self._catch_up()
             except Exception as exc:
                 return self._log_safely(request, Decision(self.steps, request.op, request.target, False,
                                                           f"internal error, denied: {type(exc).__name__}: {exc}",
@@ -1364,10 +1363,14 @@ class Monitor:
                                     taint_after=lattice.describe(state.taint))
             return state.taint
 
+    def _catch_up(self) -> None:
+        """Record what enforcement points answered by class since (`made`), in order (called under the lock)."""
+        for catch_up in self.on_decide:
+            catch_up()
+
     def flush(self) -> None:
         with self._lock:
-            for catch_up in self.on_decide:
-                catch_up()
+            self._catch_up()
         if self.log is not None:
             self.log.flush()
 
