@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
+from fuse_support import FUSE, REAL_MOUNTS, recording_mount
 from fuse_support import POLICY as DEFAULT_POLICY
-from fuse_support import REAL_MOUNTS, recording_mount
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_fuse_fastpath import POLICY as FASTPATH_POLICY
 from test_fuse_fastpath import REAL, _calls, mounted, needs_fast
 
 import caps
@@ -219,6 +220,105 @@ def test_answers_by_class_end_when_the_session_token_expires(base):
     assert not (base / "ws" / "w" / "a" / "late").exists()
 
 
+@INTEGRATION
+@MOUNTS
+@needs_fast
+def test_first_reads_of_a_class_are_answered_without_python():
+    """`grep -r` over a fresh tree, as the daemon sees it: once the run holds what `src/` is (`internal`), the first
+    read of every other plain file there is answered in C by its class; a key (`*.pem`, another class) is
+    decided in Python."""
+    with recording_mount("reads") as (src, mnt, log):
+        os.makedirs(os.path.join(src, "src", "pkg"))
+        for i in range(20):
+            Path(src, "src", "pkg", f"m{i}.py").write_text(f"value = {i}\n")
+        Path(src, "deploy.pem").write_bytes(REAL)
+        for i in range(2):  # the first raises the taint to `internal`; the second is the class's answer
+            assert Path(mnt, "src", "pkg", f"m{i}.py").read_text() == f"value = {i}\n"
+        before = len(_calls(log))
+        for i in range(2, 20):
+            assert Path(mnt, "src", "pkg", f"m{i}.py").read_text() == f"value = {i}\n"
+        assert "open" not in _calls(log)[before:]
+        assert Path(mnt, "deploy.pem").read_bytes() == REAL
+        assert "open" in _calls(log)[before:]
+
+
+@INTEGRATION
+@MOUNTS
+@needs_fast
+def test_each_read_answered_by_class_is_counted_as_its_files(base):
+    with mounted(base, "read-counts") as (ws, mnt, run):
+        for i in range(10):
+            (ws / "src" / f"m{i}.py").write_text("x = 1\n")
+        for i in range(10):
+            assert (mnt / "src" / f"m{i}.py").read_text() == "x = 1\n"
+        assert (mnt / ".env").read_bytes().startswith(b"STRIPE_KEY=")
+    reads = _allows(run, "read")
+    assert all(reads.get(f"src/m{i}.py") == 1 for i in range(10)), reads
+    assert reads.get(".env") == 1
+
+
+def _labels(ws: Path) -> str:
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "ifc"), "labels", str(ws)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _workspace(base: Path, name: str) -> tuple[Path, list[str]]:
+    """`base/name/ws` (five plain files and `notes.py` in `src/`, a key at the root) and the arguments of a mount of
+    it under the fast path's test policy, but the run directory and mount point."""
+    ws = base / name / "ws"
+    (ws / "src").mkdir(parents=True)
+    for i in range(5):
+        (ws / "src" / f"plain{i}.py").write_text("x = 1\n")
+    (ws / "src" / "notes.py").write_text("# notes\n")
+    (ws / "deploy.pem").write_bytes(REAL)
+    policy = base / name / "p.flow"
+    policy.write_text(FASTPATH_POLICY)
+    return ws, ["--policy", str(policy), "--fuse", FUSE]
+
+
+def _run(base: Path, name: str, args: list[str], ws: Path) -> Daemon:
+    run, mnt = base / name / "run", base / name / "mnt"
+    run.mkdir(parents=True)
+    mnt.mkdir()
+    return Daemon([*args, "--run-dir", str(run), str(ws), str(mnt)], str(mnt), log_path=str(run / "mount.log"))
+
+
+@INTEGRATION
+@MOUNTS
+@needs_fast
+def test_a_file_a_class_would_answer_is_read_as_what_it_holds(base):
+    """The attacker's ways to reach a key through a name of a plain class once `src/`'s class answers first reads.
+    A key hard-linked under a plain name from outside the mount: two names, so decided in Python. A file another
+    run floats to `secret` while this run's kernel still holds its name (looked up while plain): the label store
+    moved, so decided in Python. Each read taints the run: the names it then makes are recorded."""
+    ws, args = _workspace(base, "linked")
+    os.link(ws / "deploy.pem", ws / "src" / "notes.py.new")
+    os.rename(ws / "src" / "notes.py.new", ws / "src" / "notes.py")
+    with _run(base, "linked/b", args, ws):
+        mnt = base / "linked" / "b" / "mnt"
+        for i in range(5):
+            assert (mnt / "src" / f"plain{i}.py").read_text() == "x = 1\n"
+        assert (mnt / "src" / "notes.py").read_bytes() == REAL
+        (mnt / "src" / "after.py").write_text("y = 2\n")
+    assert "src/after.py" in _labels(ws)
+
+    ws, args = _workspace(base, "floated")
+    with _run(base, "floated/b", args, ws):
+        mnt = base / "floated" / "b" / "mnt"
+        assert (mnt / "src" / "notes.py").stat().st_size == 8  # looked up while plain
+        for i in range(5):
+            assert (mnt / "src" / f"plain{i}.py").read_text() == "x = 1\n"
+        with _run(base, "floated/a", args, ws):  # another run, beside it, writes the key into notes.py
+            other = base / "floated" / "a" / "mnt"
+            (other / "src" / "notes.py").write_bytes((other / "deploy.pem").read_bytes())
+        assert "src/notes.py" in _labels(ws)
+        seen = (mnt / "src" / "notes.py").read_bytes()  # (as long as this kernel last saw it: its size is cached)
+        assert seen and REAL.startswith(seen)
+        (mnt / "src" / "after.py").write_text("y = 2\n")
+    assert "src/after.py" in _labels(ws)
+
+
 # ------------------------------------------------------------------------------------------ without a mount
 
 class Matcher:
@@ -337,7 +437,7 @@ def _answer(policy, agent, op: str, path: str, tainted: bool) -> tuple[bool, boo
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(which=st.sampled_from(sorted(POLICIES)), op=st.sampled_from(["create", "delete", "chmod"]),
+@given(which=st.sampled_from(sorted(POLICIES)), op=st.sampled_from(["create", "delete", "chmod", "read"]),
        here=st.lists(NAME, max_size=3), there=st.lists(NAME, max_size=3), names=st.tuples(NAME, NAME),
        same_directory=st.booleans(), tainted=st.booleans())
 @example(which="every kind", op="create", here=[".git"], there=[], names=("config", "x"), same_directory=True,

@@ -928,8 +928,10 @@ static int handle_fits(int fd, const void *arg) {
     return (uint64_t)fd < nhandles ? 0 : -1;
 }
 
-/* A read-only open of a name the monitor already allowed this subject to read, with nothing changed since: the
-   open Python would make, marked PLAIN. */
+static int made_open(const char *rel, int flags);
+
+/* A read-only open of a name the monitor already allowed this subject to read, with nothing changed since, or of
+   a name its class answers (`made_open`): the open Python would make, marked PLAIN. */
 static int warm_open(const char *path, void *fi) {
     int flags;
     memcpy(&flags, fi, sizeof flags); /* struct fuse_file_info starts with the open flags */
@@ -940,7 +942,7 @@ static int warm_open(const char *path, void *fi) {
     if (slot < 0)
         return 0;
     int fd = warm_serve(slot, rel, flags & OPEN_KEEP, handle_fits, NULL);
-    if (fd < 0)
+    if (fd < 0 && (fd = made_open(rel, flags & OPEN_KEEP)) < 0)
         return 0;
     ifc_fast_mark((uint64_t)fd, PLAIN, NULL, 0);
     uint64_t fh = (uint64_t)fd;
@@ -1016,7 +1018,8 @@ int ifc_fast_open_file(const char *path, void *fi) {
 
 /* ------------------------------------------------------------------------------------------ names made and removed
 
-   A new name's create, a name's deletion and a change of its mode, owner or times are decided by what the name
+   A new name's create, a name's deletion, a change of its mode, owner or times and a file's first read are
+   decided by what the name
    and its directory match: the policy's globs (file rules, flow and capability sinks, the agent's grants, the
    session token's rights, host-executed configuration), the labels stored for the name (none: it is not
    `listed`), the run's taint and the token's window. Python gives the globs (`ifc_fast_glob`, once), and after
@@ -1033,7 +1036,7 @@ int ifc_fast_open_file(const char *path, void *fi) {
 #define MAX_TOKENS 512
 #define MAX_CLASSES 4096
 #define MAX_MADE 4096
-enum made_op { MADE_CREATE = 1, MADE_DELETE = 2, MADE_CHMOD = 3 };          /* as fastpath.MADE_OPS */
+enum made_op { MADE_CREATE = 1, MADE_DELETE = 2, MADE_CHMOD = 3, MADE_READ = 4 }; /* as fastpath.MADE_OPS */
 enum token_kind { T_LIT = 1, T_SET, T_NSET, T_STAR, T_ALL, T_DIRS, T_DESC }; /* as fastpath.TOKENS */
 
 struct token {
@@ -1322,6 +1325,26 @@ static void made_undo(long at) {
     pthread_mutex_lock(&made_log.lock);
     made_log.r[at].id = 0;
     pthread_mutex_unlock(&made_log.lock);
+}
+
+/* A read-only open of a file this subject has not read yet (nothing warm for it), answered by its class: the
+   monitor read another name of the class without effect (an `internal` file once the run holds `internal`). The
+   open Python would make, of a regular file with one name only (another name may be labelled otherwise). */
+static int made_open(const char *rel, int flags) {
+    uint64_t gen;
+    int id;
+    long at = made_answer(MADE_READ, rel, &gen, &id);
+    if (at < 0)
+        return -1;
+    int fd = openat2_beneath(cfg.root, rel, flags);
+    struct stat st;
+    if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 || handle_fits(fd, NULL) != 0)) {
+        close(fd);
+        fd = -1;
+    }
+    if (fd < 0)
+        made_undo(at); /* Python decides it, and says why it fails */
+    return fd;
 }
 
 /* Hand every noted answer to `fn` (id, name, when in ns), in order, and forget them. `fn` must not call back here. */

@@ -77,7 +77,7 @@ HIT = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint64, cty
 # generation, window, WAL header (the name follows, NUL-terminated)
 CLASS_RECORD = struct.Struct(f"<iiiiQQdd{WAL_HEADER}s")
 MADE = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_int64)
-MADE_OPS = {"create": 1, "delete": 2, "chmod": 3}  # as fastpath.c's enum made_op
+MADE_OPS = {"create": 1, "delete": 2, "chmod": 3, "read": 4}  # as fastpath.c's enum made_op
 # a glob's tokens as fastpath.c's enum token_kind
 TOKENS = {"lit": 1, "set": 2, "nset": 3, "star": 4, "all": 5, "dirs": 6, "desc": 7}
 MAX_GLOBS = 256  # as fastpath.c

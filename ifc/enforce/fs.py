@@ -860,6 +860,8 @@ class EnforcingFS:
                 self._show(path, (st.st_dev, st.st_ino), None)  # served as it is: no view's pages may stay
             elif repeat is not None:
                 self._warm(caller, rel, st, decided, repeat)
+                if repeat.target == rel and st.st_nlink == 1 and stat_mod.S_ISREG(st.st_mode):  # with no facts
+                    self._made(caller, rel, decided, 0, self.monitor.made_of(repeat))  # its class's first reads
         except BaseException:
             os.close(fd)
             raise

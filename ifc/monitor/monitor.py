@@ -221,7 +221,7 @@ class Repeat(NamedTuple):
 
 
 class Made(NamedTuple):
-    """A create, delete or change of mode an enforcement point may answer itself for every name of its class
+    """A create, delete, change of mode or read an enforcement point may answer itself for every name of its class
     (`Monitor.decide_made`): decided without effect but the provenance edge and the count, which `made` records
     for each name it answers. Holds while the run's taint and the labels stay as they are (as `Repeat`)."""
 
@@ -232,7 +232,7 @@ class Made(NamedTuple):
     labels: tuple[int, bytes] | None
 
 
-MADE_OPS = frozenset({"create", "delete", "chmod"})
+MADE_OPS = frozenset({"create", "delete", "chmod", "read"})
 
 
 @dataclass(eq=False)
@@ -431,12 +431,13 @@ class Monitor:
         return Repeat(request.subject, request.op, cached["target"], window, edges, watch)
 
     def decide_made(self, request: Request) -> tuple[Decision, Made | None]:
-        """`decide` a create, delete or change of mode (`MADE_OPS`), and whether an enforcement point may answer
+        """`decide` a create, delete, change of mode or read (`MADE_OPS`), and whether an enforcement point may answer
         the same request on any name of its *class* itself (`Made`; None: not): any name that matches the same
         globs of the policy, the agent's grants, the token's rights and host-executed configuration as this one,
         in a directory that matches the same as its directory, and that has no stored label or record. For those
         the decision reads nothing else: its label and write rules, its grants, the flows to it, and (a name
-        made) the floor of its directory's label are what those globs say; the run's taint, the token's window and
+        made) the floor of its directory's label are what those globs say (a read: the label it joins into the
+        taint, which must add nothing); the run's taint, the token's window and
         the revocation list are what `Made` holds with. It must have had no effect but its edge and count:
         allowed, nothing raised, stored, declassified or logged on its own (host-executed configuration), no
         facts (a symlink, a node type, names beneath). The names answered must be handed back (`made`)."""
@@ -463,10 +464,10 @@ class Monitor:
             return decision, Made(request.subject, request.op, self.run.taint, window, watch)
 
     def made_of(self, repeat: Repeat) -> Made | None:
-        """A repeatable change of mode, owner or times (`decide_repeatable`, `anticipate`) as an answer for its
-        class (`decide_made`), when its name is one of a class's."""
+        """A repeatable change of mode, owner or times or read (`decide_repeatable`, `anticipate`) as an answer
+        for its class (`decide_made`), when its name is one of a class's."""
         with self._lock:
-            if repeat.op != "chmod" or not self._classless(repeat.target):
+            if repeat.op not in ("chmod", "read") or not self._classless(repeat.target):
                 return None
             return Made(repeat.subject, repeat.op, self.run.taint, repeat.window, repeat.labels)
 
@@ -486,6 +487,8 @@ class Monitor:
             if made.op == "delete":
                 self.graph.forget(file)
                 self.graph.record(subject, "delete", file, when, None)
+            elif made.op == "read":  # the data flows to the subject, adding nothing to its taint
+                self.graph.record(file, "read", subject, when, None)
             else:
                 named = self.policy.file_label(name).label
                 self.graph.record(subject, made.op, file, when, None, parts=self._news(named, named.join(made.taint)))
