@@ -319,6 +319,47 @@ def test_a_file_a_class_would_answer_is_read_as_what_it_holds(base):
     assert "src/after.py" in _labels(ws)
 
 
+RENAME_POLICY = """
+labels {
+  secrecy public < internal < secret
+}
+files {
+  "**" public
+  "src/**" internal
+  "*.pem" secret
+}
+"""
+
+
+@INTEGRATION
+@MOUNTS
+@needs_fast
+def test_a_key_this_run_renamed_under_a_plain_name_is_read_as_the_key(base):
+    """The run's own commit gives a plain name a stored label: `mv k.pem pub/k.txt` (the content keeps `secret`,
+    without being read). Answers about that name decided before are stale by name, but `pub/`'s read class is
+    decided again after a taint rise: its first read of `pub/k.txt` must still be Python's and taint the run, so
+    the file it then writes floats to `secret`."""
+    ws, run, mnt = base / "ws", base / "run", base / "mnt"
+    for d in (ws / "pub", ws / "src", run, mnt):
+        d.mkdir(parents=True)
+    for i in range(3):
+        (ws / "pub" / f"a{i}").write_text("a\n")
+    (ws / "src" / "s0").write_text("s\n")
+    (ws / "k.pem").write_bytes(REAL)
+    (base / "p.flow").write_text(RENAME_POLICY)
+    with Daemon(["--policy", str(base / "p.flow"), "--fuse", FUSE, "--run-dir", str(run), str(ws), str(mnt)],
+                str(mnt), log_path=str(run / "mount.log")):
+        assert (mnt / "pub" / "a0").read_text() == "a\n"  # `pub/`'s class: a public read changes nothing
+        os.rename(mnt / "k.pem", mnt / "pub" / "k.txt")
+        assert (mnt / "src" / "s0").read_text() == "s\n"  # the taint rises: every answer is stale
+        assert (mnt / "pub" / "a1").read_text() == "a\n"  # the class, decided again
+        assert (mnt / "pub" / "k.txt").read_bytes() == REAL
+        with open(mnt / "pub" / "a2", "w") as out:
+            out.write("b\n")
+    labels = _labels(ws)
+    assert any(line.startswith("pub/a2: secret") for line in labels.splitlines()), labels
+
+
 # ------------------------------------------------------------------------------------------ without a mount
 
 class Matcher:

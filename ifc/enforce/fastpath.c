@@ -148,7 +148,9 @@ static struct map views = {.lock = PTHREAD_MUTEX_INITIALIZER};
 static struct {
     pthread_rwlock_t lock;
     char *names[MAX_LISTED];
+    unsigned char held[MAX_LISTED]; /* 1: a name only this run's own commits gave a label or record (`held`) */
     _Atomic int used; /* 0: none (the common case, checked without the lock); -1: too many, every one is Python's */
+    _Atomic int nheld; /* how many names are held; -1: too many, no name is a class's (`ifc_fast_held`) */
     int shm_fd;       /* the label store's WAL index (-1: no database), and its header when the set was made: */
     unsigned char seen[WAL_HEADER]; /* another run's commit since may have made names, so lookups are Python's */
 } listed = {.lock = PTHREAD_RWLOCK_INITIALIZER, .shm_fd = -1};
@@ -413,13 +415,23 @@ static size_t listed_index(const char *rel) {
     return i;
 }
 
-/* The label store as Python last looked (`header`, WAL_HEADER bytes, of the WAL index `shm_fd`; -1: no database). */
+/* The label store as Python last looked (`header`, WAL_HEADER bytes, of the WAL index `shm_fd`; -1: no database),
+   for lookups and listings and for warm and class answers alike: whatever changed since an answer was recorded is
+   stale already (this run's own changes name by name, another run's all at once), so answers recorded before
+   hold with this header as with theirs — and a run's own commit (a hard link's record, a floated label) no longer
+   sends every answer to Python until its next decision. */
 void ifc_fast_listed_seen(int shm_fd, const unsigned char *header) {
     pthread_rwlock_wrlock(&listed.lock);
     listed.shm_fd = shm_fd;
     if (shm_fd >= 0)
         memcpy(listed.seen, header, WAL_HEADER);
     pthread_rwlock_unlock(&listed.lock);
+    pthread_rwlock_wrlock(&warm.lock);
+    warm.watch = shm_fd >= 0;
+    warm.shm_fd = shm_fd;
+    if (shm_fd >= 0)
+        memcpy(warm.seen, header, WAL_HEADER);
+    pthread_rwlock_unlock(&warm.lock);
 }
 
 /* The names whose reading is decided, all of them: `count` names, each NUL-terminated, one after the other in
@@ -427,7 +439,8 @@ void ifc_fast_listed_seen(int shm_fd, const unsigned char *header) {
 void ifc_fast_listed(const char *names, size_t count) {
     pthread_rwlock_wrlock(&listed.lock);
     for (size_t i = 0; i < MAX_LISTED; i++)
-        free(listed.names[i]), listed.names[i] = NULL;
+        free(listed.names[i]), listed.names[i] = NULL, listed.held[i] = 0;
+    atomic_store(&listed.nheld, 0); /* the set has every stored name now, the run's own too */
     int used = 0;
     for (size_t k = 0; k < count && used >= 0; k++, names += strlen(names) + 1) {
         size_t i = listed_index(names);
@@ -448,8 +461,47 @@ static int is_listed(const char *rel) {
     int hit = listed.shm_fd >= 0 && (pread(listed.shm_fd, now, WAL_HEADER, 0) != WAL_HEADER ||
                                      memcmp(now, listed.seen, WAL_HEADER) != 0);
     int used = atomic_load(&listed.used);
-    if (!hit && used)
-        hit = used < 0 || listed.names[listed_index(rel)] != NULL;
+    if (!hit && used) {
+        size_t i = listed_index(rel);
+        hit = used < 0 || (listed.names[i] != NULL && !listed.held[i]);
+    }
+    pthread_rwlock_unlock(&listed.lock);
+    return hit;
+}
+
+/* Names this run's own commits gave a stored label, record or object (Python, after each commit: `count` names,
+   NUL-terminated, one after the other). Lookups of them stay this side's (the run changed them, or saw them as
+   they were); but no answer of a class is theirs: the class was decided on a name with none (a key renamed
+   under a plain name keeps `secret` unread). More than fit: no name is a class's, until Python lists every
+   stored name again (`ifc_fast_listed`). */
+void ifc_fast_held(const char *names, size_t count) {
+    pthread_rwlock_wrlock(&listed.lock);
+    for (size_t k = 0; k < count && atomic_load(&listed.nheld) >= 0; k++, names += strlen(names) + 1) {
+        size_t i = listed_index(names);
+        if (listed.names[i])
+            continue; /* listed already, or held */
+        int used = atomic_load(&listed.used), held = atomic_load(&listed.nheld);
+        char *copy = (used < 0 ? 0 : used) + held + 1 > MAX_LISTED / 2 ? NULL : strdup(names);
+        if (!copy) {
+            atomic_store(&listed.nheld, -1);
+            break;
+        }
+        listed.names[i] = copy, listed.held[i] = 1;
+        atomic_store(&listed.nheld, held + 1);
+    }
+    pthread_rwlock_unlock(&listed.lock);
+}
+
+/* Has `rel` a label or record a class's answer did not read? (Listed, or held.) */
+static int is_labelled(const char *rel) {
+    if (is_listed(rel))
+        return 1;
+    int held = atomic_load(&listed.nheld);
+    if (!held)
+        return 0;
+    pthread_rwlock_rdlock(&listed.lock);
+    held = atomic_load(&listed.nheld);
+    int hit = held < 0 || (held > 0 && listed.names[listed_index(rel)] != NULL);
     pthread_rwlock_unlock(&listed.lock);
     return hit;
 }
@@ -735,7 +787,11 @@ int ifc_fast_write(const char *path, const char *buf, size_t size, off_t offset,
 }
 
 int ifc_fast_flush(const char *path, void *fi) {
-    if (kind_of(fh_of(fi)) == NONE || atomic_load(&links_seen))
+    uint64_t fh = fh_of(fi);
+    if (kind_of(fh) == NONE)
+        return cfg.py_flush(path, fi);
+    struct stat st; /* a file with other names: Python tells the kernel their size and times moved */
+    if (atomic_load(&links_seen) && (fstat((int)fh, &st) != 0 || st.st_nlink > 1))
         return cfg.py_flush(path, fi);
     return 0;
 }
@@ -1287,7 +1343,7 @@ int ifc_fast_made_class(const unsigned char *record, size_t len) {
    the request's effect, so a later request on the name, decided in Python, finds it noted (`made_undo` if it
    then goes to Python after all). */
 static long made_answer(int op, const char *rel, uint64_t *decided_at, int *made) {
-    if (!atomic_load(&globs.on) || !plain_name(rel) || ifc_fast_secret_format(rel) || is_listed(rel))
+    if (!atomic_load(&globs.on) || !plain_name(rel) || ifc_fast_secret_format(rel) || is_labelled(rel))
         return -1;
     int slot = caller_slot();
     if (slot < 0)

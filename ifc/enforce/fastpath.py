@@ -100,6 +100,11 @@ def program(tokens: tuple[tuple, ...]) -> bytes:
     return bytes(out)
 
 
+def _packed(names: list[str]) -> bytes:
+    """Names as fastpath.c takes a list: each NUL-terminated, one after the other."""
+    return b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+
+
 class Off:
     """No fast path: every request is answered in Python (another binding, or no compiler here)."""
 
@@ -165,6 +170,9 @@ class Off:
     def listed_seen(self, watch: tuple[int, bytes] | None) -> None:
         pass
 
+    def held(self, names: list[str]) -> None:
+        pass
+
     def warm(self, slot: int, rel: str, dev: int, ino: int, tick: int, window: tuple[float, float],
              labels: tuple[int, bytes] | None) -> int:
         return 0
@@ -216,7 +224,8 @@ class FastPath(Off):
         lib.ifc_fast_stale_name.argtypes = [ctypes.c_char_p]
         lib.ifc_fast_stale_name.restype = None
         lib.ifc_fast_warm.argtypes = lib.ifc_fast_listed.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-        lib.ifc_fast_listed.restype = lib.ifc_fast_listed_seen.restype = None
+        lib.ifc_fast_held.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        lib.ifc_fast_listed.restype = lib.ifc_fast_listed_seen.restype = lib.ifc_fast_held.restype = None
         lib.ifc_fast_listed_seen.argtypes = [i, ctypes.c_char_p]
         lib.ifc_fast_drain.argtypes = [HIT, i]
         lib.ifc_fast_drain.restype = None
@@ -346,8 +355,11 @@ class FastPath(Off):
     def listed(self, names: list[str]) -> None:
         """The names (all of them; "" is the root) whose lookup, and a directory's listing, Python serves: they are
         decided reads (`EnforcingFS._names_read`)."""
-        packed = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
-        self.lib.ifc_fast_listed(packed, len(names))
+        self.lib.ifc_fast_listed(_packed(names), len(names))
+
+    def held(self, names: list[str]) -> None:
+        """Names this run's own commit gave a stored label, record or object: no class answers them."""
+        self.lib.ifc_fast_held(_packed(names), len(names))
 
     def listed_seen(self, watch: tuple[int, bytes] | None) -> None:
         """The label store as Python last looked (`LabelStore.watch`; None: no database): a commit since — another

@@ -745,8 +745,15 @@ class EnforcingFS:
         """Tell the fast path which names' reading is decided (`_names_read`): those with a stored label (a
         directory's names, a file's attributes) or a record of the run that made or removed them, when the mount
         starts and when another process's commit was loaded (`names` None). This run's own changes need no
-        telling: a run that made a name or changed a file already holds what it carries."""
+        telling: a run that made a name or changed a file already holds what it carries — but a class's answers
+        must not take those that now carry a label, record or object (`fast.held`: a key renamed under a plain
+        name is `secret` unread), and then the store as it is now (`_listed_seen`), once `names` are stale
+        (`on_change` runs `fast.stale` first)."""
         if names is not None:
+            held = sorted(name for name in names if not self.monitor.classless(name))
+            if held:
+                self.fast.held(held)
+            self._listed_seen()
             return
         labels = self.monitor.labels
         self.fast.listed(sorted({*labels.snapshot(), *labels.named_snapshot()}))

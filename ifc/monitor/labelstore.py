@@ -490,6 +490,9 @@ class LabelStore:
                     self._db.execute("PRAGMA synchronous=FULL")
                 except sqlite3.Error as exc:
                     raise LabelStoreError(f"label store `{self.path}`: {exc}") from exc
+        if self._db is not None:  # the commit moved the WAL index: look now, so `watch` is this view's own
+            with contextlib.suppress(sqlite3.Error, OSError):  # (else the next look does)
+                self._sync()
         self._moved(frozenset(self._touched))
 
     def _sync(self) -> None:

@@ -454,7 +454,7 @@ class Monitor:
             else:
                 return decision, None
             if self._host_config(request.op, request.target, request.dest) or not self._holds(validity, self.clock()) \
-                    or not self._classless(request.target):
+                    or not self.classless(request.target):
                 return decision, None
             try:
                 watch = self.labels.watch()
@@ -467,11 +467,11 @@ class Monitor:
         """A repeatable change of mode, owner or times or read (`decide_repeatable`, `anticipate`) as an answer
         for its class (`decide_made`), when its name is one of a class's."""
         with self._lock:
-            if repeat.op not in ("chmod", "read") or not self._classless(repeat.target):
+            if repeat.op not in ("chmod", "read") or not self.classless(repeat.target):
                 return None
             return Made(repeat.subject, repeat.op, self.run.taint, repeat.window, repeat.labels)
 
-    def _classless(self, target: str) -> bool:
+    def classless(self, target: str) -> bool:
         """Was a decision on `target` one for every name of its class: one with no stored label, record or other
         name? (Else it read them: a name stored `secret` takes a secret run's write with no raise, a plain one
         does not.)"""
