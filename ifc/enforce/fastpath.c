@@ -1075,17 +1075,17 @@ int ifc_fast_open_file(const char *path, void *fi) {
 /* ------------------------------------------------------------------------------------------ names made and removed
 
    A new name's create, a name's deletion, a change of its mode, owner or times and a file's first read are
-   decided by what the name
-   and its directory match: the policy's globs (file rules, flow and capability sinks, the agent's grants, the
-   session token's rights, host-executed configuration), the labels stored for the name (none: it is not
-   `listed`), the run's taint and the token's window. Python gives the globs (`ifc_fast_glob`, once), and after
-   the monitor decided one such request without effect — allowed, nothing raised, recorded, declassified or
-   logged but the count (Monitor.decide_made) — it records the answer for that *class*: the subject, the
-   operation, and which globs the name and its directory match (`ifc_fast_made_class`). A later request of the
-   same class is answered here while the clock says nothing moved, and noted (`made_log`) for Python to record in
-   the monitor, in order, before its next decision (`ifc_fast_made_drain`): the graph's edge, the count. A name
-   that is not plain printable ASCII, of a secret-file format, or with a label or record is Python's, as is
-   any failure. docs/benchmarks.md (issue 16, part 12) has why. */
+   decided by what the name and its directory match: the policy's globs (file rules, flow and capability sinks,
+   the agent's grants, the session token's rights, host-executed configuration), the labels stored for the name
+   (none: it is neither `listed` nor held), the run's taint and the token's window. Python gives the globs
+   (`ifc_fast_glob`, once), and after the monitor decided one such request without effect — allowed, nothing
+   raised, recorded, declassified or logged but the count (Monitor.decide_made) — it records the answer for that
+   *class*: the subject, the operation, and which globs the name and its directory match
+   (`ifc_fast_made_class`). A later request of the same class is answered here while the clock says nothing
+   moved, and noted (`made_log`) for Python to record in the monitor, in order, before its next decision
+   (`ifc_fast_made_drain`): the graph's edge, the count. A name that is not plain printable ASCII, of a
+   secret-file format, or with a label or record is Python's, as is any failure. docs/benchmarks.md (issue 16,
+   parts 12 and 13) has why. */
 
 #define MAX_GLOBS 256
 #define SIG_WORDS (MAX_GLOBS / 64)
