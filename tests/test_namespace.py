@@ -224,6 +224,9 @@ def test_a_terminal_is_the_agents_own_pty_with_size_and_ctrl_c(workspace):
     ws, policy, run_dir = workspace
     pid, fd = pty.fork()
     if pid == 0:  # the child execs `ifc run` on the pty's slave, 33 rows by 101 columns
+        # as a user's shell starts it: Ctrl-C at its default (this test worker's own disposition is not the
+        # user's: an ignored SIGINT is inherited through exec, by `ifc run` and the agent alike)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
         os.chdir(ROOT)
         cmd = argv(ws, policy, run_dir, "sh", "-c", "tty; stty size; echo READY; sleep 30; echo not-interrupted")
