@@ -199,6 +199,9 @@ class Helpers:
             self._close()
 
     def _close(self) -> None:
+        for helper in self.supervised:  # one already gone died before it was asked to stop: its watcher notes when
+            if helper.proc.poll() is not None:  # (else, on a busy machine, the note could come after the asking)
+                helper.join()
         asked = time.time()
         for helper in self.supervised:
             helper.stop_asked_at = asked
