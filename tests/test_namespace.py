@@ -229,7 +229,9 @@ def test_a_terminal_is_the_agents_own_pty_with_size_and_ctrl_c(workspace):
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
         os.chdir(ROOT)
-        cmd = argv(ws, policy, run_dir, "sh", "-c", "tty; stty size; echo READY; sleep 30; echo not-interrupted")
+        # (the shell's blocked and ignored signals, printed first: what a failure here has to show)
+        cmd = argv(ws, policy, run_dir, "sh", "-c", "grep -E '^Sig(Blk|Ign)' /proc/$$/status; tty; stty size; "
+                   "echo READY; sleep 30; echo not-interrupted")
         os.execv(cmd[0], cmd)
     out, sent, deadline = b"", False, time.monotonic() + 30
     while time.monotonic() < deadline:
