@@ -51,6 +51,12 @@ def _allows(run: Path, op: str) -> dict[str, int]:
         db.close()
 
 
+def _labels(ws: Path) -> str:
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "ifc"), "labels", str(ws)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 # ------------------------------------------------------------------------------------------ on a mount
 
 @INTEGRATION
@@ -142,8 +148,8 @@ def test_a_new_file_made_by_class_is_written_only_as_its_decision_allows(base):
             os.close(ci)
             os.close(out)
         assert (ws / "ci" / "late.sh").read_bytes() == b"echo ok\n"
-    labels = subprocess.run([str(ROOT / ".venv" / "bin" / "ifc"), "labels", str(ws)], capture_output=True, text=True)
-    assert "src/late.txt" in labels.stdout and "secret" in labels.stdout, labels.stdout
+    labels = _labels(ws)
+    assert "src/late.txt" in labels and "secret" in labels, labels
     assert _allows(run, "create").get("src/late.txt") == 1
 
 
@@ -162,11 +168,10 @@ def test_a_run_that_read_a_secret_makes_no_name_by_class(base):
             (mnt / "src" / f"sk_{i}").write_text("x")
             os.mkdir(mnt / "src" / f"bit{i}")
         os.unlink(mnt / "src" / "clean0")
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "ifc"), "labels", str(ws)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    labels = _labels(ws)
     for name in ("src/sk_0", "src/sk_4", "src/bit0", "src/bit4", "src/clean0"):
-        assert name in out.stdout, out.stdout
-    assert "src/clean1" not in out.stdout
+        assert name in labels, labels
+    assert "src/clean1" not in labels
 
 
 def _token_mount(base: Path, rights: list[str], expires: int):
@@ -255,12 +260,6 @@ def test_each_read_answered_by_class_is_counted_as_its_files(base):
     reads = _allows(run, "read")
     assert all(reads.get(f"src/m{i}.py") == 1 for i in range(10)), reads
     assert reads.get(".env") == 1
-
-
-def _labels(ws: Path) -> str:
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "ifc"), "labels", str(ws)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 def _workspace(base: Path, name: str) -> tuple[Path, list[str]]:

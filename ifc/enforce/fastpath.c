@@ -453,21 +453,24 @@ void ifc_fast_listed(const char *names, size_t count) {
     pthread_rwlock_unlock(&listed.lock);
 }
 
-/* Is reading the name `rel` (a lookup; a directory's listing) decided? Also when someone committed to the label
-   store since Python made the set (another run's names or labels: Python looks again, and says so). */
-static int is_listed(const char *rel) {
+/* Is reading the name `rel` (a lookup; a directory's listing) decided (`held` 0)? Or has it a label or record a
+   class's answer did not read (`held` 1: listed, or held)? Both also when someone committed to the label store
+   since Python made the set (another run's names or labels: Python looks again, and says so). */
+static int in_listed(const char *rel, int held) {
     unsigned char now[WAL_HEADER];
     pthread_rwlock_rdlock(&listed.lock);
     int hit = listed.shm_fd >= 0 && (pread(listed.shm_fd, now, WAL_HEADER, 0) != WAL_HEADER ||
                                      memcmp(now, listed.seen, WAL_HEADER) != 0);
-    int used = atomic_load(&listed.used);
-    if (!hit && used) {
+    int used = atomic_load(&listed.used), nheld = held ? atomic_load(&listed.nheld) : 0;
+    if (!hit && (used || nheld)) {
         size_t i = listed_index(rel);
-        hit = used < 0 || (listed.names[i] != NULL && !listed.held[i]);
+        hit = used < 0 || nheld < 0 || (listed.names[i] != NULL && (held || !listed.held[i]));
     }
     pthread_rwlock_unlock(&listed.lock);
     return hit;
 }
+
+static int is_listed(const char *rel) { return in_listed(rel, 0); }
 
 /* Names this run's own commits gave a stored label, record or object (Python, after each commit: `count` names,
    NUL-terminated, one after the other). Lookups of them stay this side's (the run changed them, or saw them as
@@ -490,20 +493,6 @@ void ifc_fast_held(const char *names, size_t count) {
         atomic_store(&listed.nheld, held + 1);
     }
     pthread_rwlock_unlock(&listed.lock);
-}
-
-/* Has `rel` a label or record a class's answer did not read? (Listed, or held.) */
-static int is_labelled(const char *rel) {
-    if (is_listed(rel))
-        return 1;
-    int held = atomic_load(&listed.nheld);
-    if (!held)
-        return 0;
-    pthread_rwlock_rdlock(&listed.lock);
-    held = atomic_load(&listed.nheld);
-    int hit = held < 0 || (held > 0 && listed.names[listed_index(rel)] != NULL);
-    pthread_rwlock_unlock(&listed.lock);
-    return hit;
 }
 
 /* Is the answer for `rel` recorded at `tick` still current? (Called with the warm table locked.) */
@@ -1343,7 +1332,7 @@ int ifc_fast_made_class(const unsigned char *record, size_t len) {
    the request's effect, so a later request on the name, decided in Python, finds it noted (`made_undo` if it
    then goes to Python after all). */
 static long made_answer(int op, const char *rel, uint64_t *decided_at, int *made) {
-    if (!atomic_load(&globs.on) || !plain_name(rel) || ifc_fast_secret_format(rel) || is_labelled(rel))
+    if (!atomic_load(&globs.on) || !plain_name(rel) || ifc_fast_secret_format(rel) || in_listed(rel, 1))
         return -1;
     int slot = caller_slot();
     if (slot < 0)
